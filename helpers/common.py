@@ -1,0 +1,208 @@
+"""Shared plumbing: devices, seeds, output folders, image files, atomic saves, timing.
+
+Used by every notebook; conventions (value ranges, mask polarity) are stated in helpers/__init__.py.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import tempfile
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .config import ROOT, Config
+
+
+# ---------------------------------------------------------------- devices and seeds
+def get_device(cfg: Config | None = None) -> torch.device:
+    """``cfg.device``: ``auto`` picks CUDA when present. Asking for CUDA without one is an error."""
+    want = (cfg.device if cfg is not None else "auto") or "auto"
+    if want == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if want.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"config asks for device {want!r} but no CUDA GPU is visible; "
+                           "use device: auto or cpu")
+    return torch.device(want)
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed Python, NumPy and torch; return a CPU generator started from the same seed."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def resolve_dtype(mixed_precision: str, device: torch.device) -> torch.dtype:
+    """``fp16``/``bf16``/``no`` -> the autocast dtype; the CPU always runs fp32."""
+    if device.type != "cuda" or mixed_precision in (None, "no", "fp32"):
+        return torch.float32
+    return {"fp16": torch.float16, "bf16": torch.bfloat16}[mixed_precision]
+
+
+# ---------------------------------------------------------------- output folders
+@dataclass(frozen=True)
+class Paths:
+    """Where a preset reads and writes. Everything here is ignored by git."""
+    root: Path
+
+    preset: str
+
+    @property
+    def data(self) -> Path:          # prepared images, frozen test masks, captions
+        return self.root / "data" / self.preset
+
+    @property
+    def cache(self) -> Path:         # hub downloads, weights placed by hand
+        return self.root / "data" / "cache"
+
+    @property
+    def reports(self) -> Path:       # executed notebooks, figures, tables, HTML, slides
+        return self.root / "reports" / self.preset
+
+    @property
+    def figures(self) -> Path:
+        return self.reports / "figures"
+
+    @property
+    def tables(self) -> Path:
+        return self.reports / "tables"
+
+    @property
+    def models(self) -> Path:        # checkpoints and trained weights
+        return self.reports / "models"
+
+    def predictions(self, method: str) -> Path:
+        """Folder of one method's test-set predictions: <name>.png + meta.json."""
+        return self.reports / "predictions" / method
+
+    def ensure(self) -> "Paths":
+        for p in (self.data, self.cache, self.figures, self.tables, self.models):
+            p.mkdir(parents=True, exist_ok=True)
+        return self
+
+
+def paths(cfg: Config, root: Path | None = None) -> Paths:
+    """Output folders of a preset; ``root`` defaults to the repository (env INPAINT_ROOT wins)."""
+    root = Path(root or os.environ.get("INPAINT_ROOT") or ROOT)
+    return Paths(root=root, preset=cfg.preset).ensure()
+
+
+# ---------------------------------------------------------------- image <-> tensor
+def to_tensor(img: np.ndarray) -> torch.Tensor:
+    """uint8 HxWx3 -> float (3, H, W) in [-1, 1]."""
+    if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
+        raise ValueError(f"expected uint8 HxWx3, got {img.dtype} {img.shape}")
+    return torch.from_numpy(np.array(img, copy=True)).permute(2, 0, 1).float().div(127.5).sub(1.0)
+
+
+def to_uint8(x: torch.Tensor) -> np.ndarray:
+    """float (3, H, W) or (N, 3, H, W) in [-1, 1] -> uint8 HxWx3 (or NxHxWx3), rounded."""
+    x = ((x.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu()
+    return x.permute(0, 2, 3, 1).numpy() if x.ndim == 4 else x.permute(1, 2, 0).numpy()
+
+
+def save_png(x: torch.Tensor | np.ndarray, path: Path) -> None:
+    """Save an image tensor in [-1, 1] (or a uint8 array) as PNG, atomically."""
+    arr = to_uint8(x) if isinstance(x, torch.Tensor) else x
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        Image.fromarray(arr).save(tmp, format="PNG")
+
+
+def load_png(path: Path) -> torch.Tensor:
+    """Read an RGB PNG written by :func:`save_png` -> (3, H, W) in [-1, 1]."""
+    with Image.open(path) as im:
+        return to_tensor(np.asarray(im.convert("RGB")))
+
+
+def save_mask_png(mask: torch.Tensor | np.ndarray, path: Path) -> None:
+    """Mask {0,1} (H, W) or (1, H, W) -> 8-bit PNG, 255 = hole."""
+    m = mask.detach().cpu().numpy() if isinstance(mask, torch.Tensor) else np.asarray(mask)
+    m = m.reshape(m.shape[-2:])
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        Image.fromarray((m > 0.5).astype(np.uint8) * 255).save(tmp, format="PNG")
+
+
+# ---------------------------------------------------------------- files that survive a crash
+@contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def save_json(obj: Any, path: Path) -> None:
+    with atomic_path(Path(path)) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
+
+
+def load_json(path: Path) -> Any:
+    return json.loads(Path(path).read_text())
+
+
+def torch_save_atomic(obj: Any, path: Path) -> None:
+    with atomic_path(Path(path)) as tmp:
+        torch.save(obj, tmp)
+
+
+# ---------------------------------------------------------------- speed and memory
+def count_parameters(module: torch.nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameter counts."""
+    total = sum(p.numel() for p in module.parameters())
+    trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
+    return trainable, total
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_memory_bytes(device: torch.device) -> int | None:
+    """Peak CUDA memory since the last reset; ``None`` on the CPU (not measured there)."""
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    return None
+
+
+@contextmanager
+def timed(device: torch.device | None = None) -> Iterator[dict]:
+    """``with timed(dev) as t: ...`` then ``t["seconds"]`` (synchronises CUDA around the block)."""
+    out: dict = {}
+    if device is not None and device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    try:
+        yield out
+    finally:
+        if device is not None and device.type == "cuda":
+            torch.cuda.synchronize(device)
+        out["seconds"] = time.perf_counter() - start
+
+
+def progress(iterable=None, **kwargs):
+    """A tqdm progress bar that renders in notebooks and terminals alike."""
+    from tqdm.auto import tqdm
+    kwargs.setdefault("dynamic_ncols", True)
+    kwargs.setdefault("mininterval", 1.0)
+    return tqdm(iterable, **kwargs)

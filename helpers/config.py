@@ -1,0 +1,86 @@
+"""Presets: one YAML file per preset in configs/, read by papermill runs and helpers alike.
+
+Every notebook receives ``preset`` (and optional dotted ``overrides``) from papermill and calls
+:func:`load_config`; the helpers take the resulting :class:`Config` and never read values from
+anywhere else. Taught in notebook 01.
+"""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+CONFIG_DIR = ROOT / "configs"
+PRESETS = ("smoke", "full")
+
+
+class Config(dict):
+    """A dict with attribute access (``cfg.ddpm.lr``) that stays a plain dict for YAML/JSON."""
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(f"config has no key {name!r} (keys: {sorted(self)})") from None
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        self[name] = value
+
+    def to_dict(self) -> dict:
+        return _plain(self)
+
+
+def _wrap(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return Config({k: _wrap(v) for k, v in value.items()})
+    if isinstance(value, list):
+        return [_wrap(v) for v in value]
+    return value
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
+
+
+def config_path(preset: str | Path) -> Path:
+    """``smoke`` -> configs/smoke.yaml; a path to a YAML file is returned as is."""
+    p = Path(preset)
+    if p.suffix in (".yaml", ".yml"):
+        if not p.is_file():
+            raise FileNotFoundError(f"config file {p} does not exist")
+        return p
+    path = CONFIG_DIR / f"{preset}.yaml"
+    if not path.is_file():
+        known = sorted(x.stem for x in CONFIG_DIR.glob("*.yaml"))
+        raise ValueError(f"unknown preset {preset!r}: expected one of {known} or a path to a .yaml file")
+    return path
+
+
+def apply_overrides(cfg: dict, overrides: Mapping[str, Any] | None) -> dict:
+    """Set dotted keys, e.g. ``{"ddpm.max_steps": 3}``. Unknown keys are an error (typos)."""
+    for dotted, value in (overrides or {}).items():
+        node = cfg
+        *parents, leaf = dotted.split(".")
+        for key in parents:
+            if not isinstance(node.get(key), dict):
+                raise KeyError(f"override {dotted!r}: {key!r} is not a section of the config")
+            node = node[key]
+        if leaf not in node:
+            raise KeyError(f"override {dotted!r}: unknown key {leaf!r} (known: {sorted(node)})")
+        node[leaf] = value
+    return cfg
+
+
+def load_config(preset: str | Path = "smoke", overrides: Mapping[str, Any] | None = None) -> Config:
+    """Read a preset (name or YAML path), apply dotted overrides, return a :class:`Config`."""
+    with open(config_path(preset)) as f:
+        raw = yaml.safe_load(f)
+    raw = apply_overrides(copy.deepcopy(raw), overrides)
+    return _wrap(raw)

@@ -1,0 +1,174 @@
+"""One training loop for both methods (notebooks 03 and 04).
+
+Accelerate (so ``accelerate launch`` spreads it over several GPUs), mixed precision from the
+preset (fp16 with a grad scaler or bf16 on a GPU, fp32 on the CPU), AdamW on the trainable
+parameters only, gradient-norm clipping, a progress bar with the loss, validation callbacks,
+atomic checkpoints and exact resume.
+
+Resume is exact because nothing depends on hidden state: the data order of epoch ``e`` is a
+permutation drawn from ``(seed, e)``, and the noise, timesteps and dropout of step ``s`` are
+drawn from generators seeded with ``(seed, s)``. A run killed after a checkpoint and started
+again continues from that checkpoint's weights, optimizer and scaler state, on the same batches.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from .common import count_parameters, peak_memory_bytes, progress, reset_peak_memory, torch_save_atomic
+from .config import Config
+
+log = logging.getLogger(__name__)
+CHECKPOINT = "last.pt"
+
+# loss_fn(model, batch, generator) -> scalar loss. ``generator`` is seeded per step (device-side).
+LossFn = Callable[[torch.nn.Module, dict, torch.Generator], torch.Tensor]
+
+
+class EpochSampler(torch.utils.data.Sampler):
+    """A permutation of range(n) fixed by (seed, epoch): the same batches after a resume."""
+
+    def __init__(self, n: int, seed: int):
+        self.n, self.seed, self.epoch = n, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        return iter(torch.randperm(self.n, generator=g).tolist())
+
+    def __len__(self) -> int:
+        return self.n
+
+
+@dataclass
+class TrainResult:
+    history: list            # [{"step", "epoch", "loss", "grad_norm", "lr"}]
+    steps: int
+    seconds: float           # wall time of the steps run in this call
+    images_per_s: float
+    peak_memory_bytes: int | None
+    trainable_params: int
+    total_params: int
+    resumed_from: int        # step of the checkpoint this call started from (0 = fresh)
+
+    def summary(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k != "history"}
+
+
+def _trainable_state(model: torch.nn.Module) -> dict:
+    names = {n for n, p in model.named_parameters() if p.requires_grad}
+    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items() if k in names}
+
+
+def train(model: torch.nn.Module, loss_fn: LossFn, dataset: torch.utils.data.Dataset, spec: Config,
+          ckpt_dir: Path, seed: int, device: torch.device, collate_fn=None, fused_adamw: bool = True,
+          on_validate: Callable[[int], None] | None = None, desc: str = "training",
+          max_steps: int | None = None) -> TrainResult:
+    """Train ``model``'s parameters that require grad.
+
+    ``spec`` is a preset section with batch_size, lr, weight_decay (optional), num_epochs,
+    max_steps, max_grad_norm, mixed_precision, checkpoint_every, val_every (optional),
+    num_workers. ``max_steps`` (argument) stops this call early, e.g. to simulate a crash; the
+    schedule still follows ``spec``.
+    """
+    from accelerate import Accelerator
+
+    # 1. accelerator, optimizer over trainable parameters only, seeded data order
+    on_gpu = device.type == "cuda"
+    accelerator = Accelerator(mixed_precision=spec.mixed_precision if on_gpu else "no", cpu=not on_gpu)
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("the model has no parameter with requires_grad=True: nothing to train")
+    opt = torch.optim.AdamW(params, lr=spec.lr, weight_decay=spec.get("weight_decay", 0.01),
+                            **({"fused": True} if on_gpu and fused_adamw else {}))
+    sampler = EpochSampler(len(dataset), seed)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=spec.batch_size, sampler=sampler,
+                                         collate_fn=collate_fn, num_workers=spec.get("num_workers", 0),
+                                         drop_last=len(dataset) >= spec.batch_size, pin_memory=on_gpu)
+    model, opt, loader = accelerator.prepare(model, opt, loader)
+    steps_per_epoch = len(loader)
+    total = spec.num_epochs * steps_per_epoch
+    if spec.get("max_steps"):
+        total = min(total, spec.max_steps)
+    trainable, n_total = count_parameters(accelerator.unwrap_model(model))
+
+    # 2. resume from the last checkpoint, if any
+    ckpt_dir = Path(ckpt_dir)
+    ckpt_path = ckpt_dir / CHECKPOINT
+    step, history = 0, []
+    if ckpt_path.is_file():
+        state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        accelerator.unwrap_model(model).load_state_dict(state["model"], strict=False)
+        opt.load_state_dict(state["optimizer"])
+        if accelerator.scaler is not None and state.get("scaler"):
+            accelerator.scaler.load_state_dict(state["scaler"])
+        step, history = state["step"], state["history"]
+        log.info("resumed from %s at step %d", ckpt_path, step)
+    resumed_from = step
+
+    def save_checkpoint() -> None:
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            torch_save_atomic({"model": _trainable_state(accelerator.unwrap_model(model)),
+                               "optimizer": opt.state_dict(),
+                               "scaler": accelerator.scaler.state_dict() if accelerator.scaler else None,
+                               "step": step, "history": history}, ckpt_path)
+
+    # 3. the loop: epoch e's batches are fixed by (seed, e); a resume skips those already seen
+    stop_at = total if max_steps is None else min(total, max_steps)
+    reset_peak_memory(device)
+    images, start = 0, time.perf_counter()
+    bar = progress(total=total, initial=step, desc=desc, disable=not accelerator.is_local_main_process)
+    model.train()
+    try:
+        while step < stop_at:
+            epoch, skip = divmod(step, steps_per_epoch)
+            sampler.set_epoch(epoch)
+            if hasattr(dataset, "set_epoch"):
+                dataset.set_epoch(epoch)
+            batches = accelerator.skip_first_batches(loader, skip) if skip else loader
+            for batch in batches:
+                if step >= stop_at:
+                    break
+                torch.manual_seed(seed * 7919 + step)          # dropout etc. of this step
+                g = torch.Generator(device=device).manual_seed(seed * 1_000_003 + step * 64 + accelerator.process_index)
+                with accelerator.autocast():
+                    loss = loss_fn(model, batch, g)
+                accelerator.backward(loss)
+                grad_norm = accelerator.clip_grad_norm_(params, spec.max_grad_norm)
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+                step += 1
+                images += spec.batch_size * accelerator.num_processes
+                record = {"step": step, "epoch": epoch, "loss": float(loss.detach()),
+                          "grad_norm": float(grad_norm) if grad_norm is not None else math.nan}
+                history.append(record)
+                bar.update(1)
+                bar.set_postfix(loss=f"{record['loss']:.4f}", epoch=epoch)
+                if spec.get("checkpoint_every") and step % spec.checkpoint_every == 0:
+                    save_checkpoint()
+                if on_validate is not None and spec.get("val_every") and step % spec.val_every == 0:
+                    model.eval()
+                    on_validate(step)
+                    model.train()
+    except KeyboardInterrupt:
+        log.warning("interrupted at step %d: checkpoint saved to %s", step, ckpt_path)
+        save_checkpoint()
+        raise
+    finally:
+        bar.close()
+    save_checkpoint()
+    model.eval()
+    seconds = time.perf_counter() - start
+    return TrainResult(history=history, steps=step, seconds=seconds,
+                       images_per_s=images / seconds if images else 0.0,
+                       peak_memory_bytes=peak_memory_bytes(device), trainable_params=trainable,
+                       total_params=n_total, resumed_from=resumed_from)
