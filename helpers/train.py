@@ -131,11 +131,12 @@ def train(model: torch.nn.Module, loss_fn: LossFn, dataset: torch.utils.data.Dat
     try:
         while step < stop_at:
             epoch, skip = divmod(step, steps_per_epoch)
-            sampler.set_epoch(epoch)
+            loader.set_epoch(epoch)        # Accelerate passes it on to our EpochSampler
             if hasattr(dataset, "set_epoch"):
                 dataset.set_epoch(epoch)
-            batches = accelerator.skip_first_batches(loader, skip) if skip else loader
-            for batch in batches:
+            for i, batch in enumerate(loader):
+                if i < skip:                   # already trained on before the resume
+                    continue
                 if step >= stop_at:
                     break
                 torch.manual_seed(seed * 7919 + step)          # dropout etc. of this step
