@@ -16,7 +16,7 @@ import importlib
 
 from .config import Config, load_config
 
-_SUBMODULES = ("common", "config", "masks", "data", "captions", "ddpm", "train", "sd",
+_SUBMODULES = ("common", "config", "masks", "data", "captions", "ddpm", "train", "sd", "perf",
                "metrics", "evaluate", "plots", "report", "bench")
 
 __all__ = ["Config", "load_config", *_SUBMODULES]
