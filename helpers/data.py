@@ -177,6 +177,7 @@ def folder_images(folder: Path, size: int, report: Report, limit: int | None = N
             report.note(report.skipped, "smaller than 8 px", str(p))
             continue
         seen += 1
+        report.kept += 1
         stem = p.relative_to(folder).with_suffix("").as_posix().replace("/", "__")
         yield stem, resize_center_crop(img, size)
 
@@ -205,6 +206,7 @@ def hub_images(hub_id: str, split: str, key: str, size: int, cache: Path, report
         except Exception as e:
             report.note(report.skipped, f"unreadable ({type(e).__name__})", f"{hub_id}[{i}]")
             continue
+        report.kept += 1
         yield f"{i:06d}", resize_center_crop(img, size)
 
 
@@ -254,7 +256,7 @@ def prepare_dataset(cfg: Config, force: bool = False, root: Path | None = None) 
     staging: dict[str, np.ndarray] = {}
     for name, img in progress(items, desc=f"reading {d.source} images", total=d.num_images):
         staging[name] = img
-        report.kept += 1
+    report.kept = len(staging)
     # 2. deterministic split by seed, test set capped
     splits = split_names(list(staging), d.split, cfg.seed)
     cap = {"test": d.max_test_images, "val": d.max_val_images}
@@ -404,3 +406,19 @@ def read_predictions(cfg: Config, method: str, names: Iterable[str], root: Path 
                                 f"{out} (e.g. {missing[0]}.png); run the notebook that produces them")
     meta = load_json(out / "meta.json") if (out / "meta.json").is_file() else {"method": method}
     return torch.stack([load_png(out / f"{n}.png") for n in names]), meta
+
+
+def demo_bad_inputs(folder: Path) -> Path:
+    """Write one file of each troublesome kind into ``folder`` (notebook 01 and the tests):
+    good RGB, grayscale, RGBA, 16-bit grayscale, a corrupt JPEG and an empty file."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)
+    Image.fromarray(rgb).save(folder / "good_rgb.png")
+    Image.fromarray(rgb[..., 0]).save(folder / "grayscale.png")
+    Image.fromarray(np.dstack([rgb, np.full(rgb.shape[:2], 128, np.uint8)])).save(folder / "rgba.png")
+    Image.fromarray((rgb[..., 1].astype(np.uint16) * 257), mode=None).save(folder / "gray16.png")
+    (folder / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg" + bytes(rng.integers(0, 256, 64, dtype=np.uint8)))
+    (folder / "empty.png").write_bytes(b"")
+    return folder

@@ -154,3 +154,12 @@ def validate_mask(mask: np.ndarray, image_shape: tuple[int, int] | None = None, 
     if m.min() == 1:
         raise ValueError(f"{name}: mask is all hole; there is no known context to condition on")
     return m
+
+
+def sample_fractions(size: int, kinds, n: int, seed: int, min_hole: float = 0.01, max_hole: float = 0.5) -> dict:
+    """Hole fractions of ``n`` masks per kind (for the histogram in notebook 01)."""
+    out = {}
+    for k, kind in enumerate(kinds):
+        rng = np.random.default_rng([seed, 9, k])
+        out[kind] = [hole_fraction(generate_mask(size, kind, rng, min_hole, max_hole)) for _ in range(n)]
+    return out

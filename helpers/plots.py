@@ -73,3 +73,16 @@ def save(fig, path: Path | None):
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(path, dpi=150, bbox_inches="tight")
     return fig
+
+
+def hole_histogram(fractions: dict[str, Sequence[float]], path: Path | None = None, bins: int = 20,
+                   title: str = "hole-area fraction by mask kind"):
+    """Overlaid histograms of hole-area fractions, one per mask kind (notebook 01)."""
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    edges = np.linspace(0, max(0.5, max((max(v) for v in fractions.values() if len(v)), default=0.5)), bins + 1)
+    for kind, values in fractions.items():
+        ax.hist(values, bins=edges, alpha=0.5, label=f"{kind} (n={len(values)})")
+    ax.set_xlabel("hole area / image area"), ax.set_ylabel("masks"), ax.set_title(title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return save(fig, path)

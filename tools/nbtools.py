@@ -46,5 +46,8 @@ def write(path: str | Path, cells: list) -> None:
     nb.metadata = {"kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},
                    "language_info": {"name": "python"}, "celltoolbar": "Slideshow"}
     nbformat.validate(nb)
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    path = Path(path)
+    if not path.is_absolute():  # relative to the repository root, wherever the script runs from
+        path = Path(__file__).resolve().parent.parent / path
+    path.parent.mkdir(parents=True, exist_ok=True)
     nbformat.write(nb, str(path))

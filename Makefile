@@ -1,0 +1,36 @@
+# The two commands of the README: `make report` and `make test`.
+# Both create/update the virtual environment in .venv first (only when the requirements changed).
+VENV    ?= .venv
+PY      := $(VENV)/bin/python
+PRESET  ?= smoke
+PYTEST_ARGS ?=
+
+.PHONY: report test venv notebooks bench clean
+
+$(VENV)/.installed: requirements.txt requirements-nodeps.txt pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -r requirements.txt
+	$(PY) -m pip install --no-deps -r requirements-nodeps.txt
+	$(PY) -m pip install --no-deps -e .
+	touch $@
+
+venv: $(VENV)/.installed
+
+## run the whole notebook series with PRESET (default smoke) and export the report + slides
+report: venv
+	$(PY) -m helpers.report --preset $(PRESET)
+
+## unit tests, reference checks and one smoke execution of every notebook
+test: venv
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+## benchmark of the heavy steps (tiny configs on a CPU, real sizes on a GPU)
+bench: venv
+	$(PY) -m helpers.bench --preset $(PRESET)
+
+## regenerate notebooks/*.ipynb from tools/make_nb_*.py (committed without outputs)
+notebooks: venv
+	for f in tools/make_nb_*.py; do $(PY) $$f || exit 1; done
+
+clean:
+	rm -rf reports/$(PRESET) data/$(PRESET)

@@ -1,0 +1,213 @@
+"""Run the notebook series with papermill and export the report.
+
+    python -m helpers.report --preset smoke            # everything, then HTML report + slides
+    python -m helpers.report --preset full --from 04   # resume the series at notebook 04
+    python -m helpers.report --preset smoke --only 01  # one notebook
+
+Executed notebooks go to reports/<preset>/notebooks/, each notebook's cell output to
+reports/<preset>/logs/<name>.log, and a run manifest (preset, config, seeds, package versions,
+git commit, device, per-notebook status and time) to reports/<preset>/manifest.json, written
+after every notebook so a crash loses nothing. The first failing notebook stops the run with its
+name, the failing cell and the error. Finally the last notebook is exported as a static HTML
+report (code hidden) and reveal.js slides (parameter cells removed, code hidden).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import platform
+import subprocess
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+
+from .common import paths, save_json
+from .config import ROOT, load_config
+
+NOTEBOOK_DIR = ROOT / "notebooks"
+HIDDEN_TAGS = {"parameters", "injected-parameters"}
+PACKAGES = ("torch", "torchvision", "diffusers", "transformers", "peft", "accelerate", "torchmetrics",
+            "torch-fidelity", "lpips", "scikit-image", "opencv-python-headless", "numpy", "papermill",
+            "nbconvert")
+
+
+class NotebookFailed(RuntimeError):
+    """A notebook of the series raised: carries the notebook, the cell and the error."""
+
+
+def list_notebooks(notebook_dir: Path = NOTEBOOK_DIR) -> list[Path]:
+    """The series, in order: notebooks/NN_*.ipynb sorted by name."""
+    nbs = sorted(p for p in Path(notebook_dir).glob("[0-9][0-9]_*.ipynb"))
+    if not nbs:
+        raise FileNotFoundError(f"no notebooks NN_*.ipynb in {notebook_dir}")
+    return nbs
+
+
+def _match(nbs: list[Path], key: str) -> int:
+    """Index of the notebook named by ``key``: its number ("03"), its stem, or a unique substring."""
+    hits = [i for i, p in enumerate(nbs) if p.stem == key or p.stem.split("_", 1)[0] == key.zfill(2)]
+    hits = hits or [i for i, p in enumerate(nbs) if key in p.stem]
+    if len(hits) != 1:
+        raise ValueError(f"{key!r} names {'no' if not hits else 'several'} notebooks; "
+                         f"choose from {[p.stem for p in nbs]}")
+    return hits[0]
+
+
+def select(nbs: list[Path], only: str | None = None, start: str | None = None) -> list[Path]:
+    if only and start:
+        raise ValueError("give --only or --from, not both")
+    if only:
+        return [nbs[_match(nbs, only)]]
+    if start:
+        return nbs[_match(nbs, start):]
+    return nbs
+
+
+def manifest_base(cfg) -> dict:
+    """What reproduces a run: preset and config, seeds, versions, git commit, device."""
+    def version(pkg: str) -> str | None:
+        try:
+            return metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            return None
+
+    def git(*args: str) -> str | None:
+        try:
+            return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=10,
+                                  check=True).stdout.strip()
+        except Exception:
+            return None
+
+    import torch
+    device = {"cuda": torch.cuda.is_available(), "cpu": platform.processor() or platform.machine(),
+              "cpu_count": os.cpu_count()}
+    if torch.cuda.is_available():
+        device["gpu"] = torch.cuda.get_device_name(0)
+        device["gpu_count"] = torch.cuda.device_count()
+    return {"preset": cfg.preset, "config": cfg.to_dict(), "seeds": {"seed": cfg.seed},
+            "packages": {p: version(p) for p in PACKAGES}, "python": sys.version.split()[0],
+            "platform": platform.platform(),
+            "git": {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain"))},
+            "device": device, "started": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "notebooks": []}
+
+
+def _kernel_env() -> None:
+    """Kernels start with this interpreter: put its bin folder first on PATH."""
+    bindir = str(Path(sys.executable).parent)
+    if not os.environ.get("PATH", "").startswith(bindir):
+        os.environ["PATH"] = bindir + os.pathsep + os.environ.get("PATH", "")
+
+
+def run_notebook(src: Path, dst: Path, log_path: Path, preset: str, overrides: dict | None) -> None:
+    import papermill as pm
+    from papermill.exceptions import PapermillExecutionError
+
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "w") as log:
+        try:
+            pm.execute_notebook(str(src), str(dst), parameters={"preset": preset, "overrides": overrides or {}},
+                                kernel_name="python3", progress_bar=False, stdout_file=log, stderr_file=log,
+                                cwd=str(src.parent), request_save_on_cell_execute=True)
+        except PapermillExecutionError as e:
+            cell_src = (e.source or "").strip().splitlines()
+            first = cell_src[0] if cell_src else ""
+            raise NotebookFailed(
+                f"notebook {src.name} failed in cell {e.cell_index} (execution count {e.exec_count}, "
+                f"starting {first!r}): {e.ename}: {e.evalue}\n"
+                f"  executed notebook with the traceback: {dst}\n  cell output log: {log_path}") from None
+
+
+def export(executed: Path, out_dir: Path) -> dict[str, Path]:
+    """HTML report and reveal.js slides of an executed notebook, parameter cells removed, code hidden."""
+    import nbformat
+    from nbconvert import HTMLExporter, SlidesExporter
+    from nbconvert.preprocessors import TagRemovePreprocessor
+
+    nb = nbformat.read(str(executed), as_version=4)
+    remove = TagRemovePreprocessor(remove_cell_tags=HIDDEN_TAGS, enabled=True)
+    out = {}
+    for kind, exporter in (("report", HTMLExporter(exclude_input=True)),
+                           ("slides", SlidesExporter(exclude_input=True, reveal_scroll=True))):
+        exporter.register_preprocessor(remove, enabled=True)
+        body, _ = exporter.from_notebook_node(nb)
+        path = out_dir / (f"{executed.stem}.{kind}.html")
+        path.write_text(body, encoding="utf-8")
+        out[kind] = path
+    return out
+
+
+def run(preset: str = "smoke", only: str | None = None, start: str | None = None, overrides: dict | None = None,
+        do_export: bool = True, notebook_dir: Path = NOTEBOOK_DIR) -> dict:
+    """Execute the selected notebooks in order; return the manifest (also saved as manifest.json)."""
+    from tqdm.auto import tqdm
+
+    cfg = load_config(preset, overrides)
+    P = paths(cfg)
+    _kernel_env()
+    nbs = select(list_notebooks(notebook_dir), only, start)
+    manifest = manifest_base(cfg)
+    manifest["overrides"] = overrides or {}
+    manifest_path = P.reports / "manifest.json"
+    bar = tqdm(nbs, desc=f"notebooks ({preset})", unit="nb", dynamic_ncols=True)
+    for nb in bar:
+        bar.set_postfix_str(nb.stem)
+        entry = {"notebook": nb.name, "status": "running"}
+        manifest["notebooks"].append(entry)
+        save_json(manifest, manifest_path)
+        t0 = time.perf_counter()
+        try:
+            run_notebook(nb, P.reports / "notebooks" / nb.name, P.reports / "logs" / f"{nb.stem}.log",
+                         preset, overrides)
+            entry["status"] = "ok"
+        except Exception as e:
+            entry["status"], entry["error"] = "failed", str(e)
+            raise
+        finally:
+            entry["seconds"] = round(time.perf_counter() - t0, 1)
+            manifest["finished"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+            save_json(manifest, manifest_path)
+    if do_export and nbs and nbs[-1] == list_notebooks(notebook_dir)[-1]:
+        files = export(P.reports / "notebooks" / nbs[-1].name, P.reports)
+        manifest["exports"] = {k: str(v) for k, v in files.items()}
+        save_json(manifest, manifest_path)
+    return manifest
+
+
+def _parse_overrides(items: list[str]) -> dict:
+    import yaml
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise SystemExit(f"--set expects key=value, got {item!r}")
+        key, value = item.split("=", 1)
+        out[key] = yaml.safe_load(value)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m helpers.report", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--preset", default="smoke", help="smoke | full | path/to/preset.yaml")
+    ap.add_argument("--only", help="run just this notebook (number, name or unique part of it)")
+    ap.add_argument("--from", dest="start", help="run from this notebook to the end")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a preset value for this run, e.g. --set ddpm.max_steps=3")
+    ap.add_argument("--no-export", action="store_true", help="skip the HTML report and slides")
+    args = ap.parse_args(argv)
+    try:
+        manifest = run(args.preset, args.only, args.start, _parse_overrides(args.overrides), not args.no_export)
+    except NotebookFailed as e:
+        print(f"\nFAILED: {e}", file=sys.stderr)
+        return 1
+    P = paths(load_config(args.preset))
+    print(f"\nDone: {len(manifest['notebooks'])} notebook(s) in {P.reports}")
+    for kind, path in manifest.get("exports", {}).items():
+        print(f"  {kind}: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,25 @@
+"""Shared fixtures. Tests never touch the repository's data/ and reports/: every test that
+prepares data or writes outputs gets its own root through INPAINT_ROOT."""
+from __future__ import annotations
+
+import pytest
+
+import helpers as H
+
+
+@pytest.fixture
+def tmp_root(tmp_path, monkeypatch):
+    """An empty project root for outputs (data/<preset>, reports/<preset>)."""
+    monkeypatch.setenv("INPAINT_ROOT", str(tmp_path))
+    return tmp_path
+
+
+@pytest.fixture
+def smoke_cfg():
+    return H.load_config("smoke")
+
+
+@pytest.fixture
+def prepared(tmp_root, smoke_cfg):
+    """The smoke data set prepared in a temporary root: (cfg, index)."""
+    return smoke_cfg, H.data.prepare_dataset(smoke_cfg)

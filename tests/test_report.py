@@ -1,0 +1,51 @@
+"""The papermill report runner: selection, failure reporting, manifest."""
+import json
+from pathlib import Path
+
+import nbformat
+import pytest
+
+import helpers as H
+from helpers import report as R
+
+
+def _nbs(names):
+    return [Path(f"/x/{n}.ipynb") for n in names]
+
+
+def test_select_by_number_name_and_from():
+    nbs = _nbs(["01_data", "02_ddpm_theory", "03_ddpm_inpainting", "04_sd_lora"])
+    assert R.select(nbs, only="03") == [nbs[2]]
+    assert R.select(nbs, only="3") == [nbs[2]]
+    assert R.select(nbs, only="sd_lora") == [nbs[3]]
+    assert R.select(nbs, start="02") == nbs[1:]
+    assert R.select(nbs) == nbs
+    with pytest.raises(ValueError, match="several"):
+        R.select(nbs, only="ddpm")
+    with pytest.raises(ValueError, match="no"):
+        R.select(nbs, only="09")
+    with pytest.raises(ValueError, match="not both"):
+        R.select(nbs, only="01", start="02")
+
+
+def _write(path, *sources):
+    from tools.nbtools import code, header, write
+    write(path, header("# test") + [code(s) for s in sources])
+
+
+@pytest.mark.slow
+def test_failing_notebook_is_named_with_its_cell(tmp_root):
+    nbdir = tmp_root / "nbs"
+    _write(nbdir / "01_ok.ipynb", "x = 1")
+    _write(nbdir / "02_bad.ipynb", "y = 2", "raise ValueError('boom in cell')")
+    _write(nbdir / "03_never.ipynb", "z = 3")
+    with pytest.raises(R.NotebookFailed, match=r"02_bad.ipynb failed in cell \d+ .*ValueError: boom in cell"):
+        R.run("smoke", notebook_dir=nbdir)
+    P = H.common.paths(H.load_config("smoke"))
+    manifest = json.loads((P.reports / "manifest.json").read_text())
+    assert [n["status"] for n in manifest["notebooks"]] == ["ok", "failed"]
+    assert manifest["preset"] == "smoke" and manifest["packages"]["torch"]
+    assert "commit" in manifest["git"] and "cuda" in manifest["device"]
+    executed = nbformat.read(P.reports / "notebooks" / "01_ok.ipynb", as_version=4)
+    assert any(c.get("outputs") is not None for c in executed.cells if c.cell_type == "code")
+    assert (P.reports / "logs" / "02_bad.log").is_file()
