@@ -1,0 +1,288 @@
+"""Stable Diffusion inpainting + LoRA (helpers/sd.py) on the tiny pipeline, CPU only.
+
+One module-scoped fixture builds the tiny pipeline once, saved with save_pretrained into a
+temporary root, and every test loads it back through helpers.sd.load_pipeline: the function
+that loads the real checkpoint."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import helpers as H
+from helpers.perf import make_sampler
+
+R = 64          # SD working size of the smoke preset
+STEPS = 3       # denoising steps in these tests
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """The CPU is shared: one intra-op thread is faster and steadier for these tiny models."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def sd_root(tmp_path_factory):
+    """A project root holding the tiny base pipeline (reports/smoke/models/sd_base)."""
+    root = tmp_path_factory.mktemp("sd")
+    cfg = H.load_config("smoke")
+    H.sd.resolve_source(cfg, root)
+    return root
+
+
+def load(root, overrides=None, **kw):
+    cfg = H.load_config("smoke", overrides)
+    return cfg, H.sd.load_pipeline(cfg, root=root, **kw)
+
+
+def toy_batch(n=3, size=32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    images = torch.rand(n, 3, size, size, generator=g) * 2 - 1
+    masks = torch.zeros(n, 1, size, size)
+    for i in range(n):
+        a = 4 + 3 * i
+        masks[i, :, a:a + 14, a + 2:a + 18] = 1
+    return images, masks
+
+
+def run_inpaint(pipe, images, masks, prompts, indices=None, composite=True):
+    emb = H.sd.encode_prompts(pipe.tokenizer, pipe.text_encoder, [""] + list(prompts))
+    cond = torch.stack([emb[p] for p in prompts])
+    indices = range(len(images)) if indices is None else indices
+    gens = [H.sd.image_generator(0, i) for i in indices]
+    return H.sd.inpaint(pipe.unet, pipe.vae, make_sampler("ddim", pipe.scheduler.config), images, masks, cond,
+                        emb[""][None], gens, R, STEPS, 7.5, composite=composite)
+
+
+# ---------------------------------------------------------------- loading
+def test_tiny_pipeline_loads_through_the_real_loader(sd_root):
+    from diffusers import StableDiffusionInpaintPipeline
+
+    cfg, pipe = load(sd_root)
+    assert isinstance(pipe, StableDiffusionInpaintPipeline)
+    assert pipe.source == str(H.common.paths(cfg, sd_root).models / "sd_base")
+    assert pipe.unet.config.in_channels == 9 and pipe.safety_checker is None
+    assert pipe.tokenizer.model_max_length == 77
+    assert H.sd.latent_factor(pipe.vae) == 2          # tiny VAE: 2 blocks
+    ids = pipe.tokenizer("a photo of a cat").input_ids
+    assert ids[0] == pipe.tokenizer.bos_token_id and ids[-1] == pipe.tokenizer.eos_token_id
+    assert len(ids) == 7                               # whole words from the small vocabulary
+
+
+@pytest.mark.parametrize("kind", ["missing", "not_a_pipeline", "broken_pipeline"])
+def test_missing_or_wrong_weights_say_where_and_how(sd_root, tmp_path, kind):
+    if kind == "missing":
+        source = tmp_path / "no" / "such" / "folder"
+    else:
+        source = tmp_path / "weights"
+        source.mkdir()
+        if kind == "not_a_pipeline":
+            (source / "readme.txt").write_text("not weights")
+        else:   # looks like a pipeline, but the component folders are missing
+            (source / "model_index.json").write_text(
+                (H.common.paths(H.load_config("smoke"), sd_root).models / "sd_base" / "model_index.json").read_text())
+    cfg = H.load_config("smoke", {"sd.tiny": False, "sd.pretrained_id": str(source)})
+    with pytest.raises(H.sd.WeightsNotFoundError) as err:
+        H.sd.load_pipeline(cfg, root=sd_root)
+    msg = str(err.value)
+    assert str(source) in msg
+    assert H.sd.HUB_ID in msg and "hf download" in msg
+
+
+def test_published_configs_give_the_sd15_inpainting_sizes():
+    c = H.sd.build_components(H.sd.published_configs(), device="meta")
+    count = lambda m: sum(p.numel() for p in m.parameters())
+    assert c["unet"].config.in_channels == 9 and c["unet"].config.cross_attention_dim == 768
+    assert count(c["unet"]) == 859_535_364            # SD 1.5 U-Net 859,520,964 + 5 extra input channels
+    assert count(c["vae"]) == 83_653_863
+    assert count(c["text_encoder"]) == 123_060_480    # CLIP ViT-L/14 text transformer
+    assert H.sd.latent_factor(c["vae"]) == 8
+
+
+# ---------------------------------------------------------------- the pieces
+def test_pieces_have_the_documented_shapes(sd_root):
+    cfg, pipe = load(sd_root)
+    images, masks = toy_batch(1)
+    p = H.sd.encode_pieces(pipe, images[0], masks[0], "a photo", R)
+    lat = R // 2
+    assert p["z0"].shape == p["z_masked"].shape == (4, lat, lat)
+    assert p["m_down"].shape == (1, lat, lat) and set(p["m_down"].unique().tolist()) <= {0.0, 1.0}
+    assert p["unet_input"].shape == (9, lat, lat)
+    assert p["text_embedding"].shape == (77, 32)
+    # the hole is blanked (0) before the VAE
+    assert torch.all(p["masked_image"][:, p["mask"][0] > 0.5] == 0)
+
+
+# ---------------------------------------------------------------- LoRA training
+def _spec(cfg, **kw):
+    spec = dict(cfg.sd)
+    spec.update(checkpoint_every=0, **kw)
+    return H.config._wrap(spec)
+
+
+def _toy_dataset(n=4):
+    images, masks = toy_batch(n)
+    return [{"image": images[i], "mask": masks[i], "name": f"im{i}", "kind": "box"} for i in range(n)]
+
+
+def test_a_training_step_changes_only_lora(sd_root, tmp_path):
+    cfg, pipe = load(sd_root)
+    info = H.sd.add_lora(pipe, cfg.sd)
+    assert 0 < info["fraction_of_all"] < info["fraction_of_unet"] < 0.05
+    trainable = {n for n, p in pipe.unet.named_parameters() if p.requires_grad}
+    assert trainable and all(".lora_A." in n or ".lora_B." in n for n in trainable)
+    assert not any(p.requires_grad for m in (pipe.vae, pipe.text_encoder) for p in m.parameters())
+    before = {name: {k: v.clone() for k, v in getattr(pipe, name).state_dict().items()}
+              for name in ("unet", "vae", "text_encoder")}
+    loss_fn = H.sd.make_loss_fn(pipe, cfg, {f"im{i}": "a photo of a cat" for i in range(4)})
+    res = H.train.train(pipe.unet, loss_fn, _toy_dataset(), _spec(cfg, lr=1e-3, max_steps=1), tmp_path / "ckpt",
+                        cfg.seed, torch.device("cpu"), collate_fn=H.data.collate)
+    assert res.steps == 1 and np.isfinite(res.history[0]["loss"])
+    for name in ("unet", "vae", "text_encoder"):
+        after = getattr(pipe, name).state_dict()
+        for k, v in after.items():
+            if "lora" in k:
+                continue
+            assert torch.equal(v, before[name][k]), f"frozen weight {name}.{k} changed"
+    lora_b = [k for k in before["unet"] if ".lora_B." in k]
+    assert lora_b and all(not torch.equal(pipe.unet.state_dict()[k], before["unet"][k]) for k in lora_b)
+
+
+def test_fp16_frozen_weights_keep_lora_in_fp32_and_the_grad_scaler_works(sd_root):
+    """The known pitfall: fp16 LoRA parameters make GradScaler fail ('Attempting to unscale FP16
+    gradients'). add_lora keeps them in fp32 while the frozen weights stay fp16."""
+    cfg, pipe = load(sd_root, dtype=torch.float16)
+    H.sd.add_lora(pipe, cfg.sd)
+    params = [p for p in pipe.unet.parameters() if p.requires_grad]
+    assert {p.dtype for p in params} == {torch.float32}
+    assert {p.dtype for p in pipe.unet.parameters() if not p.requires_grad} == {torch.float16}
+    loss_fn = H.sd.make_loss_fn(pipe, cfg, {})
+    batch = H.data.collate(_toy_dataset(2))
+    opt = torch.optim.AdamW(params, lr=1e-3)
+    scaler = torch.amp.GradScaler("cpu")
+    with torch.autocast("cpu", dtype=torch.float16):
+        loss = loss_fn(pipe.unet, batch, torch.Generator().manual_seed(0))
+    scaler.scale(loss).backward()
+    scaler.unscale_(opt)                              # raises for fp16 gradients
+    scaler.step(opt)
+    assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in params)
+
+
+def test_gradient_checkpointing_still_trains_lora(sd_root):
+    cfg, pipe = load(sd_root, {"sd.gradient_checkpointing": True})
+    H.sd.add_lora(pipe, cfg.sd)
+    assert pipe.unet.is_gradient_checkpointing
+    pipe.unet.train()
+    loss = H.sd.make_loss_fn(pipe, cfg, {})(pipe.unet, H.data.collate(_toy_dataset(2)), torch.Generator().manual_seed(0))
+    loss.backward()
+    grads = [p.grad for n, p in pipe.unet.named_parameters() if ".lora_B." in n]
+    assert grads and all(g is not None and g.abs().sum() > 0 for g in grads)
+
+
+def test_prompt_dropout_rate_and_determinism(sd_root):
+    cfg, pipe = load(sd_root)
+    names = [f"im{i}" for i in range(64)]
+    loss_fn = H.sd.make_loss_fn(pipe, cfg, {n: "a photo of a cat" for n in names})
+    uncond, caption = loss_fn.text_embeds[""], loss_fn.text_embeds["a photo of a cat"]
+    assert not torch.equal(uncond, caption)
+    g = torch.Generator().manual_seed(1)
+    dropped = total = 0
+    for _ in range(150):
+        emb = loss_fn.conditioning(names, g)
+        is_uncond = torch.tensor([torch.equal(e, uncond) for e in emb])
+        is_caption = torch.tensor([torch.equal(e, caption) for e in emb])
+        assert torch.all(is_uncond ^ is_caption)
+        dropped += int(is_uncond.sum())
+        total += len(names)
+    rate = dropped / total                                  # 9600 draws: std of the rate ~0.0036
+    assert abs(rate - cfg.sd.prompt_dropout) < 0.015, rate
+    # the same generator seed gives the same step (what exact resume relies on)
+    batch = H.data.collate(_toy_dataset(2))
+    with torch.no_grad():
+        a = loss_fn(pipe.unet, batch, torch.Generator().manual_seed(5))
+        b = loss_fn(pipe.unet, batch, torch.Generator().manual_seed(5))
+    assert torch.equal(a, b)
+
+
+def test_saved_lora_loads_into_a_fresh_pipeline_with_the_same_output(sd_root, tmp_path):
+    over = {"sd.lora.alpha": 8}                   # alpha != r: the saved metadata must carry the scale
+    cfg, pipe = load(sd_root, over)
+    H.sd.add_lora(pipe, cfg.sd)
+    with torch.no_grad():                         # a LoRA that visibly changes the model (B starts at 0)
+        g = torch.Generator().manual_seed(0)
+        for n, p in pipe.unet.named_parameters():
+            if ".lora_B." in n:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+    pipe.unet.eval()
+    images, masks = toy_batch(2)
+    prompts = ["a photo", "a photo of a cat"]
+    before = run_inpaint(pipe, images, masks, prompts, composite=False)
+    path = H.sd.save_lora(pipe.unet, tmp_path / "lora")
+    assert path.name == "pytorch_lora_weights.safetensors" and path.is_file()
+
+    _, fresh = load(sd_root, over)
+    base = run_inpaint(fresh, images, masks, prompts, composite=False)
+    H.sd.load_lora(fresh, path)
+    after = run_inpaint(fresh, images, masks, prompts, composite=False)
+    assert (before - base).abs().max() > 0.05     # the LoRA matters...
+    assert torch.allclose(after, before, atol=1e-5)  # ...and survives save -> load
+
+
+# ---------------------------------------------------------------- inference
+def test_inference_keeps_known_pixels_is_seeded_and_batch_independent(sd_root):
+    cfg, pipe = load(sd_root)
+    images, masks = toy_batch(3)
+    prompts = ["a photo"] * 3
+    out = run_inpaint(pipe, images, masks, prompts)
+    assert out.shape == images.shape and out.min() >= -1 and out.max() <= 1
+    known = (masks < 0.5).expand_as(images)
+    assert torch.equal(out[known], images[known])             # exactly, not approximately
+    assert not torch.allclose(out[~known], images[~known])     # the hole was filled
+    again = run_inpaint(pipe, images, masks, prompts)
+    assert torch.equal(out, again)
+    one_by_one = torch.cat([run_inpaint(pipe, images[i:i + 1], masks[i:i + 1], prompts[:1], [i]) for i in range(3)])
+    assert torch.allclose(out, one_by_one, atol=1e-4)
+    other_seed = run_inpaint(pipe, images, masks, prompts, indices=[7, 8, 9])
+    assert not torch.allclose(out, other_seed)
+
+
+def test_inference_loop_matches_the_diffusers_pipeline(sd_root):
+    """The step-by-step loop of notebook 04 reproduces diffusers' own pipe(...) call."""
+    cfg, pipe = load(sd_root)
+    pipe.scheduler = make_sampler("ddim", pipe.scheduler.config)
+    images, masks = toy_batch(2)
+    prompts = ["a photo", "a photo of a cat"]
+    mine = run_inpaint(pipe, images, masks, prompts, composite=False)
+    ref = H.sd.reference_pipeline_output(pipe, images, masks, prompts, [H.sd.image_generator(0, i) for i in range(2)],
+                                         R, STEPS, 7.5)
+    assert torch.allclose(mine, H.sd.from_sd_resolution(ref, images.shape[-1]), atol=1e-4)
+
+
+def test_train_and_predict_the_test_set_end_to_end(sd_root, prepared):
+    """train_lora on the prepared smoke data (random training masks), save, reload, predict the
+    frozen test set: PNG files keep the known pixels exactly; meta says what was used."""
+    cfg, _ = prepared
+    cfg.sd.max_steps = 2
+    root = H.common.paths(cfg).root
+    pipe = H.sd.load_pipeline(cfg, source=H.sd.resolve_source(cfg, sd_root))
+    stats = H.sd.train_lora(cfg, pipe)
+    assert stats["steps"] == 2 and stats["trainable_params"] > 0 and len(stats["history"]) == 2
+    again = H.sd.train_lora(cfg, H.sd.load_pipeline(cfg, source=pipe.source))   # resumes: nothing left to do
+    assert again["reused"] and again["images_per_s"] == stats["images_per_s"]
+
+    lora_pipe = H.sd.load_lora(H.sd.load_pipeline(cfg, source=pipe.source), stats["lora_path"])
+    meta = H.sd.predict_test_set(cfg, lora_pipe, "sd_lora", train_stats=stats, limit=3)
+    test = H.data.load_test_set(cfg)
+    names = test["name"][:3]
+    preds, saved = H.data.read_predictions(cfg, "sd_lora", names)
+    known = (test["mask"][:3] < 0.5).expand_as(preds)
+    sel = known.permute(0, 2, 3, 1).numpy()
+    assert np.array_equal(H.common.to_uint8(preds)[sel], H.common.to_uint8(test["image"][:3])[sel])
+    for key in ("weights", "images_per_s", "sample_seconds_per_image", "trainable_params", "train_images_per_s",
+                "train_steps", "device"):
+        assert saved.get(key) is not None, key
+    assert "LoRA" in saved["weights"] and saved["n_images"] == 3 and str(root) in saved["lora_weights"]
