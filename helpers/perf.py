@@ -26,12 +26,15 @@ def set_attention(model: torch.nn.Module, sdpa: bool) -> int:
 
 def optimize_model(model: torch.nn.Module, perf: Config, device: torch.device, compile_mode: str | None = None):
     """Apply ``perf.sdpa`` and ``perf.channels_last`` in place; return the model, compiled with
-    ``torch.compile`` when ``perf.torch_compile`` is on (CUDA only: on the CPU it only costs time)."""
+    ``torch.compile`` when ``perf.torch_compile`` is on (CUDA only: on the CPU it only costs time).
+    ``perf.cuda_graphs`` picks the compile mode that replays CUDA graphs ("reduce-overhead"):
+    it removes the per-kernel launch cost that dominates small batches."""
     set_attention(model, perf.get("sdpa", True))
     if perf.get("channels_last", False):
         model.to(memory_format=torch.channels_last)
     if perf.get("torch_compile", False) and device.type == "cuda":
-        model = torch.compile(model, mode=compile_mode or "max-autotune-no-cudagraphs")
+        mode = compile_mode or ("reduce-overhead" if perf.get("cuda_graphs", False) else "default")
+        model = torch.compile(model, mode=mode)
     return model
 
 

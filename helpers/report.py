@@ -130,8 +130,8 @@ def export(executed: Path, out_dir: Path) -> dict[str, Path]:
     nb = nbformat.read(str(executed), as_version=4)
     remove = TagRemovePreprocessor(remove_cell_tags=HIDDEN_TAGS, enabled=True)
     out = {}
-    for kind, exporter in (("report", HTMLExporter(exclude_input=True)),
-                           ("slides", SlidesExporter(exclude_input=True, reveal_scroll=True))):
+    for kind, exporter in (("report", HTMLExporter(exclude_input=True, exclude_output_prompt=True)),
+                           ("slides", SlidesExporter(exclude_input=True, exclude_output_prompt=True, reveal_scroll=True))):
         exporter.register_preprocessor(remove, enabled=True)
         body, _ = exporter.from_notebook_node(nb)
         path = out_dir / (f"{executed.stem}.{kind}.html")

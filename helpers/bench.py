@@ -1,0 +1,516 @@
+"""Benchmark of the heavy steps, against the device's measured arithmetic peak.
+
+    python -m helpers.bench --preset full          # on a GPU: real architectures, random weights
+    python -m helpers.bench --preset smoke         # on a CPU: tiny configs (the table says so)
+
+Workloads (each at one or more batch sizes, each in several variants of the ``perf`` switches):
+
+1. ``ddpm_train``   7-channel DDPM U-Net training step (256x256, config of google/ddpm-celebahq-256)
+2. ``ddpm_sample``  DDIM inpainting sampling with that U-Net (cfg.ddpm.num_inference_steps steps)
+3. ``sd_lora_train`` SD 1.5 inpainting LoRA training step at 512x512 (VAE encode + 9-ch U-Net + LoRA)
+4. ``sd_infer``     SD 1.5 inpainting inference, cfg.sd.num_inference_steps steps with guidance
+5. ``eval``         evaluation features: FID Inception, LPIPS (when available), PSNR/SSIM
+
+For every row: images/s, seconds per batch, peak memory, FLOPs per image (counted once with
+``torch.utils.flop_counter`` on the plain variant, attention counted as matmuls), achieved
+TFLOP/s and its ratio to the peak matmul rate measured in the same run, and the speed-up of
+the variant over the plain one (ratios from one run, never across runs).
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+import torch
+
+from .common import get_device, paths, peak_memory_bytes, reset_peak_memory, save_json
+from .config import Config, load_config
+
+# the switches the variants toggle; "plain" has them all off
+SWITCHES = ("sdpa", "channels_last", "torch_compile", "fused_adamw", "cuda_graphs", "batched_vae_decode")
+
+
+@dataclass
+class Row:
+    workload: str
+    variant: str
+    batch_size: int
+    images_per_s: float
+    seconds_per_batch: float
+    peak_memory_bytes: int | None
+    flops_per_image: float | None
+    achieved_tflops: float | None
+    fraction_of_peak: float | None
+    speedup_vs_plain: float | None = None
+    note: str = ""
+
+
+@dataclass
+class Context:
+    cfg: Config
+    device: torch.device
+    tiny: bool
+    warmup: int
+    iters: int
+    peak_tflops: float
+    rows: list = field(default_factory=list)
+
+
+# ---------------------------------------------------------------- measuring
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_call(fn: Callable[[], object], device: torch.device, warmup: int, iters: int) -> float:
+    """Median wall seconds of ``fn()`` over ``iters`` calls after ``warmup`` calls (CUDA synced)."""
+    for _ in range(warmup):
+        fn()
+    sync(device)
+    times = []
+    for _ in range(max(1, iters)):
+        t0 = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def count_flops(fn: Callable[[], object]) -> int:
+    """FLOPs of one call, counted by torch.utils.flop_counter (matmuls, convolutions, attention)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return int(counter.get_total_flops())
+
+
+def peak_matmul_tflops(device: torch.device, n: int | None = None, iters: int = 10) -> tuple[float, str]:
+    """The device's dense matmul rate measured now: bf16 n x n x n on a GPU (n = 8192), fp32 on the
+    CPU (n = 1024). Returns (TFLOP/s, description)."""
+    if device.type == "cuda":
+        n, dtype = n or 8192, torch.bfloat16
+    else:
+        n, dtype = n or 1024, torch.float32
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    seconds = time_call(lambda: a @ b, device, warmup=3, iters=iters)
+    return 2 * n**3 / seconds / 1e12, f"{str(dtype).replace('torch.', '')} {n}x{n}x{n} matmul"
+
+
+def measure(ctx: Context, workload: str, variant: str, batch_size: int, step: Callable[[], object],
+            flops_per_image: float | None, note: str = "") -> Row:
+    """Time ``step`` (one batch), record memory and FLOP rate, append and return the row."""
+    reset_peak_memory(ctx.device)
+    seconds = time_call(step, ctx.device, ctx.warmup, ctx.iters)
+    ips = batch_size / seconds
+    achieved = flops_per_image * ips / 1e12 if flops_per_image else None
+    row = Row(workload, variant, batch_size, ips, seconds, peak_memory_bytes(ctx.device), flops_per_image,
+              achieved, achieved / ctx.peak_tflops if achieved else None, note=note)
+    ctx.rows.append(row)
+    return row
+
+
+def variants(cfg: Config, device: torch.device) -> dict[str, Config]:
+    """``plain`` (every switch off), ``preset`` (cfg.perf as configured), and ``+switch`` for each
+    switch the preset leaves off but that can matter on this device."""
+    base = copy.deepcopy(cfg.perf)
+    plain = Config({**base, **{s: False for s in SWITCHES}})
+    out = {"plain": plain, "preset": Config(base)}
+    for s in SWITCHES:
+        if device.type != "cuda" and s in ("torch_compile", "cuda_graphs", "fused_adamw", "channels_last"):
+            continue  # CPU: these only cost compile time or do nothing
+        out[f"+{s}"] = Config({**plain, s: True})
+    return out
+
+
+def with_speedups(rows: list[Row]) -> list[Row]:
+    """Fill speedup_vs_plain: each row's images/s over the plain row of the same workload and batch."""
+    plain = {(r.workload, r.batch_size): r.images_per_s for r in rows if r.variant == "plain"}
+    for r in rows:
+        base = plain.get((r.workload, r.batch_size))
+        r.speedup_vs_plain = r.images_per_s / base if base else None
+    return rows
+
+
+def format_table(rows: list[Row], header: str) -> str:
+    cols = ("workload", "variant", "batch", "img/s", "s/batch", "peak MiB", "GFLOP/img", "TFLOP/s", "% peak", "vs plain")
+    lines = [header, " | ".join(cols), " | ".join("---" for _ in cols)]
+    for r in rows:
+        mem = f"{r.peak_memory_bytes / 2**20:.0f}" if r.peak_memory_bytes else "n/a"
+        gf = f"{r.flops_per_image / 1e9:.2f}" if r.flops_per_image else "n/a"
+        tf = f"{r.achieved_tflops:.3f}" if r.achieved_tflops is not None else "n/a"
+        pk = f"{100 * r.fraction_of_peak:.1f}" if r.fraction_of_peak is not None else "n/a"
+        sp = f"{r.speedup_vs_plain:.2f}x" if r.speedup_vs_plain else "n/a"
+        lines.append(" | ".join([r.workload, r.variant, str(r.batch_size), f"{r.images_per_s:.3f}",
+                                 f"{r.seconds_per_batch:.4f}", mem, gf, tf, pk, sp]) + (f"  ({r.note})" if r.note else ""))
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- variants
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def variant_list(ctx: Context, kind: str, preset_dtype: str) -> list[tuple[str, Config, str]]:
+    """(name, perf switches, dtype) to time for a workload of ``kind`` (train | sample | sd_infer | eval).
+
+    ``plain`` has every switch off in fp32; ``+X`` turns one switch on; ``preset`` is the preset's
+    own ``perf`` with the workload's configured precision; ``all`` turns everything on in bf16."""
+    plain = Config({**ctx.cfg.perf, **{s: False for s in SWITCHES}})
+    on = lambda **kw: Config({**plain, **kw})
+    out = [("plain", plain, "fp32")]
+    if ctx.device.type == "cuda":
+        out += [("+bf16 autocast", plain, "bf16"), ("+sdpa", on(sdpa=True), "fp32"),
+                ("+channels_last", on(channels_last=True), "fp32"), ("+torch_compile", on(torch_compile=True), "fp32")]
+        if kind == "train":
+            out.append(("+fused_adamw", on(fused_adamw=True), "fp32"))
+        else:
+            out.append(("+cuda_graphs (compile)", on(torch_compile=True, cuda_graphs=True), "fp32"))
+        if kind == "sd_infer":
+            out.append(("+batched_vae_decode", on(batched_vae_decode=True), "fp32"))
+        everything = {s: True for s in SWITCHES}
+        if kind == "train":
+            everything["cuda_graphs"] = False   # optimizer steps mutate parameters outside the graph
+        out.append(("all", on(**everything), "bf16"))
+    else:
+        out.append(("+sdpa", on(sdpa=True), "fp32"))
+    out.append(("preset", Config(ctx.cfg.perf), preset_dtype if ctx.device.type == "cuda" else "fp32"))
+    return out
+
+
+def _free(device: torch.device) -> None:
+    import gc
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def _oom(e: BaseException) -> bool:
+    return isinstance(e, torch.cuda.OutOfMemoryError) or "out of memory" in str(e).lower()
+
+
+def _masks(n: int, size: int, seed: int = 0) -> torch.Tensor:
+    import numpy as np
+
+    from .masks import random_mask
+    rng = np.random.default_rng(seed)
+    return torch.stack([torch.from_numpy(random_mask(size, rng)[0])[None] for _ in range(n)])
+
+
+def _images(n: int, size: int, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return (torch.rand(n, 3, size, size, generator=g) * 2 - 1)
+
+
+def _sweep(ctx: Context, workload: str, variant: str, sizes, make_step, flops_of) -> None:
+    """Time the ``variant`` at every batch size in ``sizes`` until one does not fit in memory."""
+    for bs in sizes:
+        try:
+            step = make_step(bs)
+            measure(ctx, workload, f"{variant} (sweep)", bs, step, flops_of(bs))
+        except Exception as e:
+            if not _oom(e):
+                raise
+            ctx.rows.append(Row(workload, f"{variant} (sweep)", bs, 0.0, float("nan"), None, None, None, None,
+                                note="out of memory"))
+            break
+        finally:
+            _free(ctx.device)
+
+
+# ---------------------------------------------------------------- workloads 1-2: the 7-channel DDPM
+def _ddpm_config(ctx: Context) -> tuple[dict, int]:
+    from . import ddpm
+    if ctx.tiny:
+        size = ctx.cfg.data.image_size
+        return {**ddpm.published_unet_config(), **ctx.cfg.ddpm.tiny_config, "sample_size": size}, size
+    return ddpm.published_unet_config(), 256
+
+
+def _ddpm_model(ctx: Context, perf: Config, train: bool):
+    from . import ddpm
+    from .perf import optimize_model
+    config, _ = _ddpm_config(ctx)
+    torch.manual_seed(0)
+    model = ddpm.build_inpainting_unet(config, 7).to(ctx.device).train(train)
+    return optimize_model(model, perf, ctx.device)
+
+
+def bench_ddpm_train(ctx: Context) -> None:
+    """1. one AdamW step of the 7-channel U-Net with the weighted loss, at the study's batch size."""
+    from diffusers import DDPMScheduler
+
+    from . import ddpm
+    d, (_, size) = ctx.cfg.ddpm, _ddpm_config(ctx)
+    alphas = DDPMScheduler(**ddpm.published_scheduler_config()).alphas_cumprod.to(ctx.device)
+    loss_fn = ddpm.make_loss_fn(alphas, d.lambda_mask, d.lambda_context)
+
+    def make_step(perf: Config, dtype: str, bs: int):
+        model = _ddpm_model(ctx, perf, train=True)
+        cuda = ctx.device.type == "cuda"
+        opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=d.lr,
+                                **({"fused": True} if cuda and perf.get("fused_adamw") else {}))
+        scaler = torch.amp.GradScaler("cuda") if dtype == "fp16" and cuda else None
+        batch = {"image": _images(bs, size).to(ctx.device), "mask": _masks(bs, size).to(ctx.device)}
+        g = torch.Generator(ctx.device).manual_seed(0)
+        return lambda: ddpm.training_step(model, opt, batch, loss_fn, g, d.max_grad_norm, DTYPES[dtype], scaler)
+
+    flops = {}
+    def flops_of(bs: int) -> float:
+        if bs not in flops:
+            flops[bs] = count_flops(make_step(Config({**ctx.cfg.perf, "sdpa": False, "torch_compile": False}), "fp32", bs)) / bs
+            _free(ctx.device)
+        return flops[bs]
+
+    for name, perf, dtype in variant_list(ctx, "train", d.mixed_precision):
+        measure(ctx, "ddpm_train", name, d.batch_size, make_step(perf, dtype, d.batch_size), flops_of(d.batch_size),
+                note=f"{size}px, {dtype}")
+        _free(ctx.device)
+
+
+def bench_ddpm_sample(ctx: Context) -> None:
+    """2. DDIM inpainting with the 7-channel U-Net (cfg.ddpm.num_inference_steps steps); DPM-Solver++ with
+    cfg.bench.dpm_steps steps as the fewer-steps option; a batch sweep of the preset variant."""
+    from . import ddpm
+    d, (_, size) = ctx.cfg.ddpm, _ddpm_config(ctx)
+    sched = ddpm.published_scheduler_config()
+    bs0 = ctx.cfg.bench.batch_sizes[-1] if ctx.tiny else 8
+
+    def make_step(perf: Config, dtype: str, bs: int, sampler: str = "ddim", steps: int | None = None):
+        model = _ddpm_model(ctx, perf, train=False)
+        x, m = _images(bs, size), _masks(bs, size)
+        seeds = list(range(bs))
+        return lambda: ddpm.ddim_inpaint(model, sched, x * (1 - m), m, seeds, steps or d.num_inference_steps, 0.0,
+                                         sampler, DTYPES[dtype])
+
+    flops = {}
+    def flops_of(bs: int, steps: int | None = None) -> float:
+        key = (bs, steps)
+        if key not in flops:
+            flops[key] = count_flops(make_step(Config({**ctx.cfg.perf, "sdpa": False, "torch_compile": False}),
+                                               "fp32", bs, steps=steps)) / bs
+            _free(ctx.device)
+        return flops[key]
+
+    for name, perf, dtype in variant_list(ctx, "sample", d.mixed_precision):
+        measure(ctx, "ddpm_sample", name, bs0, make_step(perf, dtype, bs0), flops_of(bs0),
+                note=f"{size}px, DDIM {d.num_inference_steps} steps, {dtype}")
+        _free(ctx.device)
+    pdt = d.mixed_precision if ctx.device.type == "cuda" else "fp32"
+    k = ctx.cfg.bench.dpm_steps
+    measure(ctx, "ddpm_sample", f"preset + DPM-Solver++ {k} steps", bs0,
+            make_step(Config(ctx.cfg.perf), pdt, bs0, "dpm", k), flops_of(bs0, k), note=f"{size}px, {pdt}")
+    _free(ctx.device)
+    _sweep(ctx, "ddpm_sample", "preset", ctx.cfg.bench.batch_sizes,
+           lambda bs: make_step(Config(ctx.cfg.perf), pdt, bs), flops_of)
+
+
+# ---------------------------------------------------------------- workloads 3-4: SD 1.5 inpainting
+def _sd_parts(ctx: Context, perf: Config, dtype: str):
+    """U-Net, VAE (and scheduler) at full size (random weights) or tiny; the text embeddings are
+    cached in the real pipeline, so the benchmark feeds random embeddings of the right shape."""
+    from types import SimpleNamespace
+
+    from . import sd
+    from .perf import set_attention
+    configs = sd.tiny_configs(1000, 0, 1, 1) if ctx.tiny else sd.published_configs()
+    parts = sd.build_components(configs, ctx.device, DTYPES[dtype])
+    set_attention(parts["vae"], perf.get("sdpa", True))
+    res = ctx.cfg.sd.resolution if ctx.tiny else 512
+    dim = configs["unet"]["cross_attention_dim"]
+    return SimpleNamespace(**parts), res, dim
+
+
+def bench_sd_lora_train(ctx: Context) -> None:
+    """3. one LoRA training step at SD resolution: VAE encode (image + masked image), 9-channel U-Net
+    with LoRA on to_q/to_k/to_v/to_out.0 (fp32 LoRA weights over frozen fp16/bf16 ones), backward, AdamW."""
+    from diffusers import DDPMScheduler
+
+    from . import ddpm, sd
+    from .perf import optimize_model
+    s = ctx.cfg.sd
+
+    def make_step(perf: Config, dtype: str, bs: int):
+        pipe, res, dim = _sd_parts(ctx, perf, dtype)
+        sd.add_lora(pipe, s)
+        unet = optimize_model(pipe.unet.train(), Config({**perf, "torch_compile": False}), ctx.device)
+        g = torch.Generator().manual_seed(0)
+        embeds = {"": torch.randn(77, dim, generator=g), "a photo": torch.randn(77, dim, generator=g)}
+        loss = sd.LoraInpaintLoss(pipe.vae, DDPMScheduler.from_config(pipe.scheduler.config),
+                                  {k: v.to(ctx.device) for k, v in embeds.items()}, {}, s.prompt_dropout, res)
+        params = [p for p in unet.parameters() if p.requires_grad]
+        cuda = ctx.device.type == "cuda"
+        opt = torch.optim.AdamW(params, lr=s.lr, **({"fused": True} if cuda and perf.get("fused_adamw") else {}))
+        scaler = torch.amp.GradScaler("cuda") if dtype == "fp16" and cuda else None
+        batch = {"image": _images(bs, res).to(ctx.device), "mask": _masks(bs, res).to(ctx.device),
+                 "name": [f"x{i}" for i in range(bs)]}
+        gd = torch.Generator(ctx.device).manual_seed(0)
+        return lambda: ddpm.training_step(unet, opt, batch, loss, gd, s.max_grad_norm, torch.float32, scaler)
+
+    flops = {}
+    def flops_of(bs: int) -> float:
+        if bs not in flops:
+            flops[bs] = count_flops(make_step(Config({**ctx.cfg.perf, "sdpa": False}), "fp32", bs)) / bs
+            _free(ctx.device)
+        return flops[bs]
+
+    for name, perf, dtype in variant_list(ctx, "train", s.mixed_precision):
+        if "compile" in name:
+            continue  # peft's LoRA layers + checkpoint names: not compiled for training here
+        measure(ctx, "sd_lora_train", name, s.batch_size, make_step(perf, dtype, s.batch_size), flops_of(s.batch_size),
+                note=f"{'tiny' if ctx.tiny else '512px'}, frozen weights {dtype}, LoRA fp32")
+        _free(ctx.device)
+    pdt = s.mixed_precision if ctx.device.type == "cuda" else "fp32"
+    _sweep(ctx, "sd_lora_train", "preset", ctx.cfg.bench.batch_sizes,
+           lambda bs: make_step(Config(ctx.cfg.perf), pdt, bs), flops_of)
+
+
+def bench_sd_infer(ctx: Context) -> None:
+    """4. inpainting inference: VAE encode of the masked image, ``num_inference_steps`` guided steps
+    (conditional and unconditional passes in one U-Net call: 2 evaluations per step), VAE decode."""
+    from . import sd
+    from .perf import make_sampler, optimize_model
+    s = ctx.cfg.sd
+
+    def make_step(perf: Config, dtype: str, bs: int, sampler: str = "ddim", steps: int | None = None):
+        pipe, res, dim = _sd_parts(ctx, perf, dtype)
+        unet = optimize_model(pipe.unet, perf, ctx.device)
+        sched = make_sampler(sampler, pipe.scheduler.config)
+        g = torch.Generator().manual_seed(0)
+        cond, uncond = torch.randn(bs, 77, dim, generator=g), torch.randn(1, 77, dim, generator=g)
+        x, m = _images(bs, res), _masks(bs, res)
+        return lambda: sd.inpaint(unet, pipe.vae, sched, x, m, cond, uncond,
+                                  [torch.Generator().manual_seed(i) for i in range(bs)], res,
+                                  steps or s.num_inference_steps, s.guidance_scale, perf.get("batched_vae_decode", True))
+
+    flops = {}
+    def flops_of(bs: int, steps: int | None = None) -> float:
+        if (bs, steps) not in flops:
+            flops[(bs, steps)] = count_flops(make_step(Config({**ctx.cfg.perf, "sdpa": False, "torch_compile": False}),
+                                                       "fp32", bs, steps=steps)) / bs
+            _free(ctx.device)
+        return flops[(bs, steps)]
+
+    infer_dtype = "fp16" if s.mixed_precision == "fp16" else "bf16"
+    for name, perf, dtype in variant_list(ctx, "sd_infer", infer_dtype):
+        measure(ctx, "sd_infer", name, 1, make_step(perf, dtype, 1), flops_of(1),
+                note=f"{s.num_inference_steps} steps, guidance {s.guidance_scale}, {dtype}")
+        _free(ctx.device)
+    pdt = infer_dtype if ctx.device.type == "cuda" else "fp32"
+    k = ctx.cfg.bench.dpm_steps
+    measure(ctx, "sd_infer", f"preset + DPM-Solver++ {k} steps", 1,
+            make_step(Config(ctx.cfg.perf), pdt, 1, "dpm", k), flops_of(1, k), note=pdt)
+    _free(ctx.device)
+    _sweep(ctx, "sd_infer", "preset", ctx.cfg.bench.batch_sizes,
+           lambda bs: make_step(Config(ctx.cfg.perf), pdt, bs), flops_of)
+
+
+# ---------------------------------------------------------------- workload 5: evaluation
+def bench_eval(ctx: Context) -> None:
+    """5. metrics throughput: FID Inception features, LPIPS (when its weights are present),
+    PSNR/SSIM (whole + hole), and all of them end to end from PNG files."""
+    import tempfile
+    from pathlib import Path
+
+    from . import metrics
+    from .common import load_png, save_png
+    e = ctx.cfg.eval
+    size = ctx.cfg.data.image_size
+    bs = e.batch_size
+    x, y, m = _images(bs, size, 1).to(ctx.device), _images(bs, size, 2).to(ctx.device), _masks(bs, size).to(ctx.device)
+    P = paths(ctx.cfg)
+    inception, status = metrics.load_inception([P.cache], ctx.device)
+    lp, lp_status = metrics.load_lpips(e.lpips_net, [P.cache], ctx.device)
+
+    def psnr_ssim():
+        return (metrics.psnr(x, y), metrics.ssim(x, y), metrics.psnr(x, y, m), metrics.ssim(x, y, m))
+
+    measure(ctx, "eval", "psnr+ssim (whole+hole)", bs, psnr_ssim, None, note=f"{size}px")
+    if inception is not None:
+        measure(ctx, "eval", "inception features", bs, lambda: inception(x), count_flops(lambda: inception(x)) / bs,
+                note=status.message() if hasattr(status, "message") else "")
+    else:
+        ctx.rows.append(Row("eval", "inception features", bs, 0.0, float("nan"), None, None, None, None,
+                            note="unavailable: " + status.message()))
+    if lp is not None:
+        measure(ctx, "eval", "lpips", bs, lambda: lp(x, y), count_flops(lambda: lp(x, y)) / bs)
+    else:
+        ctx.rows.append(Row("eval", "lpips", bs, 0.0, float("nan"), None, None, None, None,
+                            note="unavailable (no AlexNet weights)"))
+    with tempfile.TemporaryDirectory() as tmp:
+        for i in range(bs):
+            save_png(x[i].cpu(), Path(tmp) / f"p{i}.png")
+            save_png(y[i].cpu(), Path(tmp) / f"t{i}.png")
+
+        def end_to_end():
+            a = torch.stack([load_png(Path(tmp) / f"p{i}.png") for i in range(bs)]).to(ctx.device)
+            b = torch.stack([load_png(Path(tmp) / f"t{i}.png") for i in range(bs)]).to(ctx.device)
+            out = [metrics.psnr(a, b), metrics.ssim(a, b)]
+            if inception is not None:
+                out.append(inception(a))
+            if lp is not None:
+                out.append(lp(a, b))
+            return out
+        measure(ctx, "eval", "end to end from PNG", bs, end_to_end, None,
+                note="decode + PSNR/SSIM" + (" + Inception" if inception else "") + (" + LPIPS" if lp else ""))
+
+
+WORKLOADS = {"ddpm_train": bench_ddpm_train, "ddpm_sample": bench_ddpm_sample,
+             "sd_lora_train": bench_sd_lora_train, "sd_infer": bench_sd_infer, "eval": bench_eval}
+
+
+def run(cfg: Config, only: list[str] | None = None, out_path=None) -> dict:
+    """Run the selected workloads (default: all five); print the table; save JSON. Returns the JSON dict."""
+    import datetime as dt
+    from importlib import metadata
+
+    device = get_device(cfg)
+    tiny = bool(cfg.bench.tiny) or device.type != "cuda"
+    peak, peak_desc = peak_matmul_tflops(device)
+    ctx = Context(cfg, device, tiny, cfg.bench.warmup, cfg.bench.iters, peak)
+    names = only or list(WORKLOADS)
+    unknown = set(names) - set(WORKLOADS)
+    if unknown:
+        raise ValueError(f"unknown workloads {sorted(unknown)}; choose from {list(WORKLOADS)}")
+    for name in names:
+        print(f"[bench] {name} ...", file=sys.stderr, flush=True)
+        WORKLOADS[name](ctx)
+        _free(device)
+    rows = with_speedups(ctx.rows)
+    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None
+    header = (f"device: {gpu or 'CPU'}; peak {peak_desc}: {peak:.2f} TFLOP/s measured now; "
+              + ("TINY configs (CPU run: proves the harness, not the speed of the real models)" if tiny
+                 else "full-size architectures with random weights"))
+    table = format_table(rows, header)
+    print(table)
+    result = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "preset": cfg.preset,
+              "device": gpu or "cpu", "tiny": tiny, "peak_tflops": peak, "peak_kind": peak_desc,
+              "versions": {p: metadata.version(p) for p in ("torch", "diffusers", "peft")},
+              "workloads": names, "rows": [asdict(r) for r in rows], "table": table}
+    out_path = out_path or paths(cfg).reports / "bench.json"
+    save_json(result, out_path)
+    print(f"\nsaved {out_path}", file=sys.stderr)
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m helpers.bench", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--preset", default="smoke")
+    ap.add_argument("--only", help="comma-separated workloads: " + ",".join(WORKLOADS))
+    ap.add_argument("--out", help="JSON path (default reports/<preset>/bench.json)")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    args = ap.parse_args(argv)
+    from .report import _parse_overrides
+    cfg = load_config(args.preset, _parse_overrides(args.overrides))
+    run(cfg, args.only.split(",") if args.only else None, args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
