@@ -140,7 +140,7 @@ def with_speedups(rows: list[Row]) -> list[Row]:
 
 
 def format_table(rows: list[Row], header: str) -> str:
-    cols = ("workload", "variant", "batch", "img/s", "s/batch", "peak MiB", "GFLOP/img", "TFLOP/s", "% peak", "vs plain")
+    cols = ("workload", "variant", "batch", "img/s", "s/batch", "peak MiB", "GFLOP/img", "TFLOP/s", "% peak", "vs plain", "note")
     lines = [header, " | ".join(cols), " | ".join("---" for _ in cols)]
     for r in rows:
         mem = f"{r.peak_memory_bytes / 2**20:.0f}" if r.peak_memory_bytes else "n/a"
@@ -149,7 +149,7 @@ def format_table(rows: list[Row], header: str) -> str:
         pk = f"{100 * r.fraction_of_peak:.1f}" if r.fraction_of_peak is not None else "n/a"
         sp = f"{r.speedup_vs_plain:.2f}x" if r.speedup_vs_plain else "n/a"
         lines.append(" | ".join([r.workload, r.variant, str(r.batch_size), f"{r.images_per_s:.3f}",
-                                 f"{r.seconds_per_batch:.4f}", mem, gf, tf, pk, sp]) + (f"  ({r.note})" if r.note else ""))
+                                 f"{r.seconds_per_batch:.4f}", mem, gf, tf, pk, sp, r.note]))
     return "\n".join(lines)
 
 
@@ -514,3 +514,19 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def report_section(cfg: Config) -> str:
+    """Markdown for the report (notebook 06): the last benchmark of this preset, or how to run one."""
+    path = paths(cfg).reports / "bench.json"
+    if not path.is_file():
+        return (f"No benchmark has been run for preset `{cfg.preset}` yet: `make bench PRESET={cfg.preset}` "
+                f"(or `python -m helpers.bench --preset {cfg.preset}`) measures the five heavy steps and "
+                "writes `bench.json`, which this slide then shows.")
+    b = json.loads(path.read_text())
+    lines = b["table"].splitlines()
+    head = (f"Measured {b['date'][:10]} on **{b['device']}** (peak {b['peak_kind']}: {b['peak_tflops']:.2f} TFLOP/s). "
+            + ("**Tiny configs on a CPU: this shows the harness works, not how fast the real models are.**"
+               if b["tiny"] else "Full-size architectures with random weights."))
+    keep = [l for l in lines[1:] if "(sweep)" not in l]   # the batch sweeps stay in bench.json
+    return head + "\n\n" + "\n".join(keep)

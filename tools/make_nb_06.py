@@ -44,6 +44,8 @@ H.evaluate.qualitative_grid(cfg, worst, P.figures / "06_failure_cases.png", ev=e
                             title=f"chosen by {criterion}");"""),
     md("## What each method costs", slide="slide"),
     code("H.evaluate.table(H.evaluate.format_runtime(ev))"),
+    md("## Throughput against the hardware's limit", slide="subslide"),
+    code("H.evaluate.markdown(H.bench.report_section(cfg))"),
     md("## Conclusions from the measured numbers", slide="slide"),
     code("""text = H.evaluate.conclusions(ev, cfg)
 (P.tables / "06_conclusions.md").write_text(text + "\\n")
