@@ -583,13 +583,15 @@ def train_lora(cfg: Config, pipe, captions: dict[str, str] | None = None, max_st
                    fused_adamw=cfg.perf.get("fused_adamw", True), desc="LoRA training", max_steps=max_steps)
     pipe.unet.eval()
     # 4. the LoRA weights in diffusers' format; the run's numbers beside them
-    lora_path = save_lora(pipe.unet, run_dir)
+    from accelerate import PartialState
+    main_process = PartialState().is_main_process
+    lora_path = save_lora(pipe.unet, run_dir, is_main_process=main_process)
     stats_path = ckpt_dir / "train_stats.json"
     summary = {**result.summary(), **info, "lora_path": str(lora_path), "base": getattr(pipe, "source", None),
                "device": str(device), "train_images": len(dataset)}
     if result.steps == result.resumed_from and stats_path.is_file():   # nothing left to train: keep the run's timings
         summary = {**load_json(stats_path), "lora_path": str(lora_path), "reused": True}
-    else:
+    elif main_process:
         save_json(summary, stats_path)
     summary["history"] = result.history
     return summary
@@ -744,3 +746,30 @@ def reference_pipeline_output(pipe, images: torch.Tensor, masks: torch.Tensor, p
                num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
                generator=list(generators), output_type="pt").images
     return out.float() * 2 - 1
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    """LoRA training from the command line, on one or several GPUs:
+    ``accelerate launch -m helpers.sd --preset full`` (or ``python -m helpers.sd --preset smoke``)."""
+    import argparse
+
+    from .report import _parse_overrides
+
+    ap = argparse.ArgumentParser(description=main.__doc__.split("\n")[0])
+    ap.add_argument("--preset", default="smoke", help="smoke | full | path to a YAML preset")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="dotted override, e.g. --set sd.max_steps=100")
+    ap.add_argument("--max-steps", type=int, default=None, help="stop this call after this many steps (resumable)")
+    args = ap.parse_args(argv)
+    from .config import load_config
+    cfg = load_config(args.preset, _parse_overrides(args.overrides))
+    stats = train_lora(cfg, load_pipeline(cfg), max_steps=args.max_steps)
+    from accelerate import PartialState
+    if PartialState().is_main_process:
+        print(json.dumps({k: v for k, v in stats.items() if k != "history"}, indent=2, default=str))
+    return stats
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO)
+    main()
