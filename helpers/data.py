@@ -16,6 +16,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
+import shutil
 import warnings
 from collections import Counter
 from dataclasses import dataclass, field
@@ -253,20 +255,28 @@ def prepare_dataset(cfg: Config, force: bool = False, root: Path | None = None) 
         items = hub_images(d.hub_id, d.hub_split, d.hub_image_key, d.image_size, P.cache, report, d.num_images)
     else:
         raise ValueError(f"data.source must be bundled, folder or hub, got {d.source!r}")
-    staging: dict[str, np.ndarray] = {}
+    # images go to disk as they are read (a 30k-image set does not fit in memory); an earlier,
+    # different preparation is removed first so no stale file survives
+    for old in ("images", "test_masks"):
+        shutil.rmtree(P.data / old, ignore_errors=True)
+    staging = P.data / "images" / "_staging"
+    names = []
     for name, img in progress(items, desc=f"reading {d.source} images", total=d.num_images):
-        staging[name] = img
-    report.kept = len(staging)
+        save_png(img, staging / f"{name}.png")
+        names.append(name)
+    report.kept = len(names)
     # 2. deterministic split by seed, test set capped
-    splits = split_names(list(staging), d.split, cfg.seed)
+    splits = split_names(names, d.split, cfg.seed)
     cap = {"test": d.max_test_images, "val": d.max_val_images}
     for s, limit in cap.items():
         if limit is not None and len(splits[s]) > limit:
             splits["train"] = sorted(splits["train"] + splits[s][limit:])
             splits[s] = splits[s][:limit]
     for s in SPLITS:
-        for name in progress(splits[s], desc=f"writing {s}", leave=False):
-            save_png(staging[name], P.data / "images" / s / f"{name}.png")
+        (P.data / "images" / s).mkdir(parents=True, exist_ok=True)
+        for name in splits[s]:
+            os.replace(staging / f"{name}.png", P.data / "images" / s / f"{name}.png")
+    staging.rmdir()
     # 3. frozen test masks: kinds cycled so every kind is represented, one generator per image
     test_masks = {}
     kinds = list(d.masks.kinds)

@@ -160,3 +160,14 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path):
             tmp.write_text("partial")
             raise RuntimeError("crash")
     assert not target.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_changed_preset_reprepares_without_stale_files(prepared):
+    cfg, index = prepared
+    P = H.common.paths(cfg)
+    smaller = H.load_config("smoke", {"data.num_images": 20})
+    new = D.prepare_dataset(smaller)
+    files = sorted(p.stem for p in (P.data / "images").rglob("*.png"))
+    assert len(files) == 20 == sum(len(v) for v in new["splits"].values())
+    assert sorted(p.stem for p in (P.data / "test_masks").glob("*.png")) == sorted(new["splits"]["test"])
+    assert new["fingerprint"] != index["fingerprint"]
