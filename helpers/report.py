@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 import os
 import platform
 import subprocess
@@ -152,11 +153,17 @@ def run(preset: str = "smoke", only: str | None = None, start: str | None = None
     manifest = manifest_base(cfg)
     manifest["overrides"] = overrides or {}
     manifest_path = P.reports / "manifest.json"
+    if (only or start) and manifest_path.is_file():
+        # a partial run keeps the entries of the notebooks it does not run again
+        earlier = json.loads(manifest_path.read_text()).get("notebooks", [])
+        rerun = {nb.name for nb in nbs}
+        manifest["notebooks"] = [e for e in earlier if e["notebook"] not in rerun]
     bar = tqdm(nbs, desc=f"notebooks ({preset})", unit="nb", dynamic_ncols=True)
     for nb in bar:
         bar.set_postfix_str(nb.stem)
         entry = {"notebook": nb.name, "status": "running"}
         manifest["notebooks"].append(entry)
+        manifest["notebooks"].sort(key=lambda e: e["notebook"])
         save_json(manifest, manifest_path)
         t0 = time.perf_counter()
         try:

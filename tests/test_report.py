@@ -49,3 +49,13 @@ def test_failing_notebook_is_named_with_its_cell(tmp_root):
     executed = nbformat.read(P.reports / "notebooks" / "01_ok.ipynb", as_version=4)
     assert any(c.get("outputs") is not None for c in executed.cells if c.cell_type == "code")
     assert (P.reports / "logs" / "02_bad.log").is_file()
+
+
+@pytest.mark.slow
+def test_partial_run_keeps_earlier_entries(tmp_root):
+    nbdir = tmp_root / "nbs"
+    _write(nbdir / "01_a.ipynb", "x = 1")
+    _write(nbdir / "02_b.ipynb", "y = 2")
+    R.run("smoke", notebook_dir=nbdir, do_export=False)
+    manifest = R.run("smoke", start="02", notebook_dir=nbdir, do_export=False)
+    assert [(n["notebook"], n["status"]) for n in manifest["notebooks"]] == [("01_a.ipynb", "ok"), ("02_b.ipynb", "ok")]
