@@ -38,7 +38,7 @@ per 7×7 window (uniform weights, $C_1 = (0.01 \\cdot 255)^2$, $C_2 = (0.03 \\cd
 is the mean of the map away from the border; **hole SSIM is the mean of the map over hole pixels**.
 
 After compositing, all the error sits in the hole, so per image
-$\text{PSNR} = \text{PSNR}_\text{hole} - 10 \log_{10} f$: on the same images, whole-image PSNR
+$\\text{PSNR} = \\text{PSNR}_\\text{hole} - 10 \\log_{10} f$: on the same images, whole-image PSNR
 ranks methods exactly as hole PSNR does, only shifted by the hole sizes.""", slide="slide"),
     md("""## Learned metrics: LPIPS, FID, KID
 * **LPIPS** (Zhang et al. 2018): distance between deep features (AlexNet, linear heads v0.1);
