@@ -90,7 +90,8 @@ with $w$ = `sd.guidance_scale`, `sd.num_inference_steps` steps of the sampler `p
 seeded generator per test image (the result does not depend on batching). The decoded image is resized
 to the data resolution and composited. The LoRA weights are loaded from the saved file into a
 **fresh** pipeline, exactly as anyone reusing them would.""", slide="slide"),
-    code("""zero_shot = H.sd.predict_test_set(cfg, H.sd.load_pipeline(cfg), "sd_zeroshot")
+    code("""del pipe    # the training pipeline: left on the GPU, its weights would count in the inference peak memory
+zero_shot = H.sd.predict_test_set(cfg, H.sd.load_pipeline(cfg), "sd_zeroshot")
 lora_pipe = H.sd.load_lora(H.sd.load_pipeline(cfg), stats["lora_path"])
 with_lora = H.sd.predict_test_set(cfg, lora_pipe, "sd_lora", train_stats=stats)
 for label, meta in (("zero-shot", zero_shot), ("LoRA", with_lora)):
