@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import gc
 import hashlib
 import json
 import logging
@@ -508,7 +509,12 @@ class SeededNoise:
         self.generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
 
     def __call__(self, shape_chw: Sequence[int], device, dtype=torch.float32) -> torch.Tensor:
-        return torch.stack([torch.randn(tuple(shape_chw), generator=g) for g in self.generators]).to(device, dtype)
+        z = torch.stack([torch.randn(tuple(shape_chw), generator=g) for g in self.generators])
+        if torch.device(device).type == "cuda":
+            # pinned + non_blocking: a plain copy would synchronise the host with the GPU at every
+            # draw (RePaint draws 2-3 times per step), stalling the sampling loop
+            return z.pin_memory().to(device, dtype, non_blocking=True)
+        return z.to(device, dtype)
 
 
 def image_seeds(seed: int, names: Sequence[str]) -> list[int]:
@@ -661,6 +667,11 @@ def finetune(cfg: Config, P: Paths, unet, noise_scheduler, device: torch.device,
     result = train(unet, loss_fn, dataset, cfg.ddpm, ckpt, cfg.seed, device, collate_fn=collate,
                    fused_adamw=cfg.perf.get("fused_adamw", True), on_validate=on_validate,
                    desc="DDPM fine-tuning", max_steps=max_steps)
+    # Accelerate's optimizer wrapper sits in a reference cycle: collect it now so its AdamW state
+    # (2 x the model's size) does not stay on the GPU and inflate the sampling peak memory
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
     # 3. stats: of this call, or of the earlier call that did the steps
     stats_path = ckpt / "train_stats.json"
     if result.steps > result.resumed_from or not stats_path.is_file():

@@ -301,3 +301,10 @@ def test_notebook_is_committed_clean(name):
     assert "parameters" in code[1].metadata.get("tags", [])
     assert all("slideshow" in c.metadata for c in nb.cells)
     assert all(not c.outputs and c.execution_count is None for c in code)
+
+
+def test_seeded_noise_depends_on_the_image_seed_only():
+    a = D.SeededNoise([11, 22, 33])((3, 4, 4), "cpu")
+    b = D.SeededNoise([22])((3, 4, 4), torch.device("cpu"))
+    assert a.shape == (3, 3, 4, 4) and torch.equal(a[1:2], b)          # same seed, same noise, any batch
+    assert not torch.equal(a[0], a[1])

@@ -91,7 +91,8 @@ $\\epsilon_\\theta(\\text{concat}(x_\\text{masked}, m, x_t), t)$, batched over t
 to reproduce it exactly, and the loss barely weights it ($\\lambda_\\text{context}$). The known pixels
 are given, so the final image is $m \\odot \\hat x_0 + (1 - m) \\odot x$: the context is exact, the
 metrics measure only the generated hole (plus its seam), and every method is compared the same way.""", slide="slide"),
-    code("""finetuned = H.ddpm.load_finetuned(cfg, P).to(device)      # the weights as saved, loaded back
+    code("""unet = unet.cpu()     # the training copy leaves the GPU: the peak memory below is the sampler's own
+finetuned = H.ddpm.load_finetuned(cfg, P).to(device)      # the weights as saved, loaded back
 finetuned = H.perf.optimize_model(finetuned, cfg.perf, device)
 preds, test, ft_meta = H.ddpm.save_finetuned_predictions(cfg, P, finetuned, noise_sched.config, device, train_stats)
 print(f"{len(preds)} test predictions -> {P.predictions('ddpm_finetuned')} "
@@ -111,7 +112,8 @@ The two halves do not know about each other, so the sampler repeatedly jumps bac
 $x_{t-1} \\to x_t \\sim q(x_t \\mid x_{t-1})$ (`jump_length` steps, `jump_n_sample` passes), letting the model
 harmonise the hole with the context. It costs many more U-Net calls than DDIM and needs no training;
 it runs on the first `ddpm.repaint.max_images` test images (the meta file says so).""", slide="slide"),
-    code("""base = base.to(device)
+    code("""finetuned = finetuned.cpu()     # only the model being measured on the GPU
+base = base.to(device)
 base = H.perf.optimize_model(base, cfg.perf, device)
 rp_preds, rp_test, rp_meta = H.repaint.save_repaint_predictions(cfg, P, base, noise_sched, device)
 print(rp_meta["subset"], f"- {rp_meta['model_calls_per_image']} U-Net calls per image, "
