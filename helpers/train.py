@@ -26,6 +26,7 @@ from .config import Config
 
 log = logging.getLogger(__name__)
 CHECKPOINT = "last.pt"
+LOG_EVERY = 10   # steps between reading the loss back from the GPU (each read waits for the GPU)
 
 # loss_fn(model, batch, generator) -> scalar loss. ``generator`` is seeded per step (device-side).
 LossFn = Callable[[torch.nn.Module, dict, torch.Generator], torch.Tensor]
@@ -52,7 +53,7 @@ class EpochSampler(torch.utils.data.Sampler):
 class TrainResult:
     history: list            # [{"step", "epoch", "loss", "grad_norm", "lr"}]
     steps: int
-    seconds: float           # wall time of the steps run in this call
+    seconds: float           # wall time of the steps run in this call (checkpoints, validation excluded)
     images_per_s: float
     peak_memory_bytes: int | None
     trainable_params: int
@@ -125,7 +126,17 @@ def train(model: torch.nn.Module, loss_fn: LossFn, dataset: torch.utils.data.Dat
     # 3. the loop: epoch e's batches are fixed by (seed, e); a resume skips those already seen
     stop_at = total if max_steps is None else min(total, max_steps)
     reset_peak_memory(device)
-    images, start = 0, time.perf_counter()
+    images, start, paused = 0, time.perf_counter(), 0.0   # paused: checkpoints and validation, not timed
+    pending: list = []   # (step, epoch, loss, grad_norm) still on the device: read every LOG_EVERY steps
+
+    def flush() -> None:
+        """Move the pending losses into the history (one device sync for several steps)."""
+        for s_, e_, l_, g_ in pending:
+            history.append({"step": s_, "epoch": e_, "loss": float(l_),
+                            "grad_norm": float(g_) if g_ is not None else math.nan})
+        pending.clear()
+        if history:
+            bar.set_postfix(loss=f"{history[-1]['loss']:.4f}", epoch=history[-1]["epoch"])
     bar = progress(total=total, initial=step, desc=desc, disable=not accelerator.is_local_main_process)
     model.train()
     try:
@@ -149,26 +160,30 @@ def train(model: torch.nn.Module, loss_fn: LossFn, dataset: torch.utils.data.Dat
                 opt.zero_grad(set_to_none=True)
                 step += 1
                 images += spec.batch_size * accelerator.num_processes
-                record = {"step": step, "epoch": epoch, "loss": float(loss.detach()),
-                          "grad_norm": float(grad_norm) if grad_norm is not None else math.nan}
-                history.append(record)
+                pending.append((step, epoch, loss.detach(), grad_norm.detach() if torch.is_tensor(grad_norm) else grad_norm))
                 bar.update(1)
-                bar.set_postfix(loss=f"{record['loss']:.4f}", epoch=epoch)
+                if step % LOG_EVERY == 0:
+                    flush()
+                t_pause = time.perf_counter()
                 if spec.get("checkpoint_every") and step % spec.checkpoint_every == 0:
+                    flush()
                     save_checkpoint()
                 if on_validate is not None and spec.get("val_every") and step % spec.val_every == 0:
                     model.eval()
                     on_validate(step)
                     model.train()
+                paused += time.perf_counter() - t_pause
     except KeyboardInterrupt:
         log.warning("interrupted at step %d: checkpoint saved to %s", step, ckpt_path)
+        flush()
         save_checkpoint()
         raise
     finally:
         bar.close()
+    flush()
+    seconds = time.perf_counter() - start - paused
     save_checkpoint()
     model.eval()
-    seconds = time.perf_counter() - start
     return TrainResult(history=history, steps=step, seconds=seconds,
                        images_per_s=images / seconds if images else 0.0,
                        peak_memory_bytes=peak_memory_bytes(device), trainable_params=trainable,

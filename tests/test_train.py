@@ -1,0 +1,45 @@
+"""The shared training loop: exact resume, history, only trainable parameters change."""
+import torch
+
+import helpers as H
+from helpers.config import Config
+
+
+class Numbers(torch.utils.data.Dataset):
+    def __len__(self):
+        return 20
+
+    def __getitem__(self, i):
+        return {"x": torch.full((4,), float(i))}
+
+
+def loss_fn(model, batch, g):
+    noise = torch.randn(batch["x"].shape, generator=g)     # all randomness from the step's generator
+    return ((model(batch["x"] / 20 + noise) - 1) ** 2).mean()
+
+
+SPEC = Config(batch_size=4, lr=1e-2, num_epochs=3, max_steps=None, max_grad_norm=1.0, mixed_precision="no",
+              checkpoint_every=2)
+
+
+def _run(ckpt, stop=None):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Dropout(0.2), torch.nn.Linear(4, 1))
+    model[0].bias.requires_grad_(False)
+    frozen = model[0].bias.detach().clone()
+    result = H.train.train(model, loss_fn, Numbers(), SPEC, ckpt, 0, torch.device("cpu"), max_steps=stop)
+    return model, result, frozen
+
+
+def test_killed_and_resumed_run_equals_uninterrupted(tmp_path):
+    whole, r_whole, frozen = _run(tmp_path / "a")
+    _run(tmp_path / "b", stop=7)                            # "killed" after 7 of 15 steps
+    resumed, r_res, _ = _run(tmp_path / "b")
+    assert r_whole.steps == r_res.steps == 15 and r_res.resumed_from == 7
+    for p, q in zip(whole.parameters(), resumed.parameters()):
+        assert torch.equal(p, q)
+    assert r_whole.history == r_res.history and len(r_whole.history) == 15
+    assert torch.equal(whole[0].bias, frozen)               # a frozen parameter never moves
+    assert r_whole.trainable_params == r_whole.total_params - 4
+    assert r_whole.history[-1]["loss"] < r_whole.history[0]["loss"]
+    assert (tmp_path / "a" / "last.pt").is_file() and r_whole.images_per_s > 0
