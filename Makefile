@@ -5,7 +5,7 @@ PY      := $(VENV)/bin/python
 PRESET  ?= smoke
 PYTEST_ARGS ?=
 
-.PHONY: report test venv notebooks bench clean
+.PHONY: report test venv notebooks bench slides-offline clean
 
 $(VENV)/.installed: requirements.txt requirements-nodeps.txt pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -31,6 +31,14 @@ bench: venv
 ## regenerate notebooks/*.ipynb from tools/make_nb_*.py (committed without outputs)
 notebooks: venv
 	for f in tools/make_nb_*.py; do $(PY) $$f || exit 1; done
+
+## optional: reveal.js, require.js and jQuery from the npm registry, so the slides present offline
+slides-offline:
+	rm -rf data/cache/slides_js && mkdir -p data/cache/slides_js/reveal.js
+	cd data/cache/slides_js && npm pack reveal.js@4.0.2 requirejs@2.3.7 jquery@2.2.4 \
+	  && tar xzf reveal.js-4.0.2.tgz -C reveal.js --strip-components=1 \
+	  && tar xzf requirejs-2.3.7.tgz package/require.js --strip-components=1 \
+	  && tar xzf jquery-2.2.4.tgz package/dist/jquery.min.js --strip-components=2 && rm -f *.tgz
 
 clean:
 	rm -rf reports/$(PRESET) data/$(PRESET)

@@ -122,8 +122,27 @@ def run_notebook(src: Path, dst: Path, log_path: Path, preset: str, overrides: d
                 f"  executed notebook with the traceback: {dst}\n  cell output log: {log_path}") from None
 
 
-def export(executed: Path, out_dir: Path) -> dict[str, Path]:
-    """HTML report and reveal.js slides of an executed notebook, parameter cells removed, code hidden."""
+SLIDE_ASSETS = {"reveal_url_prefix": "reveal.js", "require_js_url": "require.js", "jquery_url": "jquery.min.js"}
+
+
+def offline_slide_assets(out_dir: Path, cache: Path) -> dict | None:
+    """Copy local reveal.js, require.js and jQuery (``make slides-offline`` puts them in
+    data/cache/slides_js) beside the slides so they present without internet. Returns the exporter
+    settings pointing at the copies, or None: the slides then load them from their CDNs.
+    (MathJax still comes from its CDN: offline, formulas show as TeX source.)"""
+    import shutil
+
+    src = Path(cache) / "slides_js"
+    if not all((src / f).exists() for f in ("reveal.js/dist/reveal.js", "require.js", "jquery.min.js")):
+        return None
+    dst = Path(out_dir) / "slides_js"
+    shutil.copytree(src, dst, dirs_exist_ok=True)
+    return {trait: f"slides_js/{name}" for trait, name in SLIDE_ASSETS.items()}
+
+
+def export(executed: Path, out_dir: Path, slide_assets: dict | None = None) -> dict[str, Path]:
+    """HTML report and reveal.js slides of an executed notebook, parameter cells removed, code hidden.
+    ``slide_assets``: exporter settings for local reveal.js/require.js/jQuery (default: their CDNs)."""
     import nbformat
     from nbconvert import HTMLExporter, SlidesExporter
     from nbconvert.preprocessors import TagRemovePreprocessor
@@ -131,8 +150,11 @@ def export(executed: Path, out_dir: Path) -> dict[str, Path]:
     nb = nbformat.read(str(executed), as_version=4)
     remove = TagRemovePreprocessor(remove_cell_tags=HIDDEN_TAGS, enabled=True)
     out = {}
+    slides = SlidesExporter(exclude_input=True, exclude_output_prompt=True, reveal_scroll=True)
+    for trait, url in (slide_assets or {}).items():
+        setattr(slides, trait, url)
     for kind, exporter in (("report", HTMLExporter(exclude_input=True, exclude_output_prompt=True)),
-                           ("slides", SlidesExporter(exclude_input=True, exclude_output_prompt=True, reveal_scroll=True))):
+                           ("slides", slides)):
         exporter.register_preprocessor(remove, enabled=True)
         body, _ = exporter.from_notebook_node(nb)
         path = out_dir / (f"{executed.stem}.{kind}.html")
@@ -178,7 +200,7 @@ def run(preset: str = "smoke", only: str | None = None, start: str | None = None
             manifest["finished"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
             save_json(manifest, manifest_path)
     if do_export and nbs and nbs[-1] == list_notebooks(notebook_dir)[-1]:
-        files = export(P.reports / "notebooks" / nbs[-1].name, P.reports)
+        files = export(P.reports / "notebooks" / nbs[-1].name, P.reports, offline_slide_assets(P.reports, P.cache))
         manifest["exports"] = {k: str(v) for k, v in files.items()}
         save_json(manifest, manifest_path)
     return manifest

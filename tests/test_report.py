@@ -59,3 +59,20 @@ def test_partial_run_keeps_earlier_entries(tmp_root):
     R.run("smoke", notebook_dir=nbdir, do_export=False)
     manifest = R.run("smoke", start="02", notebook_dir=nbdir, do_export=False)
     assert [(n["notebook"], n["status"]) for n in manifest["notebooks"]] == [("01_a.ipynb", "ok"), ("02_b.ipynb", "ok")]
+
+
+def test_offline_slide_assets_are_copied_and_used(tmp_path):
+    cache, out = tmp_path / "cache", tmp_path / "out"
+    assert R.offline_slide_assets(out, cache) is None             # nothing placed: CDN
+    (cache / "slides_js" / "reveal.js" / "dist").mkdir(parents=True)
+    for f in ("reveal.js/dist/reveal.js", "require.js", "jquery.min.js"):
+        (cache / "slides_js" / f).write_text("//")
+    assets = R.offline_slide_assets(out, cache)
+    assert assets["require_js_url"] == "slides_js/require.js" and (out / "slides_js" / "require.js").is_file()
+    nb_path = tmp_path / "nb.ipynb"
+    _write(nb_path, "x = 1")
+    nb = nbformat.read(nb_path, as_version=4)
+    nbformat.write(nb, tmp_path / "executed.ipynb")
+    html = R.export(tmp_path / "executed.ipynb", out, assets)["slides"].read_text()
+    assert 'src="slides_js/require.js"' in html and "slides_js/reveal.js/dist/reveal.js" in html
+    assert "preset = " not in html
