@@ -201,8 +201,12 @@ def timed(device: torch.device | None = None) -> Iterator[dict]:
 
 
 def progress(iterable=None, **kwargs):
-    """A tqdm progress bar that renders in notebooks and terminals alike."""
-    from tqdm.auto import tqdm
+    """A tqdm progress bar: a widget in an interactive notebook, text in a terminal and in
+    notebooks run by the report runner (it sets INPAINT_TEXT_PROGRESS so the logs show progress)."""
+    if os.environ.get("INPAINT_TEXT_PROGRESS"):
+        from tqdm.std import tqdm
+    else:
+        from tqdm.auto import tqdm
     kwargs.setdefault("dynamic_ncols", True)
     kwargs.setdefault("mininterval", 1.0)
     return tqdm(iterable, **kwargs)

@@ -97,6 +97,7 @@ def manifest_base(cfg) -> dict:
 
 def _kernel_env() -> None:
     """Kernels start with this interpreter: put its bin folder first on PATH."""
+    os.environ["INPAINT_TEXT_PROGRESS"] = "1"      # progress bars as text: they land in the logs
     bindir = str(Path(sys.executable).parent)
     if not os.environ.get("PATH", "").startswith(bindir):
         os.environ["PATH"] = bindir + os.pathsep + os.environ.get("PATH", "")
