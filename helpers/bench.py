@@ -33,7 +33,7 @@ from .common import get_device, paths, peak_memory_bytes, reset_peak_memory, sav
 from .config import Config, load_config
 
 # the switches the variants toggle; "plain" has them all off
-SWITCHES = ("sdpa", "channels_last", "torch_compile", "fused_adamw", "cuda_graphs", "batched_vae_decode")
+SWITCHES = ("sdpa", "channels_last", "torch_compile", "fused_adamw", "cuda_graphs", "batched_vae_decode", "fused_qkv")
 
 
 @dataclass
@@ -174,6 +174,7 @@ def variant_list(ctx: Context, kind: str, preset_dtype: str) -> list[tuple[str, 
             out.append(("+cuda_graphs (compile)", on(torch_compile=True, cuda_graphs=True), "fp32"))
         if kind == "sd_infer":
             out.append(("+batched_vae_decode", on(batched_vae_decode=True), "fp32"))
+            out.append(("+fused_qkv", on(fused_qkv=True, sdpa=True), "fp32"))
         everything = {s: True for s in SWITCHES}
         if kind == "train":
             everything["cuda_graphs"] = False   # optimizer steps mutate parameters outside the graph
