@@ -30,7 +30,7 @@ from typing import Callable
 import torch
 
 from .common import get_device, paths, peak_memory_bytes, reset_peak_memory, save_json
-from .config import Config, load_config
+from .config import Config, load_config, parse_overrides
 
 # the switches the variants toggle; "plain" has them all off
 SWITCHES = ("sdpa", "channels_last", "torch_compile", "fused_adamw", "cuda_graphs", "batched_vae_decode", "fused_qkv")
@@ -507,8 +507,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", help="JSON path (default reports/<preset>/bench.json)")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     args = ap.parse_args(argv)
-    from .report import _parse_overrides
-    cfg = load_config(args.preset, _parse_overrides(args.overrides))
+    cfg = load_config(args.preset, parse_overrides(args.overrides))
     run(cfg, args.only.split(",") if args.only else None, args.out)
     return 0
 

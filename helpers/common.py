@@ -9,6 +9,7 @@ import os
 import random
 import tempfile
 import time
+import zlib
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,14 +24,18 @@ from .config import ROOT, Config
 
 # ---------------------------------------------------------------- devices and seeds
 def get_device(cfg: Config | None = None) -> torch.device:
-    """``cfg.device``: ``auto`` picks CUDA when present. Asking for CUDA without one is an error."""
+    """``cfg.device``: ``auto`` picks CUDA when present. Asking for CUDA without one is an error.
+    Under ``accelerate launch`` (LOCAL_RANK set) each process gets its own GPU."""
     want = (cfg.device if cfg is not None else "auto") or "auto"
     if want == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        want = "cuda" if torch.cuda.is_available() else "cpu"
     if want.startswith("cuda") and not torch.cuda.is_available():
         raise RuntimeError(f"config asks for device {want!r} but no CUDA GPU is visible; "
                            "use device: auto or cpu")
-    return torch.device(want)
+    device = torch.device(want)
+    if device.type == "cuda" and device.index is None and "LOCAL_RANK" in os.environ:
+        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+    return device
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -39,6 +44,12 @@ def seed_everything(seed: int) -> torch.Generator:
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
     return torch.Generator().manual_seed(seed)
+
+
+def image_seeds(seed: int, names) -> list[int]:
+    """One seed per image, from the preset seed and the image's name: a method draws the same noise
+    for an image whatever the batch size, the order or the subset it runs on."""
+    return [(seed * 1_000_003 + zlib.crc32(str(n).encode())) % 2**63 for n in names]
 
 
 def resolve_dtype(mixed_precision: str, device: torch.device) -> torch.dtype:

@@ -78,6 +78,17 @@ def apply_overrides(cfg: dict, overrides: Mapping[str, Any] | None) -> dict:
     return cfg
 
 
+def parse_overrides(items: list[str]) -> dict:
+    """Command-line ``KEY=VALUE`` items -> dotted overrides; values are read as YAML (3 -> int)."""
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise ValueError(f"expected KEY=VALUE, got {item!r}")
+        key, value = item.split("=", 1)
+        out[key] = yaml.safe_load(value)
+    return out
+
+
 def load_config(preset: str | Path = "smoke", overrides: Mapping[str, Any] | None = None) -> Config:
     """Read a preset (name or YAML path), apply dotted overrides, return a :class:`Config`."""
     with open(config_path(preset)) as f:

@@ -29,7 +29,7 @@ import torch
 from PIL import Image
 
 from . import masks as M
-from .common import Paths, load_json, load_png, paths, progress, save_json, save_mask_png, save_png, to_tensor
+from .common import load_json, load_png, paths, progress, save_json, save_mask_png, save_png
 from .config import Config
 
 log = logging.getLogger(__name__)

@@ -25,16 +25,15 @@ import logging
 import math
 import os
 import shutil
-import zlib
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
 
-from .common import (Paths, count_parameters, get_device, load_json, paths, peak_memory_bytes, progress,
+from .common import (Paths, count_parameters, get_device, image_seeds, load_json, paths, peak_memory_bytes, progress,
                      reset_peak_memory, resolve_dtype, save_json, timed)
-from .config import ROOT, Config, load_config
+from .config import ROOT, Config, load_config, parse_overrides
 
 log = logging.getLogger(__name__)
 
@@ -517,11 +516,6 @@ class SeededNoise:
         return z.to(device, dtype)
 
 
-def image_seeds(seed: int, names: Sequence[str]) -> list[int]:
-    """One seed per image, from the preset seed and the image name (independent of order)."""
-    return [(seed * 1_000_003 + zlib.crc32(n.encode())) % 2**63 for n in names]
-
-
 def _autocast(device: torch.device, dtype: torch.dtype):
     return torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else nullcontext()
 
@@ -804,7 +798,6 @@ def toy_figure(samples: dict, weights, means, stds, path: Path | None = None, la
 # ====================================================================== 9. command line
 def main(argv: Sequence[str] | None = None) -> dict:
     """Fine-tune from the command line (``accelerate launch -m helpers.ddpm --preset full``)."""
-    import yaml
     from accelerate import PartialState
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -812,11 +805,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="dotted overrides, e.g. ddpm.max_steps=100")
     ap.add_argument("--max-steps", type=int, default=None, help="stop this call after this many steps (resumable)")
     args = ap.parse_args(argv)
-    overrides = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.set)}
-    cfg = load_config(args.preset, overrides)
+    cfg = load_config(args.preset, parse_overrides(args.set))
     P = paths(cfg)
     state = PartialState()
-    device = state.device if state.device.type == "cuda" else get_device(cfg)
+    device = get_device(cfg)
     unet, sched = build_inpainting_model(cfg, P)
     trainable, total = count_parameters(unet)
     log.info("%s; %d trainable of %d parameters", weights_description(cfg, P), trainable, total)

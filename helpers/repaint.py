@@ -19,7 +19,8 @@ import torch
 
 from .common import count_parameters, progress, resolve_dtype
 from .config import Config
-from .ddpm import SeededNoise, _autocast, image_seeds, p_sample, predict_images, weights_description
+from .common import image_seeds
+from .ddpm import SeededNoise, _autocast, p_sample, predict_images, weights_description
 
 
 def repaint_schedule(num_steps: int, jump_length: int, jump_n_sample: int) -> list[int]:

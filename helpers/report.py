@@ -25,7 +25,7 @@ from importlib import metadata
 from pathlib import Path
 
 from .common import paths, save_json
-from .config import ROOT, load_config
+from .config import ROOT, load_config, parse_overrides
 
 NOTEBOOK_DIR = ROOT / "notebooks"
 HIDDEN_TAGS = {"parameters", "injected-parameters"}
@@ -207,17 +207,6 @@ def run(preset: str = "smoke", only: str | None = None, start: str | None = None
     return manifest
 
 
-def _parse_overrides(items: list[str]) -> dict:
-    import yaml
-    out = {}
-    for item in items:
-        if "=" not in item:
-            raise SystemExit(f"--set expects key=value, got {item!r}")
-        key, value = item.split("=", 1)
-        out[key] = yaml.safe_load(value)
-    return out
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m helpers.report", description=__doc__.split("\n\n")[0])
     ap.add_argument("--preset", default="smoke", help="smoke | full | path/to/preset.yaml")
@@ -228,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-export", action="store_true", help="skip the HTML report and slides")
     args = ap.parse_args(argv)
     try:
-        manifest = run(args.preset, args.only, args.start, _parse_overrides(args.overrides), not args.no_export)
+        manifest = run(args.preset, args.only, args.start, parse_overrides(args.overrides), not args.no_export)
     except NotebookFailed as e:
         print(f"\nFAILED: {e}", file=sys.stderr)
         return 1

@@ -27,12 +27,11 @@ import tempfile
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .common import (count_parameters, get_device, load_json, paths, peak_memory_bytes, progress, reset_peak_memory,
-                     resolve_dtype, save_json, timed)
+from .common import (count_parameters, get_device, image_seeds, load_json, paths, peak_memory_bytes, progress,
+                     reset_peak_memory, resolve_dtype, save_json, timed)
 from .config import Config
 
 log = logging.getLogger(__name__)
@@ -134,11 +133,6 @@ def build_components(configs: dict, device: torch.device | str = "cpu", dtype: t
     return {**{k: m.eval() for k, m in nets.items()}, "scheduler": DDIMScheduler.from_config(sched)}
 
 
-def full_size_components(device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32, seed: int = 0) -> dict:
-    """SD 1.5 inpainting's U-Net, VAE and CLIP-L text encoder at full size with random weights (offline)."""
-    return build_components(published_configs(), device, dtype, seed)
-
-
 # ============================================================== the tiny pipeline (smoke)
 TINY_WORDS = ("a photo of the an with and in on at face person man woman cat dog rocket coffee cup astronaut "
               "hair eyes smiling wearing shirt background close up picture image black white red blue green").split()
@@ -224,14 +218,6 @@ def build_tiny_pipeline(folder: Path, seed: int = 0) -> Path:
 
 
 # ============================================================== loading
-def sd_device(cfg: Config) -> torch.device:
-    """The preset's device; under ``accelerate launch`` each process takes its own GPU."""
-    device = get_device(cfg)
-    if device.type == "cuda" and device.index is None and "LOCAL_RANK" in os.environ:
-        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
-    return device
-
-
 def weight_dtype(cfg: Config, device: torch.device) -> torch.dtype:
     """Frozen weights in fp16/bf16 on a GPU when the preset trains in mixed precision; fp32 on the CPU."""
     return resolve_dtype(cfg.sd.mixed_precision, device)
@@ -270,7 +256,7 @@ def load_pipeline(cfg: Config, source: str | Path | None = None, device: torch.d
     from diffusers import StableDiffusionInpaintPipeline
 
     P = paths(cfg, root)
-    device = device or sd_device(cfg)
+    device = device or get_device(cfg)
     source = str(source) if source is not None else resolve_source(cfg, root)
     cache = P.cache / "hub"
     # 1. a local folder must exist and look like a diffusers pipeline before we try it
@@ -598,11 +584,10 @@ def train_lora(cfg: Config, pipe, captions: dict[str, str] | None = None, max_st
 
 
 # ============================================================== inference
-def image_generator(seed: int, index: int) -> torch.Generator:
-    """One CPU generator per test image from (seed, index): the result does not depend on batching
-    or on the device."""
-    state = np.random.SeedSequence([seed, 4, index]).generate_state(1)[0]
-    return torch.Generator().manual_seed(int(state))
+def image_generator(seed: int) -> torch.Generator:
+    """One CPU generator per image, from its seed (helpers.common.image_seeds): the result does not
+    depend on batching or on the device."""
+    return torch.Generator().manual_seed(int(seed))
 
 
 @torch.no_grad()
@@ -663,14 +648,15 @@ def inpaint(unet, vae, scheduler, images: torch.Tensor, masks: torch.Tensor, con
 
 
 def predict(cfg: Config, pipe, images: torch.Tensor, masks: torch.Tensor, prompts: Sequence[str],
-            indices: Sequence[int] | None = None, desc: str = "SD inpainting",
+            seeds: Sequence[int] | None = None, desc: str = "SD inpainting",
             num_inference_steps: int | None = None) -> torch.Tensor:
     """:func:`inpaint` over a set in batches of ``sd.inference_batch_size``, with the preset's steps
-    (or ``num_inference_steps``), guidance, sampler and seed. Image ``i`` gets generator (seed, indices[i])."""
+    (or ``num_inference_steps``), guidance and sampler. Image ``i`` draws its noise from ``seeds[i]``
+    (default: its index; the test set passes helpers.common.image_seeds of the names)."""
     from .perf import make_sampler, optimize_model, set_attention
 
     sd, device = cfg.sd, pipe.device
-    indices = list(range(len(images))) if indices is None else list(indices)
+    seeds = list(range(len(images))) if seeds is None else list(seeds)
     # 1. speed switches: SDPA, channels_last, torch.compile (CUDA); the sampler of cfg.perf
     pipe.unet.eval()
     unet = getattr(pipe, "fast_unet", None)           # compiled once per pipeline, reused by later calls
@@ -684,7 +670,7 @@ def predict(cfg: Config, pipe, images: torch.Tensor, masks: torch.Tensor, prompt
     for start in progress(range(0, len(images), sd.inference_batch_size), desc=desc):
         sl = slice(start, start + sd.inference_batch_size)
         cond = torch.stack([embeds[p] for p in prompts[sl]])
-        gens = [image_generator(cfg.seed, i) for i in indices[sl]]
+        gens = [image_generator(s) for s in seeds[sl]]
         out.append(inpaint(unet, pipe.vae, scheduler, images[sl], masks[sl], cond, embeds[""][None], gens,
                            sd.resolution, num_inference_steps or sd.num_inference_steps, sd.guidance_scale,
                            cfg.perf.get("batched_vae_decode", True)).cpu())
@@ -703,13 +689,15 @@ def predict_test_set(cfg: Config, pipe, method: str, train_stats: dict | None = 
     n = len(test["name"]) if limit is None else min(limit, len(test["name"]))
     caps = C.make_captions(cfg, root=root)
     prompts = [caps["captions"].get(name, cfg.captions.fallback_prompt) for name in test["name"][:n]]
+    seeds = image_seeds(cfg.seed, test["name"][:n])
     # 1. one short warm-up batch (kernel selection, torch.compile) outside the timing; then timed,
     #    peak memory counted from zero
     bs = min(cfg.sd.inference_batch_size, n)
-    predict(cfg, pipe, test["image"][:bs], test["mask"][:bs], prompts[:bs], desc="warm-up", num_inference_steps=2)
+    predict(cfg, pipe, test["image"][:bs], test["mask"][:bs], prompts[:bs], seeds[:bs], desc="warm-up",
+            num_inference_steps=2)
     reset_peak_memory(device)
     with timed(device) as t:
-        preds = predict(cfg, pipe, test["image"][:n], test["mask"][:n], prompts, desc=method)
+        preds = predict(cfg, pipe, test["image"][:n], test["mask"][:n], prompts, seeds, desc=method)
     # 2. what was used, how fast, how much memory
     lora = getattr(pipe, "lora_path", None)
     base = getattr(pipe, "source", "?")
@@ -753,16 +741,14 @@ def main(argv: Sequence[str] | None = None) -> dict:
     ``accelerate launch -m helpers.sd --preset full`` (or ``python -m helpers.sd --preset smoke``)."""
     import argparse
 
-    from .report import _parse_overrides
-
     ap = argparse.ArgumentParser(description=main.__doc__.split("\n")[0])
     ap.add_argument("--preset", default="smoke", help="smoke | full | path to a YAML preset")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="dotted override, e.g. --set sd.max_steps=100")
     ap.add_argument("--max-steps", type=int, default=None, help="stop this call after this many steps (resumable)")
     args = ap.parse_args(argv)
-    from .config import load_config
-    cfg = load_config(args.preset, _parse_overrides(args.overrides))
+    from .config import load_config, parse_overrides
+    cfg = load_config(args.preset, parse_overrides(args.overrides))
     stats = train_lora(cfg, load_pipeline(cfg), max_steps=args.max_steps)
     from accelerate import PartialState
     if PartialState().is_main_process:

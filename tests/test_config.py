@@ -54,3 +54,11 @@ def test_overrides_and_errors(tmp_path):
     p = tmp_path / "mine.yaml"
     p.write_text("preset: mine\nseed: 1\n")
     assert H.load_config(p).preset == "mine"
+
+
+def test_parse_overrides_reads_yaml_values():
+    from helpers.config import parse_overrides
+    assert parse_overrides(["ddpm.max_steps=3", "sd.tiny=false", "captions.model_id=null", "data.folder=/x=y"]) == {
+        "ddpm.max_steps": 3, "sd.tiny": False, "captions.model_id": None, "data.folder": "/x=y"}
+    with pytest.raises(ValueError, match="KEY=VALUE"):
+        parse_overrides(["ddpm.max_steps"])

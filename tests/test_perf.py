@@ -2,7 +2,6 @@
 import pytest
 import torch
 
-import helpers as H
 from helpers import perf, sd
 from helpers.config import Config
 

@@ -49,11 +49,11 @@ def toy_batch(n=3, size=32, seed=0):
     return images, masks
 
 
-def run_inpaint(pipe, images, masks, prompts, indices=None, composite=True):
+def run_inpaint(pipe, images, masks, prompts, seeds=None, composite=True):
     emb = H.sd.encode_prompts(pipe.tokenizer, pipe.text_encoder, [""] + list(prompts))
     cond = torch.stack([emb[p] for p in prompts])
-    indices = range(len(images)) if indices is None else indices
-    gens = [H.sd.image_generator(0, i) for i in indices]
+    seeds = range(len(images)) if seeds is None else seeds
+    gens = [H.sd.image_generator(s) for s in seeds]
     return H.sd.inpaint(pipe.unet, pipe.vae, make_sampler("ddim", pipe.scheduler.config), images, masks, cond,
                         emb[""][None], gens, R, STEPS, 7.5, composite=composite)
 
@@ -246,7 +246,7 @@ def test_inference_keeps_known_pixels_is_seeded_and_batch_independent(sd_root):
     assert torch.equal(out, again)
     one_by_one = torch.cat([run_inpaint(pipe, images[i:i + 1], masks[i:i + 1], prompts[:1], [i]) for i in range(3)])
     assert torch.allclose(out, one_by_one, atol=1e-4)
-    other_seed = run_inpaint(pipe, images, masks, prompts, indices=[7, 8, 9])
+    other_seed = run_inpaint(pipe, images, masks, prompts, seeds=[7, 8, 9])
     assert not torch.allclose(out, other_seed)
 
 
@@ -257,7 +257,7 @@ def test_inference_loop_matches_the_diffusers_pipeline(sd_root):
     images, masks = toy_batch(2)
     prompts = ["a photo", "a photo of a cat"]
     mine = run_inpaint(pipe, images, masks, prompts, composite=False)
-    ref = H.sd.reference_pipeline_output(pipe, images, masks, prompts, [H.sd.image_generator(0, i) for i in range(2)],
+    ref = H.sd.reference_pipeline_output(pipe, images, masks, prompts, [H.sd.image_generator(i) for i in range(2)],
                                          R, STEPS, 7.5)
     assert torch.allclose(mine, H.sd.from_sd_resolution(ref, images.shape[-1]), atol=1e-4)
 
@@ -286,3 +286,4 @@ def test_train_and_predict_the_test_set_end_to_end(sd_root, prepared):
                 "train_steps", "device"):
         assert saved.get(key) is not None, key
     assert "LoRA" in saved["weights"] and saved["n_images"] == 3 and str(root) in saved["lora_weights"]
+    assert meta["weights"] == saved["weights"] and meta["images_per_s"] == saved["images_per_s"]

@@ -159,7 +159,7 @@ if not cfg.ddpm.pretrained_id:
     print("SMOKE PRESET: the U-Net is tiny and untrained, so the samples below are noise-like. "
           "What is shown is the sampler, not image quality.")
 size = unet.config.sample_size
-x_T = H.ddpm.SeededNoise(H.ddpm.image_seeds(cfg.seed, ["a", "b", "c", "d"]))((3, size, size), device)
+x_T = H.ddpm.SeededNoise(H.common.image_seeds(cfg.seed, ["a", "b", "c", "d"]))((3, size, size), device)
 steps = [10, cfg.ddpm.num_inference_steps]
 ddim, ddim_vs_diffusers, deterministic = H.ddpm.unconditional_ddim_demo(unet, noise_sched.config, ab, x_T, steps)
 print(f"max |our DDIM - diffusers DDIMScheduler| = {ddim_vs_diffusers:.1e}; "
