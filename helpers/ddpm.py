@@ -527,20 +527,20 @@ def ddim_inpaint(unet, scheduler_config: dict, x_masked: torch.Tensor, mask: tor
     """Inpaint with the 7-channel model: x_T ~ N(0, I) (seeded per image), then ``num_inference_steps``
     DDIM (or DPM-Solver++, ``sampler='dpm'``) steps on eps_theta(concat(x_masked, mask, x_t), t);
     finally the known pixels are pasted back and the result clamped to [-1, 1]. Taught in notebook 03."""
-    from .perf import make_sampler
+    from .perf import make_sampler, sampling_timesteps
 
     device = next(unet.parameters()).device
     x_masked, mask = x_masked.to(device, torch.float32), mask.to(device, torch.float32)
-    # 1. the sampler's timesteps (a fresh scheduler: multistep solvers keep state)
+    # 1. the sampler's timesteps (a fresh scheduler: multistep solvers keep state); no host sync inside the loop
     sch = make_sampler(sampler, scheduler_config)
-    sch.set_timesteps(num_inference_steps, device=device)
+    steps = sampling_timesteps(sch, num_inference_steps, device)
     noise = SeededNoise(seeds)
     # 2. x_T ~ N(0, I)
     x = noise(x_masked.shape[1:], device) * sch.init_noise_sigma
     # 3. reverse steps, conditioned on (x_masked, mask)
-    for t in progress(sch.timesteps, desc="DDIM", leave=False, disable=not show_progress):
+    for t_dev, t in progress(steps, desc="DDIM", leave=False, disable=not show_progress):
         with _autocast(device, autocast_dtype):
-            eps = unet(model_input(x_masked, mask, sch.scale_model_input(x, t)), t).sample
+            eps = unet(model_input(x_masked, mask, sch.scale_model_input(x, t)), t_dev).sample
         kw = {"eta": eta, "variance_noise": noise(x.shape[1:], device) if eta > 0 else None} if sampler == "ddim" else {}
         x = sch.step(eps.float(), t, x, **kw).prev_sample
     # 4. keep the known pixels exactly: x = mask * x + (1 - mask) * x_known, in [-1, 1]

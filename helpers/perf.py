@@ -42,6 +42,22 @@ def optimize_model(model: torch.nn.Module, perf: Config, device: torch.device, c
     return model
 
 
+def sampling_timesteps(scheduler, num_inference_steps: int, device: torch.device) -> list[tuple[torch.Tensor, int]]:
+    """Set the sampler's timesteps; return one ``(t_device, t_int)`` pair per step: ``t_device`` (a view
+    into one tensor copied to ``device`` once) for the network, ``t_int`` for ``scheduler.step``.
+
+    The schedulers keep their tables (alphas_cumprod, sigmas) on the CPU. Indexing them with a CUDA
+    timestep, or comparing one (``if t >= 0``), copies it back to the host and makes the CPU wait for
+    the GPU at every step; with a Python int nothing waits, and the CPU can queue the next U-Net call
+    while the GPU still runs this one. The multistep solvers are told they start at index 0, so they
+    need not search the timestep (a ``nonzero`` on the device) on their first step."""
+    scheduler.set_timesteps(num_inference_steps)          # on the CPU
+    if hasattr(scheduler, "set_begin_index"):
+        scheduler.set_begin_index(0)
+    host = [int(t) for t in scheduler.timesteps]
+    return list(zip(scheduler.timesteps.to(device).unbind(), host))
+
+
 def make_sampler(kind: str, scheduler_config: dict):
     """A sampling scheduler from a training scheduler's config: ``ddim`` (Song et al. 2021,
     deterministic with eta = 0) or ``dpm`` (DPM-Solver++ 2M, Lu et al. 2022: good images in

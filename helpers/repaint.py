@@ -60,9 +60,11 @@ def repaint_inpaint(unet, alphas_cumprod: torch.Tensor, image: torch.Tensor, mas
     x0_known = (image.to(device, torch.float32) * (1 - mask))
     T = len(alphas_cumprod)
     tau = [i * (T // num_inference_steps) for i in range(num_inference_steps)]
-    ab_all = alphas_cumprod.to(device, torch.float32)
-    # alpha_bar of level i; level -1 is x_0 itself (alpha_bar = 1)
-    ab = lambda i: ab_all[tau[i]] if i >= 0 else torch.tensor(1.0, device=device)
+    # alpha_bar of level i; level -1 (the last entry) is x_0 itself (alpha_bar = 1). Both tables go to
+    # the device once: indexing them with Python ints inside the loop never makes the CPU wait for the GPU
+    ab_levels = torch.cat([alphas_cumprod.float()[tau], torch.ones(1)]).to(device)
+    tau_dev = torch.tensor(tau, device=device)
+    ab = lambda i: ab_levels[i]
     noise = SeededNoise(seeds)
     shape = x0_known.shape[1:]
     order = repaint_schedule(num_inference_steps, jump_length, jump_n_sample)
@@ -73,7 +75,7 @@ def repaint_inpaint(unet, alphas_cumprod: torch.Tensor, image: torch.Tensor, mas
         if nxt < cur:
             # 2. down: unknown region from the model, x^unknown ~ p_theta(x_nxt | x_cur)
             with _autocast(device, autocast_dtype):
-                eps = unet(x, tau[cur]).sample.float()
+                eps = unet(x, tau_dev[cur]).sample.float()
             x_unknown = p_sample(x, eps, ab(cur), ab(nxt), noise(shape, device) if nxt >= 0 else None)
             # 3. known region from the data: x^known ~ q(x_nxt | x_0) = N(sqrt(ab) x_0, (1 - ab) I)
             x_known = ab(nxt).sqrt() * x0_known + (1 - ab(nxt)).sqrt() * noise(shape, device) if nxt >= 0 else x0_known

@@ -597,17 +597,19 @@ def denoise(unet, scheduler, noise: torch.Tensor, m_down: torch.Tensor, z_masked
 
     Each step feeds concat(z_t, m_down, z_masked) with the empty prompt and the caption in one
     batch and mixes them with classifier-free guidance."""
+    from .perf import sampling_timesteps
+
     device = noise.device
     dtype = unet.dtype
     do_cfg = guidance_scale > 1.0
-    scheduler.set_timesteps(num_inference_steps, device=device)
+    steps = sampling_timesteps(scheduler, num_inference_steps, device)   # no host sync inside the loop
     z = noise.float() * scheduler.init_noise_sigma
-    emb = torch.cat([uncond, cond]) if do_cfg else cond
+    emb = (torch.cat([uncond, cond]) if do_cfg else cond).to(dtype)
     mask_in = torch.cat([m_down] * 2) if do_cfg else m_down
     masked_in = torch.cat([z_masked] * 2) if do_cfg else z_masked
-    for t in scheduler.timesteps:
+    for t_dev, t in steps:
         z_in = scheduler.scale_model_input(torch.cat([z] * 2) if do_cfg else z, t)
-        eps = unet(torch.cat([z_in, mask_in, masked_in], 1).to(dtype), t, encoder_hidden_states=emb.to(dtype),
+        eps = unet(torch.cat([z_in, mask_in, masked_in], 1).to(dtype), t_dev, encoder_hidden_states=emb,
                    return_dict=False)[0].float()
         if do_cfg:
             eps_uncond, eps_cond = eps.chunk(2)

@@ -69,6 +69,30 @@ def _trainable_state(model: torch.nn.Module) -> dict:
     return {k: v.detach().cpu().clone() for k, v in model.state_dict().items() if k in names}
 
 
+def make_accelerator(mixed_precision: str, cpu: bool):
+    """An ``Accelerator`` with this precision and device, even when an earlier one in the same
+    process (another training in the same notebook kernel) used different ones.
+
+    Accelerate keeps its state in a process-wide singleton and refuses a second precision. In a
+    single process nothing else holds on to that state between two trainings, so it is reset; under
+    ``accelerate launch`` (several processes) it is left alone, as Accelerate requires."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    shared = AcceleratorState._shared_state
+    if shared and shared.get("num_processes", 1) == 1:
+        same_device = (shared["device"].type == "cpu") == cpu if "device" in shared else False
+        if shared.get("_mixed_precision") != mixed_precision or not same_device:
+            AcceleratorState._reset_state(reset_partial_state=True)
+    return Accelerator(mixed_precision=mixed_precision, cpu=cpu)
+
+
+def _batch_size_of(batch) -> int:
+    """Images in a batch (the last one of an epoch may be short): the first dimension of its first tensor."""
+    leaves = [v for v in (batch.values() if isinstance(batch, dict) else batch) if torch.is_tensor(v)]
+    return len(leaves[0]) if leaves else 0
+
+
 def train(model: torch.nn.Module, loss_fn: LossFn, dataset: torch.utils.data.Dataset, spec: Config,
           ckpt_dir: Path, seed: int, device: torch.device, collate_fn=None, fused_adamw: bool = True,
           on_validate: Callable[[int], None] | None = None, desc: str = "training",
@@ -80,11 +104,9 @@ def train(model: torch.nn.Module, loss_fn: LossFn, dataset: torch.utils.data.Dat
     num_workers. ``max_steps`` (argument) stops this call early, e.g. to simulate a crash; the
     schedule still follows ``spec``.
     """
-    from accelerate import Accelerator
-
     # 1. accelerator, optimizer over trainable parameters only, seeded data order
     on_gpu = device.type == "cuda"
-    accelerator = Accelerator(mixed_precision=spec.mixed_precision if on_gpu else "no", cpu=not on_gpu)
+    accelerator = make_accelerator(spec.mixed_precision if on_gpu else "no", cpu=not on_gpu)
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("the model has no parameter with requires_grad=True: nothing to train")
@@ -159,7 +181,7 @@ def train(model: torch.nn.Module, loss_fn: LossFn, dataset: torch.utils.data.Dat
                 opt.step()
                 opt.zero_grad(set_to_none=True)
                 step += 1
-                images += spec.batch_size * accelerator.num_processes
+                images += _batch_size_of(batch) * accelerator.num_processes
                 pending.append((step, epoch, loss.detach(), grad_norm.detach() if torch.is_tensor(grad_norm) else grad_norm))
                 bar.update(1)
                 if step % LOG_EVERY == 0:

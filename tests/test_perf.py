@@ -45,3 +45,77 @@ def test_make_sampler():
     assert isinstance(perf.make_sampler("dpm", {}), DPMSolverMultistepScheduler)
     with pytest.raises(ValueError, match="ddim' or 'dpm"):
         perf.make_sampler("euler", {})
+
+
+# ---------------------------------------------------------------- no host sync in the sampling loops
+class DeviceReads(torch.utils._python_dispatch.TorchDispatchMode):
+    """Records what would make the CPU wait for the GPU: reading a device tensor's value (``.item()``,
+    ``bool(t)``, ``nonzero``) or an op mixing a device tensor with a non-scalar CPU tensor (a copy).
+
+    The loops run with their "device" tensors on ``meta`` (shapes, no values): any such read there
+    fails or is recorded, exactly where on a GPU it would stall the loop."""
+
+    def __init__(self):
+        super().__init__()
+        self.reads = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        leaves = [a for a in torch.utils._pytree.tree_leaves((args, kwargs)) if isinstance(a, torch.Tensor)]
+        name = str(func)
+        if name.startswith(("aten._local_scalar_dense", "aten.nonzero")) and leaves[0].device.type == "meta":
+            self.reads.append(name)
+        if {a.device.type for a in leaves if a.dim() > 0} >= {"meta", "cpu"}:
+            self.reads.append("mixed devices: " + name)
+        return func(*args, **(kwargs or {}))
+
+
+def _meta(t):
+    return t.to("meta")
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "dpm"])
+def test_ddpm_sampling_loop_never_reads_the_device(sampler):
+    from diffusers import UNet2DModel
+
+    from helpers import ddpm
+    unet = UNet2DModel(in_channels=7, out_channels=3, sample_size=16, block_out_channels=(8, 16), layers_per_block=1,
+                       norm_num_groups=4, down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+                       up_block_types=("AttnUpBlock2D", "UpBlock2D")).to("meta")
+    x, m = _meta(torch.zeros(2, 3, 16, 16)), _meta(torch.ones(2, 1, 16, 16))
+    with torch.no_grad(), DeviceReads() as mode:
+        out = ddpm.ddim_inpaint(unet, ddpm.published_scheduler_config(), x, m, [0, 1], 6, 0.0, sampler)
+    assert out.shape == (2, 3, 16, 16) and mode.reads == []
+
+
+def test_repaint_loop_never_reads_the_device():
+    from diffusers import DDPMScheduler, UNet2DModel
+
+    from helpers import ddpm, repaint
+    unet = UNet2DModel(in_channels=3, out_channels=3, sample_size=16, block_out_channels=(8, 16), layers_per_block=1,
+                       norm_num_groups=4, down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+                       up_block_types=("AttnUpBlock2D", "UpBlock2D")).to("meta")
+    ac = DDPMScheduler(**ddpm.published_scheduler_config()).alphas_cumprod
+    x, m = _meta(torch.zeros(2, 3, 16, 16)), _meta(torch.ones(2, 1, 16, 16))
+    with torch.no_grad(), DeviceReads() as mode:
+        repaint.repaint_inpaint(unet, ac, x, m, [0, 1], 5, 2, 2)
+    assert mode.reads == []
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "dpm"])
+def test_sd_guided_loop_never_reads_the_device(sampler):
+    parts = sd.build_components(sd.tiny_configs(1000, 0, 1, 1), device="meta")
+    z, m, zm = _meta(torch.zeros(2, 4, 8, 8)), _meta(torch.ones(2, 1, 8, 8)), _meta(torch.zeros(2, 4, 8, 8))
+    cond, uncond = _meta(torch.zeros(2, 77, 32)), _meta(torch.zeros(2, 77, 32))
+    with torch.no_grad(), DeviceReads() as mode:
+        out = sd.denoise(parts["unet"], perf.make_sampler(sampler, parts["scheduler"].config), z, m, zm, cond, uncond,
+                         5, 7.5)
+    assert out.shape == (2, 4, 8, 8) and mode.reads == []
+
+
+def test_device_reads_detector_catches_a_sync():
+    """The detector is not blind: a diffusers DDIM step fed a device timestep reads it."""
+    sch = perf.make_sampler("ddim", {})
+    sch.set_timesteps(5)
+    x = _meta(torch.zeros(1, 3, 4, 4))
+    with pytest.raises(RuntimeError), torch.no_grad(), DeviceReads():
+        sch.step(x, _meta(torch.tensor(800)), x)

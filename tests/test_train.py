@@ -43,3 +43,28 @@ def test_killed_and_resumed_run_equals_uninterrupted(tmp_path):
     assert r_whole.trainable_params == r_whole.total_params - 4
     assert r_whole.history[-1]["loss"] < r_whole.history[0]["loss"]
     assert (tmp_path / "a" / "last.pt").is_file() and r_whole.images_per_s > 0
+
+
+def test_a_second_training_with_another_precision_in_the_same_process(tmp_path):
+    """Accelerate's state is a process-wide singleton: an earlier bf16 Accelerator (another training
+    in the same notebook kernel) must not make the next fp32 training fail."""
+    from accelerate.state import AcceleratorState
+
+    _run(tmp_path / "a")                                     # fp32 first ...
+    H.train.make_accelerator("bf16", cpu=True)               # ... then a bf16 one in the same process ...
+    assert AcceleratorState().mixed_precision == "bf16"
+    _, result, _ = _run(tmp_path / "b")                     # ... then fp32 again
+    assert result.steps == 15 and AcceleratorState().mixed_precision == "no"
+
+
+def test_images_per_second_counts_the_real_batch(tmp_path):
+    """A set smaller than the batch gives short batches: they count as what they hold."""
+    class Three(Numbers):
+        def __len__(self):
+            return 3
+
+    model = torch.nn.Linear(4, 1)
+    spec = Config({**SPEC, "checkpoint_every": None, "num_epochs": 2})
+    r = H.train.train(model, lambda m, b, g: m(b["x"]).pow(2).mean(), Three(), spec, tmp_path, 0, torch.device("cpu"))
+    assert r.steps == 2
+    assert abs(r.images_per_s * r.seconds - 6) < 1e-6
