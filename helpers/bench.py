@@ -21,10 +21,13 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import math
+import os
 import statistics
 import sys
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -60,6 +63,7 @@ class Context:
     iters: int
     peak_tflops: float
     rows: list = field(default_factory=list)
+    flops_only: bool = False      # count FLOPs (on the meta device), time nothing
 
 
 # ---------------------------------------------------------------- measuring
@@ -107,6 +111,10 @@ def peak_matmul_tflops(device: torch.device, n: int | None = None, iters: int = 
 def measure(ctx: Context, workload: str, variant: str, batch_size: int, step: Callable[[], object],
             flops_per_image: float | None, note: str = "") -> Row:
     """Time ``step`` (one batch), record memory and FLOP rate, append and return the row."""
+    if ctx.flops_only:
+        row = Row(workload, variant, batch_size, math.nan, math.nan, None, flops_per_image, None, None, note=note)
+        ctx.rows.append(row)
+        return row
     reset_peak_memory(ctx.device)
     seconds = time_call(step, ctx.device, ctx.warmup, ctx.iters)
     ips = batch_size / seconds
@@ -165,6 +173,8 @@ def variant_list(ctx: Context, kind: str, preset_dtype: str) -> list[tuple[str, 
     plain = Config({**ctx.cfg.perf, **{s: False for s in SWITCHES}})
     on = lambda **kw: Config({**plain, **kw})
     out = [("plain", plain, "fp32")]
+    if ctx.flops_only:
+        return out
     if ctx.device.type == "cuda":
         out += [("+bf16 autocast", plain, "bf16"), ("+sdpa", on(sdpa=True), "fp32"),
                 ("+channels_last", on(channels_last=True), "fp32"), ("+torch_compile", on(torch_compile=True), "fp32")]
@@ -209,8 +219,15 @@ def _images(n: int, size: int, seed: int = 0) -> torch.Tensor:
     return (torch.rand(n, 3, size, size, generator=g) * 2 - 1)
 
 
+def _generator(device: torch.device) -> torch.Generator:
+    """A seeded generator where the step draws its noise; the meta device has none, so draw on the CPU."""
+    return torch.Generator("cpu" if device.type == "meta" else device).manual_seed(0)
+
+
 def _sweep(ctx: Context, workload: str, variant: str, sizes, make_step, flops_of) -> None:
     """Time the ``variant`` at every batch size in ``sizes`` until one does not fit in memory."""
+    if ctx.flops_only:
+        return
     for bs in sizes:
         try:
             step = make_step(bs)
@@ -239,7 +256,8 @@ def _ddpm_model(ctx: Context, perf: Config, train: bool):
     from .perf import optimize_model
     config, _ = _ddpm_config(ctx)
     torch.manual_seed(0)
-    model = ddpm.build_inpainting_unet(config, 7).to(ctx.device).train(train)
+    with torch.device(ctx.device):                 # weights initialised where they live (meta: none at all)
+        model = ddpm.build_inpainting_unet(config, 7).train(train)
     return optimize_model(model, perf, ctx.device)
 
 
@@ -259,7 +277,7 @@ def bench_ddpm_train(ctx: Context) -> None:
                                 **({"fused": True} if cuda and perf.get("fused_adamw") else {}))
         scaler = torch.amp.GradScaler("cuda") if dtype == "fp16" and cuda else None
         batch = {"image": _images(bs, size).to(ctx.device), "mask": _masks(bs, size).to(ctx.device)}
-        g = torch.Generator(ctx.device).manual_seed(0)
+        g = _generator(ctx.device)
         return lambda: ddpm.training_step(model, opt, batch, loss_fn, g, d.max_grad_norm, DTYPES[dtype], scaler)
 
     flops = {}
@@ -351,7 +369,7 @@ def bench_sd_lora_train(ctx: Context) -> None:
         scaler = torch.amp.GradScaler("cuda") if dtype == "fp16" and cuda else None
         batch = {"image": _images(bs, res).to(ctx.device), "mask": _masks(bs, res).to(ctx.device),
                  "name": [f"x{i}" for i in range(bs)]}
-        gd = torch.Generator(ctx.device).manual_seed(0)
+        gd = _generator(ctx.device)
         return lambda: ddpm.training_step(unet, opt, batch, loss, gd, s.max_grad_norm, torch.float32, scaler)
 
     flops = {}
@@ -420,7 +438,7 @@ def bench_eval(ctx: Context) -> None:
     from pathlib import Path
 
     from . import metrics
-    from .common import load_png, save_png
+    from .common import load_pngs, save_png
     e = ctx.cfg.eval
     size = ctx.cfg.data.image_size
     bs = e.batch_size
@@ -429,10 +447,12 @@ def bench_eval(ctx: Context) -> None:
     inception, status = metrics.load_inception([P.cache], ctx.device)
     lp, lp_status = metrics.load_lpips(e.lpips_net, [P.cache], ctx.device)
 
-    def psnr_ssim():
+    def psnr_ssim_separately():
         return (metrics.psnr(x, y), metrics.ssim(x, y), metrics.psnr(x, y, m), metrics.ssim(x, y, m))
 
-    measure(ctx, "eval", "psnr+ssim (whole+hole)", bs, psnr_ssim, None, note=f"{size}px")
+    four = measure(ctx, "eval", "psnr+ssim (whole+hole), 4 calls", bs, psnr_ssim_separately, None, note=f"{size}px")
+    one = measure(ctx, "eval", "psnr+ssim (whole+hole), pixel_scores", bs, lambda: metrics.pixel_scores(x, y, m), None)
+    one.note = f"{size}px, one SSIM map: {one.images_per_s / four.images_per_s:.2f}x the 4 calls"
     if inception is not None:
         measure(ctx, "eval", "inception features", bs, lambda: inception(x), count_flops(lambda: inception(x)) / bs,
                 note=status.message() if hasattr(status, "message") else "")
@@ -449,10 +469,17 @@ def bench_eval(ctx: Context) -> None:
             save_png(x[i].cpu(), Path(tmp) / f"p{i}.png")
             save_png(y[i].cpu(), Path(tmp) / f"t{i}.png")
 
+        files = [Path(tmp) / f"{k}{i}.png" for k in "pt" for i in range(bs)]
+        # decoding alone: one thread against the pool the evaluation uses (pairs of files per image)
+        one = measure(ctx, "eval", "PNG decode, 1 thread", bs, lambda: load_pngs(files, workers=1), None,
+                      note="prediction + target per image")
+        pool = measure(ctx, "eval", f"PNG decode, {os.cpu_count()} threads", bs, lambda: load_pngs(files), None)
+        pool.note = f"{pool.images_per_s / one.images_per_s:.2f}x one thread"
+
         def end_to_end():
-            a = torch.stack([load_png(Path(tmp) / f"p{i}.png") for i in range(bs)]).to(ctx.device)
-            b = torch.stack([load_png(Path(tmp) / f"t{i}.png") for i in range(bs)]).to(ctx.device)
-            out = [metrics.psnr(a, b), metrics.ssim(a, b)]
+            both = load_pngs(files).to(ctx.device)
+            a, b, mm = both[:bs], both[bs:], m
+            out = [metrics.pixel_scores(a, b, mm)]
             if inception is not None:
                 out.append(inception(a))
             if lp is not None:
@@ -460,6 +487,60 @@ def bench_eval(ctx: Context) -> None:
             return out
         measure(ctx, "eval", "end to end from PNG", bs, end_to_end, None,
                 note="decode + PSNR/SSIM" + (" + Inception" if inception else "") + (" + LPIPS" if lp else ""))
+
+
+def _count_eval_flops(ctx: Context) -> None:
+    """FLOPs per image of the evaluation networks, counted on the CPU (the TorchScript Inception
+    cannot be moved to the meta device); their cost does not depend on the device."""
+    from . import metrics
+    P, size = paths(ctx.cfg), ctx.cfg.data.image_size
+    x, y = _images(1, size, 1), _images(1, size, 2)
+    inception, status = metrics.load_inception([P.cache], torch.device("cpu"))
+    if inception is None:
+        ctx.rows.append(Row("eval", "inception features", 1, math.nan, math.nan, None, None, None, None,
+                            note="unavailable: " + status.message()))
+    else:
+        ctx.rows.append(Row("eval", "inception features", 1, math.nan, math.nan, None,
+                            count_flops(lambda: inception(x)), None, None, note=f"{size}px input, resized to 299"))
+    lp, _ = metrics.load_lpips(ctx.cfg.eval.lpips_net, [P.cache], torch.device("cpu"))
+    ctx.rows.append(Row("eval", "lpips", 1, math.nan, math.nan, None, count_flops(lambda: lp(x, y)) if lp else None,
+                        None, None, note="" if lp else "unavailable (no AlexNet weights)"))
+
+
+# the issue's targets: achieved FLOP rate over the bf16 peak, per workload and batch regime
+TARGETS = {("sd_infer", "batch 1"): 0.35, ("sd_infer", "best batch"): 0.40, ("ddpm_sample", "best batch"): 0.40,
+           ("sd_lora_train", "best batch"): 0.30, ("ddpm_train", "batch 8"): 0.30}
+
+
+def flop_budget(cfg: Config, peak_tflops: float = 800.0) -> dict:
+    """FLOPs per image of every workload at its full size, counted on the meta device (shapes only:
+    no weights, no memory, no GPU), and the speed each target ratio means at ``peak_tflops``.
+
+    The same workload code as the timed benchmark runs under torch.utils.flop_counter, so a GPU run
+    later measures exactly what is counted here."""
+    cfg = load_config(cfg.preset, {"bench.tiny": False})
+    ctx = Context(cfg, torch.device("meta"), False, 0, 1, peak_tflops, flops_only=True)
+    for name in ("ddpm_train", "ddpm_sample", "sd_lora_train", "sd_infer"):
+        print(f"[bench] counting {name} on the meta device ...", file=sys.stderr, flush=True)
+        WORKLOADS[name](ctx)
+    _count_eval_flops(ctx)
+    flops = {(r.workload, r.variant): r.flops_per_image for r in ctx.rows}
+    targets = []
+    for (w, regime), frac in TARGETS.items():
+        f = flops[(w, "plain")]
+        ips = frac * peak_tflops * 1e12 / f
+        targets.append({"workload": w, "regime": regime, "target_fraction": frac, "tflop_per_image": f / 1e12,
+                        "images_per_s_at_target": ips, "seconds_per_image_at_target": 1 / ips})
+    lines = [f"FLOPs per image at full size (counted on the meta device); targets at {peak_tflops:.0f} TFLOP/s",
+             "workload | regime | TFLOP/image | target | img/s at target | s/image at target", "--- | " * 5 + "---"]
+    for t in targets:
+        lines.append(f"{t['workload']} | {t['regime']} | {t['tflop_per_image']:.2f} | {100 * t['target_fraction']:.0f} % | "
+                     f"{t['images_per_s_at_target']:.2f} | {t['seconds_per_image_at_target']:.3f}")
+    lines += ["", "all counted rows: workload | variant | GFLOP/image | note", "--- | --- | --- | ---"]
+    lines += [f"{r.workload} | {r.variant} | {r.flops_per_image / 1e9:.1f} | {r.note}" if r.flops_per_image
+              else f"{r.workload} | {r.variant} | n/a | {r.note}" for r in ctx.rows]
+    return {"peak_tflops": peak_tflops, "targets": targets, "rows": [asdict(r) for r in ctx.rows],
+            "table": "\n".join(lines)}
 
 
 WORKLOADS = {"ddpm_train": bench_ddpm_train, "ddpm_sample": bench_ddpm_sample,
@@ -506,8 +587,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", help="comma-separated workloads: " + ",".join(WORKLOADS))
     ap.add_argument("--out", help="JSON path (default reports/<preset>/bench.json)")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--flops-only", action="store_true",
+                    help="count the FLOPs per image of the full-size workloads on the meta device (no GPU needed, "
+                         "nothing timed) and print what the targets mean in images/s")
+    ap.add_argument("--peak-tflops", type=float, default=800.0, help="bf16 peak for --flops-only (H100: about 800)")
     args = ap.parse_args(argv)
     cfg = load_config(args.preset, parse_overrides(args.overrides))
+    if args.flops_only:
+        budget = flop_budget(cfg, args.peak_tflops)
+        print(budget["table"])
+        out = Path(args.out) if args.out else paths(cfg).reports / "flop_budget.json"
+        save_json({k: v for k, v in budget.items()}, out)
+        print(f"\nsaved {out}", file=sys.stderr)
+        return 0
     run(cfg, args.only.split(",") if args.only else None, args.out)
     return 0
 

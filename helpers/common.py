@@ -13,7 +13,7 @@ import zlib
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -134,6 +134,42 @@ def load_png(path: Path) -> torch.Tensor:
     """Read an RGB PNG written by :func:`save_png` -> (3, H, W) in [-1, 1]."""
     with Image.open(path) as im:
         return to_tensor(np.asarray(im.convert("RGB")))
+
+
+def parallel_map(fn: Callable, items: Sequence, workers: int | None = None) -> list:
+    """``[fn(x) for x in items]`` on a pool of threads, in order. For file decoding: Pillow releases
+    the GIL while it inflates a PNG, so the threads use every core (``workers`` default: the cores)."""
+    items = list(items)
+    workers = workers or min(32, os.cpu_count() or 1)
+    if workers <= 1 or len(items) <= 1:
+        return [fn(x) for x in items]
+    return list(_thread_pool(workers).map(fn, items))
+
+
+_POOLS: dict = {}
+
+
+def _thread_pool(workers: int):
+    """One pool per size for the whole process: starting threads at every call costs more than
+    decoding a batch of small images."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    if workers not in _POOLS:
+        _POOLS[workers] = ThreadPoolExecutor(workers, thread_name_prefix="decode")
+    return _POOLS[workers]
+
+
+def load_pngs(paths: Sequence[Path], workers: int | None = None) -> torch.Tensor:
+    """Many PNGs of one size -> (N, 3, H, W) in [-1, 1], decoded in parallel (:func:`parallel_map`).
+
+    Small images (under 128x128) are decoded in this thread: their decoding is mostly Python,
+    which holds the GIL, so threads only add contention (measured by ``helpers.bench``, eval rows)."""
+    paths = list(paths)
+    if workers is None and paths:
+        with Image.open(paths[0]) as im:
+            if im.size[0] * im.size[1] < 128 * 128:
+                workers = 1
+    return torch.stack(parallel_map(load_png, paths, workers))
 
 
 def save_mask_png(mask: torch.Tensor | np.ndarray, path: Path) -> None:

@@ -29,7 +29,7 @@ import torch
 from PIL import Image
 
 from . import masks as M
-from .common import load_json, load_png, paths, progress, save_json, save_mask_png, save_png
+from .common import load_json, load_png, load_pngs, parallel_map, paths, progress, save_json, save_mask_png, save_png
 from .config import Config
 
 log = logging.getLogger(__name__)
@@ -357,7 +357,7 @@ def collate(items: list[dict]) -> dict:
 def load_test_set(cfg: Config, root: Path | None = None) -> dict:
     """The frozen test set as tensors: images (N,3,H,W), masks (N,1,H,W), names, kinds, hole fractions."""
     ds = InpaintDataset(cfg, "test", root)
-    batch = collate([ds[i] for i in range(len(ds))])
+    batch = collate(parallel_map(ds.__getitem__, range(len(ds))))     # image + mask PNGs, decoded in parallel
     batch["hole_fraction"] = [ds.index["test_masks"][n]["hole_fraction"] for n in batch["name"]]
     return batch
 
@@ -415,7 +415,7 @@ def read_predictions(cfg: Config, method: str, names: Iterable[str], root: Path 
         raise FileNotFoundError(f"method {method!r}: {len(missing)} of {len(names)} prediction files missing in "
                                 f"{out} (e.g. {missing[0]}.png); run the notebook that produces them")
     meta = load_json(out / "meta.json") if (out / "meta.json").is_file() else {"method": method}
-    return torch.stack([load_png(out / f"{n}.png") for n in names]), meta
+    return load_pngs([out / f"{n}.png" for n in names]), meta
 
 
 def demo_bad_inputs(folder: Path) -> Path:

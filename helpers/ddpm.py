@@ -477,9 +477,10 @@ def make_loss_fn(alphas_cumprod: torch.Tensor, lambda_mask: float, lambda_contex
 
 
 def training_step(model, optimizer, batch: dict, loss_fn, generator: torch.Generator, max_grad_norm: float,
-                  autocast_dtype: torch.dtype = torch.float32, scaler=None) -> float:
+                  autocast_dtype: torch.dtype = torch.float32, scaler=None) -> torch.Tensor:
     """One optimizer step without Accelerate (for tests and the benchmark): forward under autocast,
-    backward (through ``scaler`` for fp16), clip, step. Returns the loss."""
+    backward (through ``scaler`` for fp16), clip, step. Returns the loss, detached and still on the
+    device (reading it would make the CPU wait for the GPU at every step)."""
     device = next(model.parameters()).device
     ctx = (torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype != torch.float32 else nullcontext())
     with ctx:
@@ -496,7 +497,7 @@ def training_step(model, optimizer, batch: dict, loss_fn, generator: torch.Gener
     else:
         optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    return float(loss.detach())
+    return loss.detach()
 
 
 # ====================================================================== 6. sampling

@@ -141,10 +141,8 @@ def score_images(pred: torch.Tensor, image: torch.Tensor, mask: torch.Tensor, de
     out = {k: [] for k in PER_IMAGE}
     for i in progress(range(0, len(pred), batch_size), desc=desc, leave=False):
         p, x, m = (t[i:i + batch_size].to(device) for t in (pred, image, mask))
-        out["psnr"].append(M.psnr(p, x).cpu())
-        out["ssim"].append(M.ssim(p, x).cpu())
-        out["psnr_hole"].append(M.psnr(p, x, m).cpu())
-        out["ssim_hole"].append(M.ssim(p, x, m).cpu())
+        for k, v in M.pixel_scores(p, x, m).items():
+            out[k].append(v.cpu())
         out["lpips"].append(lpips_fn(p, x).cpu() if lpips_fn is not None
                             else torch.full((len(p),), float("nan"), dtype=torch.float64))
     return {k: torch.cat(v).numpy() for k, v in out.items()}

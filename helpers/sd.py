@@ -481,13 +481,16 @@ class LoraInpaintLoss:
         self.alphas_cumprod = noise_scheduler.alphas_cumprod.float()
 
     def conditioning(self, names: Sequence[str], generator: torch.Generator) -> torch.Tensor:
-        """tau(c) per image, with the caption replaced by "" with probability ``prompt_dropout``."""
-        drop = prompt_dropout_mask(len(names), self.prompt_dropout, generator).tolist()
-        texts = ["" if d else self.captions.get(n, "") for n, d in zip(names, drop)]
-        return torch.stack([self.text_embeds[t] for t in texts])
+        """tau(c) per image, with the caption replaced by "" with probability ``prompt_dropout``.
+        The choice stays on the device (``torch.where``): reading it back would stall every step."""
+        captions = torch.stack([self.text_embeds[self.captions.get(n, "")] for n in names])
+        drop = prompt_dropout_mask(len(names), self.prompt_dropout, generator).to(captions.device)
+        return torch.where(drop[:, None, None], self.text_embeds[""].to(captions.device), captions)
 
     def __call__(self, unet, batch: dict, generator: torch.Generator) -> torch.Tensor:
-        g, device = generator, generator.device
+        # the draws happen where the generator lives (the training device; the CPU for a meta-device count)
+        g, gd = generator, generator.device
+        device = next(unet.parameters()).device
         images, masks = batch["image"].to(device), batch["mask"].to(device)
         n = images.shape[0]
         # 1. caption embeddings with classifier-free-guidance dropout
@@ -497,12 +500,12 @@ class LoraInpaintLoss:
             x, m = to_sd_resolution(images, masks, self.resolution)
             both = torch.cat([x, blank_hole(x, m)])
             eps_vae = torch.randn((2 * n, self.vae.config.latent_channels, *[s // latent_factor(self.vae) for s in x.shape[-2:]]),
-                                  generator=g, device=device)
+                                  generator=g, device=gd).to(device)
             z0, z_masked = encode_latents(self.vae, both, eps_vae).chunk(2)
             m_down = mask_to_latent(m, tuple(z0.shape[-2:]))
         # 3. t ~ U{0..T-1}, eps ~ N(0, I)
-        t = torch.randint(0, self.scheduler.config.num_train_timesteps, (n,), generator=g, device=device)
-        eps = torch.randn(z0.shape, generator=g, device=device)
+        t = torch.randint(0, self.scheduler.config.num_train_timesteps, (n,), generator=g, device=gd).to(device)
+        eps = torch.randn(z0.shape, generator=g, device=gd).to(device)
         alpha_bar = self.alphas_cumprod.to(device)[t].view(-1, 1, 1, 1)
         # z_t = sqrt(alpha_bar_t) z_0 + sqrt(1 - alpha_bar_t) eps   (Ho et al. 2020, eq. 4)
         z_t = alpha_bar.sqrt() * z0 + (1 - alpha_bar).sqrt() * eps

@@ -171,3 +171,15 @@ def test_changed_preset_reprepares_without_stale_files(prepared):
     assert len(files) == 20 == sum(len(v) for v in new["splits"].values())
     assert sorted(p.stem for p in (P.data / "test_masks").glob("*.png")) == sorted(new["splits"]["test"])
     assert new["fingerprint"] != index["fingerprint"]
+
+
+@pytest.mark.parametrize("size", [16, 160])          # below and above the size where threads pay
+def test_parallel_png_loading_keeps_order_and_values(tmp_path, size):
+    from helpers.common import load_png, load_pngs, save_png
+    g = torch.Generator().manual_seed(0)
+    files = []
+    for i in range(9):
+        files.append(tmp_path / f"{i}.png")
+        save_png(torch.rand(3, size, size, generator=g) * 2 - 1, files[-1])
+    serial = torch.stack([load_png(f) for f in files])
+    assert torch.equal(load_pngs(files), serial) and torch.equal(load_pngs(files, workers=3), serial)

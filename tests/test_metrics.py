@@ -288,3 +288,13 @@ def test_lpips_loads_a_placed_backbone_file(tmp_path, monkeypatch):
     with torch.no_grad():
         expected = reference(tb.float() / 127.5 - 1, ta.float() / 127.5 - 1).reshape(-1).double()
     torch.testing.assert_close(d, expected, atol=1e-6, rtol=1e-5)
+
+
+def test_pixel_scores_equal_the_four_separate_metrics():
+    g = torch.Generator().manual_seed(3)
+    x, y = torch.rand(3, 3, 24, 20, generator=g) * 2 - 1, torch.rand(3, 3, 24, 20, generator=g) * 2 - 1
+    m = (torch.rand(3, 1, 24, 20, generator=g) > 0.6).float()
+    s = M.pixel_scores(x, y, m)
+    for k, ref in {"psnr": M.psnr(x, y), "ssim": M.ssim(x, y), "psnr_hole": M.psnr(x, y, m),
+                   "ssim_hole": M.ssim(x, y, m)}.items():
+        torch.testing.assert_close(s[k], ref, rtol=0, atol=1e-12)
