@@ -419,11 +419,29 @@ def paired_difference(per_image: pd.DataFrame, a: str, b: str, metric: str, n_bo
     return mean, lo, hi, len(common)
 
 
+def common_means(per_image: pd.DataFrame, metric: str) -> tuple[pd.Series, int]:
+    """Each method's mean of a per-image ``metric`` over the images **every** method was scored on
+    (RePaint may run on a subset: means over different images must not be ranked). Returns
+    (method -> mean, number of common images); methods without values for the metric are left out."""
+    df = per_image.dropna(subset=[metric])
+    if df.empty:
+        return pd.Series(dtype=float), 0
+    wide = df.pivot(index="name", columns="method", values=metric).dropna()
+    return wide.mean().astype(float), len(wide)
+
+
 def best_methods(ev: Evaluation) -> dict[str, str]:
-    """metric -> the method with the best mean (higher PSNR/SSIM, lower LPIPS/FID/KID)."""
+    """metric -> the method with the best mean (higher PSNR/SSIM, lower LPIPS/FID/KID). Per-image
+    metrics compare means over the images all methods share (:func:`common_means`); FID and KID
+    are set-level, so they compare each method's own value (the text states n)."""
     out = {}
     ok = ev.summary[ev.summary["status"] != "missing"]
     for metric, higher in HIGHER_IS_BETTER.items():
+        if metric in PER_IMAGE:
+            col, n = common_means(ev.per_image, metric) if not ev.per_image.empty else (pd.Series(dtype=float), 0)
+            if n:
+                out[metric] = col.idxmax() if higher else col.idxmin()
+            continue
         if metric not in ok or ok[metric].isna().all():
             continue
         col = ok[metric].astype(float)
@@ -460,9 +478,11 @@ def conclusions(ev: Evaluation, cfg: Config) -> str:
         if metric not in best:
             continue
         winner = best[metric]
-        col = summ[summ["status"] != "missing"][metric].astype(float).dropna()
+        col, n_common = common_means(ev.per_image, metric)
         others = col.drop(winner)
-        text = f"* Best {LABELS[metric]}: **{D.METHODS[winner]}** ({_fmt(col[winner], DIGITS[metric])}"
+        own_n = summ.loc[list(col.index), "n"].astype(int)
+        where = "" if (own_n == n_common).all() else f" on the {n_common} images every method was scored on"
+        text = f"* Best {LABELS[metric]}{where}: **{D.METHODS[winner]}** ({_fmt(col[winner], DIGITS[metric])}"
         if others.empty:
             lines.append(text + "; the only method scored).")
             continue

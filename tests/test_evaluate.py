@@ -167,12 +167,13 @@ def test_paired_difference_and_conclusions_follow_the_numbers(scored):
     b = ev.per_image[ev.per_image.method == "ddpm_repaint"].set_index("name")["psnr_hole"]
     assert n == 4 and d == pytest.approx((a[b.index] - b).mean()) and lo <= d <= hi
     best = E.best_methods(ev)
-    summ = ev.summary.set_index("method")
-    assert best["psnr_hole"] == summ["psnr_hole"].astype(float).idxmax()
+    means, n_common = E.common_means(ev.per_image, "psnr_hole")
+    assert best["psnr_hole"] == means.idxmax() and n_common == ev.per_image.groupby("method").size().min()
     assert "lpips" not in best                                 # unavailable: no winner claimed
     text = E.conclusions(ev, cfg)
     assert text.startswith("* **Smoke preset") and "prove" in text
-    assert f"Best hole PSNR (dB): **{H.data.METHODS[best['psnr_hole']]}**" in text
+    assert (f"Best hole PSNR (dB) on the {n_common} images every method was scored on: "
+            f"**{H.data.METHODS[best['psnr_hole']]}**") in text
     full = H.load_config("full")
     assert not E.smoke_warning(full) and "Smoke preset" not in E.conclusions(ev, full)
 
@@ -215,3 +216,20 @@ def test_reloaded_tables_keep_image_names_as_text(tmp_root, smoke_cfg):
     E.save_evaluation(ev, H.common.paths(smoke_cfg).tables)
     again = E.load_evaluation(smoke_cfg)
     assert again.per_image.loc[0, "name"] == "000123" and math.isnan(again.per_image.loc[0, "lpips"])
+
+
+def test_best_method_compares_the_same_images():
+    """A method scored on an easy subset must not win on its higher mean over other images."""
+    rows = [{"method": "telea", "name": f"i{k}", "psnr_hole": v} for k, v in enumerate([30, 30, 10, 10])]
+    rows += [{"method": "ddpm_repaint", "name": f"i{k}", "psnr_hole": v} for k, v in enumerate([25, 25])]
+    per_image = pd.DataFrame(rows).assign(psnr=1.0, ssim=1.0, ssim_hole=1.0, lpips=float("nan"))
+    summary = pd.DataFrame([{"method": "telea", "status": "ok", "n": 4, "psnr_hole": 20.0},
+                            {"method": "ddpm_repaint", "status": "ok", "n": 2, "psnr_hole": 25.0}])
+    ev = E.Evaluation(per_image, summary, pd.DataFrame(), pd.DataFrame(), pd.DataFrame(),
+                      {"bootstrap": {"samples": 50, "seed": 0}})
+    means, n = E.common_means(per_image, "psnr_hole")
+    assert n == 2 and means.to_dict() == {"ddpm_repaint": 25.0, "telea": 30.0}
+    assert E.best_methods(ev)["psnr_hole"] == "telea"          # by own-image means RePaint would "win"
+    assert "lpips" not in E.best_methods(ev)
+    text = E.conclusions(ev, H.load_config("full"))
+    assert "Best hole PSNR (dB) on the 2 images every method was scored on: **" + H.data.METHODS["telea"] in text
