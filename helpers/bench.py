@@ -64,6 +64,11 @@ class Context:
     peak_tflops: float
     rows: list = field(default_factory=list)
     flops_only: bool = False      # count FLOPs (on the meta device), time nothing
+    variants: tuple = ()          # keep only variants whose name contains one of these ("plain" always kept)
+    sweep: bool = True            # the batch-size sweeps of the preset variant
+
+    def wants(self, variant: str) -> bool:
+        return variant == "plain" or not self.variants or any(k in variant for k in self.variants)
 
 
 # ---------------------------------------------------------------- measuring
@@ -192,7 +197,7 @@ def variant_list(ctx: Context, kind: str, preset_dtype: str) -> list[tuple[str, 
     else:
         out.append(("+sdpa", on(sdpa=True), "fp32"))
     out.append(("preset", Config(ctx.cfg.perf), preset_dtype if ctx.device.type == "cuda" else "fp32"))
-    return out
+    return [v for v in out if ctx.wants(v[0])]
 
 
 def _free(device: torch.device) -> None:
@@ -226,7 +231,7 @@ def _generator(device: torch.device) -> torch.Generator:
 
 def _sweep(ctx: Context, workload: str, variant: str, sizes, make_step, flops_of) -> None:
     """Time the ``variant`` at every batch size in ``sizes`` until one does not fit in memory."""
-    if ctx.flops_only:
+    if ctx.flops_only or not ctx.sweep:
         return
     for bs in sizes:
         try:
@@ -323,9 +328,10 @@ def bench_ddpm_sample(ctx: Context) -> None:
         _free(ctx.device)
     pdt = d.mixed_precision if ctx.device.type == "cuda" else "fp32"
     k = ctx.cfg.bench.dpm_steps
-    measure(ctx, "ddpm_sample", f"preset + DPM-Solver++ {k} steps", bs0,
-            make_step(Config(ctx.cfg.perf), pdt, bs0, "dpm", k), flops_of(bs0, k), note=f"{size}px, {pdt}")
-    _free(ctx.device)
+    if ctx.wants("DPM-Solver++"):
+        measure(ctx, "ddpm_sample", f"preset + DPM-Solver++ {k} steps", bs0,
+                make_step(Config(ctx.cfg.perf), pdt, bs0, "dpm", k), flops_of(bs0, k), note=f"{size}px, {pdt}")
+        _free(ctx.device)
     _sweep(ctx, "ddpm_sample", "preset", ctx.cfg.bench.batch_sizes,
            lambda bs: make_step(Config(ctx.cfg.perf), pdt, bs), flops_of)
 
@@ -423,9 +429,10 @@ def bench_sd_infer(ctx: Context) -> None:
         _free(ctx.device)
     pdt = infer_dtype if ctx.device.type == "cuda" else "fp32"
     k = ctx.cfg.bench.dpm_steps
-    measure(ctx, "sd_infer", f"preset + DPM-Solver++ {k} steps", 1,
-            make_step(Config(ctx.cfg.perf), pdt, 1, "dpm", k), flops_of(1, k), note=pdt)
-    _free(ctx.device)
+    if ctx.wants("DPM-Solver++"):
+        measure(ctx, "sd_infer", f"preset + DPM-Solver++ {k} steps", 1,
+                make_step(Config(ctx.cfg.perf), pdt, 1, "dpm", k), flops_of(1, k), note=pdt)
+        _free(ctx.device)
     _sweep(ctx, "sd_infer", "preset", ctx.cfg.bench.batch_sizes,
            lambda bs: make_step(Config(ctx.cfg.perf), pdt, bs), flops_of)
 
@@ -547,15 +554,33 @@ WORKLOADS = {"ddpm_train": bench_ddpm_train, "ddpm_sample": bench_ddpm_sample,
              "sd_lora_train": bench_sd_lora_train, "sd_infer": bench_sd_infer, "eval": bench_eval}
 
 
-def run(cfg: Config, only: list[str] | None = None, out_path=None) -> dict:
-    """Run the selected workloads (default: all five); print the table; save JSON. Returns the JSON dict."""
+def _merge(previous: dict, result: dict) -> dict:
+    """Rows of an earlier partial run on the same device that this run did not repeat are kept, so a
+    benchmark can be taken in pieces (e.g. one workload per call on a lent GPU). Each run times its
+    own plain variant, so every ratio still compares two timings of one run."""
+    key = lambda r: (r["workload"], r["variant"], r["batch_size"])
+    new = {key(r) for r in result["rows"]}
+    kept = [r for r in previous.get("rows", []) if key(r) not in new]
+    runs = previous.get("runs", [{k: previous[k] for k in ("date", "peak_tflops", "workloads") if k in previous}])
+    order = list(WORKLOADS)
+    rows = sorted(kept + result["rows"], key=lambda r: order.index(r["workload"]) if r["workload"] in order else 99)
+    return {**result, "rows": rows, "runs": runs + result["runs"],
+            "workloads": [w for w in order if any(r["workload"] == w for r in rows)]}
+
+
+def run(cfg: Config, only: list[str] | None = None, out_path=None, variants: list[str] | None = None,
+        sweep: bool = True, merge: bool | None = None) -> dict:
+    """Run the selected workloads (default: all five) and variants (default: all); print the table;
+    save JSON. A partial run (``only`` or ``variants``) merges into an existing JSON of the same
+    device unless ``merge=False``. Returns the JSON dict."""
     import datetime as dt
     from importlib import metadata
 
     device = get_device(cfg)
     tiny = bool(cfg.bench.tiny) or device.type != "cuda"
     peak, peak_desc = peak_matmul_tflops(device)
-    ctx = Context(cfg, device, tiny, cfg.bench.warmup, cfg.bench.iters, peak)
+    ctx = Context(cfg, device, tiny, cfg.bench.warmup, cfg.bench.iters, peak, variants=tuple(variants or ()),
+                  sweep=sweep)
     names = only or list(WORKLOADS)
     unknown = set(names) - set(WORKLOADS)
     if unknown:
@@ -569,13 +594,22 @@ def run(cfg: Config, only: list[str] | None = None, out_path=None) -> dict:
     header = (f"device: {gpu or 'CPU'}; peak {peak_desc}: {peak:.2f} TFLOP/s measured now; "
               + ("TINY configs (CPU run: proves the harness, not the speed of the real models)" if tiny
                  else "full-size architectures with random weights"))
-    table = format_table(rows, header)
-    print(table)
-    result = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "preset": cfg.preset,
+    print(format_table(rows, header))
+    date = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    result = {"date": date, "preset": cfg.preset,
               "device": gpu or "cpu", "tiny": tiny, "peak_tflops": peak, "peak_kind": peak_desc,
               "versions": {p: metadata.version(p) for p in ("torch", "diffusers", "peft")},
-              "workloads": names, "rows": [asdict(r) for r in rows], "table": table}
-    out_path = out_path or paths(cfg).reports / "bench.json"
+              "workloads": names, "rows": [asdict(r) for r in rows],
+              "runs": [{"date": date, "peak_tflops": peak, "workloads": names, "variants": list(variants or [])}]}
+    out_path = Path(out_path or paths(cfg).reports / "bench.json")
+    merge = (bool(only) or bool(variants)) if merge is None else merge
+    if merge and out_path.is_file():
+        previous = json.loads(out_path.read_text())
+        if previous.get("device") == result["device"] and previous.get("tiny") == tiny:
+            result = _merge(previous, result)
+            n = len(result["runs"])
+            header += f" (merged: {n} runs, each ratio within one run)" if n > 1 else ""
+    result["table"] = format_table([Row(**r) for r in result["rows"]], header)
     save_json(result, out_path)
     print(f"\nsaved {out_path}", file=sys.stderr)
     return result
@@ -591,6 +625,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="count the FLOPs per image of the full-size workloads on the meta device (no GPU needed, "
                          "nothing timed) and print what the targets mean in images/s")
     ap.add_argument("--peak-tflops", type=float, default=800.0, help="bf16 peak for --flops-only (H100: about 800)")
+    ap.add_argument("--variants", help="comma-separated parts of variant names to keep, e.g. 'bf16,all,preset' "
+                                       "(plain is always timed: the ratios need it)")
+    ap.add_argument("--no-sweep", action="store_true", help="skip the batch-size sweeps")
+    ap.add_argument("--fresh", action="store_true", help="overwrite the JSON instead of merging a partial run into it")
     args = ap.parse_args(argv)
     cfg = load_config(args.preset, parse_overrides(args.overrides))
     if args.flops_only:
@@ -600,7 +638,8 @@ def main(argv: list[str] | None = None) -> int:
         save_json({k: v for k, v in budget.items()}, out)
         print(f"\nsaved {out}", file=sys.stderr)
         return 0
-    run(cfg, args.only.split(",") if args.only else None, args.out)
+    run(cfg, args.only.split(",") if args.only else None, args.out,
+        args.variants.split(",") if args.variants else None, not args.no_sweep, False if args.fresh else None)
     return 0
 
 

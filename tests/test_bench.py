@@ -75,3 +75,19 @@ def test_full_size_flop_budget_matches_the_issue_arithmetic(tmp_root):
     assert abs(rows[("ddpm_train", "plain")] / (rows[("ddpm_sample", "plain")] / 50) - 3) < 0.05
     # InceptionV3 at 299x299: 5.7 GMAC
     assert abs(rows[("eval", "inception features")] / 1e9 - 11.4) < 0.2
+
+
+def test_partial_runs_merge_and_keep_plain(tmp_root):
+    """A benchmark taken in pieces (one workload or a few variants per call) ends in one JSON; every
+    piece times its own plain variant so the ratios stay within one run."""
+    cfg = H.load_config("smoke", {"bench.warmup": 0, "bench.iters": 1})
+    out = tmp_root / "bench.json"
+    B.run(cfg, ["ddpm_train"], out, variants=["preset"], sweep=False)
+    r2 = B.run(cfg, ["ddpm_sample"], out, variants=["DPM"], sweep=False)
+    rows = {(r["workload"], r["variant"]) for r in r2["rows"]}
+    assert rows == {("ddpm_train", "plain"), ("ddpm_train", "preset"), ("ddpm_sample", "plain"),
+                    ("ddpm_sample", f"preset + DPM-Solver++ {cfg.bench.dpm_steps} steps")}
+    assert len(r2["runs"]) == 2 and "merged: 2 runs" in r2["table"]
+    assert json.loads(out.read_text())["workloads"] == ["ddpm_train", "ddpm_sample"]
+    fresh = B.run(cfg, ["ddpm_train"], out, variants=["preset"], sweep=False, merge=False)
+    assert {r["workload"] for r in fresh["rows"]} == {"ddpm_train"} and len(fresh["runs"]) == 1
