@@ -519,7 +519,24 @@ TARGETS = {("sd_infer", "batch 1"): 0.35, ("sd_infer", "best batch"): 0.40, ("dd
            ("sd_lora_train", "best batch"): 0.30, ("ddpm_train", "batch 8"): 0.30}
 
 
-def flop_budget(cfg: Config, peak_tflops: float = 800.0) -> dict:
+def study_compute(cfg: Config, flops: dict, n_train: int) -> list[dict]:
+    """FLOPs of the whole study from the counted per-image costs: training epochs x images, test-set
+    sampling of every method. ``flops`` maps (workload, variant) -> FLOPs per image (plain rows)."""
+    from .repaint import count_model_calls
+    d, s, r = cfg.ddpm, cfg.sd, cfg.ddpm.repaint
+    n_test = cfg.data.max_test_images or 1000
+    per_eval = flops[("ddpm_sample", "plain")] / d.num_inference_steps          # one 256x256 U-Net forward
+    calls = count_model_calls(r.num_inference_steps, r.jump_length, r.jump_n_sample)
+    return [
+        {"step": f"DDPM fine-tuning, {d.num_epochs} epochs x {n_train} images", "flops": d.num_epochs * n_train * flops[("ddpm_train", "plain")]},
+        {"step": f"SD LoRA training, {s.num_epochs} epochs x {n_train} images", "flops": s.num_epochs * n_train * flops[("sd_lora_train", "plain")]},
+        {"step": f"DDIM-{d.num_inference_steps} DDPM inpainting, {n_test} test images", "flops": n_test * flops[("ddpm_sample", "plain")]},
+        {"step": f"RePaint, {r.max_images} images x {calls} U-Net calls", "flops": r.max_images * calls * per_eval},
+        {"step": f"SD inference (zero-shot + LoRA), 2 x {n_test} test images", "flops": 2 * n_test * flops[("sd_infer", "plain")]},
+    ]
+
+
+def flop_budget(cfg: Config, peak_tflops: float = 800.0, n_train: int = 27000) -> dict:
     """FLOPs per image of every workload at its full size, counted on the meta device (shapes only:
     no weights, no memory, no GPU), and the speed each target ratio means at ``peak_tflops``.
 
@@ -543,10 +560,18 @@ def flop_budget(cfg: Config, peak_tflops: float = 800.0) -> dict:
     for t in targets:
         lines.append(f"{t['workload']} | {t['regime']} | {t['tflop_per_image']:.2f} | {100 * t['target_fraction']:.0f} % | "
                      f"{t['images_per_s_at_target']:.2f} | {t['seconds_per_image_at_target']:.3f}")
+    study = study_compute(cfg, flops, n_train)
+    total = sum(x["flops"] for x in study)
+    lines += ["", f"the whole study ({cfg.preset} preset, {n_train} training images): model arithmetic and hours "
+              "at a given fraction of the peak", "step | PFLOP | h at 30 % | h at 8 %", "--- | --- | --- | ---"]
+    hours = lambda f, frac: f / (frac * peak_tflops * 1e12) / 3600
+    lines += [f"{x['step']} | {x['flops'] / 1e15:.0f} | {hours(x['flops'], 0.30):.2f} | {hours(x['flops'], 0.08):.2f}"
+              for x in study + [{"step": "total", "flops": total}]]
     lines += ["", "all counted rows: workload | variant | GFLOP/image | note", "--- | --- | --- | ---"]
     lines += [f"{r.workload} | {r.variant} | {r.flops_per_image / 1e9:.1f} | {r.note}" if r.flops_per_image
               else f"{r.workload} | {r.variant} | n/a | {r.note}" for r in ctx.rows]
     return {"peak_tflops": peak_tflops, "targets": targets, "rows": [asdict(r) for r in ctx.rows],
+            "study": study, "study_total_flops": total, "n_train": n_train,
             "table": "\n".join(lines)}
 
 
@@ -625,6 +650,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="count the FLOPs per image of the full-size workloads on the meta device (no GPU needed, "
                          "nothing timed) and print what the targets mean in images/s")
     ap.add_argument("--peak-tflops", type=float, default=800.0, help="bf16 peak for --flops-only (H100: about 800)")
+    ap.add_argument("--train-images", type=int, default=27000,
+                    help="training-set size for the study total of --flops-only (CelebA-HQ: 30k x 0.9)")
     ap.add_argument("--variants", help="comma-separated parts of variant names to keep, e.g. 'bf16,all,preset' "
                                        "(plain is always timed: the ratios need it)")
     ap.add_argument("--no-sweep", action="store_true", help="skip the batch-size sweeps")
@@ -632,7 +659,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     cfg = load_config(args.preset, parse_overrides(args.overrides))
     if args.flops_only:
-        budget = flop_budget(cfg, args.peak_tflops)
+        budget = flop_budget(cfg, args.peak_tflops, args.train_images)
         print(budget["table"])
         out = Path(args.out) if args.out else paths(cfg).reports / "flop_budget.json"
         save_json({k: v for k, v in budget.items()}, out)
