@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 import helpers as H
 from helpers import evaluate as E
+from helpers import findings as FD
 from helpers import metrics as M
 
 
@@ -106,19 +107,19 @@ def test_missing_lpips_weights_give_the_stated_message_not_a_number(scored):
     assert ev.info["lpips"]["available"] is False
     assert "alexnet-owt-7be5be79.pth" in ev.info["lpips"]["reason"]
     assert ev.per_image["lpips"].isna().all()
-    table = E.format_summary(ev)
+    table = FD.format_summary(ev)
     assert (table.loc[H.data.METHODS["telea"], "LPIPS"] == "unavailable")
-    assert "unavailable" in E.table_caption(ev) and "alexnet-owt-7be5be79.pth" in E.table_caption(ev)
+    assert "unavailable" in FD.table_caption(ev) and "alexnet-owt-7be5be79.pth" in FD.table_caption(ev)
 
 
 def test_missing_method_is_reported_not_dropped(scored):
     cfg, _, ev, _ = scored
-    table = E.format_summary(ev)
+    table = FD.format_summary(ev)
     assert table.loc[H.data.METHODS["sd_lora"], "PSNR (dB)"] == "missing"
     assert "no prediction folder" in table.loc[H.data.METHODS["sd_lora"], "weights / note"]
-    text = E.conclusions(ev, cfg)
+    text = FD.conclusions(ev, cfg)
     assert "SD 1.5 inpainting + LoRA** was not scored" in text
-    comp = E.comparison_table(ev, cfg.preset)
+    comp = FD.comparison_table(ev, cfg.preset)
     assert comp.loc[H.data.METHODS["sd_lora"]].iloc[0]["protocol"].startswith("missing")
 
 
@@ -135,7 +136,7 @@ def test_grouped_tables_and_files(scored):
         assert set(t["group"]) == set(ev.per_image[col])
     # a reload gives the same tables
     again = E.load_evaluation(cfg)
-    pd.testing.assert_frame_equal(E.format_summary(again), E.format_summary(ev))
+    pd.testing.assert_frame_equal(FD.format_summary(again), FD.format_summary(ev))
     assert again.missing == ev.missing
 
 
@@ -150,7 +151,7 @@ def test_stale_or_wrong_size_predictions_are_missing_with_a_reason(prepared, fak
     reasons = {m["method"]: m["reason"] for m in ev.missing}
     assert "none for this test set" in reasons["sd_zeroshot"]
     assert "predictions are (3, 16, 16)" in reasons["sd_lora"]
-    assert ev.per_image.empty and "nothing to conclude" in E.conclusions(ev, cfg)
+    assert ev.per_image.empty and "nothing to conclude" in FD.conclusions(ev, cfg)
 
 
 def test_hole_buckets():
@@ -170,18 +171,18 @@ def test_paired_difference_and_conclusions_follow_the_numbers(scored):
     means, n_common = E.common_means(ev.per_image, "psnr_hole")
     assert best["psnr_hole"] == means.idxmax() and n_common == ev.per_image.groupby("method").size().min()
     assert "lpips" not in best                                 # unavailable: no winner claimed
-    text = E.conclusions(ev, cfg)
+    text = FD.conclusions(ev, cfg)
     assert text.startswith("* **Smoke preset") and "prove" in text
     assert (f"Best hole PSNR (dB) on the {n_common} images every method was scored on: "
             f"**{H.data.METHODS[best['psnr_hole']]}**") in text
     full = H.load_config("full")
-    assert not E.smoke_warning(full) and "Smoke preset" not in E.conclusions(ev, full)
+    assert not FD.smoke_warning(full) and "Smoke preset" not in FD.conclusions(ev, full)
 
 
 def test_comparison_table_labels_every_source(scored):
     cfg, _, ev, _ = scored
-    comp = E.comparison_table(ev, cfg.preset)
-    study = comp[comp["source"] == E.STUDY_SOURCE]
+    comp = FD.comparison_table(ev, cfg.preset)
+    study = comp[comp["source"] == FD.STUDY_SOURCE]
     assert len(study) == 2 and set(study["PSNR"]) == {"23.45", "20.97"} and set(study["FID"]) == {"32.17", "40.45"}
     published = comp[comp["source"].str.contains("published")]
     assert {"LaMa (narrow masks)", "LaMa (wide masks)", "RePaint (wide masks)", "DeepFill v2 (centre mask)"} <= set(published.index)
@@ -192,15 +193,15 @@ def test_comparison_table_labels_every_source(scored):
 
 def test_figures_and_runtime_table(scored, tmp_path):
     cfg, test, ev, _ = scored
-    E.plot_bars(ev, path=tmp_path / "bars.png")
-    E.plot_vs_hole(ev, path=tmp_path / "hole.png")
-    E.plot_vs_hole(ev, path=tmp_path / "kind.png", by="kind")
-    names, why = E.failure_cases(ev, 2)
+    FD.plot_bars(ev, path=tmp_path / "bars.png")
+    FD.plot_vs_hole(ev, path=tmp_path / "hole.png")
+    FD.plot_vs_hole(ev, path=tmp_path / "kind.png", by="kind")
+    names, why = FD.failure_cases(ev, 2)
     assert len(names) == 2 and "hole PSNR" in why
-    E.qualitative_grid(cfg, names, tmp_path / "grid.png", ev=ev)
+    FD.qualitative_grid(cfg, names, tmp_path / "grid.png", ev=ev)
     for f in ("bars", "hole", "kind", "grid"):
         assert (tmp_path / f"{f}.png").stat().st_size > 5000
-    rt = E.format_runtime(ev)
+    rt = FD.format_runtime(ev)
     assert rt.loc[H.data.METHODS["ddpm_finetuned"], "trainable params"] == "123"
     assert rt.loc[H.data.METHODS["ddpm_repaint"], "s / image"] == "not recorded"
     assert "Telea" in rt.loc[H.data.METHODS["telea"], "weights"]
@@ -231,5 +232,5 @@ def test_best_method_compares_the_same_images():
     assert n == 2 and means.to_dict() == {"ddpm_repaint": 25.0, "telea": 30.0}
     assert E.best_methods(ev)["psnr_hole"] == "telea"          # by own-image means RePaint would "win"
     assert "lpips" not in E.best_methods(ev)
-    text = E.conclusions(ev, H.load_config("full"))
+    text = FD.conclusions(ev, H.load_config("full"))
     assert "Best hole PSNR (dB) on the 2 images every method was scored on: **" + H.data.METHODS["telea"] in text

@@ -8,7 +8,7 @@ Every method is scored here on the **same frozen test images and masks**, after 
 known pixels back, at the same resolution, with the same metrics. Notebook 06 presents the
 results; this notebook computes and saves them.""")
 cells += [
-    code("H.evaluate.markdown(H.evaluate.smoke_warning(cfg))"),
+    code("H.findings.markdown(H.findings.smoke_warning(cfg))"),
     md("""## The protocol
 1. **Test set**: the images and masks frozen by notebook 01 (`data/<preset>/test_masks`), never
    re-drawn; every method sees exactly these.
@@ -70,25 +70,25 @@ Per image: PSNR, SSIM, hole PSNR, hole SSIM, LPIPS; per method: FID and KID agai
 test images of the same names. Means with **percentile-bootstrap 95 % confidence intervals**
 over images (seeded).""", slide="slide"),
     code("""ev = H.evaluate.evaluate_all(cfg)
-H.evaluate.table(H.evaluate.format_summary(ev))"""),
-    code("H.evaluate.markdown(H.evaluate.table_caption(ev))", slide="subslide"),
+H.findings.table(H.findings.format_summary(ev))"""),
+    code("H.findings.markdown(H.findings.table_caption(ev))", slide="subslide"),
     md("## Means with 95 % confidence intervals", slide="slide"),
-    code("""H.evaluate.plot_bars(ev, path=P.figures / "05_metrics_bars.png");"""),
+    code("""H.findings.plot_bars(ev, path=P.figures / "05_metrics_bars.png");"""),
     md("""## By hole size and by mask kind
 Larger holes leave less context: every method should degrade; the question is how fast.""", slide="slide"),
-    code("""H.evaluate.plot_vs_hole(ev, path=P.figures / "05_metric_vs_hole.png");"""),
-    code("""H.evaluate.plot_vs_hole(ev, path=P.figures / "05_metric_vs_kind.png", by="kind");""", slide="subslide"),
+    code("""H.findings.plot_vs_hole(ev, path=P.figures / "05_metric_vs_hole.png");"""),
+    code("""H.findings.plot_vs_hole(ev, path=P.figures / "05_metric_vs_kind.png", by="kind");""", slide="subslide"),
     code("""ev.by_bucket.pivot_table(index=["label", "group"], columns="metric", values="mean").round(3)""",
          slide="subslide"),
     md("## Runtime and size (from each method's meta.json)", slide="slide"),
-    code("H.evaluate.table(H.evaluate.format_runtime(ev))"),
+    code("H.findings.table(H.findings.format_runtime(ev))"),
     md("## Same test images, every method", slide="slide"),
     code("""k = min(4, len(test["name"]))
-H.evaluate.qualitative_grid(cfg, test["name"][:k], P.figures / "05_qualitative.png", ev=ev);"""),
+H.findings.qualitative_grid(cfg, test["name"][:k], P.figures / "05_qualitative.png", ev=ev);"""),
     md("## The hardest images", slide="subslide"),
-    code("""names, criterion = H.evaluate.failure_cases(ev, cfg.eval.num_failure_cases)
+    code("""names, criterion = H.findings.failure_cases(ev, cfg.eval.num_failure_cases)
 print("chosen by", criterion)
-H.evaluate.qualitative_grid(cfg, names, P.figures / "05_failure_cases.png", ev=ev,
+H.findings.qualitative_grid(cfg, names, P.figures / "05_failure_cases.png", ev=ev,
                             title=f"failure cases: {criterion}");"""),
     md("""## Saved for notebook 06
 Per-image scores, the summary, the by-bucket / by-kind tables, the runtime table and every
