@@ -32,13 +32,18 @@ bench: venv
 notebooks: venv
 	for f in tools/make_nb_*.py; do $(PY) $$f || exit 1; done
 
-## optional: reveal.js, require.js and jQuery from the npm registry, so the slides present offline
+## optional: reveal.js, require.js, jQuery and MathJax from the npm registry, so the slides and the
+## report present offline (MathJax trimmed to what TeX-AMS_CHTML-full needs: about 4 MB of its 71)
+MATHJAX_PARTS = MathJax.js config/TeX-AMS_CHTML-full.js config/Safe.js extensions jax/input/TeX jax/element \
+	jax/output/CommonHTML fonts/HTML-CSS/TeX/woff localization/en
 slides-offline:
-	rm -rf data/cache/slides_js && mkdir -p data/cache/slides_js/reveal.js
-	cd data/cache/slides_js && npm pack reveal.js@4.0.2 requirejs@2.3.7 jquery@2.2.4 \
+	rm -rf data/cache/slides_js && mkdir -p data/cache/slides_js/reveal.js data/cache/slides_js/mathjax
+	cd data/cache/slides_js && npm pack reveal.js@4.0.2 requirejs@2.3.7 jquery@2.2.4 mathjax@2.7.7 \
 	  && tar xzf reveal.js-4.0.2.tgz -C reveal.js --strip-components=1 \
 	  && tar xzf requirejs-2.3.7.tgz package/require.js --strip-components=1 \
-	  && tar xzf jquery-2.2.4.tgz package/dist/jquery.min.js --strip-components=2 && rm -f *.tgz
+	  && tar xzf jquery-2.2.4.tgz package/dist/jquery.min.js --strip-components=2 \
+	  && tar xzf mathjax-2.7.7.tgz -C mathjax --strip-components=1 $(addprefix package/,$(MATHJAX_PARTS)) \
+	  && rm -f *.tgz
 
 clean:
 	rm -rf reports/$(PRESET) data/$(PRESET)

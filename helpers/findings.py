@@ -154,6 +154,31 @@ def comparison_table(ev: Evaluation, preset: str) -> pd.DataFrame:
 
 
 # ---------------------------------------------------------------- statements from the numbers
+def method_equations(cfg: Config) -> str:
+    """The two trained methods in their equations, with this preset's values (markdown + TeX)."""
+    d, s = cfg.ddpm, cfg.sd
+    lo = s.lora
+    return "\n".join([
+        f"**DDPM, fine-tuned for inpainting** ({cfg.data.image_size} px, pixel space): the U-Net sees "
+        "the masked image, the mask and the noisy image, 7 channels, and learns mostly inside the hole:",
+        "$$\\mathcal{L} = \\operatorname{mean}\\big[W \\odot (\\epsilon - \\epsilon_\\theta(\\mathrm{concat}"
+        "(x \\odot (1 - m),\\, m,\\, x_t),\\, t))^2\\big],\\qquad "
+        f"W = {d.lambda_mask:g}\\, m + {d.lambda_context:g}\\, (1 - m)$$",
+        f"sampled with DDIM, {d.num_inference_steps} steps; $m = 1$ marks the hole.",
+        "",
+        f"**Stable Diffusion 1.5 inpainting + LoRA** ({s.resolution} px, latents {s.resolution // 8} px): "
+        "frozen VAE $\\mathcal{E}$, text encoder $\\tau$ and U-Net; only a low-rank update of the "
+        f"attention projections ({', '.join(f'`{t}`' for t in lo.target_modules)}) is trained:",
+        f"$$W_0 \\to W_0 + \\tfrac{{\\alpha}}{{r}} B A,\\quad r = {lo.r},\\ \\alpha = {lo.alpha};\\qquad "
+        "\\mathcal{L} = \\big\\| \\epsilon - \\epsilon_{\\theta}(\\mathrm{concat}(z_t,\\, m_{\\downarrow},\\, "
+        "\\mathcal{E}(x \\odot (1 - m))),\\, t,\\, \\tau(c)) \\big\\|^2$$",
+        f"with the caption $c$ dropped {100 * s.prompt_dropout:.0f} % of the time, so that sampling can use "
+        f"classifier-free guidance ({s.num_inference_steps} steps, $w = {s.guidance_scale:g}$):",
+        "$$\\hat\\epsilon = \\epsilon_\\theta(z_t, \\varnothing) + w\\,\\big(\\epsilon_\\theta(z_t, c) - "
+        "\\epsilon_\\theta(z_t, \\varnothing)\\big)$$",
+    ])
+
+
 def smoke_warning(cfg: Config) -> str:
     """The plain statement every smoke slide deck carries ("" for other presets)."""
     if cfg.preset != "smoke":

@@ -124,13 +124,16 @@ def run_notebook(src: Path, dst: Path, log_path: Path, preset: str, overrides: d
 
 
 SLIDE_ASSETS = {"reveal_url_prefix": "reveal.js", "require_js_url": "require.js", "jquery_url": "jquery.min.js"}
+# MathJax 2.7 with the configuration nbconvert's templates load from their CDN
+MATHJAX = "mathjax/MathJax.js"
+MATHJAX_CONFIG = "?config=TeX-AMS_CHTML-full,Safe"
 
 
 def offline_slide_assets(out_dir: Path, cache: Path) -> dict | None:
-    """Copy local reveal.js, require.js and jQuery (``make slides-offline`` puts them in
+    """Copy local reveal.js, require.js, jQuery and MathJax (``make slides-offline`` puts them in
     data/cache/slides_js) beside the slides so they present without internet. Returns the exporter
-    settings pointing at the copies, or None: the slides then load them from their CDNs.
-    (MathJax still comes from its CDN: offline, formulas show as TeX source.)"""
+    settings pointing at the copies, or None: the slides then load them from their CDNs. MathJax
+    is optional (an older ``slides_js`` without it keeps loading MathJax from its CDN)."""
     import shutil
 
     src = Path(cache) / "slides_js"
@@ -138,12 +141,15 @@ def offline_slide_assets(out_dir: Path, cache: Path) -> dict | None:
         return None
     dst = Path(out_dir) / "slides_js"
     shutil.copytree(src, dst, dirs_exist_ok=True)
-    return {trait: f"slides_js/{name}" for trait, name in SLIDE_ASSETS.items()}
+    assets = {trait: f"slides_js/{name}" for trait, name in SLIDE_ASSETS.items()}
+    if (src / MATHJAX).is_file():
+        assets["mathjax_url"] = f"slides_js/{MATHJAX}{MATHJAX_CONFIG}"
+    return assets
 
 
 def export(executed: Path, out_dir: Path, slide_assets: dict | None = None) -> dict[str, Path]:
     """HTML report and reveal.js slides of an executed notebook, parameter cells removed, code hidden.
-    ``slide_assets``: exporter settings for local reveal.js/require.js/jQuery (default: their CDNs)."""
+    ``slide_assets``: exporter settings for local reveal.js/require.js/jQuery/MathJax (default: their CDNs)."""
     import nbformat
     from nbconvert import HTMLExporter, SlidesExporter
     from nbconvert.preprocessors import TagRemovePreprocessor
@@ -152,10 +158,12 @@ def export(executed: Path, out_dir: Path, slide_assets: dict | None = None) -> d
     remove = TagRemovePreprocessor(remove_cell_tags=HIDDEN_TAGS, enabled=True)
     out = {}
     slides = SlidesExporter(exclude_input=True, exclude_output_prompt=True, reveal_scroll=True)
+    report = HTMLExporter(exclude_input=True, exclude_output_prompt=True)
     for trait, url in (slide_assets or {}).items():
         setattr(slides, trait, url)
-    for kind, exporter in (("report", HTMLExporter(exclude_input=True, exclude_output_prompt=True)),
-                           ("slides", slides)):
+        if trait == "mathjax_url":
+            report.mathjax_url = url            # the report sits beside the slides: the same copy serves both
+    for kind, exporter in (("report", report), ("slides", slides)):
         exporter.register_preprocessor(remove, enabled=True)
         body, _ = exporter.from_notebook_node(nb)
         path = out_dir / (f"{executed.stem}.{kind}.html")

@@ -234,3 +234,10 @@ def test_best_method_compares_the_same_images():
     assert "lpips" not in E.best_methods(ev)
     text = FD.conclusions(ev, H.load_config("full"))
     assert "Best hole PSNR (dB) on the 2 images every method was scored on: **" + H.data.METHODS["telea"] in text
+
+
+def test_method_equations_carry_the_preset_values():
+    text = FD.method_equations(H.load_config("full"))
+    assert "W = 1\\, m + 0.05\\, (1 - m)" in text and "r = 16,\\ \\alpha = 16" in text
+    assert "DDIM, 50 steps" in text and "w = 7.5" in text and "15 %" in text and "`to_out.0`" in text
+    assert text.count("$$") % 2 == 0

@@ -75,4 +75,13 @@ def test_offline_slide_assets_are_copied_and_used(tmp_path):
     nbformat.write(nb, tmp_path / "executed.ipynb")
     html = R.export(tmp_path / "executed.ipynb", out, assets)["slides"].read_text()
     assert 'src="slides_js/require.js"' in html and "slides_js/reveal.js/dist/reveal.js" in html
-    assert "preset = " not in html
+    assert "preset = " not in html and "cdnjs.cloudflare.com/ajax/libs/mathjax" in html   # no local MathJax yet
+    # with MathJax placed too, both the slides and the report load it from the copy
+    (cache / "slides_js" / "mathjax").mkdir()
+    (cache / "slides_js" / R.MATHJAX).write_text("//")
+    assets = R.offline_slide_assets(out, cache)
+    files = R.export(tmp_path / "executed.ipynb", out, assets)
+    for kind in ("slides", "report"):
+        html = files[kind].read_text()
+        assert f"slides_js/{R.MATHJAX}{R.MATHJAX_CONFIG}" in html and "cdnjs.cloudflare.com/ajax/libs/mathjax" not in html
+    assert (out / "slides_js" / R.MATHJAX).is_file()

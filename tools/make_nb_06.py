@@ -16,6 +16,8 @@ Which fills a hole better: a **pixel-space DDPM** fine-tuned for inpainting (7-c
 the same DDPM used **training-free** (RePaint), **Stable Diffusion 1.5 inpainting** as it is
 (zero-shot) or adapted with **LoRA**, and does any of them beat a **classical** fill (OpenCV Telea)?""",
        slide="slide"),
+    md("## The two trained methods in two equations", slide="slide"),
+    code("H.findings.markdown(H.findings.method_equations(cfg))"),
     md("## Five methods, one protocol", slide="slide"),
     code("H.findings.table(H.findings.methods_overview(ev))"),
     md("## How every number was measured", slide="slide"),
