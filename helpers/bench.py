@@ -11,8 +11,9 @@ Workloads (each at one or more batch sizes, each in several variants of the ``pe
 4. ``sd_infer``     SD 1.5 inpainting inference, cfg.sd.num_inference_steps steps with guidance
 5. ``eval``         evaluation features: FID Inception, LPIPS (when available), PSNR/SSIM
 
-For every row: images/s, seconds per batch, peak memory, FLOPs per image (counted once with
-``torch.utils.flop_counter`` on the plain variant, attention counted as matmuls), achieved
+For every row: images/s, seconds per batch, peak memory, FLOPs per image (counted once per batch
+size with ``torch.utils.flop_counter`` on the plain variant built on the meta device: shapes only,
+so counting costs no GPU time or memory; attention counted as matmuls), achieved
 TFLOP/s and its ratio to the peak matmul rate measured in the same run, and the speed-up of
 the variant over the plain one (ratios from one run, never across runs).
 """
@@ -37,6 +38,11 @@ from .config import Config, load_config, parse_overrides
 
 # the switches the variants toggle; "plain" has them all off
 SWITCHES = ("sdpa", "channels_last", "torch_compile", "fused_adamw", "cuda_graphs", "batched_vae_decode", "fused_qkv")
+
+
+# FLOPs are counted on the meta device (shapes only): no time, no memory, the same counts as real tensors
+# (tested), so counting a batch of 32 never runs out of memory where the timed bf16 run would fit
+META = torch.device("meta")
 
 
 @dataclass
@@ -66,6 +72,7 @@ class Context:
     flops_only: bool = False      # count FLOPs (on the meta device), time nothing
     variants: tuple = ()          # keep only variants whose name contains one of these ("plain" always kept)
     sweep: bool = True            # the batch-size sweeps of the preset variant
+    count_device: torch.device = META   # where FLOPs are counted (the tests compare it with real tensors)
 
     def wants(self, variant: str) -> bool:
         return variant == "plain" or not self.variants or any(k in variant for k in self.variants)
@@ -89,6 +96,8 @@ def time_call(fn: Callable[[], object], device: torch.device, warmup: int, iters
         sync(device)
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
+
+
 
 
 def count_flops(fn: Callable[[], object]) -> int:
@@ -256,14 +265,14 @@ def _ddpm_config(ctx: Context) -> tuple[dict, int]:
     return ddpm.published_unet_config(), 256
 
 
-def _ddpm_model(ctx: Context, perf: Config, train: bool):
+def _ddpm_model(ctx: Context, perf: Config, train: bool, device: torch.device):
     from . import ddpm
     from .perf import optimize_model
     config, _ = _ddpm_config(ctx)
     torch.manual_seed(0)
-    with torch.device(ctx.device):                 # weights initialised where they live (meta: none at all)
+    with torch.device(device):                     # weights initialised where they live (meta: none at all)
         model = ddpm.build_inpainting_unet(config, 7).train(train)
-    return optimize_model(model, perf, ctx.device)
+    return optimize_model(model, perf, device)
 
 
 def bench_ddpm_train(ctx: Context) -> None:
@@ -272,24 +281,25 @@ def bench_ddpm_train(ctx: Context) -> None:
 
     from . import ddpm
     d, (_, size) = ctx.cfg.ddpm, _ddpm_config(ctx)
-    alphas = DDPMScheduler(**ddpm.published_scheduler_config()).alphas_cumprod.to(ctx.device)
-    loss_fn = ddpm.make_loss_fn(alphas, d.lambda_mask, d.lambda_context)
+    alphas = DDPMScheduler(**ddpm.published_scheduler_config()).alphas_cumprod
 
-    def make_step(perf: Config, dtype: str, bs: int):
-        model = _ddpm_model(ctx, perf, train=True)
-        cuda = ctx.device.type == "cuda"
+    def make_step(perf: Config, dtype: str, bs: int, dev: torch.device | None = None):
+        dev = dev or ctx.device
+        model = _ddpm_model(ctx, perf, True, dev)
+        cuda = dev.type == "cuda"
         opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=d.lr,
                                 **({"fused": True} if cuda and perf.get("fused_adamw") else {}))
         scaler = torch.amp.GradScaler("cuda") if dtype == "fp16" and cuda else None
-        batch = {"image": _images(bs, size).to(ctx.device), "mask": _masks(bs, size).to(ctx.device)}
-        g = _generator(ctx.device)
+        batch = {"image": _images(bs, size).to(dev), "mask": _masks(bs, size).to(dev)}
+        g = _generator(dev)
+        loss_fn = ddpm.make_loss_fn(alphas.to(dev), d.lambda_mask, d.lambda_context)
         return lambda: ddpm.training_step(model, opt, batch, loss_fn, g, d.max_grad_norm, DTYPES[dtype], scaler)
 
     flops = {}
     def flops_of(bs: int) -> float:
         if bs not in flops:
-            flops[bs] = count_flops(make_step(Config({**ctx.cfg.perf, "sdpa": False, "torch_compile": False}), "fp32", bs)) / bs
-            _free(ctx.device)
+            flops[bs] = count_flops(make_step(Config({**ctx.cfg.perf, "sdpa": False, "torch_compile": False}), "fp32", bs,
+                                              dev=ctx.count_device)) / bs
         return flops[bs]
 
     for name, perf, dtype in variant_list(ctx, "train", d.mixed_precision):
@@ -306,8 +316,9 @@ def bench_ddpm_sample(ctx: Context) -> None:
     sched = ddpm.published_scheduler_config()
     bs0 = ctx.cfg.bench.batch_sizes[-1] if ctx.tiny else 8
 
-    def make_step(perf: Config, dtype: str, bs: int, sampler: str = "ddim", steps: int | None = None):
-        model = _ddpm_model(ctx, perf, train=False)
+    def make_step(perf: Config, dtype: str, bs: int, sampler: str = "ddim", steps: int | None = None, dev: torch.device | None = None):
+        dev = dev or ctx.device
+        model = _ddpm_model(ctx, perf, False, dev)
         x, m = _images(bs, size), _masks(bs, size)
         seeds = list(range(bs))
         return lambda: ddpm.ddim_inpaint(model, sched, x * (1 - m), m, seeds, steps or d.num_inference_steps, 0.0,
@@ -318,8 +329,7 @@ def bench_ddpm_sample(ctx: Context) -> None:
         key = (bs, steps)
         if key not in flops:
             flops[key] = count_flops(make_step(Config({**ctx.cfg.perf, "sdpa": False, "torch_compile": False}),
-                                               "fp32", bs, steps=steps)) / bs
-            _free(ctx.device)
+                                               "fp32", bs, steps=steps, dev=ctx.count_device)) / bs
         return flops[key]
 
     for name, perf, dtype in variant_list(ctx, "sample", d.mixed_precision):
@@ -337,7 +347,7 @@ def bench_ddpm_sample(ctx: Context) -> None:
 
 
 # ---------------------------------------------------------------- workloads 3-4: SD 1.5 inpainting
-def _sd_parts(ctx: Context, perf: Config, dtype: str):
+def _sd_parts(ctx: Context, perf: Config, dtype: str, device: torch.device):
     """U-Net, VAE (and scheduler) at full size (random weights) or tiny; the text embeddings are
     cached in the real pipeline, so the benchmark feeds random embeddings of the right shape."""
     from types import SimpleNamespace
@@ -345,7 +355,7 @@ def _sd_parts(ctx: Context, perf: Config, dtype: str):
     from . import sd
     from .perf import set_attention
     configs = sd.tiny_configs(1000, 0, 1, 1) if ctx.tiny else sd.published_configs()
-    parts = sd.build_components(configs, ctx.device, DTYPES[dtype])
+    parts = sd.build_components(configs, device, DTYPES[dtype])
     set_attention(parts["vae"], perf.get("sdpa", True))
     res = ctx.cfg.sd.resolution if ctx.tiny else 512
     dim = configs["unet"]["cross_attention_dim"]
@@ -361,28 +371,28 @@ def bench_sd_lora_train(ctx: Context) -> None:
     from .perf import optimize_model
     s = ctx.cfg.sd
 
-    def make_step(perf: Config, dtype: str, bs: int):
-        pipe, res, dim = _sd_parts(ctx, perf, dtype)
+    def make_step(perf: Config, dtype: str, bs: int, dev: torch.device | None = None):
+        dev = dev or ctx.device
+        pipe, res, dim = _sd_parts(ctx, perf, dtype, dev)
         sd.add_lora(pipe, s)
-        unet = optimize_model(pipe.unet.train(), Config({**perf, "torch_compile": False}), ctx.device)
+        unet = optimize_model(pipe.unet.train(), Config({**perf, "torch_compile": False}), dev)
         g = torch.Generator().manual_seed(0)
         embeds = {"": torch.randn(77, dim, generator=g), "a photo": torch.randn(77, dim, generator=g)}
         loss = sd.LoraInpaintLoss(pipe.vae, DDPMScheduler.from_config(pipe.scheduler.config),
-                                  {k: v.to(ctx.device) for k, v in embeds.items()}, {}, s.prompt_dropout, res)
+                                  {k: v.to(dev) for k, v in embeds.items()}, {}, s.prompt_dropout, res)
         params = [p for p in unet.parameters() if p.requires_grad]
-        cuda = ctx.device.type == "cuda"
+        cuda = dev.type == "cuda"
         opt = torch.optim.AdamW(params, lr=s.lr, **({"fused": True} if cuda and perf.get("fused_adamw") else {}))
         scaler = torch.amp.GradScaler("cuda") if dtype == "fp16" and cuda else None
-        batch = {"image": _images(bs, res).to(ctx.device), "mask": _masks(bs, res).to(ctx.device),
+        batch = {"image": _images(bs, res).to(dev), "mask": _masks(bs, res).to(dev),
                  "name": [f"x{i}" for i in range(bs)]}
-        gd = _generator(ctx.device)
+        gd = _generator(dev)
         return lambda: ddpm.training_step(unet, opt, batch, loss, gd, s.max_grad_norm, torch.float32, scaler)
 
     flops = {}
     def flops_of(bs: int) -> float:
         if bs not in flops:
-            flops[bs] = count_flops(make_step(Config({**ctx.cfg.perf, "sdpa": False}), "fp32", bs)) / bs
-            _free(ctx.device)
+            flops[bs] = count_flops(make_step(Config({**ctx.cfg.perf, "sdpa": False}), "fp32", bs, dev=ctx.count_device)) / bs
         return flops[bs]
 
     for name, perf, dtype in variant_list(ctx, "train", s.mixed_precision):
@@ -403,9 +413,10 @@ def bench_sd_infer(ctx: Context) -> None:
     from .perf import make_sampler, optimize_model
     s = ctx.cfg.sd
 
-    def make_step(perf: Config, dtype: str, bs: int, sampler: str = "ddim", steps: int | None = None):
-        pipe, res, dim = _sd_parts(ctx, perf, dtype)
-        unet = optimize_model(pipe.unet, perf, ctx.device)
+    def make_step(perf: Config, dtype: str, bs: int, sampler: str = "ddim", steps: int | None = None, dev: torch.device | None = None):
+        dev = dev or ctx.device
+        pipe, res, dim = _sd_parts(ctx, perf, dtype, dev)
+        unet = optimize_model(pipe.unet, perf, dev)
         sched = make_sampler(sampler, pipe.scheduler.config)
         g = torch.Generator().manual_seed(0)
         cond, uncond = torch.randn(bs, 77, dim, generator=g), torch.randn(1, 77, dim, generator=g)
@@ -418,8 +429,7 @@ def bench_sd_infer(ctx: Context) -> None:
     def flops_of(bs: int, steps: int | None = None) -> float:
         if (bs, steps) not in flops:
             flops[(bs, steps)] = count_flops(make_step(Config({**ctx.cfg.perf, "sdpa": False, "torch_compile": False}),
-                                                       "fp32", bs, steps=steps)) / bs
-            _free(ctx.device)
+                                                       "fp32", bs, steps=steps, dev=ctx.count_device)) / bs
         return flops[(bs, steps)]
 
     infer_dtype = "fp16" if s.mixed_precision == "fp16" else "bf16"

@@ -52,7 +52,7 @@ def test_meta_device_counts_what_real_tensors_count(smoke_cfg):
     CPU: the full-size budget (``--flops-only``) can be trusted without a GPU."""
     counts = {}
     for dev in ("cpu", "meta"):
-        ctx = B.Context(smoke_cfg, torch.device(dev), True, 0, 1, 1.0, flops_only=True)
+        ctx = B.Context(smoke_cfg, torch.device(dev), True, 0, 1, 1.0, flops_only=True, count_device=torch.device(dev))
         B.bench_ddpm_train(ctx)
         B.bench_sd_lora_train(ctx)
         B.bench_sd_infer(ctx)
