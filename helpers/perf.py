@@ -55,7 +55,10 @@ def sampling_timesteps(scheduler, num_inference_steps: int, device: torch.device
     if hasattr(scheduler, "set_begin_index"):
         scheduler.set_begin_index(0)
     host = [int(t) for t in scheduler.timesteps]
-    return list(zip(scheduler.timesteps.to(device).unbind(), host))
+    ts = scheduler.timesteps
+    # pinned + non_blocking: a plain host-to-GPU copy waits for the GPU to finish its queued work
+    ts = ts.pin_memory().to(device, non_blocking=True) if torch.device(device).type == "cuda" else ts.to(device)
+    return list(zip(ts.unbind(), host))
 
 
 def make_sampler(kind: str, scheduler_config: dict):

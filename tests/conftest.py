@@ -3,8 +3,19 @@ prepares data or writes outputs gets its own root through INPAINT_ROOT."""
 from __future__ import annotations
 
 import pytest
+import torch
 
 import helpers as H
+
+
+def pytest_collection_modifyitems(config, items):
+    """``gpu`` tests run only where CUDA is available (a lent GPU); elsewhere they are skipped, saying why."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (none on this machine)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
 
 
 @pytest.fixture

@@ -1,0 +1,92 @@
+"""What only a GPU can show (skipped without CUDA; run them on a lent GPU with `pytest -m gpu`).
+
+* the sampling loops never make the CPU wait for the GPU (CUDA's sync debug mode turns any such
+  wait into an error), the check the meta-device tests of test_perf.py stand in for on a CPU;
+* the mixed-precision training paths (fp16 with a grad scaler, bf16) of the shared loop;
+* the README's memory claim: one SD 1.5 inpainting LoRA step at 512 px, batch 2, fp16, fits in 24 GB.
+"""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import helpers as H
+from helpers import bench as B
+from helpers import ddpm, perf, sd
+from helpers.config import Config
+
+pytestmark = pytest.mark.gpu
+CUDA = torch.device("cuda")
+
+
+class NoHostSync:
+    """Inside the block any CPU-GPU synchronisation raises (torch.cuda.set_sync_debug_mode)."""
+
+    def __enter__(self):
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+
+    def __exit__(self, *exc):
+        torch.cuda.set_sync_debug_mode("default")
+        torch.cuda.synchronize()
+
+
+def _tiny_ddpm():
+    from diffusers import UNet2DModel
+    return UNet2DModel(in_channels=7, out_channels=3, sample_size=16, block_out_channels=(32, 64), layers_per_block=1,
+                       down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+                       up_block_types=("AttnUpBlock2D", "UpBlock2D")).to(CUDA).eval()
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "dpm"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_ddpm_sampling_loop_never_syncs(sampler, dtype):
+    unet = _tiny_ddpm()
+    x, m = torch.zeros(2, 3, 16, 16, device=CUDA), torch.ones(2, 1, 16, 16, device=CUDA)
+    ddpm.ddim_inpaint(unet, ddpm.published_scheduler_config(), x, m, [0, 1], 4, 0.0, sampler, dtype)   # warm-up
+    with torch.no_grad(), NoHostSync():
+        out = ddpm.ddim_inpaint(unet, ddpm.published_scheduler_config(), x, m, [0, 1], 8, 0.0, sampler, dtype)
+    assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "dpm"])
+def test_sd_guided_loop_never_syncs(sampler):
+    parts = sd.build_components(sd.tiny_configs(1000, 0, 1, 1), device=CUDA)
+    z, m, zm = (torch.randn(2, 4, 8, 8, device=CUDA), torch.ones(2, 1, 8, 8, device=CUDA),
+                torch.randn(2, 4, 8, 8, device=CUDA))
+    cond, uncond = torch.randn(2, 77, 32, device=CUDA), torch.randn(2, 77, 32, device=CUDA)
+    sched = perf.make_sampler(sampler, parts["scheduler"].config)
+    with torch.no_grad():
+        sd.denoise(parts["unet"], sched, z, m, zm, cond, uncond, 3, 7.5)             # warm-up
+        with NoHostSync():
+            out = sd.denoise(parts["unet"], sched, z, m, zm, cond, uncond, 6, 7.5)
+    assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("precision", ["fp16", "bf16"])
+def test_mixed_precision_training_loop(tmp_path, precision):
+    class Toy(torch.utils.data.Dataset):
+        def __len__(self):
+            return 16
+
+        def __getitem__(self, i):
+            return {"x": torch.full((8,), float(i) / 16)}
+
+    model = torch.nn.Sequential(torch.nn.Linear(8, 64), torch.nn.GELU(), torch.nn.Linear(64, 1)).to(CUDA)
+    spec = Config(batch_size=4, lr=1e-2, num_epochs=3, max_steps=None, max_grad_norm=1.0, mixed_precision=precision,
+                  checkpoint_every=None)
+    loss = lambda m, b, g: (m(b["x"].to(CUDA)).float() - 1).pow(2).mean()
+    r = H.train.train(model, loss, Toy(), spec, tmp_path, 0, CUDA)
+    assert r.steps == 12 and all(math.isfinite(h["loss"]) for h in r.history)
+    assert r.history[-1]["loss"] < r.history[0]["loss"]
+
+
+def test_sd_lora_step_at_full_size_fits_in_24_gb():
+    cfg = H.load_config("full")
+    ctx = B.Context(cfg, CUDA, False, 1, 2, 1.0, variants=("preset",), sweep=False)
+    B.bench_sd_lora_train(ctx)
+    row = next(r for r in ctx.rows if r.variant == "preset")
+    assert row.batch_size == 2 and row.images_per_s > 0
+    assert row.peak_memory_bytes < 24 * 2**30, f"{row.peak_memory_bytes / 2**30:.1f} GiB"
