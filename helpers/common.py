@@ -136,6 +136,14 @@ def load_png(path: Path) -> torch.Tensor:
         return to_tensor(np.asarray(im.convert("RGB")))
 
 
+def to_device_nowait(t: torch.Tensor, device, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """A CPU tensor to ``device`` without making the CPU wait: on CUDA through pinned memory with
+    ``non_blocking`` (a plain host-to-GPU copy first waits for all the GPU's queued work)."""
+    if torch.device(device).type == "cuda":
+        return t.pin_memory().to(device, dtype, non_blocking=True)
+    return t.to(device, dtype)
+
+
 def parallel_map(fn: Callable, items: Sequence, workers: int | None = None) -> list:
     """``[fn(x) for x in items]`` on a pool of threads, in order. For file decoding: Pillow releases
     the GIL while it inflates a PNG, so the threads use every core (``workers`` default: the cores)."""

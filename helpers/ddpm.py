@@ -32,7 +32,7 @@ from typing import Callable, Sequence
 import torch
 
 from .common import (Paths, count_parameters, get_device, image_seeds, load_json, paths, peak_memory_bytes, progress,
-                     reset_peak_memory, resolve_dtype, save_json, timed)
+                     reset_peak_memory, resolve_dtype, save_json, timed, to_device_nowait)
 from .config import ROOT, Config, load_config, parse_overrides
 
 log = logging.getLogger(__name__)
@@ -510,11 +510,8 @@ class SeededNoise:
 
     def __call__(self, shape_chw: Sequence[int], device, dtype=torch.float32) -> torch.Tensor:
         z = torch.stack([torch.randn(tuple(shape_chw), generator=g) for g in self.generators])
-        if torch.device(device).type == "cuda":
-            # pinned + non_blocking: a plain copy would synchronise the host with the GPU at every
-            # draw (RePaint draws 2-3 times per step), stalling the sampling loop
-            return z.pin_memory().to(device, dtype, non_blocking=True)
-        return z.to(device, dtype)
+        # a plain copy would make the host wait for the GPU at every draw (RePaint draws 2-3 times a step)
+        return to_device_nowait(z, device, dtype)
 
 
 def _autocast(device: torch.device, dtype: torch.dtype):

@@ -64,15 +64,22 @@ def psnr(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = N
     A perfect reconstruction gives +inf (as scikit-image); an empty hole gives NaN.
     """
     _check_pair(pred, target, mask)
-    a, b = to_levels(pred), to_levels(target)
-    sq = (a - b) ** 2
-    if mask is None:
-        mse = sq.mean(dim=(1, 2, 3))
-    else:
-        m = (mask.to(sq.device, torch.float64) > 0.5).to(torch.float64)
-        # MSE_hole = sum_{hole, c} (a - b)^2 / (C * #hole)
-        n = m.sum(dim=(1, 2, 3)) * sq.shape[1]
-        mse = (sq * m).sum(dim=(1, 2, 3)) / n
+    return _psnr_from_squared_error((to_levels(pred) - to_levels(target)) ** 2, _hole(mask, pred.device))
+
+
+def _hole(mask: torch.Tensor | None, device) -> torch.Tensor | None:
+    """The mask as float64 {0, 1} on ``device`` (None stays None: the whole image)."""
+    return None if mask is None else (mask.to(device, torch.float64) > 0.5).to(torch.float64)
+
+
+def _hole_mean(values: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    """Per image: sum over hole pixels and channels / (C * #hole)."""
+    return (values * m).sum(dim=(1, 2, 3)) / (m.sum(dim=(1, 2, 3)) * values.shape[1])
+
+
+def _psnr_from_squared_error(sq: torch.Tensor, m: torch.Tensor | None) -> torch.Tensor:
+    # MSE over the whole image, or MSE_hole = sum_{hole, c} (a - b)^2 / (C * #hole)
+    mse = sq.mean(dim=(1, 2, 3)) if m is None else _hole_mean(sq, m)
     # PSNR = 10 log10(MAX^2 / MSE)
     return 10 * torch.log10(DATA_RANGE ** 2 / mse)
 
@@ -138,13 +145,16 @@ def ssim(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = N
     not an SSIM of the hole cut out alone. An empty hole gives NaN.
     """
     _check_pair(pred, target, mask)
-    S = ssim_map(pred, target, win_size)
-    if mask is None:
-        pad = (ssim_window(*S.shape[-2:], win_size) - 1) // 2
-        h, w = S.shape[-2:]
-        return S[..., pad:h - pad, pad:w - pad].mean(dim=(1, 2, 3))
-    m = (mask.to(S.device, torch.float64) > 0.5).to(torch.float64)
-    return (S * m).sum(dim=(1, 2, 3)) / (m.sum(dim=(1, 2, 3)) * S.shape[1])
+    return _ssim_from_map(ssim_map(pred, target, win_size), _hole(mask, pred.device), win_size)
+
+
+def _ssim_from_map(S: torch.Tensor, m: torch.Tensor | None, win_size: int) -> torch.Tensor:
+    if m is not None:
+        return _hole_mean(S, m)
+    # the whole image: the map cropped by (win - 1) / 2 at each border, as scikit-image does
+    pad = (ssim_window(*S.shape[-2:], win_size) - 1) // 2
+    h, w = S.shape[-2:]
+    return S[..., pad:h - pad, pad:w - pad].mean(dim=(1, 2, 3))
 
 
 def pixel_scores(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
@@ -153,18 +163,11 @@ def pixel_scores(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
     :func:`psnr` and :func:`ssim` called four times, from one squared error and one SSIM map
     (the map is most of the cost: this halves it)."""
     _check_pair(pred, target, mask)
-    m = (mask.to(pred.device, torch.float64) > 0.5).to(torch.float64)
-    a, b = to_levels(pred), to_levels(target)
-    sq = (a - b) ** 2
-    C = sq.shape[1]
-    mse, mse_hole = sq.mean(dim=(1, 2, 3)), (sq * m).sum(dim=(1, 2, 3)) / (m.sum(dim=(1, 2, 3)) * C)
+    m = _hole(mask, pred.device)
+    sq = (to_levels(pred) - to_levels(target)) ** 2
     S = ssim_map(pred, target, win_size)
-    pad = (ssim_window(*S.shape[-2:], win_size) - 1) // 2
-    h, w = S.shape[-2:]
-    return {"psnr": 10 * torch.log10(DATA_RANGE ** 2 / mse),
-            "ssim": S[..., pad:h - pad, pad:w - pad].mean(dim=(1, 2, 3)),
-            "psnr_hole": 10 * torch.log10(DATA_RANGE ** 2 / mse_hole),
-            "ssim_hole": (S * m).sum(dim=(1, 2, 3)) / (m.sum(dim=(1, 2, 3)) * C)}
+    return {"psnr": _psnr_from_squared_error(sq, None), "ssim": _ssim_from_map(S, None, win_size),
+            "psnr_hole": _psnr_from_squared_error(sq, m), "ssim_hole": _ssim_from_map(S, m, win_size)}
 
 
 # ---------------------------------------------------------------- finding weight files without downloading

@@ -55,10 +55,8 @@ def sampling_timesteps(scheduler, num_inference_steps: int, device: torch.device
     if hasattr(scheduler, "set_begin_index"):
         scheduler.set_begin_index(0)
     host = [int(t) for t in scheduler.timesteps]
-    ts = scheduler.timesteps
-    # pinned + non_blocking: a plain host-to-GPU copy waits for the GPU to finish its queued work
-    ts = ts.pin_memory().to(device, non_blocking=True) if torch.device(device).type == "cuda" else ts.to(device)
-    return list(zip(ts.unbind(), host))
+    from .common import to_device_nowait
+    return list(zip(to_device_nowait(scheduler.timesteps, device).unbind(), host))
 
 
 def make_sampler(kind: str, scheduler_config: dict):
