@@ -552,8 +552,7 @@ def flop_budget(cfg: Config, peak_tflops: float = 800.0, n_train: int = 27000) -
 
     The same workload code as the timed benchmark runs under torch.utils.flop_counter, so a GPU run
     later measures exactly what is counted here."""
-    cfg = load_config(cfg.preset, {"bench.tiny": False})
-    ctx = Context(cfg, torch.device("meta"), False, 0, 1, peak_tflops, flops_only=True)
+    ctx = Context(cfg, torch.device("meta"), False, 0, 1, peak_tflops, flops_only=True)   # tiny=False: full size
     for name in ("ddpm_train", "ddpm_sample", "sd_lora_train", "sd_infer"):
         print(f"[bench] counting {name} on the meta device ...", file=sys.stderr, flush=True)
         WORKLOADS[name](ctx)
