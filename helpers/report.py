@@ -147,6 +147,14 @@ def offline_slide_assets(out_dir: Path, cache: Path) -> dict | None:
     return assets
 
 
+# nbconvert's reveal template re-typesets a slide's formulas only on 'slidechanged', so a deck opened
+# directly on a formula slide (a #/N link, a reload) shows them half laid out. Also after 'ready',
+# queued behind MathJax's first typeset:
+_SLIDE_HOOK = "Reveal.addEventListener('slidechanged', update);"
+_READY_RERENDER = ("\n        Reveal.addEventListener('ready', function () {\n"
+                   "          MathJax.Hub.Queue(['Rerender', MathJax.Hub, Reveal.getCurrentSlide()]);\n        });")
+
+
 def export(executed: Path, out_dir: Path, slide_assets: dict | None = None) -> dict[str, Path]:
     """HTML report and reveal.js slides of an executed notebook, parameter cells removed, code hidden.
     ``slide_assets``: exporter settings for local reveal.js/require.js/jQuery/MathJax (default: their CDNs)."""
@@ -166,6 +174,8 @@ def export(executed: Path, out_dir: Path, slide_assets: dict | None = None) -> d
     for kind, exporter in (("report", report), ("slides", slides)):
         exporter.register_preprocessor(remove, enabled=True)
         body, _ = exporter.from_notebook_node(nb)
+        if kind == "slides":
+            body = body.replace(_SLIDE_HOOK, _SLIDE_HOOK + _READY_RERENDER, 1)
         path = out_dir / (f"{executed.stem}.{kind}.html")
         path.write_text(body, encoding="utf-8")
         out[kind] = path

@@ -85,3 +85,5 @@ def test_offline_slide_assets_are_copied_and_used(tmp_path):
         html = files[kind].read_text()
         assert f"slides_js/{R.MATHJAX}{R.MATHJAX_CONFIG}" in html and "cdnjs.cloudflare.com/ajax/libs/mathjax" not in html
     assert (out / "slides_js" / R.MATHJAX).is_file()
+    # formulas are laid out again once reveal.js is ready (a deck opened on a formula slide)
+    assert R._READY_RERENDER in files["slides"].read_text() and R._READY_RERENDER not in files["report"].read_text()
