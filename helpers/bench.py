@@ -122,13 +122,19 @@ def peak_matmul_tflops(device: torch.device, n: int | None = None, iters: int = 
     return 2 * n**3 / seconds / 1e12, f"{str(dtype).replace('torch.', '')} {n}x{n}x{n} matmul"
 
 
+def untimed(ctx: Context, workload: str, variant: str, batch_size: int, note: str,
+            flops_per_image: float | None = None) -> Row:
+    """Append and return a row without a timing (FLOPs only, out of memory, or unavailable): NaN speed."""
+    row = Row(workload, variant, batch_size, math.nan, math.nan, None, flops_per_image, None, None, note=note)
+    ctx.rows.append(row)
+    return row
+
+
 def measure(ctx: Context, workload: str, variant: str, batch_size: int, step: Callable[[], object],
             flops_per_image: float | None, note: str = "") -> Row:
     """Time ``step`` (one batch), record memory and FLOP rate, append and return the row."""
     if ctx.flops_only:
-        row = Row(workload, variant, batch_size, math.nan, math.nan, None, flops_per_image, None, None, note=note)
-        ctx.rows.append(row)
-        return row
+        return untimed(ctx, workload, variant, batch_size, note, flops_per_image)
     reset_peak_memory(ctx.device)
     seconds = time_call(step, ctx.device, ctx.warmup, ctx.iters)
     ips = batch_size / seconds
@@ -249,8 +255,7 @@ def _sweep(ctx: Context, workload: str, variant: str, sizes, make_step, flops_of
         except Exception as e:
             if not _oom(e):
                 raise
-            ctx.rows.append(Row(workload, f"{variant} (sweep)", bs, 0.0, float("nan"), None, None, None, None,
-                                note="out of memory"))
+            untimed(ctx, workload, f"{variant} (sweep)", bs, "out of memory")
             break
         finally:
             _free(ctx.device)
@@ -474,13 +479,11 @@ def bench_eval(ctx: Context) -> None:
         measure(ctx, "eval", "inception features", bs, lambda: inception(x), count_flops(lambda: inception(x)) / bs,
                 note=status.message() if hasattr(status, "message") else "")
     else:
-        ctx.rows.append(Row("eval", "inception features", bs, 0.0, float("nan"), None, None, None, None,
-                            note="unavailable: " + status.message()))
+        untimed(ctx, "eval", "inception features", bs, "unavailable: " + status.message())
     if lp is not None:
         measure(ctx, "eval", "lpips", bs, lambda: lp(x, y), count_flops(lambda: lp(x, y)) / bs)
     else:
-        ctx.rows.append(Row("eval", "lpips", bs, 0.0, float("nan"), None, None, None, None,
-                            note="unavailable (no AlexNet weights)"))
+        untimed(ctx, "eval", "lpips", bs, "unavailable (no AlexNet weights)")
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(bs):
             save_png(x[i].cpu(), Path(tmp) / f"p{i}.png")
@@ -490,7 +493,8 @@ def bench_eval(ctx: Context) -> None:
         # decoding alone: one thread against the pool the evaluation uses (pairs of files per image)
         one = measure(ctx, "eval", "PNG decode, 1 thread", bs, lambda: load_pngs(files, workers=1), None,
                       note="prediction + target per image")
-        pool = measure(ctx, "eval", f"PNG decode, {os.cpu_count()} threads", bs, lambda: load_pngs(files), None)
+        n = os.cpu_count() or 1
+        pool = measure(ctx, "eval", f"PNG decode, {n} threads", bs, lambda: load_pngs(files, workers=n), None)
         pool.note = f"{pool.images_per_s / one.images_per_s:.2f}x one thread"
 
         def end_to_end():
@@ -514,14 +518,12 @@ def _count_eval_flops(ctx: Context) -> None:
     x, y = _images(1, size, 1), _images(1, size, 2)
     inception, status = metrics.load_inception([P.cache], torch.device("cpu"))
     if inception is None:
-        ctx.rows.append(Row("eval", "inception features", 1, math.nan, math.nan, None, None, None, None,
-                            note="unavailable: " + status.message()))
+        untimed(ctx, "eval", "inception features", 1, "unavailable: " + status.message())
     else:
-        ctx.rows.append(Row("eval", "inception features", 1, math.nan, math.nan, None,
-                            count_flops(lambda: inception(x)), None, None, note=f"{size}px input, resized to 299"))
+        untimed(ctx, "eval", "inception features", 1, f"{size}px input, resized to 299", count_flops(lambda: inception(x)))
     lp, _ = metrics.load_lpips(ctx.cfg.eval.lpips_net, [P.cache], torch.device("cpu"))
-    ctx.rows.append(Row("eval", "lpips", 1, math.nan, math.nan, None, count_flops(lambda: lp(x, y)) if lp else None,
-                        None, None, note="" if lp else "unavailable (no AlexNet weights)"))
+    untimed(ctx, "eval", "lpips", 1, "" if lp else "unavailable (no AlexNet weights)",
+            count_flops(lambda: lp(x, y)) if lp else None)
 
 
 # the issue's targets: achieved FLOP rate over the bf16 peak, per workload and batch regime

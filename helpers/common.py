@@ -173,11 +173,14 @@ def load_pngs(paths: Sequence[Path], workers: int | None = None) -> torch.Tensor
     Small images (under 128x128) are decoded in this thread: their decoding is mostly Python,
     which holds the GIL, so threads only add contention (measured by ``helpers.bench``, eval rows)."""
     paths = list(paths)
-    if workers is None and paths:
-        with Image.open(paths[0]) as im:
-            if im.size[0] * im.size[1] < 128 * 128:
-                workers = 1
-    return torch.stack(parallel_map(load_png, paths, workers))
+    return torch.stack(parallel_map(load_png, paths, workers or (png_workers(paths[0]) if paths else 1)))
+
+
+def png_workers(example: Path) -> int | None:
+    """Threads for decoding PNGs like ``example``: one below 128x128 pixels (small images decode
+    mostly in Python, which holds the GIL: threads only add contention), else the default pool."""
+    with Image.open(example) as im:
+        return 1 if im.size[0] * im.size[1] < 128 * 128 else None
 
 
 def save_mask_png(mask: torch.Tensor | np.ndarray, path: Path) -> None:

@@ -29,7 +29,7 @@ import torch
 from PIL import Image
 
 from . import masks as M
-from .common import load_json, load_png, load_pngs, parallel_map, paths, progress, save_json, save_mask_png, save_png
+from .common import load_json, load_png, load_pngs, parallel_map, paths, png_workers, progress, save_json, save_mask_png, save_png
 from .config import Config
 
 log = logging.getLogger(__name__)
@@ -335,9 +335,12 @@ class InpaintDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.names)
 
+    def image_path(self, i: int) -> Path:
+        return self.P.data / "images" / self.split / f"{self.names[i]}.png"
+
     def __getitem__(self, i: int) -> dict:
         name = self.names[i]
-        image = load_png(self.P.data / "images" / self.split / f"{name}.png")
+        image = load_png(self.image_path(i))
         if self.split == "test":
             mask = load_mask_file(self.P.data / "test_masks" / f"{name}.png", tuple(image.shape[1:]))
             kind = self.index["test_masks"][name]["kind"]
@@ -357,7 +360,9 @@ def collate(items: list[dict]) -> dict:
 def load_test_set(cfg: Config, root: Path | None = None) -> dict:
     """The frozen test set as tensors: images (N,3,H,W), masks (N,1,H,W), names, kinds, hole fractions."""
     ds = InpaintDataset(cfg, "test", root)
-    batch = collate(parallel_map(ds.__getitem__, range(len(ds))))     # image + mask PNGs, decoded in parallel
+    # image + mask PNGs, decoded in parallel where the images are large enough to gain from it
+    workers = png_workers(ds.image_path(0)) if len(ds) else 1
+    batch = collate(parallel_map(ds.__getitem__, range(len(ds)), workers))
     batch["hole_fraction"] = [ds.index["test_masks"][n]["hole_fraction"] for n in batch["name"]]
     return batch
 
