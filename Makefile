@@ -5,7 +5,7 @@ PY      := $(VENV)/bin/python
 PRESET  ?= smoke
 PYTEST_ARGS ?=
 
-.PHONY: report test venv notebooks bench slides-offline clean
+.PHONY: report test venv notebooks lab bench slides-offline clean
 
 $(VENV)/.installed: requirements.txt requirements-nodeps.txt pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -28,9 +28,16 @@ test: venv
 bench: venv
 	$(PY) -m helpers.bench --preset $(PRESET)
 
-## regenerate notebooks/*.ipynb from tools/make_nb_*.py (committed without outputs)
+## take the course interactively: JupyterLab on the notebooks (jupytext keeps .md and .ipynb in sync)
+lab: venv
+	$(VENV)/bin/jupyter lab notebooks/
+
+## sync every notebook pair: notebooks/NN_name.md (MyST source) <-> NN_name.ipynb (derived, no outputs).
+## jupytext takes the newer side of each pair as the source; outputs never reach the .ipynb.
 notebooks: venv
-	for f in tools/make_nb_*.py; do $(PY) $$f || exit 1; done
+	$(VENV)/bin/jupytext --sync notebooks/[0-9][0-9]_*.md
+	$(VENV)/bin/jupyter nbconvert --log-level=WARN --clear-output --inplace notebooks/[0-9][0-9]_*.ipynb
+	touch notebooks/[0-9][0-9]_*.md   # the sources stay the newer side of each pair
 
 ## optional: reveal.js, require.js, jQuery and MathJax from the npm registry, so the slides and the
 ## report present offline (MathJax trimmed to what TeX-AMS_CHTML-full needs: about 4 MB of its 71)

@@ -98,6 +98,9 @@ def manifest_base(cfg) -> dict:
 def _kernel_env() -> None:
     """Kernels start with this interpreter: put its bin folder first on PATH."""
     os.environ["INPAINT_TEXT_PROGRESS"] = "1"      # progress bars as text: they land in the logs
+    # kernels import the helpers of the checkout that runs them (not another editable install)
+    parts = [str(ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p != str(ROOT)]
+    os.environ["PYTHONPATH"] = os.pathsep.join(parts)
     bindir = str(Path(sys.executable).parent)
     if not os.environ.get("PATH", "").startswith(bindir):
         os.environ["PATH"] = bindir + os.pathsep + os.environ.get("PATH", "")

@@ -29,8 +29,17 @@ def test_select_by_number_name_and_from():
 
 
 def _write(path, *sources):
-    from tools.nbtools import code, header, write
-    write(path, header("# test") + [code(s) for s in sources])
+    """A notebook of the series' layout: title, import line, parameters cell, then ``sources``."""
+    nb = nbformat.v4.new_notebook()
+    params = 'preset = "smoke"\noverrides = {}'
+    nb.cells = [nbformat.v4.new_markdown_cell("# test", metadata={"slideshow": {"slide_type": "slide"}}),
+                nbformat.v4.new_code_cell("import helpers as H"),
+                nbformat.v4.new_code_cell(params, metadata={"tags": ["parameters"],
+                                                            "slideshow": {"slide_type": "skip"}}),
+                *[nbformat.v4.new_code_cell(s) for s in sources]]
+    nb.metadata["kernelspec"] = {"display_name": "Python 3", "language": "python", "name": "python3"}
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    nbformat.write(nb, str(path))
 
 
 @pytest.mark.slow
