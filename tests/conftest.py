@@ -34,3 +34,31 @@ def smoke_cfg():
 def prepared(tmp_root, smoke_cfg):
     """The smoke data set prepared in a temporary root: (cfg, index)."""
     return smoke_cfg, H.data.prepare_dataset(smoke_cfg)
+
+
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+def chromium_path() -> str | None:
+    """Debian's chromium (``.ci/run`` installs it); Playwright's own browser downloads are not used."""
+    import shutil
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """A headless Chromium driven by Playwright; skipped, saying why, where either is missing."""
+    path = chromium_path()
+    if not path:
+        pytest.skip("no chromium on PATH (Debian: apt-get install chromium; .ci/run installs it)")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.skip("playwright is not installed (it is in requirements.txt)")
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=path, headless=True, args=CHROMIUM_ARGS)
+        try:
+            yield b
+        finally:
+            b.close()
