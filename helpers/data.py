@@ -385,6 +385,13 @@ METHODS = {  # method id -> label used in every table and figure
     "sd_lora": "SD 1.5 inpainting + LoRA",
     "telea": "OpenCV Telea (classical)",
 }
+SHORT_LABELS = {  # method id -> short human label for slides, chart axes and legends
+    "ddpm_finetuned": "DDPM",
+    "ddpm_repaint": "RePaint",
+    "sd_zeroshot": "SD zero-shot",
+    "sd_lora": "SD + LoRA",
+    "telea": "Telea",
+}
 
 
 def write_predictions(cfg: Config, method: str, names: Iterable[str], images: torch.Tensor | list,

@@ -17,8 +17,14 @@ from .config import Config
 from .evaluate import (HIGHER_IS_BETTER, LABELS, PER_IMAGE, Evaluation, best_methods, bucket_labels, common_means,
                        find_predictions, paired_difference)
 
-# The study this project reproduces: its reported numbers, never ours.
-STUDY_SOURCE = "reported by the study"
+# The study this project reproduces: its reported numbers, never ours. Cite it by its title
+# wherever one of its numbers appears.
+STUDY_TITLE = "Image Completion: DDPM vs. Stable Diffusion"
+STUDY_AUTHORS = "Nguyễn Thị Thanh Huyền, Nguyễn Thị Minh Ly, Đặng Minh Nguyệt"
+STUDY_SUPERVISORS = "PGS.TS. Nguyễn Việt Hà and ThS. Nguyễn Thị Thùy Linh"
+STUDY_CITATION = (f"“{STUDY_TITLE}” ({STUDY_AUTHORS}; supervised by {STUDY_SUPERVISORS}), "
+                  "a student project")
+STUDY_SOURCE = f"the study “{STUDY_TITLE}”"
 STUDY_PROTOCOL = "the study's CelebA-HQ 256 test split and masks (its own protocol; not re-run here)"
 STUDY = [
     {"method": "SD 1.5 inpainting + LoRA", "psnr": 23.45, "ssim": 0.845, "lpips": 0.112, "fid": 32.17},
