@@ -34,7 +34,7 @@ from typing import Callable
 import torch
 
 from .common import get_device, paths, peak_memory_bytes, reset_peak_memory, save_json
-from .config import Config, load_config, parse_overrides
+from .config import Config, add_set_argument, load_config, parse_overrides
 
 # the switches the variants toggle; "plain" has them all off
 SWITCHES = ("sdpa", "channels_last", "torch_compile", "fused_adamw", "cuda_graphs", "batched_vae_decode", "fused_qkv")
@@ -656,7 +656,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--preset", default="smoke")
     ap.add_argument("--only", help="comma-separated workloads: " + ",".join(WORKLOADS))
     ap.add_argument("--out", help="JSON path (default reports/<preset>/bench.json)")
-    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    add_set_argument(ap)
     ap.add_argument("--flops-only", action="store_true",
                     help="count the FLOPs per image of the full-size workloads on the meta device (no GPU needed, "
                          "nothing timed) and print what the targets mean in images/s")

@@ -78,10 +78,19 @@ def apply_overrides(cfg: dict, overrides: Mapping[str, Any] | None) -> dict:
     return cfg
 
 
+def add_set_argument(parser) -> None:
+    """The one ``--set`` option of every entry point (helpers.ddpm, helpers.sd, helpers.bench,
+    helpers.report): ``--set a=1 b=2`` and ``--set a=1 --set b=2`` both collect every item, in
+    order (a later value of the same key wins). Read them with :func:`parse_overrides`."""
+    parser.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="dotted preset overrides, e.g. --set ddpm.max_steps=100 sd.lr=1e-4 "
+                             "(several after one --set, or --set repeated)")
+
+
 def parse_overrides(items: list[str]) -> dict:
     """Command-line ``KEY=VALUE`` items -> dotted overrides; values are read as YAML (3 -> int)."""
     out = {}
-    for item in items:
+    for item in items or []:
         if "=" not in item:
             raise ValueError(f"expected KEY=VALUE, got {item!r}")
         key, value = item.split("=", 1)

@@ -33,7 +33,7 @@ import torch
 
 from .common import (Paths, count_parameters, get_device, image_seeds, load_json, paths, peak_memory_bytes, progress,
                      reset_peak_memory, resolve_dtype, save_json, timed, to_device_nowait)
-from .config import ROOT, Config, load_config, parse_overrides
+from .config import ROOT, Config, add_set_argument, load_config, parse_overrides
 
 log = logging.getLogger(__name__)
 
@@ -800,10 +800,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--preset", default="smoke", help="smoke | full | path to a YAML preset")
-    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="dotted overrides, e.g. ddpm.max_steps=100")
+    add_set_argument(ap)
     ap.add_argument("--max-steps", type=int, default=None, help="stop this call after this many steps (resumable)")
     args = ap.parse_args(argv)
-    cfg = load_config(args.preset, parse_overrides(args.set))
+    cfg = load_config(args.preset, parse_overrides(args.overrides))
     P = paths(cfg)
     state = PartialState()
     device = get_device(cfg)

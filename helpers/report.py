@@ -25,7 +25,7 @@ from importlib import metadata
 from pathlib import Path
 
 from .common import paths, save_json
-from .config import ROOT, load_config, parse_overrides
+from .config import ROOT, add_set_argument, load_config, parse_overrides
 
 NOTEBOOK_DIR = ROOT / "notebooks"
 HIDDEN_TAGS = {"parameters", "injected-parameters"}
@@ -233,8 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--preset", default="smoke", help="smoke | full | path/to/preset.yaml")
     ap.add_argument("--only", help="run just this notebook (number, name or unique part of it)")
     ap.add_argument("--from", dest="start", help="run from this notebook to the end")
-    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                    help="override a preset value for this run, e.g. --set ddpm.max_steps=3")
+    add_set_argument(ap)
     ap.add_argument("--no-export", action="store_true", help="skip the HTML report and slides")
     args = ap.parse_args(argv)
     try:

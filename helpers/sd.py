@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 from .common import (count_parameters, get_device, image_seeds, load_json, paths, peak_memory_bytes, progress,
                      reset_peak_memory, resolve_dtype, save_json, timed)
-from .config import Config
+from .config import Config, add_set_argument, load_config, parse_overrides
 
 log = logging.getLogger(__name__)
 
@@ -748,11 +748,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
     ap = argparse.ArgumentParser(description=main.__doc__.split("\n")[0])
     ap.add_argument("--preset", default="smoke", help="smoke | full | path to a YAML preset")
-    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                    help="dotted override, e.g. --set sd.max_steps=100")
+    add_set_argument(ap)
     ap.add_argument("--max-steps", type=int, default=None, help="stop this call after this many steps (resumable)")
     args = ap.parse_args(argv)
-    from .config import load_config, parse_overrides
     cfg = load_config(args.preset, parse_overrides(args.overrides))
     stats = train_lora(cfg, load_pipeline(cfg), max_steps=args.max_steps)
     from accelerate import PartialState

@@ -62,3 +62,29 @@ def test_parse_overrides_reads_yaml_values():
         "ddpm.max_steps": 3, "sd.tiny": False, "captions.model_id": None, "data.folder": "/x=y"}
     with pytest.raises(ValueError, match="KEY=VALUE"):
         parse_overrides(["ddpm.max_steps"])
+
+
+class _Stop(Exception):
+    pass
+
+
+@pytest.mark.parametrize("module", ["ddpm", "sd", "bench", "report"])
+def test_every_entry_point_takes_both_set_forms(module, monkeypatch):
+    """`--set a=1 b=2` and repeated `--set` reach the config, in one call, for every command line;
+    nothing runs (the step after parsing is replaced by one that records the overrides)."""
+    import importlib
+
+    mod = importlib.import_module(f"helpers.{module}")
+    seen = []
+
+    def record(preset, *args, **kw):
+        overrides = args[2] if module == "report" else (args[0] if args else kw.get("overrides"))
+        seen.append((preset, dict(overrides or {})))
+        raise _Stop
+
+    monkeypatch.setattr(mod, "run" if module == "report" else "load_config", record)
+    argv = ["--preset", "smoke", "--set", "ddpm.max_steps=3", "sd.lr=0.5", "--set", "ddpm.pretrained_id=./x",
+            "--set", "seed=7"]
+    with pytest.raises(_Stop):
+        mod.main(argv)
+    assert seen == [("smoke", {"ddpm.max_steps": 3, "sd.lr": 0.5, "ddpm.pretrained_id": "./x", "seed": 7})]
