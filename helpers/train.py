@@ -69,6 +69,44 @@ def _trainable_state(model: torch.nn.Module) -> dict:
     return {k: v.detach().cpu().clone() for k, v in model.state_dict().items() if k in names}
 
 
+class CheckpointMismatchError(RuntimeError):
+    """A checkpoint that does not belong to the model being trained; the message names the file."""
+
+
+def load_checkpoint(path: Path, model: torch.nn.Module) -> dict:
+    """Read a training checkpoint safely and check it belongs to ``model``.
+
+    ``torch.load(weights_only=True)`` only rebuilds tensors and plain containers (a planted
+    pickle cannot run code); the stored weights must be exactly the model's trainable
+    parameters (for a LoRA U-Net: the adapter's own keys), with the same shapes. Anything else
+    raises :class:`CheckpointMismatchError` naming the file, instead of half-loading it."""
+    path = Path(path)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:   # UnpicklingError for foreign objects, RuntimeError/EOFError for broken files
+        raise CheckpointMismatchError(
+            f"checkpoint {path} cannot be loaded safely (weights_only=True: {type(e).__name__}: {e}). "
+            f"It was not written by helpers.train, or is damaged: move it away to start this run afresh.") from e
+    if not isinstance(state, dict) or not {"model", "optimizer", "step", "history"} <= set(state):
+        keys = sorted(state) if isinstance(state, dict) else type(state).__name__
+        raise CheckpointMismatchError(f"checkpoint {path} is not a helpers.train checkpoint (it holds {keys}); "
+                                      "move it away to start this run afresh")
+    expected = {n: p.shape for n, p in model.named_parameters() if p.requires_grad}
+    got = {k: tuple(v.shape) for k, v in state["model"].items()}
+    missing, extra = sorted(set(expected) - set(got)), sorted(set(got) - set(expected))
+    shapes = sorted(k for k in set(expected) & set(got) if tuple(expected[k]) != got[k])
+    if missing or extra or shapes:
+        def few(keys):
+            return ", ".join(keys[:3]) + (f" (+{len(keys) - 3} more)" if len(keys) > 3 else "")
+        parts = [f"{len(missing)} trainable parameter(s) missing: {few(missing)}" if missing else "",
+                 f"{len(extra)} unknown key(s): {few(extra)}" if extra else "",
+                 f"{len(shapes)} shape mismatch(es): {few(shapes)}" if shapes else ""]
+        raise CheckpointMismatchError(
+            f"checkpoint {path} does not match the model being trained ({'; '.join(p for p in parts if p)}): "
+            "it belongs to another architecture or adapter. Move it away to start this run afresh.")
+    return state
+
+
 def make_accelerator(mixed_precision: str, cpu: bool):
     """An ``Accelerator`` with this precision and device, even when an earlier one in the same
     process (another training in the same notebook kernel) used different ones.
@@ -128,7 +166,8 @@ def train(model: torch.nn.Module, loss_fn: LossFn, dataset: torch.utils.data.Dat
     ckpt_path = ckpt_dir / CHECKPOINT
     step, history = 0, []
     if ckpt_path.is_file():
-        state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        state = load_checkpoint(ckpt_path, accelerator.unwrap_model(model))
+        # strict=False only because the frozen weights are not stored: every stored key was checked above
         accelerator.unwrap_model(model).load_state_dict(state["model"], strict=False)
         opt.load_state_dict(state["optimizer"])
         if accelerator.scaler is not None and state.get("scaler"):

@@ -68,3 +68,39 @@ def test_images_per_second_counts_the_real_batch(tmp_path):
     r = H.train.train(model, lambda m, b, g: m(b["x"]).pow(2).mean(), Three(), spec, tmp_path, 0, torch.device("cpu"))
     assert r.steps == 2
     assert abs(r.images_per_s * r.seconds - 6) < 1e-6
+
+
+def test_a_foreign_or_mismatched_checkpoint_is_refused_by_name(tmp_path):
+    import pickle
+
+    import pytest
+
+    _run(tmp_path / "a", stop=2)                               # a real checkpoint of this model
+    ckpt = tmp_path / "a" / "last.pt"
+    # 1. another architecture: the trainable keys/shapes differ -> refused, nothing half-loaded
+    other = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Linear(8, 1))
+    with pytest.raises(H.train.CheckpointMismatchError, match=r"last\.pt does not match.*missing"):
+        H.train.train(other, loss_fn, Numbers(), SPEC, tmp_path / "a", 0, torch.device("cpu"))
+    # 2. a planted pickle that would run code under weights_only=False -> refused, the code never runs
+    planted = tmp_path / "p"
+    planted.mkdir()
+    marker = tmp_path / "ran"
+
+    class Evil:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    with open(planted / "last.pt", "wb") as f:
+        pickle.dump({"model": Evil(), "optimizer": {}, "step": 1, "history": []}, f)
+    with pytest.raises(H.train.CheckpointMismatchError, match=r"last\.pt cannot be loaded safely"):
+        _run(planted)
+    assert not marker.exists()
+    # 3. a torch file of something else (a bare state dict) -> refused as not a training checkpoint
+    bare = tmp_path / "b"
+    bare.mkdir()
+    torch.save({"weight": torch.zeros(2)}, bare / "last.pt")
+    with pytest.raises(H.train.CheckpointMismatchError, match="not a helpers.train checkpoint"):
+        _run(bare)
+    # 4. the real one still resumes
+    _, result, _ = _run(tmp_path / "a")
+    assert result.resumed_from == 2 and result.steps == 15
