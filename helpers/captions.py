@@ -1,12 +1,26 @@
 """Captions for Stable Diffusion prompts: BLIP when its weights can be had, else a stated fallback.
 
-Captions are cached in data/<preset>/captions.json as ``{"model", "status", "captions": {name: text}}``
-so the captioner runs once. Taught in notebook 01; used by notebook 04.
+Captions are cached in data/<preset>/captions.json as::
+
+    {"model", "status", "fallback": bool, "captions": {name: text}, "sources": {name: "blip" | "fallback"}}
+
+so the captioner runs once, and every caption says where it came from. A cache of fallback
+captions is not final: the next call tries BLIP again when it has become available (a local
+folder, the hub reachable, or the weights in the cache). Whether the hub can be reached is
+decided once per process (``HF_HUB_OFFLINE=1`` is honoured; otherwise one short connection
+attempt), so an offline run fails in seconds with the reason instead of minutes of retries.
+The full preset refuses to train LoRA on fallback captions unless
+``captions.allow_fallback_for_lora`` is true. Taught in notebook 01; used by notebook 04.
 """
 from __future__ import annotations
 
+import functools
 import logging
+import os
+import socket
+import threading
 from pathlib import Path
+from urllib.parse import urlparse
 
 import torch
 
@@ -15,20 +29,71 @@ from .config import Config
 from .data import SPLITS, load_index
 
 log = logging.getLogger(__name__)
+HUB_TIMEOUT_S = 3.0   # one connection attempt decides "no hub" for the whole process
+
+
+class CaptionsError(RuntimeError):
+    """Captions unusable for what was asked (fallback captions for LoRA training)."""
+
+
+@functools.lru_cache(maxsize=None)
+def hub_unreachable_reason() -> str | None:
+    """None when the Hugging Face hub can be reached, else why not. Decided once per process:
+    ``HF_HUB_OFFLINE`` set -> offline; otherwise one TCP connection to the hub's endpoint
+    (``HF_ENDPOINT``) within :data:`HUB_TIMEOUT_S` seconds, name resolution included."""
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        return "HF_HUB_OFFLINE is set"
+    endpoint = os.environ.get("HF_ENDPOINT") or "https://huggingface.co"
+    url = urlparse(endpoint)
+    host, port = url.hostname or "huggingface.co", url.port or (80 if url.scheme == "http" else 443)
+    result: list = []
+
+    def attempt() -> None:
+        try:
+            socket.create_connection((host, port), timeout=HUB_TIMEOUT_S).close()
+            result.append(None)
+        except OSError as e:
+            result.append(f"{host}:{port} cannot be reached ({type(e).__name__}: {e})")
+
+    t = threading.Thread(target=attempt, daemon=True)   # a thread: name resolution has no timeout of its own
+    t.start()
+    t.join(HUB_TIMEOUT_S + 0.5)
+    return result[0] if result else f"{host}:{port} did not answer within {HUB_TIMEOUT_S:.0f} s"
+
+
+def _is_local(model_id: str) -> bool:
+    return Path(model_id).expanduser().is_dir()
 
 
 def load_blip(model_id: str, cache_dir: Path, device: torch.device):
-    """BLIP captioning processor + model from a hub id or local folder. Raises with a how-to if absent."""
+    """BLIP captioning processor + model from a hub id or local folder. Raises with a how-to if absent.
+
+    Without the hub (see :func:`hub_unreachable_reason`) only the local cache is tried, so the
+    failure comes at once instead of after the download retries."""
     from transformers import BlipForConditionalGeneration, BlipProcessor
+
+    offline = None if _is_local(model_id) else hub_unreachable_reason()
+    kw = {"cache_dir": str(cache_dir), **({"local_files_only": True} if offline else {})}
     try:
-        processor = BlipProcessor.from_pretrained(model_id, cache_dir=str(cache_dir))
-        model = BlipForConditionalGeneration.from_pretrained(model_id, cache_dir=str(cache_dir)).to(device).eval()
+        processor = BlipProcessor.from_pretrained(model_id, **kw)
+        model = BlipForConditionalGeneration.from_pretrained(model_id, **kw).to(device).eval()
     except Exception as e:
+        where = (f"the Hugging Face hub is not reachable ({offline}) and it is not in the cache {cache_dir}"
+                 if offline else f"{type(e).__name__}: {e}")
         raise RuntimeError(
-            f"BLIP captioner {model_id!r} could not be loaded ({type(e).__name__}: {str(e)[:200]}). "
-            f"It needs internet access once to the Hugging Face hub (cached in {cache_dir}), or a local "
-            "folder saved with save_pretrained given as captions.model_id.") from e
+            f"BLIP captioner {model_id!r} could not be loaded: {where}. It needs internet access once to "
+            f"the Hugging Face hub (then cached in {cache_dir}), or a local folder saved with "
+            "save_pretrained given as captions.model_id.") from e
     return processor, model
+
+
+def blip_available(model_id: str | None, cache_dir: Path) -> bool:
+    """Worth trying BLIP now? A local folder, a reachable hub, or the model already in the cache."""
+    if not model_id:
+        return False
+    if _is_local(model_id) or hub_unreachable_reason() is None:
+        return True
+    return any(Path(cache_dir).glob(f"models--{model_id.replace('/', '--')}/snapshots/*/config.json"))
 
 
 @torch.no_grad()
@@ -46,22 +111,38 @@ def blip_captions(processor, model, images: dict[str, torch.Tensor], batch_size:
     return out
 
 
+def _usable_cache(cached: dict, names: dict, cfg: Config, cache_dir: Path) -> bool:
+    """A cache is reused when it covers exactly these images with this model, and is not a fallback
+    that BLIP could now replace."""
+    if set(cached.get("captions", {})) != set(names) or cached.get("model") != cfg.captions.model_id:
+        return False
+    if "sources" not in cached:                      # written before captions recorded their origin
+        return False
+    if cached.get("fallback") and blip_available(cfg.captions.model_id, cache_dir):
+        log.info("cached captions are fallbacks and BLIP %s is available now: captioning again",
+                 cfg.captions.model_id)
+        return False
+    return True
+
+
 def make_captions(cfg: Config, force: bool = False, root: Path | None = None) -> dict:
-    """Caption every prepared image once; returns and caches {"model", "status", "captions"}."""
+    """Caption every prepared image once; returns and caches {"model", "status", "fallback",
+    "captions", "sources"} (see the module docstring)."""
     P = paths(cfg, root)
     cache = P.data / "captions.json"
+    hub_cache = P.cache / "hub"
     index = load_index(cfg, root)
     names = {n: s for s in SPLITS for n in index["splits"][s]}
     if cache.is_file() and not force:
         cached = load_json(cache)
-        if set(cached.get("captions", {})) == set(names) and cached.get("model") == cfg.captions.model_id:
+        if _usable_cache(cached, names, cfg, hub_cache):
             return cached
     c = cfg.captions
     status, captions = None, {}
     if c.model_id:
         device = get_device(cfg)
         try:
-            processor, model = load_blip(c.model_id, P.cache / "hub", device)
+            processor, model = load_blip(c.model_id, hub_cache, device)
             images = {n: load_png(P.data / "images" / s / f"{n}.png") for n, s in names.items()}
             captions = blip_captions(processor, model, images, c.batch_size, c.max_new_tokens, device)
             status = f"generated by {c.model_id}"
@@ -71,8 +152,30 @@ def make_captions(cfg: Config, force: bool = False, root: Path | None = None) ->
     else:
         status = (f"no captioner configured (captions.model_id is null): fixed fallback prompt "
                   f"{c.fallback_prompt!r} used for every image")
-    if not captions:
-        captions = {n: c.fallback_prompt for n in names}
-    result = {"model": c.model_id, "status": status, "captions": captions}
+    sources = {n: "blip" for n in captions}
+    for n in names:
+        if n not in captions:
+            captions[n], sources[n] = c.fallback_prompt, "fallback"
+    result = {"model": c.model_id, "status": status, "fallback": "fallback" in sources.values(),
+              "captions": captions, "sources": sources}
     save_json(result, cache)
     return result
+
+
+def describe(caps: dict) -> str:
+    """One line for the report: which captions were used."""
+    n = len(caps["captions"])
+    n_fallback = sum(1 for s in caps.get("sources", {}).values() if s == "fallback")
+    if not caps.get("fallback"):
+        return f"BLIP captions ({caps['model']}) for all {n} images"
+    prompt = next((t for k, t in caps["captions"].items() if caps["sources"].get(k) == "fallback"), "?")
+    return f"fixed fallback prompt {prompt!r} for {n_fallback} of {n} images (no BLIP captions)"
+
+
+def check_captions_for_lora(cfg: Config, caps: dict) -> None:
+    """Refuse to train LoRA on fallback captions unless ``captions.allow_fallback_for_lora``."""
+    if caps.get("fallback") and not cfg.captions.get("allow_fallback_for_lora", False):
+        raise CaptionsError(
+            f"LoRA training refused: the captions are fallbacks ({describe(caps)}); {caps['status']}\n"
+            "Make BLIP available (internet access once, or captions.model_id set to a local folder) and "
+            "run notebook 01 again, or set captions.allow_fallback_for_lora: true to train on the fixed prompt.")

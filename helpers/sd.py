@@ -275,7 +275,7 @@ def load_pipeline(cfg: Config, source: str | Path | None = None, device: torch.d
             dtype=dtype or weight_dtype(cfg, device))
     except Exception as e:
         raise WeightsNotFoundError(f"Stable Diffusion inpainting weights {source!r} could not be loaded "
-                                   f"({type(e).__name__}: {str(e)[:300]}). " + _how_to_get(source, cache)) from e
+                                   f"({type(e).__name__}: {e}). " + _how_to_get(source, cache)) from e
     if pipe.unet.config.in_channels != 9:
         raise ValueError(f"{source}: the U-Net has {pipe.unet.config.in_channels} input channels; an inpainting "
                          "checkpoint has 9 (latent 4 + mask 1 + masked-image latent 4)")
@@ -535,10 +535,28 @@ def make_loss_fn(pipe, cfg: Config, captions: dict[str, str]) -> LoraInpaintLoss
     return LoraInpaintLoss(pipe.vae, noise_scheduler, embeds, captions, cfg.sd.prompt_dropout, cfg.sd.resolution)
 
 
-def run_fingerprint(cfg: Config, source: str) -> str:
-    """Hash of what determines a LoRA run: a change starts a new checkpoint folder."""
-    keys = {"sd": cfg.sd, "seed": cfg.seed, "data": cfg.data, "source": source}
+# the sd keys that change the LoRA training trajectory; inference settings (num_inference_steps,
+# guidance_scale, inference_batch_size), the run's length (num_epochs, max_steps: the learning rate is
+# constant, so a longer run is the shorter one continued) and bookkeeping (checkpoint_every,
+# num_workers, gradient_checkpointing) are left out: changing them never retrains from scratch
+TRAJECTORY_KEYS = ("pretrained_id", "tiny", "resolution", "lora", "batch_size", "lr", "weight_decay",
+                   "max_grad_norm", "mixed_precision", "prompt_dropout")
+
+
+def run_fingerprint(cfg: Config, source: str, captions: dict[str, str] | None = None) -> str:
+    """Hash of what determines a LoRA training run: the base weights, the data, the seed, the
+    captions (their text, when given) and :data:`TRAJECTORY_KEYS`. A change starts a new
+    checkpoint folder; anything else (inference settings, a longer run) reuses or resumes it."""
+    keys = {"sd": {k: cfg.sd.get(k) for k in TRAJECTORY_KEYS}, "seed": cfg.seed, "data": cfg.data,
+            "source": source}
+    if captions is not None:
+        keys["captions"] = hashlib.sha256(json.dumps(sorted(captions.items())).encode()).hexdigest()
     return hashlib.sha256(json.dumps(keys, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def lora_run_dir(cfg: Config, source: str, captions: dict[str, str] | None = None, root: Path | None = None) -> Path:
+    """reports/<preset>/models/sd_lora/ckpt-<fingerprint>/: checkpoint, finished LoRA and stats of one run."""
+    return paths(cfg, root).models / "sd_lora" / f"ckpt-{run_fingerprint(cfg, source, captions)}"
 
 
 def train_lora(cfg: Config, pipe, captions: dict[str, str] | None = None, max_steps: int | None = None,
@@ -546,14 +564,17 @@ def train_lora(cfg: Config, pipe, captions: dict[str, str] | None = None, max_st
     """Train LoRA on the frozen inpainting U-Net with the shared loop, then save it.
 
     Training images come from InpaintDataset(cfg, "train") with fresh random masks each epoch
-    (the test masks' generators, not the test masks). Resumes from reports/<preset>/models/sd_lora/
-    ckpt-<fingerprint>/last.pt. Returns the run's summary (with ``history`` and ``lora_path``)."""
+    (the test masks' generators, not the test masks). Each run lives in its own folder
+    :func:`lora_run_dir` (last.pt, pytorch_lora_weights.safetensors, train_stats.json), keyed by
+    :func:`run_fingerprint`: a finished run is reused, a longer one (bigger max_steps/num_epochs)
+    resumes, another run never overwrites it. Without ``captions`` the cached captions are used;
+    fallback captions are refused unless ``captions.allow_fallback_for_lora`` is true.
+    Returns the run's summary (with ``history`` and ``lora_path``)."""
     from . import captions as C
     from . import data as D
     from .perf import set_attention
     from .train import train
 
-    P = paths(cfg, root)
     device = pipe.device
     # 1. LoRA on the frozen U-Net, speed switches that apply to training
     info = add_lora(pipe, cfg.sd)
@@ -562,22 +583,25 @@ def train_lora(cfg: Config, pipe, captions: dict[str, str] | None = None, max_st
     if cfg.perf.get("channels_last") and device.type == "cuda":
         pipe.unet.to(memory_format=torch.channels_last)
     # 2. captions -> embeddings, once; the loss of one step
-    captions = captions if captions is not None else C.make_captions(cfg, root=root)["captions"]
+    captions_status = "captions given by the caller"
+    if captions is None:
+        cached = C.make_captions(cfg, root=root)
+        C.check_captions_for_lora(cfg, cached)
+        captions, captions_status = cached["captions"], cached["status"]
     loss_fn = make_loss_fn(pipe, cfg, captions)
     # 3. the shared loop (Accelerate, mixed precision, checkpoints, exact resume)
     dataset = D.InpaintDataset(cfg, "train", root)
-    run_dir = P.models / "sd_lora"
-    ckpt_dir = run_dir / f"ckpt-{run_fingerprint(cfg, getattr(pipe, 'source', ''))}"
+    ckpt_dir = lora_run_dir(cfg, getattr(pipe, "source", ""), captions, root)
     result = train(pipe.unet, loss_fn, dataset, cfg.sd, ckpt_dir, cfg.seed, device, collate_fn=D.collate,
                    fused_adamw=cfg.perf.get("fused_adamw", True), desc="LoRA training", max_steps=max_steps)
     pipe.unet.eval()
     # 4. the LoRA weights in diffusers' format; the run's numbers beside them
     from accelerate import PartialState
     main_process = PartialState().is_main_process
-    lora_path = save_lora(pipe.unet, run_dir, is_main_process=main_process)
+    lora_path = save_lora(pipe.unet, ckpt_dir, is_main_process=main_process)
     stats_path = ckpt_dir / "train_stats.json"
     summary = {**result.summary(), **info, "lora_path": str(lora_path), "base": getattr(pipe, "source", None),
-               "device": str(device), "train_images": len(dataset)}
+               "device": str(device), "train_images": len(dataset), "captions_status": captions_status}
     if result.steps == result.resumed_from and stats_path.is_file():   # nothing left to train: keep the run's timings
         summary = {**load_json(stats_path), "lora_path": str(lora_path), "reused": True}
     elif main_process:
@@ -714,6 +738,7 @@ def predict_test_set(cfg: Config, pipe, method: str, train_stats: dict | None = 
             "sample_seconds_per_image": t["seconds"] / n, "images_per_s": n / t["seconds"],
             "timing": "wall time of the whole test set after one warm-up batch, prompt encoding included",
             "peak_memory_bytes": peak_memory_bytes(device), "captions_status": caps["status"],
+            "captions": C.describe(caps),
             "total_params": sum(count_parameters(getattr(pipe, k))[1] for k in ("unet", "vae", "text_encoder"))}
     if train_stats:
         meta.update({"trainable_params": train_stats.get("trainable_params"),

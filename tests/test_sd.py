@@ -287,3 +287,45 @@ def test_train_and_predict_the_test_set_end_to_end(sd_root, prepared):
         assert saved.get(key) is not None, key
     assert "LoRA" in saved["weights"] and saved["n_images"] == 3 and str(root) in saved["lora_weights"]
     assert meta["weights"] == saved["weights"] and meta["images_per_s"] == saved["images_per_s"]
+
+
+def test_inference_keys_and_a_longer_run_never_retrain_from_scratch(sd_root, prepared):
+    """After a finished LoRA run: changing an inference key reuses it (no step trained), a bigger
+    max_steps resumes it, and the finished LoRA of each run stays in its own folder."""
+    cfg, _ = prepared
+    cfg.sd.max_steps = 2
+    source = H.sd.resolve_source(cfg, sd_root)
+    first = H.sd.train_lora(cfg, H.sd.load_pipeline(cfg, source=source))
+    assert first["steps"] == 2 and first["resumed_from"] == 0
+    run_dir = H.sd.lora_run_dir(cfg, source, H.captions.make_captions(cfg)["captions"])
+    assert first["lora_path"] == str(run_dir / H.sd.LORA_WEIGHTS)
+    for key, value in (("num_inference_steps", 9), ("guidance_scale", 3.0), ("inference_batch_size", 1),
+                       ("checkpoint_every", 1), ("num_workers", 1), ("num_epochs", 5)):
+        other = H.load_config("smoke", {"sd.max_steps": 2, f"sd.{key}": value})
+        again = H.sd.train_lora(other, H.sd.load_pipeline(other, source=source))
+        assert again["reused"] and again["steps"] == 2 and again["lora_path"] == first["lora_path"], key
+    longer = H.load_config("smoke", {"sd.max_steps": 3})
+    more = H.sd.train_lora(longer, H.sd.load_pipeline(longer, source=source))
+    assert more["resumed_from"] == 2 and more["steps"] == 3 and more["lora_path"] == first["lora_path"]
+    # a run that changes the trajectory gets its own folder; the finished one is kept
+    new = H.load_config("smoke", {"sd.max_steps": 1, "sd.lr": 5e-4})
+    other_run = H.sd.train_lora(new, H.sd.load_pipeline(new, source=source))
+    assert other_run["resumed_from"] == 0 and other_run["lora_path"] != first["lora_path"]
+    assert (run_dir / H.sd.LORA_WEIGHTS).is_file() and (run_dir / "last.pt").is_file()
+
+
+def test_a_checkpoint_of_another_adapter_is_refused_by_name(sd_root, prepared):
+    """Strict resume for LoRA: the adapter's own key set and shapes (r=4 checkpoint, r=8 adapter)."""
+    import shutil
+
+    cfg, _ = prepared
+    cfg.sd.max_steps = 1
+    source = H.sd.resolve_source(cfg, sd_root)
+    H.sd.train_lora(cfg, H.sd.load_pipeline(cfg, source=source))
+    caps = H.captions.make_captions(cfg)["captions"]
+    wider = H.load_config("smoke", {"sd.max_steps": 1, "sd.lora.r": 8})
+    target = H.sd.lora_run_dir(wider, source, caps)
+    target.mkdir(parents=True)
+    shutil.copy(H.sd.lora_run_dir(cfg, source, caps) / "last.pt", target / "last.pt")
+    with pytest.raises(H.train.CheckpointMismatchError, match=f"{target.name}/last.pt does not match.*shape"):
+        H.sd.train_lora(wider, H.sd.load_pipeline(wider, source=source))
