@@ -43,25 +43,44 @@ class BadImageError(ValueError):
 
 @dataclass
 class Report:
-    """What happened to the inputs: counts of kept, converted and skipped files, with reasons."""
+    """What happened to every input file, by outcome: each file is either kept or skipped (with the
+    reason); a kept file may also have been converted (and how), upscaled, or centre-cropped (with
+    the fraction of its area kept). ``files == kept + sum(skipped.values())`` always."""
+    files: int = 0
     kept: int = 0
     converted: Counter = field(default_factory=Counter)   # e.g. {"grayscale->RGB": 3}
-    skipped: Counter = field(default_factory=Counter)     # e.g. {"unreadable": 1}
+    skipped: Counter = field(default_factory=Counter)     # e.g. {"unreadable or corrupt": 1}
+    upscaled: int = 0                                     # short side below the prepared size
+    cropped: int = 0                                      # centre crop dropped part of the image
+    min_kept_fraction: float = 1.0                        # smallest area fraction a crop kept
+    sizes: list = field(default_factory=list)             # short side of every kept input (px)
     examples: dict = field(default_factory=dict)          # reason -> first file seen
 
     def note(self, table: Counter, reason: str, name: str) -> None:
         table[reason] += 1
         self.examples.setdefault(reason, name)
 
+    def skip(self, reason: str, name: str) -> None:
+        self.files += 1
+        self.note(self.skipped, reason, name)
+
     def summary(self) -> str:
-        parts = [f"kept {self.kept}"]
+        parts = [f"{self.files} files: kept {self.kept}"]
         parts += [f"converted {n} ({r})" for r, n in self.converted.items()]
+        if self.upscaled:
+            parts.append(f"upscaled {self.upscaled} (e.g. {self.examples['upscaled']})")
+        if self.cropped:
+            parts.append(f"centre-cropped {self.cropped} (smallest kept fraction {self.min_kept_fraction:.2f})")
         parts += [f"skipped {n} ({r}, e.g. {self.examples[r]})" for r, n in self.skipped.items()]
         return ", ".join(parts)
 
     def to_dict(self) -> dict:
-        return {"kept": self.kept, "converted": dict(self.converted), "skipped": dict(self.skipped),
-                "examples": self.examples}
+        sizes = sorted(self.sizes)
+        return {"files": self.files, "kept": self.kept, "converted": dict(self.converted),
+                "upscaled": self.upscaled, "cropped": self.cropped, "min_kept_fraction": self.min_kept_fraction,
+                "skipped": dict(self.skipped), "examples": self.examples,
+                "source_short_side": ({"min": sizes[0], "median": sizes[len(sizes) // 2], "max": sizes[-1]}
+                                      if sizes else None)}
 
 
 # ---------------------------------------------------------------- reading any image as RGB uint8
@@ -106,7 +125,11 @@ def read_image(path: Path, report: Report | None = None) -> np.ndarray:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as im:
+                raw = str(im.tile[0].args) if im.tile else ""
                 im.load()
+                if im.mode in ("RGB", "RGBA") and ";16" in raw and report is not None:
+                    # PIL reads 16-bit-per-channel colour PNGs as 8-bit, keeping the high byte
+                    report.note(report.converted, f"{16 * len(im.mode)}-bit {im.mode}->8-bit (high byte)", str(path))
                 return to_rgb_uint8(im, str(path), report)
     except BadImageError:
         raise
@@ -122,6 +145,34 @@ def resize_center_crop(img: np.ndarray, size: int) -> np.ndarray:
     pil = Image.fromarray(img).resize((nw, nh), Image.Resampling.BICUBIC if s > 1 else Image.Resampling.LANCZOS)
     top, left = (nh - size) // 2, (nw - size) // 2
     return np.asarray(pil, dtype=np.uint8)[top:top + size, left:left + size].copy()
+
+
+def admit(img: np.ndarray, name: str, size: int, report: Report, min_size: int = 8,
+          min_kept_fraction: float = 0.0) -> np.ndarray | None:
+    """Resize + centre-crop one input to ``size``, counting what that does, or refuse it (None).
+
+    Refused (and counted, with the reason): a short side below ``min_size`` px, or a centre crop
+    that would keep less than ``min_kept_fraction`` of the image's area. Counted: upscaled (short
+    side below ``size``), centre-cropped (with the fraction of the area kept)."""
+    h, w = img.shape[:2]
+    kept_fraction = min(h, w) / max(h, w)          # the centre crop keeps a short x short square
+    report.files += 1
+    if min(h, w) < min_size:
+        report.note(report.skipped, f"smaller than data.min_size ({min_size} px)", f"{name} ({w}x{h})")
+        return None
+    if kept_fraction < min_kept_fraction:
+        report.note(report.skipped, f"centre crop would keep under data.min_kept_fraction ({min_kept_fraction:g})",
+                    f"{name} ({w}x{h}, {kept_fraction:.0%} kept)")
+        return None
+    report.kept += 1
+    report.sizes.append(min(h, w))
+    if min(h, w) < size:
+        report.upscaled += 1
+        report.examples.setdefault("upscaled", f"{name} ({w}x{h} -> {size})")
+    if kept_fraction < 1.0:
+        report.cropped += 1
+        report.min_kept_fraction = min(report.min_kept_fraction, kept_fraction)
+    return resize_center_crop(img, size)
 
 
 # ---------------------------------------------------------------- sources
@@ -144,8 +195,9 @@ def bundled_photos() -> list[tuple[str, np.ndarray]]:
     return out
 
 
-def bundled_crops(n: int, size: int, seed: int) -> Iterator[tuple[str, np.ndarray]]:
+def bundled_crops(n: int, size: int, seed: int, report: Report | None = None) -> Iterator[tuple[str, np.ndarray]]:
     """``n`` random square crops (random photo, side 35-100% of the short side), resized to ``size``."""
+    report = report if report is not None else Report()
     photos = bundled_photos()
     rng = np.random.default_rng(seed)
     for i in range(n):
@@ -154,39 +206,50 @@ def bundled_crops(n: int, size: int, seed: int) -> Iterator[tuple[str, np.ndarra
         side = int(min(h, w) * rng.uniform(0.35, 1.0))
         top, left = int(rng.integers(0, h - side + 1)), int(rng.integers(0, w - side + 1))
         crop = img[top:top + side, left:left + side]
-        yield f"{pname}_{i:04d}", resize_center_crop(crop, size)
+        yield f"{pname}_{i:04d}", admit(crop, f"{pname}_{i:04d}", size, report)
 
 
-def folder_images(folder: Path, size: int, report: Report, limit: int | None = None) -> Iterator[tuple[str, np.ndarray]]:
-    """Every image under ``folder`` (recursively, sorted), bad files skipped and counted."""
+def folder_images(folder: Path, size: int, report: Report, limit: int | None = None, min_size: int = 8,
+                  min_kept_fraction: float = 0.0) -> Iterator[tuple[str, np.ndarray]]:
+    """Every image under ``folder`` (recursively, sorted); every other file, bad file or refused
+    image is counted in ``report`` with its reason (see :func:`admit`)."""
+    if folder is None or str(folder) in ("", "."):
+        raise ValueError("data.folder is not set: with data.source: folder, set data.folder to the folder "
+                         "holding your images (e.g. --set data.folder=/path/to/images)")
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"data.folder {folder} does not exist or is not a folder")
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    every = sorted(p for p in folder.rglob("*") if p.is_file())
+    files = [p for p in every if p.suffix.lower() in IMAGE_EXTENSIONS]
     if not files:
         raise FileNotFoundError(f"no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) under {folder}")
+    for p in every:
+        if p.suffix.lower() not in IMAGE_EXTENSIONS:
+            report.skip(f"not an image file ({p.suffix.lower() or 'no extension'})", str(p))
     seen = 0
     for p in files:
         if limit is not None and seen >= limit:
-            break
+            report.skip("beyond data.num_images", str(p))
+            continue
         try:
             img = read_image(p, report)
         except BadImageError as e:
             log.warning("skipping %s", e)
-            report.note(report.skipped, "unreadable or corrupt", str(p))
+            report.skip("unreadable or corrupt", str(p))
             continue
-        if min(img.shape[:2]) < 8:
-            report.note(report.skipped, "smaller than 8 px", str(p))
+        out = admit(img, str(p), size, report, min_size, min_kept_fraction)
+        if out is None:
             continue
         seen += 1
-        report.kept += 1
         stem = p.relative_to(folder).with_suffix("").as_posix().replace("/", "__")
-        yield stem, resize_center_crop(img, size)
+        yield stem, out
 
 
 def hub_images(hub_id: str, split: str, key: str, size: int, cache: Path, report: Report,
-               limit: int | None = None) -> Iterator[tuple[str, np.ndarray]]:
-    """Images of a datasets-hub dataset (downloaded once into data/cache/)."""
+               limit: int | None = None, min_size: int = 8, min_kept_fraction: float = 0.0,
+               prefix: str = "") -> Iterator[tuple[str, np.ndarray]]:
+    """Images of a datasets-hub dataset (downloaded once into data/cache/), or of a local data set
+    folder in a format ``datasets.load_dataset`` reads (parquet files, an imagefolder)."""
     try:
         import datasets
     except ImportError as e:  # pragma: no cover - datasets is in requirements.txt
@@ -201,28 +264,39 @@ def hub_images(hub_id: str, split: str, key: str, size: int, cache: Path, report
     if key not in ds.column_names:
         raise KeyError(f"dataset {hub_id!r} has no column {key!r} (columns: {ds.column_names}); "
                        "set data.hub_image_key")
-    n = len(ds) if limit is None else min(limit, len(ds))
-    for i in range(n):
+    seen = 0
+    for i in range(len(ds)):
+        name = f"{prefix}{i:06d}"
+        if limit is not None and seen >= limit:
+            break
         try:
-            img = to_rgb_uint8(ds[i][key], f"{hub_id}[{i}]", report)
+            img = to_rgb_uint8(ds[i][key], f"{hub_id}[{split}][{i}]", report)
         except Exception as e:
-            report.note(report.skipped, f"unreadable ({type(e).__name__})", f"{hub_id}[{i}]")
+            report.skip(f"unreadable ({type(e).__name__})", f"{hub_id}[{split}][{i}]")
             continue
-        report.kept += 1
-        yield f"{i:06d}", resize_center_crop(img, size)
+        out = admit(img, f"{hub_id}[{split}][{i}]", size, report, min_size, min_kept_fraction)
+        if out is not None:
+            seen += 1
+            yield name, out
 
 
 # ---------------------------------------------------------------- split + masks
-def split_names(names: list[str], fractions: dict, seed: int) -> dict[str, list[str]]:
-    """Deterministic split: shuffle sorted names with ``seed`` and cut by fractions (test gets >= 1)."""
+def split_names(names: list[str], fractions: dict, seed: int, fixed_test: list[str] | None = None) -> dict[str, list[str]]:
+    """Deterministic split: shuffle sorted names with ``seed`` and cut by fractions (test gets >= 1).
+
+    With ``fixed_test`` (a source's own held-out split, or the images the user brought masks for)
+    that is the test set, and ``names`` are cut into train and val only."""
     names = sorted(names)
-    if len(names) < 3:
+    if len(names) < (2 if fixed_test else 3):
         raise ValueError(f"need at least 3 images to split into train/val/test, got {len(names)}")
     order = np.random.default_rng(seed).permutation(len(names))
+    shuffled = [names[i] for i in order]
+    if fixed_test:
+        n_val = max(1, round(len(names) * fractions["val"] / (fractions["train"] + fractions["val"])))
+        return {"test": sorted(fixed_test), "val": sorted(shuffled[:n_val]), "train": sorted(shuffled[n_val:])}
     total = sum(fractions[s] for s in SPLITS)
     n_test = max(1, round(len(names) * fractions["test"] / total))
     n_val = max(1, round(len(names) * fractions["val"] / total))
-    shuffled = [names[i] for i in order]
     return {"test": sorted(shuffled[:n_test]), "val": sorted(shuffled[n_test:n_test + n_val]),
             "train": sorted(shuffled[n_test + n_val:])}
 
@@ -233,62 +307,147 @@ def _fingerprint(cfg: Config) -> str:
     return hashlib.sha256(json.dumps(keys, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def _complete(folder: Path, index: dict) -> bool:
+    """Every file the index names is on disk (images of every split, the frozen test masks)."""
+    return (all((folder / "images" / s / f"{n}.png").is_file() for s in SPLITS for n in index["splits"][s])
+            and all((folder / "test_masks" / f"{n}.png").is_file() for n in index["splits"]["test"]))
+
+
+def _items(cfg: Config, P, report: Report, split: str | None = None, prefix: str = "", limit=None):
+    """The configured source's images as (name, uint8 HxWx3 at data.image_size), counted in ``report``."""
+    d = cfg.data
+    admit_kw = {"min_size": d.get("min_size", 8), "min_kept_fraction": d.get("min_kept_fraction", 0.0)}
+    if d.source == "bundled":
+        return bundled_crops(d.num_images, d.image_size, cfg.seed, report)
+    if d.source == "folder":
+        if not d.get("folder"):
+            raise ValueError("data.folder is not set: with data.source: folder, set data.folder to the folder "
+                             "holding your images (e.g. --set data.folder=/path/to/images)")
+        return folder_images(Path(d.folder), d.image_size, report, d.num_images, **admit_kw)
+    if d.source == "hub":
+        if not d.get("hub_id"):
+            raise ValueError("data.hub_id is not set: with data.source: hub, set data.hub_id to a datasets-hub id "
+                             "or a local data set folder")
+        return hub_images(d.hub_id, split or d.hub_split, d.hub_image_key, d.image_size, P.cache, report,
+                          d.num_images if limit is None else limit, prefix=prefix, **admit_kw)
+    raise ValueError(f"data.source must be bundled, folder or hub, got {d.source!r}")
+
+
+def _user_masks(folder: Path, size: int) -> dict[str, Path]:
+    """data.test_masks_folder: PNG masks by name (sub-folders joined with '__', as image names are)."""
+    folder = Path(folder).expanduser()
+    if not folder.is_dir():
+        raise FileNotFoundError(f"data.test_masks_folder {folder} does not exist or is not a folder")
+    found = {p.relative_to(folder).with_suffix("").as_posix().replace("/", "__"): p
+             for p in sorted(folder.rglob("*")) if p.is_file() and p.suffix.lower() == ".png"}
+    if not found:
+        raise FileNotFoundError(f"data.test_masks_folder {folder} holds no .png mask "
+                                f"({size}x{size}, white = hole, matched to images by file name)")
+    return found
+
+
+def resolution_note(cfg: Config, index: dict) -> dict:
+    """At which size each method sees the data and each metric is computed, in plain words (slides)."""
+    size, sd = index["image_size"], cfg.sd.resolution
+    src = (index.get("inputs") or {}).get("source_short_side")
+    src_txt = f"source images' short side {src['min']}-{src['max']} px (median {src['median']})" if src else "source sizes unknown"
+    sd_txt = (f"SD 1.5 works at {sd} px: it saw the {size} px prepared images upsampled to {sd} px "
+              f"(bicubic) and its outputs were downsampled back to {size} px"
+              if sd > size else f"SD 1.5 works at {sd} px, the prepared size or less")
+    return {"prepared_px": size, "metrics_px": size, "sd_px": sd, "sd_upsampled": sd > size,
+            "source_short_side": src,
+            "text": (f"Images prepared at {size} px ({src_txt}); every metric of every method is computed at "
+                     f"{size} px. The DDPM works at {size} px. {sd_txt}.")}
+
+
 def prepare_dataset(cfg: Config, force: bool = False, root: Path | None = None) -> dict:
     """Build data/<preset>/ from ``cfg.data`` (idempotent: reuses a matching earlier run).
 
-    Returns the index (also saved as index.json): splits, test-mask metadata, input report.
+    Nothing is lost on a failure: the new data set is built in a staging folder beside the live
+    one and swapped in only after it is complete, index.json last. A reader that fails midway (a
+    missing folder, the hub offline, a crash) leaves the previous data set as it was; an index
+    whose files are not all on disk is never reused. Returns the index (also saved as index.json):
+    splits, test-mask metadata, the input report and the resolution note.
     """
     P = paths(cfg, root)
     index_path = P.data / "index.json"
     fp = _fingerprint(cfg)
     if index_path.is_file() and not force:
         index = load_json(index_path)
-        if index.get("fingerprint") == fp:
+        if index.get("fingerprint") == fp and _complete(P.data, index):
             return index
     d, report = cfg.data, Report()
-    # 1. images from the source, resized/cropped to the preset's square size
-    if d.source == "bundled":
-        items = bundled_crops(d.num_images, d.image_size, cfg.seed)
-    elif d.source == "folder":
-        items = folder_images(Path(d.folder or ""), d.image_size, report, d.num_images)
-    elif d.source == "hub":
-        items = hub_images(d.hub_id, d.hub_split, d.hub_image_key, d.image_size, P.cache, report, d.num_images)
-    else:
-        raise ValueError(f"data.source must be bundled, folder or hub, got {d.source!r}")
-    # images go to disk as they are read (a 30k-image set does not fit in memory); an earlier,
-    # different preparation is removed first so no stale file survives
-    for old in ("images", "test_masks"):
-        shutil.rmtree(P.data / old, ignore_errors=True)
-    staging = P.data / "images" / "_staging"
-    names = []
-    for name, img in progress(items, desc=f"reading {d.source} images", total=d.num_images):
-        save_png(img, staging / f"{name}.png")
-        names.append(name)
-    report.kept = len(names)
-    # 2. deterministic split by seed, test set capped
-    splits = split_names(names, d.split, cfg.seed)
+    user_masks = _user_masks(d.test_masks_folder, d.image_size) if d.get("test_masks_folder") else None
+    held_out = d.get("hub_test_split") if d.source == "hub" else None
+    # 0. a fresh staging folder (a crashed earlier attempt's is removed)
+    stage = P.data / ".staging"
+    shutil.rmtree(stage, ignore_errors=True)
+    # 1. images from the source (and the source's own test split, when it has one), resized/cropped
+    #    to the preset's square size, written to the staging folder as they are read
+    names, fixed_test = [], []
+    sources = [(_items(cfg, P, report), names)]
+    if held_out:
+        sources.append((_items(cfg, P, report, split=held_out, prefix=f"{held_out}_", limit=d.max_test_images),
+                        fixed_test))
+    for items, out in sources:
+        for name, img in progress(items, desc=f"reading {d.source} images", total=d.num_images):
+            save_png(img, stage / "images" / "_all" / f"{name}.png")
+            out.append(name)
+    # 2. deterministic split by seed; the test set is the source's held-out split, the images the
+    #    user brought masks for, or a seeded cut; capped
+    if user_masks is not None:
+        pool = fixed_test or names
+        fixed_test = sorted(set(pool) & set(user_masks))
+        if not fixed_test:
+            raise ValueError(f"no mask in data.test_masks_folder matches an image name (masks e.g. "
+                             f"{sorted(user_masks)[:3]}, images e.g. {sorted(pool)[:3]})")
+        names = [n for n in names if n not in set(fixed_test)]
+    splits = split_names(names, d.split, cfg.seed, fixed_test=fixed_test or None)
     cap = {"test": d.max_test_images, "val": d.max_val_images}
     for s, limit in cap.items():
         if limit is not None and len(splits[s]) > limit:
             splits["train"] = sorted(splits["train"] + splits[s][limit:])
             splits[s] = splits[s][:limit]
     for s in SPLITS:
-        (P.data / "images" / s).mkdir(parents=True, exist_ok=True)
+        (stage / "images" / s).mkdir(parents=True, exist_ok=True)
         for name in splits[s]:
-            os.replace(staging / f"{name}.png", P.data / "images" / s / f"{name}.png")
-    staging.rmdir()
-    # 3. frozen test masks: kinds cycled so every kind is represented, one generator per image
+            os.replace(stage / "images" / "_all" / f"{name}.png", stage / "images" / s / f"{name}.png")
+    shutil.rmtree(stage / "images" / "_all", ignore_errors=True)   # held-out images beyond the cap
+    # 3. frozen test masks: the user's (validated like ours), or kinds cycled so every kind is
+    #    represented, one generator per image
     test_masks = {}
     kinds = list(d.masks.kinds)
     for i, name in enumerate(splits["test"]):
-        rng = np.random.default_rng([cfg.seed, 1, i])
-        kind = kinds[i % len(kinds)]
-        m = M.generate_mask(d.image_size, kind, rng, d.masks.min_hole, d.masks.max_hole)
-        save_mask_png(m, P.data / "test_masks" / f"{name}.png")
+        if user_masks is not None:
+            kind = "user"
+            m = load_mask_file(user_masks[name], (d.image_size, d.image_size))[0].numpy()
+        else:
+            rng = np.random.default_rng([cfg.seed, 1, i])
+            kind = kinds[i % len(kinds)]
+            m = M.generate_mask(d.image_size, kind, rng, d.masks.min_hole, d.masks.max_hole)
+        save_mask_png(m, stage / "test_masks" / f"{name}.png")
         test_masks[name] = {"kind": kind, "hole_fraction": M.hole_fraction(m)}
     index = {"fingerprint": fp, "preset": cfg.preset, "source": d.source, "image_size": d.image_size,
+             "test_split": (f"{d.hub_id} split {held_out!r} (the source's own held-out split)" if held_out
+                            else f"a seeded cut of the {d.source} images"),
+             "test_masks_from": str(d.test_masks_folder) if user_masks is not None else "generated (data.masks.kinds)",
              "splits": splits, "test_masks": test_masks, "inputs": report.to_dict()}
-    save_json(index, index_path)
+    index["resolution"] = resolution_note(cfg, index)
+    save_json(index, stage / "index.json")
+    # 4. swap in: the old index goes first (from here until the new one lands, no index means
+    #    "prepare again", never "reuse"), then the folders, then the new index
+    old = P.data / ".old"
+    shutil.rmtree(old, ignore_errors=True)
+    old.mkdir()
+    if index_path.is_file():
+        os.replace(index_path, old / "index.json")
+    for part in ("images", "test_masks"):
+        if (P.data / part).exists():
+            os.replace(P.data / part, old / part)
+        os.replace(stage / part, P.data / part)
+    os.replace(stage / "index.json", index_path)
+    shutil.rmtree(old, ignore_errors=True)
+    shutil.rmtree(stage, ignore_errors=True)
     log.info("prepared %s: %s", P.data, report.summary())
     return index
 
