@@ -238,3 +238,176 @@ def test_no_hub_is_detected_once_and_blip_fails_fast(prepared, monkeypatch):
         assert "not in the cache" in caps["status"]
     finally:
         H.captions.hub_unreachable_reason.cache_clear()
+
+
+# ---------------------------------------------------------------- nothing lost: staged preparation
+def _snapshot(cfg):
+    P = H.common.paths(cfg)
+    files = {p.relative_to(P.data).as_posix(): p.read_bytes() for p in sorted(P.data.rglob("*"))
+             if p.is_file() and not p.relative_to(P.data).as_posix().startswith(".")}
+    return files
+
+
+def _still_usable(cfg, index):
+    assert D.prepare_dataset(cfg) == index                      # the original config finds it, intact
+    test = D.load_test_set(cfg)
+    assert len(test["name"]) == len(index["splits"]["test"])
+    assert len(D.InpaintDataset(cfg, "train")[0]["image"]) == 3
+
+
+def test_a_failed_re_preparation_leaves_the_previous_data_set_intact(prepared, monkeypatch):
+    cfg, index = prepared
+    before = _snapshot(cfg)
+    # 1. a source that cannot be read at all (missing folder; the hub offline)
+    for over in ({"data.source": "folder", "data.folder": "/no/such/folder"},
+                 {"data.source": "hub", "data.hub_id": "/no/such/dataset"}):
+        with pytest.raises((FileNotFoundError, RuntimeError)):
+            D.prepare_dataset(H.load_config("smoke", over))
+        assert _snapshot(cfg) == before
+    # 2. a failure midway through writing the new images (disk full on the 5th file)
+    calls = {"n": 0}
+    real = D.save_png
+
+    def failing(img, path):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise OSError(28, "No space left on device")
+        real(img, path)
+
+    monkeypatch.setattr(D, "save_png", failing)
+    with pytest.raises(OSError, match="No space"):
+        D.prepare_dataset(H.load_config("smoke", {"data.num_images": 40}))
+    monkeypatch.setattr(D, "save_png", real)
+    assert _snapshot(cfg) == before
+    _still_usable(cfg, index)
+
+
+def test_a_killed_re_preparation_leaves_the_previous_data_set_intact(prepared, tmp_root):
+    import subprocess
+    import sys
+
+    cfg, index = prepared
+    before = _snapshot(cfg)
+    script = (
+        "import os, signal, helpers as H\n"
+        "from helpers import data as D\n"
+        "real, n = D.admit, [0]\n"
+        "def admit(*a, **k):\n"
+        "    n[0] += 1\n"
+        "    if n[0] == 10: os.kill(os.getpid(), signal.SIGKILL)\n"
+        "    return real(*a, **k)\n"
+        "D.admit = admit\n"
+        "D.prepare_dataset(H.load_config('smoke', {'data.num_images': 40}))\n")
+    proc = subprocess.run([sys.executable, "-c", script], cwd=H.config.ROOT, capture_output=True,
+                          env={**__import__("os").environ, "INPAINT_ROOT": str(tmp_root)}, timeout=120)
+    assert proc.returncode == -9, proc.stderr.decode()[-2000:]
+    assert _snapshot(cfg) == before
+    _still_usable(cfg, index)
+    new = D.prepare_dataset(H.load_config("smoke", {"data.num_images": 40}))    # and the next run succeeds
+    assert sum(len(v) for v in new["splits"].values()) == 40
+    assert not (H.common.paths(cfg).data / ".staging").exists()
+
+
+def test_an_index_whose_files_are_missing_is_not_reused(prepared):
+    cfg, index = prepared
+    P = H.common.paths(cfg)
+    victim = P.data / "images" / "test" / f"{index['splits']['test'][0]}.png"
+    victim.unlink()
+    again = D.prepare_dataset(cfg)
+    assert victim.is_file() and again["splits"] == index["splits"]
+
+
+def test_folder_source_without_a_folder_names_the_key(tmp_root):
+    with pytest.raises(ValueError, match="data.folder is not set"):
+        D.prepare_dataset(H.load_config("smoke", {"data.source": "folder"}))
+
+
+# ---------------------------------------------------------------- every input counted by outcome
+def test_input_report_counts_every_file_by_outcome(tmp_root):
+    import cv2
+
+    src = tmp_root / "inputs"
+    src.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(6):
+        Image.fromarray(rng.integers(0, 256, (48, 40, 3), dtype=np.uint8)).save(src / f"ok{i}.png")
+    Image.fromarray(rng.integers(0, 256, (10, 10, 3), dtype=np.uint8)).save(src / "tiny.png")       # too small
+    Image.fromarray(rng.integers(0, 256, (100, 2000, 3), dtype=np.uint8)).save(src / "strip.png")  # 5% kept
+    Image.fromarray(rng.integers(0, 256, (20, 24, 3), dtype=np.uint8)).save(src / "small.png")     # upscaled
+    cv2.imwrite(str(src / "deep.png"), rng.integers(0, 65536, (40, 40, 3)).astype(np.uint16))      # 48-bit
+    (src / "notes.txt").write_text("not an image")
+    (src / "broken.png").write_bytes(b"nope")
+    cfg = H.load_config("smoke", {"data.source": "folder", "data.folder": str(src), "data.num_images": None,
+                                  "data.max_test_images": 2, "data.max_val_images": 2})
+    r = D.prepare_dataset(cfg)["inputs"]
+    assert r["files"] == 12 == r["kept"] + sum(r["skipped"].values())
+    assert r["kept"] == 8 and r["upscaled"] == 1 and r["cropped"] == 7           # 6 x (48x40) + small
+    assert r["min_kept_fraction"] == pytest.approx(20 / 24)
+    assert r["converted"] == {"48-bit RGB->8-bit (high byte)": 1}
+    assert r["skipped"] == {"not an image file (.txt)": 1, "unreadable or corrupt": 1,
+                            "smaller than data.min_size (16 px)": 1,
+                            "centre crop would keep under data.min_kept_fraction (0.5)": 1}
+    assert "strip.png (2000x100, 5% kept)" in r["examples"]["centre crop would keep under data.min_kept_fraction (0.5)"]
+    loose = H.load_config("smoke", {"data.source": "folder", "data.folder": str(src), "data.num_images": None,
+                                    "data.min_size": 8, "data.min_kept_fraction": 0.0})
+    r = D.prepare_dataset(loose)["inputs"]
+    assert r["kept"] == 10 and r["upscaled"] == 2 and r["min_kept_fraction"] == pytest.approx(0.05)
+
+
+# ---------------------------------------------------------------- the source's own test split, your own masks
+def _local_hub_dataset(folder, n_train, n_val, side):
+    """A data set in the hub's parquet layout (data/<split>-00000-of-00001.parquet), read by the
+    same datasets.load_dataset call as a hub id."""
+    import datasets
+
+    rng = np.random.default_rng(0)
+    for split, n in (("train", n_train), ("validation", n_val)):
+        imgs = [Image.fromarray(rng.integers(0, 256, (side, side, 3), dtype=np.uint8)) for _ in range(n)]
+        ds = datasets.Dataset.from_dict({"image": imgs}, features=datasets.Features({"image": datasets.Image()}))
+        (folder / "data").mkdir(parents=True, exist_ok=True)
+        ds.to_parquet(str(folder / "data" / f"{split}-00000-of-00001.parquet"))
+    return folder
+
+
+def test_the_sources_held_out_split_is_the_test_set(tmp_root):
+    hub = _local_hub_dataset(tmp_root / "faces", 20, 5, 24)
+    cfg = H.load_config("smoke", {"data.source": "hub", "data.hub_id": str(hub), "data.num_images": None,
+                                  "data.hub_test_split": "validation", "data.max_test_images": 4})
+    index = D.prepare_dataset(cfg)
+    assert index["splits"]["test"] == [f"validation_{i:06d}" for i in range(4)]
+    assert sorted(index["splits"]["train"] + index["splits"]["val"]) == [f"{i:06d}" for i in range(20)]
+    assert "held-out" in index["test_split"] and index["inputs"]["upscaled"] == 24
+    res = index["resolution"]
+    assert res["metrics_px"] == 32 and res["sd_upsampled"]
+    assert "computed at 32 px" in res["text"] and "upsampled to 64 px" in res["text"]
+    assert res["source_short_side"] == {"min": 24, "median": 24, "max": 24}
+    assert len(D.load_test_set(cfg)["name"]) == 4
+
+
+def test_your_own_test_masks_are_matched_by_name_and_validated(tmp_root):
+    src = tmp_root / "photos"
+    src.mkdir()
+    rng = np.random.default_rng(2)
+    for i in range(12):
+        Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(src / f"p{i:02d}.png")
+    masks = tmp_root / "my_masks"
+    masks.mkdir()
+    for i in (3, 7, 9):
+        m = np.zeros((32, 32), np.uint8)
+        m[4:4 + 2 * i, 5:20] = 255                                   # white = hole
+        Image.fromarray(m).save(masks / f"p{i:02d}.png")
+    over = {"data.source": "folder", "data.folder": str(src), "data.num_images": None,
+            "data.test_masks_folder": str(masks)}
+    index = D.prepare_dataset(H.load_config("smoke", over))
+    assert index["splits"]["test"] == ["p03", "p07", "p09"] and index["test_masks_from"] == str(masks)
+    assert {v["kind"] for v in index["test_masks"].values()} == {"user"}
+    assert index["test_masks"]["p07"]["hole_fraction"] == pytest.approx(14 * 15 / 32 ** 2)
+    test = D.load_test_set(H.load_config("smoke", over))
+    assert test["mask"][1].sum() == 14 * 15
+    Image.fromarray(np.full((32, 32), 128, np.uint8)).save(masks / "p09.png")       # grey: not binary
+    with pytest.raises(ValueError, match="p09.png"):
+        D.prepare_dataset(H.load_config("smoke", over), force=True)
+    Image.fromarray(np.zeros((20, 20), np.uint8)).save(masks / "p09.png")           # wrong size
+    with pytest.raises(ValueError, match="p09.png"):
+        D.prepare_dataset(H.load_config("smoke", over), force=True)
+    assert D.prepare_dataset(H.load_config("smoke", over)) == index                 # the good set survived
