@@ -93,6 +93,22 @@ def test_missing_or_wrong_weights_say_where_and_how(sd_root, tmp_path, kind):
     assert H.sd.HUB_ID in msg and "hf download" in msg
 
 
+def test_the_weights_message_is_never_cut(sd_root, monkeypatch):
+    """The loader's own error is passed on whole, however long (it was cut at 300 characters)."""
+    from diffusers import StableDiffusionInpaintPipeline
+
+    long = "a long loader message " * 40 + "THE END."
+
+    def fail(*a, **k):
+        raise OSError(long)
+
+    monkeypatch.setattr(StableDiffusionInpaintPipeline, "from_pretrained", fail)
+    cfg = H.load_config("smoke", {"sd.tiny": False, "sd.pretrained_id": "someone/sd-inpainting"})
+    with pytest.raises(H.sd.WeightsNotFoundError) as err:
+        H.sd.load_pipeline(cfg, root=sd_root)
+    assert long in str(err.value) and str(err.value).endswith("needs no weights.")
+
+
 def test_published_configs_give_the_sd15_inpainting_sizes():
     c = H.sd.build_components(H.sd.published_configs(), device="meta")
     count = lambda m: sum(p.numel() for p in m.parameters())
