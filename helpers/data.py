@@ -65,14 +65,7 @@ class Report:
         self.note(self.skipped, reason, name)
 
     def summary(self) -> str:
-        parts = [f"{self.files} files: kept {self.kept}"]
-        parts += [f"converted {n} ({r})" for r, n in self.converted.items()]
-        if self.upscaled:
-            parts.append(f"upscaled {self.upscaled} (e.g. {self.examples['upscaled']})")
-        if self.cropped:
-            parts.append(f"centre-cropped {self.cropped} (smallest kept fraction {self.min_kept_fraction:.2f})")
-        parts += [f"skipped {n} ({r}, e.g. {self.examples[r]})" for r, n in self.skipped.items()]
-        return ", ".join(parts)
+        return inputs_summary(self.to_dict())
 
     def to_dict(self) -> dict:
         sizes = sorted(self.sizes)
@@ -81,6 +74,19 @@ class Report:
                 "skipped": dict(self.skipped), "examples": self.examples,
                 "source_short_side": ({"min": sizes[0], "median": sizes[len(sizes) // 2], "max": sizes[-1]}
                                       if sizes else None)}
+
+
+def inputs_summary(r: dict) -> str:
+    """One line from an input report (:meth:`Report.to_dict`, saved as index.json's ``inputs``)."""
+    ex = r.get("examples", {})
+    parts = [f"{r['files']} files: kept {r['kept']}"]
+    parts += [f"converted {n} ({why})" for why, n in r["converted"].items()]
+    if r["upscaled"]:
+        parts.append(f"upscaled {r['upscaled']} (e.g. {ex.get('upscaled')})")
+    if r["cropped"]:
+        parts.append(f"centre-cropped {r['cropped']} (smallest kept fraction {r['min_kept_fraction']:.0%})")
+    parts += [f"skipped {n} ({why}, e.g. {ex.get(why)})" for why, n in r["skipped"].items()]
+    return ", ".join(parts)
 
 
 # ---------------------------------------------------------------- reading any image as RGB uint8
@@ -591,7 +597,10 @@ def read_predictions(cfg: Config, method: str, names: Iterable[str], root: Path 
 
 def demo_bad_inputs(folder: Path) -> Path:
     """Write one file of each troublesome kind into ``folder`` (notebook 01 and the tests):
-    good RGB, grayscale, RGBA, 16-bit grayscale, a corrupt JPEG and an empty file."""
+    good RGB, grayscale, RGBA, 16-bit grayscale, 48-bit RGB, a 10x10 thumbnail, a 2000x100 strip,
+    a corrupt JPEG, an empty file and a text file."""
+    import cv2
+
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
@@ -600,6 +609,10 @@ def demo_bad_inputs(folder: Path) -> Path:
     Image.fromarray(rgb[..., 0]).save(folder / "grayscale.png")
     Image.fromarray(np.dstack([rgb, np.full(rgb.shape[:2], 128, np.uint8)])).save(folder / "rgba.png")
     Image.fromarray((rgb[..., 1].astype(np.uint16) * 257), mode=None).save(folder / "gray16.png")
+    cv2.imwrite(str(folder / "rgb48.png"), rgb.astype(np.uint16) * 257)        # 16 bits per channel
+    Image.fromarray(rgb[:10, :10]).save(folder / "thumbnail_10x10.png")
+    Image.fromarray(np.tile(rgb[:, :, :], (3, 42, 1))[:100, :2000]).save(folder / "strip_2000x100.png")
     (folder / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg" + bytes(rng.integers(0, 256, 64, dtype=np.uint8)))
     (folder / "empty.png").write_bytes(b"")
+    (folder / "notes.txt").write_text("not an image")
     return folder

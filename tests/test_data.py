@@ -46,10 +46,15 @@ def test_bad_files_are_named_and_skipped_with_a_count(tmp_path):
     with pytest.raises(D.BadImageError, match="does not exist"):
         D.read_image(folder / "missing.png")
     report = D.Report()
-    items = list(D.folder_images(folder, 16, report))
-    assert len(items) == 4 and all(img.shape == (16, 16, 3) for _, img in items)
-    assert report.skipped["unreadable or corrupt"] == 2 and report.kept == 4
-    assert "skipped 2" in report.summary()
+    items = list(D.folder_images(folder, 16, report))           # no size / crop limits: 7 of 10 kept
+    assert len(items) == 7 and all(img.shape == (16, 16, 3) for _, img in items)
+    assert report.skipped == {"unreadable or corrupt": 2, "not an image file (.txt)": 1}
+    assert report.files == 10 and report.kept == 7 and report.upscaled == 1
+    assert "skipped 2 (unreadable or corrupt" in report.summary()
+    strict = D.Report()
+    items = list(D.folder_images(folder, 16, strict, min_size=16, min_kept_fraction=0.5))
+    assert len(items) == strict.kept == 5 and strict.files == 10 and strict.upscaled == 0
+    assert strict.skipped["smaller than data.min_size (16 px)"] == 1
 
 
 def test_folder_source_errors(tmp_path):
