@@ -79,7 +79,7 @@ class Report:
 def inputs_summary(r: dict) -> str:
     """One line from an input report (:meth:`Report.to_dict`, saved as index.json's ``inputs``)."""
     ex = r.get("examples", {})
-    parts = [f"{r['files']} files: kept {r['kept']}"]
+    parts = [f"{r['files']} inputs: kept {r['kept']}"]
     parts += [f"converted {n} ({why})" for why, n in r["converted"].items()]
     if r["upscaled"]:
         parts.append(f"upscaled {r['upscaled']} (e.g. {ex.get('upscaled')})")
