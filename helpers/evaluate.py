@@ -224,7 +224,7 @@ def evaluate_all(cfg: Config, root: Path | None = None, methods: Sequence[str] |
         summary.append(row)
         runtime.append(_runtime_row(method, meta))
         method_info[method] = {"n": len(idx), "known_pixels_max_change_before_composite": known_change,
-                               "weights": meta.get("weights", "not recorded")}
+                               "weights": meta.get("weights", "not recorded"), "captions": meta.get("captions")}
     # 3. tables: per image, summary, by hole-area bucket and mask kind, runtime
     per_image = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
         columns=["method", "label", "name", "kind", "hole_fraction", *PER_IMAGE])
@@ -246,6 +246,8 @@ def evaluate_all(cfg: Config, root: Path | None = None, methods: Sequence[str] |
                       "seed": cfg.seed, "confidence": 0.95},
         "hole_buckets": list(E.hole_buckets), "missing": missing, "methods": method_info,
     }
+    index = D.load_index(cfg, root)         # where the test set came from, at which sizes (notebook 01)
+    info["data"] = {"test_split": index.get("test_split"), "sizes": (index.get("resolution") or {}).get("text")}
     ev = Evaluation(per_image, pd.DataFrame(summary), by_bucket, by_kind,
                     pd.DataFrame(runtime, columns=list(_runtime_row("telea", {}))), info)
     save_evaluation(ev, P.tables)

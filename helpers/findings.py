@@ -108,7 +108,16 @@ def table_caption(ev: Evaluation) -> str:
         f"FID on n images is biased upward for small n (compare only at equal n); KID "
         f"({i['kid']['estimator']}, kernel {i['kid']['kernel']}, {i['kid']['subsets']} subsets) is unbiased.",
         f"* Brackets: {i['bootstrap']['kind']}, 95 %, {i['bootstrap']['samples']} resamples, seed {i['bootstrap']['seed']}.",
-    ])
+    ] + _data_lines(i))
+
+
+def _data_lines(i: dict) -> list[str]:
+    """Where the test set came from, at which size each metric is computed, and the SD prompts used."""
+    d = i.get("data") or {}
+    lines = [f"* Test set: {d['test_split']}." if d.get("test_split") else "",
+             f"* Sizes: {d['sizes']}" if d.get("sizes") else ""]
+    lines += [f"* Prompts of {m}: {x['captions']}." for m, x in i.get("methods", {}).items() if x.get("captions")]
+    return [x for x in lines if x]
 
 
 def format_runtime(ev: Evaluation) -> pd.DataFrame:

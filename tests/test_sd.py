@@ -345,3 +345,17 @@ def test_a_checkpoint_of_another_adapter_is_refused_by_name(sd_root, prepared):
     shutil.copy(H.sd.lora_run_dir(cfg, source, caps) / "last.pt", target / "last.pt")
     with pytest.raises(H.train.CheckpointMismatchError, match=f"{target.name}/last.pt does not match.*shape"):
         H.sd.train_lora(wider, H.sd.load_pipeline(wider, source=source))
+
+
+def test_lora_training_refuses_fallback_captions_unless_opted_in(sd_root, prepared):
+    """As in `full` (captions.allow_fallback_for_lora: false): no LoRA step on the fixed prompt."""
+    cfg, _ = prepared
+    cfg.sd.max_steps = 1
+    cfg.captions.allow_fallback_for_lora = False
+    pipe = H.sd.load_pipeline(cfg, source=H.sd.resolve_source(cfg, sd_root))
+    with pytest.raises(H.captions.CaptionsError, match="LoRA training refused.*fallback"):
+        H.sd.train_lora(cfg, pipe)
+    assert not list((H.common.paths(cfg).models / "sd_lora").glob("ckpt-*/last.pt"))
+    cfg.captions.allow_fallback_for_lora = True
+    stats = H.sd.train_lora(cfg, pipe)
+    assert stats["steps"] == 1 and "fallback prompt" in stats["captions_status"]
