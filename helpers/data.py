@@ -366,6 +366,24 @@ def resolution_note(cfg: Config, index: dict) -> dict:
                      f"{size} px. The DDPM works at {size} px. {sd_txt}.")}
 
 
+def _swap_in(stage: Path, live: Path) -> None:
+    """Replace live/{images,test_masks,index.json} by the complete ones in ``stage``. The old index
+    goes first: from then until the new one lands, a crash leaves no index ("prepare again"),
+    never an index that names missing files."""
+    old = live / ".old"
+    shutil.rmtree(old, ignore_errors=True)
+    old.mkdir()
+    if (live / "index.json").is_file():
+        os.replace(live / "index.json", old / "index.json")
+    for part in ("images", "test_masks"):
+        if (live / part).exists():
+            os.replace(live / part, old / part)
+        os.replace(stage / part, live / part)
+    os.replace(stage / "index.json", live / "index.json")
+    shutil.rmtree(old, ignore_errors=True)
+    shutil.rmtree(stage, ignore_errors=True)
+
+
 def prepare_dataset(cfg: Config, force: bool = False, root: Path | None = None) -> dict:
     """Build data/<preset>/ from ``cfg.data`` (idempotent: reuses a matching earlier run).
 
@@ -388,72 +406,64 @@ def prepare_dataset(cfg: Config, force: bool = False, root: Path | None = None) 
     # 0. a fresh staging folder (a crashed earlier attempt's is removed)
     stage = P.data / ".staging"
     shutil.rmtree(stage, ignore_errors=True)
-    # 1. images from the source (and the source's own test split, when it has one), resized/cropped
-    #    to the preset's square size, written to the staging folder as they are read
-    names, fixed_test = [], []
-    sources = [(_items(cfg, P, report), names)]
-    if held_out:
-        sources.append((_items(cfg, P, report, split=held_out, prefix=f"{held_out}_", limit=d.max_test_images),
-                        fixed_test))
-    for items, out in sources:
-        for name, img in progress(items, desc=f"reading {d.source} images", total=d.num_images):
-            save_png(img, stage / "images" / "_all" / f"{name}.png")
-            out.append(name)
-    # 2. deterministic split by seed; the test set is the source's held-out split, the images the
-    #    user brought masks for, or a seeded cut; capped
-    if user_masks is not None:
-        pool = fixed_test or names
-        fixed_test = sorted(set(pool) & set(user_masks))
-        if not fixed_test:
-            raise ValueError(f"no mask in data.test_masks_folder matches an image name (masks e.g. "
-                             f"{sorted(user_masks)[:3]}, images e.g. {sorted(pool)[:3]})")
-        names = [n for n in names if n not in set(fixed_test)]
-    splits = split_names(names, d.split, cfg.seed, fixed_test=fixed_test or None)
-    cap = {"test": d.max_test_images, "val": d.max_val_images}
-    for s, limit in cap.items():
-        if limit is not None and len(splits[s]) > limit:
-            splits["train"] = sorted(splits["train"] + splits[s][limit:])
-            splits[s] = splits[s][:limit]
-    for s in SPLITS:
-        (stage / "images" / s).mkdir(parents=True, exist_ok=True)
-        for name in splits[s]:
-            os.replace(stage / "images" / "_all" / f"{name}.png", stage / "images" / s / f"{name}.png")
-    shutil.rmtree(stage / "images" / "_all", ignore_errors=True)   # held-out images beyond the cap
-    # 3. frozen test masks: the user's (validated like ours), or kinds cycled so every kind is
-    #    represented, one generator per image
-    test_masks = {}
-    kinds = list(d.masks.kinds)
-    for i, name in enumerate(splits["test"]):
+    try:
+        # 1. images from the source (and the source's own test split, when it has one), resized/cropped
+        #    to the preset's square size, written to the staging folder as they are read
+        names, fixed_test = [], []
+        sources = [(_items(cfg, P, report), names)]
+        if held_out:
+            sources.append((_items(cfg, P, report, split=held_out, prefix=f"{held_out}_", limit=d.max_test_images),
+                            fixed_test))
+        for items, out in sources:
+            for name, img in progress(items, desc=f"reading {d.source} images", total=d.num_images):
+                save_png(img, stage / "images" / "_all" / f"{name}.png")
+                out.append(name)
+        # 2. deterministic split by seed; the test set is the source's held-out split, the images the
+        #    user brought masks for, or a seeded cut; capped
         if user_masks is not None:
-            kind = "user"
-            m = load_mask_file(user_masks[name], (d.image_size, d.image_size))[0].numpy()
-        else:
-            rng = np.random.default_rng([cfg.seed, 1, i])
-            kind = kinds[i % len(kinds)]
-            m = M.generate_mask(d.image_size, kind, rng, d.masks.min_hole, d.masks.max_hole)
-        save_mask_png(m, stage / "test_masks" / f"{name}.png")
-        test_masks[name] = {"kind": kind, "hole_fraction": M.hole_fraction(m)}
-    index = {"fingerprint": fp, "preset": cfg.preset, "source": d.source, "image_size": d.image_size,
-             "test_split": (f"{d.hub_id} split {held_out!r} (the source's own held-out split)" if held_out
-                            else f"a seeded cut of the {d.source} images"),
-             "test_masks_from": str(d.test_masks_folder) if user_masks is not None else "generated (data.masks.kinds)",
-             "splits": splits, "test_masks": test_masks, "inputs": report.to_dict()}
-    index["resolution"] = resolution_note(cfg, index)
-    save_json(index, stage / "index.json")
-    # 4. swap in: the old index goes first (from here until the new one lands, no index means
-    #    "prepare again", never "reuse"), then the folders, then the new index
-    old = P.data / ".old"
-    shutil.rmtree(old, ignore_errors=True)
-    old.mkdir()
-    if index_path.is_file():
-        os.replace(index_path, old / "index.json")
-    for part in ("images", "test_masks"):
-        if (P.data / part).exists():
-            os.replace(P.data / part, old / part)
-        os.replace(stage / part, P.data / part)
-    os.replace(stage / "index.json", index_path)
-    shutil.rmtree(old, ignore_errors=True)
-    shutil.rmtree(stage, ignore_errors=True)
+            pool = fixed_test or names
+            fixed_test = sorted(set(pool) & set(user_masks))
+            if not fixed_test:
+                raise ValueError(f"no mask in data.test_masks_folder matches an image name (masks e.g. "
+                                 f"{sorted(user_masks)[:3]}, images e.g. {sorted(pool)[:3]})")
+            names = [n for n in names if n not in set(fixed_test)]
+        splits = split_names(names, d.split, cfg.seed, fixed_test=fixed_test or None)
+        cap = {"test": d.max_test_images, "val": d.max_val_images}
+        for s, limit in cap.items():
+            if limit is not None and len(splits[s]) > limit:
+                splits["train"] = sorted(splits["train"] + splits[s][limit:])
+                splits[s] = splits[s][:limit]
+        for s in SPLITS:
+            (stage / "images" / s).mkdir(parents=True, exist_ok=True)
+            for name in splits[s]:
+                os.replace(stage / "images" / "_all" / f"{name}.png", stage / "images" / s / f"{name}.png")
+        shutil.rmtree(stage / "images" / "_all", ignore_errors=True)   # held-out images beyond the cap
+        # 3. frozen test masks: the user's (validated like ours), or kinds cycled so every kind is
+        #    represented, one generator per image
+        test_masks = {}
+        kinds = list(d.masks.kinds)
+        for i, name in enumerate(splits["test"]):
+            if user_masks is not None:
+                kind = "user"
+                m = load_mask_file(user_masks[name], (d.image_size, d.image_size))[0].numpy()
+            else:
+                rng = np.random.default_rng([cfg.seed, 1, i])
+                kind = kinds[i % len(kinds)]
+                m = M.generate_mask(d.image_size, kind, rng, d.masks.min_hole, d.masks.max_hole)
+            save_mask_png(m, stage / "test_masks" / f"{name}.png")
+            test_masks[name] = {"kind": kind, "hole_fraction": M.hole_fraction(m)}
+        index = {"fingerprint": fp, "preset": cfg.preset, "source": d.source, "image_size": d.image_size,
+                 "test_split": (f"{d.hub_id} split {held_out!r} (the source's own held-out split)" if held_out
+                                else f"a seeded cut of the {d.source} images"),
+                 "test_masks_from": str(d.test_masks_folder) if user_masks is not None else "generated (data.masks.kinds)",
+                 "splits": splits, "test_masks": test_masks, "inputs": report.to_dict()}
+        index["resolution"] = resolution_note(cfg, index)
+        save_json(index, stage / "index.json")
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)   # the live data set was never touched
+        raise
+    # 4. swap in, index last
+    _swap_in(stage, P.data)
     log.info("prepared %s: %s", P.data, report.summary())
     return index
 
