@@ -14,51 +14,20 @@ The full preset refuses to train LoRA on fallback captions unless
 """
 from __future__ import annotations
 
-import functools
 import logging
-import os
-import socket
-import threading
 from pathlib import Path
-from urllib.parse import urlparse
 
 import torch
 
 from .common import get_device, load_json, load_png, paths, progress, save_json, to_uint8
 from .config import Config
-from .data import SPLITS, load_index
+from .data import SPLITS, hub_unreachable_reason, load_index
 
 log = logging.getLogger(__name__)
-HUB_TIMEOUT_S = 3.0   # one connection attempt decides "no hub" for the whole process
 
 
 class CaptionsError(RuntimeError):
     """Captions unusable for what was asked (fallback captions for LoRA training)."""
-
-
-@functools.lru_cache(maxsize=None)
-def hub_unreachable_reason() -> str | None:
-    """None when the Hugging Face hub can be reached, else why not. Decided once per process:
-    ``HF_HUB_OFFLINE`` set -> offline; otherwise one TCP connection to the hub's endpoint
-    (``HF_ENDPOINT``) within :data:`HUB_TIMEOUT_S` seconds, name resolution included."""
-    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
-        return "HF_HUB_OFFLINE is set"
-    endpoint = os.environ.get("HF_ENDPOINT") or "https://huggingface.co"
-    url = urlparse(endpoint)
-    host, port = url.hostname or "huggingface.co", url.port or (80 if url.scheme == "http" else 443)
-    result: list = []
-
-    def attempt() -> None:
-        try:
-            socket.create_connection((host, port), timeout=HUB_TIMEOUT_S).close()
-            result.append(None)
-        except OSError as e:
-            result.append(f"{host}:{port} cannot be reached ({type(e).__name__}: {e})")
-
-    t = threading.Thread(target=attempt, daemon=True)   # a thread: name resolution has no timeout of its own
-    t.start()
-    t.join(HUB_TIMEOUT_S + 0.5)
-    return result[0] if result else f"{host}:{port} did not answer within {HUB_TIMEOUT_S:.0f} s"
 
 
 def _is_local(model_id: str) -> bool:

@@ -13,16 +13,20 @@ datasets-hub id, e.g. CelebA-HQ for ``full``). Taught in notebook 01.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
 import os
 import shutil
+import socket
+import threading
 import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
+from urllib.parse import urlparse
 
 import numpy as np
 import torch
@@ -35,6 +39,7 @@ from .config import Config
 log = logging.getLogger(__name__)
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm"}
 SPLITS = ("train", "val", "test")
+HUB_TIMEOUT_S = 3.0   # one connection attempt decides "no hub" for the whole process
 
 
 class BadImageError(ValueError):
@@ -251,6 +256,31 @@ def folder_images(folder: Path, size: int, report: Report, limit: int | None = N
         yield stem, out
 
 
+@functools.lru_cache(maxsize=None)
+def hub_unreachable_reason() -> str | None:
+    """None when the Hugging Face hub can be reached, else why not. Decided once per process:
+    ``HF_HUB_OFFLINE`` set -> offline; otherwise one TCP connection to the hub's endpoint
+    (``HF_ENDPOINT``) within :data:`HUB_TIMEOUT_S` seconds, name resolution included."""
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        return "HF_HUB_OFFLINE is set"
+    endpoint = os.environ.get("HF_ENDPOINT") or "https://huggingface.co"
+    url = urlparse(endpoint)
+    host, port = url.hostname or "huggingface.co", url.port or (80 if url.scheme == "http" else 443)
+    result: list = []
+
+    def attempt() -> None:
+        try:
+            socket.create_connection((host, port), timeout=HUB_TIMEOUT_S).close()
+            result.append(None)
+        except OSError as e:
+            result.append(f"{host}:{port} cannot be reached ({type(e).__name__}: {e})")
+
+    t = threading.Thread(target=attempt, daemon=True)   # a thread: name resolution has no timeout of its own
+    t.start()
+    t.join(HUB_TIMEOUT_S + 0.5)
+    return result[0] if result else f"{host}:{port} did not answer within {HUB_TIMEOUT_S:.0f} s"
+
+
 def hub_images(hub_id: str, split: str, key: str, size: int, cache: Path, report: Report,
                limit: int | None = None, min_size: int = 8, min_kept_fraction: float = 0.0,
                prefix: str = "") -> Iterator[tuple[str, np.ndarray]]:
@@ -260,6 +290,12 @@ def hub_images(hub_id: str, split: str, key: str, size: int, cache: Path, report
         import datasets
     except ImportError as e:  # pragma: no cover - datasets is in requirements.txt
         raise ImportError("data.source = hub needs the `datasets` package (pip install datasets)") from e
+    offline = None if Path(hub_id).expanduser().exists() else hub_unreachable_reason()
+    if offline and not any((cache / "datasets").glob(f"{hub_id.replace('/', '___')}*")):
+        raise RuntimeError(
+            f"could not load dataset {hub_id!r} (split {split!r}): the Hugging Face hub is not reachable "
+            f"({offline}) and it is not in the cache {cache / 'datasets'}.\nIt needs internet access once. "
+            "Offline, download the images elsewhere and use data.source: folder with data.folder: <path>.")
     try:
         ds = datasets.load_dataset(hub_id, split=split, cache_dir=str(cache / "datasets"))
     except Exception as e:

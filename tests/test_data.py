@@ -72,6 +72,20 @@ def test_hub_source_offline_says_what_to_do(tmp_path, monkeypatch):
         list(D.hub_images("someone/faces", "train", "image", 16, tmp_path, D.Report()))
 
 
+def test_hub_source_fails_fast_without_the_hub(tmp_path, monkeypatch):
+    import time
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    D.hub_unreachable_reason.cache_clear()
+    try:
+        t = time.perf_counter()
+        with pytest.raises(RuntimeError, match="HF_HUB_OFFLINE is set.*not in the cache"):
+            list(D.hub_images("someone/faces", "train", "image", 16, tmp_path, D.Report()))
+        assert time.perf_counter() - t < 5
+    finally:
+        D.hub_unreachable_reason.cache_clear()
+
+
 # ---------------------------------------------------------------- split and prepared data
 def test_split_deterministic_disjoint_complete():
     names = [f"img{i:03d}" for i in range(50)]
@@ -230,6 +244,8 @@ def test_fallback_captions_are_marked_and_retried_when_blip_appears(prepared, tm
 
 def test_no_hub_is_detected_once_and_blip_fails_fast(prepared, monkeypatch):
     import time
+
+    from transformers import BlipForConditionalGeneration, BlipProcessor  # noqa: F401  (imports not timed)
 
     cfg, _ = prepared
     cfg.captions.model_id = "Salesforce/blip-image-captioning-base"
