@@ -345,7 +345,7 @@ def split_names(names: list[str], fractions: dict, seed: int, fixed_test: list[s
 
 def _fingerprint(cfg: Config) -> str:
     """Hash of everything that determines the prepared data: a change re-prepares it."""
-    keys = {"seed": cfg.seed, "data": cfg.data}
+    keys = {"seed": cfg.seed, "data": cfg.data, "mask_generator": M.GENERATOR_VERSION}
     return hashlib.sha256(json.dumps(keys, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

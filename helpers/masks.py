@@ -1,22 +1,35 @@
-"""Hole masks: boxes and LaMa-style free-form brush strokes. 1 = hole (see helpers/__init__.py).
+"""Hole masks: LaMa's free-form masks (thin, medium, thick), boxes and a centre square. 1 = hole.
 
-The stroke generators follow the *settings* of LaMa's training masks (Suvorov et al. 2022,
-configs at 256 px) and scale every length with the image side:
+**thin / medium / thick** are LaMa's evaluation masks (Suvorov et al. 2022), with the generator
+parameters of LaMa's configs ``configs/data_gen/random_{thin,medium,thick}_256.yaml`` (repository
+advimman/lama) and the drawing rules of its ``saicinpainting/training/data/masks.py``
+(``make_random_irregular_mask``, ``make_random_rectangle_mask``, ``MixedMaskGenerator``), as
+``bin/gen_mask_dataset.py`` runs them. Per mask, LaMa picks **one** generator: strokes with weight
+``irregular_proba`` = 1, boxes with weight ``box_proba`` (0 thin, 0.3 medium and thick), so 1/1.3 of
+medium/thick masks are strokes and 0.3/1.3 are boxes. Values at 256 px:
 
-=========  ===================================================  =========================
-kind       strokes                                              boxes
-=========  ===================================================  =========================
-thin       4-50 strokes, width <= 10, segment length <= 50      none
-medium     4-5 strokes, width <= 50, segment length <= 100     1-5 boxes of side 10-50
-thick      1-5 strokes, width <= 100, segment length <= 200    1-4 boxes of side 30-150
-box        none                                                 1-3 boxes of side 30-128
-center     none                                                 one centred square, side/2
-=========  ===================================================  =========================
+=========  ================================================  ====================================
+kind       strokes (``irregular_kwargs``)                    boxes (``box_kwargs``), P = 0.3/1.3
+=========  ================================================  ====================================
+thin       4-50 times, max_width 10, max_len 40, max_angle 4  never
+medium     4-5 times, max_width 50, max_len 100               1-5 boxes, side 10-50, margin 0
+thick      1-5 times, max_width 100, max_len 200              1-3 boxes, side 30-150, margin 10
+=========  ================================================  ====================================
 
-Every mask's hole fraction is kept within [min_hole, max_hole] (LaMa caps at 50%): a shape
-that would push the area past ``max_hole`` is left out, and shapes are added while the area is
-under ``min_hole``. Everything is drawn from a ``numpy.random.Generator``, so one seed gives one
-mask. Taught in notebook 01.
+LaMa's code turns these into (no ramp, ``coef`` = 1): ``max_times + 1`` as the upper end of the
+number of strokes (``cur_max_times = min_times + 1 + (max_times - min_times)``), 1-5 segments per
+stroke, segment length ``10 + randint(max_len)``, brush width ``5 + randint(max_width)`` (so thin
+strokes are 5-14 px wide), angle ``0.01 + randint(max_angle)`` radians mirrored to ``2 pi - angle``
+on every other stroke; box sides ``bbox_min_size..bbox_max_size`` inclusive. A mask whose hole
+fraction is above ``max_tamper_area`` = 0.5 is **dropped and a new one drawn** (never truncated).
+
+Two kinds of this project, kept separate: **box** (1-3 boxes, side 30-128 px at 256 px: one
+rectangle generator, margin 0) and **center** (the centred square of half the side, 25 % of the
+image).
+
+Other sizes scale every length (stroke length and width, box side and margin) by size / 256, with
+at least 1 px. ``min_hole`` / ``max_hole`` bound the hole fraction by redrawing the whole mask.
+Everything is drawn from a ``numpy.random.Generator``: one seed gives one mask. Taught in notebook 01.
 """
 from __future__ import annotations
 
@@ -26,63 +39,116 @@ import cv2
 import numpy as np
 
 KINDS = ("thin", "medium", "thick", "box", "center")
-REFERENCE_SIZE = 256  # LaMa's settings are given for 256x256 images
+REFERENCE_SIZE = 256        # LaMa's settings are given for 256x256 images
+LAMA_MAX_HOLE = 0.5         # max_tamper_area of LaMa's data_gen configs
+MAX_TRIES = 1000            # redraws before the hole-area limits are declared unreachable
+# Changes whenever a kind draws different masks from the same seed (prepared test masks depend on it).
+GENERATOR_VERSION = "lama-data_gen-256-v2"
 
 
 @dataclass(frozen=True)
-class StrokeSpec:
-    min_strokes: int
-    max_strokes: int
-    max_width: float
-    max_len: float
-    min_boxes: int = 0
-    max_boxes: int = 0
-    box_min: float = 0
-    box_max: float = 0
-    max_vertices: int = 4
-    max_angle: float = 4.0
+class Strokes:
+    """``irregular_kwargs`` of a LaMa config (256 px)."""
+    min_times: int
+    max_times: int
+    max_width: int
+    max_len: int
+    max_angle: int = 4
 
 
+@dataclass(frozen=True)
+class Boxes:
+    """``box_kwargs`` of a LaMa config (256 px)."""
+    min_times: int
+    max_times: int
+    bbox_min_size: int
+    bbox_max_size: int
+    margin: int = 0
+
+
+@dataclass(frozen=True)
+class KindSpec:
+    """One kind: its generators and the weight LaMa's MixedMaskGenerator gives each."""
+    strokes: Strokes | None = None
+    boxes: Boxes | None = None
+    irregular_proba: float = 1.0
+    box_proba: float = 0.0
+
+
+# Source: advimman/lama, configs/data_gen/random_thin_256.yaml, random_medium_256.yaml, random_thick_256.yaml
 SPECS = {
-    "thin": StrokeSpec(4, 50, max_width=10, max_len=50),
-    "medium": StrokeSpec(4, 5, max_width=50, max_len=100, min_boxes=1, max_boxes=5, box_min=10, box_max=50),
-    "thick": StrokeSpec(1, 5, max_width=100, max_len=200, min_boxes=1, max_boxes=4, box_min=30, box_max=150),
-    "box": StrokeSpec(0, 0, max_width=0, max_len=0, min_boxes=1, max_boxes=3, box_min=30, box_max=128),
+    "thin": KindSpec(Strokes(min_times=4, max_times=50, max_width=10, max_len=40)),
+    "medium": KindSpec(Strokes(min_times=4, max_times=5, max_width=50, max_len=100),
+                       Boxes(min_times=1, max_times=5, bbox_min_size=10, bbox_max_size=50, margin=0),
+                       box_proba=0.3),
+    "thick": KindSpec(Strokes(min_times=1, max_times=5, max_width=100, max_len=200),
+                      Boxes(min_times=1, max_times=3, bbox_min_size=30, bbox_max_size=150, margin=10),
+                      box_proba=0.3),
+    # this project's own kind: boxes only
+    "box": KindSpec(boxes=Boxes(min_times=1, max_times=3, bbox_min_size=30, bbox_max_size=128), irregular_proba=0.0,
+                    box_proba=1.0),
 }
 
 
-def _stroke(size: int, spec: StrokeSpec, scale: float, rng: np.random.Generator) -> np.ndarray:
-    """One brush stroke: a polyline of random-angle segments drawn with a round brush."""
+def _px(length: float, scale: float) -> int:
+    """A length given at 256 px, at this image size (at least 1 px)."""
+    return max(1, int(round(length * scale)))
+
+
+def draw_strokes(size: int, s: Strokes, scale: float, rng: np.random.Generator) -> np.ndarray:
+    """LaMa's irregular mask: ``times`` polylines of 1-5 straight segments drawn with a square-capped
+    brush (cv2.line), each segment starting where the previous one ended."""
     canvas = np.zeros((size, size), np.uint8)
-    x, y = rng.integers(0, size, 2)
-    width = max(1, int(round((1 + rng.random() * (spec.max_width - 1)) * scale)))
-    for i in range(int(rng.integers(1, spec.max_vertices + 1))):
-        angle = 0.01 + rng.random() * spec.max_angle
-        if i % 2 == 0:
-            angle = 2 * np.pi - angle
-        length = (5 + rng.random() * (spec.max_len - 5)) * scale
-        nx = int(np.clip(x + length * np.sin(angle), 0, size - 1))
-        ny = int(np.clip(y + length * np.cos(angle), 0, size - 1))
-        cv2.line(canvas, (int(x), int(y)), (nx, ny), 1, width)
-        cv2.circle(canvas, (nx, ny), max(1, width // 2), 1, -1)
-        x, y = nx, ny
+    # LaMa: cur_max_times = min_times + 1 + (max_times - min_times); times = randint(min_times, cur_max_times + 1)
+    times = int(rng.integers(s.min_times, s.max_times + 2))
+    for i in range(times):
+        x, y = int(rng.integers(size)), int(rng.integers(size))
+        for _ in range(1 + int(rng.integers(5))):
+            angle = 0.01 + int(rng.integers(s.max_angle))           # radians: 0.01, 1.01, 2.01, 3.01
+            if i % 2 == 0:
+                angle = 2 * np.pi - angle                            # every other stroke turns the other way
+            length = (10 + int(rng.integers(s.max_len))) * scale     # 10 .. max_len + 9 px at 256
+            width = _px(5 + int(rng.integers(s.max_width)), scale)   # 5 .. max_width + 4 px at 256
+            nx = int(np.clip(x + length * np.sin(angle), 0, size))
+            ny = int(np.clip(y + length * np.cos(angle), 0, size))
+            cv2.line(canvas, (x, y), (nx, ny), 1, width)
+            x, y = nx, ny
     return canvas
 
 
-def _box(size: int, spec: StrokeSpec, scale: float, rng: np.random.Generator) -> np.ndarray:
+def draw_boxes(size: int, b: Boxes, scale: float, rng: np.random.Generator) -> np.ndarray:
+    """LaMa's rectangle mask: 1..max_times axis-aligned boxes, sides bbox_min..bbox_max (inclusive,
+    capped by the image minus the margins), placed inside the margin."""
     canvas = np.zeros((size, size), np.uint8)
-    lo = max(1, int(spec.box_min * scale))
-    hi = max(lo + 1, min(size, int(spec.box_max * scale)))
-    h, w = rng.integers(lo, hi + 1, 2)
-    h, w = min(h, size), min(w, size)
-    top, left = rng.integers(0, size - h + 1), rng.integers(0, size - w + 1)
-    canvas[top:top + h, left:left + w] = 1
+    margin = int(round(b.margin * scale))
+    hi = min(_px(b.bbox_max_size, scale), size - 2 * margin - 1)   # LaMa: randint(min, min(max + 1, size - 2 margin))
+    lo = min(_px(b.bbox_min_size, scale), hi)
+    for _ in range(int(rng.integers(b.min_times, b.max_times + 1))):
+        w, h = int(rng.integers(lo, hi + 1)), int(rng.integers(lo, hi + 1))
+        left = int(rng.integers(margin, size - margin - w + 1))
+        top = int(rng.integers(margin, size - margin - h + 1))
+        canvas[top:top + h, left:left + w] = 1
     return canvas
+
+
+def draw_once(size: int, kind: str, rng: np.random.Generator) -> tuple[np.ndarray, str]:
+    """One draw of a LaMa-style kind, before any hole-area limit: (uint8 {0, 1} mask, "strokes" or
+    "boxes"). Like LaMa's MixedMaskGenerator: one generator per mask, picked with its weight."""
+    spec, scale = SPECS[kind], size / REFERENCE_SIZE
+    p_strokes = spec.irregular_proba / (spec.irregular_proba + spec.box_proba)
+    if spec.strokes is not None and (spec.boxes is None or rng.random() < p_strokes):
+        return draw_strokes(size, spec.strokes, scale, rng), "strokes"
+    return draw_boxes(size, spec.boxes, scale, rng), "boxes"
 
 
 def generate_mask(size: int, kind: str, rng: np.random.Generator,
-                  min_hole: float = 0.01, max_hole: float = 0.5) -> np.ndarray:
-    """A float32 (size, size) mask in {0, 1} (1 = hole) of the given kind."""
+                  min_hole: float = 0.01, max_hole: float = LAMA_MAX_HOLE) -> np.ndarray:
+    """A float32 (size, size) mask in {0, 1} (1 = hole) of the given kind.
+
+    A draw whose hole fraction is outside [min_hole, max_hole] is dropped and the mask drawn again
+    (LaMa drops masks above 50 %), so the kept masks follow the generator's distribution restricted
+    to the limits instead of piling up at the cap.
+    """
     if kind not in KINDS:
         raise ValueError(f"unknown mask kind {kind!r}; expected one of {KINDS}")
     if not 0 <= min_hole < max_hole <= 1:
@@ -92,29 +158,20 @@ def generate_mask(size: int, kind: str, rng: np.random.Generator,
         q = size // 4
         mask[q:size - q, q:size - q] = 1
         return mask
-
-    spec, scale = SPECS[kind], size / REFERENCE_SIZE
-    n_strokes = int(rng.integers(spec.min_strokes, spec.max_strokes + 1)) if spec.max_strokes else 0
-    n_boxes = int(rng.integers(spec.min_boxes, spec.max_boxes + 1)) if spec.max_boxes else 0
-    plan = ["stroke"] * n_strokes + ["box"] * n_boxes
-    mask = np.zeros((size, size), np.uint8)
-    # 1. draw the planned shapes, leaving out any that would push the hole past max_hole
-    # 2. then keep adding shapes while the hole is smaller than min_hole (bounded tries)
-    for attempt in range(len(plan) + 200):
-        if attempt >= len(plan) and mask.mean() >= min_hole:
-            break
-        what = plan[attempt] if attempt < len(plan) else plan[attempt % len(plan)] if plan else "box"
-        shape = _stroke(size, spec, scale, rng) if what == "stroke" else _box(size, spec, scale, rng)
-        candidate = mask | shape
-        if candidate.mean() <= max_hole:
-            mask = candidate
-    if mask.mean() == 0:  # pathological limits; never return an empty mask
-        mask[size // 2, size // 2] = 1
-    return mask.astype(np.float32)
+    fractions = []
+    for _ in range(MAX_TRIES):
+        mask, _ = draw_once(size, kind, rng)
+        fraction = float(mask.mean())
+        if min_hole <= fraction <= max_hole and fraction > 0:
+            return mask.astype(np.float32)
+        fractions.append(fraction)
+    raise ValueError(f"{kind} masks at {size} px: no draw in {MAX_TRIES} had a hole fraction in "
+                     f"[{min_hole}, {max_hole}] (drawn: {min(fractions):.3f}..{max(fractions):.3f}); "
+                     "widen data.masks.min_hole / max_hole")
 
 
 def random_mask(size: int, rng: np.random.Generator, kinds=("thin", "medium", "thick", "box"),
-                min_hole: float = 0.01, max_hole: float = 0.5) -> tuple[np.ndarray, str]:
+                min_hole: float = 0.01, max_hole: float = LAMA_MAX_HOLE) -> tuple[np.ndarray, str]:
     """Draw a kind uniformly from ``kinds``, then a mask of that kind. Returns (mask, kind)."""
     kind = str(kinds[int(rng.integers(len(kinds)))])
     return generate_mask(size, kind, rng, min_hole, max_hole), kind
@@ -128,8 +185,9 @@ def hole_fraction(mask) -> float:
 def validate_mask(mask: np.ndarray, image_shape: tuple[int, int] | None = None, name: str = "mask") -> np.ndarray:
     """Check a mask read from a file and return it as float32 {0, 1} (H, W).
 
-    Accepts {0, 1} or {0, 255} single-channel arrays. Raises ``ValueError`` naming ``name`` for
-    a size that differs from its image, non-binary values, an empty mask or an all-hole mask.
+    Accepts single-channel {0, 1}, or {0, max} where max is the white of its integer type (255 for
+    8-bit, 65535 for 16-bit PNGs). Raises ``ValueError`` naming ``name`` for a size that differs from
+    its image, non-binary values, an empty mask or an all-hole mask.
     """
     m = np.asarray(mask)
     if m.ndim == 3 and m.shape[2] in (1, 3, 4):
@@ -141,13 +199,16 @@ def validate_mask(mask: np.ndarray, image_shape: tuple[int, int] | None = None, 
     if image_shape is not None and tuple(m.shape) != tuple(image_shape[:2]):
         raise ValueError(f"{name}: mask size {m.shape[1]}x{m.shape[0]} differs from its image "
                          f"{image_shape[1]}x{image_shape[0]}")
-    values = np.unique(m)
-    if set(values.tolist()) <= {0, 255} and m.dtype == np.uint8:
-        m = (m == 255)
-    elif not set(values.tolist()) <= {0, 1}:
-        shown = values[:6].tolist()
+    values = set(np.unique(m).tolist())
+    # white of the file's bit depth: 8-bit PNGs read as uint8; 16-bit ones as uint16 (Pillow "I;16")
+    # or int32 (Pillow "I")
+    white = {np.dtype(np.uint8): 255, np.dtype(np.uint16): 65535, np.dtype(np.int32): 65535}.get(m.dtype)
+    if white is not None and values <= {0, white}:
+        m = m == white
+    elif not values <= {0, 1}:
+        shown = sorted(values)[:6]
         raise ValueError(f"{name}: mask is not binary (values {shown}{'...' if len(values) > 6 else ''}); "
-                         "expected {0, 1} or {0, 255} with 1/255 = hole")
+                         "expected {0, 1}, or black/white {0, 255} (8-bit) / {0, 65535} (16-bit) with white = hole")
     m = m.astype(np.float32)
     if m.max() == 0:
         raise ValueError(f"{name}: mask is empty (no hole pixel); nothing to inpaint")
@@ -156,8 +217,9 @@ def validate_mask(mask: np.ndarray, image_shape: tuple[int, int] | None = None, 
     return m
 
 
-def sample_fractions(size: int, kinds, n: int, seed: int, min_hole: float = 0.01, max_hole: float = 0.5) -> dict:
-    """Hole fractions of ``n`` masks per kind (for the histogram in notebook 01)."""
+def sample_fractions(size: int, kinds, n: int, seed: int, min_hole: float = 0.01,
+                     max_hole: float = LAMA_MAX_HOLE) -> dict:
+    """Hole fractions of ``n`` masks per kind (for the histogram in notebook 01 and the statistics test)."""
     out = {}
     for k, kind in enumerate(kinds):
         rng = np.random.default_rng([seed, 9, k])

