@@ -316,3 +316,26 @@ def progress(iterable=None, **kwargs):
         kwargs.setdefault("dynamic_ncols", True)
     kwargs.setdefault("mininterval", 1.0)
     return bar(iterable, **kwargs)
+
+
+# ---------------------------------------------------------------- the code a notebook teaches
+def show_source(*objs):
+    """Show functions (or classes, methods) of the helpers as highlighted Python, exactly as they
+    run, each under its file and line numbers in the repository: notebooks 03 and 04 put the
+    training step and the sampling loop under the equations they implement."""
+    import inspect
+    import textwrap
+
+    from IPython.display import Markdown
+
+    blocks = []
+    for obj in objs:
+        lines, first = inspect.getsourcelines(obj)
+        file = Path(inspect.getsourcefile(obj)).resolve()
+        try:
+            where = file.relative_to(Path(ROOT).resolve()).as_posix()
+        except ValueError:                      # an installed copy: name the module, never a machine path
+            where = f"{obj.__module__.replace('.', '/')}.py"
+        src = textwrap.dedent("".join(lines)).rstrip()
+        blocks.append(f"`{where}`, lines {first}-{first + len(lines) - 1}:\n\n```python\n{src}\n```")
+    return Markdown("\n\n".join(blocks))

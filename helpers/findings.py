@@ -325,7 +325,7 @@ def conclusion_sections(ev: Evaluation, cfg: Config) -> dict[str, list[str]]:
             compared.append("FID")
             if summ.loc["sd_lora", "fid"] < summ.loc["ddpm_finetuned", "fid"]:
                 agree.append("FID")
-        context.append(f"* The study reports SD + LoRA ahead of DDPM on PSNR, SSIM, LPIPS and FID; on {main.name} "
+        context.append(f"* {STUDY_SOURCE[0].upper() + STUDY_SOURCE[1:]} reports SD + LoRA ahead of DDPM on PSNR, SSIM, LPIPS and FID; on {main.name} "
                        f"here: ahead on {len(agree)} of {len(compared)}" + (f" ({', '.join(agree)})." if agree else "."))
     # 5. KID: set-level, each method against the real images of the main set
     summ = ev.summary.set_index("method")
@@ -349,10 +349,23 @@ def conclusion_sections(ev: Evaluation, cfg: Config) -> dict[str, list[str]]:
     return {"quality": quality, "context": context}
 
 
+def as_markdown(lines: Sequence[str]) -> str:
+    """Lines of :func:`conclusion_sections` as markdown: a lead line (not a bullet) stands as its own
+    paragraph, the bullets under it form one list."""
+    out = []
+    for line in lines:
+        if out and not line.startswith("* "):
+            out.append("")
+        out.append(line)
+        if not line.startswith("* "):
+            out.append("")
+    return "\n".join(out).strip() + "\n"
+
+
 def conclusions(ev: Evaluation, cfg: Config) -> str:
     """Markdown text of :func:`conclusion_sections`, both parts (saved as tables/06_conclusions.md)."""
     parts = conclusion_sections(ev, cfg)
-    return "\n".join(parts["quality"] + [""] + parts["context"]).strip() + "\n"
+    return as_markdown(parts["quality"]) + "\n" + as_markdown(parts["context"])
 
 
 def methods_overview(ev: Evaluation) -> pd.DataFrame:

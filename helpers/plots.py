@@ -63,6 +63,11 @@ def enforce_legible(fig) -> None:
     """Raise every text smaller than :func:`min_text_pt` to it: a figure made with small fonts (or
     too many inches for its fonts) stays readable at slide size."""
     floor = min_text_pt(fig)
+    for ax in fig.axes:             # tick labels: also those matplotlib creates later, at draw time
+        for name, axis in (("x", ax.xaxis), ("y", ax.yaxis)):
+            labels = axis.get_ticklabels(which="both")
+            if labels and min(t.get_fontsize() for t in labels) < floor:
+                ax.tick_params(axis=name, which="both", labelsize=floor)
     for t in _texts(fig):
         if t.get_fontsize() < floor:
             t.set_fontsize(floor)
@@ -95,6 +100,7 @@ def save(fig, path: Path | None = None, preset: str | None = None):
         fig.tight_layout()
     except Exception:           # a layout that cannot be tightened (e.g. fixed axes) is kept as drawn
         pass
+    enforce_legible(fig)        # the layout may have created tick labels
     stamped = stamp(fig, preset)
     if path is not None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -136,6 +142,7 @@ def image_grid(rows: Sequence[Sequence], col_titles: Sequence[str] | None = None
         for j in range(n_cols):
             ax = axes[i][j]
             ax.set_xticks([]), ax.set_yticks([])
+            ax.spines[:].set_visible(False)
             if j < len(row) and row[j] is not None:
                 img = _as_image(row[j])
                 ax.imshow(img, cmap="gray" if img.ndim == 2 else None, vmin=0, vmax=1 if img.ndim == 2 else None,
