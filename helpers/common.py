@@ -273,8 +273,9 @@ def _text_progress_class():
         """A tqdm bar that writes whole lines: no carriage returns, no cursor moves (ANSI codes), so a
         notebook saved by the report runner holds one readable line per report instead of every
         redraw as a separate fragment. A bar with ``leave=False`` (an inner loop) stays silent; an
-        outer bar writes a line at most every ``INPAINT_PROGRESS_INTERVAL`` seconds (default 60) and
-        a last one when it closes."""
+        outer bar writes a line after ``INPAINT_PROGRESS_INTERVAL`` seconds (default 60), then after
+        twice as long each time (capped at 30 minutes: a long training run logs a few lines, not
+        hundreds), and a last one when it closes."""
 
         def __init__(self, *args, **kwargs):
             self._line_every = float(os.environ.get("INPAINT_PROGRESS_INTERVAL", 60))
@@ -286,6 +287,7 @@ def _text_progress_class():
             if self.leave is False or self.n == 0 or now - self._last_line < self._line_every:
                 return True
             self._last_line = now
+            self._line_every = min(2 * self._line_every, 1800.0)
             self.fp.write(self.__str__() + "\n")
             self.fp.flush()
             return True

@@ -321,3 +321,29 @@ def test_method_equations_carry_the_preset_values():
     assert "W = 1\\, m + 0.05\\, (1 - m)" in text and "r = 16,\\ \\alpha = 16" in text
     assert "DDIM, 50 steps" in text and "w = 7.5" in text and "15 %" in text and "`to_out.0`" in text
     assert text.count("$$") % 2 == 0
+
+
+def test_runner_progress_is_whole_lines_at_most_one_per_method(scored, monkeypatch, capsys):
+    """In runner-executed notebooks (INPAINT_TEXT_PROGRESS) the evaluation's nested bars (methods,
+    scoring batches, Inception batches) print whole lines only: the inner ones stay silent."""
+    cfg = scored[0]
+    monkeypatch.setenv("INPAINT_TEXT_PROGRESS", "1")
+    capsys.readouterr()
+    E.evaluate_all(cfg)
+    err = capsys.readouterr().err
+    assert "\r" not in err and "\x1b[" not in err
+    bars = [line for line in err.splitlines() if "%|" in line]
+    assert 1 <= len(bars) <= len(H.data.METHODS) and bars[-1].startswith("methods: 100%"), bars
+
+
+def test_text_progress_lines_thin_out_over_time(monkeypatch, capsys):
+    import time
+    monkeypatch.setenv("INPAINT_TEXT_PROGRESS", "1")
+    monkeypatch.setenv("INPAINT_PROGRESS_INTERVAL", "0.05")
+    for _ in H.common.progress(range(30), desc="outer", mininterval=0):
+        for _ in H.common.progress(range(3), desc="inner", leave=False, mininterval=0):
+            pass
+        time.sleep(0.02)
+    lines = capsys.readouterr().err.splitlines()
+    assert all(line.startswith("outer") for line in lines) and lines[-1].startswith("outer: 100%")
+    assert 2 <= len(lines) <= 6           # 0.6 s at 0.05, 0.1, 0.2, 0.4 s: a few lines, not 30
