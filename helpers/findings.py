@@ -354,7 +354,7 @@ def as_markdown(lines: Sequence[str]) -> str:
     paragraph, the bullets under it form one list."""
     out = []
     for line in lines:
-        if out and not line.startswith("* "):
+        if out and out[-1] and not line.startswith("* "):
             out.append("")
         out.append(line)
         if not line.startswith("* "):
