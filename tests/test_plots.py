@@ -153,3 +153,15 @@ def test_lines_by_hole_size_do_not_hide_each_other():
     ax = fig.axes[0]
     xs = {c.get_label(): tuple(np.round(c.lines[0].get_xdata(), 3)) for c in ax.containers}
     assert xs["DDPM"] != xs["SD zero-shot"]
+
+
+def test_show_source_renders_the_code_that_runs():
+    """Notebooks 03 and 04 show the training step and sampling loop from the helpers' source: the
+    block is the function's own text, under a path relative to the repository (no machine path)."""
+    import inspect
+
+    md = H.common.show_source(H.ddpm.weighted_eps_loss, H.sd.denoise).data
+    assert inspect.getsource(H.ddpm.weighted_eps_loss).strip() in md
+    assert "for t_dev, t in steps:" in md and md.count("```python") == 2
+    assert "`helpers/ddpm.py`, lines" in md and "`helpers/sd.py`, lines" in md
+    assert str(H.config.ROOT) not in md
