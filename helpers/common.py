@@ -101,8 +101,16 @@ class Paths:
         return self
 
 
+# The preset whose output folders were opened last: figures made now belong to it
+# (helpers.plots.save stamps every figure of the smoke preset).
+ACTIVE_PRESET: str | None = None
+
+
 def paths(cfg: Config, root: Path | None = None) -> Paths:
-    """Output folders of a preset; ``root`` defaults to the repository (env INPAINT_ROOT wins)."""
+    """Output folders of a preset; ``root`` defaults to the repository (env INPAINT_ROOT wins).
+    Also makes ``cfg.preset`` the active preset (:data:`ACTIVE_PRESET`)."""
+    global ACTIVE_PRESET
+    ACTIVE_PRESET = cfg.preset
     root = Path(root or os.environ.get("INPAINT_ROOT") or ROOT)
     return Paths(root=root, preset=cfg.preset).ensure()
 
@@ -258,13 +266,78 @@ def timed(device: torch.device | None = None) -> Iterator[dict]:
         out["seconds"] = time.perf_counter() - start
 
 
+def _text_progress_class():
+    from tqdm.std import tqdm
+
+    class TextProgress(tqdm):
+        """A tqdm bar that writes whole lines: no carriage returns, no cursor moves (ANSI codes), so a
+        notebook saved by the report runner holds one readable line per report instead of every
+        redraw as a separate fragment. A bar with ``leave=False`` (an inner loop) stays silent; an
+        outer bar writes a line after ``INPAINT_PROGRESS_INTERVAL`` seconds (default 60), then after
+        twice as long each time (capped at 30 minutes: a long training run logs a few lines, not
+        hundreds), and a last one when it closes."""
+
+        def __init__(self, *args, **kwargs):
+            self._line_every = float(os.environ.get("INPAINT_PROGRESS_INTERVAL", 60))
+            self._last_line = time.monotonic()
+            super().__init__(*args, **kwargs)
+
+        def display(self, msg=None, pos=None):
+            now = time.monotonic()
+            if self.leave is False or self.n == 0 or now - self._last_line < self._line_every:
+                return True
+            self._last_line = now
+            self._line_every = min(2 * self._line_every, 1800.0)
+            self.fp.write(self.__str__() + "\n")
+            self.fp.flush()
+            return True
+
+        def close(self):
+            if getattr(self, "disable", True):
+                return
+            line = self.__str__() if self.leave is not False and self.n > 0 else None
+            self.disable = True
+            self._decr_instances(self)
+            if line:
+                self.fp.write(line + "\n")
+                self.fp.flush()
+
+    return TextProgress
+
+
 def progress(iterable=None, **kwargs):
-    """A tqdm progress bar: a widget in an interactive notebook, text in a terminal and in
-    notebooks run by the report runner (it sets INPAINT_TEXT_PROGRESS so the logs show progress)."""
+    """A tqdm progress bar: a widget in an interactive notebook, a bar redrawn in place in a
+    terminal, and whole text lines in notebooks run by the report runner (it sets
+    INPAINT_TEXT_PROGRESS): a saved notebook or log then shows one line per bar, not dozens of
+    redraw fragments with cursor codes. Inner loops pass ``leave=False``: they stay quiet there."""
     if os.environ.get("INPAINT_TEXT_PROGRESS"):
-        from tqdm.std import tqdm
+        bar = _text_progress_class()
+        kwargs.setdefault("ncols", 80)
     else:
-        from tqdm.auto import tqdm
-    kwargs.setdefault("dynamic_ncols", True)
+        from tqdm.auto import tqdm as bar
+        kwargs.setdefault("dynamic_ncols", True)
     kwargs.setdefault("mininterval", 1.0)
-    return tqdm(iterable, **kwargs)
+    return bar(iterable, **kwargs)
+
+
+# ---------------------------------------------------------------- the code a notebook teaches
+def show_source(*objs):
+    """Show functions (or classes, methods) of the helpers as highlighted Python, exactly as they
+    run, each under its file and line numbers in the repository: notebooks 03 and 04 put the
+    training step and the sampling loop under the equations they implement."""
+    import inspect
+    import textwrap
+
+    from IPython.display import Markdown
+
+    blocks = []
+    for obj in objs:
+        lines, first = inspect.getsourcelines(obj)
+        file = Path(inspect.getsourcefile(obj)).resolve()
+        try:
+            where = file.relative_to(Path(ROOT).resolve()).as_posix()
+        except ValueError:                      # an installed copy: name the module, never a machine path
+            where = f"{obj.__module__.replace('.', '/')}.py"
+        src = textwrap.dedent("".join(lines)).rstrip()
+        blocks.append(f"`{where}`, lines {first}-{first + len(lines) - 1}:\n\n```python\n{src}\n```")
+    return Markdown("\n\n".join(blocks))

@@ -768,7 +768,7 @@ def schedule_figure(T: int = 1000, path: Path | None = None):
         axes[1].plot(ab, label=name)
         axes[2].plot((ab / (1 - ab)).log10(), label=name)
     for ax, title in zip(axes, (r"$\beta_t$", r"$\bar\alpha_t$", r"$\log_{10}$ SNR $= \bar\alpha_t / (1 - \bar\alpha_t)$")):
-        ax.set_title(title), ax.set_xlabel("t"), ax.legend()
+        ax.set_title(title), ax.set_xlabel("timestep t"), ax.set_ylabel(title), ax.legend()
     axes[0].set_yscale("log")
     fig.tight_layout()
     return save(fig, path)
@@ -788,8 +788,8 @@ def toy_figure(samples: dict, weights, means, stds, path: Path | None = None, la
     for ax, lab in zip(axes[0], labels):
         ax.hist(samples[lab].numpy(), bins=120, range=(-1.5, 1.5), density=True, alpha=0.6)
         ax.plot(grid, dens, "k", lw=1)
-        ax.set_title(lab, fontsize=9)
-    fig.tight_layout()
+        ax.set_title(lab), ax.set_xlabel("x")
+    axes[0][0].set_ylabel("density")
     return save(fig, path)
 
 

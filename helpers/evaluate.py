@@ -275,13 +275,67 @@ def load_evaluation(cfg: Config, root: Path | None = None) -> Evaluation:
 
 
 # ---------------------------------------------------------------- statistics behind the statements
+# Every statement is made on ONE named set of images: the means it quotes, the paired difference
+# and its CI are all computed over exactly that set (a method run on a subset, RePaint, is compared
+# on its subset, in its own statement).
+@dataclass(frozen=True)
+class ImageSet:
+    """A set of test images and the methods scored on every one of them; ``name`` says it in words."""
+    name: str
+    images: tuple[str, ...]
+    methods: tuple[str, ...]
+    subset_of: str | None = None      # the method that ran on only these images (RePaint), if any
+
+    @property
+    def n(self) -> int:
+        return len(self.images)
+
+
+def images_of(per_image: pd.DataFrame, method: str, metric: str | None = None) -> list[str]:
+    """The images ``method`` was scored on (with a value for ``metric`` when given)."""
+    df = per_image[per_image["method"] == method]
+    if metric is not None:
+        df = df.dropna(subset=[metric])
+    return list(dict.fromkeys(df["name"]))
+
+
+def common_images(per_image: pd.DataFrame, methods: Sequence[str], metric: str | None = None) -> list[str]:
+    """The images every one of ``methods`` was scored on, in test-set order."""
+    methods = list(methods)
+    if not methods:
+        return []
+    keep = set(images_of(per_image, methods[0], metric))
+    for m in methods[1:]:
+        keep &= set(images_of(per_image, m, metric))
+    return [n for n in images_of(per_image, methods[0], metric) if n in keep]
+
+
+def means_on(per_image: pd.DataFrame, methods: Sequence[str], metric: str, images: Sequence[str]) -> pd.Series:
+    """method -> mean of ``metric`` over exactly ``images`` (KeyError when a method lacks one of them)."""
+    out = {}
+    for m in methods:
+        col = per_image[per_image["method"] == m].set_index("name")[metric]
+        missing = [n for n in images if n not in col.index or pd.isna(col.get(n))]
+        if missing:
+            raise KeyError(f"{m} has no {metric} for {len(missing)} of the {len(images)} images of the set "
+                           f"(e.g. {missing[0]!r}): a statement must use images every method has")
+        out[m] = float(col.loc[list(images)].astype(float).mean())
+    return pd.Series(out, dtype=float)
+
+
 def paired_difference(per_image: pd.DataFrame, a: str, b: str, metric: str, n_boot: int = 1000,
-                      seed: int = 0) -> tuple[float, float, float, int]:
-    """Mean of metric(a) - metric(b) over the images both methods have, with its percentile
-    bootstrap 95 % CI (paired: the same images are resampled for both). Returns (mean, lo, hi, n)."""
+                      seed: int = 0, images: Sequence[str] | None = None) -> tuple[float, float, float, int]:
+    """Mean of metric(a) - metric(b) over ``images`` (default: every image both methods have), with
+    its percentile bootstrap 95 % CI (paired: the same images are resampled for both).
+    Returns (mean, lo, hi, n). Over the same images, the mean difference equals the difference of
+    the two means (:func:`means_on`)."""
     pa = per_image[per_image["method"] == a].set_index("name")[metric]
     pb = per_image[per_image["method"] == b].set_index("name")[metric]
-    common = pa.index.intersection(pb.index)
+    if images is None:
+        common = pa.dropna().index.intersection(pb.dropna().index)
+    else:
+        means_on(per_image, [a, b], metric, images)           # both must have every image of the set
+        common = pd.Index(list(images))
     diff = (pa[common] - pb[common]).to_numpy(dtype=float)
     mean, lo, hi = M.bootstrap_ci(diff, n_boot, seed)
     return mean, lo, hi, len(common)
@@ -298,17 +352,57 @@ def common_means(per_image: pd.DataFrame, metric: str) -> tuple[pd.Series, int]:
     return wide.mean().astype(float), len(wide)
 
 
+def statement_sets(ev: "Evaluation") -> list[ImageSet]:
+    """The image sets the conclusions speak about, in order:
+
+    1. the **main set**: the whole test set, with every method scored on all of it;
+    2. one set per method scored on a subset only (RePaint): its images, with every method that
+       has all of them.
+
+    When no method covers the whole test set, the main set is the images every scored method
+    shares. A statement names its set; no statement mixes two."""
+    df = ev.per_image
+    methods = ev.methods
+    if df.empty or not methods:
+        return []
+    n_test = int(ev.info.get("n_test", 0)) or len(set(df["name"]))
+    counts = {m: len(images_of(df, m)) for m in methods}
+    full = [m for m in methods if counts[m] >= n_test]
+    sets = []
+    if full:
+        imgs = common_images(df, full)
+        sets.append(ImageSet(f"all {len(imgs)} test images", tuple(imgs), tuple(full)))
+        partial = [m for m in methods if m not in full]
+    else:
+        imgs = common_images(df, methods)
+        sets.append(ImageSet(f"the {len(imgs)} test images every method was scored on", tuple(imgs), tuple(methods)))
+        partial = []
+    for m in partial:
+        imgs = images_of(df, m)
+        with_all = tuple(x for x in methods if set(imgs) <= set(images_of(df, x)))
+        sets.append(ImageSet(f"the {len(imgs)} test images {D.SHORT_LABELS.get(m, m)} ran on", tuple(imgs), with_all, m))
+    return sets
+
+
 def best_methods(ev: Evaluation) -> dict[str, str]:
     """metric -> the method with the best mean (higher PSNR/SSIM, lower LPIPS/FID/KID). Per-image
-    metrics compare means over the images all methods share (:func:`common_means`); FID and KID
-    are set-level, so they compare each method's own value (the text states n)."""
+    metrics compare means over the main image set (:func:`statement_sets`: the whole test set, the
+    methods scored on all of it); FID and KID are set-level, so they compare each method's own value
+    (the text states n)."""
     out = {}
     ok = ev.summary[ev.summary["status"] != "missing"]
+    sets = statement_sets(ev) if not ev.per_image.empty else []
     for metric, higher in HIGHER_IS_BETTER.items():
         if metric in PER_IMAGE:
-            col, n = common_means(ev.per_image, metric) if not ev.per_image.empty else (pd.Series(dtype=float), 0)
-            if n:
-                out[metric] = col.idxmax() if higher else col.idxmin()
+            if not sets:
+                continue
+            main = sets[0]
+            methods = [m for m in main.methods if len(images_of(ev.per_image, m, metric)) and
+                       set(main.images) <= set(images_of(ev.per_image, m, metric))]
+            if not methods or not main.n:
+                continue
+            col = means_on(ev.per_image, methods, metric, main.images)
+            out[metric] = col.idxmax() if higher else col.idxmin()
             continue
         if metric not in ok or ok[metric].isna().all():
             continue

@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from . import data as D
+from . import evaluate as E
 from .config import Config
 from .evaluate import (HIGHER_IS_BETTER, LABELS, PER_IMAGE, Evaluation, best_methods, bucket_labels, common_means,
                        find_predictions, paired_difference)
@@ -203,77 +204,177 @@ def smoke_warning(cfg: Config) -> str:
             "only that the pipeline runs end to end; they say nothing about DDPM or Stable Diffusion.**")
 
 
-def conclusions(ev: Evaluation, cfg: Config) -> str:
-    """Markdown bullet points that follow from the measured numbers (nothing copied from the study)."""
-    lines = []
-    warn = smoke_warning(cfg)
-    if warn:
-        lines.append(f"* {warn}")
-    for m in ev.missing:
-        lines.append(f"* **{m['label']}** was not scored: {m['reason']}.")
-    if ev.per_image.empty:
-        return "\n".join(lines + ["* No method has predictions yet: nothing to conclude."])
-    best = best_methods(ev)
-    summ = ev.summary.set_index("method")
+def kid_text(kid, kid_std=None) -> str:
+    """KID for people. Its unbiased estimator (an unbiased MMD^2) can come out slightly below 0 on
+    small sets when a method's images are as close to the real ones as the estimator can tell:
+    such a value is shown as ≈ 0 with the raw number and the reason, never as a bare negative."""
+    if kid is None or (isinstance(kid, float) and math.isnan(kid)):
+        return "n/a"
+    std = f" ± {_fmt(float(kid_std), 4)}" if kid_std is not None and not pd.isna(kid_std) else ""
+    if kid < 0:
+        return (f"≈ 0 ({_fmt(float(kid), 4)}{std}; KID's unbiased estimator can dip slightly below 0 "
+                "on small sets)")
+    return f"{_fmt(float(kid), 4)}{std}"
+
+
+def _label(m: str) -> str:
+    return D.SHORT_LABELS.get(m, m)
+
+
+def _metric_name(metric: str) -> str:
+    name = LABELS[metric].replace(" (dB)", "")
+    return name[0].upper() + name[1:]
+
+
+def _unit(metric: str) -> str:
+    return " dB" if metric in ("psnr", "psnr_hole") else ""
+
+
+def _verdict(lo: float, hi: float, n: int) -> str:
+    return "resolved (95 % CI excludes 0)" if n >= 2 and (lo > 0 or hi < 0) else "not resolved at this n"
+
+
+def best_on_set(ev: Evaluation, metric: str, image_set: E.ImageSet) -> dict | None:
+    """The best and runner-up method on ``metric`` over exactly ``image_set``: both means, the paired
+    difference best - runner-up with its bootstrap 95 % CI, all over the same images. None when no
+    method of the set has the metric on all of its images."""
+    methods = [m for m in image_set.methods
+               if set(image_set.images) <= set(E.images_of(ev.per_image, m, metric))]
+    if not methods or not image_set.n:
+        return None
+    means = E.means_on(ev.per_image, methods, metric, image_set.images)
+    means = means.sort_values(ascending=not HIGHER_IS_BETTER[metric])
+    out = {"metric": metric, "set": image_set, "best": means.index[0], "means": means}
+    if len(means) >= 2:
+        n_boot, seed = ev.info["bootstrap"]["samples"], ev.info["bootstrap"]["seed"]
+        d, lo, hi, n = E.paired_difference(ev.per_image, means.index[0], means.index[1], metric, n_boot, seed,
+                                           images=image_set.images)
+        out.update({"runner_up": means.index[1], "diff": d, "lo": lo, "hi": hi, "n": n})
+    return out
+
+
+def quality_statement(ev: Evaluation, metric: str, image_set: E.ImageSet) -> str | None:
+    """One bullet: the best method on ``metric`` over ``image_set`` against the runner-up."""
+    r = best_on_set(ev, metric, image_set)
+    if r is None:
+        return None
+    dg, u, means = DIGITS[metric], _unit(metric), r["means"]
+    text = f"* {_metric_name(metric)}: best **{_label(r['best'])}** {_fmt(means.iloc[0], dg)}{u}"
+    if "runner_up" not in r:
+        return text + " (the only method scored)."
+    return (text + f", next {_label(r['runner_up'])} {_fmt(means.iloc[1], dg)}{u}; paired difference "
+            f"{r['diff']:+.{dg}f} [{r['lo']:+.{dg}f}, {r['hi']:+.{dg}f}]: {_verdict(r['lo'], r['hi'], r['n'])}.")
+
+
+def _subset_statement(ev: Evaluation, image_set: E.ImageSet, subset_method: str) -> str | None:
+    """A method run on a subset (RePaint) against its closest relative (fine-tuned DDPM, else the best
+    other method) on hole PSNR, over exactly that subset."""
+    others = [m for m in image_set.methods if m != subset_method]
+    if not others:
+        return f"* {image_set.name[0].upper() + image_set.name[1:]}: no other method has all of them."
+    metric = "psnr_hole"
+    if "ddpm_finetuned" in others:
+        other = "ddpm_finetuned"
+    else:
+        means = E.means_on(ev.per_image, others, metric, image_set.images)
+        other = means.idxmax()
+    means = E.means_on(ev.per_image, [subset_method, other], metric, image_set.images)
     n_boot, seed = ev.info["bootstrap"]["samples"], ev.info["bootstrap"]["seed"]
-    # 1. the best method per metric, and whether its lead over the runner-up is resolved
-    # whole-image PSNR is left out: after compositing, PSNR_i = PSNR_hole_i - 10 log10(f_i) for
-    # image i with hole fraction f_i, so on the same images it ranks methods exactly as hole PSNR
-    for metric in ("psnr_hole", "ssim_hole", "ssim", "lpips"):
-        if metric not in best:
-            continue
-        winner = best[metric]
-        col, n_common = common_means(ev.per_image, metric)
-        others = col.drop(winner)
-        own_n = summ.loc[list(col.index), "n"].astype(int)
-        where = "" if (own_n == n_common).all() else f" on the {n_common} images every method was scored on"
-        text = f"* Best {LABELS[metric]}{where}: **{D.METHODS[winner]}** ({_fmt(col[winner], DIGITS[metric])}"
-        if others.empty:
-            lines.append(text + "; the only method scored).")
-            continue
-        runner = others.idxmax() if HIGHER_IS_BETTER[metric] else others.idxmin()
-        d, lo, hi, n = paired_difference(ev.per_image, winner, runner, metric, n_boot, seed)
-        resolved = (lo > 0 or hi < 0) if n >= 2 else False
-        lines.append(text + f" vs {D.METHODS[runner]} {_fmt(col[runner], DIGITS[metric])}; paired difference "
-                     f"{_fmt(d, DIGITS[metric])} [{_fmt(lo, DIGITS[metric])}, {_fmt(hi, DIGITS[metric])}] on {n} images: "
-                     + ("the 95 % CI excludes 0)." if resolved else "the 95 % CI includes 0, not resolved at this n)."))
-    caveat = {"fid": "FID is biased upward at small n, so compare it only between methods with the same n",
-              "kid": "KID is unbiased but noisy at small n: compare its ± std across methods"}
-    for metric in ("fid", "kid"):
-        if metric in best:
-            w = best[metric]
-            lines.append(f"* Lowest {LABELS[metric]}: **{D.METHODS[w]}** ({_fmt(summ.loc[w, metric], DIGITS[metric])}, "
-                         f"n={int(summ.loc[w, 'n'])}); {caveat[metric]}.")
-    # 2. learned methods against the classical baseline on the hole
-    if "telea" in summ.index and summ.loc["telea", "status"] != "missing":
-        learned = [m for m in ev.methods if m != "telea"]
-        beat = [D.METHODS[m] for m in learned if summ.loc[m, "psnr_hole"] > summ.loc["telea", "psnr_hole"]]
-        if not learned:
-            verdict = "no learned method was scored, so none can be compared with it."
-        elif beat:
-            verdict = f"{len(beat)} of {len(learned)} learned methods score higher ({', '.join(beat)})."
-        else:
-            verdict = f"none of the {len(learned)} learned methods scored here is higher."
-        lines.append(f"* Against OpenCV Telea (hole PSNR {_fmt(summ.loc['telea', 'psnr_hole'], 2)} dB): {verdict}")
-    # 3. the study's ranking (SD + LoRA ahead of fine-tuned DDPM on all four metrics) on our numbers
-    if {"sd_lora", "ddpm_finetuned"} <= set(ev.methods):
-        agree = [LABELS[m] for m in ("psnr", "ssim", "lpips", "fid")
-                 if m in summ and not pd.isna(summ.loc["sd_lora", m]) and not pd.isna(summ.loc["ddpm_finetuned", m])
-                 and ((summ.loc["sd_lora", m] > summ.loc["ddpm_finetuned", m]) == HIGHER_IS_BETTER[m])]
-        comparable = [m for m in ("psnr", "ssim", "lpips", "fid")
-                      if m in summ and not pd.isna(summ.loc["sd_lora", m]) and not pd.isna(summ.loc["ddpm_finetuned", m])]
-        lines.append(f"* The study reports SD 1.5 + LoRA ahead of fine-tuned DDPM on PSNR, SSIM, LPIPS and FID. "
-                     f"Here SD + LoRA is ahead on {len(agree)} of the {len(comparable)} we could measure"
-                     + (f" ({', '.join(agree)})." if agree else "."))
-    # 4. speed
+    d, lo, hi, n = E.paired_difference(ev.per_image, subset_method, other, metric, n_boot, seed, images=image_set.images)
+    return (f"* On {image_set.name}, hole PSNR: {_label(subset_method)} {means[subset_method]:.2f} dB vs "
+            f"{_label(other)} {means[other]:.2f} dB; difference {d:+.2f} [{lo:+.2f}, {hi:+.2f}]: {_verdict(lo, hi, n)}.")
+
+
+def conclusion_sections(ev: Evaluation, cfg: Config) -> dict[str, list[str]]:
+    """The conclusions as two short lists of markdown lines, one per slide:
+
+    * ``"quality"``: which method fills holes best, on the main image set, named once in the
+      lead line; every mean, difference and CI of its bullets is over that set;
+    * ``"context"``: the subset method (RePaint) on its own images, the study's ranking checked on
+      the main set, KID, speed, methods not scored.
+
+    Nothing is copied from the study: every number is measured."""
+    warn = "**Smoke preset: tiny random models, a pipeline check; these numbers say nothing about the methods.**"
+    quality = [warn] if cfg.preset == "smoke" else []
+    context: list[str] = []
+    if ev.per_image.empty:
+        return {"quality": quality + ["* No method has predictions yet: nothing to conclude."],
+                "context": [f"* **{m['label']}** was not scored." for m in ev.missing]}
+    sets = E.statement_sets(ev)
+    main, subsets = sets[0], sets[1:]
+    lpips_ok = not ev.per_image["lpips"].isna().all()
+    # 1. the main set, named once; every bullet below is over exactly these images
+    quality.append(f"On **{main.name}** ({', '.join(_label(m) for m in main.methods)}), means and paired "
+                   "differences with 95 % bootstrap CIs:")
+    for metric in ("psnr_hole", "ssim_hole") + (("lpips",) if lpips_ok else ()):
+        line = quality_statement(ev, metric, main)
+        if line:
+            quality.append(line)
+    # 2. learned methods against the classical baseline, same set
+    if "telea" in main.methods:
+        learned = [m for m in main.methods if m != "telea"]
+        means = E.means_on(ev.per_image, list(main.methods), "psnr_hole", main.images)
+        beat = [_label(m) for m in learned if means[m] > means["telea"]]
+        verdict = (f"{len(beat)} of {len(learned)} learned methods higher ({', '.join(beat)})" if beat
+                   else f"none of the {len(learned)} learned methods is higher")
+        quality.append(f"* Against Telea (classical, {means['telea']:.2f} dB hole PSNR): {verdict}.")
+    # 3. a method run on a subset, on exactly its images
+    for s in subsets:
+        context.append(_subset_statement(ev, s, s.subset_of))
+    # 4. the study's ranking (SD + LoRA ahead of fine-tuned DDPM on PSNR, SSIM, LPIPS, FID), main set
+    if {"sd_lora", "ddpm_finetuned"} <= set(main.methods):
+        summ = ev.summary.set_index("method")
+        agree, compared = [], []
+        for metric in ("psnr", "ssim") + (("lpips",) if lpips_ok else ()):
+            m = E.means_on(ev.per_image, ["sd_lora", "ddpm_finetuned"], metric, main.images)
+            compared.append(LABELS[metric].replace(" (dB)", ""))
+            if (m["sd_lora"] > m["ddpm_finetuned"]) == HIGHER_IS_BETTER[metric]:
+                agree.append(compared[-1])
+        if "fid" in summ and not pd.isna(summ.loc["sd_lora"].get("fid")) and not pd.isna(summ.loc["ddpm_finetuned"].get("fid")):
+            compared.append("FID")
+            if summ.loc["sd_lora", "fid"] < summ.loc["ddpm_finetuned", "fid"]:
+                agree.append("FID")
+        context.append(f"* {STUDY_SOURCE[0].upper() + STUDY_SOURCE[1:]} reports SD + LoRA ahead of DDPM on PSNR, SSIM, LPIPS and FID; on {main.name} "
+                       f"here: ahead on {len(agree)} of {len(compared)}" + (f" ({', '.join(agree)})." if agree else "."))
+    # 5. KID: set-level, each method against the real images of the main set
+    summ = ev.summary.set_index("method")
+    if "kid" in summ:
+        kids = summ.loc[list(main.methods), "kid"].astype(float).dropna()
+        if len(kids):
+            w = kids.idxmin()
+            context.append(f"* Lowest KID on {main.name}: {_label(w)}, {kid_text(kids[w], summ.loc[w].get('kid_std'))}.")
+    # 6. speed
     rt = ev.runtime.dropna(subset=["seconds_per_image"]) if not ev.runtime.empty else ev.runtime
     if len(rt) >= 2:
         fast, slow = rt.loc[rt["seconds_per_image"].idxmin()], rt.loc[rt["seconds_per_image"].idxmax()]
-        def where(r):
-            return f" on {r['device']}" if isinstance(r["device"], str) and r["device"] != "not recorded" else ""
-        lines.append(f"* Sampling speed: fastest {fast['label']} ({fast['seconds_per_image']:.3g} s/image{where(fast)}), "
-                     f"slowest {slow['label']} ({slow['seconds_per_image']:.3g} s/image{where(slow)}).")
-    return "\n".join(lines)
+        dev = {str(d) for d in rt["device"]}
+        on = f" (on {dev.pop()})" if len(dev) == 1 else ""
+        context.append(f"* Speed{on}: fastest {_label(fast['method'])} {fast['seconds_per_image']:.3g} s/image, "
+                       f"slowest {_label(slow['method'])} {slow['seconds_per_image']:.3g} s/image.")
+    # 7. methods without predictions: named, never dropped (the reason is in the methods table)
+    if ev.missing:
+        context.append("* Not scored (no predictions; see the methods table): "
+                       + ", ".join(f"**{_label(m['method'])}**" for m in ev.missing) + ".")
+    return {"quality": quality, "context": context}
+
+
+def as_markdown(lines: Sequence[str]) -> str:
+    """Lines of :func:`conclusion_sections` as markdown: a lead line (not a bullet) stands as its own
+    paragraph, the bullets under it form one list."""
+    out = []
+    for line in lines:
+        if out and out[-1] and not line.startswith("* "):
+            out.append("")
+        out.append(line)
+        if not line.startswith("* "):
+            out.append("")
+    return "\n".join(out).strip() + "\n"
+
+
+def conclusions(ev: Evaluation, cfg: Config) -> str:
+    """Markdown text of :func:`conclusion_sections`, both parts (saved as tables/06_conclusions.md)."""
+    parts = conclusion_sections(ev, cfg)
+    return as_markdown(parts["quality"]) + "\n" + as_markdown(parts["context"])
 
 
 def methods_overview(ev: Evaluation) -> pd.DataFrame:
@@ -321,75 +422,106 @@ def markdown(text: str):
 
 
 # ---------------------------------------------------------------- figures
+# Designed for a slide (helpers.plots.save checks the text size and stamps smoke figures): one
+# message per figure, the short method labels of data.SHORT_LABELS, every axis labelled.
+MARKERS = {"ddpm_finetuned": "o", "ddpm_repaint": "s", "sd_zeroshot": "^", "sd_lora": "D", "telea": "v"}
+LINESTYLES = {"ddpm_finetuned": "-", "ddpm_repaint": "--", "sd_zeroshot": ":", "sd_lora": "-", "telea": "-."}
+
+
 def _colors(methods: Sequence[str]) -> dict:
     import matplotlib.pyplot as plt
     cmap = plt.get_cmap("tab10")
     return {m: cmap(i) for i, m in enumerate(D.METHODS) if m in methods}
 
 
-def plot_bars(ev: Evaluation, metrics: Sequence[str] = ("psnr_hole", "ssim_hole", "psnr", "ssim", "lpips", "fid", "kid"),
-              path: Path | None = None, title: str | None = None):
-    """One panel per metric, one bar per method: mean with its bootstrap 95 % CI (KID: ± std over
-    subsets; FID: no interval, n in the label). Metrics nobody could compute are left out."""
+def _no_scores(path, message: str = "no scores to plot"):
     import matplotlib.pyplot as plt
     from .plots import save
 
-    ok = ev.summary[ev.summary["status"] != "missing"].copy()
-    metrics = [m for m in metrics if m in ok and not ok[m].isna().all()]
-    if not metrics:
-        fig, ax = plt.subplots(figsize=(5, 2))
-        ax.axis("off"), ax.text(0.5, 0.5, "no scores to plot", ha="center")
-        return save(fig, path)
-    colors = _colors(list(ok["method"]))
-    fig, axes = plt.subplots(1, len(metrics), figsize=(2.6 * len(metrics), 3.4), squeeze=False)
-    for ax, metric in zip(axes[0], metrics):
-        vals = ok[metric].astype(float).to_numpy()
-        if metric == "kid":
-            err = np.vstack([ok["kid_std"], ok["kid_std"]]).astype(float)
-        elif metric in PER_IMAGE:
-            err = np.vstack([vals - ok[f"{metric}_lo"].astype(float), ok[f"{metric}_hi"].astype(float) - vals])
-        else:
-            err = None
-        x = np.arange(len(ok))
-        ax.bar(x, vals, yerr=err, capsize=3, color=[colors[m] for m in ok["method"]])
-        ax.set_xticks(x, [f"{m}\n(n={int(n)})" for m, n in zip(ok["method"], ok["n"])], rotation=60, fontsize=7)
-        arrow = "↑" if HIGHER_IS_BETTER[metric] else "↓"
-        ax.set_title(f"{LABELS[metric]} {arrow}", fontsize=9)
-    fig.suptitle(title or "mean and 95 % bootstrap CI over images (KID: ± std over subsets)", fontsize=9)
-    fig.tight_layout()
+    fig, ax = plt.subplots(figsize=(6, 2))
+    ax.axis("off"), ax.text(0.5, 0.5, message, ha="center", va="center")
     return save(fig, path)
 
 
-def plot_vs_hole(ev: Evaluation, metrics: Sequence[str] = ("psnr_hole", "ssim_hole", "lpips"),
-                 path: Path | None = None, by: str = "bucket"):
-    """Metric against hole-area bucket (``by="bucket"``) or mask kind (``by="kind"``): one line per
-    method with its 95 % CI band; the number of images in each group is on the x axis."""
+def _better(metric: str) -> str:
+    return "higher is better" if HIGHER_IS_BETTER[metric] else "lower is better"
+
+
+def plot_bars(ev: Evaluation, metrics: Sequence[str] = ("psnr_hole", "ssim_hole", "lpips"),
+              path: Path | None = None, title: str | None = None):
+    """Message: how well each method fills the hole. One panel per per-image metric (at most three),
+    one horizontal bar per method (short label and n on the y axis, never rotated): the mean over the
+    images the method was scored on, with its bootstrap 95 % CI. A method that did not run is listed
+    with "not run" instead of a bar. Metrics nobody could compute are left out; FID and KID live in
+    the tables (set-level numbers with their n)."""
+    import matplotlib.pyplot as plt
+    from .plots import save
+
+    summ = ev.summary
+    ok = summ[summ["status"] != "missing"]
+    metrics = [m for m in metrics if m in PER_IMAGE and m in ok and not ok[m].isna().all()][:3]
+    if not metrics:
+        return _no_scores(path)
+    order = [m for m in D.METHODS if m in set(summ["method"])][::-1]     # first method at the top
+    rows = summ.set_index("method").loc[order]
+    colors = _colors(order)
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics) + 1.6, 0.75 * len(order) + 1.8),
+                             sharey=True, squeeze=False)
+    y = np.arange(len(order))
+    for ax, metric in zip(axes[0], metrics):
+        for yi, m in zip(y, order):
+            r = rows.loc[m]
+            if r["status"] == "missing" or pd.isna(r.get(metric)):
+                ax.text(0.02, yi, "not run" if r["status"] == "missing" else "n/a", va="center",
+                        transform=ax.get_yaxis_transform(), color="#666666")
+                continue
+            v = float(r[metric])
+            err = [[v - float(r[f"{metric}_lo"])], [float(r[f"{metric}_hi"]) - v]]
+            ax.barh(yi, v, xerr=err, capsize=4, color=colors[m], height=0.6)
+        ax.set_xlabel(f"{LABELS[metric]}\n({_better(metric)})")
+        ax.grid(axis="x", alpha=0.3)
+    axes[0][0].set_yticks(y, [f"{D.SHORT_LABELS[m]}  (n={int(rows.loc[m, 'n'])})" for m in order])
+    fig.suptitle(title or "Hole quality per method: mean over its test images, 95 % CI")
+    return save(fig, path)
+
+
+def plot_vs_hole(ev: Evaluation, metric: str = "psnr_hole", path: Path | None = None, by: str = "bucket"):
+    """Message: how one metric changes with the hole's size (``by="bucket"``) or the mask kind
+    (``by="kind"``). One line (buckets) or one set of markers (kinds) per method with its 95 % CI
+    as error bars; methods are drawn side by side within a group so none hides another; the number
+    of images of each group is on the x axis."""
     import matplotlib.pyplot as plt
     from .plots import save
 
     table = ev.by_bucket if by == "bucket" else ev.by_kind
-    metrics = [m for m in metrics if not table[table["metric"] == m]["mean"].isna().all()] if not table.empty else []
-    if not metrics:
-        fig, ax = plt.subplots(figsize=(5, 2))
-        ax.axis("off"), ax.text(0.5, 0.5, "no scores to plot", ha="center")
-        return save(fig, path)
-    groups = (bucket_labels(ev.info["hole_buckets"]) if by == "bucket"
-              else [g for g in dict.fromkeys(table["group"])])
-    colors = _colors(list(table["method"].unique()))
-    fig, axes = plt.subplots(1, len(metrics), figsize=(3.8 * len(metrics), 3.2), squeeze=False)
-    for ax, metric in zip(axes[0], metrics):
-        for method in [m for m in D.METHODS if m in set(table["method"])]:
-            t = table[(table["method"] == method) & (table["metric"] == metric)].set_index("group")
-            t = t.reindex([g for g in groups if g in t.index])
-            x = [groups.index(g) for g in t.index]
-            ax.plot(x, t["mean"], "o-", color=colors[method], label=method, ms=3)
-            ax.fill_between(x, t["lo"].astype(float), t["hi"].astype(float), color=colors[method], alpha=0.15)
-        n_per_group = ev.per_image.drop_duplicates("name").groupby(by).size() if not ev.per_image.empty else {}
-        ax.set_xticks(range(len(groups)), [f"{g}\n(n={int(n_per_group.get(g, 0))})" for g in groups], fontsize=7)
-        ax.set_xlabel("hole area" if by == "bucket" else "mask kind", fontsize=8)
-        ax.set_title(f"{LABELS[metric]} {'↑' if HIGHER_IS_BETTER[metric] else '↓'}", fontsize=9)
-    axes[0][0].legend(fontsize=7)
-    fig.tight_layout()
+    if isinstance(metric, (list, tuple)):          # older call style: the first metric only
+        metric = metric[0]
+    t_all = table[table["metric"] == metric] if not table.empty else table
+    if t_all.empty or t_all["mean"].isna().all():
+        return _no_scores(path)
+    groups = (bucket_labels(ev.info["hole_buckets"]) if by == "bucket" else list(dict.fromkeys(t_all["group"])))
+    methods = [m for m in D.METHODS if m in set(t_all["method"])]
+    colors = _colors(methods)
+    fig, ax = plt.subplots(figsize=(10, 5))
+    width = 0.6 / max(1, len(methods))
+    for k, method in enumerate(methods):
+        t = t_all[t_all["method"] == method].set_index("group")
+        t = t.reindex([g for g in groups if g in t.index]).dropna(subset=["mean"])
+        if t.empty:
+            continue
+        x = np.array([groups.index(g) for g in t.index]) + (k - (len(methods) - 1) / 2) * width
+        mean = t["mean"].astype(float).to_numpy()
+        err = np.vstack([mean - t["lo"].astype(float).to_numpy(), t["hi"].astype(float).to_numpy() - mean])
+        ax.errorbar(x, mean, yerr=err, color=colors[method], marker=MARKERS[method], ms=8, capsize=3, lw=2,
+                    ls=LINESTYLES[method] if by == "bucket" else "none", label=D.SHORT_LABELS[method])
+    n_per_group = ev.per_image.drop_duplicates("name").groupby(by).size() if not ev.per_image.empty else {}
+    ax.set_xticks(range(len(groups)), [f"{g}\n({int(n_per_group.get(g, 0))} images)" for g in groups])
+    ax.set_xlabel("hole area (share of the image)" if by == "bucket" else "mask kind")
+    ax.set_ylabel(f"{LABELS[metric]} ({_better(metric)})")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    what = "the hole grows" if by == "bucket" else "the mask kind changes"
+    ax.set_title(f"{_metric_name(metric)} as {what}: mean and 95 % CI per group")
     return save(fig, path)
 
 
@@ -408,21 +540,22 @@ def failure_cases(ev: Evaluation, k: int = 4) -> tuple[list[str], str]:
 
 def qualitative_grid(cfg: Config, names: Sequence[str], path: Path | None = None, title: str | None = None,
                      root: Path | None = None, ev: Evaluation | None = None, metric: str = "psnr_hole"):
-    """Rows = test images; columns = masked input | mask | each method | ground truth. A method
-    without a prediction for an image shows an empty cell (its column title says "missing")."""
+    """Rows = test images; columns = masked input | each method (short label) | ground truth. A method
+    without a prediction for an image shows a grey "not run" cell, never a blank one."""
     from .plots import image_grid
 
     test = D.load_test_set(cfg, root)
     row_of = {n: i for i, n in enumerate(test["name"])}
     names = [n for n in names if n in row_of]
-    cols, rows, titles = list(D.METHODS), [], ["masked input", "mask (white = hole)"]
+    cols = list(D.METHODS)
     have = {m: find_predictions(cfg, m, names, root)["names"] for m in cols}
-    titles += [f"{m}{'' if have[m] else ' (missing)'}" for m in cols] + ["ground truth"]
-    row_titles = []
+    titles = ["masked input"] + [D.SHORT_LABELS[m] for m in cols] + ["ground truth"]
+    empty = [None] + [("not run" if not have[m] else "not run\non this image") for m in cols] + [None]
+    rows, row_titles = [], []
     for n in names:
         i = row_of[n]
         x, m = test["image"][i], test["mask"][i]
-        row = [D.masked_image(x, m), m]
+        row = [D.masked_image(x, m)]
         for method in cols:
             if n in have[method]:
                 p, _ = D.read_predictions(cfg, method, [n], root)
@@ -430,10 +563,10 @@ def qualitative_grid(cfg: Config, names: Sequence[str], path: Path | None = None
             else:
                 row.append(None)
         rows.append(row + [x])
-        label = f"{test['kind'][i]}, {test['hole_fraction'][i]:.0%} hole"
+        label = f"{test['kind'][i]}\n{test['hole_fraction'][i]:.0%} hole"
         if ev is not None and not ev.per_image.empty:
             s = ev.per_image[ev.per_image["name"] == n][metric]
             if len(s):
                 label += f"\nmean {SHORT[metric]} {s.mean():.3g}"
         row_titles.append(label)
-    return image_grid(rows, titles, row_titles, path=path, title=title)
+    return image_grid(rows, titles, row_titles, path=path, title=title, empty_text=empty)

@@ -133,6 +133,37 @@ def build_components(configs: dict, device: torch.device | str = "cpu", dtype: t
     return {**{k: m.eval() for k, m in nets.items()}, "scheduler": DDIMScheduler.from_config(sched)}
 
 
+# ============================================================== library output a learner cannot act on
+class _ExpectedNoTextEncoderLora:
+    """Drops diffusers' "No LoRA keys associated to CLIPTextModel ... open an issue" warning. Our LoRA
+    adapts the U-Net only (the text encoder stays frozen and has no adapter), so a text encoder without
+    LoRA keys is exactly what a correct file holds; the warning would only send a learner to file a
+    bug. Any other warning of those loggers passes."""
+
+    def filter(self, record) -> bool:
+        msg = record.getMessage()
+        return not (msg.startswith("No LoRA keys associated to") and "TextModel" in msg)
+
+
+def quiet_library_output() -> None:
+    """Silence, once per process, what the libraries print that says nothing to a learner:
+    diffusers' and transformers' own progress bars for loading and writing checkpoint components
+    ("Loading pipeline components...", "Loading weights", "Writing model shards"). They take
+    seconds, would sit as a second bar inside our own steps, and in a saved notebook show as
+    widgets stuck at 0 %. Also the expected-LoRA-keys warning (:class:`_ExpectedNoTextEncoderLora`)."""
+    import logging
+
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()
+    for name in ("diffusers.loaders.lora_base", "diffusers.loaders.lora_pipeline", "diffusers.loaders.peft"):
+        lg = logging.getLogger(name)
+        if not any(isinstance(f, _ExpectedNoTextEncoderLora) for f in lg.filters):
+            lg.addFilter(_ExpectedNoTextEncoderLora())
+
+
 # ============================================================== the tiny pipeline (smoke)
 TINY_WORDS = ("a photo of the an with and in on at face person man woman cat dog rocket coffee cup astronaut "
               "hair eyes smiling wearing shirt background close up picture image black white red blue green").split()
@@ -192,6 +223,7 @@ def build_tiny_pipeline(folder: Path, seed: int = 0) -> Path:
     (reused when a matching one is already there). Load it with :func:`load_pipeline`."""
     from diffusers import StableDiffusionInpaintPipeline
 
+    quiet_library_output()
     folder = Path(folder)
     stamp = {"tiny_version": TINY_VERSION, "seed": seed}
     marker = folder / "tiny.json"
@@ -255,6 +287,7 @@ def load_pipeline(cfg: Config, source: str | Path | None = None, device: torch.d
     and saying how to obtain the weights. ``dtype`` overrides the weights' dtype."""
     from diffusers import StableDiffusionInpaintPipeline
 
+    quiet_library_output()
     P = paths(cfg, root)
     device = device or get_device(cfg)
     source = str(source) if source is not None else resolve_source(cfg, root)
@@ -450,6 +483,7 @@ def load_lora(pipe, path: Path, adapter_name: str = "sd_lora"):
     if not path.exists():
         raise FileNotFoundError(f"LoRA weights {path} not found: train them in notebook 04 (helpers.sd.train_lora)")
     folder, name = (path.parent, path.name) if path.is_file() else (path, LORA_WEIGHTS)
+    quiet_library_output()
     pipe.load_lora_weights(str(folder), weight_name=name, adapter_name=adapter_name)
     # the injected LoRA layers arrive in training mode (their dropout active): back to eval
     pipe.unet.eval()
@@ -678,10 +712,11 @@ def inpaint(unet, vae, scheduler, images: torch.Tensor, masks: torch.Tensor, con
 
 def predict(cfg: Config, pipe, images: torch.Tensor, masks: torch.Tensor, prompts: Sequence[str],
             seeds: Sequence[int] | None = None, desc: str = "SD inpainting",
-            num_inference_steps: int | None = None) -> torch.Tensor:
+            num_inference_steps: int | None = None, leave: bool = True) -> torch.Tensor:
     """:func:`inpaint` over a set in batches of ``sd.inference_batch_size``, with the preset's steps
     (or ``num_inference_steps``), guidance and sampler. Image ``i`` draws its noise from ``seeds[i]``
-    (default: its index; the test set passes helpers.common.image_seeds of the names)."""
+    (default: its index; the test set passes helpers.common.image_seeds of the names).
+    ``leave=False``: a transient bar (a warm-up), silent in runner-executed notebooks."""
     from .perf import make_sampler, optimize_model, set_attention
 
     sd, device = cfg.sd, pipe.device
@@ -696,7 +731,7 @@ def predict(cfg: Config, pipe, images: torch.Tensor, masks: torch.Tensor, prompt
     # 2. each distinct prompt once, and the empty prompt for guidance
     embeds = encode_prompts(pipe.tokenizer, pipe.text_encoder, [""] + list(prompts), device=device)
     out = []
-    for start in progress(range(0, len(images), sd.inference_batch_size), desc=desc):
+    for start in progress(range(0, len(images), sd.inference_batch_size), desc=desc, leave=leave):
         sl = slice(start, start + sd.inference_batch_size)
         cond = torch.stack([embeds[p] for p in prompts[sl]])
         gens = [image_generator(s) for s in seeds[sl]]
@@ -723,7 +758,7 @@ def predict_test_set(cfg: Config, pipe, method: str, train_stats: dict | None = 
     #    peak memory counted from zero
     bs = min(cfg.sd.inference_batch_size, n)
     predict(cfg, pipe, test["image"][:bs], test["mask"][:bs], prompts[:bs], seeds[:bs], desc="warm-up",
-            num_inference_steps=2)
+            num_inference_steps=2, leave=False)   # one bar per step: the warm-up's is transient
     reset_peak_memory(device)
     with timed(device) as t:
         preds = predict(cfg, pipe, test["image"][:n], test["mask"][:n], prompts, seeds, desc=method)

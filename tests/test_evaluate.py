@@ -7,6 +7,7 @@ FID/KID use a small stand-in feature extractor so the test stays fast: the real 
 the FID/KID formulas are tested in test_metrics.py.
 """
 import math
+import re
 
 import numpy as np
 import pandas as pd
@@ -139,7 +140,7 @@ def test_missing_method_is_reported_not_dropped(scored):
     assert table.loc[H.data.METHODS["sd_lora"], "PSNR (dB)"] == "missing"
     assert "no prediction folder" in table.loc[H.data.METHODS["sd_lora"], "weights / note"]
     text = FD.conclusions(ev, cfg)
-    assert "SD 1.5 inpainting + LoRA** was not scored" in text
+    assert "Not scored" in text and "**SD + LoRA**" in text and "**SD zero-shot**" in text
     comp = FD.comparison_table(ev, cfg.preset)
     assert comp.loc[H.data.METHODS["sd_lora"]].iloc[0]["protocol"].startswith("missing")
 
@@ -189,15 +190,18 @@ def test_paired_difference_and_conclusions_follow_the_numbers(scored):
     b = ev.per_image[ev.per_image.method == "ddpm_repaint"].set_index("name")["psnr_hole"]
     assert n == 4 and d == pytest.approx((a[b.index] - b).mean()) and lo <= d <= hi
     best = E.best_methods(ev)
-    means, n_common = E.common_means(ev.per_image, "psnr_hole")
-    assert best["psnr_hole"] == means.idxmax() and n_common == ev.per_image.groupby("method").size().min()
+    main, subset = E.statement_sets(ev)
+    assert main.n == len(a) and set(main.methods) == {"ddpm_finetuned", "telea"}
+    assert subset.n == 4 and subset.subset_of == "ddpm_repaint" and set(subset.methods) == {"ddpm_finetuned", "ddpm_repaint", "telea"}
+    assert best["psnr_hole"] == E.means_on(ev.per_image, main.methods, "psnr_hole", main.images).idxmax()
     assert "lpips" not in best                                 # unavailable: no winner claimed
     text = FD.conclusions(ev, cfg)
-    assert text.startswith("* **Smoke preset") and "prove" in text
-    assert (f"Best hole PSNR (dB) on the {n_common} images every method was scored on: "
-            f"**{H.data.METHODS[best['psnr_hole']]}**") in text
+    assert text.startswith("**Smoke preset") and "say nothing" in text
+    assert f"On **all {main.n} test images**" in text
+    assert f"Hole PSNR: best **{H.data.SHORT_LABELS[best['psnr_hole']]}**" in text
+    assert f"On the 4 test images RePaint ran on, hole PSNR: RePaint" in text
     full = H.load_config("full")
-    assert not FD.smoke_warning(full) and "Smoke preset" not in FD.conclusions(ev, full)
+    assert "Smoke preset" not in FD.conclusions(ev, full)
 
 
 def test_comparison_table_labels_every_source(scored):
@@ -240,21 +244,97 @@ def test_reloaded_tables_keep_image_names_as_text(tmp_root, smoke_cfg):
     assert again.per_image.loc[0, "name"] == "000123" and math.isnan(again.per_image.loc[0, "lpips"])
 
 
+def _evaluation(scores: dict[str, list[float | None]], kid: dict | None = None, lpips: bool = False) -> E.Evaluation:
+    """A hand-made evaluation: method -> hole PSNR per image i0, i1, ... (None: not run on it).
+    Whole-image PSNR = hole PSNR + 3, SSIMs = hole PSNR / 100, LPIPS = 1 / hole PSNR (or NaN)."""
+    rows = [{"method": m, "label": H.data.METHODS[m], "name": f"i{k}", "psnr_hole": float(v)}
+            for m, vals in scores.items() for k, v in enumerate(vals) if v is not None]
+    per_image = pd.DataFrame(rows)
+    per_image = per_image.assign(psnr=per_image["psnr_hole"] + 3, ssim=per_image["psnr_hole"] / 100,
+                                 ssim_hole=per_image["psnr_hole"] / 100,
+                                 lpips=1 / per_image["psnr_hole"] if lpips else float("nan"))
+    n_test = max(len(v) for v in scores.values())
+    summary = []
+    for m in scores:
+        sub = per_image[per_image["method"] == m]
+        row = {"method": m, "label": H.data.METHODS[m], "n": len(sub),
+               "status": "ok" if len(sub) == n_test else "partial"}
+        for metric in E.PER_IMAGE:
+            row[metric] = sub[metric].mean()
+            row[metric + "_lo"], row[metric + "_hi"] = sub[metric].min(), sub[metric].max()
+        if kid:
+            row["kid"], row["kid_std"] = kid[m], 0.001
+        summary.append(row)
+    return E.Evaluation(per_image, pd.DataFrame(summary), pd.DataFrame(), pd.DataFrame(), pd.DataFrame(),
+                        {"bootstrap": {"samples": 200, "seed": 0}, "n_test": n_test, "missing": []})
+
+
+def _numbers(line: str) -> list[float]:
+    return [float(x) for x in re.findall(r"[-+]?\d+\.\d+", line)]
+
+
 def test_best_method_compares_the_same_images():
     """A method scored on an easy subset must not win on its higher mean over other images."""
-    rows = [{"method": "telea", "name": f"i{k}", "psnr_hole": v} for k, v in enumerate([30, 30, 10, 10])]
-    rows += [{"method": "ddpm_repaint", "name": f"i{k}", "psnr_hole": v} for k, v in enumerate([25, 25])]
-    per_image = pd.DataFrame(rows).assign(psnr=1.0, ssim=1.0, ssim_hole=1.0, lpips=float("nan"))
-    summary = pd.DataFrame([{"method": "telea", "status": "ok", "n": 4, "psnr_hole": 20.0},
-                            {"method": "ddpm_repaint", "status": "ok", "n": 2, "psnr_hole": 25.0}])
-    ev = E.Evaluation(per_image, summary, pd.DataFrame(), pd.DataFrame(), pd.DataFrame(),
-                      {"bootstrap": {"samples": 50, "seed": 0}})
-    means, n = E.common_means(per_image, "psnr_hole")
+    ev = _evaluation({"telea": [30, 30, 10, 10], "ddpm_repaint": [25, 25, None, None]})
+    means, n = E.common_means(ev.per_image, "psnr_hole")
     assert n == 2 and means.to_dict() == {"ddpm_repaint": 25.0, "telea": 30.0}
     assert E.best_methods(ev)["psnr_hole"] == "telea"          # by own-image means RePaint would "win"
     assert "lpips" not in E.best_methods(ev)
     text = FD.conclusions(ev, H.load_config("full"))
-    assert "Best hole PSNR (dB) on the 2 images every method was scored on: **" + H.data.METHODS["telea"] in text
+    assert "On **all 4 test images** (Telea)" in text and "best **Telea** 20.00 dB (the only method scored)" in text
+    assert "On the 2 test images RePaint ran on, hole PSNR: RePaint 25.00 dB vs Telea 30.00 dB" in text
+
+
+def test_every_statement_uses_one_image_set():
+    """Hand-made scores where mixing sets changes the numbers: Telea is poor on the images RePaint
+    ran on and good elsewhere; SD zero-shot the opposite. Every number of a statement must come
+    from its named set: the means over that set, their difference equal to the paired difference."""
+    scores = {"sd_zeroshot": [20, 22, 10, 12, 11, 10], "telea": [12, 10, 30, 28, 29, 31],
+              "ddpm_repaint": [15, 17, None, None, None, None]}
+    ev = _evaluation(scores, kid={"sd_zeroshot": -0.0021, "telea": 0.004, "ddpm_repaint": 0.01})
+    main, sub = E.statement_sets(ev)
+    assert main.images == tuple(f"i{k}" for k in range(6)) and main.methods == ("sd_zeroshot", "telea")
+    assert sub.images == ("i0", "i1") and sub.subset_of == "ddpm_repaint"
+    parts = FD.conclusion_sections(ev, H.load_config("full"))
+    quality, context = "\n".join(parts["quality"]), "\n".join(parts["context"])
+    psnr_line = next(l for l in parts["quality"] if l.startswith("* Hole PSNR"))
+    telea_all, sd_all = np.mean(scores["telea"]), np.mean(scores["sd_zeroshot"])
+    best, nxt, diff, lo, hi = _numbers(psnr_line)
+    assert "best **Telea**" in psnr_line and (best, nxt) == (round(telea_all, 2), round(sd_all, 2))
+    assert diff == pytest.approx(best - nxt, abs=0.011) and lo <= diff <= hi
+    d, dlo, dhi, n = E.paired_difference(ev.per_image, "telea", "sd_zeroshot", "psnr_hole", 200, 0, main.images)
+    assert n == 6 and diff == round(d, 2) and (lo, hi) == (round(dlo, 2), round(dhi, 2))
+    # the subset statement: RePaint against the best other method, both over RePaint's 2 images only
+    sub_line = next(l for l in parts["context"] if "RePaint ran on" in l)
+    rp, other, d2, lo2, hi2 = _numbers(sub_line)
+    assert "vs SD zero-shot" in sub_line                       # best on those images, not Telea's overall mean
+    assert (rp, other) == (16.0, 21.0) and d2 == pytest.approx(rp - other, abs=0.011)
+    assert f"{telea_all:.2f}" not in sub_line and "20.00" not in sub_line
+    # Telea's mean is stated once, over the main set, wherever it appears in the quality part
+    assert quality.count(f"{telea_all:.2f}") == 2 and f"{np.mean([12, 10]):.2f}" not in quality
+    # a negative KID is explained, not shown bare
+    assert "Lowest KID on all 6 test images: SD zero-shot, ≈ 0 (-0.0021" in context and "unbiased estimator" in context
+    # a statement over a set that a method does not cover is refused, not silently mixed
+    with pytest.raises(KeyError):
+        E.means_on(ev.per_image, ["ddpm_repaint", "telea"], "psnr_hole", main.images)
+    with pytest.raises(KeyError):
+        E.paired_difference(ev.per_image, "ddpm_repaint", "telea", "psnr_hole", 50, 0, main.images)
+
+
+def test_kid_text_explains_negative_values():
+    assert FD.kid_text(0.0123, 0.002) == "0.0123 ± 0.0020"
+    neg = FD.kid_text(-0.0004, 0.001)
+    assert neg.startswith("≈ 0 (-0.0004 ± 0.0010") and "unbiased estimator" in neg
+    assert FD.kid_text(float("nan")) == "n/a"
+
+
+def test_conclusions_stay_short_enough_for_a_slide():
+    scores = {m: [10 + k + i for i in range(8)] for k, m in enumerate(["ddpm_finetuned", "sd_zeroshot", "sd_lora", "telea"])}
+    scores["ddpm_repaint"] = [12, 13, None, None, None, None, None, None]
+    ev = _evaluation(scores, kid={m: 0.01 for m in scores}, lpips=True)
+    for cfg in (H.load_config("smoke"), H.load_config("full")):
+        for part in FD.conclusion_sections(ev, cfg).values():
+            assert len(part) <= 6 and all(len(line) <= 230 for line in part), part
 
 
 def test_method_equations_carry_the_preset_values():
@@ -262,3 +342,29 @@ def test_method_equations_carry_the_preset_values():
     assert "W = 1\\, m + 0.05\\, (1 - m)" in text and "r = 16,\\ \\alpha = 16" in text
     assert "DDIM, 50 steps" in text and "w = 7.5" in text and "15 %" in text and "`to_out.0`" in text
     assert text.count("$$") % 2 == 0
+
+
+def test_runner_progress_is_whole_lines_at_most_one_per_method(scored, monkeypatch, capsys):
+    """In runner-executed notebooks (INPAINT_TEXT_PROGRESS) the evaluation's nested bars (methods,
+    scoring batches, Inception batches) print whole lines only: the inner ones stay silent."""
+    cfg = scored[0]
+    monkeypatch.setenv("INPAINT_TEXT_PROGRESS", "1")
+    capsys.readouterr()
+    E.evaluate_all(cfg)
+    err = capsys.readouterr().err
+    assert "\r" not in err and "\x1b[" not in err
+    bars = [line for line in err.splitlines() if "%|" in line]
+    assert 1 <= len(bars) <= len(H.data.METHODS) and bars[-1].startswith("methods: 100%"), bars
+
+
+def test_text_progress_lines_thin_out_over_time(monkeypatch, capsys):
+    import time
+    monkeypatch.setenv("INPAINT_TEXT_PROGRESS", "1")
+    monkeypatch.setenv("INPAINT_PROGRESS_INTERVAL", "0.05")
+    for _ in H.common.progress(range(30), desc="outer", mininterval=0):
+        for _ in H.common.progress(range(3), desc="inner", leave=False, mininterval=0):
+            pass
+        time.sleep(0.02)
+    lines = capsys.readouterr().err.splitlines()
+    assert all(line.startswith("outer") for line in lines) and lines[-1].startswith("outer: 100%")
+    assert 2 <= len(lines) <= 6           # 0.6 s at 0.05, 0.1, 0.2, 0.4 s: a few lines, not 30

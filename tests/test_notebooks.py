@@ -54,15 +54,61 @@ def test_slides_hold_every_slide(smoke_run):
     manifest, P = smoke_run
     last = R.list_notebooks()[-1]
     nb = nbformat.read(last, as_version=4)
-    kinds = [c.metadata["slideshow"]["slide_type"] for c in nb.cells
+    # a cell without slideshow metadata continues the slide before it (nbconvert's "-")
+    kinds = [c.metadata.get("slideshow", {}).get("slide_type", "-") for c in nb.cells
              if "parameters" not in c.metadata.get("tags", [])]
     html = Path(manifest["exports"]["slides"]).read_text()
     # nbconvert's reveal template: a slide is <section><section>...</section></section>, a subslide one more
     assert html.count("<section") == 2 * kinds.count("slide") + kinds.count("subslide")
     for c in nb.cells:
-        if c.cell_type == "markdown" and c.metadata["slideshow"]["slide_type"] == "slide":
+        if c.cell_type == "markdown" and c.metadata.get("slideshow", {}).get("slide_type") == "slide":
             heading = c.source.strip().splitlines()[0].lstrip("#").strip()
             words = [w for w in re.findall(r"[A-Za-z]{4,}", heading)]
             assert all(w in html for w in words), heading
     assert "preset = " not in html                       # parameters cells are hidden
     assert Path(manifest["exports"]["report"]).stat().st_size > 10_000
+
+
+STDERR_HANDFUL = 5      # a few lines a learner should read (a bar per long step, a real warning)
+
+
+def _streams(nb, name: str | None = None):
+    for i, c in enumerate(nb.cells):
+        if c.cell_type != "code":
+            continue
+        for o in c.get("outputs", []):
+            if o.get("output_type") == "stream" and (name is None or o.get("name") == name):
+                yield i, c, o
+
+
+def test_executed_notebooks_read_clean(smoke_run):
+    """A handful of stderr outputs at most; progress as whole text lines (no carriage returns, no
+    ANSI cursor codes, no widgets that a static view shows at 0 %); no library noise."""
+    _, P = smoke_run
+    for path in R.list_notebooks():
+        nb = nbformat.read(P.reports / "notebooks" / path.name, as_version=4)
+        stderr = list(_streams(nb, "stderr"))
+        assert len(stderr) <= STDERR_HANDFUL, (path.name, [o["text"][:80] for _, _, o in stderr])
+        for i, _, o in _streams(nb):
+            assert "\r" not in o["text"] and "\x1b[" not in o["text"], (path.name, i, o["text"][:120])
+            assert "No LoRA keys associated" not in o["text"] and "open an issue" not in o["text"], path.name
+        widgets = [c for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
+                   if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
+        assert not widgets, path.name
+
+
+def test_evaluation_cell_shows_at_most_one_progress_line_per_method(smoke_run):
+    _, P = smoke_run
+    nb = nbformat.read(P.reports / "notebooks" / "05_evaluation.ipynb", as_version=4)
+    cell = next(c for c in nb.cells if c.cell_type == "code" and "evaluate_all(" in c.source)
+    lines = [line for o in cell.get("outputs", []) if o.get("name") == "stderr" for line in o["text"].splitlines()
+             if line.strip()]
+    assert len(lines) <= len(H.data.METHODS), lines
+
+
+def test_every_smoke_figure_carries_the_stamp(smoke_run):
+    _, P = smoke_run
+    figures = sorted(P.figures.glob("*.png"))
+    assert len(figures) >= 10
+    unstamped = [f.name for f in figures if not H.plots.png_is_stamped(f)]
+    assert not unstamped
