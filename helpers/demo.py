@@ -597,6 +597,36 @@ def launch(cfg: Config, port: int | None = None, inline: bool = False, block: bo
     return app
 
 
+def status_table(cfg: Config, root: Path | None = None):
+    """One row per method: can it run here, with which weights, or why not and what produces them
+    (notebook 07)."""
+    import pandas as pd
+
+    rows = [{"method": s.label, "available": "yes" if s.available else "no",
+             "weights / why not": s.weights if s.available else s.reason,
+             "to produce the weights": "" if s.available else f"{s.command}{s.hint}"}
+            for s in method_status(cfg, root).values()]
+    return pd.DataFrame(rows)
+
+
+def open_in_notebook(cfg: Config, port: int | None = None, root: Path | None = None):
+    """Notebook 07: serve the app on 127.0.0.1 and show it inline; returns the app (``app.close()``
+    stops it). Under papermill it refuses and returns None: an app for people has no place in an
+    unattended run (``make report`` never runs notebook 07)."""
+    global _NOTEBOOK_APP
+    if under_papermill():
+        print("Run by papermill: the demo is NOT started (it serves an app for people). Open this notebook "
+              f"in JupyterLab, or run `make demo PRESET={cfg.preset}` in a terminal.")
+        return None
+    if _NOTEBOOK_APP is not None:          # the cell run again: the earlier app frees its port first
+        _NOTEBOOK_APP.close()
+    _NOTEBOOK_APP = launch(cfg, port=port, inline=True, block=False, root=root)
+    return _NOTEBOOK_APP
+
+
+_NOTEBOOK_APP = None
+
+
 def under_papermill() -> bool:
     """True inside a notebook run by papermill (it injects a cell starting '# Parameters')."""
     try:

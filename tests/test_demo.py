@@ -241,3 +241,18 @@ def test_browser_inpaint_and_three_votes(server, browser):
         assert {left, right} == {"telea", HE.GROUND_TRUTH} and chosen == (left if choice == "left" else right)
         assert image in H.data.load_index(cfg)["splits"]["test"] and ms > 0
     assert not outside, f"the page asked the network for {outside[:3]}"
+
+
+def test_notebook_07_does_not_serve_under_papermill(tmp_root, monkeypatch):
+    """papermill runs notebook 07 to the end without starting a server (and says so)."""
+    import papermill as pm
+
+    from helpers.config import ROOT
+
+    monkeypatch.setenv("PYTHONPATH", str(ROOT))          # the kernel imports this checkout's helpers
+    out = tmp_root / "07.ipynb"
+    nb = pm.execute_notebook(str(ROOT / "notebooks" / "07_demo.ipynb"), str(out), parameters={"preset": "smoke"},
+                             kernel_name="python3", progress_bar=False, cwd=str(ROOT / "notebooks"))
+    text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
+    assert "the demo is NOT started" in text
+    assert not any(o.get("output_type") == "error" for c in nb.cells for o in c.get("outputs", []))
