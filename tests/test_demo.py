@@ -51,15 +51,36 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+OUTSIDE: list = []      # host names looked up or addresses connected to by this process, off this machine
+
+
 @pytest.fixture(scope="module")
 def server(trained):
-    """The real app on 127.0.0.1 (a background thread): (url, cfg)."""
+    """The real app on 127.0.0.1 (a background thread): (url, cfg). Every name lookup and socket
+    connection of this process is recorded while it runs: none may leave the machine."""
+    mp = pytest.MonkeyPatch()
+    lookup, connect = socket.getaddrinfo, socket.socket.connect
+
+    def recording_lookup(host, *args, **kwargs):
+        if host not in LOOPBACK and host is not None:
+            OUTSIDE.append(f"lookup {host}")
+        return lookup(host, *args, **kwargs)
+
+    def recording_connect(sock, address):
+        if isinstance(address, tuple) and address[0] not in LOOPBACK:
+            OUTSIDE.append(f"connect {address}")
+        return connect(sock, address)
+
+    mp.setattr(socket, "getaddrinfo", recording_lookup)
+    mp.setattr(socket.socket, "connect", recording_connect)
     port = _free_port()
     app = DM.launch(trained, port=port, block=False, quiet=True)
     try:
         yield f"http://127.0.0.1:{port}/", trained
     finally:
         app.close()
+        mp.undo()
 
 
 # ---------------------------------------------------------------- functions, no server
@@ -206,13 +227,15 @@ def test_browser_inpaint_and_three_votes(server, browser):
         page.locator("#test_image input").click()
         page.get_by_role("option", name=name).click()
         page.wait_for_function("document.querySelector('#message').innerText.includes('frozen')", timeout=60_000)
+        page.wait_for_timeout(1500)                  # the editor draws the image and its mask layer
         box = page.locator("#editor canvas").first.bounding_box()
-        x0, y0 = box["x"] + box["width"] / 2 - 0.4 * box["height"], box["y"] + 0.1 * box["height"]
-        page.mouse.move(x0, y0)
-        page.mouse.down()
-        for k in range(1, 21):
-            page.mouse.move(x0 + k * 0.04 * box["height"], y0 + k * 0.01 * box["height"])
-        page.mouse.up()
+        cx, cy, h = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2, box["height"]
+        for dy in (-0.3, 0.0, 0.3):                  # three strokes across the image: no box mask covers them all
+            page.mouse.move(cx - 0.35 * h, cy + dy * h)
+            page.mouse.down()
+            for k in range(1, 15):
+                page.mouse.move(cx - 0.35 * h + k * 0.05 * h, cy + dy * h)
+            page.mouse.up()
         for label in ("DDPM", "RePaint", "SD zero-shot", "SD + LoRA"):
             page.locator("#methods label", has_text=label).click()
         page.locator("#run").click()
@@ -256,3 +279,8 @@ def test_notebook_07_does_not_serve_under_papermill(tmp_root, monkeypatch):
     text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
     assert "the demo is NOT started" in text
     assert not any(o.get("output_type") == "error" for c in nb.cells for o in c.get("outputs", []))
+
+
+def test_the_server_made_no_outside_call(server):
+    """After the gradio_client and browser tests: the app asked no host but this one for anything."""
+    assert not OUTSIDE, OUTSIDE[:5]
