@@ -28,14 +28,15 @@ import sys
 import threading
 import time
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-# no telemetry, no version check, no hub lookups: set before gradio / huggingface_hub are imported
-OFFLINE_ENV = {"GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1",
-               "DO_NOT_TRACK": "1", "GRADIO_RUN_HISTORY": "False"}
-os.environ.update(OFFLINE_ENV)
+# no telemetry, no version check: set before gradio is imported (gradio reads them when it runs)
+GRADIO_ENV = {"GRADIO_ANALYTICS_ENABLED": "False", "GRADIO_RUN_HISTORY": "False", "DO_NOT_TRACK": "1"}
+HF_ENV = {"HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1"}
+os.environ.update(GRADIO_ENV)
 
 import numpy as np
 import torch
@@ -54,20 +55,43 @@ CSS = (".pixelated img, .pixelated canvas {image-rendering: pixelated;}\n"     #
        ".enlarged img {width: 100% !important; height: 100% !important; object-fit: contain;}")
 
 
+_HF_FLAGS = (("huggingface_hub.constants", "HF_HUB_OFFLINE"), ("huggingface_hub.constants", "HF_HUB_DISABLE_TELEMETRY"),
+             ("diffusers.utils.hub_utils", "HF_HUB_OFFLINE"), ("diffusers.utils.hub_utils", "HF_HUB_DISABLE_TELEMETRY"))
+
+
+def _hf_modules() -> list:
+    import importlib
+
+    out = []
+    for name, flag in _HF_FLAGS:
+        try:
+            out.append((importlib.import_module(name), flag))
+        except ImportError:
+            pass
+    return out
+
+
 def go_offline() -> None:
-    """Offline switches for libraries that were imported before this module (their constants are read
-    once at import time)."""
-    os.environ.update(OFFLINE_ENV)
-    for name in ("huggingface_hub.constants", "diffusers.utils.constants", "transformers.utils.hub"):
-        mod = sys.modules.get(name)
-        if mod is not None and hasattr(mod, "HF_HUB_OFFLINE"):
-            mod.HF_HUB_OFFLINE = True
-    hub = sys.modules.get("huggingface_hub.constants")
-    if hub is not None:
-        hub.HF_HUB_DISABLE_TELEMETRY = True
+    """The serving process, for its whole life: the Hugging Face libraries offline (no hub call, no
+    telemetry; weights from disk or the local cache only). Their flags are read once at import, so
+    the imported modules are switched too."""
+    os.environ.update({**GRADIO_ENV, **HF_ENV})
+    for mod, flag in _hf_modules():
+        setattr(mod, flag, True)
 
 
-go_offline()
+@contextmanager
+def hf_offline():
+    """The same switches for one block only (loading weights in a process that is not the server,
+    e.g. the tests): restored afterwards."""
+    saved = [(mod, flag, getattr(mod, flag)) for mod, flag in _hf_modules() if hasattr(mod, flag)]
+    for mod, flag, _ in saved:
+        setattr(mod, flag, True)
+    try:
+        yield
+    finally:
+        for mod, flag, value in saved:
+            setattr(mod, flag, value)
 
 
 # ---------------------------------------------------------------- which methods can run
@@ -202,7 +226,8 @@ class Models:
                 st = self.status[method]
                 if not st.available:
                     raise MethodUnavailable(st.message())
-                self._loaded[method] = self._load(method)
+                with hf_offline():
+                    self._loaded[method] = self._load(method)
             return self._loaded[method]
 
     def _load(self, method: str):

@@ -58,7 +58,7 @@ CREATE TABLE IF NOT EXISTS votes (
     right_method  TEXT NOT NULL,
     choice        TEXT NOT NULL CHECK (choice IN ('left', 'right')),
     chosen_method TEXT NOT NULL,                -- the method the rater took for the real photo
-    response_ms   REAL,                         -- from showing the pair to the vote
+    response_ms   REAL,                         -- from the server sending the pair to the vote arriving
     trial_id      TEXT UNIQUE                   -- one vote per shown pair (a double click counts once)
 );
 CREATE INDEX IF NOT EXISTS votes_pair ON votes (left_method, right_method);
