@@ -568,8 +568,9 @@ def build_app(cfg: Config, root: Path | None = None, demo: Demo | None = None):
             with gr.Row():
                 masked = gr.Image(label="masked input", elem_id="masked", **shown)
                 truth = gr.Image(label="ground truth", **shown)
-            gallery = gr.Gallery(label="completions", format="png", columns=5, object_fit="contain", height=360,
-                                 elem_classes=["pixelated"], elem_id="gallery", buttons=["download", "fullscreen"])
+            gallery = gr.Gallery(label="completions", format="png", columns=5, fit_columns=False, object_fit="contain",
+                                 height=360, elem_classes=["pixelated"], elem_id="gallery",
+                                 buttons=["download", "fullscreen"])
             timing = gr.Markdown(elem_id="timing")
 
             def on_run(st, ed, ms, n, g, s, p, progress=gr.Progress(track_tqdm=True)):
