@@ -5,7 +5,7 @@ PY      := $(VENV)/bin/python
 PRESET  ?= smoke
 PYTEST_ARGS ?=
 
-.PHONY: report test venv notebooks lab bench slides-offline clean
+.PHONY: report test venv notebooks lab bench demo slides-offline clean
 
 $(VENV)/.installed: requirements.txt requirements-nodeps.txt pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -27,6 +27,12 @@ test: venv
 ## benchmark of the heavy steps (tiny configs on a CPU, real sizes on a GPU)
 bench: venv
 	$(PY) -m helpers.bench --preset $(PRESET)
+
+## the live demo (Gradio) on http://127.0.0.1:$(PORT), offline, with the models `make report` saved:
+## tab Inpaint (paint a hole, every method side by side) and tab "Which looks real?" (blind votes)
+PORT    ?= 7860
+demo: venv
+	$(PY) -m helpers.demo --preset $(PRESET) --port $(PORT)
 
 ## take the course interactively: JupyterLab on the notebooks (jupytext keeps .md and .ipynb in sync)
 lab: venv

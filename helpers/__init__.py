@@ -17,7 +17,7 @@ import importlib
 from .config import Config, load_config
 
 _SUBMODULES = ("common", "config", "masks", "data", "captions", "ddpm", "train", "sd", "perf",
-               "metrics", "evaluate", "findings", "plots", "report", "bench", "repaint")
+               "metrics", "evaluate", "findings", "plots", "report", "bench", "repaint", "human_eval", "demo")
 
 __all__ = ["Config", "load_config", *_SUBMODULES]
 

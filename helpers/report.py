@@ -38,9 +38,14 @@ class NotebookFailed(RuntimeError):
     """A notebook of the series raised: carries the notebook, the cell and the error."""
 
 
+# Notebooks that serve an interactive app and never run unattended (papermill would start a server
+# that nobody uses): 07_demo opens the Gradio demo (helpers.demo); `make demo` serves the same app.
+INTERACTIVE = ("07_demo",)
+
+
 def list_notebooks(notebook_dir: Path = NOTEBOOK_DIR) -> list[Path]:
-    """The series, in order: notebooks/NN_*.ipynb sorted by name."""
-    nbs = sorted(p for p in Path(notebook_dir).glob("[0-9][0-9]_*.ipynb"))
+    """The series, in order: notebooks/NN_*.ipynb sorted by name, without the INTERACTIVE ones."""
+    nbs = sorted(p for p in Path(notebook_dir).glob("[0-9][0-9]_*.ipynb") if p.stem not in INTERACTIVE)
     if not nbs:
         raise FileNotFoundError(f"no notebooks NN_*.ipynb in {notebook_dir}")
     return nbs

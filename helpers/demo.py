@@ -1,0 +1,677 @@
+"""The live demo: an interactive inpainting app and the blind human preference study, one Gradio app.
+
+    make demo [PRESET=smoke|full] [PORT=7860]
+    python -m helpers.demo --preset smoke|full [--port N]
+
+It serves on 127.0.0.1 only and makes no network call: Gradio's analytics and version check are
+off, the Hugging Face libraries run offline (weights come from disk or the local cache only), and
+the page uses system fonts. Notebook 07 opens the same app inline; ``make report`` never starts it.
+
+* Tab **Inpaint**: a test image (with its frozen mask) or an upload (read, converted and
+  resized/cropped exactly as the data step does: :func:`helpers.data.read_image`,
+  :func:`helpers.data.resize_center_crop`), a hole painted with the brush or generated (box / thin /
+  medium / thick, seeded), one or several methods, steps, guidance, seed and prompt; Run shows
+  the masked input, each completion with its time, and the ground truth.
+* Tab **Which looks real?**: the blind two-alternative test of :mod:`helpers.human_eval` on the
+  test-set completions the series saved; votes go to ``reports/<preset>/human_eval.sqlite``.
+
+Models are what the series saved under ``reports/<preset>/models`` plus the preset's pretrained
+ids; a method whose weights are missing is listed as disabled with the reason and the command
+that produces them. Each model loads once, on first use, onto the GPU when there is one.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import threading
+import time
+import uuid
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+# no telemetry, no version check: set before gradio is imported (gradio reads them when it runs)
+GRADIO_ENV = {"GRADIO_ANALYTICS_ENABLED": "False", "GRADIO_RUN_HISTORY": "False", "DO_NOT_TRACK": "1"}
+HF_ENV = {"HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1"}
+os.environ.update(GRADIO_ENV)
+
+import numpy as np
+import torch
+
+from . import data as D
+from . import human_eval as HE
+from . import masks as MK
+from .common import get_device, load_json, paths, resolve_dtype, to_tensor, to_uint8
+from .config import Config, load_config
+
+ORDER = ("ddpm_finetuned", "ddpm_repaint", "sd_zeroshot", "sd_lora", "telea")
+MASK_CHOICES = ("test mask", "brush (paint it)", "box", "thin", "medium", "thick")
+DISPLAY_SIDE = 512          # the editor shows small images enlarged (nearest) to about this side
+HOLE_COVER = 1 / 3          # a pixel is a hole when the strokes cover at least this much of it
+CSS = (".pixelated img, .pixelated canvas {image-rendering: pixelated;}\n"     # small images stay crisp
+       ".enlarged img {width: 100% !important; height: 100% !important; object-fit: contain;}")
+
+
+_HF_FLAGS = (("huggingface_hub.constants", "HF_HUB_OFFLINE"), ("huggingface_hub.constants", "HF_HUB_DISABLE_TELEMETRY"),
+             ("diffusers.utils.hub_utils", "HF_HUB_OFFLINE"), ("diffusers.utils.hub_utils", "HF_HUB_DISABLE_TELEMETRY"))
+
+
+def _hf_modules() -> list:
+    import importlib
+
+    out = []
+    for name, flag in _HF_FLAGS:
+        try:
+            out.append((importlib.import_module(name), flag))
+        except ImportError:
+            pass
+    return out
+
+
+def go_offline() -> None:
+    """The serving process, for its whole life: the Hugging Face libraries offline (no hub call, no
+    telemetry; weights from disk or the local cache only). Their flags are read once at import, so
+    the imported modules are switched too."""
+    os.environ.update({**GRADIO_ENV, **HF_ENV})
+    for mod, flag in _hf_modules():
+        setattr(mod, flag, True)
+
+
+@contextmanager
+def hf_offline():
+    """The same switches for one block only (loading weights in a process that is not the server,
+    e.g. the tests): restored afterwards."""
+    saved = [(mod, flag, getattr(mod, flag)) for mod, flag in _hf_modules() if hasattr(mod, flag)]
+    for mod, flag, _ in saved:
+        setattr(mod, flag, True)
+    try:
+        yield
+    finally:
+        for mod, flag, value in saved:
+            setattr(mod, flag, value)
+
+
+# ---------------------------------------------------------------- which methods can run
+@dataclass
+class MethodStatus:
+    method: str
+    available: bool
+    weights: str = ""          # what it loads
+    reason: str = ""           # why it cannot run
+    command: str = ""          # the command that produces the missing weights
+    hint: str = ""             # what else to do or know
+
+    @property
+    def label(self) -> str:
+        return D.SHORT_LABELS[self.method]
+
+    def message(self) -> str:
+        """Why the method is disabled and what produces its weights (markdown; '' when it can run)."""
+        if self.available:
+            return ""
+        return f"{self.label}: {self.reason} Produce them with `{self.command}`{self.hint}."
+
+
+def _hub_cached(repo_id: str, filename: str, cache: Path) -> bool:
+    """Is ``filename`` of hub repo ``repo_id`` in the local cache (no network call)?"""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+        return isinstance(try_to_load_from_cache(repo_id, filename, cache_dir=str(cache)), str)
+    except Exception:
+        return False
+
+
+def _ddpm_base_status(cfg: Config, P) -> tuple[bool, str]:
+    from . import ddpm
+
+    pid = cfg.ddpm.pretrained_id
+    if not pid:
+        return True, f"tiny random unconditional U-Net (seed {cfg.seed}, smoke), in {P.models / ddpm.BASE_DIR}"
+    try:
+        local = ddpm._local_path(pid)
+    except FileNotFoundError:
+        return False, f"ddpm.pretrained_id {pid!r} is not a folder here."
+    if local is not None:
+        ok = (local / "config.json").is_file() or (local / "unet" / "config.json").is_file()
+        return ok, (f"pretrained DDPM from {local}" if ok else f"{local} holds no config.json (not a diffusers U-Net).")
+    if _hub_cached(pid, "config.json", P.cache / "hub"):
+        return True, f"pretrained DDPM {pid} (local hub cache)"
+    return False, f"the pretrained DDPM {pid!r} is not in the local cache {P.cache / 'hub'} (the demo never downloads)."
+
+
+def _sd_base_status(cfg: Config, P) -> tuple[bool, str]:
+    from . import sd
+
+    if cfg.sd.tiny:
+        return True, f"tiny random SD inpainting pipeline (seed {cfg.seed}, smoke), in {P.models / 'sd_base'}"
+    pid = cfg.sd.pretrained_id
+    if not pid:
+        return False, "sd.pretrained_id is empty and sd.tiny is false."
+    if sd._looks_local(str(pid)):
+        ok = (Path(pid).expanduser() / "model_index.json").is_file()
+        return ok, (f"SD inpainting from {pid}" if ok else f"{pid} is not a diffusers pipeline folder.")
+    if _hub_cached(str(pid), "model_index.json", P.cache / "hub"):
+        return True, f"SD inpainting {pid} (local hub cache)"
+    return False, f"the SD inpainting weights {pid!r} are not in the local cache {P.cache / 'hub'} (the demo never downloads)."
+
+
+def method_status(cfg: Config, root: Path | None = None) -> dict[str, MethodStatus]:
+    """Which methods can run with what is on disk, and for the others why not and what to run.
+    Looks at files only: nothing is loaded or downloaded."""
+    from . import ddpm, sd
+
+    P = paths(cfg, root)
+    series = f" (or `make report PRESET={cfg.preset}`)"
+    out = {"telea": MethodStatus("telea", True, f"OpenCV Telea, radius {cfg.eval.telea_radius} (no weights)")}
+    # 1. the fine-tuned DDPM: written by notebook 03 / helpers.ddpm
+    ft = ddpm.finetuned_dir(cfg, P)
+    out["ddpm_finetuned"] = (
+        MethodStatus("ddpm_finetuned", True, f"fine-tuned 7-channel U-Net, {ft}") if (ft / "config.json").is_file()
+        else MethodStatus("ddpm_finetuned", False, reason=f"no fine-tuned DDPM in {ft}.",
+                          command=f"python -m helpers.ddpm --preset {cfg.preset}", hint=f"{series}, notebook 03"))
+    # 2. RePaint: the pretrained unconditional DDPM (smoke: the tiny random one, rebuilt from the seed)
+    ok, text = _ddpm_base_status(cfg, P)
+    out["ddpm_repaint"] = MethodStatus("ddpm_repaint", ok, text if ok else "", "" if ok else text,
+                                       f"hf download {cfg.ddpm.pretrained_id} --local-dir <folder>",
+                                       f" on a machine with internet access, then set ddpm.pretrained_id: <folder> "
+                                       f"in configs/{cfg.preset}.yaml")
+    # 3. SD zero-shot: the preset's pipeline; SD + LoRA: that pipeline and the LoRA file of notebook 04
+    ok, text = _sd_base_status(cfg, P)
+    get_sd = (f"hf download {sd.HUB_ID} --local-dir <folder>",
+              f" on a machine with internet access, then set sd.pretrained_id: <folder> in configs/{cfg.preset}.yaml")
+    out["sd_zeroshot"] = MethodStatus("sd_zeroshot", ok, text if ok else "", "" if ok else text, *get_sd)
+    lora = P.models / "sd_lora" / sd.LORA_WEIGHTS
+    if not ok:
+        out["sd_lora"] = MethodStatus("sd_lora", False, reason=text, command=get_sd[0], hint=get_sd[1])
+    elif not lora.is_file():
+        out["sd_lora"] = MethodStatus("sd_lora", False, reason=f"no LoRA weights at {lora}.",
+                                      command=f"python -m helpers.sd --preset {cfg.preset}", hint=f"{series}, notebook 04")
+    else:
+        out["sd_lora"] = MethodStatus("sd_lora", True, f"{text} + LoRA {lora}")
+    return {m: out[m] for m in ORDER}
+
+
+class MethodUnavailable(RuntimeError):
+    """A method whose weights are missing; the message says which and how to produce them."""
+
+
+# ---------------------------------------------------------------- models, loaded once
+def telea(image: np.ndarray, mask: np.ndarray, radius: int) -> np.ndarray:
+    """OpenCV Telea on one uint8 HxWx3 image, mask (H, W) with 1 = hole (as in helpers.evaluate.run_telea)."""
+    import cv2
+
+    return cv2.inpaint(np.ascontiguousarray(image), (mask > 0.5).astype(np.uint8) * 255, int(radius), cv2.INPAINT_TELEA)
+
+
+class Models:
+    """The methods' models, each loaded on first use and kept (on the GPU when there is one)."""
+
+    def __init__(self, cfg: Config, root: Path | None = None):
+        self.cfg, self.root, self.P = cfg, root, paths(cfg, root)
+        self.device = get_device(cfg)
+        self.status = method_status(cfg, root)
+        self._loaded: dict = {}
+        self._load_lock = threading.Lock()
+        self._run_lock = threading.Lock()      # one model run at a time: they share one device
+
+    def available(self) -> list[str]:
+        return [m for m, s in self.status.items() if s.available]
+
+    def get(self, method: str):
+        with self._load_lock:
+            if method not in self._loaded:
+                st = self.status[method]
+                if not st.available:
+                    raise MethodUnavailable(st.message())
+                with hf_offline():
+                    self._loaded[method] = self._load(method)
+            return self._loaded[method]
+
+    def _load(self, method: str):
+        from . import ddpm, sd
+
+        cfg, P, dev = self.cfg, self.P, self.device
+        if method == "telea":
+            return None
+        if method == "ddpm_finetuned":
+            unet = ddpm.load_finetuned(cfg, P).to(dev)
+            return unet, dict(ddpm.load_noise_scheduler(cfg, P).config)
+        if method == "ddpm_repaint":
+            unet = ddpm.load_unconditional_unet(cfg, P).to(dev)
+            return unet, ddpm.load_noise_scheduler(cfg, P).alphas_cumprod
+        pipe = sd.load_pipeline(cfg, device=dev, root=self.root)
+        if method == "sd_lora":
+            pipe = sd.load_lora(pipe, P.models / "sd_lora" / sd.LORA_WEIGHTS)
+        return pipe
+
+    @torch.no_grad()
+    def complete(self, method: str, image: torch.Tensor, mask: torch.Tensor, seed: int, steps: int,
+                 guidance: float, prompt: str, show_progress: bool = False) -> torch.Tensor:
+        """One completion: image (3, H, W) in [-1, 1], mask (1, H, W) {0, 1} -> (3, H, W) in [-1, 1] on
+        the CPU, the known pixels exactly those of ``image``."""
+        from . import ddpm, perf, repaint, sd
+
+        cfg = self.cfg
+        x, m = image[None].float(), mask[None].float()
+        if method == "telea":
+            out = to_tensor(telea(to_uint8(x[0]), m[0, 0].numpy(), cfg.eval.telea_radius))[None]
+            return D.composite(out, x, m)[0]
+        model = self.get(method)
+        sampler = cfg.perf.get("sampler", "ddim")
+        with self._run_lock:
+            if method == "ddpm_finetuned":
+                unet, sched_config = model
+                dtype = resolve_dtype(cfg.ddpm.mixed_precision, self.device)
+                out = ddpm.ddim_inpaint(unet, sched_config, D.masked_image(x, m), m, [seed], int(steps), cfg.ddpm.eta,
+                                        sampler, dtype, show_progress)
+            elif method == "ddpm_repaint":
+                unet, alphas_cumprod = model
+                r = cfg.ddpm.repaint
+                dtype = resolve_dtype(cfg.ddpm.mixed_precision, self.device)
+                out = repaint.repaint_inpaint(unet, alphas_cumprod, x, m, [seed], int(steps), r.jump_length,
+                                              r.jump_n_sample, dtype, show_progress)
+            else:
+                pipe = model
+                scheduler = perf.make_sampler(sampler, pipe.scheduler.config)
+                emb = sd.encode_prompts(pipe.tokenizer, pipe.text_encoder, ["", prompt], device=pipe.device)
+                out = sd.inpaint(pipe.unet, pipe.vae, scheduler, x, m, emb[prompt][None], emb[""][None],
+                                 [sd.image_generator(seed)], cfg.sd.resolution, int(steps), float(guidance),
+                                 cfg.perf.get("batched_vae_decode", True))
+        # x_hat = m * pred + (1 - m) * x: the known pixels exactly, whatever the method did
+        return D.composite(out.detach().float().cpu(), x, m)[0]
+
+
+# ---------------------------------------------------------------- images in, images out
+def read_upload(path: str | Path, size: int) -> tuple[np.ndarray, str]:
+    """An uploaded file -> uint8 (size, size, 3), as the data step reads its inputs: any format and
+    mode converted to 8-bit RGB (:func:`helpers.data.read_image`), then the short side resized and
+    centre-cropped (:func:`helpers.data.resize_center_crop`). Raises BadImageError with a message."""
+    report = D.Report()
+    img = D.read_image(Path(path), report)
+    if min(img.shape[:2]) < 8:
+        raise D.BadImageError(f"{Path(path).name}: {img.shape[1]}x{img.shape[0]} px is smaller than 8 px")
+    notes = [f"{r}" for r in report.converted]
+    notes.append(f"{img.shape[1]}x{img.shape[0]} -> {size}x{size} (short side resized, centre crop)")
+    return D.resize_center_crop(img, size), "; ".join(notes)
+
+
+def display_factor(size: int) -> int:
+    """Integer enlargement that shows a ``size`` image at about DISPLAY_SIDE pixels in the editor."""
+    return max(1, math.ceil(DISPLAY_SIDE / size))
+
+
+def enlarge(arr: np.ndarray, factor: int) -> np.ndarray:
+    """Nearest-neighbour enlargement by an integer factor (every pixel becomes a factor x factor block)."""
+    return np.repeat(np.repeat(arr, factor, axis=0), factor, axis=1)
+
+
+def mask_layer(mask: np.ndarray, factor: int) -> np.ndarray:
+    """A {0, 1} mask as an RGBA editor layer (opaque magenta where the hole is), enlarged."""
+    m = enlarge((mask > 0.5).astype(np.uint8), factor)
+    layer = np.zeros((*m.shape, 4), np.uint8)
+    layer[m == 1] = (255, 0, 255, 255)
+    return layer
+
+
+def editor_value(image: np.ndarray, mask: np.ndarray | None) -> dict:
+    """What the ImageEditor shows: the image enlarged as background, the hole (if any) as a layer."""
+    f = display_factor(image.shape[0])
+    bg = enlarge(image, f)
+    layers = [mask_layer(mask, f)] if mask is not None else []
+    return {"background": bg, "layers": layers, "composite": None}
+
+
+def mask_from_editor(value: dict | None, size: int) -> np.ndarray | None:
+    """The painted hole at the image's size: the union of the layers' strokes (alpha > 0), each
+    pixel a hole when strokes cover at least HOLE_COVER of it. None when nothing is painted."""
+    import cv2
+
+    layers = [np.asarray(layer) for layer in ((value or {}).get("layers") or []) if layer is not None]
+    painted = None
+    for arr in layers:
+        a = arr[..., 3] > 0 if arr.ndim == 3 and arr.shape[2] == 4 else (arr.reshape(*arr.shape[:2], -1).max(-1) > 0)
+        painted = a if painted is None or painted.shape != a.shape else (painted | a)
+    if painted is None or not painted.any():
+        return None
+    cover = cv2.resize(painted.astype(np.float32), (size, size), interpolation=cv2.INTER_AREA)
+    return (cover >= HOLE_COVER).astype(np.float32)
+
+
+# ---------------------------------------------------------------- the app's functions (no server needed)
+class Demo:
+    """The app's state and its event handlers, callable without a server (the tests do)."""
+
+    def __init__(self, cfg: Config, root: Path | None = None):
+        self.cfg, self.root, self.P = cfg, root, paths(cfg, root)
+        self.size = int(cfg.data.image_size)
+        self.models = Models(cfg, root)
+        self.test_names, self.kinds = self._test_set()
+        captions = self.P.data / "captions.json"
+        self.captions = load_json(captions)["captions"] if captions.is_file() else {}
+        self.store = HE.VoteStore(HE.db_path(cfg, root))
+        self.scheduler = HE.PairScheduler(self._candidates(), self.store)
+
+    # -- test set and saved completions
+    def _test_set(self) -> tuple[list[str], dict]:
+        try:
+            index = D.load_index(self.cfg, self.root)
+        except FileNotFoundError:
+            return [], {}
+        return list(index["splits"]["test"]), {n: v["kind"] for n, v in index["test_masks"].items()}
+
+    def _test_image(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        img = D.read_image(self.P.data / "images" / "test" / f"{name}.png")
+        mask = D.load_mask_file(self.P.data / "test_masks" / f"{name}.png", img.shape[:2])[0].numpy()
+        return img, mask
+
+    def _candidates(self) -> dict[str, list[str]]:
+        """Test image -> the methods with a saved completion of it, and the ground truth."""
+        out = {}
+        for name in self.test_names:
+            have = [m for m in ORDER if (self.P.predictions(m) / f"{name}.png").is_file()]
+            out[name] = have + [HE.GROUND_TRUTH]
+        return out
+
+    def prompt_for(self, name: str | None) -> str:
+        return self.captions.get(name, self.cfg.captions.fallback_prompt) if name else self.cfg.captions.fallback_prompt
+
+    def status_markdown(self) -> str:
+        st = self.models.status
+        lines = [f"**Preset `{self.cfg.preset}`**, images {self.size}x{self.size}, device `{self.models.device}`."]
+        if self.cfg.preset == "smoke":
+            lines.append("Smoke preset: tiny random models barely trained; the completions are noise and prove "
+                         "only that every method runs.")
+        off = [s for s in st.values() if not s.available]
+        if off:
+            lines.append("**Disabled methods** (weights missing):")
+            lines += [f"- {s.message()}" for s in off]
+        if not self.test_names:
+            lines.append(f"No prepared test set in `{self.P.data}`: upload an image, or run `make report "
+                         f"PRESET={self.cfg.preset}` (notebook 01) first.")
+        return "\n".join(lines)
+
+    # -- tab Inpaint
+    def load_test_image(self, name: str):
+        """(state, editor value, prompt, message) for a test image, its frozen mask in the editor."""
+        if name not in self.test_names:
+            return None, None, self.prompt_for(None), f"Unknown test image {name!r}."
+        img, mask = self._test_image(name)
+        state = {"image": img, "name": name, "test_mask": mask, "source": f"test image {name}"}
+        return state, editor_value(img, mask), self.prompt_for(name), (
+            f"Test image **{name}** with its frozen {self.kinds.get(name, '')} mask: paint more, or Run.")
+
+    def load_upload(self, path: str | None):
+        """(state, editor value, prompt, message) for an uploaded file; a bad file gives state None
+        and a message saying why (never an exception)."""
+        if not path:
+            return None, None, self.prompt_for(None), "No file."
+        try:
+            img, note = read_upload(path, self.size)
+        except D.BadImageError as e:
+            return None, None, self.prompt_for(None), f"**Refused:** {e}"
+        state = {"image": img, "name": None, "test_mask": None, "source": f"upload {Path(path).name}"}
+        return state, editor_value(img, None), self.prompt_for(None), (
+            f"Uploaded **{Path(path).name}**: {note}. Paint the hole with the brush or make a mask.")
+
+    def make_mask(self, state: dict | None, kind: str, seed: int):
+        """(editor value, message): the chosen mask kind drawn into the editor (seeded)."""
+        if not state:
+            return None, "Pick a test image or upload one first."
+        if kind == "test mask":
+            if state.get("test_mask") is None:
+                return editor_value(state["image"], None), "An upload has no test mask: paint one or pick a kind."
+            return editor_value(state["image"], state["test_mask"]), "The frozen test mask."
+        if kind not in MK.KINDS:
+            return editor_value(state["image"], None), "Paint the hole with the brush."
+        m = self.cfg.data.masks
+        mask = MK.generate_mask(self.size, kind, np.random.default_rng(int(seed)), m.min_hole, m.max_hole)
+        return editor_value(state["image"], mask), f"A {kind} mask (seed {int(seed)}, {mask.mean():.0%} of the image)."
+
+    def method_ids(self, labels: Sequence[str]) -> list[str]:
+        by_label = {D.SHORT_LABELS[m]: m for m in ORDER}
+        return [by_label.get(x, x) for x in labels or []]
+
+    def inpaint(self, state: dict | None, editor: dict | None, methods: Sequence[str], steps: int, guidance: float,
+                seed: int, prompt: str, progress=None):
+        """(masked input, [(completion, caption)], ground truth, timing table, message). ``methods``
+        are ids or short labels. Never raises: problems come back as the message."""
+        empty = (None, [], None, "")
+        if not state:
+            return (*empty, "Pick a test image or upload one first.")
+        mask = mask_from_editor(editor, self.size)
+        if mask is None:
+            return (*empty, "No hole yet: paint over what should be filled, or press Make mask.")
+        if mask.min() == 1:
+            return (*empty, "Everything is hole: leave some known pixels to condition on.")
+        methods = self.method_ids(methods)
+        if not methods:
+            return (*empty, "Choose at least one method.")
+        image = to_tensor(state["image"])
+        m = torch.from_numpy(mask)[None]
+        gallery, rows, notes = [], [], []
+        loaded_before = set(self.models._loaded)
+        for i, method in enumerate(methods):
+            if progress is not None:
+                progress((i, len(methods)), desc=f"{D.SHORT_LABELS.get(method, method)}")
+            try:
+                start = time.perf_counter()
+                out = self.models.complete(method, image, m, int(seed), int(steps), float(guidance),
+                                           prompt or "", show_progress=progress is not None)
+                seconds = time.perf_counter() - start
+            except (MethodUnavailable, KeyError) as e:
+                notes.append(f"{method}: {e}")
+                continue
+            except Exception as e:   # a failing method is reported; the others still run
+                notes.append(f"{D.SHORT_LABELS.get(method, method)} failed: {type(e).__name__}: {e}")
+                continue
+            gallery.append((to_uint8(out), f"{D.SHORT_LABELS[method]} · {seconds:.2f} s"))
+            rows.append(f"| {D.SHORT_LABELS[method]} | {seconds:.2f} |")
+        table = "| method | seconds |\n|---|---|\n" + "\n".join(rows) if rows else ""
+        loaded = [D.SHORT_LABELS[m] for m in self.models._loaded if m not in loaded_before and m != "telea"]
+        msg = f"{state['source']}: hole {mask.mean():.0%} of the image, seed {int(seed)}, {int(steps)} steps"
+        msg += (f"; the times of {', '.join(loaded)} include loading the weights (once)." if loaded else ".")
+        msg += "".join(f"\n\n**{n}**" for n in notes)
+        masked = to_uint8(D.masked_image(image, m))
+        truth = state["image"] if state.get("name") else None
+        return masked, gallery, truth, table, msg
+
+    # -- tab Which looks real?
+    def _completion(self, name: str, method: str, image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        if method == HE.GROUND_TRUTH:
+            return image
+        pred = D.read_image(self.P.predictions(method) / f"{name}.png")
+        # the evaluator's rule: the known pixels are the photo's, whatever the method saved
+        return np.where(mask[..., None] > 0.5, pred, image).astype(np.uint8)
+
+    def next_trial(self, rater: str):
+        """(trial, masked input, left, right, message) for this rater."""
+        trial = self.scheduler.next(rater)
+        if trial is None:
+            return None, None, None, None, (
+                f"No saved completions to compare in `{self.P.reports / 'predictions'}`: run `make report "
+                f"PRESET={self.cfg.preset}` first.")
+        img, mask = self._test_image(trial.image)
+        masked = to_uint8(D.masked_image(to_tensor(img), torch.from_numpy(mask)[None]))   # x * (1 - m)
+        left = self._completion(trial.image, trial.left, img, mask)
+        right = self._completion(trial.image, trial.right, img, mask)
+        return trial, masked, left, right, self._count_text(rater)
+
+    def _count_text(self, rater: str) -> str:
+        votes = self.store.votes()
+        mine = int((votes["rater"] == rater).sum()) if len(votes) else 0
+        return (f"Rater **{rater}**: {mine} vote(s) from you, {len(votes)} in all. "
+                "Which completion looks like the real photo?")
+
+    @staticmethod
+    def rater_id(text: str | None) -> str:
+        text = (text or "").strip()
+        return text[:64] if text else f"rater-{uuid.uuid4().hex[:8]}"
+
+    def start(self, rater_text: str | None):
+        """(rater id, trial, masked, left, right, message)."""
+        rater = self.rater_id(rater_text)
+        return (rater, *self.next_trial(rater))
+
+    def vote(self, choice: str, rater_text: str | None, trial: HE.Trial | None):
+        """Record the vote on the shown trial, then (rater id, next trial, masked, left, right, message)."""
+        rater = self.rater_id(rater_text)
+        if trial is not None:
+            self.store.add(rater, trial.image, trial.left, trial.right, choice,
+                           response_ms=1000 * (time.time() - trial.shown_at), trial_id=trial.trial_id)
+            self.scheduler.answered(trial.trial_id)
+        return (rater, *self.next_trial(rater))
+
+
+# ---------------------------------------------------------------- the Gradio app
+def build_app(cfg: Config, root: Path | None = None, demo: Demo | None = None):
+    """The Gradio Blocks app over :class:`Demo` (not launched)."""
+    import gradio as gr
+
+    d = demo or Demo(cfg, root)
+    available = [D.SHORT_LABELS[m] for m in d.models.available()]
+    fac = display_factor(d.size)
+    # PNG (lossless: webp would change the pixels), shown large; the study's images offer no download
+    shown = dict(format="png", interactive=False, height=320, elem_classes=["pixelated", "enlarged"],
+                 buttons=["download", "fullscreen"])
+    blind = dict(format="png", interactive=False, height=320, elem_classes=["pixelated", "enlarged"], buttons=[])
+    with gr.Blocks(title="Image completion with diffusion models", analytics_enabled=False) as app:
+        gr.Markdown("# Image completion: DDPM vs Stable Diffusion 1.5 + LoRA")
+        with gr.Tab("Inpaint"):
+            state = gr.State(None)
+            with gr.Row():
+                with gr.Column(scale=1):
+                    name = gr.Dropdown(d.test_names, value=None, label="test image", elem_id="test_image")
+                    upload = gr.File(label="... or upload an image (any size and format)", type="filepath",
+                                     elem_id="upload")
+                    with gr.Row():
+                        kind = gr.Dropdown(list(MASK_CHOICES), value="test mask", label="mask", elem_id="mask_kind")
+                        mask_seed = gr.Number(0, precision=0, label="mask seed")
+                    make = gr.Button("Make mask", elem_id="make_mask")
+                    methods = gr.CheckboxGroup(available, value=available, label="methods", elem_id="methods")
+                    steps = gr.Slider(1, 200, value=cfg.ddpm.num_inference_steps, step=1, label="steps")
+                    guidance = gr.Slider(1.0, 15.0, value=cfg.sd.guidance_scale, step=0.5, label="guidance (SD)")
+                    seed = gr.Number(cfg.seed, precision=0, label="seed")
+                    prompt = gr.Textbox(d.prompt_for(None), label="prompt (SD)", elem_id="prompt")
+                    run = gr.Button("Run", variant="primary", elem_id="run")
+                    gr.Markdown(d.status_markdown(), elem_id="method_status")
+                with gr.Column(scale=2):
+                    editor = gr.ImageEditor(type="numpy", image_mode="RGBA", format="png", sources=[],
+                                            transforms=[], layers=False, label="paint the hole (brush)",
+                                            brush=gr.Brush(default_size=max(2, fac * 2), colors=["#ff00ff"],
+                                                           color_mode="fixed"),
+                                            canvas_size=(d.size * fac, d.size * fac), elem_id="editor",
+                                            elem_classes=["pixelated"])
+                    message = gr.Markdown(elem_id="message")
+            with gr.Row():
+                masked = gr.Image(label="masked input", elem_id="masked", **shown)
+                truth = gr.Image(label="ground truth", **shown)
+            gallery = gr.Gallery(label="completions", format="png", columns=5, fit_columns=False, object_fit="contain",
+                                 height=360, elem_classes=["pixelated"], elem_id="gallery",
+                                 buttons=["download", "fullscreen"])
+            timing = gr.Markdown(elem_id="timing")
+
+            def on_run(st, ed, ms, n, g, s, p, progress=gr.Progress(track_tqdm=True)):
+                return d.inpaint(st, ed, ms, n, g, s, p, progress)
+
+            name.change(d.load_test_image, name, [state, editor, prompt, message], api_name="load_test_image")
+            upload.upload(d.load_upload, upload, [state, editor, prompt, message], api_name="load_upload")
+            make.click(d.make_mask, [state, kind, mask_seed], [editor, message], api_name="make_mask")
+            run.click(on_run, [state, editor, methods, steps, guidance, seed, prompt],
+                      [masked, gallery, truth, timing, message], api_name="inpaint")
+        with gr.Tab("Which looks real?"):
+            gr.Markdown("A blind test: one masked photo, two completions in random order. Pick the one that "
+                        "looks like the **real photo**. Type an id (or leave it empty for a random one).")
+            trial = gr.State(None)
+            with gr.Row():
+                rater = gr.Textbox(label="rater id", elem_id="rater")
+                start = gr.Button("Start / next pair", elem_id="start")
+            with gr.Row():
+                q_masked = gr.Image(label="masked input", **blind)
+                left = gr.Image(label="left", elem_id="left", **blind)
+                right = gr.Image(label="right", elem_id="right", **blind)
+            with gr.Row():
+                b_left = gr.Button("Left looks real", elem_id="vote_left")
+                b_right = gr.Button("Right looks real", elem_id="vote_right")
+            q_message = gr.Markdown(elem_id="vote_message")
+            outs = [rater, trial, q_masked, left, right, q_message]
+            start.click(d.start, rater, outs, api_name="start", concurrency_limit=None)
+            b_left.click(lambda r, t: d.vote("left", r, t), [rater, trial], outs, api_name="vote_left",
+                         concurrency_limit=None)
+            b_right.click(lambda r, t: d.vote("right", r, t), [rater, trial], outs, api_name="vote_right",
+                          concurrency_limit=None)
+    app.queue(default_concurrency_limit=1)      # one inpainting run at a time: the models share one device
+    return app
+
+
+def launch(cfg: Config, port: int | None = None, inline: bool = False, block: bool = True,
+           root: Path | None = None, quiet: bool = False):
+    """Serve the app on 127.0.0.1 (``port`` None: the first free one from 7860). ``block=False``
+    returns at once with the server running in the background (tests, notebooks)."""
+    import gradio as gr
+
+    go_offline()
+    app = build_app(cfg, root)
+    theme = gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"],
+                              font_mono=["ui-monospace", "monospace"])   # system fonts: no Google Fonts request
+    app.launch(server_name="127.0.0.1", server_port=port, inline=inline, prevent_thread_lock=not block,
+               share=False, quiet=quiet, show_error=False, footer_links=[], run_history=False,
+               enable_monitoring=False, mcp_server=False, ssr_mode=False, max_file_size="50mb",
+               theme=theme, css=CSS)
+    return app
+
+
+def status_table(cfg: Config, root: Path | None = None):
+    """One row per method: can it run here, with which weights, or why not and what produces them
+    (notebook 07)."""
+    import pandas as pd
+
+    rows = [{"method": s.label, "available": "yes" if s.available else "no",
+             "weights / why not": s.weights if s.available else s.reason,
+             "to produce the weights": "" if s.available else f"{s.command}{s.hint}"}
+            for s in method_status(cfg, root).values()]
+    return pd.DataFrame(rows)
+
+
+def open_in_notebook(cfg: Config, port: int | None = None, root: Path | None = None):
+    """Notebook 07: serve the app on 127.0.0.1 and show it inline; returns the app (``app.close()``
+    stops it). Under papermill it refuses and returns None: an app for people has no place in an
+    unattended run (``make report`` never runs notebook 07)."""
+    global _NOTEBOOK_APP
+    if under_papermill():
+        print("Run by papermill: the demo is NOT started (it serves an app for people). Open this notebook "
+              f"in JupyterLab, or run `make demo PRESET={cfg.preset}` in a terminal.")
+        return None
+    if _NOTEBOOK_APP is not None:          # the cell run again: the earlier app frees its port first
+        _NOTEBOOK_APP.close()
+    _NOTEBOOK_APP = launch(cfg, port=port, inline=True, block=False, root=root)
+    return _NOTEBOOK_APP
+
+
+_NOTEBOOK_APP = None
+
+
+def under_papermill() -> bool:
+    """True inside a notebook run by papermill (it injects a cell starting '# Parameters')."""
+    try:
+        from IPython import get_ipython
+        ip = get_ipython()
+    except ImportError:
+        return False
+    history = ip.user_ns.get("In", []) if ip is not None else []
+    return any(str(src).lstrip().startswith("# Parameters") for src in history)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m helpers.demo", description=__doc__.split("\n")[0])
+    ap.add_argument("--preset", default="smoke", help="smoke | full | path to a YAML preset")
+    ap.add_argument("--port", type=int, default=None, help="port on 127.0.0.1 (default: first free from 7860)")
+    args = ap.parse_args(argv)
+    launch(load_config(args.preset), args.port)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
