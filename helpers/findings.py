@@ -115,7 +115,7 @@ def table_caption(ev: Evaluation) -> str:
 def _data_lines(i: dict) -> list[str]:
     """Where the test set came from, at which size each metric is computed, and the SD prompts used."""
     d = i.get("data") or {}
-    lines = [f"* Test set: {d['test_split']}." if d.get("test_split") else "",
+    lines = [f"* Test images from: {d['test_split']}." if d.get("test_split") else "",
              f"* Sizes: {d['sizes']}" if d.get("sizes") else ""]
     lines += [f"* Prompts of {m}: {x['captions']}." for m, x in i.get("methods", {}).items() if x.get("captions")]
     return [x for x in lines if x]
