@@ -45,13 +45,14 @@ def test_slides_hold_every_slide(smoke_run):
     manifest, P = smoke_run
     last = R.list_notebooks()[-1]
     nb = nbformat.read(last, as_version=4)
-    kinds = [c.metadata["slideshow"]["slide_type"] for c in nb.cells
+    # a cell without slideshow metadata continues the current slide
+    kinds = [c.metadata.get("slideshow", {}).get("slide_type", "-") for c in nb.cells
              if "parameters" not in c.metadata.get("tags", [])]
     html = Path(manifest["exports"]["slides"]).read_text()
     # nbconvert's reveal template: a slide is <section><section>...</section></section>, a subslide one more
     assert html.count("<section") == 2 * kinds.count("slide") + kinds.count("subslide")
     for c in nb.cells:
-        if c.cell_type == "markdown" and c.metadata["slideshow"]["slide_type"] == "slide":
+        if c.cell_type == "markdown" and c.metadata.get("slideshow", {}).get("slide_type") == "slide":
             heading = c.source.strip().splitlines()[0].lstrip("#").strip()
             words = [w for w in re.findall(r"[A-Za-z]{4,}", heading)]
             assert all(w in html for w in words), heading
