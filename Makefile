@@ -16,9 +16,10 @@ $(VENV)/.installed: requirements.txt requirements-nodeps.txt pyproject.toml
 
 venv: $(VENV)/.installed
 
-## run the whole notebook series with PRESET (default smoke) and export the report + slides
+## run the whole notebook series with PRESET (default smoke) and export the report + slides; they present
+## offline (reveal.js and MathJax copied beside them from installed packages). CDN=1: load those from the internet
 report: venv
-	$(PY) -m helpers.report --preset $(PRESET)
+	$(PY) -m helpers.report --preset $(PRESET) $(if $(CDN),--cdn)
 
 ## unit tests, reference checks and one smoke execution of every notebook
 test: venv
@@ -45,8 +46,9 @@ notebooks: venv
 	$(VENV)/bin/jupyter nbconvert --log-level=WARN --clear-output --inplace notebooks/[0-9][0-9]_*.ipynb
 	touch notebooks/[0-9][0-9]_*.md   # the sources stay the newer side of each pair
 
-## optional: reveal.js, require.js, jQuery and MathJax from the npm registry, so the slides and the
-## report present offline (MathJax trimmed to what TeX-AMS_CHTML-full needs: about 4 MB of its 71)
+## optional: reveal.js, require.js, jQuery and MathJax from the npm registry instead of the pip packages that
+## ship them (requirements-nodeps.txt); `make report` uses these for any piece the packages do not provide.
+## (MathJax trimmed to what TeX-AMS_CHTML-full needs: about 4 MB of its 71)
 MATHJAX_PARTS = MathJax.js config/TeX-AMS_CHTML-full.js config/Safe.js extensions jax/input/TeX jax/element \
 	jax/output/CommonHTML fonts/HTML-CSS/TeX/woff localization/en
 slides-offline:

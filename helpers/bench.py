@@ -686,12 +686,12 @@ if __name__ == "__main__":
 
 
 def report_section(cfg: Config) -> str:
-    """Markdown for the report (notebook 06): the last benchmark of this preset, or how to run one."""
+    """Markdown for the report (notebook 06): the last benchmark of this preset, or a plain statement
+    that there is none (how to run one is in the README: exported slides carry no setup instructions)."""
     path = paths(cfg).reports / "bench.json"
     if not path.is_file():
-        return (f"No benchmark has been run for preset `{cfg.preset}` yet: `make bench PRESET={cfg.preset}` "
-                f"(or `python -m helpers.bench --preset {cfg.preset}`) measures the five heavy steps and "
-                "writes `bench.json`, which this slide then shows.")
+        return (f"The heavy steps were not benchmarked with the {cfg.preset} preset, so there is no "
+                "throughput measurement to set against the hardware's limit.")
     b = json.loads(path.read_text())
     lines = b["table"].splitlines()
     head = (f"Measured {b['date'][:10]} on **{b['device']}** (peak {b['peak_kind']}: {b['peak_tflops']:.2f} TFLOP/s). "

@@ -27,24 +27,56 @@ STUDY_CITATION = (f"“{STUDY_TITLE}” ({STUDY_AUTHORS}; supervised by {STUDY_S
                   "a student project")
 STUDY_SOURCE = f"the study “{STUDY_TITLE}”"
 STUDY_PROTOCOL = "the study's CelebA-HQ 256 test split and masks (its own protocol; not re-run here)"
-STUDY = [
-    {"method": "SD 1.5 inpainting + LoRA", "psnr": 23.45, "ssim": 0.845, "lpips": 0.112, "fid": 32.17},
-    {"method": "DDPM fine-tuned", "psnr": 20.97, "ssim": 0.801, "lpips": 0.1625, "fid": 40.45},
+STUDY = [  # "id": our method that the row stands beside
+    {"id": "sd_lora", "method": "SD 1.5 inpainting + LoRA", "psnr": 23.45, "ssim": 0.845, "lpips": 0.112, "fid": 32.17},
+    {"id": "ddpm_finetuned", "method": "DDPM fine-tuned", "psnr": 20.97, "ssim": 0.801, "lpips": 0.1625, "fid": 40.45},
 ]
-# Published anchors on CelebA-HQ 256 (numbers as quoted in the project's issue; each with its protocol).
-ANCHORS = [
-    {"method": "LaMa (narrow masks)", "source": "Suvorov et al. 2022 (LaMa), Table: CelebA-HQ",
-     "protocol": "CelebA-HQ 256, LaMa narrow masks", "n_images": 2000, "fid": 7.26, "lpips": 0.085},
-    {"method": "LaMa (wide masks)", "source": "Suvorov et al. 2022 (LaMa), Table: CelebA-HQ",
-     "protocol": "CelebA-HQ 256, LaMa wide masks", "n_images": 2000, "fid": 6.96, "lpips": 0.098},
-    {"method": "RePaint (wide masks)", "source": "Lugmayr et al. 2022 (RePaint), CelebA-HQ",
-     "protocol": "CelebA-HQ 256, LaMa wide masks", "n_images": 100, "lpips": 0.059},
-    {"method": "RePaint (narrow masks)", "source": "Lugmayr et al. 2022 (RePaint), CelebA-HQ",
-     "protocol": "CelebA-HQ 256, LaMa narrow masks", "n_images": 100, "lpips": 0.028},
-    {"method": "DeepFill v2 (centre mask)", "source": "Yu et al. 2019 (DeepFill v2), as cited by the issue",
-     "protocol": "CelebA-HQ 256, centre square mask", "n_images": None, "psnr": 25.55, "ssim": 0.801},
-]
+# Published anchors on CelebA-HQ 256: each entry names the paper (and its table) where its numbers
+# are printed, with that paper's protocol and number of test images, e.g.
+#   {"method": "RePaint (wide masks)", "short_source": "RePaint paper",
+#    "source": "Lugmayr et al., RePaint: ..., CVPR 2022 (arXiv:2201.09865), Table 1", "protocol": ...,
+#    "n_images": 100, "lpips": ...}
+# None is listed yet: the LaMa, RePaint and DeepFill v2 numbers quoted earlier could not be found in
+# the papers' text from here, and a number is shown only once its source has been checked.
+ANCHORS: list[dict] = []
 
+
+# ---------------------------------------------------------------- text fit to publish
+def public_text(text, roots: Sequence[Path] = ()) -> str:
+    """``text`` without this machine's paths: a path inside the project (or one of ``roots``)
+    becomes relative to it, a file inside an installed package is named by its package, the home
+    folder becomes ``~``. Exported slides and reports carry no machine's paths or user names."""
+    import os
+    import re
+    import sys
+    import sysconfig
+
+    from .config import ROOT
+
+    if not isinstance(text, str):
+        return "" if text is None or (isinstance(text, float) and math.isnan(text)) else str(text)
+    site = {sysconfig.get_paths()[k] for k in ("purelib", "platlib")}
+    site |= {p for p in sys.path if p.rstrip("/").endswith("site-packages")}
+    for d in sorted(site, key=len, reverse=True):
+        text = text.replace(d.rstrip("/") + "/", "package ")
+    bases = [Path(r) for r in roots] + [ROOT]
+    if os.environ.get("INPAINT_ROOT"):
+        bases.append(Path(os.environ["INPAINT_ROOT"]))
+    for base in sorted({str(b.resolve()).rstrip("/") for b in bases}, key=len, reverse=True):
+        text = re.sub(re.escape(base) + r"/?", "", text)
+    # outputs written from another checkout (a moved or copied project): cut at its reports/ or data/
+    text = re.sub(r"(?:/[^\s/;,()]+)+/(?=(?:reports|data)/)", "", text)
+    home = str(Path.home()).rstrip("/")
+    if len(home) > 1:
+        text = text.replace(home + "/", "~/").replace(home, "~")
+    return text
+
+
+def first_sentence(text: str) -> str:
+    """The statement of a reason without the instructions after it."""
+    text = (text or "").strip()
+    cut = text.find(". ")
+    return (text[:cut] if cut > 0 else text).rstrip(".")
 
 
 # ---------------------------------------------------------------- tables for people
@@ -65,49 +97,98 @@ def _get(row, key):
     return None if v is None or (isinstance(v, float) and math.isnan(v)) else v
 
 
+def _short(method: str) -> str:
+    return D.SHORT_LABELS.get(method, method)
+
+
+def _ci(r, m) -> str:
+    d = DIGITS[m]
+    return f"{_fmt(_get(r, m), d)} [{_fmt(_get(r, m + '_lo'), d)}, {_fmt(_get(r, m + '_hi'), d)}]"
+
+
 def format_summary(ev: Evaluation) -> pd.DataFrame:
-    """The main table as text: mean [95 % CI] per metric, FID and KID with their n, missing rows kept."""
+    """The main table, per-image metrics: mean [95 % CI] per method (short labels), missing rows
+    kept. FID and KID, which score a set of images, are in :func:`format_set_metrics`."""
     lpips_ok = ev.info.get("lpips", {}).get("available", False)
     rows = []
     for _, r in ev.summary.iterrows():
-        out = {"method": r["label"], "n": int(r["n"])}
-        if r["status"] == "missing":
-            out.update({LABELS[m]: "missing" for m in PER_IMAGE})
-            out.update({"FID": "missing", "KID": "missing", "weights / note": r.get("note", "")})
-            rows.append(out)
-            continue
-        for m in PER_IMAGE:
-            if m == "lpips" and not lpips_ok:
-                out[LABELS[m]] = "unavailable"
-                continue
-            d = DIGITS[m]
-            out[LABELS[m]] = f"{_fmt(_get(r, m), d)} [{_fmt(_get(r, m + '_lo'), d)}, {_fmt(_get(r, m + '_hi'), d)}]"
-        fid = _get(r, "fid")
-        out["FID"] = f"{_fmt(fid, 2)} (n={int(r['fid_n'])})" if fid is not None else "unavailable"
-        kid = _get(r, "kid")
-        out["KID"] = (f"{_fmt(kid, 4)} ± {_fmt(_get(r, 'kid_std'), 4)} (subsets of {int(r['kid_subset_size'])})"
-                      if kid is not None else "unavailable")
-        note = r.get("note") if isinstance(r.get("note"), str) else ""
-        out["weights / note"] = "; ".join(x for x in (str(r.get("weights", "")), note) if x and x != "nan")
+        out = {"method": _short(r["method"]), "n": int(r["n"])}
+        for m in ("psnr_hole", "ssim_hole", "psnr", "ssim", "lpips"):
+            if r["status"] == "missing":
+                out[LABELS[m]] = "missing"
+            elif m == "lpips" and not lpips_ok:
+                out[LABELS[m]] = "not computed"
+            else:
+                out[LABELS[m]] = _ci(r, m)
         rows.append(out)
     return pd.DataFrame(rows).set_index("method")
 
 
+def format_set_metrics(ev: Evaluation) -> pd.DataFrame:
+    """FID and KID per method (short labels), each with the number of images it compares."""
+    rows = []
+    for _, r in ev.summary.iterrows():
+        out = {"method": _short(r["method"]), "n": int(r["n"])}
+        fid, kid = _get(r, "fid"), _get(r, "kid")
+        if r["status"] == "missing":
+            out.update({"FID ↓": "missing", "KID ↓ (± std over subsets)": "missing"})
+        else:
+            out["FID ↓"] = f"{_fmt(fid, 2)} (n={int(r['fid_n'])})" if fid is not None else "not computed"
+            out["KID ↓ (± std over subsets)"] = (f"{_fmt(kid, 4)} ± {_fmt(_get(r, 'kid_std'), 4)}"
+                                                 if kid is not None else "not computed")
+        rows.append(out)
+    return pd.DataFrame(rows).set_index("method")
+
+
+def set_metrics_note(ev: Evaluation) -> str:
+    """What to read into the FID/KID table at this n, including a KID below zero."""
+    i = ev.info
+    lines = [f"FID on n images is biased upward for small n: compare it only between rows with the same n. "
+             f"KID ({i['kid']['estimator']}, subsets of {i['kid']['subset_size']}, {i['kid']['subsets']} subsets) "
+             "is unbiased."]
+    kid = ev.summary["kid"] if "kid" in ev.summary else pd.Series(dtype=float)
+    neg = [_short(m) for m, v in zip(ev.summary["method"], kid) if isinstance(v, float) and v < 0]
+    if neg:
+        lines.append(f"KID estimates a squared distance, so its true value is ≥ 0; being unbiased, the estimate "
+                     f"scatters around it and can fall below 0 at small n ({', '.join(neg)}): read a negative "
+                     "KID as no measurable difference from the real images at this n, not as better than zero.")
+    return "\n\n".join(lines)
+
+
 def table_caption(ev: Evaluation) -> str:
-    """What every number in the tables is: implementation, resize mode, LPIPS backbone/version, n."""
+    """How every number in the tables was measured, in the few lines a slide holds."""
     i = ev.info
     lp, fid = i["lpips"], i["fid"]
-    lpips_txt = (f"LPIPS: {lp['implementation']}, backbone weights {lp['weights']}" if lp["available"]
-                 else f"LPIPS: **unavailable** - {lp['reason'].rstrip('.')}")
-    fid_txt = (f"FID / KID: {fid['implementation']}; weights {fid['weights']}; resize: {fid['resize']}"
-               if fid["available"] else f"FID / KID: **unavailable** - {fid['reason'].rstrip('.')}")
+    lpips_txt = (f"LPIPS: {lp['name']}" if lp["available"]
+                 else f"LPIPS: **not computed** ({public_text(first_sentence(lp['reason']))})")
+    fid_txt = (f"FID / KID: {fid['name']}, {fid['implementation']}" if fid["available"]
+               else f"FID / KID: **not computed** ({public_text(first_sentence(fid['reason']))})")
+    return "\n".join([
+        f"* Test set: {i['n_test']} frozen images and masks at {i['image_size']} px; known pixels pasted back "
+        "before scoring, so only the hole differs.",
+        "* PSNR / SSIM on the whole image and on the hole alone (own code, equal to scikit-image's).",
+        f"* {lpips_txt}.",
+        f"* {fid_txt}; each method against the real test images of the same names.",
+        f"* Brackets: 95 % {i['bootstrap']['kind']} ({i['bootstrap']['samples']} resamples).",
+    ])
+
+
+def protocol_details(ev: Evaluation) -> str:
+    """Every detail of the measurement protocol, for the HTML report (too long for a slide)."""
+    i = ev.info
+    lp, fid = i["lpips"], i["fid"]
+    lpips_txt = (f"LPIPS: {lp['implementation']}, backbone weights {public_text(lp['weights'])}" if lp["available"]
+                 else f"LPIPS: not computed: {public_text(first_sentence(lp['reason']))}")
+    fid_txt = (f"FID / KID: {fid['implementation']}; weights {public_text(fid['weights'])}; resize: {fid['resize']}"
+               if fid["available"] else f"FID / KID: not computed: {public_text(first_sentence(fid['reason']))}")
     return "\n".join([
         f"* Test set: {i['n_test']} frozen images and masks at {i['image_size']} px; {i['protocol']}.",
         f"* PSNR / SSIM: {i['psnr_ssim']}.",
         f"* {lpips_txt}.",
         f"* {fid_txt}. FID and KID compare each method with the real test images of the same names; "
         f"FID on n images is biased upward for small n (compare only at equal n); KID "
-        f"({i['kid']['estimator']}, kernel {i['kid']['kernel']}, {i['kid']['subsets']} subsets) is unbiased.",
+        f"({i['kid']['estimator']}, kernel {i['kid']['kernel']}, {i['kid']['subsets']} subsets of "
+        f"{i['kid']['subset_size']}) is unbiased.",
         f"* Brackets: {i['bootstrap']['kind']}, 95 %, {i['bootstrap']['samples']} resamples, seed {i['bootstrap']['seed']}.",
     ] + _data_lines(i))
 
@@ -122,51 +203,130 @@ def _data_lines(i: dict) -> list[str]:
 
 
 def format_runtime(ev: Evaluation) -> pd.DataFrame:
-    """Runtime table: seconds per image, images/s, peak memory, parameters, with the weights used."""
+    """Runtime table: seconds per image, images/s, peak memory, parameters (short labels; the
+    weights each method used are in :func:`weights_table`)."""
     if ev.runtime.empty:
         return pd.DataFrame(columns=["method"])
     df = ev.runtime.copy()
 
-    def num(v, fmt):
-        return "not recorded" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, fmt)
+    def num(v, fmt, missing="not recorded"):
+        return missing if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, fmt)
     out = pd.DataFrame({
-        "method": df["label"], "device": df["device"],
+        "method": [_short(m) for m in df["method"]], "device": df["device"],
         "s / image": [num(v, ".3g") for v in df["seconds_per_image"]],
         "images / s": [num(v, ".3g") for v in df["images_per_s"]],
-        "peak memory (MiB)": [num(v, ",.0f") if not (isinstance(v, float) and math.isnan(v)) else "not measured (CPU)"
-                              for v in df["peak_memory_MiB"]],
-        "trainable params": [num(v, ",.0f") for v in df["trainable_params"]],
-        "total params": [num(v, ",.0f") for v in df["total_params"]],
-        "weights": df["weights"]})
+        "peak memory (MiB)": [num(v, ",.0f", "n/a (CPU)") for v in df["peak_memory_MiB"]],
+        "trained params": [num(v, ",.0f") for v in df["trainable_params"]],
+        "total params": [num(v, ",.0f") for v in df["total_params"]]})
     return out.set_index("method")
 
 
+def weights_table(ev: Evaluation) -> pd.DataFrame:
+    """The weights each method used (or why it is missing), without this machine's paths: the
+    detail behind the short labels, for the HTML report."""
+    rows = []
+    for _, r in ev.summary.iterrows():
+        note = r.get("note") if isinstance(r.get("note"), str) else ""
+        weights = r.get("weights") if isinstance(r.get("weights"), str) else ""
+        rows.append({"method": r["label"], "weights used / reason missing":
+                     public_text(weights if r["status"] != "missing" else note),
+                     "note": public_text(note) if r["status"] == "partial" else ""})
+    return pd.DataFrame(rows).set_index("method")
+
+
+def _scores(d: dict) -> dict:
+    return {"PSNR ↑": d.get("psnr"), "SSIM ↑": d.get("ssim"), "LPIPS ↓": d.get("lpips"), "FID ↓": d.get("fid")}
+
+
+def _format_scores(df: pd.DataFrame) -> pd.DataFrame:
+    for col, d in (("PSNR ↑", 2), ("SSIM ↑", 3), ("LPIPS ↓", 3), ("FID ↓", 2)):
+        df[col] = [_fmt(v, d) if v is not None and not (isinstance(v, float) and math.isnan(v)) else "-"
+                   for v in df[col]]
+    return df
+
+
+def study_table(ev: Evaluation, preset: str) -> pd.DataFrame:
+    """The study's reported rows, each followed by our row of the same method, then our other
+    methods: the side by side a presenter needs. Whole-image scores (the study reports those)."""
+    lpips_ok = ev.info.get("lpips", {}).get("available", False)
+    summ = ev.summary.set_index("method")
+
+    def ours(m):
+        r = summ.loc[m]
+        if r["status"] == "missing":
+            return {"method": _short(m), "source": f"this run ({preset}): missing", "n images": 0,
+                    **_scores({})}
+        return {"method": _short(m), "source": f"this run ({preset})", "n images": int(r["n"]),
+                **_scores({"psnr": _get(r, "psnr"), "ssim": _get(r, "ssim"),
+                           "lpips": _get(r, "lpips") if lpips_ok else None, "fid": _get(r, "fid")})}
+    rows, shown = [], []
+    for s in STUDY:
+        rows.append({"method": _short(s["id"]), "source": STUDY_SOURCE, "n images": "not stated", **_scores(s)})
+        if s["id"] in summ.index:
+            rows.append(ours(s["id"]))
+            shown.append(s["id"])
+    rows += [ours(m) for m in summ.index if m not in shown]
+    return _format_scores(pd.DataFrame(rows)).set_index("method")
+
+
+def anchor_table() -> pd.DataFrame:
+    """Published numbers on CelebA-HQ 256 (other papers, their masks and test sets): scale only."""
+    if not ANCHORS:
+        return pd.DataFrame(columns=["method", "source", "protocol", "n images", *_scores({})]).set_index("method")
+    rows = [{"method": a["method"], "source": a["short_source"], "protocol": a["protocol"],
+             "n images": a["n_images"] or "not stated", **_scores(a)} for a in ANCHORS]
+    return _format_scores(pd.DataFrame(rows)).set_index("method")
+
+
+def anchor_sources() -> str:
+    """The full reference of every anchor, as markdown bullets."""
+    return "\n".join(f"* {a['method']}: {a['source']}." for a in ANCHORS)
+
+
+def study_note(ev: Evaluation, preset: str) -> str:
+    """Under the study table: which rows were measured here and what the study's rows are."""
+    i = ev.info
+    return (f"*this run*: measured here on {i['n_test']} test images at {i['image_size']} px. "
+            f"The other rows are as reported by {STUDY_SOURCE} on {STUDY_PROTOCOL}: "
+            "a different test set, masks and resolution, so they set the scale, not a ranking.")
+
+
+def sources() -> str:
+    """The footnote slide: the study and the papers every quoted number comes from."""
+    return "\n".join([f"* The study: {STUDY_CITATION}; its numbers are those of its own report.",
+                       anchor_sources()])
+
+
 def comparison_table(ev: Evaluation, preset: str) -> pd.DataFrame:
-    """Our rows beside the study's reported numbers and published anchors, each with source,
-    protocol and number of images. Only the "this run" rows are measured here."""
+    """Every row in one table with its source, protocol and number of images (saved as CSV; the
+    slides show it as :func:`study_table` and :func:`anchor_table`). Only the "this run" rows are
+    measured here."""
     rows = []
     ours_protocol = (f"this run ({preset}): {ev.info['n_test']} frozen test images, "
                      f"{ev.info['image_size']} px, masks {'/'.join(sorted(set(ev.per_image['kind'])))}")
     lpips_ok = ev.info.get("lpips", {}).get("available", False)
     for _, r in ev.summary.iterrows():
         if r["status"] == "missing":
-            rows.append({"method": r["label"], "source": "this run", "protocol": "missing: " + str(r.get("note", "")),
-                         "n images": 0})
+            rows.append({"method": r["label"], "source": "this run",
+                         "protocol": "missing: " + public_text(r.get("note", "")), "n images": 0, **_scores({})})
             continue
         rows.append({"method": r["label"], "source": "this run (measured)", "protocol": ours_protocol,
-                     "n images": int(r["n"]), "PSNR": _get(r, "psnr"), "SSIM": _get(r, "ssim"),
-                     "LPIPS": _get(r, "lpips") if lpips_ok else None, "FID": _get(r, "fid")})
+                     "n images": int(r["n"]),
+                     **_scores({"psnr": _get(r, "psnr"), "ssim": _get(r, "ssim"),
+                                "lpips": _get(r, "lpips") if lpips_ok else None, "fid": _get(r, "fid")})})
     for s in STUDY:
         rows.append({"method": s["method"], "source": STUDY_SOURCE, "protocol": STUDY_PROTOCOL,
-                     "n images": "not stated", "PSNR": s["psnr"], "SSIM": s["ssim"], "LPIPS": s["lpips"], "FID": s["fid"]})
+                     "n images": "not stated", **_scores(s)})
     for a in ANCHORS:
-        rows.append({"method": a["method"], "source": a["source"] + " (published)", "protocol": a["protocol"],
-                     "n images": a["n_images"] if a["n_images"] else "not stated", "PSNR": a.get("psnr"),
-                     "SSIM": a.get("ssim"), "LPIPS": a.get("lpips"), "FID": a.get("fid")})
-    df = pd.DataFrame(rows)
-    for col, d in (("PSNR", 2), ("SSIM", 3), ("LPIPS", 3), ("FID", 2)):
-        df[col] = [_fmt(v, d) if v is not None else "-" for v in df.get(col, [None] * len(df))]
-    return df.set_index("method")
+        rows.append({"method": a["method"], "source": a["source"], "protocol": a["protocol"],
+                     "n images": a["n_images"] or "not stated", **_scores(a)})
+    return _format_scores(pd.DataFrame(rows)).set_index("method")
+
+
+def title_note(ev: Evaluation, cfg: Config) -> str:
+    """Under the title: the study this reproduces, and what this preset's numbers are."""
+    head = f"Reproducing and extending the study {STUDY_CITATION}."
+    return head + "\n\n" + (smoke_warning(cfg) or f"Preset **{cfg.preset}**: {ev.info['n_test']} test images.")
 
 
 # ---------------------------------------------------------------- statements from the numbers
@@ -378,14 +538,14 @@ def conclusions(ev: Evaluation, cfg: Config) -> str:
 
 
 def methods_overview(ev: Evaluation) -> pd.DataFrame:
-    """One row per method: status, n images scored, the weights it used (or why it is missing)."""
+    """One row per method: its short label, what it is, status and images scored (the weights
+    behind each are in :func:`weights_table`)."""
     rows = []
     for _, r in ev.summary.iterrows():
         note = r.get("note") if isinstance(r.get("note"), str) else ""
-        weights = r.get("weights") if isinstance(r.get("weights"), str) else ""
-        rows.append({"method": r["label"], "status": r["status"], "n images": int(r["n"]),
-                     "weights used / reason": weights if r["status"] != "missing" else note,
-                     "note": note if r["status"] == "partial" else ""})
+        rows.append({"method": _short(r["method"]), "what it is": r["label"], "status": r["status"],
+                     "n images": int(r["n"]),
+                     "note": public_text(first_sentence(note)) if r["status"] != "ok" else ""})
     return pd.DataFrame(rows).set_index("method")
 
 
@@ -396,12 +556,12 @@ def limitations(ev: Evaluation, cfg: Config) -> str:
              "choice of images, not the randomness of the samplers or of training.",
              "* FID compares each method with the real images of the same names; at this n it is biased "
              "upward, so rows with different n are not comparable (KID is the fairer set-level number).",
-             "* The study's and the published numbers come from other test sets, masks, resolutions and "
-             "numbers of images: they are anchors for scale, not rows of our table."]
+             f"* The numbers of {STUDY_SOURCE} come from its own test set, masks, resolution and number of "
+             "images: they set the scale, they are not rows of our table."]
     if not i["lpips"]["available"]:
-        lines.append(f"* LPIPS was not computed: {i['lpips']['reason']}")
+        lines.append(f"* LPIPS was not computed: {public_text(first_sentence(i['lpips']['reason']))}.")
     if not i["fid"]["available"]:
-        lines.append(f"* FID / KID were not computed: {i['fid']['reason']}")
+        lines.append(f"* FID / KID were not computed: {public_text(first_sentence(i['fid']['reason']))}.")
     if cfg.preset == "smoke":
         lines.append("* Smoke preset: tiny random models, a few training steps, CPU: the pipeline is exercised, "
                      "the methods are not.")
@@ -411,8 +571,10 @@ def limitations(ev: Evaluation, cfg: Config) -> str:
 def table(df: pd.DataFrame):
     """Display helper: a table as HTML with every cell's full text (pandas would cut long notes)."""
     from IPython.display import HTML
+    if df.index.name:                      # the index as an ordinary first column: one header row
+        df = df.reset_index()
     with pd.option_context("display.max_colwidth", None):
-        return HTML(df.to_html(escape=True, na_rep="-"))
+        return HTML(df.to_html(escape=True, na_rep="-", index=False))
 
 
 def markdown(text: str):

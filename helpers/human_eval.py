@@ -346,12 +346,12 @@ def counts(votes: pd.DataFrame) -> dict:
 
 
 # ---------------------------------------------------------------- the slide of notebook 06
-HOW_TO_COLLECT = """No votes yet. To collect them, start the demo (`make demo PRESET={preset}`, or
-`python -m helpers.demo --preset {preset}`, or notebook 07) and open the tab **Which looks real?**:
+HOW_TO_COLLECT = """No votes yet. To collect them, start the demo (`make demo PRESET={preset}` or notebook 07)
+and open the tab **Which looks real?**:
 each rater types an id (or gets a random one) and, for each masked test image, picks which of two
 completions looks like the real photo. The pairs (two methods, or one method and the real photo)
 are shown in random order and drawn so every method pair gets as many votes. Votes land in
-`{db}`; run this notebook again to see the win rates, their 95 % intervals and a Bradley-Terry ranking."""
+`reports/{preset}/{db}`; run this notebook again to see the win rates, their 95 % intervals and a Bradley-Terry ranking."""
 
 
 def _fmt_rate(p, lo, hi) -> str:
@@ -397,7 +397,7 @@ def _slide_html(cfg: Config, votes: pd.DataFrame, path: Path, P) -> str:
     from html import escape
 
     if votes.empty:
-        text = HOW_TO_COLLECT.format(preset=cfg.preset, db=path)
+        text = HOW_TO_COLLECT.format(preset=cfg.preset, db=path.name)
         return "<p>" + escape(text).replace("`", "").replace("**", "").replace("\n", " ") + "</p>"
     c = counts(votes)
     tables = preference_tables(votes, cfg.eval.bootstrap_samples, cfg.seed)

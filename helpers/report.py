@@ -9,7 +9,9 @@ reports/<preset>/logs/<name>.log, and a run manifest (preset, config, seeds, pac
 git commit, device, per-notebook status and time) to reports/<preset>/manifest.json, written
 after every notebook so a crash loses nothing. The first failing notebook stops the run with its
 name, the failing cell and the error. Finally the last notebook is exported as a static HTML
-report (code hidden) and reveal.js slides (parameter cells removed, code hidden).
+report (code hidden) and reveal.js slides (parameter cells removed, code hidden), with the
+JavaScript and MathJax they need copied beside them (reports/<preset>/slides_js/): the folder
+presents offline (``--cdn`` loads them from the internet instead).
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ import datetime as dt
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 import time
@@ -131,59 +134,167 @@ def run_notebook(src: Path, dst: Path, log_path: Path, preset: str, overrides: d
                 f"  executed notebook with the traceback: {dst}\n  cell output log: {log_path}") from None
 
 
-SLIDE_ASSETS = {"reveal_url_prefix": "reveal.js", "require_js_url": "require.js", "jquery_url": "jquery.min.js"}
-# MathJax 2.7 with the configuration nbconvert's templates load from their CDN
+# ---------------------------------------------------------------- presenting without a network
+# The slides and the report load reveal.js, require.js, jQuery and MathJax. By default they come
+# from files that pip packages of the normal install ship (requirements-nodeps.txt installs the
+# first two with --no-deps, only for these files), copied into reports/<preset>/slides_js/ beside
+# the exported HTML: the folder can be zipped and presented anywhere, with no network.
+#   reveal.js 5.2 (MIT)   <- sphinx-revealjs (Apache-2.0): sphinx_revealjs/_static/revealjs
+#   require.js 2.3 (MIT), jQuery (MIT) <- nbclassic (BSD-3-Clause): nbclassic/static/components
+#   MathJax 2.7 (Apache-2.0) <- jupyter-server-mathjax (BSD-3-Clause): jupyter_server_mathjax/static
+# `make slides-offline` (npm) fills data/cache/slides_js with the same layout: used for any piece
+# the packages do not provide. CDNs only when asked for (``--cdn``).
+PACKAGED = {  # name in slides_js/ -> (package, path inside it)
+    "reveal.js": ("sphinx_revealjs", "_static/revealjs"),
+    "require.js": ("nbclassic", "static/components/requirejs/require.js"),
+    "jquery.min.js": ("nbclassic", "static/components/jquery/jquery.min.js"),
+    "mathjax": ("jupyter_server_mathjax", "static"),
+}
+REVEAL_PARTS = ("dist/reveal.js", "dist/reveal.css", "dist/theme", "plugin/notes", "LICENSE")
+SLIDE_ASSETS = {"reveal.js": "reveal_url_prefix", "require.js": "require_js_url", "jquery.min.js": "jquery_url"}
 MATHJAX = "mathjax/MathJax.js"
-MATHJAX_CONFIG = "?config=TeX-AMS_CHTML-full,Safe"
+# MathJax's own configuration file for these slides: jupyter-server-mathjax ships only the STIX-Web
+# fonts of the HTML-CSS output (no TeX fonts, no image fonts), so MathJax is told to use them.
+MATHJAX_LOCAL_CONFIG = "course"
+_MATHJAX_LOCAL = """MathJax.Hub.Config({"HTML-CSS": {availableFonts: [], preferredFont: null, webFont: "STIX-Web",
+  imageFont: null, linebreaks: {automatic: true}}});
+MathJax.Ajax.loadComplete("[MathJax]/config/%s.js");
+""" % MATHJAX_LOCAL_CONFIG
+SLIDE_SIZE = (1280, 720)     # the slide's logical size; reveal.js scales it to the screen
 
 
-def offline_slide_assets(out_dir: Path, cache: Path) -> dict | None:
-    """Copy local reveal.js, require.js, jQuery and MathJax (``make slides-offline`` puts them in
-    data/cache/slides_js) beside the slides so they present without internet. Returns the exporter
-    settings pointing at the copies, or None: the slides then load them from their CDNs. MathJax
-    is optional (an older ``slides_js`` without it keeps loading MathJax from its CDN)."""
+class AssetsMissing(RuntimeError):
+    """A file the offline slides need is neither in an installed package nor in the npm cache."""
+
+
+def _package_dir(package: str) -> Path | None:
+    """Folder of an installed package, found without importing it."""
+    from importlib.util import find_spec
+    try:
+        spec = find_spec(package)
+    except (ImportError, ValueError):
+        return None
+    locs = list(spec.submodule_search_locations or []) if spec else []
+    return Path(locs[0]) if locs else None
+
+
+def find_slide_assets(cache: Path) -> dict[str, Path]:
+    """Where each piece comes from: the installed package's copy, else the npm cache
+    (data/cache/slides_js). Raises :class:`AssetsMissing`, saying how to get what is missing."""
+    found, missing = {}, []
+    for name, (package, rel) in PACKAGED.items():
+        pkg = _package_dir(package)
+        candidates = ([pkg / rel] if pkg else []) + [Path(cache) / "slides_js" / name]
+        hit = next((c for c in candidates if c.exists()), None)
+        if hit is None:
+            missing.append(f"{name} (package {package})")
+        else:
+            found[name] = hit
+    if missing:
+        raise AssetsMissing(
+            "the offline slides need " + ", ".join(missing) + ": install them with "
+            "`pip install --no-deps -r requirements-nodeps.txt` (what `make venv` does), or fetch them "
+            "from npm with `make slides-offline`; or export with --cdn to load them from the internet")
+    return found
+
+
+def _mathjax_config(mathjax_dir: Path) -> str:
+    """The MathJax combined configuration present in a copy (the packaged one or npm's)."""
+    for name in ("TeX-AMS-MML_HTMLorMML-full", "TeX-AMS_CHTML-full"):
+        if (mathjax_dir / "config" / f"{name}.js").is_file():
+            extra = f",{MATHJAX_LOCAL_CONFIG}" if (mathjax_dir / "fonts" / "HTML-CSS" / "STIX-Web").is_dir() else ""
+            return f"?config={name},Safe{extra}"
+    raise AssetsMissing(f"no MathJax configuration TeX-AMS-MML_HTMLorMML-full or TeX-AMS_CHTML-full in {mathjax_dir}")
+
+
+def copy_slide_assets(out_dir: Path, cache: Path) -> dict:
+    """Copy reveal.js, require.js, jQuery and MathJax into ``out_dir``/slides_js and return the
+    exporter settings that point at the copies (relative URLs: the folder moves as a whole)."""
     import shutil
 
-    src = Path(cache) / "slides_js"
-    if not all((src / f).exists() for f in ("reveal.js/dist/reveal.js", "require.js", "jquery.min.js")):
-        return None
+    src = find_slide_assets(cache)
     dst = Path(out_dir) / "slides_js"
-    shutil.copytree(src, dst, dirs_exist_ok=True)
-    assets = {trait: f"slides_js/{name}" for trait, name in SLIDE_ASSETS.items()}
-    if (src / MATHJAX).is_file():
-        assets["mathjax_url"] = f"slides_js/{MATHJAX}{MATHJAX_CONFIG}"
+    dst.mkdir(parents=True, exist_ok=True)
+    for name, path in src.items():
+        target = dst / name
+        if path.is_file():
+            shutil.copy2(path, target)
+        elif name == "reveal.js":          # only what the deck loads: the dist files, themes, notes plugin
+            for part in REVEAL_PARTS:
+                p = path / part
+                if p.is_dir():
+                    shutil.copytree(p, target / part, dirs_exist_ok=True)
+                elif p.is_file():
+                    (target / part).parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copy2(p, target / part)
+        else:                              # MathJax: everything but its 40 other interface languages
+            def ignore(folder, names):
+                return [n for n in names if Path(folder).name == "localization" and n != "en"]
+            shutil.copytree(path, target, ignore=ignore, dirs_exist_ok=True)
+    (dst / "mathjax" / "config" / f"{MATHJAX_LOCAL_CONFIG}.js").write_text(_MATHJAX_LOCAL)
+    assets = {trait: f"slides_js/{name}" for name, trait in SLIDE_ASSETS.items()}
+    assets["mathjax_url"] = f"slides_js/{MATHJAX}{_mathjax_config(dst / 'mathjax')}"
     return assets
 
 
 # nbconvert's reveal template re-typesets a slide's formulas only on 'slidechanged', so a deck opened
 # directly on a formula slide (a #/N link, a reload) shows them half laid out. Also after 'ready',
-# queued behind MathJax's first typeset:
+# queued behind MathJax's first typeset. The deck object is also kept as window.Reveal (the template
+# gets it from require.js only), so that a browser test or a console can drive it.
 _SLIDE_HOOK = "Reveal.addEventListener('slidechanged', update);"
-_READY_RERENDER = ("\n        Reveal.addEventListener('ready', function () {\n"
+_READY_RERENDER = ("\n        window.Reveal = Reveal;"
+                   "\n        Reveal.addEventListener('ready', function () {\n"
                    "          MathJax.Hub.Queue(['Rerender', MathJax.Hub, Reveal.getCurrentSlide()]);\n        });")
+# nbconvert's reveal template imports mermaid.js from a CDN on every deck; these notebooks draw no
+# mermaid diagrams, so the import (a network request) is removed.
+_MERMAID_IMPORT = re.compile(r"<script type=\"module\">\s*import mermaid from '[^']*';\s*"
+                             r"mermaid\.initialize\(\{[^}]*\}\);\s*</script>")
+# Slide-sized type for tables and text: nbconvert's defaults (20 px text, tables at 12 px with
+# ellipsis-free wide cells) are written for a notebook, not for a 1280x720 slide.
+_DECK_CSS = """<style type="text/css">
+.reveal .slides section { text-align: left; }
+.reveal h1, .reveal h2, .reveal h3 { text-transform: none; text-align: left; }
+.reveal .jp-RenderedHTMLCommon { font-size: 22px; line-height: 1.35; }
+.reveal .jp-RenderedHTMLCommon h1 { font-size: 40px; margin-bottom: 12px; }
+.reveal .jp-RenderedHTMLCommon h2 { font-size: 32px; margin: 0 0 10px 0; }
+.reveal .jp-RenderedHTMLCommon table { font-size: 17px; margin: 4px 0; }
+.reveal .jp-RenderedHTMLCommon td, .reveal .jp-RenderedHTMLCommon th { padding: 3px 8px; }
+.reveal .jp-RenderedHTMLCommon li { margin-bottom: 4px; }
+.reveal .jp-RenderedHTMLCommon p { margin-bottom: 8px; }
+.reveal .jp-OutputArea-output img { max-height: 560px; width: auto; max-width: 100%; }
+.reveal .jp-Cell { padding: 0; }
+.reveal .jp-InputPrompt, .reveal .jp-OutputPrompt { display: none; }
+.reveal .jp-RenderedHTMLCommon td, .reveal .jp-RenderedHTMLCommon th { text-align: left; }
+</style>
+"""
 
 
 def export(executed: Path, out_dir: Path, slide_assets: dict | None = None) -> dict[str, Path]:
     """HTML report and reveal.js slides of an executed notebook, parameter cells removed, code hidden.
-    ``slide_assets``: exporter settings for local reveal.js/require.js/jQuery/MathJax (default: their CDNs)."""
+    ``slide_assets``: exporter settings for local reveal.js/require.js/jQuery/MathJax (from
+    :func:`copy_slide_assets`); None loads them from their CDNs (``--cdn``)."""
     import nbformat
     from nbconvert import HTMLExporter, SlidesExporter
     from nbconvert.preprocessors import TagRemovePreprocessor
 
     nb = nbformat.read(str(executed), as_version=4)
+    nb.metadata.pop("widgets", None)      # widget state would load the widget manager from a CDN
     remove = TagRemovePreprocessor(remove_cell_tags=HIDDEN_TAGS, enabled=True)
     out = {}
-    slides = SlidesExporter(exclude_input=True, exclude_output_prompt=True, reveal_scroll=True)
+    slides = SlidesExporter(exclude_input=True, exclude_output_prompt=True, reveal_scroll=False, reveal_theme="white",
+                            reveal_width=str(SLIDE_SIZE[0]), reveal_height=str(SLIDE_SIZE[1]))
     report = HTMLExporter(exclude_input=True, exclude_output_prompt=True)
     for trait, url in (slide_assets or {}).items():
         setattr(slides, trait, url)
-        if trait == "mathjax_url":
-            report.mathjax_url = url            # the report sits beside the slides: the same copy serves both
+        if trait in ("mathjax_url", "require_js_url", "jquery_url"):
+            setattr(report, trait, url)      # the report sits beside the slides: the same copies serve both
     for kind, exporter in (("report", report), ("slides", slides)):
         exporter.register_preprocessor(remove, enabled=True)
         body, _ = exporter.from_notebook_node(nb)
         if kind == "slides":
             body = body.replace(_SLIDE_HOOK, _SLIDE_HOOK + _READY_RERENDER, 1)
+            body = _MERMAID_IMPORT.sub("", body, count=1)
+            body = body.replace("</head>", _DECK_CSS + "</head>", 1)
         path = out_dir / (f"{executed.stem}.{kind}.html")
         path.write_text(body, encoding="utf-8")
         out[kind] = path
@@ -191,14 +302,19 @@ def export(executed: Path, out_dir: Path, slide_assets: dict | None = None) -> d
 
 
 def run(preset: str = "smoke", only: str | None = None, start: str | None = None, overrides: dict | None = None,
-        do_export: bool = True, notebook_dir: Path = NOTEBOOK_DIR) -> dict:
-    """Execute the selected notebooks in order; return the manifest (also saved as manifest.json)."""
+        do_export: bool = True, notebook_dir: Path = NOTEBOOK_DIR, cdn: bool = False) -> dict:
+    """Execute the selected notebooks in order; return the manifest (also saved as manifest.json).
+    The export uses local copies of the slides' JavaScript (checked before anything runs); ``cdn``
+    loads it from the internet instead."""
     from tqdm.auto import tqdm
 
     cfg = load_config(preset, overrides)
     P = paths(cfg)
     _kernel_env()
     nbs = select(list_notebooks(notebook_dir), only, start)
+    will_export = do_export and nbs and nbs[-1] == list_notebooks(notebook_dir)[-1]
+    if will_export and not cdn:
+        find_slide_assets(P.cache)       # fail now, not after an hour of notebooks
     manifest = manifest_base(cfg)
     manifest["overrides"] = overrides or {}
     manifest_path = P.reports / "manifest.json"
@@ -226,8 +342,9 @@ def run(preset: str = "smoke", only: str | None = None, start: str | None = None
             entry["seconds"] = round(time.perf_counter() - t0, 1)
             manifest["finished"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
             save_json(manifest, manifest_path)
-    if do_export and nbs and nbs[-1] == list_notebooks(notebook_dir)[-1]:
-        files = export(P.reports / "notebooks" / nbs[-1].name, P.reports, offline_slide_assets(P.reports, P.cache))
+    if will_export:
+        assets = None if cdn else copy_slide_assets(P.reports, P.cache)
+        files = export(P.reports / "notebooks" / nbs[-1].name, P.reports, assets)
         manifest["exports"] = {k: str(v) for k, v in files.items()}
         save_json(manifest, manifest_path)
     return manifest
@@ -240,10 +357,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--from", dest="start", help="run from this notebook to the end")
     add_set_argument(ap)
     ap.add_argument("--no-export", action="store_true", help="skip the HTML report and slides")
+    ap.add_argument("--cdn", action="store_true",
+                    help="slides and report load reveal.js and MathJax from the internet instead of local copies")
     args = ap.parse_args(argv)
     try:
-        manifest = run(args.preset, args.only, args.start, parse_overrides(args.overrides), not args.no_export)
-    except NotebookFailed as e:
+        manifest = run(args.preset, args.only, args.start, parse_overrides(args.overrides), not args.no_export,
+                       cdn=args.cdn)
+    except (NotebookFailed, AssetsMissing) as e:
         print(f"\nFAILED: {e}", file=sys.stderr)
         return 1
     P = paths(load_config(args.preset))

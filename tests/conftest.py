@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import helpers as H
+from helpers import report as R
 
 
 def pytest_collection_modifyitems(config, items):
@@ -34,6 +35,21 @@ def smoke_cfg():
 def prepared(tmp_root, smoke_cfg):
     """The smoke data set prepared in a temporary root: (cfg, index)."""
     return smoke_cfg, H.data.prepare_dataset(smoke_cfg)
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory):
+    """One smoke execution of the whole series through the report runner, in a temporary root,
+    shared by every test that reads its outputs (notebooks, exported report and slides):
+    (manifest, paths)."""
+    root = tmp_path_factory.mktemp("smoke_root")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("INPAINT_ROOT", str(root))
+    try:
+        manifest = R.run("smoke")
+        yield manifest, H.common.paths(H.load_config("smoke"))
+    finally:
+        mp.undo()
 
 
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

@@ -111,8 +111,11 @@ def test_missing_lpips_weights_give_the_stated_message_not_a_number(scored):
     assert "alexnet-owt-7be5be79.pth" in ev.info["lpips"]["reason"]
     assert ev.per_image["lpips"].isna().all()
     table = FD.format_summary(ev)
-    assert (table.loc[H.data.METHODS["telea"], "LPIPS"] == "unavailable")
-    assert "unavailable" in FD.table_caption(ev) and "alexnet-owt-7be5be79.pth" in FD.table_caption(ev)
+    assert (table.loc[H.data.SHORT_LABELS["telea"], "LPIPS"] == "not computed")
+    # the slides say why (the reason's statement), not where to put the file (the README does)
+    caption = FD.table_caption(ev)
+    assert "not computed" in caption and FD.first_sentence(ev.info["lpips"]["reason"]) in caption
+    assert "alexnet-owt-7be5be79.pth" not in caption
 
 
 def test_lpips_is_a_number_with_its_weights_named(prepared, fake_inception, tmp_path, monkeypatch):
@@ -137,8 +140,9 @@ def test_lpips_is_a_number_with_its_weights_named(prepared, fake_inception, tmp_
 def test_missing_method_is_reported_not_dropped(scored):
     cfg, _, ev, _ = scored
     table = FD.format_summary(ev)
-    assert table.loc[H.data.METHODS["sd_lora"], "PSNR (dB)"] == "missing"
-    assert "no prediction folder" in table.loc[H.data.METHODS["sd_lora"], "weights / note"]
+    assert table.loc[H.data.SHORT_LABELS["sd_lora"], "PSNR (dB)"] == "missing"
+    overview = FD.methods_overview(ev).loc[H.data.SHORT_LABELS["sd_lora"]]
+    assert overview["status"] == "missing" and "no prediction folder" in overview["note"]
     text = FD.conclusions(ev, cfg)
     assert "Not scored" in text and "**SD + LoRA**" in text and "**SD zero-shot**" in text
     comp = FD.comparison_table(ev, cfg.preset)
@@ -204,14 +208,17 @@ def test_paired_difference_and_conclusions_follow_the_numbers(scored):
     assert "Smoke preset" not in FD.conclusions(ev, full)
 
 
-def test_comparison_table_labels_every_source(scored):
+def test_comparison_table_labels_every_source(scored, monkeypatch):
     cfg, _, ev, _ = scored
+    anchor = {"method": "X (wide masks)", "short_source": "X paper", "source": "Doe et al., X (arXiv:0000.00000), Table 2",
+              "protocol": "CelebA-HQ 256, wide masks", "n_images": 2000, "fid": 6.5}
+    monkeypatch.setattr(FD, "ANCHORS", [anchor])
     comp = FD.comparison_table(ev, cfg.preset)
     study = comp[comp["source"] == FD.STUDY_SOURCE]
-    assert len(study) == 2 and set(study["PSNR"]) == {"23.45", "20.97"} and set(study["FID"]) == {"32.17", "40.45"}
-    published = comp[comp["source"].str.contains("published")]
-    assert {"LaMa (narrow masks)", "LaMa (wide masks)", "RePaint (wide masks)", "DeepFill v2 (centre mask)"} <= set(published.index)
-    assert published.loc["LaMa (wide masks)", "FID"] == "6.96" and published.loc["LaMa (wide masks)", "n images"] == 2000
+    assert FD.STUDY_TITLE in FD.STUDY_SOURCE
+    assert len(study) == 2 and set(study["PSNR ↑"]) == {"23.45", "20.97"} and set(study["FID ↓"]) == {"32.17", "40.45"}
+    published = comp[comp["source"] == anchor["source"]]
+    assert published.loc["X (wide masks)", "FID ↓"] == "6.50" and published.loc["X (wide masks)", "n images"] == 2000
     ours = comp[comp["source"] == "this run (measured)"]
     assert len(ours) == 3 and ours["protocol"].str.contains("this run (smoke)", regex=False).all()
 
@@ -227,9 +234,9 @@ def test_figures_and_runtime_table(scored, tmp_path):
     for f in ("bars", "hole", "kind", "grid"):
         assert (tmp_path / f"{f}.png").stat().st_size > 5000
     rt = FD.format_runtime(ev)
-    assert rt.loc[H.data.METHODS["ddpm_finetuned"], "trainable params"] == "123"
-    assert rt.loc[H.data.METHODS["ddpm_repaint"], "s / image"] == "not recorded"
-    assert "Telea" in rt.loc[H.data.METHODS["telea"], "weights"]
+    assert rt.loc[H.data.SHORT_LABELS["ddpm_finetuned"], "trained params"] == "123"
+    assert rt.loc[H.data.SHORT_LABELS["ddpm_repaint"], "s / image"] == "not recorded"
+    assert "Telea" in FD.weights_table(ev).loc[H.data.METHODS["telea"], "weights used / reason missing"]
 
 
 def test_reloaded_tables_keep_image_names_as_text(tmp_root, smoke_cfg):

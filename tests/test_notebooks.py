@@ -13,16 +13,7 @@ from helpers import report as R
 pytestmark = [pytest.mark.notebooks, pytest.mark.slow]
 
 
-@pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("smoke_root")
-    mp = pytest.MonkeyPatch()
-    mp.setenv("INPAINT_ROOT", str(root))
-    try:
-        manifest = R.run("smoke")
-        yield manifest, H.common.paths(H.load_config("smoke"))
-    finally:
-        mp.undo()
+# smoke_run: the session's one smoke execution of the series (tests/conftest.py)
 
 
 def test_every_notebook_ran(smoke_run):

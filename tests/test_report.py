@@ -1,5 +1,6 @@
 """The papermill report runner: selection, failure reporting, manifest."""
 import json
+import re
 from pathlib import Path
 
 import nbformat
@@ -70,29 +71,48 @@ def test_partial_run_keeps_earlier_entries(tmp_root):
     assert [(n["notebook"], n["status"]) for n in manifest["notebooks"]] == [("01_a.ipynb", "ok"), ("02_b.ipynb", "ok")]
 
 
-def test_offline_slide_assets_are_copied_and_used(tmp_path):
-    cache, out = tmp_path / "cache", tmp_path / "out"
-    assert R.offline_slide_assets(out, cache) is None             # nothing placed: CDN
-    (cache / "slides_js" / "reveal.js" / "dist").mkdir(parents=True)
-    for f in ("reveal.js/dist/reveal.js", "require.js", "jquery.min.js"):
+def test_slide_assets_come_from_installed_packages(tmp_path):
+    """reveal.js, require.js, jQuery and MathJax are copied from the packages of the normal install
+    beside the HTML; both exports load them from there, nothing from the internet."""
+    out = tmp_path / "out"
+    assets = R.copy_slide_assets(out, tmp_path / "empty_cache")
+    js = out / "slides_js"
+    for f in ("reveal.js/dist/reveal.js", "reveal.js/dist/reveal.css", "reveal.js/dist/theme/white.css",
+              "reveal.js/plugin/notes/notes.js", "require.js", "jquery.min.js", "mathjax/MathJax.js",
+              f"mathjax/config/{R.MATHJAX_LOCAL_CONFIG}.js"):
+        assert (js / f).is_file() and (js / f).stat().st_size > 0, f
+    assert "reveal.js 5" in (js / "reveal.js/dist/reveal.js").read_text()[:200]
+    assert not (js / "mathjax/localization/de").exists()             # interface languages other than en left out
+    nb_path = tmp_path / "nb.ipynb"
+    _write(nb_path, "from IPython.display import Markdown\nMarkdown('$$a^2 + b^2$$')")
+    files = R.export(nb_path, out, assets)
+    slides, report = files["slides"].read_text(), files["report"].read_text()
+    assert 'src="slides_js/require.js"' in slides and "slides_js/reveal.js/dist/reveal.js" in slides
+    for html in (slides, report):                                      # every script and style sheet is local
+        assert f'src="{assets["mathjax_url"]}"' in html
+        assert not re.search(r'<script[^>]*src="https?:|<link[^>]*href="https?:', html)
+    assert "import mermaid" not in slides                              # the template's CDN import is removed
+    assert "preset = " not in slides
+    assert R._READY_RERENDER in slides and R._READY_RERENDER not in report
+    assert f"width: {R.SLIDE_SIZE[0]}" in slides and f"height: {R.SLIDE_SIZE[1]}" in slides
+
+
+def test_missing_assets_are_named_with_the_way_to_get_them(tmp_path, monkeypatch):
+    monkeypatch.setattr(R, "_package_dir", lambda package: None)      # as if the --no-deps packages were absent
+    with pytest.raises(R.AssetsMissing, match=r"reveal\.js.*requirements-nodeps\.txt.*slides-offline.*--cdn"):
+        R.find_slide_assets(tmp_path)
+    # npm's copies (make slides-offline) stand in for the packages
+    cache = tmp_path / "cache"
+    for f in ("reveal.js/dist/reveal.js", "require.js", "jquery.min.js", "mathjax/MathJax.js",
+              "mathjax/config/TeX-AMS_CHTML-full.js"):
+        (cache / "slides_js" / f).parent.mkdir(parents=True, exist_ok=True)
         (cache / "slides_js" / f).write_text("//")
-    assets = R.offline_slide_assets(out, cache)
-    assert assets["require_js_url"] == "slides_js/require.js" and (out / "slides_js" / "require.js").is_file()
+    assets = R.copy_slide_assets(tmp_path / "out", cache)
+    assert assets["mathjax_url"] == "slides_js/mathjax/MathJax.js?config=TeX-AMS_CHTML-full,Safe"
+
+
+def test_cdn_only_when_asked(tmp_path):
     nb_path = tmp_path / "nb.ipynb"
     _write(nb_path, "x = 1")
-    nb = nbformat.read(nb_path, as_version=4)
-    nbformat.write(nb, tmp_path / "executed.ipynb")
-    html = R.export(tmp_path / "executed.ipynb", out, assets)["slides"].read_text()
-    assert 'src="slides_js/require.js"' in html and "slides_js/reveal.js/dist/reveal.js" in html
-    assert "preset = " not in html and "cdnjs.cloudflare.com/ajax/libs/mathjax" in html   # no local MathJax yet
-    # with MathJax placed too, both the slides and the report load it from the copy
-    (cache / "slides_js" / "mathjax").mkdir()
-    (cache / "slides_js" / R.MATHJAX).write_text("//")
-    assets = R.offline_slide_assets(out, cache)
-    files = R.export(tmp_path / "executed.ipynb", out, assets)
-    for kind in ("slides", "report"):
-        html = files[kind].read_text()
-        assert f"slides_js/{R.MATHJAX}{R.MATHJAX_CONFIG}" in html and "cdnjs.cloudflare.com/ajax/libs/mathjax" not in html
-    assert (out / "slides_js" / R.MATHJAX).is_file()
-    # formulas are laid out again once reveal.js is ready (a deck opened on a formula slide)
-    assert R._READY_RERENDER in files["slides"].read_text() and R._READY_RERENDER not in files["report"].read_text()
+    html = R.export(nb_path, tmp_path, None)["slides"].read_text()
+    assert "slides_js/" not in html and "https://" in html

