@@ -183,11 +183,11 @@ def method_status(cfg: Config, root: Path | None = None) -> dict[str, MethodStat
     get_sd = (f"hf download {sd.HUB_ID} --local-dir <folder>",
               f" on a machine with internet access, then set sd.pretrained_id: <folder> in configs/{cfg.preset}.yaml")
     out["sd_zeroshot"] = MethodStatus("sd_zeroshot", ok, text if ok else "", "" if ok else text, *get_sd)
-    lora = P.models / "sd_lora" / sd.LORA_WEIGHTS
+    lora = sd.find_lora(cfg, P.root)
     if not ok:
         out["sd_lora"] = MethodStatus("sd_lora", False, reason=text, command=get_sd[0], hint=get_sd[1])
-    elif not lora.is_file():
-        out["sd_lora"] = MethodStatus("sd_lora", False, reason=f"no LoRA weights at {lora}.",
+    elif lora is None:
+        out["sd_lora"] = MethodStatus("sd_lora", False, reason=f"no LoRA weights under {P.models / 'sd_lora'}.",
                                       command=f"python -m helpers.sd --preset {cfg.preset}", hint=f"{series}, notebook 04")
     else:
         out["sd_lora"] = MethodStatus("sd_lora", True, f"{text} + LoRA {lora}")
@@ -244,7 +244,7 @@ class Models:
             return unet, ddpm.load_noise_scheduler(cfg, P).alphas_cumprod
         pipe = sd.load_pipeline(cfg, device=dev, root=self.root)
         if method == "sd_lora":
-            pipe = sd.load_lora(pipe, P.models / "sd_lora" / sd.LORA_WEIGHTS)
+            pipe = sd.load_lora(pipe, sd.find_lora(cfg, self.root))
         return pipe
 
     @torch.no_grad()

