@@ -247,7 +247,10 @@ def evaluate_all(cfg: Config, root: Path | None = None, methods: Sequence[str] |
         "hole_buckets": list(E.hole_buckets), "missing": missing, "methods": method_info,
     }
     index = D.load_index(cfg, root)         # where the test set came from, at which sizes (notebook 01)
-    info["data"] = {"test_split": index.get("test_split"), "sizes": (index.get("resolution") or {}).get("text")}
+    res = index.get("resolution") or {}
+    info["data"] = {"test_split": index.get("test_split"), "sizes": res.get("text"),
+                    "sd_upsampled": res.get("sd_upsampled"), "prepared_px": res.get("prepared_px"),
+                    "sd_px": res.get("sd_px")}
     ev = Evaluation(per_image, pd.DataFrame(summary), by_bucket, by_kind,
                     pd.DataFrame(runtime, columns=list(_runtime_row("telea", {}))), info)
     save_evaluation(ev, P.tables)

