@@ -31,6 +31,19 @@ TARGETS = (".to_q", ".to_k", ".to_v", ".to_out.0")
 N_IMAGES, N_TEST = 8, 2
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _only_when_selected(request):
+    """The tier takes minutes and 6 GB of stand-ins: it runs when asked for by marker (``-m fullsize``,
+    as ``make test-fullsize`` and ``.ci/run`` do), not in a plain ``pytest``."""
+    if "fullsize" not in (request.config.getoption("markexpr") or "").replace("not fullsize", ""):
+        pytest.skip("fullsize tier: run it with `make test-fullsize` (pytest -m fullsize)")
+
+
+def device_name() -> str:
+    """cpu here and in CI; ``INPAINT_FULLSIZE_DEVICE=cuda`` on a GPU (make gpu-check)."""
+    return os.environ.get("INPAINT_FULLSIZE_DEVICE", "cpu")
+
+
 def standins_root() -> Path:
     return Path(os.environ.get("INPAINT_STANDINS", S.DEFAULT_OUT))
 
@@ -45,11 +58,10 @@ def standins():
 def minimal_overrides(out: Path) -> dict:
     """The preset's values except the amount of work: 8 images (4 train, 2 val, 2 test), one training
     step at batch 1, two sampling steps, RePaint on one image, 4 caption tokens."""
-    return {**S.overrides(out), "device": "cpu",
+    return {**S.overrides(out), "device": device_name(),
             "data.num_images": N_IMAGES, "data.split": {"train": 0.5, "val": 0.25, "test": 0.25},
             "data.max_test_images": N_TEST, "captions.max_new_tokens": 4,
             "ddpm.batch_size": 1, "ddpm.max_steps": 1, "ddpm.num_inference_steps": 2, "ddpm.sample_batch_size": 1,
-            "ddpm.val_every": 1, "ddpm.checkpoint_every": 1,
             "ddpm.repaint.num_inference_steps": 2, "ddpm.repaint.jump_length": 1, "ddpm.repaint.jump_n_sample": 1,
             "ddpm.repaint.max_images": 1,
             "sd.batch_size": 1, "sd.max_steps": 1, "sd.num_inference_steps": 2, "sd.inference_batch_size": 2,
@@ -85,7 +97,7 @@ def test_standins_have_the_published_layout_and_sizes(standins):
 
 def test_full_size_pipeline_loads_with_published_parameter_counts(standins):
     cfg = H.load_config("full", minimal_overrides(standins))
-    pipe = H.sd.load_pipeline(cfg, device=torch.device("cpu"))
+    pipe = H.sd.load_pipeline(cfg, device=torch.device(device_name()))
     counts = {row["component"]: row["params"] for row in H.sd.describe(pipe)}
     assert counts == {"unet": S.PARAMS["sd_unet"], "vae": S.PARAMS["sd_vae"], "text_encoder": S.PARAMS["sd_text_encoder"],
                       "scheduler": 0}
@@ -190,7 +202,7 @@ def test_full_size_benchmark_runs_on_the_cpu(standins, tmp_root):
     size (one timed call each, plain variant, two sampling steps): the benchmark cannot rot between GPU runs."""
     from helpers import bench as B
 
-    over = {**S.overrides(standins), "device": "cpu", "bench.warmup": 0, "bench.iters": 1, "bench.batch_sizes": [1],
+    over = {**S.overrides(standins), "device": device_name(), "bench.warmup": 0, "bench.iters": 1, "bench.batch_sizes": [1],
             "ddpm.batch_size": 1, "sd.batch_size": 1, "ddpm.num_inference_steps": 2, "sd.num_inference_steps": 2,
             "eval.batch_size": 2}
     cfg = H.load_config("full", over)
@@ -199,7 +211,8 @@ def test_full_size_benchmark_runs_on_the_cpu(standins, tmp_root):
     saved = json.loads(out.read_text())
     assert saved["tiny"] is False and saved["architectures"]["sd"] == str(cfg.sd.pretrained_id)
     rows = {r["workload"]: r for r in saved["rows"] if r["variant"] == "plain"}
-    assert set(rows) == set(B.WORKLOADS) - {"eval"} and "ON A CPU" in result["table"]
+    assert set(rows) == set(B.WORKLOADS) - {"eval"}
+    assert ("ON A CPU" in result["table"]) == (device_name() == "cpu")
     # real sizes: a training step of the 256 px U-Net is about 3 forwards (1.5 TFLOP), two guided SD steps at
     # 512 px are 4 U-Net evaluations plus the VAE (about 3.4 TFLOP)
     forward = rows["ddpm_sample"]["flops_per_image"] / cfg.ddpm.num_inference_steps
