@@ -77,6 +77,33 @@ def _root(tmp_path: Path, name: str) -> Path:
     return root
 
 
+def _descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (from /proc: torchrun starts its workers in sessions of their own)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    out, todo = [], [pid]
+    while todo:
+        for c in children.get(todo.pop(), []):
+            out.append(c)
+            todo.append(c)
+    return out
+
+
+def _kill_tree(proc: subprocess.Popen) -> None:
+    """SIGKILL the launcher and all its workers at once: a crash, not a shutdown."""
+    for pid in [proc.pid, *_descendants(proc.pid)]:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    proc.wait()
+
+
 def _writes(root: Path, rank: int) -> list[str]:
     f = root / f"writes.rank{rank}.txt"
     return f.read_text().split() if f.is_file() else []
@@ -112,17 +139,18 @@ def test_ddpm_two_processes_main_writes_resume_and_loss_curve(tmp_path):
     assert _writes(two, 1) == [], _writes(two, 1)
     # 2. the same run killed after its first checkpoint (step 6 of 12), then started again: it resumes
     killed = _root(tmp_path, "killed")
-    proc = subprocess.Popen(_command(2, "ddpm", "--set", half), env=_env(killed), start_new_session=True,
+    proc = subprocess.Popen(_command(2, "ddpm", "--set", half), env=_env(killed),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     ckpt_glob = "reports/smoke/models/ddpm_inpaint/ckpt_*/last.pt"
     deadline = time.time() + 600
     while not list(killed.glob(ckpt_glob)) and time.time() < deadline and proc.poll() is None:
         time.sleep(0.2)
-    os.killpg(proc.pid, signal.SIGKILL)                 # launcher and both workers, mid-run
-    proc.wait()
+    _kill_tree(proc)                                    # launcher and both workers, mid-run
     import torch
     step = torch.load(next(killed.glob(ckpt_glob)), map_location="cpu", weights_only=False)["step"]
     assert 0 < step < 12
+    time.sleep(2)
+    assert torch.load(next(killed.glob(ckpt_glob)), map_location="cpu", weights_only=False)["step"] == step  # all dead
     _run(killed, 2, "ddpm", "--set", half)
     stats = json.loads(next(killed.glob("reports/smoke/models/ddpm_inpaint/ckpt_*/train_stats.json")).read_text())
     assert stats["resumed_from"] == step and stats["steps"] == 12
