@@ -5,7 +5,7 @@ step, two sampling steps, two test images, every notebook through papermill (hel
 What a GPU user runs is what runs here: the same loaders on the hub's folder layouts (the DDPM's root
 layout with legacy attention keys, the SD pipeline with its real CLIP tokenizer and PNDM scheduler,
 BLIP, a parquet data set), the same 113.7M / 859.5M / 83.7M / 123.1M parameter networks, LoRA on the
-same 128 modules. Run it with ``make test-fullsize`` (about 20 minutes on 2 cores, peak about 13 GB:
+same 128 modules. Run it with ``make test-fullsize`` (target <= 25 minutes on 2 cores, peak about 13 GB:
 never two full-size processes at once). The stand-ins are written once into data/standins/ (about
 6 GB, a few minutes) and reused.
 """
@@ -64,7 +64,7 @@ def minimal_overrides(out: Path) -> dict:
             "ddpm.batch_size": 1, "ddpm.max_steps": 1, "ddpm.num_inference_steps": 2, "ddpm.sample_batch_size": 1,
             "ddpm.repaint.num_inference_steps": 2, "ddpm.repaint.jump_length": 1, "ddpm.repaint.jump_n_sample": 1,
             "ddpm.repaint.max_images": 1,
-            "sd.batch_size": 1, "sd.max_steps": 1, "sd.num_inference_steps": 2, "sd.inference_batch_size": 2,
+            "sd.batch_size": 1, "sd.max_steps": 1, "sd.num_inference_steps": 2, "sd.inference_batch_size": 1,
             "eval.batch_size": 2, "eval.bootstrap_samples": 20, "eval.kid_subset_size": 2, "eval.kid_subsets": 4}
 
 
