@@ -34,8 +34,9 @@ N_IMAGES, N_TEST = 8, 2
 @pytest.fixture(scope="session", autouse=True)
 def _only_when_selected(request):
     """The tier takes minutes and 6 GB of stand-ins: it runs when asked for by marker (``-m fullsize``,
-    as ``make test-fullsize`` and ``.ci/run`` do), not in a plain ``pytest``."""
-    if "fullsize" not in (request.config.getoption("markexpr") or "").replace("not fullsize", ""):
+    as ``make test-fullsize`` and ``.ci/run`` do; ``-m gpu`` for its GPU test), not in a plain ``pytest``."""
+    expr = request.config.getoption("markexpr") or ""
+    if not any(m in expr.replace(f"not {m}", "") for m in ("fullsize", "gpu")):
         pytest.skip("fullsize tier: run it with `make test-fullsize` (pytest -m fullsize)")
 
 
