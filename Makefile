@@ -5,7 +5,7 @@ PY      := $(VENV)/bin/python
 PRESET  ?= smoke
 PYTEST_ARGS ?=
 
-.PHONY: report test venv notebooks lab bench demo slides-offline clean
+.PHONY: report test test-fullsize standins gpu-check venv notebooks lab bench demo slides-offline clean
 
 $(VENV)/.installed: requirements.txt requirements-nodeps.txt pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -24,6 +24,21 @@ report: venv
 ## unit tests, reference checks and one smoke execution of every notebook
 test: venv
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+## the fullsize tier: presets full and lite at their real sizes on the CPU, on random-weight stand-ins of
+## every model and data set (helpers.standins, written once into data/standins: about 6 GB); one training
+## step, two sampling steps, two images, every notebook. Target <= 25 minutes on 2 cores; peak about 13 GB.
+test-fullsize: venv
+	$(PY) -m pytest -m fullsize $(PYTEST_ARGS)
+
+## the full-size stand-ins alone (published layouts and configs, random weights)
+standins: venv
+	$(PY) -m helpers.standins --out data/standins
+
+## on a machine with a CUDA GPU: pytest -m gpu, the fullsize tier on CUDA, benchmark pieces; results are
+## written as they come into reports/gpu_check/ (docs/benchmarks.md says what to do with them)
+gpu-check: venv
+	bash tools/gpu_check.sh
 
 ## benchmark of the heavy steps (tiny configs on a CPU, real sizes on a GPU)
 bench: venv

@@ -2,6 +2,14 @@
 
     python -m helpers.bench --preset full          # on a GPU: real architectures, random weights
     python -m helpers.bench --preset smoke         # on a CPU: tiny configs (the table says so)
+    python -m helpers.bench --preset full --full-size --set ...   # on a CPU: the real sizes, very slowly
+                                                   # (a smoke of the real-size benchmark, e.g. on the
+                                                   # stand-ins of helpers.standins: tests/test_fullsize.py)
+
+The architectures are the published ones (helpers.ddpm.published_unet_config, helpers.sd.published_configs),
+or, where ``ddpm.pretrained_id`` / ``sd.pretrained_id`` is a local folder (a downloaded checkpoint or a
+stand-in), the configs that folder holds; the weights are always random (timing and memory do not depend
+on them).
 
 Workloads (each at one or more batch sizes, each in several variants of the ``perf`` switches):
 
@@ -38,6 +46,11 @@ from .config import Config, add_set_argument, load_config, parse_overrides
 
 # the switches the variants toggle; "plain" has them all off
 SWITCHES = ("sdpa", "channels_last", "torch_compile", "fused_adamw", "cuda_graphs", "batched_vae_decode", "fused_qkv")
+
+
+# the peak a --flops-only estimate is stated against, per preset (TFLOP/s, what it is)
+REFERENCE_PEAK = {"lite": (82.0, "an assumed fp16 tensor peak of a 16 GB consumer GPU (pass your card's with --peak-tflops)")}
+DEFAULT_PEAK = (800.0, "about the bf16 dense peak of an H100")
 
 
 # FLOPs are counted on the meta device (shapes only): no time, no memory, the same counts as real tensors
@@ -262,12 +275,42 @@ def _sweep(ctx: Context, workload: str, variant: str, sizes, make_step, flops_of
 
 
 # ---------------------------------------------------------------- workloads 1-2: the 7-channel DDPM
+def _folder_config(pretrained_id, *names: str) -> dict | None:
+    """The first of ``names`` (config files) found in a local model folder, without private keys."""
+    if not pretrained_id or not Path(os.path.expanduser(str(pretrained_id))).is_dir():
+        return None
+    for name in names:
+        f = Path(os.path.expanduser(str(pretrained_id))) / name
+        if f.is_file():
+            return {k: v for k, v in json.loads(f.read_text()).items() if not k.startswith("_")}
+    return None
+
+
+def _accepted(cls, config: dict) -> dict:
+    """The keys of ``config`` that ``cls.__init__`` takes (hub files carry a few informational ones)."""
+    import inspect
+    names = set(inspect.signature(cls.__init__).parameters)
+    return {k: v for k, v in config.items() if k in names}
+
+
+def architecture_sources(cfg: Config) -> dict:
+    """Where the full-size architectures come from: a local folder's configs, or the published ones in code."""
+    ddpm_dir = _folder_config(cfg.ddpm.pretrained_id, "config.json", "unet/config.json")
+    sd_dir = _folder_config(cfg.sd.pretrained_id, "unet/config.json")
+    return {"ddpm": str(cfg.ddpm.pretrained_id) if ddpm_dir else "published config (helpers.ddpm)",
+            "sd": str(cfg.sd.pretrained_id) if sd_dir else "published configs (helpers.sd)"}
+
+
 def _ddpm_config(ctx: Context) -> tuple[dict, int]:
+    from diffusers import UNet2DModel
+
     from . import ddpm
     if ctx.tiny:
         size = ctx.cfg.data.image_size
         return {**ddpm.published_unet_config(), **ctx.cfg.ddpm.tiny_config, "sample_size": size}, size
-    return ddpm.published_unet_config(), 256
+    local = _folder_config(ctx.cfg.ddpm.pretrained_id, "config.json", "unet/config.json")
+    config = _accepted(UNet2DModel, local) if local else ddpm.published_unet_config()
+    return config, int(config.get("sample_size") or 256)
 
 
 def _ddpm_model(ctx: Context, perf: Config, train: bool, device: torch.device):
@@ -319,7 +362,7 @@ def bench_ddpm_sample(ctx: Context) -> None:
     from . import ddpm
     d, (_, size) = ctx.cfg.ddpm, _ddpm_config(ctx)
     sched = ddpm.published_scheduler_config()
-    bs0 = ctx.cfg.bench.batch_sizes[-1] if ctx.tiny else 8
+    bs0 = ctx.cfg.bench.batch_sizes[-1] if ctx.tiny else min(8, max(ctx.cfg.bench.batch_sizes))
 
     def make_step(perf: Config, dtype: str, bs: int, sampler: str = "ddim", steps: int | None = None, dev: torch.device | None = None):
         dev = dev or ctx.device
@@ -352,6 +395,19 @@ def bench_ddpm_sample(ctx: Context) -> None:
 
 
 # ---------------------------------------------------------------- workloads 3-4: SD 1.5 inpainting
+def _sd_configs(cfg: Config) -> dict:
+    """SD 1.5 inpainting's component configs: those of a local pipeline folder, else the published ones."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    from . import sd
+    configs = sd.published_configs()
+    for name, cls in (("unet", UNet2DConditionModel), ("vae", AutoencoderKL), ("text_encoder", None)):
+        local = _folder_config(cfg.sd.pretrained_id, f"{name}/config.json")
+        if local:
+            configs[name] = _accepted(cls, local) if cls else local
+    return configs
+
+
 def _sd_parts(ctx: Context, perf: Config, dtype: str, device: torch.device):
     """U-Net, VAE (and scheduler) at full size (random weights) or tiny; the text embeddings are
     cached in the real pipeline, so the benchmark feeds random embeddings of the right shape."""
@@ -359,7 +415,7 @@ def _sd_parts(ctx: Context, perf: Config, dtype: str, device: torch.device):
 
     from . import sd
     from .perf import set_attention
-    configs = sd.tiny_configs(1000, 0, 1, 1) if ctx.tiny else sd.published_configs()
+    configs = sd.tiny_configs(1000, 0, 1, 1) if ctx.tiny else _sd_configs(ctx.cfg)
     parts = sd.build_components(configs, device, DTYPES[dtype])
     set_attention(parts["vae"], perf.get("sdpa", True))
     res = ctx.cfg.sd.resolution if ctx.tiny else 512
@@ -548,12 +604,25 @@ def study_compute(cfg: Config, flops: dict, n_train: int) -> list[dict]:
     ]
 
 
-def flop_budget(cfg: Config, peak_tflops: float = 800.0, n_train: int = 27000) -> dict:
+def train_images(cfg: Config) -> int:
+    """Training images of the preset: what data.prepare_dataset keeps for ``train`` out of
+    ``data.num_images``; CelebA-HQ's 30,000 x 0.9 = 27,000 where the preset takes every image."""
+    from .data import split_names
+    d = cfg.data
+    if not d.get("num_images"):
+        return 27000
+    s = split_names([f"{i:06d}" for i in range(d.num_images)], d.split, cfg.seed)
+    cap = lambda n, limit: n if limit is None else min(n, limit)
+    return d.num_images - cap(len(s["test"]), d.max_test_images) - cap(len(s["val"]), d.max_val_images)
+
+
+def flop_budget(cfg: Config, peak_tflops: float = 800.0, n_train: int | None = None) -> dict:
     """FLOPs per image of every workload at its full size, counted on the meta device (shapes only:
     no weights, no memory, no GPU), and the speed each target ratio means at ``peak_tflops``.
 
     The same workload code as the timed benchmark runs under torch.utils.flop_counter, so a GPU run
     later measures exactly what is counted here."""
+    n_train = train_images(cfg) if n_train is None else n_train
     ctx = Context(cfg, torch.device("meta"), False, 0, 1, peak_tflops, flops_only=True)   # tiny=False: full size
     for name in ("ddpm_train", "ddpm_sample", "sd_lora_train", "sd_infer"):
         print(f"[bench] counting {name} on the meta device ...", file=sys.stderr, flush=True)
@@ -605,15 +674,16 @@ def _merge(previous: dict, result: dict) -> dict:
 
 
 def run(cfg: Config, only: list[str] | None = None, out_path=None, variants: list[str] | None = None,
-        sweep: bool = True, merge: bool | None = None) -> dict:
+        sweep: bool = True, merge: bool | None = None, full_size: bool = False) -> dict:
     """Run the selected workloads (default: all five) and variants (default: all); print the table;
     save JSON. A partial run (``only`` or ``variants``) merges into an existing JSON of the same
-    device unless ``merge=False``. Returns the JSON dict."""
+    device unless ``merge=False``. ``full_size``: time the real architectures even on a CPU (slow).
+    Returns the JSON dict."""
     import datetime as dt
     from importlib import metadata
 
     device = get_device(cfg)
-    tiny = bool(cfg.bench.tiny) or device.type != "cuda"
+    tiny = (bool(cfg.bench.tiny) or device.type != "cuda") and not full_size
     peak, peak_desc = peak_matmul_tflops(device)
     ctx = Context(cfg, device, tiny, cfg.bench.warmup, cfg.bench.iters, peak, variants=tuple(variants or ()),
                   sweep=sweep)
@@ -629,11 +699,13 @@ def run(cfg: Config, only: list[str] | None = None, out_path=None, variants: lis
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None
     header = (f"device: {gpu or 'CPU'}; peak {peak_desc}: {peak:.2f} TFLOP/s measured now; "
               + ("TINY configs (CPU run: proves the harness, not the speed of the real models)" if tiny
-                 else "full-size architectures with random weights"))
+                 else "full-size architectures with random weights"
+                 + ("" if device.type == "cuda" else " ON A CPU: a smoke of the real-size benchmark, not GPU numbers")))
     print(format_table(rows, header))
     date = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     result = {"date": date, "preset": cfg.preset,
               "device": gpu or "cpu", "tiny": tiny, "peak_tflops": peak, "peak_kind": peak_desc,
+              "architectures": architecture_sources(cfg) if not tiny else "tiny configs",
               "versions": {p: metadata.version(p) for p in ("torch", "diffusers", "peft")},
               "workloads": names, "rows": [asdict(r) for r in rows],
               "runs": [{"date": date, "peak_tflops": peak, "workloads": names, "variants": list(variants or [])}]}
@@ -660,9 +732,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--flops-only", action="store_true",
                     help="count the FLOPs per image of the full-size workloads on the meta device (no GPU needed, "
                          "nothing timed) and print what the targets mean in images/s")
-    ap.add_argument("--peak-tflops", type=float, default=800.0, help="bf16 peak for --flops-only (H100: about 800)")
-    ap.add_argument("--train-images", type=int, default=27000,
-                    help="training-set size for the study total of --flops-only (CelebA-HQ: 30k x 0.9)")
+    ap.add_argument("--peak-tflops", type=float, default=None,
+                    help="peak for --flops-only (default: 800, about an H100's bf16 peak; lite: 82, an assumed "
+                         "16 GB consumer GPU's fp16 tensor peak)")
+    ap.add_argument("--train-images", type=int, default=None,
+                    help="training-set size for the study total of --flops-only (default: the preset's, "
+                         "27,000 = CelebA-HQ's 30k x 0.9 where it takes every image)")
+    ap.add_argument("--full-size", action="store_true",
+                    help="time the full-size architectures even on a CPU (very slow; with minimal --set values "
+                         "it is a smoke test of the real-size benchmark, e.g. on helpers.standins)")
     ap.add_argument("--variants", help="comma-separated parts of variant names to keep, e.g. 'bf16,all,preset' "
                                        "(plain is always timed: the ratios need it)")
     ap.add_argument("--no-sweep", action="store_true", help="skip the batch-size sweeps")
@@ -670,14 +748,18 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     cfg = load_config(args.preset, parse_overrides(args.overrides))
     if args.flops_only:
-        budget = flop_budget(cfg, args.peak_tflops, args.train_images)
+        peak, what = (args.peak_tflops, "given") if args.peak_tflops else REFERENCE_PEAK.get(cfg.preset, DEFAULT_PEAK)
+        budget = flop_budget(cfg, peak, args.train_images)
+        budget["peak_kind"] = what
+        print(f"peak {peak:.0f} TFLOP/s: {what}")
         print(budget["table"])
         out = Path(args.out) if args.out else paths(cfg).reports / "flop_budget.json"
         save_json({k: v for k, v in budget.items()}, out)
         print(f"\nsaved {out}", file=sys.stderr)
         return 0
     run(cfg, args.only.split(",") if args.only else None, args.out,
-        args.variants.split(",") if args.variants else None, not args.no_sweep, False if args.fresh else None)
+        args.variants.split(",") if args.variants else None, not args.no_sweep, False if args.fresh else None,
+        full_size=args.full_size)
     return 0
 
 

@@ -14,7 +14,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG_DIR = ROOT / "configs"
-PRESETS = ("smoke", "full")
+PRESETS = ("smoke", "lite", "full")
 
 
 class Config(dict):

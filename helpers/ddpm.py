@@ -331,16 +331,20 @@ def _first_line(e: Exception) -> str:
 def _tiny_base(cfg: Config, P: Paths) -> Path:
     """Smoke: build UNet2DModel(**ddpm.tiny_config) with seeded random weights and a DDPMScheduler
     from the preset, and save both to P.models/ddpm_base (to be loaded back like a hub repo)."""
+    from accelerate import PartialState
     from diffusers import UNet2DModel
 
     if not cfg.ddpm.get("tiny_config"):
         raise ValueError("ddpm.pretrained_id is null and ddpm.tiny_config is empty: set one of them")
     folder = P.models / BASE_DIR
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.seed)
-        unet = UNet2DModel(**{"in_channels": 3, "out_channels": 3, **cfg.ddpm.tiny_config.to_dict()})
-    _save_pretrained_atomic(unet, folder)
-    _scheduler_from_cfg(cfg).save_pretrained(str(folder))
+    state = PartialState()
+    with state.main_process_first():            # several processes: the main one writes, the others read
+        if state.is_main_process:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(cfg.seed)
+                unet = UNet2DModel(**{"in_channels": 3, "out_channels": 3, **cfg.ddpm.tiny_config.to_dict()})
+            _save_pretrained_atomic(unet, folder)
+            _scheduler_from_cfg(cfg).save_pretrained(str(folder))
     return folder
 
 
@@ -805,8 +809,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
     args = ap.parse_args(argv)
     cfg = load_config(args.preset, parse_overrides(args.overrides))
     P = paths(cfg)
-    state = PartialState()
     device = get_device(cfg)
+    # first use of Accelerate's state: without a GPU, processes started by `accelerate launch --multi_gpu`
+    # (torchrun) join one gloo group on the CPU instead of each training alone
+    state = PartialState(cpu=device.type != "cuda")
     unet, sched = build_inpainting_model(cfg, P)
     trainable, total = count_parameters(unet)
     log.info("%s; %d trainable of %d parameters", weights_description(cfg, P), trainable, total)

@@ -259,7 +259,9 @@ def resolve_source(cfg: Config, root: Path | None = None) -> str:
     """Where the base pipeline comes from: the tiny one built into reports/<preset>/models/sd_base
     (``sd.tiny: true``), else ``sd.pretrained_id`` (a hub id or a local folder)."""
     if cfg.sd.tiny:
-        return str(build_tiny_pipeline(paths(cfg, root).models / "sd_base", seed=cfg.seed))
+        from accelerate import PartialState
+        with PartialState().main_process_first():      # several processes: the main one builds it first
+            return str(build_tiny_pipeline(paths(cfg, root).models / "sd_base", seed=cfg.seed))
     if not cfg.sd.pretrained_id:
         raise ValueError("sd.pretrained_id is empty and sd.tiny is false: set sd.pretrained_id to "
                          f"{HUB_ID!r} or to a local folder holding that checkpoint")
@@ -471,9 +473,10 @@ def save_lora(unet, folder: Path, is_main_process: bool = True) -> Path:
     from diffusers import StableDiffusionInpaintPipeline
 
     folder = Path(folder)
-    StableDiffusionInpaintPipeline.save_lora_weights(
-        folder, unet_lora_layers=lora_state_dict(unet), is_main_process=is_main_process, safe_serialization=True,
-        unet_lora_adapter_metadata=unet.peft_config["default"].to_dict())
+    if is_main_process:     # diffusers' own is_main_process flag does not stop the other processes writing
+        StableDiffusionInpaintPipeline.save_lora_weights(
+            folder, unet_lora_layers=lora_state_dict(unet), is_main_process=True, safe_serialization=True,
+            unet_lora_adapter_metadata=unet.peft_config["default"].to_dict())
     return folder / LORA_WEIGHTS
 
 
@@ -825,9 +828,13 @@ def main(argv: Sequence[str] | None = None) -> dict:
     add_set_argument(ap)
     ap.add_argument("--max-steps", type=int, default=None, help="stop this call after this many steps (resumable)")
     args = ap.parse_args(argv)
-    cfg = load_config(args.preset, parse_overrides(args.overrides))
-    stats = train_lora(cfg, load_pipeline(cfg), max_steps=args.max_steps)
     from accelerate import PartialState
+
+    cfg = load_config(args.preset, parse_overrides(args.overrides))
+    # first use of Accelerate's state: without a GPU, processes started by `accelerate launch --multi_gpu`
+    # (torchrun) join one gloo group on the CPU instead of each training alone
+    PartialState(cpu=get_device(cfg).type != "cuda")
+    stats = train_lora(cfg, load_pipeline(cfg), max_steps=args.max_steps)
     if PartialState().is_main_process:
         print(json.dumps({k: v for k, v in stats.items() if k != "history"}, indent=2, default=str))
     return stats

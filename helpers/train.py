@@ -221,7 +221,9 @@ def train(model: torch.nn.Module, loss_fn: LossFn, dataset: torch.utils.data.Dat
                 opt.zero_grad(set_to_none=True)
                 step += 1
                 images += _batch_size_of(batch) * accelerator.num_processes
-                pending.append((step, epoch, loss.detach(), grad_norm.detach() if torch.is_tensor(grad_norm) else grad_norm))
+                # the logged loss is the mean over every process's share of the global batch
+                logged = accelerator.reduce(loss.detach(), "mean") if accelerator.num_processes > 1 else loss.detach()
+                pending.append((step, epoch, logged, grad_norm.detach() if torch.is_tensor(grad_norm) else grad_norm))
                 bar.update(1)
                 if step % LOG_EVERY == 0:
                     flush()

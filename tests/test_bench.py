@@ -93,3 +93,20 @@ def test_partial_runs_merge_and_keep_plain(tmp_root):
     assert json.loads(out.read_text())["workloads"] == ["ddpm_train", "ddpm_sample"]
     fresh = B.run(cfg, ["ddpm_train"], out, variants=["preset"], sweep=False, merge=False)
     assert {r["workload"] for r in fresh["rows"]} == {"ddpm_train"} and len(fresh["runs"]) == 1
+
+
+@pytest.mark.slow
+def test_lite_budget_is_about_one_hour_on_a_16_gb_card():
+    """lite: the same models and protocol on fewer images, sized from the counted FLOPs to about one
+    hour at 30 % of the fp16 peak the benchmark states for it (an assumed 16 GB consumer card)."""
+    cfg = H.load_config("lite")
+    assert B.train_images(cfg) == 2036 and cfg.data.max_test_images == 200 and cfg.ddpm.repaint.max_images == 20
+    peak, _ = B.REFERENCE_PEAK["lite"]
+    budget = B.flop_budget(cfg, peak)
+    hours = budget["study_total_flops"] / (0.30 * peak * 1e12) / 3600
+    assert 0.8 < hours < 1.3 and budget["n_train"] == 2036
+    full = H.load_config("full")
+    for key in ("pretrained_id", "lambda_mask", "lambda_context", "num_inference_steps", "lr"):
+        assert cfg.ddpm[key] == full.ddpm[key]                      # the same models and protocol
+    assert cfg.sd.lora == full.sd.lora and cfg.data.hub_id == full.data.hub_id and cfg.eval == full.eval
+    assert cfg.ddpm.mixed_precision == cfg.sd.mixed_precision == "fp16"
