@@ -332,6 +332,7 @@ def show_source(*objs):
 
     blocks = []
     for obj in objs:
+        obj = inspect.unwrap(obj)   # a decorated function (torch.no_grad) names its own file, not the decorator's
         lines, first = inspect.getsourcelines(obj)
         file = Path(inspect.getsourcefile(obj)).resolve()
         try:
