@@ -22,7 +22,7 @@ writes (each under ``<out>/<hub id>``, so a folder is named like the repository 
   ``safety_checker=None``;
 * ``Salesforce/blip-image-captioning-base``: BlipForConditionalGeneration (224M) and its processor;
 * ``jxie/celeba-hq``: a small image data set in the hub's parquet layout
-  (``data/train-00000-of-00001.parquet``, column ``image``), 256 px crops of the photos scikit-image
+  (``data/{train,validation}-00000-of-00001.parquet``, column ``image``), 256 px crops of the photos scikit-image
   ships.
 
 A stamp (``standin.json``) per folder makes :func:`ensure` rebuild only what is missing or outdated.
@@ -269,28 +269,35 @@ def write_blip(folder: Path, seed: int = 0) -> None:
 
 
 def write_dataset(folder: Path, seed: int = 0, n: int = N_IMAGES, size: int = 256) -> None:
-    """A ``train`` split of ``n`` PNG images in the parquet layout the hub serves (``data/<split>-*.parquet``,
-    an ``image`` column of datasets' Image feature), written with the ``datasets`` package."""
+    """A ``train`` split of ``n`` PNG images and a held-out ``validation`` split of ``n // 4`` (the two
+    splits CelebA-HQ's hub copy has; `full` and `lite` take their test set from ``validation``), in the
+    parquet layout the hub serves (``data/<split>-*.parquet``, an ``image`` column of datasets' Image
+    feature), written with the ``datasets`` package."""
     import datasets
     from PIL import Image
 
     from .data import bundled_crops
 
-    images = [Image.fromarray(img) for _, img in bundled_crops(n, size, seed)]
-    ds = datasets.Dataset.from_dict({"image": images}, features=datasets.Features({"image": datasets.Image()}))
     (folder / "data").mkdir(parents=True, exist_ok=True)
-    ds.to_parquet(str(folder / "data" / "train-00000-of-00001.parquet"))
+    n_val = max(4, n // 4)
+    for split, count, split_seed in (("train", n, seed), ("validation", n_val, seed + 1)):
+        images = [Image.fromarray(img) for _, img in bundled_crops(count, size, split_seed)]
+        ds = datasets.Dataset.from_dict({"image": images}, features=datasets.Features({"image": datasets.Image()}))
+        ds.to_parquet(str(folder / "data" / f"{split}-00000-of-00001.parquet"))
     (folder / "README.md").write_text(
-        f"Stand-in for the image data set {DATA_ID}: {n} crops of {size} px of the photos scikit-image ships, "
-        "in the hub's parquet layout. Written by helpers.standins.\n")
+        f"Stand-in for the image data set {DATA_ID}: {n} train and {n_val} validation crops of {size} px of "
+        "the photos scikit-image ships, in the hub's parquet layout. Written by helpers.standins.\n")
 
 
 WRITERS: dict[str, Callable[[Path, int], None]] = {"ddpm": write_ddpm, "sd": write_sd, "blip": write_blip,
                                                    "data": write_dataset}
 
 
+PART_VERSIONS = {"data": 2}     # data v2: a validation split beside train (ensure() rebuilds only the data)
+
+
 def _stamp(part: str, seed: int) -> dict:
-    return {"part": part, "hub_id": HUB_IDS[part], "version": VERSION, "seed": seed}
+    return {"part": part, "hub_id": HUB_IDS[part], "version": PART_VERSIONS.get(part, VERSION), "seed": seed}
 
 
 def is_ready(folder: Path, part: str, seed: int = 0) -> bool:

@@ -93,7 +93,7 @@ def test_standins_have_the_published_layout_and_sizes(standins):
     assert ids[0] == 49406 and ids[-1] == 49407 and len(ids) == 10       # whole words: one token each
     assert tok.decode(ids[1:-1]) == "a photograph of an astronaut riding a horse"
     # the data set in the hub's parquet layout
-    assert (f["data"] / "data" / "train-00000-of-00001.parquet").is_file()
+    assert all((f["data"] / "data" / f"{s}-00000-of-00001.parquet").is_file() for s in ("train", "validation"))
 
 
 def test_full_size_pipeline_loads_with_published_parameter_counts(standins):
