@@ -57,6 +57,7 @@ lab: venv
 ## sync every notebook pair: notebooks/NN_name.md (MyST source) <-> NN_name.ipynb (derived, no outputs).
 ## jupytext takes the newer side of each pair as the source; outputs never reach the .ipynb.
 notebooks: venv
+	$(PY) -m helpers.tools.taught sync      # the taught cells from helpers/course/ (the package is the source)
 	$(VENV)/bin/jupytext --sync notebooks/[0-9][0-9]_*.md
 	$(VENV)/bin/jupyter nbconvert --log-level=WARN --clear-output --inplace notebooks/[0-9][0-9]_*.ipynb
 	touch notebooks/[0-9][0-9]_*.md   # the sources stay the newer side of each pair

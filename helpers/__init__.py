@@ -1,4 +1,13 @@
-"""helpers: the code behind the notebooks, written once.
+"""helpers: the code behind the notebooks, written once, one role per folder.
+
+* ``helpers.course``: the algorithms the course teaches, each file readable top to bottom. Their
+  functions also appear, as exact copies, in the code cells of the notebook that teaches them
+  (``make notebooks`` writes them there; ``tests/test_taught_code.py`` checks they are equal).
+* ``helpers.study``: the reproducible run: presets, data, captions, model loading, the training
+  loop with resume, prediction of the test set for every method, evaluation statistics, the CLI.
+* ``helpers.report``: tables, figures, human-preference statistics and the export of the series.
+* ``helpers.apps``: the live demo (Gradio) and its vote store.
+* ``helpers.tools``: the benchmark and the notebook-sync tool.
 
 Conventions (the only place they are defined; every module follows them):
 
@@ -8,22 +17,22 @@ Conventions (the only place they are defined; every module follows them):
   ``x_masked = x * (1 - mask)`` (holes set to 0, i.e. mid-grey in [-1, 1]). Mask files are
   8-bit PNG with 255 = hole.
 * Every notebook opens with ``import helpers as H`` and reads its preset with
-  ``cfg = H.load_config(preset, overrides)``. Submodules load on first use (``H.ddpm``...).
+  ``cfg = H.load_config(preset, overrides)``. Subpackages and their modules load on first use
+  (``H.course.diffusion``, ``H.study.data``...).
 """
 from __future__ import annotations
 
 import importlib
 
-from .config import Config, load_config
+from helpers.study.config import Config, load_config
 
-_SUBMODULES = ("common", "config", "masks", "data", "captions", "ddpm", "train", "sd", "perf",
-               "metrics", "evaluate", "findings", "plots", "report", "bench", "repaint", "human_eval", "demo")
+_SUBPACKAGES = ("course", "study", "report", "apps", "tools")
 
-__all__ = ["Config", "load_config", *_SUBMODULES]
+__all__ = ["Config", "load_config", *_SUBPACKAGES]
 
 
 def __getattr__(name: str):
-    if name in _SUBMODULES:
+    if name in _SUBPACKAGES:
         module = importlib.import_module(f".{name}", __name__)
         globals()[name] = module
         return module

@@ -1,4 +1,4 @@
-"""Entry point for tests/test_multiprocess.py: runs ``helpers.ddpm`` or ``helpers.sd``'s command line in
+"""Entry point for tests/test_multiprocess.py: runs ``python -m helpers.study train ddpm|sd`` in
 this process (one of several under ``accelerate launch``) and records, per rank, every file the
 process writes under $INPAINT_ROOT (opened for writing, renamed into place, or saved by safetensors),
 so the test can check that only the main process writes checkpoints, weights and stats.
@@ -55,11 +55,6 @@ if __name__ == "__main__":
     import logging
 
     logging.basicConfig(level=logging.INFO)
-    which, argv = sys.argv[1], sys.argv[2:]
-    if which == "ddpm":
-        from helpers.ddpm import main
-    elif which == "sd":
-        from helpers.sd import main
-    else:
-        raise SystemExit(f"usage: _mp_worker.py ddpm|sd [args]: got {which!r}")
-    main(argv)
+    from helpers.study.__main__ import main
+
+    main(["train", *sys.argv[1:]])        # ddpm|sd [args]: `python -m helpers.study train ddpm|sd ...`

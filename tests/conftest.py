@@ -6,7 +6,6 @@ import pytest
 import torch
 
 import helpers as H
-from helpers import report as R
 
 
 def pytest_collection_modifyitems(config, items):
@@ -34,7 +33,7 @@ def smoke_cfg():
 @pytest.fixture
 def prepared(tmp_root, smoke_cfg):
     """The smoke data set prepared in a temporary root: (cfg, index)."""
-    return smoke_cfg, H.data.prepare_dataset(smoke_cfg)
+    return smoke_cfg, H.study.data.prepare_dataset(smoke_cfg)
 
 
 @pytest.fixture(scope="session")
@@ -46,8 +45,8 @@ def smoke_run(tmp_path_factory):
     mp = pytest.MonkeyPatch()
     mp.setenv("INPAINT_ROOT", str(root))
     try:
-        manifest = R.run("smoke")
-        yield manifest, H.common.paths(H.load_config("smoke"))
+        manifest = H.report.export.run("smoke")
+        yield manifest, H.study.files.paths(H.load_config("smoke"))
     finally:
         mp.undo()
 

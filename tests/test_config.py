@@ -57,7 +57,7 @@ def test_overrides_and_errors(tmp_path):
 
 
 def test_parse_overrides_reads_yaml_values():
-    from helpers.config import parse_overrides
+    from helpers.study.config import parse_overrides
     assert parse_overrides(["ddpm.max_steps=3", "sd.tiny=false", "captions.model_id=null", "data.folder=/x=y"]) == {
         "ddpm.max_steps": 3, "sd.tiny": False, "captions.model_id": None, "data.folder": "/x=y"}
     with pytest.raises(ValueError, match="KEY=VALUE"):
@@ -68,8 +68,9 @@ class _Stop(Exception):
     pass
 
 
-@pytest.mark.parametrize("module", ["ddpm", "sd", "bench", "report"])
-def test_every_entry_point_takes_both_set_forms(module, monkeypatch):
+@pytest.mark.parametrize("module,prefix", [("study.__main__", ["train", "ddpm"]), ("study.__main__", ["train", "sd"]),
+                                           ("tools.bench", []), ("report.export", [])])
+def test_every_entry_point_takes_both_set_forms(module, prefix, monkeypatch):
     """`--set a=1 b=2` and repeated `--set` reach the config, in one call, for every command line;
     nothing runs (the step after parsing is replaced by one that records the overrides)."""
     import importlib
@@ -78,12 +79,12 @@ def test_every_entry_point_takes_both_set_forms(module, monkeypatch):
     seen = []
 
     def record(preset, *args, **kw):
-        overrides = args[2] if module == "report" else (args[0] if args else kw.get("overrides"))
+        overrides = args[2] if module == "report.export" else (args[0] if args else kw.get("overrides"))
         seen.append((preset, dict(overrides or {})))
         raise _Stop
 
-    monkeypatch.setattr(mod, "run" if module == "report" else "load_config", record)
-    argv = ["--preset", "smoke", "--set", "ddpm.max_steps=3", "sd.lr=0.5", "--set", "ddpm.pretrained_id=./x",
+    monkeypatch.setattr(mod, "run" if module == "report.export" else "load_config", record)
+    argv = [*prefix, "--preset", "smoke", "--set", "ddpm.max_steps=3", "sd.lr=0.5", "--set", "ddpm.pretrained_id=./x",
             "--set", "seed=7"]
     with pytest.raises(_Stop):
         mod.main(argv)

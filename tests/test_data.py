@@ -7,91 +7,90 @@ import torch
 from PIL import Image
 
 import helpers as H
-from helpers import data as D
 
 
 # ---------------------------------------------------------------- transforms
 def test_to_tensor_range_and_roundtrip():
     img = np.random.default_rng(0).integers(0, 256, (5, 7, 3), dtype=np.uint8)
     img[0, 0], img[0, 1] = 0, 255
-    x = H.common.to_tensor(img)
+    x = H.study.files.to_tensor(img)
     assert x.shape == (3, 5, 7) and x.dtype == torch.float32
     assert x.min() == -1 and x.max() == 1
-    assert np.array_equal(H.common.to_uint8(x), img)
+    assert np.array_equal(H.study.files.to_uint8(x), img)
 
 
 def test_resize_center_crop_any_shape():
     for shape in [(40, 90, 3), (90, 40, 3), (20, 20, 3), (300, 200, 3)]:
-        out = D.resize_center_crop(np.zeros(shape, np.uint8), 32)
+        out = H.study.data.resize_center_crop(np.zeros(shape, np.uint8), 32)
         assert out.shape == (32, 32, 3) and out.dtype == np.uint8
 
 
 def test_channel_handling_converts_and_counts():
-    r = D.Report()
+    r = H.study.data.Report()
     gray = Image.fromarray(np.full((4, 4), 100, np.uint8))
-    assert np.array_equal(D.to_rgb_uint8(gray, "g", r), np.full((4, 4, 3), 100, np.uint8))
+    assert np.array_equal(H.study.data.to_rgb_uint8(gray, "g", r), np.full((4, 4, 3), 100, np.uint8))
     rgba = Image.fromarray(np.dstack([np.full((4, 4, 3), 0, np.uint8), np.full((4, 4), 0, np.uint8)]))
-    assert (D.to_rgb_uint8(rgba, "a", r) == 255).all()      # fully transparent -> white background
+    assert (H.study.data.to_rgb_uint8(rgba, "a", r) == 255).all()      # fully transparent -> white background
     g16 = Image.fromarray(np.array([[0, 32896, 65535, 257]], np.uint16))
-    assert D.to_rgb_uint8(g16, "16", r)[0, :, 0].tolist() == [0, 128, 255, 1]   # scaled, not clipped
+    assert H.study.data.to_rgb_uint8(g16, "16", r)[0, :, 0].tolist() == [0, 128, 255, 1]   # scaled, not clipped
     assert sum(r.converted.values()) == 3 and r.examples["grayscale->RGB"] == "g"
-    assert D.to_rgb_uint8(Image.fromarray(np.zeros((2, 2, 3), np.uint8)), "rgb", r).shape == (2, 2, 3)
+    assert H.study.data.to_rgb_uint8(Image.fromarray(np.zeros((2, 2, 3), np.uint8)), "rgb", r).shape == (2, 2, 3)
     assert sum(r.converted.values()) == 3
 
 
 def test_bad_files_are_named_and_skipped_with_a_count(tmp_path):
-    folder = D.demo_bad_inputs(tmp_path / "in")
-    with pytest.raises(D.BadImageError, match="corrupt.jpg"):
-        D.read_image(folder / "corrupt.jpg")
-    with pytest.raises(D.BadImageError, match="does not exist"):
-        D.read_image(folder / "missing.png")
-    report = D.Report()
-    items = list(D.folder_images(folder, 16, report))           # no size / crop limits: 7 of 10 kept
+    folder = H.study.data.demo_bad_inputs(tmp_path / "in")
+    with pytest.raises(H.study.data.BadImageError, match="corrupt.jpg"):
+        H.study.data.read_image(folder / "corrupt.jpg")
+    with pytest.raises(H.study.data.BadImageError, match="does not exist"):
+        H.study.data.read_image(folder / "missing.png")
+    report = H.study.data.Report()
+    items = list(H.study.data.folder_images(folder, 16, report))           # no size / crop limits: 7 of 10 kept
     assert len(items) == 7 and all(img.shape == (16, 16, 3) for _, img in items)
     assert report.skipped == {"unreadable or corrupt": 2, "not an image file (.txt)": 1}
     assert report.files == 10 and report.kept == 7 and report.upscaled == 1
     assert "skipped 2 (unreadable or corrupt" in report.summary()
-    strict = D.Report()
-    items = list(D.folder_images(folder, 16, strict, min_size=16, min_kept_fraction=0.5))
+    strict = H.study.data.Report()
+    items = list(H.study.data.folder_images(folder, 16, strict, min_size=16, min_kept_fraction=0.5))
     assert len(items) == strict.kept == 5 and strict.files == 10 and strict.upscaled == 0
     assert strict.skipped["smaller than data.min_size (16 px)"] == 1
 
 
 def test_folder_source_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        list(D.folder_images(tmp_path / "nope", 16, D.Report()))
+        list(H.study.data.folder_images(tmp_path / "nope", 16, H.study.data.Report()))
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="no image files"):
-        list(D.folder_images(tmp_path / "empty", 16, D.Report()))
+        list(H.study.data.folder_images(tmp_path / "empty", 16, H.study.data.Report()))
 
 
 def test_hub_source_offline_says_what_to_do(tmp_path, monkeypatch):
     import datasets
     monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: (_ for _ in ()).throw(ConnectionError("offline")))
     with pytest.raises(RuntimeError, match="data.source: folder"):
-        list(D.hub_images("someone/faces", "train", "image", 16, tmp_path, D.Report()))
+        list(H.study.data.hub_images("someone/faces", "train", "image", 16, tmp_path, H.study.data.Report()))
 
 
 def test_hub_source_fails_fast_without_the_hub(tmp_path, monkeypatch):
     import time
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    D.hub_unreachable_reason.cache_clear()
+    H.study.data.hub_unreachable_reason.cache_clear()
     try:
         t = time.perf_counter()
         with pytest.raises(RuntimeError, match="HF_HUB_OFFLINE is set.*not in the cache"):
-            list(D.hub_images("someone/faces", "train", "image", 16, tmp_path, D.Report()))
+            list(H.study.data.hub_images("someone/faces", "train", "image", 16, tmp_path, H.study.data.Report()))
         assert time.perf_counter() - t < 5
     finally:
-        D.hub_unreachable_reason.cache_clear()
+        H.study.data.hub_unreachable_reason.cache_clear()
 
 
 # ---------------------------------------------------------------- split and prepared data
 def test_split_deterministic_disjoint_complete():
     names = [f"img{i:03d}" for i in range(50)]
-    a = D.split_names(names, {"train": 0.8, "val": 0.1, "test": 0.1}, seed=3)
-    b = D.split_names(list(reversed(names)), {"train": 0.8, "val": 0.1, "test": 0.1}, seed=3)
-    c = D.split_names(names, {"train": 0.8, "val": 0.1, "test": 0.1}, seed=4)
+    a = H.study.data.split_names(names, {"train": 0.8, "val": 0.1, "test": 0.1}, seed=3)
+    b = H.study.data.split_names(list(reversed(names)), {"train": 0.8, "val": 0.1, "test": 0.1}, seed=3)
+    c = H.study.data.split_names(names, {"train": 0.8, "val": 0.1, "test": 0.1}, seed=4)
     assert a == b and a != c
     assert sorted(a["train"] + a["val"] + a["test"]) == names
     assert (len(a["test"]), len(a["val"])) == (5, 5)
@@ -99,15 +98,15 @@ def test_split_deterministic_disjoint_complete():
 
 def test_prepare_bundled(prepared):
     cfg, index = prepared
-    P = H.common.paths(cfg)
+    P = H.study.files.paths(cfg)
     n = cfg.data.num_images
     assert sum(len(v) for v in index["splits"].values()) == n
     assert len(index["splits"]["test"]) == cfg.data.max_test_images
     for name in index["splits"]["test"]:
-        mask = D.load_mask_file(P.data / "test_masks" / f"{name}.png", (cfg.data.image_size,) * 2)
+        mask = H.study.data.load_mask_file(P.data / "test_masks" / f"{name}.png", (cfg.data.image_size,) * 2)
         assert abs(mask.mean().item() - index["test_masks"][name]["hole_fraction"]) < 1e-9
     assert {v["kind"] for v in index["test_masks"].values()} == set(cfg.data.masks.kinds)
-    again = D.prepare_dataset(cfg)                  # idempotent: same index, nothing redone
+    again = H.study.data.prepare_dataset(cfg)                  # idempotent: same index, nothing redone
     assert again == json.loads((P.data / "index.json").read_text()) == index
 
 
@@ -121,14 +120,14 @@ def test_prepare_folder_source(tmp_root):
     (src / "broken.png").write_bytes(b"nope")
     cfg = H.load_config("smoke", {"data.source": "folder", "data.folder": str(src), "data.num_images": None,
                                   "data.max_test_images": 2, "data.max_val_images": 2})
-    index = D.prepare_dataset(cfg)
+    index = H.study.data.prepare_dataset(cfg)
     assert sum(len(v) for v in index["splits"].values()) == 10
     assert index["inputs"]["skipped"] == {"unreadable or corrupt": 1}
 
 
 def test_datasets_and_test_set(prepared):
     cfg, index = prepared
-    train = D.InpaintDataset(cfg, "train")
+    train = H.study.data.InpaintDataset(cfg, "train")
     item = train[0]
     s = cfg.data.image_size
     assert item["image"].shape == (3, s, s) and item["mask"].shape == (1, s, s)
@@ -137,24 +136,24 @@ def test_datasets_and_test_set(prepared):
     assert torch.equal(train[0]["mask"], item["mask"])          # same epoch: same mask
     train.set_epoch(1)
     assert not torch.equal(train[0]["mask"], item["mask"])      # new epoch: new mask
-    test = D.load_test_set(cfg)
-    assert torch.equal(test["mask"], D.load_test_set(cfg)["mask"])   # frozen
+    test = H.study.data.load_test_set(cfg)
+    assert torch.equal(test["mask"], H.study.data.load_test_set(cfg)["mask"])   # frozen
     assert test["image"].shape[0] == len(index["splits"]["test"])
     with pytest.raises(ValueError, match="split"):
-        D.InpaintDataset(cfg, "holdout")
+        H.study.data.InpaintDataset(cfg, "holdout")
 
 
 def test_missing_prepared_data_is_explained(tmp_root, smoke_cfg):
     with pytest.raises(FileNotFoundError, match="notebook 01"):
-        D.load_index(smoke_cfg)
+        H.study.data.load_index(smoke_cfg)
 
 
 def test_masked_image_and_composite():
     x = torch.full((1, 3, 2, 2), 0.5)
     m = torch.tensor([[[[1.0, 0.0], [0.0, 0.0]]]])
-    assert D.masked_image(x, m)[0, :, 0, 0].tolist() == [0, 0, 0]
+    assert H.study.data.masked_image(x, m)[0, :, 0, 0].tolist() == [0, 0, 0]
     pred = torch.full_like(x, -0.25)
-    out = D.composite(pred, x, m)
+    out = H.study.data.composite(pred, x, m)
     assert out[0, 0, 0, 0] == -0.25 and out[0, 0, 1, 1] == 0.5
 
 
@@ -162,20 +161,20 @@ def test_predictions_roundtrip_and_missing(prepared):
     cfg, index = prepared
     names = index["splits"]["test"][:3]
     imgs = torch.rand(3, 3, cfg.data.image_size, cfg.data.image_size) * 2 - 1
-    D.write_predictions(cfg, "telea", names, imgs, {"weights": "none", "images_per_s": 10.0})
-    back, meta = D.read_predictions(cfg, "telea", names)
+    H.study.data.write_predictions(cfg, "telea", names, imgs, {"weights": "none", "images_per_s": 10.0})
+    back, meta = H.study.data.read_predictions(cfg, "telea", names)
     assert (back - imgs).abs().max() <= 1 / 127.5 + 1e-6          # 8-bit PNG quantisation only
     assert meta["weights"] == "none" and meta["n_images"] == 3 and meta["label"].startswith("OpenCV")
     with pytest.raises(FileNotFoundError, match="'sd_lora'.*3 of 3"):
-        D.read_predictions(cfg, "sd_lora", names)
+        H.study.data.read_predictions(cfg, "sd_lora", names)
     with pytest.raises(ValueError, match="unknown method"):
-        D.write_predictions(cfg, "magic", names, imgs)
+        H.study.data.write_predictions(cfg, "magic", names, imgs)
 
 
 def test_atomic_write_leaves_nothing_on_failure(tmp_path):
     target = tmp_path / "x.json"
     with pytest.raises(RuntimeError):
-        with H.common.atomic_path(target) as tmp:
+        with H.study.files.atomic_path(target) as tmp:
             tmp.write_text("partial")
             raise RuntimeError("crash")
     assert not target.exists() and list(tmp_path.iterdir()) == []
@@ -183,9 +182,9 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path):
 
 def test_changed_preset_reprepares_without_stale_files(prepared):
     cfg, index = prepared
-    P = H.common.paths(cfg)
+    P = H.study.files.paths(cfg)
     smaller = H.load_config("smoke", {"data.num_images": 20})
-    new = D.prepare_dataset(smaller)
+    new = H.study.data.prepare_dataset(smaller)
     files = sorted(p.stem for p in (P.data / "images").rglob("*.png"))
     assert len(files) == 20 == sum(len(v) for v in new["splits"].values())
     assert sorted(p.stem for p in (P.data / "test_masks").glob("*.png")) == sorted(new["splits"]["test"])
@@ -194,7 +193,7 @@ def test_changed_preset_reprepares_without_stale_files(prepared):
 
 @pytest.mark.parametrize("size", [16, 160])          # below and above the size where threads pay
 def test_parallel_png_loading_keeps_order_and_values(tmp_path, size):
-    from helpers.common import load_png, load_pngs, save_png
+    from helpers.study.files import load_png, load_pngs, save_png
     g = torch.Generator().manual_seed(0)
     files = []
     for i in range(9):
@@ -228,18 +227,18 @@ def test_fallback_captions_are_marked_and_retried_when_blip_appears(prepared, tm
     cfg, index = prepared
     blip = tmp_path / "blip"
     cfg.captions.model_id = str(blip)                     # not there yet: fallback, marked as such
-    first = H.captions.make_captions(cfg)
+    first = H.study.captions.make_captions(cfg)
     assert first["fallback"] and set(first["sources"].values()) == {"fallback"}
-    assert "could not be loaded" in first["status"] and "fallback" in H.captions.describe(first)
-    with pytest.raises(H.captions.CaptionsError, match="allow_fallback_for_lora"):
-        H.captions.check_captions_for_lora(H.load_config("full"), first)
-    H.captions.check_captions_for_lora(cfg, first)        # smoke opts in
+    assert "could not be loaded" in first["status"] and "fallback" in H.study.captions.describe(first)
+    with pytest.raises(H.study.captions.CaptionsError, match="allow_fallback_for_lora"):
+        H.study.captions.check_captions_for_lora(H.load_config("full"), first)
+    H.study.captions.check_captions_for_lora(cfg, first)        # smoke opts in
     _tiny_blip(blip)                                      # BLIP becomes available: the cache is not final
-    second = H.captions.make_captions(cfg)
+    second = H.study.captions.make_captions(cfg)
     assert not second["fallback"] and set(second["sources"].values()) == {"blip"}
-    assert second["status"] == f"generated by {blip}" and "BLIP captions" in H.captions.describe(second)
-    H.captions.check_captions_for_lora(H.load_config("full"), second)
-    assert H.captions.make_captions(cfg) == second        # and a BLIP cache is reused as is
+    assert second["status"] == f"generated by {blip}" and "BLIP captions" in H.study.captions.describe(second)
+    H.study.captions.check_captions_for_lora(H.load_config("full"), second)
+    assert H.study.captions.make_captions(cfg) == second        # and a BLIP cache is reused as is
 
 
 def test_no_hub_is_detected_once_and_blip_fails_fast(prepared, monkeypatch):
@@ -250,30 +249,30 @@ def test_no_hub_is_detected_once_and_blip_fails_fast(prepared, monkeypatch):
     cfg, _ = prepared
     cfg.captions.model_id = "Salesforce/blip-image-captioning-base"
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    H.captions.hub_unreachable_reason.cache_clear()
+    H.study.data.hub_unreachable_reason.cache_clear()
     try:
         t = time.perf_counter()
-        caps = H.captions.make_captions(cfg, force=True)
+        caps = H.study.captions.make_captions(cfg, force=True)
         assert time.perf_counter() - t < 20
         assert caps["fallback"] and "HF_HUB_OFFLINE is set" in caps["status"]
         assert "not in the cache" in caps["status"]
     finally:
-        H.captions.hub_unreachable_reason.cache_clear()
+        H.study.data.hub_unreachable_reason.cache_clear()
 
 
 # ---------------------------------------------------------------- nothing lost: staged preparation
 def _snapshot(cfg):
-    P = H.common.paths(cfg)
+    P = H.study.files.paths(cfg)
     files = {p.relative_to(P.data).as_posix(): p.read_bytes() for p in sorted(P.data.rglob("*"))
              if p.is_file() and not p.relative_to(P.data).as_posix().startswith(".")}
     return files
 
 
 def _still_usable(cfg, index):
-    assert D.prepare_dataset(cfg) == index                      # the original config finds it, intact
-    test = D.load_test_set(cfg)
+    assert H.study.data.prepare_dataset(cfg) == index                      # the original config finds it, intact
+    test = H.study.data.load_test_set(cfg)
     assert len(test["name"]) == len(index["splits"]["test"])
-    assert len(D.InpaintDataset(cfg, "train")[0]["image"]) == 3
+    assert len(H.study.data.InpaintDataset(cfg, "train")[0]["image"]) == 3
 
 
 def test_a_failed_re_preparation_leaves_the_previous_data_set_intact(prepared, monkeypatch):
@@ -283,11 +282,11 @@ def test_a_failed_re_preparation_leaves_the_previous_data_set_intact(prepared, m
     for over in ({"data.source": "folder", "data.folder": "/no/such/folder"},
                  {"data.source": "hub", "data.hub_id": "/no/such/dataset"}):
         with pytest.raises((FileNotFoundError, RuntimeError)):
-            D.prepare_dataset(H.load_config("smoke", over))
+            H.study.data.prepare_dataset(H.load_config("smoke", over))
         assert _snapshot(cfg) == before
     # 2. a failure midway through writing the new images (disk full on the 5th file)
     calls = {"n": 0}
-    real = D.save_png
+    real = H.study.data.save_png
 
     def failing(img, path):
         calls["n"] += 1
@@ -295,10 +294,10 @@ def test_a_failed_re_preparation_leaves_the_previous_data_set_intact(prepared, m
             raise OSError(28, "No space left on device")
         real(img, path)
 
-    monkeypatch.setattr(D, "save_png", failing)
+    monkeypatch.setattr(H.study.data, "save_png", failing)
     with pytest.raises(OSError, match="No space"):
-        D.prepare_dataset(H.load_config("smoke", {"data.num_images": 40}))
-    monkeypatch.setattr(D, "save_png", real)
+        H.study.data.prepare_dataset(H.load_config("smoke", {"data.num_images": 40}))
+    monkeypatch.setattr(H.study.data, "save_png", real)
     assert _snapshot(cfg) == before
     _still_usable(cfg, index)
 
@@ -311,36 +310,35 @@ def test_a_killed_re_preparation_leaves_the_previous_data_set_intact(prepared, t
     before = _snapshot(cfg)
     script = (
         "import os, signal, helpers as H\n"
-        "from helpers import data as D\n"
-        "real, n = D.admit, [0]\n"
+        "real, n = H.study.data.admit, [0]\n"
         "def admit(*a, **k):\n"
         "    n[0] += 1\n"
         "    if n[0] == 10: os.kill(os.getpid(), signal.SIGKILL)\n"
         "    return real(*a, **k)\n"
-        "D.admit = admit\n"
-        "D.prepare_dataset(H.load_config('smoke', {'data.num_images': 40}))\n")
-    proc = subprocess.run([sys.executable, "-c", script], cwd=H.config.ROOT, capture_output=True,
+        "H.study.data.admit = admit\n"
+        "H.study.data.prepare_dataset(H.load_config('smoke', {'data.num_images': 40}))\n")
+    proc = subprocess.run([sys.executable, "-c", script], cwd=H.study.config.ROOT, capture_output=True,
                           env={**__import__("os").environ, "INPAINT_ROOT": str(tmp_root)}, timeout=120)
     assert proc.returncode == -9, proc.stderr.decode()[-2000:]
     assert _snapshot(cfg) == before
     _still_usable(cfg, index)
-    new = D.prepare_dataset(H.load_config("smoke", {"data.num_images": 40}))    # and the next run succeeds
+    new = H.study.data.prepare_dataset(H.load_config("smoke", {"data.num_images": 40}))    # and the next run succeeds
     assert sum(len(v) for v in new["splits"].values()) == 40
-    assert not (H.common.paths(cfg).data / ".staging").exists()
+    assert not (H.study.files.paths(cfg).data / ".staging").exists()
 
 
 def test_an_index_whose_files_are_missing_is_not_reused(prepared):
     cfg, index = prepared
-    P = H.common.paths(cfg)
+    P = H.study.files.paths(cfg)
     victim = P.data / "images" / "test" / f"{index['splits']['test'][0]}.png"
     victim.unlink()
-    again = D.prepare_dataset(cfg)
+    again = H.study.data.prepare_dataset(cfg)
     assert victim.is_file() and again["splits"] == index["splits"]
 
 
 def test_folder_source_without_a_folder_names_the_key(tmp_root):
     with pytest.raises(ValueError, match="data.folder is not set"):
-        D.prepare_dataset(H.load_config("smoke", {"data.source": "folder"}))
+        H.study.data.prepare_dataset(H.load_config("smoke", {"data.source": "folder"}))
 
 
 # ---------------------------------------------------------------- every input counted by outcome
@@ -360,7 +358,7 @@ def test_input_report_counts_every_file_by_outcome(tmp_root):
     (src / "broken.png").write_bytes(b"nope")
     cfg = H.load_config("smoke", {"data.source": "folder", "data.folder": str(src), "data.num_images": None,
                                   "data.max_test_images": 2, "data.max_val_images": 2})
-    r = D.prepare_dataset(cfg)["inputs"]
+    r = H.study.data.prepare_dataset(cfg)["inputs"]
     assert r["files"] == 12 == r["kept"] + sum(r["skipped"].values())
     assert r["kept"] == 8 and r["upscaled"] == 1 and r["cropped"] == 7           # 6 x (48x40) + small
     assert r["min_kept_fraction"] == pytest.approx(20 / 24)
@@ -371,7 +369,7 @@ def test_input_report_counts_every_file_by_outcome(tmp_root):
     assert "strip.png (2000x100, 5% kept)" in r["examples"]["centre crop would keep under data.min_kept_fraction (0.5)"]
     loose = H.load_config("smoke", {"data.source": "folder", "data.folder": str(src), "data.num_images": None,
                                     "data.min_size": 8, "data.min_kept_fraction": 0.0})
-    r = D.prepare_dataset(loose)["inputs"]
+    r = H.study.data.prepare_dataset(loose)["inputs"]
     assert r["kept"] == 10 and r["upscaled"] == 2 and r["min_kept_fraction"] == pytest.approx(0.05)
 
 
@@ -394,7 +392,7 @@ def test_the_sources_held_out_split_is_the_test_set(tmp_root):
     hub = _local_hub_dataset(tmp_root / "faces", 20, 5, 24)
     cfg = H.load_config("smoke", {"data.source": "hub", "data.hub_id": str(hub), "data.num_images": None,
                                   "data.hub_test_split": "validation", "data.max_test_images": 4})
-    index = D.prepare_dataset(cfg)
+    index = H.study.data.prepare_dataset(cfg)
     assert index["splits"]["test"] == [f"validation_{i:06d}" for i in range(4)]
     assert sorted(index["splits"]["train"] + index["splits"]["val"]) == [f"{i:06d}" for i in range(20)]
     assert "held-out" in index["test_split"] and index["inputs"]["upscaled"] == 24
@@ -402,7 +400,7 @@ def test_the_sources_held_out_split_is_the_test_set(tmp_root):
     assert res["metrics_px"] == 32 and res["sd_upsampled"]
     assert "computed at 32 px" in res["text"] and "upsampled to 64 px" in res["text"]
     assert res["source_short_side"] == {"min": 24, "median": 24, "max": 24}
-    assert len(D.load_test_set(cfg)["name"]) == 4
+    assert len(H.study.data.load_test_set(cfg)["name"]) == 4
 
 
 def test_your_own_test_masks_are_matched_by_name_and_validated(tmp_root):
@@ -419,16 +417,16 @@ def test_your_own_test_masks_are_matched_by_name_and_validated(tmp_root):
         Image.fromarray(m).save(masks / f"p{i:02d}.png")
     over = {"data.source": "folder", "data.folder": str(src), "data.num_images": None,
             "data.test_masks_folder": str(masks)}
-    index = D.prepare_dataset(H.load_config("smoke", over))
+    index = H.study.data.prepare_dataset(H.load_config("smoke", over))
     assert index["splits"]["test"] == ["p03", "p07", "p09"] and index["test_masks_from"] == str(masks)
     assert {v["kind"] for v in index["test_masks"].values()} == {"user"}
     assert index["test_masks"]["p07"]["hole_fraction"] == pytest.approx(14 * 15 / 32 ** 2)
-    test = D.load_test_set(H.load_config("smoke", over))
+    test = H.study.data.load_test_set(H.load_config("smoke", over))
     assert test["mask"][1].sum() == 14 * 15
     Image.fromarray(np.full((32, 32), 128, np.uint8)).save(masks / "p09.png")       # grey: not binary
     with pytest.raises(ValueError, match="p09.png"):
-        D.prepare_dataset(H.load_config("smoke", over), force=True)
+        H.study.data.prepare_dataset(H.load_config("smoke", over), force=True)
     Image.fromarray(np.zeros((20, 20), np.uint8)).save(masks / "p09.png")           # wrong size
     with pytest.raises(ValueError, match="p09.png"):
-        D.prepare_dataset(H.load_config("smoke", over), force=True)
-    assert D.prepare_dataset(H.load_config("smoke", over)) == index                 # the good set survived
+        H.study.data.prepare_dataset(H.load_config("smoke", over), force=True)
+    assert H.study.data.prepare_dataset(H.load_config("smoke", over)) == index                 # the good set survived

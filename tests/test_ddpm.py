@@ -1,14 +1,14 @@
 """DDPM helpers (helpers/ddpm.py, helpers/repaint.py) on tiny models, CPU only, in seconds."""
 from __future__ import annotations
 
+from functools import partial
+
 import nbformat
 import pytest
 import torch
 
 import helpers as H
-from helpers import ddpm as D
-from helpers import repaint as R
-from helpers.config import ROOT, Config
+from helpers.study.config import ROOT, Config
 
 TINY = dict(sample_size=16, block_out_channels=(8, 16), layers_per_block=1, norm_num_groups=4,
             down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"))
@@ -44,20 +44,20 @@ def test_q_sample_equals_diffusers_add_noise(schedule, diffusers_name):
     from diffusers import DDPMScheduler
 
     sched = DDPMScheduler(num_train_timesteps=1000, beta_schedule=diffusers_name)
-    torch.testing.assert_close(D.make_betas(schedule, 1000).float(), sched.betas, atol=1e-7, rtol=0)
+    torch.testing.assert_close(H.course.diffusion.make_betas(schedule, 1000).float(), sched.betas, atol=1e-7, rtol=0)
     x0 = torch.rand(5, 3, 8, 8) * 2 - 1
     eps = torch.randn_like(x0)
     t = torch.tensor([0, 1, 250, 600, 999])
-    ours = D.q_sample(x0, t, eps, sched.alphas_cumprod)
+    ours = H.course.diffusion.q_sample(x0, t, eps, sched.alphas_cumprod)
     ref = sched.add_noise(x0, eps, t)
     torch.testing.assert_close(ours, ref, atol=1e-6, rtol=0)
     # our own alpha_bar gives the same closed form
-    torch.testing.assert_close(D.alpha_bar(D.make_betas(schedule, 1000)).float(), sched.alphas_cumprod, atol=1e-6, rtol=0)
+    torch.testing.assert_close(H.course.diffusion.alpha_bar(H.course.diffusion.make_betas(schedule, 1000)).float(), sched.alphas_cumprod, atol=1e-6, rtol=0)
 
 
 def test_iterated_one_step_process_matches_closed_form():
-    betas = D.make_betas("linear", 1000)
-    rows = D.forward_check(torch.linspace(-1, 1, 16), betas, [0, 99, 999], n_chains=3000,
+    betas = H.course.diffusion.make_betas("linear", 1000)
+    rows = H.course.checks.forward_check(torch.linspace(-1, 1, 16), betas, [0, 99, 999], n_chains=3000,
                            generator=torch.Generator().manual_seed(0))
     for r in rows:
         assert r["max_abs_mean_error"] < 0.06           # ~3 standard errors of a 3000-chain mean
@@ -76,7 +76,7 @@ def test_p_sample_equals_diffusers_ddpm_step():
         ref = sched.step(eps, t, x_t, generator=torch.Generator().manual_seed(3)).prev_sample
         z = torch.randn(x_t.shape, generator=torch.Generator().manual_seed(3))
         ab_prev = sched.alphas_cumprod[t - 1] if t > 0 else torch.tensor(1.0)
-        ours = D.p_sample(x_t, eps, sched.alphas_cumprod[t], ab_prev, z if t > 0 else None)
+        ours = H.course.diffusion.p_sample(x_t, eps, sched.alphas_cumprod[t], ab_prev, z if t > 0 else None)
         torch.testing.assert_close(ours, ref, atol=1e-5, rtol=0)
 
 
@@ -90,11 +90,11 @@ def test_ddim_loop_equals_diffusers_ddim_scheduler(eta):
     noises = [torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(100 + i)) for i in range(8)]
     it = iter(noises)
     with torch.no_grad():
-        ours = D.ddim_sample_loop(lambda x, t: unet(x, t).sample, x_T, DDPMScheduler(**cfg).alphas_cumprod, 8,
+        ours = H.course.diffusion.ddim_sample_loop(lambda x, t: unet(x, t).sample, x_T, DDPMScheduler(**cfg).alphas_cumprod, 8,
                                   eta=eta, noise_fn=lambda: next(it))
         ref_sched = DDIMScheduler.from_config(cfg)
         ref_sched.set_timesteps(8)
-        assert [int(t) for t in ref_sched.timesteps] == D.ddim_timesteps(1000, 8)
+        assert [int(t) for t in ref_sched.timesteps] == H.course.diffusion.ddim_timesteps(1000, 8)
         x = x_T.clone()
         for i, t in enumerate(ref_sched.timesteps):
             x = ref_sched.step(unet(x, t).sample, t, x, eta=eta,
@@ -102,13 +102,34 @@ def test_ddim_loop_equals_diffusers_ddim_scheduler(eta):
     torch.testing.assert_close(ours, x, atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("steps", [2, 5, 10])
+def test_dpm_solver_option_equals_diffusers_dpm_solver_plus_plus(steps):
+    """The DDIM loop's ``solver="dpm"``: DPM-Solver++(2M) on the same levels as DDIM, equal to diffusers'
+    DPMSolverMultistepScheduler given those timesteps (final step to sigma = 0)."""
+    from diffusers import DDPMScheduler, DPMSolverMultistepScheduler
+
+    unet = tiny_unet()
+    cfg = DDPMScheduler(num_train_timesteps=1000).config
+    x_T = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ours = H.course.diffusion.ddim_sample_loop(lambda x, t: unet(x, t).sample, x_T,
+                                                   DDPMScheduler(**cfg).alphas_cumprod, steps, solver="dpm")
+        ref = DPMSolverMultistepScheduler.from_config(cfg, algorithm_type="dpmsolver++", solver_order=2,
+                                                      final_sigmas_type="zero")
+        ref.set_timesteps(timesteps=H.course.diffusion.ddim_timesteps(1000, steps))
+        x = x_T.clone()
+        for t in ref.timesteps:
+            x = ref.step(unet(x, t).sample, t, x).prev_sample
+    torch.testing.assert_close(ours, x, atol=1e-4, rtol=1e-4)
+
+
 def test_ddim_with_exact_eps_recovers_a_gaussian_mixture():
     """DDIM (eta = 0) with the exact noise predictor maps N(0, 1) onto the data distribution."""
     w, mu, s = (0.3, 0.7), (-0.6, 0.5), (0.1, 0.2)
-    ab = D.alpha_bar(D.make_betas("linear", 1000))
+    ab = H.course.diffusion.alpha_bar(H.course.diffusion.make_betas("linear", 1000))
     x_T = torch.randn(20000, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    x0 = D.ddim_sample_loop(lambda x, t: D.mixture_eps(x, ab[t], w, mu, s), x_T, ab, 50, clip=False)
-    exact = D.mixture_sample(20000, w, mu, s, torch.Generator().manual_seed(1))
+    x0 = H.course.diffusion.ddim_sample_loop(lambda x, t: H.course.checks.mixture_eps(x, ab[t], w, mu, s), x_T, ab, 50, clip=False)
+    exact = H.course.checks.mixture_sample(20000, w, mu, s, torch.Generator().manual_seed(1))
     assert abs(x0.mean() - exact.mean()) < 0.02
     assert abs(x0.std() - exact.std()) < 0.02
     assert abs((x0 < 0).double().mean() - 0.3) < 0.02    # mass of the left component
@@ -116,26 +137,26 @@ def test_ddim_with_exact_eps_recovers_a_gaussian_mixture():
 
 # ---------------------------------------------------------------- models
 def test_load_tiny_model_through_from_pretrained(tmp_root, smoke_cfg):
-    P = H.common.paths(smoke_cfg)
-    unet = D.load_unconditional_unet(smoke_cfg, P)
-    folder = P.models / D.BASE_DIR
+    P = H.study.files.paths(smoke_cfg)
+    unet = H.study.ddpm.load_unconditional_unet(smoke_cfg, P)
+    folder = P.models / H.study.ddpm.BASE_DIR
     assert (folder / "config.json").is_file() and (folder / "scheduler_config.json").is_file()
     assert unet.config.in_channels == 3 and unet.config.sample_size == smoke_cfg.ddpm.tiny_config.sample_size
-    again = D.load_unconditional_unet(smoke_cfg, P)    # seeded: the same random weights
+    again = H.study.ddpm.load_unconditional_unet(smoke_cfg, P)    # seeded: the same random weights
     for a, b in zip(unet.state_dict().values(), again.state_dict().values()):
         assert torch.equal(a, b)
-    sched = D.load_noise_scheduler(smoke_cfg, P)
+    sched = H.study.ddpm.load_noise_scheduler(smoke_cfg, P)
     assert sched.config.num_train_timesteps == smoke_cfg.ddpm.num_train_timesteps
     # a folder given as pretrained_id (e.g. downloaded by hand) loads through the same path
     cfg2 = H.load_config("smoke", {"ddpm.pretrained_id": str(folder)})
-    assert torch.equal(D.load_unconditional_unet(cfg2, P).conv_in.weight, unet.conv_in.weight)
+    assert torch.equal(H.study.ddpm.load_unconditional_unet(cfg2, P).conv_in.weight, unet.conv_in.weight)
 
 
 def test_missing_weights_say_what_and_how(tmp_root, smoke_cfg):
     missing = tmp_root / "no" / "such" / "ddpm"
     cfg = H.load_config("smoke", {"ddpm.pretrained_id": str(missing)})
     with pytest.raises(FileNotFoundError) as e:
-        D.load_unconditional_unet(cfg, H.common.paths(cfg))
+        H.study.ddpm.load_unconditional_unet(cfg, H.study.files.paths(cfg))
     msg = str(e.value)
     assert str(missing) in msg and "huggingface-cli download google/ddpm-celebahq-256" in msg
     assert "ddpm.pretrained_id" in msg
@@ -143,7 +164,7 @@ def test_missing_weights_say_what_and_how(tmp_root, smoke_cfg):
 
 def test_widened_model_reproduces_the_original_exactly(tmp_path):
     base = tiny_unet(3)
-    wide = D.widen_conv_in(base, 7)
+    wide = H.course.ddpm_inpainting.widen_conv_in(base, 7)
     assert wide.config.in_channels == 7 and wide.conv_in.weight.shape[1] == 7
     assert base.conv_in.weight.shape[1] == 3                      # the original is untouched
     assert torch.equal(wide.conv_in.weight[:, 4:7], base.conv_in.weight)
@@ -153,7 +174,7 @@ def test_widened_model_reproduces_the_original_exactly(tmp_path):
     t = torch.tensor([0, 400, 999])
     with torch.no_grad():
         ref = base(x_t, t).sample
-        out = wide(D.model_input(b["image"] * (1 - b["mask"]), b["mask"], x_t), t).sample
+        out = wide(H.course.ddpm_inpainting.model_input(b["image"] * (1 - b["mask"]), b["mask"], x_t), t).sample
     assert torch.equal(out, ref)
     # save_pretrained / from_pretrained round-trip keeps the 7 channels and the weights
     from diffusers import UNet2DModel
@@ -164,14 +185,14 @@ def test_widened_model_reproduces_the_original_exactly(tmp_path):
 
 
 def test_published_config_builds_the_full_size_architecture():
-    cfg = D.published_unet_config()
+    cfg = H.study.ddpm.published_unet_config()
     assert cfg["sample_size"] == 256 and cfg["block_out_channels"] == [128, 128, 256, 256, 512, 512]
     # self-attention at 16x16: the 5th level of 256 -> 128 -> 64 -> 32 -> 16
     assert cfg["down_block_types"][4] == "AttnDownBlock2D" and cfg["up_block_types"][1] == "AttnUpBlock2D"
     from diffusers import UNet2DModel
 
     small = {**cfg, "block_out_channels": [8, 8, 8, 8, 8, 8], "norm_num_groups": 4, "sample_size": 64}
-    m = D.build_inpainting_unet(small, 7)
+    m = H.study.ddpm.build_inpainting_unet(small, 7)
     assert isinstance(m, UNet2DModel) and m.conv_in.in_channels == 7
 
 
@@ -181,16 +202,16 @@ def test_weighted_loss_by_hand_and_zero_context_gradient():
     eps_theta = torch.tensor([[[[0.0, 0.0], [1.0, 1.0]]]])
     mask = torch.tensor([[[[1.0, 0.0], [0.0, 1.0]]]])
     # squared errors 1, 4, 1, 4; weights 1.0, 0.05, 0.05, 1.0 -> (1 + 0.2 + 0.05 + 4) / 4
-    loss = D.weighted_eps_loss(eps, eps_theta, mask, 1.0, 0.05)
+    loss = H.course.ddpm_inpainting.weighted_eps_loss(eps, eps_theta, mask, 1.0, 0.05)
     assert loss.item() == pytest.approx((1 + 0.2 + 0.05 + 4) / 4)
     # W broadcasts over channels: the mean runs over N*C*H*W
     e3, t3 = eps.repeat(1, 3, 1, 1), eps_theta.repeat(1, 3, 1, 1)
-    assert D.weighted_eps_loss(e3, t3, mask, 1.0, 0.05).item() == pytest.approx(loss.item())
+    assert H.course.ddpm_inpainting.weighted_eps_loss(e3, t3, mask, 1.0, 0.05).item() == pytest.approx(loss.item())
     # lambda_context = 0: no gradient reaches the known (context) pixels
     pred = torch.randn(2, 3, 8, 8, requires_grad=True)
     m = torch.zeros(2, 1, 8, 8)
     m[:, :, 2:6, 2:6] = 1
-    D.weighted_eps_loss(torch.randn(2, 3, 8, 8), pred, m, 1.0, 0.0).backward()
+    H.course.ddpm_inpainting.weighted_eps_loss(torch.randn(2, 3, 8, 8), pred, m, 1.0, 0.0).backward()
     ctx = (1 - m).bool().expand_as(pred)
     assert torch.all(pred.grad[ctx] == 0) and pred.grad[~ctx].abs().sum() > 0
 
@@ -199,11 +220,15 @@ def test_weighted_loss_by_hand_and_zero_context_gradient():
 def test_ddim_inpainting_keeps_known_pixels_and_is_seeded():
     from diffusers import DDPMScheduler
 
-    unet = D.widen_conv_in(tiny_unet(3), 7)
-    sched_cfg = dict(DDPMScheduler(num_train_timesteps=1000).config)
+    unet = H.course.ddpm_inpainting.widen_conv_in(tiny_unet(3), 7)
+    ab = DDPMScheduler(num_train_timesteps=1000).alphas_cumprod
     b = batch(3)
-    x_masked, mask = b["image"] * (1 - b["mask"]), b["mask"]
-    run = lambda seeds, **kw: D.ddim_inpaint(unet, sched_cfg, x_masked, mask, seeds, 4, **kw)
+    x_masked, mask = H.course.ddpm_inpainting.masked_image(b["image"], b["mask"]), b["mask"]
+
+    def run(seeds, sampler="ddim", eta=0.0):
+        noise = H.study.runtime.SeededNoise(seeds)
+        return H.course.ddpm_inpainting.ddim_inpaint(unet, ab, x_masked, mask, noise((3, 16, 16), "cpu"), 4, eta,
+                                                     lambda: noise((3, 16, 16), "cpu"), sampler)
     out = run([1, 2, 3])
     known = (1 - mask).bool().expand_as(out)
     assert torch.equal(out[known], b["image"][known])              # known pixels untouched
@@ -218,34 +243,39 @@ def test_ddim_inpainting_keeps_known_pixels_and_is_seeded():
 
 
 def test_repaint_schedule_and_sampler():
-    assert R.repaint_schedule(5, 2, 2) == [4, 3, 2, 3, 4, 3, 2, 1, 0, 1, 2, 1, 0, -1]
-    assert R.repaint_schedule(4, 2, 1) == [3, 2, 1, 0, -1]              # no resampling: plain DDPM order
-    assert R.count_model_calls(5, 2, 2) == 9
+    assert H.course.ddpm_inpainting.repaint_schedule(5, 2, 2) == [4, 3, 2, 3, 4, 3, 2, 1, 0, 1, 2, 1, 0, -1]
+    assert H.course.ddpm_inpainting.repaint_schedule(4, 2, 1) == [3, 2, 1, 0, -1]              # no resampling: plain DDPM order
+    assert H.course.ddpm_inpainting.count_model_calls(5, 2, 2) == 9
     from diffusers import DDPMScheduler
 
     unet = tiny_unet(3)
     ab = DDPMScheduler(num_train_timesteps=1000).alphas_cumprod
     b = batch(2)
-    out = R.repaint_inpaint(unet, ab, b["image"], b["mask"], [5, 6], 5, 2, 2)
+    def run(seeds):
+        noise = H.study.runtime.SeededNoise(seeds)
+        return H.course.ddpm_inpainting.repaint_inpaint(unet, ab, b["image"], b["mask"], lambda: noise((3, 16, 16), "cpu"),
+                                                        5, 2, 2)
+    out = run([5, 6])
     known = (1 - b["mask"]).bool().expand_as(out)
     assert torch.equal(out[known], b["image"][known])
     assert out.abs().max() <= 1
-    assert torch.equal(R.repaint_inpaint(unet, ab, b["image"], b["mask"], [5, 6], 5, 2, 2), out)
+    assert torch.equal(run([5, 6]), out)
 
 
 # ---------------------------------------------------------------- training
 def test_a_few_steps_reduce_the_loss_on_a_fixed_batch():
     from diffusers import DDPMScheduler
 
-    unet = D.widen_conv_in(tiny_unet(3), 7).train()
-    loss_fn = D.make_loss_fn(DDPMScheduler(num_train_timesteps=1000).alphas_cumprod, 1.0, 0.05)
+    unet = H.course.ddpm_inpainting.widen_conv_in(tiny_unet(3), 7).train()
+    loss_fn = partial(H.course.ddpm_inpainting.inpainting_loss, alphas_cumprod=DDPMScheduler(num_train_timesteps=1000).alphas_cumprod,
+                      lambda_mask=1.0, lambda_context=0.05)
     opt = torch.optim.AdamW(unet.parameters(), lr=3e-3)
     b = batch(4)
     fixed = lambda: torch.Generator().manual_seed(0)               # the same t and eps every step
     with torch.no_grad():
         before = loss_fn(unet, b, fixed()).item()
     for _ in range(15):
-        D.training_step(unet, opt, b, loss_fn, fixed(), max_grad_norm=1.0)
+        H.course.ddpm_inpainting.training_step(unet, b, loss_fn, opt, fixed(), max_grad_norm=1.0)
     with torch.no_grad():
         after = loss_fn(unet, b, fixed()).item()
     assert after < 0.7 * before, (before, after)
@@ -265,19 +295,20 @@ class _Toy(torch.utils.data.Dataset):
 def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path):
     from diffusers import DDPMScheduler
 
-    from helpers.train import train
+    from helpers.study.training import train
 
     spec = Config(batch_size=4, lr=1e-3, weight_decay=0.01, num_epochs=2, max_steps=None, max_grad_norm=1.0,
                   mixed_precision="no", checkpoint_every=2, num_workers=0)
-    loss_fn = D.make_loss_fn(DDPMScheduler(num_train_timesteps=1000).alphas_cumprod, 1.0, 0.05)
+    loss_fn = partial(H.course.ddpm_inpainting.inpainting_loss, alphas_cumprod=DDPMScheduler(num_train_timesteps=1000).alphas_cumprod,
+                      lambda_mask=1.0, lambda_context=0.05)
     cpu = torch.device("cpu")
     # 1. uninterrupted: 2 epochs x 3 batches
-    a = D.widen_conv_in(tiny_unet(3), 7)
+    a = H.course.ddpm_inpainting.widen_conv_in(tiny_unet(3), 7)
     ra = train(a, loss_fn, _Toy(), spec, tmp_path / "a", seed=0, device=cpu, desc="a")
     # 2. killed after 4 steps, then started again from a fresh model: resumes from the checkpoint
-    b = D.widen_conv_in(tiny_unet(3), 7)
+    b = H.course.ddpm_inpainting.widen_conv_in(tiny_unet(3), 7)
     train(b, loss_fn, _Toy(), spec, tmp_path / "b", seed=0, device=cpu, max_steps=4, desc="b1")
-    b2 = D.widen_conv_in(tiny_unet(3), 7)
+    b2 = H.course.ddpm_inpainting.widen_conv_in(tiny_unet(3), 7)
     rb = train(b2, loss_fn, _Toy(), spec, tmp_path / "b", seed=0, device=cpu, desc="b2")
     assert ra.steps == rb.steps == 6 and rb.resumed_from == 4
     for (k, va), vb in zip(a.state_dict().items(), b2.state_dict().values()):
@@ -286,10 +317,11 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path):
 
 
 def test_checkpoint_folder_changes_with_the_run_not_with_its_length(smoke_cfg):
-    base = D.run_fingerprint(smoke_cfg)
-    assert D.run_fingerprint(H.load_config("smoke", {"ddpm.max_steps": 99})) == base
-    assert D.run_fingerprint(H.load_config("smoke", {"ddpm.num_inference_steps": 7})) == base
-    assert D.run_fingerprint(H.load_config("smoke", {"ddpm.lambda_context": 0.0})) != base
+    fp = lambda cfg: H.study.training.run_fingerprint(cfg, "ddpm", H.study.ddpm.TRAJECTORY_KEYS)
+    base = fp(smoke_cfg)
+    assert fp(H.load_config("smoke", {"ddpm.max_steps": 99})) == base
+    assert fp(H.load_config("smoke", {"ddpm.num_inference_steps": 7})) == base
+    assert fp(H.load_config("smoke", {"ddpm.lambda_context": 0.0})) != base
 
 
 # ---------------------------------------------------------------- notebooks (executed by test_notebooks.py)
@@ -304,7 +336,7 @@ def test_notebook_is_committed_clean(name):
 
 
 def test_seeded_noise_depends_on_the_image_seed_only():
-    a = D.SeededNoise([11, 22, 33])((3, 4, 4), "cpu")
-    b = D.SeededNoise([22])((3, 4, 4), torch.device("cpu"))
+    a = H.study.runtime.SeededNoise([11, 22, 33])((3, 4, 4), "cpu")
+    b = H.study.runtime.SeededNoise([22])((3, 4, 4), torch.device("cpu"))
     assert a.shape == (3, 3, 4, 4) and torch.equal(a[1:2], b)          # same seed, same noise, any batch
     assert not torch.equal(a[0], a[1])

@@ -11,8 +11,6 @@ import torch
 from PIL import Image
 
 import helpers as H
-from helpers import demo as DM
-from helpers import human_eval as HE
 
 pytestmark = pytest.mark.slow
 OVERRIDES = {"ddpm.max_steps": 2, "sd.max_steps": 1, "data.num_images": 24, "data.max_test_images": 3,
@@ -29,12 +27,12 @@ def trained(tmp_path_factory):
     mp.setenv("INPAINT_ROOT", str(root))
     try:
         cfg = H.load_config("smoke", OVERRIDES)
-        H.data.prepare_dataset(cfg)
-        P = H.common.paths(cfg)
-        unet, sched = H.ddpm.build_inpainting_model(cfg, P)
-        H.ddpm.finetune(cfg, P, unet, sched, torch.device("cpu"))
-        H.sd.train_lora(cfg, H.sd.load_pipeline(cfg))
-        H.evaluate.run_telea(cfg)
+        H.study.data.prepare_dataset(cfg)
+        P = H.study.files.paths(cfg)
+        unet, sched = H.study.ddpm.build_inpainting_model(cfg, P)
+        H.study.ddpm.finetune(cfg, P, unet, sched, torch.device("cpu"))
+        H.study.sd.train_lora(cfg, H.study.sd.load_pipeline(cfg))
+        H.study.evaluate.run_telea(cfg)
         yield cfg
     finally:
         mp.undo()
@@ -42,7 +40,7 @@ def trained(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def demo(trained):
-    return DM.Demo(trained)
+    return H.apps.demo.Demo(trained)
 
 
 def _free_port() -> int:
@@ -75,7 +73,7 @@ def server(trained):
     mp.setattr(socket, "getaddrinfo", recording_lookup)
     mp.setattr(socket.socket, "connect", recording_connect)
     port = _free_port()
-    app = DM.launch(trained, port=port, block=False, quiet=True)
+    app = H.apps.demo.launch(trained, port=port, block=False, quiet=True)
     try:
         yield f"http://127.0.0.1:{port}/", trained
     finally:
@@ -89,17 +87,17 @@ def test_every_method_inpaints_on_the_smoke_models(demo):
     name = demo.test_names[0]
     state, editor, prompt, msg = demo.load_test_image(name)
     assert name in msg and prompt
-    mask = DM.mask_from_editor(editor, demo.size)
+    mask = H.apps.demo.mask_from_editor(editor, demo.size)
     assert np.array_equal(mask, state["test_mask"]), "the mask round-trips through the editor's layer"
-    masked, gallery, truth, table, msg = demo.inpaint(state, editor, list(DM.ORDER), STEPS, 7.5, 3, prompt)
-    assert [cap.split(" · ")[0] for _, cap in gallery] == [H.data.SHORT_LABELS[m] for m in DM.ORDER], msg
+    masked, gallery, truth, table, msg = demo.inpaint(state, editor, list(H.apps.demo.ORDER), STEPS, 7.5, 3, prompt)
+    assert [cap.split(" · ")[0] for _, cap in gallery] == [H.study.data.SHORT_LABELS[m] for m in H.apps.demo.ORDER], msg
     known = mask < 0.5
     for img, cap in gallery:
         assert img.shape == (demo.size, demo.size, 3) and img.dtype == np.uint8
         assert np.array_equal(img[known], state["image"][known]), f"{cap}: known pixels changed"
         assert not np.array_equal(img, state["image"]), f"{cap}: the hole was not filled"
         assert cap.endswith(" s") and "|" in table
-    expect = H.common.to_uint8(H.data.masked_image(H.common.to_tensor(state["image"]), torch.from_numpy(mask)[None]))
+    expect = H.study.files.to_uint8(H.study.data.masked_image(H.study.files.to_tensor(state["image"]), torch.from_numpy(mask)[None]))
     assert np.array_equal(truth, state["image"]) and np.array_equal(masked, expect)
     # a fixed seed gives the same completion
     again = demo.inpaint(state, editor, ["ddpm_finetuned"], STEPS, 7.5, 3, prompt)[1][0][0]
@@ -110,19 +108,19 @@ def test_generated_masks_and_messages(demo):
     state = demo.load_test_image(demo.test_names[1])[0]
     for kind in ("box", "thin", "medium", "thick"):
         editor, msg = demo.make_mask(state, kind, 5)
-        m = DM.mask_from_editor(editor, demo.size)
-        expect = H.masks.generate_mask(demo.size, kind, np.random.default_rng(5), 0.01, 0.5)
+        m = H.apps.demo.mask_from_editor(editor, demo.size)
+        expect = H.study.masks.generate_mask(demo.size, kind, np.random.default_rng(5), 0.01, 0.5)
         assert np.array_equal(m, expect) and kind in msg
     editor, msg = demo.make_mask(state, "brush (paint it)", 0)
-    assert DM.mask_from_editor(editor, demo.size) is None
+    assert H.apps.demo.mask_from_editor(editor, demo.size) is None
     assert "No hole" in demo.inpaint(state, editor, ["telea"], 1, 1.0, 0, "")[-1]
     assert "first" in demo.inpaint(None, editor, ["telea"], 1, 1.0, 0, "")[-1]
-    full = DM.editor_value(state["image"], np.ones((demo.size, demo.size), np.float32))
+    full = H.apps.demo.editor_value(state["image"], np.ones((demo.size, demo.size), np.float32))
     assert "Everything is hole" in demo.inpaint(state, full, ["telea"], 1, 1.0, 0, "")[-1]
 
 
 def test_uploads_are_read_like_the_data_step(demo, tmp_path):
-    folder = H.data.demo_bad_inputs(tmp_path / "bad")
+    folder = H.study.data.demo_bad_inputs(tmp_path / "bad")
     big = np.random.default_rng(0).integers(0, 256, (900, 1600, 3), dtype=np.uint8)
     Image.fromarray(big).save(folder / "big.jpg")
     Image.fromarray(big[:4, :4]).save(folder / "tiny.png")
@@ -131,7 +129,7 @@ def test_uploads_are_read_like_the_data_step(demo, tmp_path):
         state, editor, _, msg = demo.load_upload(str(folder / good))
         assert state["image"].shape == (demo.size, demo.size, 3) and state["image"].dtype == np.uint8, good
         assert note in msg, msg
-        assert np.array_equal(state["image"], H.data.resize_center_crop(H.data.read_image(folder / good), demo.size))
+        assert np.array_equal(state["image"], H.study.data.resize_center_crop(H.study.data.read_image(folder / good), demo.size))
     for bad in ("corrupt.jpg", "empty.png", "tiny.png", "missing.png"):
         state, editor, _, msg = demo.load_upload(str(folder / bad))
         assert state is None and editor is None and msg.startswith("**Refused:**") and bad in msg
@@ -144,20 +142,20 @@ def test_uploads_are_read_like_the_data_step(demo, tmp_path):
 
 def test_missing_weights_disable_methods_and_the_app_starts(tmp_root):
     cfg = H.load_config("smoke", {"data.num_images": 24, "data.max_test_images": 3})
-    H.data.prepare_dataset(cfg)
-    st = DM.method_status(cfg)
+    H.study.data.prepare_dataset(cfg)
+    st = H.apps.demo.method_status(cfg)
     assert [m for m, s in st.items() if not s.available] == ["ddpm_finetuned", "sd_lora"]
     assert "python -m helpers.ddpm --preset smoke" in st["ddpm_finetuned"].message()
     assert "python -m helpers.sd --preset smoke" in st["sd_lora"].message()
-    d = DM.Demo(cfg)
+    d = H.apps.demo.Demo(cfg)
     text = d.status_markdown()
     assert "Disabled methods" in text and "no LoRA weights" in text
     state, editor, _, _ = d.load_test_image(d.test_names[0])
     _, gallery, _, _, msg = d.inpaint(state, editor, ["sd_lora", "telea"], 1, 1.0, 0, "")
     assert len(gallery) == 1 and "no LoRA weights" in msg
-    DM.build_app(cfg, demo=d)                         # the app builds without them
+    H.apps.demo.build_app(cfg, demo=d)                         # the app builds without them
     # full preset, nothing downloaded: the pretrained methods say how to get their weights
-    full = DM.method_status(H.load_config("full"))
+    full = H.apps.demo.method_status(H.load_config("full"))
     assert not full["sd_zeroshot"].available and "hf download" in full["sd_zeroshot"].message()
     assert not full["ddpm_repaint"].available and "google/ddpm-celebahq-256" in full["ddpm_repaint"].message()
     assert full["telea"].available
@@ -165,7 +163,7 @@ def test_missing_weights_disable_methods_and_the_app_starts(tmp_root):
 
 def test_votes_from_the_functions(demo):
     rater, trial, masked, left, right, msg = demo.start("")
-    assert rater.startswith("rater-") and trial is not None and {trial.left, trial.right} == {"telea", HE.GROUND_TRUTH}
+    assert rater.startswith("rater-") and trial is not None and {trial.left, trial.right} == {"telea", H.apps.votes.GROUND_TRUTH}
     before = len(demo.store)
     out = demo.vote("left", rater, trial)
     assert len(demo.store) == before + 1 and out[1].trial_id != trial.trial_id
@@ -178,8 +176,8 @@ def test_votes_from_the_functions(demo):
 
 
 def test_papermill_detection_and_series_selection():
-    assert not DM.under_papermill()                   # plain Python: no IPython history
-    names = [p.stem for p in H.report.list_notebooks()]
+    assert not H.apps.demo.under_papermill()                   # plain Python: no IPython history
+    names = [p.stem for p in H.report.export.list_notebooks()]
     assert "07_demo" not in names and names[-1] == "06_comparison"
 
 
@@ -195,12 +193,12 @@ def test_server_inpaints_through_gradio_client(server, tmp_path):
     Image.fromarray(rgb).save(tmp_path / "in.png")
     editor, _, msg = client.predict(handle_file(str(tmp_path / "in.png")), api_name="/load_upload")
     assert "Uploaded" in msg
-    editor, msg = client.predict(DM.MASK_CHOICES[2], 7, api_name="/make_mask")          # a box mask
+    editor, msg = client.predict(H.apps.demo.MASK_CHOICES[2], 7, api_name="/make_mask")          # a box mask
     value = {"background": handle_file(editor["background"]), "layers": [handle_file(p) for p in editor["layers"]],
              "composite": None}
     masked, gallery, truth, table, msg = client.predict(value, ["DDPM", "Telea"], STEPS, 7.5, 0, "a photo",
                                                         api_name="/inpaint")
-    mask = H.masks.generate_mask(size, "box", np.random.default_rng(7), 0.01, 0.5)
+    mask = H.study.masks.generate_mask(size, "box", np.random.default_rng(7), 0.01, 0.5)
     assert [g["caption"].split(" · ")[0] for g in gallery] == ["DDPM", "Telea"], msg
     for g in gallery:
         out = np.asarray(Image.open(g["image"]).convert("RGB"))
@@ -223,7 +221,7 @@ def test_browser_inpaint_and_three_votes(server, browser):
         page.goto(url, wait_until="load")
         page.locator("#run").wait_for(timeout=60_000)
         # 1. a test image with its frozen mask, one more brush stroke, Telea only
-        name = H.data.load_index(cfg)["splits"]["test"][0]
+        name = H.study.data.load_index(cfg)["splits"]["test"][0]
         page.locator("#test_image input").click()
         page.get_by_role("option", name=name).click()
         page.wait_for_function("document.querySelector('#message').innerText.includes('frozen')", timeout=60_000)
@@ -242,7 +240,7 @@ def test_browser_inpaint_and_three_votes(server, browser):
         page.wait_for_function("document.querySelectorAll('#gallery img').length == 1", timeout=120_000)
         page.wait_for_function("document.querySelector('#message').innerText.includes('hole')", timeout=60_000)
         hole = float(page.locator("#message").inner_text().split("hole ")[1].split("%")[0])
-        test_hole = H.data.load_index(cfg)["test_masks"][name]["hole_fraction"]
+        test_hole = H.study.data.load_index(cfg)["test_masks"][name]["hole_fraction"]
         assert hole > 100 * test_hole + 1, "the brush stroke added to the frozen mask"
         # 2. three votes under a typed rater id
         page.get_by_role("tab", name="Which looks real?").click()
@@ -256,13 +254,13 @@ def test_browser_inpaint_and_three_votes(server, browser):
                                    timeout=60_000)
     finally:
         page.close()
-    rows = sqlite3.connect(HE.db_path(cfg)).execute(
+    rows = sqlite3.connect(H.apps.votes.db_path(cfg)).execute(
         "SELECT rater, image, left_method, right_method, choice, chosen_method, response_ms FROM votes "
         "WHERE rater = 'browser-rater' ORDER BY id").fetchall()
     assert [r[4] for r in rows] == ["left", "right", "left"]
     for rater, image, left, right, choice, chosen, ms in rows:
-        assert {left, right} == {"telea", HE.GROUND_TRUTH} and chosen == (left if choice == "left" else right)
-        assert image in H.data.load_index(cfg)["splits"]["test"] and ms > 0
+        assert {left, right} == {"telea", H.apps.votes.GROUND_TRUTH} and chosen == (left if choice == "left" else right)
+        assert image in H.study.data.load_index(cfg)["splits"]["test"] and ms > 0
     assert not outside, f"the page asked the network for {outside[:3]}"
 
 
@@ -270,7 +268,7 @@ def test_notebook_07_does_not_serve_under_papermill(tmp_root, monkeypatch):
     """papermill runs notebook 07 to the end without starting a server (and says so)."""
     import papermill as pm
 
-    from helpers.config import ROOT
+    from helpers.study.config import ROOT
 
     monkeypatch.setenv("PYTHONPATH", str(ROOT))          # the kernel imports this checkout's helpers
     out = tmp_root / "07.ipynb"

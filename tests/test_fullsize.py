@@ -19,8 +19,6 @@ import pytest
 import torch
 
 import helpers as H
-from helpers import report as R
-from helpers import standins as S
 
 pytestmark = [pytest.mark.fullsize, pytest.mark.slow]
 
@@ -46,20 +44,20 @@ def device_name() -> str:
 
 
 def standins_root() -> Path:
-    return Path(os.environ.get("INPAINT_STANDINS", S.DEFAULT_OUT))
+    return Path(os.environ.get("INPAINT_STANDINS", standins.DEFAULT_OUT))
 
 
 @pytest.fixture(scope="session")
 def standins():
     out = standins_root()
-    S.ensure(out)
+    standins.ensure(out)
     return out
 
 
 def minimal_overrides(out: Path) -> dict:
     """The preset's values except the amount of work: 8 images (4 train, 2 val, 2 test), one training
     step at batch 1, two sampling steps, RePaint on one image, 4 caption tokens."""
-    return {**S.overrides(out), "device": device_name(),
+    return {**standins.overrides(out), "device": device_name(),
             "data.num_images": N_IMAGES, "data.split": {"train": 0.5, "val": 0.25, "test": 0.25},
             "data.max_test_images": N_TEST, "captions.max_new_tokens": 4,
             "ddpm.batch_size": 1, "ddpm.max_steps": 1, "ddpm.num_inference_steps": 2, "ddpm.sample_batch_size": 1,
@@ -74,7 +72,7 @@ def test_standins_have_the_published_layout_and_sizes(standins):
     from diffusers import UNet2DModel
     from transformers import CLIPTokenizer
 
-    f = S.folders(standins)
+    f = standins.folders(standins)
     # the DDPM repo keeps its files at the root, with model_index.json, and the 2022 attention key names
     assert {p.name for p in f["ddpm"].iterdir()} >= {"model_index.json", "config.json", "scheduler_config.json",
                                                      "diffusion_pytorch_model.bin"}
@@ -82,8 +80,8 @@ def test_standins_have_the_published_layout_and_sizes(standins):
     assert any(k.endswith("attentions.0.query.weight") for k in raw) and not any(".to_q." in k for k in raw)
     # ... which diffusers renames on load: the project's loader gets every tensor, unchanged
     unet = UNet2DModel.from_pretrained(str(f["ddpm"]))
-    assert H.common.count_parameters(unet)[1] == S.PARAMS["ddpm_unet"]
-    assert all(torch.equal(raw[k], v) for k, v in S.legacy_attention_keys(unet.state_dict()).items())
+    assert H.study.runtime.count_parameters(unet)[1] == standins.PARAMS["ddpm_unet"]
+    assert all(torch.equal(raw[k], v) for k, v in standins.legacy_attention_keys(unet.state_dict()).items())
     # SD: model_index.json as published, the real CLIP tokenizer
     index = json.loads((f["sd"] / "model_index.json").read_text())
     assert index["scheduler"] == ["diffusers", "PNDMScheduler"] and index["_class_name"] == "StableDiffusionInpaintPipeline"
@@ -98,12 +96,14 @@ def test_standins_have_the_published_layout_and_sizes(standins):
 
 def test_full_size_pipeline_loads_with_published_parameter_counts(standins):
     cfg = H.load_config("full", minimal_overrides(standins))
-    pipe = H.sd.load_pipeline(cfg, device=torch.device(device_name()))
-    counts = {row["component"]: row["params"] for row in H.sd.describe(pipe)}
-    assert counts == {"unet": S.PARAMS["sd_unet"], "vae": S.PARAMS["sd_vae"], "text_encoder": S.PARAMS["sd_text_encoder"],
+    pipe = H.study.sd.load_pipeline(cfg, device=torch.device(device_name()))
+    counts = {row["component"]: row["params"] for row in H.study.sd.describe(pipe)}
+    assert counts == {"unet": standins.PARAMS["sd_unet"], "vae": standins.PARAMS["sd_vae"], "text_encoder": standins.PARAMS["sd_text_encoder"],
                       "scheduler": 0}
     assert type(pipe.scheduler).__name__ == "PNDMScheduler" and pipe.unet.config.sample_size == 64
-    info = H.sd.add_lora(pipe, cfg.sd)
+    lo = cfg.sd.lora
+    H.course.sd_inpainting.add_lora(pipe, lo.r, lo.alpha, lo.dropout, lo.target_modules)
+    info = H.study.sd.lora_info(pipe, lo)
     lora = [n for n, m in pipe.unet.named_modules() if hasattr(m, "lora_A") and "default" in m.lora_A]
     assert len(lora) == LORA_MODULES and info["trainable_params"] == LORA_PARAMS
     assert all(n.endswith(TARGETS) for n in lora) and all(sum(n.endswith(t) for n in lora) == 32 for t in TARGETS)
@@ -120,7 +120,7 @@ def _series(preset: str, standins: Path, tmp_path_factory):
     mp.setenv("INPAINT_ROOT", str(root))
     try:
         over = minimal_overrides(standins)
-        manifest = R.run(preset, overrides=over)
+        manifest = H.report.export.run(preset, overrides=over)
         return manifest, H.load_config(preset, over)
     finally:
         mp.undo()
@@ -134,12 +134,12 @@ def series(request, standins, tmp_path_factory):
 
 
 def _paths(cfg, root):
-    return H.common.paths(cfg, root)
+    return H.study.files.paths(cfg, root)
 
 
 def test_every_notebook_ran_and_the_report_was_produced(series):
     manifest, cfg, root = series
-    assert [n["notebook"] for n in manifest["notebooks"]] == [p.name for p in R.list_notebooks()]
+    assert [n["notebook"] for n in manifest["notebooks"]] == [p.name for p in H.report.export.list_notebooks()]
     assert all(n["status"] == "ok" for n in manifest["notebooks"])
     slides = Path(manifest["exports"]["slides"]).read_text()
     assert Path(manifest["exports"]["report"]).stat().st_size > 10_000
@@ -156,12 +156,12 @@ def test_every_notebook_ran_and_the_report_was_produced(series):
 
 def test_predictions_have_the_data_shape_and_keep_known_pixels(series):
     _, cfg, root = series
-    test = H.data.load_test_set(cfg, root)
+    test = H.study.data.load_test_set(cfg, root)
     assert test["image"].shape == (N_TEST, 3, 256, 256)
-    for method in H.data.METHODS:
+    for method in H.study.data.METHODS:
         meta = json.loads((_paths(cfg, root).predictions(method) / "meta.json").read_text())
         names = test["name"][:meta["n_images"]]
-        pred, _ = H.data.read_predictions(cfg, method, names, root)
+        pred, _ = H.study.data.read_predictions(cfg, method, names, root)
         assert pred.shape == (len(names), 3, 256, 256), method
         keep = (1 - test["mask"][:len(names)]).bool().expand_as(pred)
         # PNGs are 8-bit: known pixels equal the test image's to the quantisation step
@@ -176,7 +176,7 @@ def test_lora_placement_count_and_reload_identity(series):
     P = _paths(cfg, root)
     summary = json.loads((P.tables / "04_sd_summary.json").read_text())
     assert summary["lora"]["trainable_params"] == LORA_PARAMS and summary["train"]["steps"] == 1
-    lora_file = H.sd.find_lora(cfg, root)          # the run's folder models/sd_lora/ckpt-<fingerprint>/
+    lora_file = H.study.sd.find_lora(cfg, root)          # the run's folder models/sd_lora/ckpt-<fingerprint>/
     saved = load_file(str(lora_file))
     modules = {k.split(".lora")[0] for k in saved}
     assert len(modules) == LORA_MODULES and sum(v.numel() for v in saved.values()) == LORA_PARAMS
@@ -193,8 +193,8 @@ def test_lora_placement_count_and_reload_identity(series):
 def test_ddpm_finetuned_weights_reload_identically(series):
     _, cfg, root = series
     P = _paths(cfg, root)
-    unet = H.ddpm.load_finetuned(cfg, P)
-    assert unet.config.in_channels == 7 and H.common.count_parameters(unet)[1] == S.PARAMS["ddpm_unet"] + 4 * 128 * 9
+    unet = H.study.ddpm.load_finetuned(cfg, P)
+    assert unet.config.in_channels == 7 and H.study.runtime.count_parameters(unet)[1] == standins.PARAMS["ddpm_unet"] + 4 * 128 * 9
     ckpt = torch.load(next((P.models / "ddpm_inpaint").glob("ckpt_*/last.pt")), map_location="cpu", weights_only=False)
     assert ckpt["step"] == 1
     state = unet.state_dict()
@@ -205,18 +205,18 @@ def test_ddpm_finetuned_weights_reload_identically(series):
 def test_full_size_benchmark_runs_on_the_cpu(standins, tmp_root):
     """``python -m helpers.bench --preset full --full-size`` on the stand-ins: every workload at its real
     size (one timed call each, plain variant, two sampling steps): the benchmark cannot rot between GPU runs."""
-    from helpers import bench as B
+    import helpers as H
 
-    over = {**S.overrides(standins), "device": device_name(), "bench.warmup": 0, "bench.iters": 1, "bench.batch_sizes": [1],
+    over = {**standins.overrides(standins), "device": device_name(), "bench.warmup": 0, "bench.iters": 1, "bench.batch_sizes": [1],
             "ddpm.batch_size": 1, "sd.batch_size": 1, "ddpm.num_inference_steps": 2, "sd.num_inference_steps": 2,
             "eval.batch_size": 2}
     cfg = H.load_config("full", over)
     out = tmp_root / "bench.json"
-    result = B.run(cfg, out_path=out, variants=["plain"], sweep=False, full_size=True)
+    result = H.tools.bench.run(cfg, out_path=out, variants=["plain"], sweep=False, full_size=True)
     saved = json.loads(out.read_text())
     assert saved["tiny"] is False and saved["architectures"]["sd"] == str(cfg.sd.pretrained_id)
     rows = {r["workload"]: r for r in saved["rows"] if r["variant"] == "plain"}
-    assert set(rows) == set(B.WORKLOADS) - {"eval"}
+    assert set(rows) == set(H.tools.bench.WORKLOADS) - {"eval"}
     assert ("ON A CPU" in result["table"]) == (device_name() == "cpu")
     # real sizes: a training step of the 256 px U-Net is about 3 forwards (1.5 TFLOP), two guided SD steps at
     # 512 px are 4 U-Net evaluations plus the VAE (about 3.4 TFLOP)
@@ -232,12 +232,12 @@ def test_full_size_benchmark_runs_on_the_cpu(standins, tmp_root):
 def test_lite_training_steps_fit_16_gb(standins):
     """The lite preset's promise: its DDPM (batch 8, 256 px) and LoRA (batch 1, 512 px) steps in fp16 fit a
     16 GB card. Measured with the benchmark's training workloads on the stand-ins' architectures."""
-    from helpers import bench as B
+    import helpers as H
 
-    cfg = H.load_config("lite", S.overrides(standins))
-    ctx = B.Context(cfg, torch.device("cuda"), False, 1, 2, 1.0, variants=("preset",), sweep=False)
-    B.bench_ddpm_train(ctx)
-    B.bench_sd_lora_train(ctx)
+    cfg = H.load_config("lite", standins.overrides(standins))
+    ctx = H.tools.bench.Context(cfg, torch.device("cuda"), False, 1, 2, 1.0, variants=("preset",), sweep=False)
+    H.tools.bench.bench_ddpm_train(ctx)
+    H.tools.bench.bench_sd_lora_train(ctx)
     for r in ctx.rows:
         if r.variant == "preset":
             assert r.peak_memory_bytes < 15 * 2**30, f"{r.workload}: {r.peak_memory_bytes / 2**30:.1f} GiB"

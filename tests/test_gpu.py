@@ -13,9 +13,7 @@ import pytest
 import torch
 
 import helpers as H
-from helpers import bench as B
-from helpers import ddpm, perf, sd
-from helpers.config import Config
+from helpers.study.config import Config
 
 pytestmark = pytest.mark.gpu
 CUDA = torch.device("cuda")
@@ -44,24 +42,28 @@ def _tiny_ddpm():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_ddpm_sampling_loop_never_syncs(sampler, dtype):
     unet = _tiny_ddpm()
+    from diffusers import DDPMScheduler
+
+    ac = DDPMScheduler(**H.study.ddpm.published_scheduler_config()).alphas_cumprod
     x, m = torch.zeros(2, 3, 16, 16, device=CUDA), torch.ones(2, 1, 16, 16, device=CUDA)
-    ddpm.ddim_inpaint(unet, ddpm.published_scheduler_config(), x, m, [0, 1], 4, 0.0, sampler, dtype)   # warm-up
+    x_T = H.study.runtime.SeededNoise([0, 1])((3, 16, 16), CUDA)
+    H.course.ddpm_inpainting.ddim_inpaint(unet, ac, x, m, x_T, 4, 0.0, None, sampler, dtype)   # warm-up
     with torch.no_grad(), NoHostSync():
-        out = ddpm.ddim_inpaint(unet, ddpm.published_scheduler_config(), x, m, [0, 1], 8, 0.0, sampler, dtype)
+        out = H.course.ddpm_inpainting.ddim_inpaint(unet, ac, x, m, x_T, 8, 0.0, None, sampler, dtype)
     assert torch.isfinite(out).all()
 
 
 @pytest.mark.parametrize("sampler", ["ddim", "dpm"])
 def test_sd_guided_loop_never_syncs(sampler):
-    parts = sd.build_components(sd.tiny_configs(1000, 0, 1, 1), device=CUDA)
+    parts = H.study.sd.build_components(H.study.sd.tiny_configs(1000, 0, 1, 1), device=CUDA)
     z, m, zm = (torch.randn(2, 4, 8, 8, device=CUDA), torch.ones(2, 1, 8, 8, device=CUDA),
                 torch.randn(2, 4, 8, 8, device=CUDA))
     cond, uncond = torch.randn(2, 77, 32, device=CUDA), torch.randn(2, 77, 32, device=CUDA)
-    sched = perf.make_sampler(sampler, parts["scheduler"].config)
+    sched = H.study.perf.make_sampler(sampler, parts["scheduler"].config)
     with torch.no_grad():
-        sd.denoise(parts["unet"], sched, z, m, zm, cond, uncond, 3, 7.5)             # warm-up
+        H.course.sd_inpainting.denoise(parts["unet"], sched, z, m, zm, cond, uncond, 3, 7.5)             # warm-up
         with NoHostSync():
-            out = sd.denoise(parts["unet"], sched, z, m, zm, cond, uncond, 6, 7.5)
+            out = H.course.sd_inpainting.denoise(parts["unet"], sched, z, m, zm, cond, uncond, 6, 7.5)
     assert torch.isfinite(out).all()
 
 
@@ -78,15 +80,15 @@ def test_mixed_precision_training_loop(tmp_path, precision):
     spec = Config(batch_size=4, lr=1e-2, num_epochs=3, max_steps=None, max_grad_norm=1.0, mixed_precision=precision,
                   checkpoint_every=None)
     loss = lambda m, b, g: (m(b["x"].to(CUDA)).float() - 1).pow(2).mean()
-    r = H.train.train(model, loss, Toy(), spec, tmp_path, 0, CUDA)
+    r = H.study.training.train(model, loss, Toy(), spec, tmp_path, 0, CUDA)
     assert r.steps == 12 and all(math.isfinite(h["loss"]) for h in r.history)
     assert r.history[-1]["loss"] < r.history[0]["loss"]
 
 
 def test_sd_lora_step_at_full_size_fits_in_24_gb():
     cfg = H.load_config("full")
-    ctx = B.Context(cfg, CUDA, False, 1, 2, 1.0, variants=("preset",), sweep=False)
-    B.bench_sd_lora_train(ctx)
+    ctx = H.tools.bench.Context(cfg, CUDA, False, 1, 2, 1.0, variants=("preset",), sweep=False)
+    H.tools.bench.bench_sd_lora_train(ctx)
     row = next(r for r in ctx.rows if r.variant == "preset")
     assert row.batch_size == 2 and row.images_per_s > 0
     assert row.peak_memory_bytes < 24 * 2**30, f"{row.peak_memory_bytes / 2**30:.1f} GiB"

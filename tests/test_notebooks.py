@@ -8,7 +8,6 @@ import nbformat
 import pytest
 
 import helpers as H
-from helpers import report as R
 
 pytestmark = [pytest.mark.notebooks, pytest.mark.slow]
 
@@ -18,7 +17,7 @@ pytestmark = [pytest.mark.notebooks, pytest.mark.slow]
 
 def test_every_notebook_ran(smoke_run):
     manifest, P = smoke_run
-    names = [p.name for p in R.list_notebooks()]
+    names = [p.name for p in H.report.export.list_notebooks()]
     assert [n["notebook"] for n in manifest["notebooks"]] == names
     assert all(n["status"] == "ok" for n in manifest["notebooks"])
     for name in names:
@@ -36,14 +35,14 @@ def test_data_figures_and_predictions_exist(smoke_run):
     assert (P.data / "index.json").is_file() and (P.data / "captions.json").is_file()
     for fig in ("01_mask_kinds.png", "01_hole_fractions.png", "01_test_samples.png"):
         assert (P.figures / fig).stat().st_size > 1000
-    for method in H.data.METHODS:
+    for method in H.study.data.METHODS:
         meta = json.loads((P.predictions(method) / "meta.json").read_text())
         assert meta["n_images"] >= 1 and meta.get("weights"), method
 
 
 def test_slides_hold_every_slide(smoke_run):
     manifest, P = smoke_run
-    last = R.list_notebooks()[-1]
+    last = H.report.export.list_notebooks()[-1]
     nb = nbformat.read(last, as_version=4)
     # a cell without slideshow metadata continues the slide before it (nbconvert's "-")
     kinds = [c.metadata.get("slideshow", {}).get("slide_type", "-") for c in nb.cells
@@ -76,7 +75,7 @@ def test_executed_notebooks_read_clean(smoke_run):
     """A handful of stderr outputs at most; progress as whole text lines (no carriage returns, no
     ANSI cursor codes, no widgets that a static view shows at 0 %); no library noise."""
     _, P = smoke_run
-    for path in R.list_notebooks():
+    for path in H.report.export.list_notebooks():
         nb = nbformat.read(P.reports / "notebooks" / path.name, as_version=4)
         stderr = list(_streams(nb, "stderr"))
         assert len(stderr) <= STDERR_HANDFUL, (path.name, [o["text"][:80] for _, _, o in stderr])
@@ -94,12 +93,12 @@ def test_evaluation_cell_shows_at_most_one_progress_line_per_method(smoke_run):
     cell = next(c for c in nb.cells if c.cell_type == "code" and "evaluate_all(" in c.source)
     lines = [line for o in cell.get("outputs", []) if o.get("name") == "stderr" for line in o["text"].splitlines()
              if line.strip()]
-    assert len(lines) <= len(H.data.METHODS), lines
+    assert len(lines) <= len(H.study.data.METHODS), lines
 
 
 def test_every_smoke_figure_carries_the_stamp(smoke_run):
     _, P = smoke_run
     figures = sorted(P.figures.glob("*.png"))
     assert len(figures) >= 10
-    unstamped = [f.name for f in figures if not H.plots.png_is_stamped(f)]
+    unstamped = [f.name for f in figures if not H.report.figures.png_is_stamped(f)]
     assert not unstamped

@@ -2,13 +2,13 @@
 import pytest
 import torch
 
-from helpers import perf, sd
-from helpers.config import Config
+import helpers as H
+from helpers.study.config import Config
 
 
 @pytest.fixture(scope="module")
 def tiny_unet():
-    return sd.build_components(sd.tiny_configs(1000, 0, 1, 1))["unet"]
+    return H.study.sd.build_components(H.study.sd.tiny_configs(1000, 0, 1, 1))["unet"]
 
 
 def _out(unet):
@@ -19,32 +19,32 @@ def _out(unet):
 
 
 def test_attention_processors_agree(tiny_unet):
-    assert perf.set_attention(tiny_unet, sdpa=False) > 0
+    assert H.study.perf.set_attention(tiny_unet, sdpa=False) > 0
     plain = _out(tiny_unet)
-    perf.set_attention(tiny_unet, sdpa=True)
+    H.study.perf.set_attention(tiny_unet, sdpa=True)
     assert torch.allclose(plain, _out(tiny_unet), atol=1e-5)
 
 
 def test_fused_qkv_same_output_and_skipped_with_lora():
-    unet = sd.build_components(sd.tiny_configs(1000, 0, 1, 1))["unet"]
+    unet = H.study.sd.build_components(H.study.sd.tiny_configs(1000, 0, 1, 1))["unet"]
     before = _out(unet)
     switches = Config({"sdpa": True, "fused_qkv": True, "channels_last": False, "torch_compile": False})
-    perf.optimize_model(unet, switches, torch.device("cpu"))
+    H.study.perf.optimize_model(unet, switches, torch.device("cpu"))
     assert "Fused" in type(next(iter(unet.attn_processors.values()))).__name__
     assert torch.allclose(before, _out(unet), atol=1e-5)
     from peft import LoraConfig
-    other = sd.build_components(sd.tiny_configs(1000, 0, 1, 1))["unet"]
+    other = H.study.sd.build_components(H.study.sd.tiny_configs(1000, 0, 1, 1))["unet"]
     other.add_adapter(LoraConfig(r=2, lora_alpha=2, target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
-    perf.optimize_model(other, switches, torch.device("cpu"))
+    H.study.perf.optimize_model(other, switches, torch.device("cpu"))
     assert "Fused" not in type(next(iter(other.attn_processors.values()))).__name__
 
 
 def test_make_sampler():
     from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
-    assert isinstance(perf.make_sampler("ddim", {}), DDIMScheduler)
-    assert isinstance(perf.make_sampler("dpm", {}), DPMSolverMultistepScheduler)
+    assert isinstance(H.study.perf.make_sampler("ddim", {}), DDIMScheduler)
+    assert isinstance(H.study.perf.make_sampler("dpm", {}), DPMSolverMultistepScheduler)
     with pytest.raises(ValueError, match="ddim' or 'dpm"):
-        perf.make_sampler("euler", {})
+        H.study.perf.make_sampler("euler", {})
 
 
 # ---------------------------------------------------------------- no host sync in the sampling loops
@@ -77,44 +77,47 @@ def _meta(t):
 def test_ddpm_sampling_loop_never_reads_the_device(sampler):
     from diffusers import UNet2DModel
 
-    from helpers import ddpm
+    import helpers as H
     unet = UNet2DModel(in_channels=7, out_channels=3, sample_size=16, block_out_channels=(8, 16), layers_per_block=1,
                        norm_num_groups=4, down_block_types=("DownBlock2D", "AttnDownBlock2D"),
                        up_block_types=("AttnUpBlock2D", "UpBlock2D")).to("meta")
+    from diffusers import DDPMScheduler
+
+    ac = DDPMScheduler(**H.study.ddpm.published_scheduler_config()).alphas_cumprod
     x, m = _meta(torch.zeros(2, 3, 16, 16)), _meta(torch.ones(2, 1, 16, 16))
     with torch.no_grad(), DeviceReads() as mode:
-        out = ddpm.ddim_inpaint(unet, ddpm.published_scheduler_config(), x, m, [0, 1], 6, 0.0, sampler)
+        out = H.course.ddpm_inpainting.ddim_inpaint(unet, ac, x, m, _meta(torch.zeros(2, 3, 16, 16)), 6, 0.0, None, sampler)
     assert out.shape == (2, 3, 16, 16) and mode.reads == []
 
 
 def test_repaint_loop_never_reads_the_device():
     from diffusers import DDPMScheduler, UNet2DModel
 
-    from helpers import ddpm, repaint
+    import helpers as H
     unet = UNet2DModel(in_channels=3, out_channels=3, sample_size=16, block_out_channels=(8, 16), layers_per_block=1,
                        norm_num_groups=4, down_block_types=("DownBlock2D", "AttnDownBlock2D"),
                        up_block_types=("AttnUpBlock2D", "UpBlock2D")).to("meta")
-    ac = DDPMScheduler(**ddpm.published_scheduler_config()).alphas_cumprod
+    ac = DDPMScheduler(**H.study.ddpm.published_scheduler_config()).alphas_cumprod
     x, m = _meta(torch.zeros(2, 3, 16, 16)), _meta(torch.ones(2, 1, 16, 16))
     with torch.no_grad(), DeviceReads() as mode:
-        repaint.repaint_inpaint(unet, ac, x, m, [0, 1], 5, 2, 2)
+        H.course.ddpm_inpainting.repaint_inpaint(unet, ac, x, m, lambda: _meta(torch.zeros(2, 3, 16, 16)), 5, 2, 2)
     assert mode.reads == []
 
 
 @pytest.mark.parametrize("sampler", ["ddim", "dpm"])
 def test_sd_guided_loop_never_reads_the_device(sampler):
-    parts = sd.build_components(sd.tiny_configs(1000, 0, 1, 1), device="meta")
+    parts = H.study.sd.build_components(H.study.sd.tiny_configs(1000, 0, 1, 1), device="meta")
     z, m, zm = _meta(torch.zeros(2, 4, 8, 8)), _meta(torch.ones(2, 1, 8, 8)), _meta(torch.zeros(2, 4, 8, 8))
     cond, uncond = _meta(torch.zeros(2, 77, 32)), _meta(torch.zeros(2, 77, 32))
     with torch.no_grad(), DeviceReads() as mode:
-        out = sd.denoise(parts["unet"], perf.make_sampler(sampler, parts["scheduler"].config), z, m, zm, cond, uncond,
+        out = H.course.sd_inpainting.denoise(parts["unet"], H.study.perf.make_sampler(sampler, parts["scheduler"].config), z, m, zm, cond, uncond,
                          5, 7.5)
     assert out.shape == (2, 4, 8, 8) and mode.reads == []
 
 
 def test_device_reads_detector_catches_a_sync():
     """The detector is not blind: a diffusers DDIM step fed a device timestep reads it."""
-    sch = perf.make_sampler("ddim", {})
+    sch = H.study.perf.make_sampler("ddim", {})
     sch.set_timesteps(5)
     x = _meta(torch.zeros(1, 3, 4, 4))
     with pytest.raises(RuntimeError), torch.no_grad(), DeviceReads():

@@ -12,9 +12,7 @@ import torch
 from matplotlib.text import Text
 
 import helpers as H
-from helpers import evaluate as E
-from helpers import findings as FD
-from helpers import plots as PL
+from tests.fixtures import reference
 
 
 @pytest.fixture(autouse=True)
@@ -32,51 +30,51 @@ def test_small_text_is_raised_to_the_slide_minimum():
     ax.plot([0, 1], [0, 1], label="a line")
     ax.set_xlabel("x", fontsize=5), ax.set_ylabel("y", fontsize=5), ax.legend(fontsize=4)
     ax.tick_params(labelsize=3)
-    assert PL.smallest_text_px(fig) < PL.MIN_TEXT_PX
-    PL.save(fig, preset="full")
-    assert PL.smallest_text_px(fig) >= PL.MIN_TEXT_PX - 1e-9
+    assert reference.smallest_text_px(fig) < H.report.figures.MIN_TEXT_PX
+    H.report.figures.save(fig, preset="full")
+    assert reference.smallest_text_px(fig) >= H.report.figures.MIN_TEXT_PX - 1e-9
     # the check is relative to the figure's size: at its own rcParams a 16x9 figure is too small
-    assert PL.min_text_pt(fig) > plt.rcParams["font.size"]
+    assert H.report.figures.min_text_pt(fig) > plt.rcParams["font.size"]
 
 
 def test_default_rcparams_are_readable_on_a_typical_figure():
     fig, ax = plt.subplots(figsize=(10, 5))
     ax.plot([0, 1]), ax.set_xlabel("x"), ax.set_ylabel("y"), ax.set_title("t")
-    assert PL.smallest_text_px(fig) >= PL.MIN_TEXT_PX
+    assert reference.smallest_text_px(fig) >= H.report.figures.MIN_TEXT_PX
 
 
 def test_smoke_figures_are_stamped_visibly_and_in_the_png(tmp_path):
     fig, ax = plt.subplots()
     ax.plot([0, 1])
-    PL.save(fig, tmp_path / "smoke.png", preset="smoke")
-    assert PL.SMOKE_STAMP in _texts(fig) and PL.png_is_stamped(tmp_path / "smoke.png")
-    PL.save(fig, tmp_path / "again.png", preset="smoke")            # saved twice: one stamp
-    assert _texts(fig).count(PL.SMOKE_STAMP) == 1
+    H.report.figures.save(fig, tmp_path / "smoke.png", preset="smoke")
+    assert H.report.figures.SMOKE_STAMP in _texts(fig) and H.report.figures.png_is_stamped(tmp_path / "smoke.png")
+    H.report.figures.save(fig, tmp_path / "again.png", preset="smoke")            # saved twice: one stamp
+    assert _texts(fig).count(H.report.figures.SMOKE_STAMP) == 1
     fig2, ax2 = plt.subplots()
     ax2.plot([0, 1])
-    PL.save(fig2, tmp_path / "full.png", preset="full")
-    assert PL.SMOKE_STAMP not in _texts(fig2) and not PL.png_is_stamped(tmp_path / "full.png")
+    H.report.figures.save(fig2, tmp_path / "full.png", preset="full")
+    assert H.report.figures.SMOKE_STAMP not in _texts(fig2) and not H.report.figures.png_is_stamped(tmp_path / "full.png")
 
 
 def test_the_active_preset_decides_the_stamp(tmp_root):
-    H.common.paths(H.load_config("full"))
-    fig = PL.loss_curve([{"step": i, "loss": 1.0 / (i + 1)} for i in range(30)], tmp_root / "l.png")
-    assert not PL.png_is_stamped(tmp_root / "l.png") and PL.SMOKE_STAMP not in _texts(fig)
-    H.common.paths(H.load_config("smoke"))
-    fig = PL.loss_curve([{"step": i, "loss": 1.0 / (i + 1)} for i in range(30)], tmp_root / "s.png")
-    assert PL.png_is_stamped(tmp_root / "s.png") and PL.SMOKE_STAMP in _texts(fig)
+    H.study.files.paths(H.load_config("full"))
+    fig = H.report.figures.loss_curve([{"step": i, "loss": 1.0 / (i + 1)} for i in range(30)], tmp_root / "l.png")
+    assert not H.report.figures.png_is_stamped(tmp_root / "l.png") and H.report.figures.SMOKE_STAMP not in _texts(fig)
+    H.study.files.paths(H.load_config("smoke"))
+    fig = H.report.figures.loss_curve([{"step": i, "loss": 1.0 / (i + 1)} for i in range(30)], tmp_root / "s.png")
+    assert H.report.figures.png_is_stamped(tmp_root / "s.png") and H.report.figures.SMOKE_STAMP in _texts(fig)
 
 
 def test_image_grid_marks_cells_that_did_not_run():
     img = torch.zeros(3, 8, 8)
-    fig = PL.image_grid([[img, None, img], [img, img, img]], ["a", "RePaint", "c"], ["row 1", "row 2"],
+    fig = H.report.figures.image_grid([[img, None, img], [img, img, img]], ["a", "RePaint", "c"], ["row 1", "row 2"],
                         empty_text=[None, "not run", None])
     assert "not run" in _texts(fig)
-    assert PL.smallest_text_px(fig) >= PL.MIN_TEXT_PX - 1e-9
+    assert reference.smallest_text_px(fig) >= H.report.figures.MIN_TEXT_PX - 1e-9
 
 
 # ---------------------------------------------------------------- the findings figures
-def _evaluation() -> E.Evaluation:
+def _evaluation() -> H.study.evaluate.Evaluation:
     """Five methods; RePaint on 2 of 6 images; SD + LoRA not run; LPIPS available."""
     rng = np.random.default_rng(0)
     kinds, buckets = ["box", "thin", "thick"] * 2, ["0-10%", "10-20%", "20%+"] * 2
@@ -85,49 +83,49 @@ def _evaluation() -> E.Evaluation:
     for m, base in scores.items():
         for k in range(2 if m == "ddpm_repaint" else 6):
             v = base + rng.normal()
-            rows.append({"method": m, "label": H.data.METHODS[m], "name": f"i{k}", "kind": kinds[k],
+            rows.append({"method": m, "label": H.study.data.METHODS[m], "name": f"i{k}", "kind": kinds[k],
                          "bucket": buckets[k], "hole_fraction": 0.1 * k, "psnr_hole": v, "psnr": v + 3,
                          "ssim_hole": v / 40, "ssim": v / 30, "lpips": 1 / v})
     per_image = pd.DataFrame(rows)
     summary = []
-    for m in H.data.METHODS:
+    for m in H.study.data.METHODS:
         sub = per_image[per_image["method"] == m]
         if sub.empty:
-            summary.append({"method": m, "label": H.data.METHODS[m], "status": "missing", "n": 0, "note": "no predictions"})
+            summary.append({"method": m, "label": H.study.data.METHODS[m], "status": "missing", "n": 0, "note": "no predictions"})
             continue
-        row = {"method": m, "label": H.data.METHODS[m], "status": "ok" if len(sub) == 6 else "partial", "n": len(sub)}
-        for metric in E.PER_IMAGE:
+        row = {"method": m, "label": H.study.data.METHODS[m], "status": "ok" if len(sub) == 6 else "partial", "n": len(sub)}
+        for metric in H.study.evaluate.PER_IMAGE:
             row[metric], row[f"{metric}_lo"], row[f"{metric}_hi"] = sub[metric].mean(), sub[metric].min(), sub[metric].max()
         summary.append(row)
 
     def grouped(by):
         out = []
         for (m, g), sub in per_image.groupby(["method", by]):
-            for metric in E.PER_IMAGE:
+            for metric in H.study.evaluate.PER_IMAGE:
                 v = sub[metric]
-                out.append({"method": m, "label": H.data.METHODS[m], "group": g, "n": len(sub), "metric": metric,
+                out.append({"method": m, "label": H.study.data.METHODS[m], "group": g, "n": len(sub), "metric": metric,
                             "mean": v.mean(), "lo": v.min(), "hi": v.max()})
         return pd.DataFrame(out)
 
-    return E.Evaluation(per_image, pd.DataFrame(summary), grouped("bucket"), grouped("kind"), pd.DataFrame(),
+    return H.study.evaluate.Evaluation(per_image, pd.DataFrame(summary), grouped("bucket"), grouped("kind"), pd.DataFrame(),
                         {"hole_buckets": [0.0, 0.1, 0.2, 1.0], "n_test": 6, "bootstrap": {"samples": 50, "seed": 0},
-                         "missing": [{"method": "sd_lora", "label": H.data.METHODS["sd_lora"], "reason": "x"}]})
+                         "missing": [{"method": "sd_lora", "label": H.study.data.METHODS["sd_lora"], "reason": "x"}]})
 
 
 @pytest.mark.parametrize("make", [
-    lambda ev: FD.plot_bars(ev),
-    lambda ev: FD.plot_vs_hole(ev, "psnr_hole"),
-    lambda ev: FD.plot_vs_hole(ev, "lpips", by="kind"),
+    lambda ev: H.report.findings.plot_bars(ev),
+    lambda ev: H.report.findings.plot_vs_hole(ev, "psnr_hole"),
+    lambda ev: H.report.findings.plot_vs_hole(ev, "lpips", by="kind"),
 ], ids=["bars", "vs_hole", "vs_kind"])
 def test_findings_figures_are_slide_ready(make, tmp_root):
-    H.common.paths(H.load_config("smoke"))
+    H.study.files.paths(H.load_config("smoke"))
     fig = make(_evaluation())
     texts = _texts(fig)
-    assert PL.smallest_text_px(fig) >= PL.MIN_TEXT_PX - 1e-9
-    assert PL.SMOKE_STAMP in texts
+    assert reference.smallest_text_px(fig) >= H.report.figures.MIN_TEXT_PX - 1e-9
+    assert H.report.figures.SMOKE_STAMP in texts
     # human labels, never the internal keys
-    assert not any(k in t for t in texts for k in H.data.METHODS), texts
-    assert any(H.data.SHORT_LABELS["telea"] in t for t in texts)
+    assert not any(k in t for t in texts for k in H.study.data.METHODS), texts
+    assert any(H.study.data.SHORT_LABELS["telea"] in t for t in texts)
     # every axis with data is labelled; no rotated tick labels
     for ax in fig.axes:
         if ax.has_data():
@@ -137,9 +135,9 @@ def test_findings_figures_are_slide_ready(make, tmp_root):
 
 
 def test_bars_say_which_method_did_not_run():
-    H.common.paths(H.load_config("full"))
-    fig = FD.plot_bars(_evaluation())
-    assert "not run" in _texts(fig) and PL.SMOKE_STAMP not in _texts(fig)
+    H.study.files.paths(H.load_config("full"))
+    fig = H.report.findings.plot_bars(_evaluation())
+    assert "not run" in _texts(fig) and H.report.figures.SMOKE_STAMP not in _texts(fig)
     labels = [t.get_text() for t in fig.axes[0].get_yticklabels()]
     assert "RePaint  (n=2)" in labels and "SD + LoRA  (n=0)" in labels
 
@@ -149,19 +147,9 @@ def test_lines_by_hole_size_do_not_hide_each_other():
     ev = _evaluation()
     same = ev.by_bucket[ev.by_bucket["method"] == "sd_zeroshot"].assign(method="ddpm_finetuned")
     ev.by_bucket = pd.concat([ev.by_bucket[ev.by_bucket["method"] != "ddpm_finetuned"], same])
-    fig = FD.plot_vs_hole(ev, "psnr_hole")
+    fig = H.report.findings.plot_vs_hole(ev, "psnr_hole")
     ax = fig.axes[0]
     xs = {c.get_label(): tuple(np.round(c.lines[0].get_xdata(), 3)) for c in ax.containers}
     assert xs["DDPM"] != xs["SD zero-shot"]
 
 
-def test_show_source_renders_the_code_that_runs():
-    """Notebooks 03 and 04 show the training step and sampling loop from the helpers' source: the
-    block is the function's own text, under a path relative to the repository (no machine path)."""
-    import inspect
-
-    md = H.common.show_source(H.ddpm.weighted_eps_loss, H.sd.denoise).data
-    assert inspect.getsource(H.ddpm.weighted_eps_loss).strip() in md
-    assert "for t_dev, t in steps:" in md and md.count("```python") == 2
-    assert "`helpers/ddpm.py`, lines" in md and "`helpers/sd.py`, lines" in md
-    assert str(H.config.ROOT) not in md

@@ -7,7 +7,6 @@ import nbformat
 import pytest
 
 import helpers as H
-from helpers import report as R
 
 
 def _nbs(names):
@@ -16,17 +15,17 @@ def _nbs(names):
 
 def test_select_by_number_name_and_from():
     nbs = _nbs(["01_data", "02_ddpm_theory", "03_ddpm_inpainting", "04_sd_lora"])
-    assert R.select(nbs, only="03") == [nbs[2]]
-    assert R.select(nbs, only="3") == [nbs[2]]
-    assert R.select(nbs, only="sd_lora") == [nbs[3]]
-    assert R.select(nbs, start="02") == nbs[1:]
-    assert R.select(nbs) == nbs
+    assert H.report.export.select(nbs, only="03") == [nbs[2]]
+    assert H.report.export.select(nbs, only="3") == [nbs[2]]
+    assert H.report.export.select(nbs, only="sd_lora") == [nbs[3]]
+    assert H.report.export.select(nbs, start="02") == nbs[1:]
+    assert H.report.export.select(nbs) == nbs
     with pytest.raises(ValueError, match="several"):
-        R.select(nbs, only="ddpm")
+        H.report.export.select(nbs, only="ddpm")
     with pytest.raises(ValueError, match="no"):
-        R.select(nbs, only="09")
+        H.report.export.select(nbs, only="09")
     with pytest.raises(ValueError, match="not both"):
-        R.select(nbs, only="01", start="02")
+        H.report.export.select(nbs, only="01", start="02")
 
 
 def _write(path, *sources):
@@ -49,9 +48,9 @@ def test_failing_notebook_is_named_with_its_cell(tmp_root):
     _write(nbdir / "01_ok.ipynb", "x = 1")
     _write(nbdir / "02_bad.ipynb", "y = 2", "raise ValueError('boom in cell')")
     _write(nbdir / "03_never.ipynb", "z = 3")
-    with pytest.raises(R.NotebookFailed, match=r"02_bad.ipynb failed in cell \d+ .*ValueError: boom in cell"):
-        R.run("smoke", notebook_dir=nbdir)
-    P = H.common.paths(H.load_config("smoke"))
+    with pytest.raises(H.report.export.NotebookFailed, match=r"02_bad.ipynb failed in cell \d+ .*ValueError: boom in cell"):
+        H.report.export.run("smoke", notebook_dir=nbdir)
+    P = H.study.files.paths(H.load_config("smoke"))
     manifest = json.loads((P.reports / "manifest.json").read_text())
     assert [n["status"] for n in manifest["notebooks"]] == ["ok", "failed"]
     assert manifest["preset"] == "smoke" and manifest["packages"]["torch"]
@@ -66,8 +65,8 @@ def test_partial_run_keeps_earlier_entries(tmp_root):
     nbdir = tmp_root / "nbs"
     _write(nbdir / "01_a.ipynb", "x = 1")
     _write(nbdir / "02_b.ipynb", "y = 2")
-    R.run("smoke", notebook_dir=nbdir, do_export=False)
-    manifest = R.run("smoke", start="02", notebook_dir=nbdir, do_export=False)
+    H.report.export.run("smoke", notebook_dir=nbdir, do_export=False)
+    manifest = H.report.export.run("smoke", start="02", notebook_dir=nbdir, do_export=False)
     assert [(n["notebook"], n["status"]) for n in manifest["notebooks"]] == [("01_a.ipynb", "ok"), ("02_b.ipynb", "ok")]
 
 
@@ -75,17 +74,17 @@ def test_slide_assets_come_from_installed_packages(tmp_path):
     """reveal.js, require.js, jQuery and MathJax are copied from the packages of the normal install
     beside the HTML; both exports load them from there, nothing from the internet."""
     out = tmp_path / "out"
-    assets = R.copy_slide_assets(out, tmp_path / "empty_cache")
+    assets = H.report.export.copy_slide_assets(out, tmp_path / "empty_cache")
     js = out / "slides_js"
     for f in ("reveal.js/dist/reveal.js", "reveal.js/dist/reveal.css", "reveal.js/dist/theme/white.css",
               "reveal.js/plugin/notes/notes.js", "require.js", "jquery.min.js", "mathjax/MathJax.js",
-              f"mathjax/config/{R.MATHJAX_LOCAL_CONFIG}.js"):
+              f"mathjax/config/{H.report.export.MATHJAX_LOCAL_CONFIG}.js"):
         assert (js / f).is_file() and (js / f).stat().st_size > 0, f
     assert "reveal.js 5" in (js / "reveal.js/dist/reveal.js").read_text()[:200]
     assert not (js / "mathjax/localization/de").exists()             # interface languages other than en left out
     nb_path = tmp_path / "nb.ipynb"
     _write(nb_path, "from IPython.display import Markdown\nMarkdown('$$a^2 + b^2$$')")
-    files = R.export(nb_path, out, assets)
+    files = H.report.export.export(nb_path, out, assets)
     slides, report = files["slides"].read_text(), files["report"].read_text()
     assert 'src="slides_js/require.js"' in slides and "slides_js/reveal.js/dist/reveal.js" in slides
     for html in (slides, report):                                      # every script and style sheet is local
@@ -93,26 +92,26 @@ def test_slide_assets_come_from_installed_packages(tmp_path):
         assert not re.search(r'<script[^>]*src="https?:|<link[^>]*href="https?:', html)
     assert "import mermaid" not in slides                              # the template's CDN import is removed
     assert "preset = " not in slides
-    assert R._READY_RERENDER in slides and R._READY_RERENDER not in report
-    assert f"width: {R.SLIDE_SIZE[0]}" in slides and f"height: {R.SLIDE_SIZE[1]}" in slides
+    assert H.report.export._READY_RERENDER in slides and H.report.export._READY_RERENDER not in report
+    assert f"width: {H.report.export.SLIDE_SIZE[0]}" in slides and f"height: {H.report.export.SLIDE_SIZE[1]}" in slides
 
 
 def test_missing_assets_are_named_with_the_way_to_get_them(tmp_path, monkeypatch):
-    monkeypatch.setattr(R, "_package_dir", lambda package: None)      # as if the --no-deps packages were absent
-    with pytest.raises(R.AssetsMissing, match=r"reveal\.js.*requirements-nodeps\.txt.*slides-offline.*--cdn"):
-        R.find_slide_assets(tmp_path)
+    monkeypatch.setattr(H.report.export, "_package_dir", lambda package: None)      # as if the --no-deps packages were absent
+    with pytest.raises(H.report.export.AssetsMissing, match=r"reveal\.js.*requirements-nodeps\.txt.*slides-offline.*--cdn"):
+        H.report.export.find_slide_assets(tmp_path)
     # npm's copies (make slides-offline) stand in for the packages
     cache = tmp_path / "cache"
     for f in ("reveal.js/dist/reveal.js", "require.js", "jquery.min.js", "mathjax/MathJax.js",
               "mathjax/config/TeX-AMS_CHTML-full.js"):
         (cache / "slides_js" / f).parent.mkdir(parents=True, exist_ok=True)
         (cache / "slides_js" / f).write_text("//")
-    assets = R.copy_slide_assets(tmp_path / "out", cache)
+    assets = H.report.export.copy_slide_assets(tmp_path / "out", cache)
     assert assets["mathjax_url"] == "slides_js/mathjax/MathJax.js?config=TeX-AMS_CHTML-full,Safe"
 
 
 def test_cdn_only_when_asked(tmp_path):
     nb_path = tmp_path / "nb.ipynb"
     _write(nb_path, "x = 1")
-    html = R.export(nb_path, tmp_path, None)["slides"].read_text()
+    html = H.report.export.export(nb_path, tmp_path, None)["slides"].read_text()
     assert "slides_js/" not in html and "https://" in html

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 import helpers as H
-from helpers.perf import make_sampler
+from helpers.study.perf import make_sampler
+from tests.fixtures import reference
 
 R = 64          # SD working size of the smoke preset
 STEPS = 3       # denoising steps in these tests
@@ -30,13 +31,13 @@ def sd_root(tmp_path_factory):
     """A project root holding the tiny base pipeline (reports/smoke/models/sd_base)."""
     root = tmp_path_factory.mktemp("sd")
     cfg = H.load_config("smoke")
-    H.sd.resolve_source(cfg, root)
+    H.study.sd.resolve_source(cfg, root)
     return root
 
 
 def load(root, overrides=None, **kw):
     cfg = H.load_config("smoke", overrides)
-    return cfg, H.sd.load_pipeline(cfg, root=root, **kw)
+    return cfg, H.study.sd.load_pipeline(cfg, root=root, **kw)
 
 
 def toy_batch(n=3, size=32, seed=0):
@@ -50,12 +51,21 @@ def toy_batch(n=3, size=32, seed=0):
 
 
 def run_inpaint(pipe, images, masks, prompts, seeds=None, composite=True):
-    emb = H.sd.encode_prompts(pipe.tokenizer, pipe.text_encoder, [""] + list(prompts))
+    emb = H.course.sd_inpainting.encode_prompts(pipe.tokenizer, pipe.text_encoder, [""] + list(prompts))
     cond = torch.stack([emb[p] for p in prompts])
     seeds = range(len(images)) if seeds is None else seeds
-    gens = [H.sd.image_generator(s) for s in seeds]
-    return H.sd.inpaint(pipe.unet, pipe.vae, make_sampler("ddim", pipe.scheduler.config), images, masks, cond,
-                        emb[""][None], gens, R, STEPS, 7.5, composite=composite)
+    return H.course.sd_inpainting.inpaint(pipe.unet, pipe.vae, make_sampler("ddim", pipe.scheduler.config), images, masks,
+                                          cond, emb[""][None], H.study.runtime.SeededNoise(seeds), R, STEPS, 7.5,
+                                          composite=composite)
+
+
+def attach(pipe, cfg) -> dict:
+    """The course's LoRA attachment with the preset's settings; the parameter counts of the result."""
+    lo = cfg.sd.lora
+    H.course.sd_inpainting.add_lora(pipe, lo.r, lo.alpha, lo.dropout, lo.target_modules)
+    if cfg.sd.get("gradient_checkpointing"):
+        pipe.unet.enable_gradient_checkpointing()
+    return H.study.sd.lora_info(pipe, lo)
 
 
 # ---------------------------------------------------------------- loading
@@ -64,10 +74,10 @@ def test_tiny_pipeline_loads_through_the_real_loader(sd_root):
 
     cfg, pipe = load(sd_root)
     assert isinstance(pipe, StableDiffusionInpaintPipeline)
-    assert pipe.source == str(H.common.paths(cfg, sd_root).models / "sd_base")
+    assert pipe.source == str(H.study.files.paths(cfg, sd_root).models / "sd_base")
     assert pipe.unet.config.in_channels == 9 and pipe.safety_checker is None
     assert pipe.tokenizer.model_max_length == 77
-    assert H.sd.latent_factor(pipe.vae) == 2          # tiny VAE: 2 blocks
+    assert H.course.sd_inpainting.latent_factor(pipe.vae) == 2          # tiny VAE: 2 blocks
     ids = pipe.tokenizer("a photo of a cat").input_ids
     assert ids[0] == pipe.tokenizer.bos_token_id and ids[-1] == pipe.tokenizer.eos_token_id
     assert len(ids) == 7                               # whole words from the small vocabulary
@@ -84,13 +94,13 @@ def test_missing_or_wrong_weights_say_where_and_how(sd_root, tmp_path, kind):
             (source / "readme.txt").write_text("not weights")
         else:   # looks like a pipeline, but the component folders are missing
             (source / "model_index.json").write_text(
-                (H.common.paths(H.load_config("smoke"), sd_root).models / "sd_base" / "model_index.json").read_text())
+                (H.study.files.paths(H.load_config("smoke"), sd_root).models / "sd_base" / "model_index.json").read_text())
     cfg = H.load_config("smoke", {"sd.tiny": False, "sd.pretrained_id": str(source)})
-    with pytest.raises(H.sd.WeightsNotFoundError) as err:
-        H.sd.load_pipeline(cfg, root=sd_root)
+    with pytest.raises(H.study.sd.WeightsNotFoundError) as err:
+        H.study.sd.load_pipeline(cfg, root=sd_root)
     msg = str(err.value)
     assert str(source) in msg
-    assert H.sd.HUB_ID in msg and "hf download" in msg
+    assert H.study.sd.HUB_ID in msg and "hf download" in msg
 
 
 def test_the_weights_message_is_never_cut(sd_root, monkeypatch):
@@ -104,26 +114,26 @@ def test_the_weights_message_is_never_cut(sd_root, monkeypatch):
 
     monkeypatch.setattr(StableDiffusionInpaintPipeline, "from_pretrained", fail)
     cfg = H.load_config("smoke", {"sd.tiny": False, "sd.pretrained_id": "someone/sd-inpainting"})
-    with pytest.raises(H.sd.WeightsNotFoundError) as err:
-        H.sd.load_pipeline(cfg, root=sd_root)
+    with pytest.raises(H.study.sd.WeightsNotFoundError) as err:
+        H.study.sd.load_pipeline(cfg, root=sd_root)
     assert long in str(err.value) and str(err.value).endswith("needs no weights.")
 
 
 def test_published_configs_give_the_sd15_inpainting_sizes():
-    c = H.sd.build_components(H.sd.published_configs(), device="meta")
+    c = H.study.sd.build_components(H.study.sd.published_configs(), device="meta")
     count = lambda m: sum(p.numel() for p in m.parameters())
     assert c["unet"].config.in_channels == 9 and c["unet"].config.cross_attention_dim == 768
     assert count(c["unet"]) == 859_535_364            # SD 1.5 U-Net 859,520,964 + 5 extra input channels
     assert count(c["vae"]) == 83_653_863
     assert count(c["text_encoder"]) == 123_060_480    # CLIP ViT-L/14 text transformer
-    assert H.sd.latent_factor(c["vae"]) == 8
+    assert H.course.sd_inpainting.latent_factor(c["vae"]) == 8
 
 
 # ---------------------------------------------------------------- the pieces
 def test_pieces_have_the_documented_shapes(sd_root):
     cfg, pipe = load(sd_root)
     images, masks = toy_batch(1)
-    p = H.sd.encode_pieces(pipe, images[0], masks[0], "a photo", R)
+    p = H.study.sd.encode_pieces(pipe, images[0], masks[0], "a photo", R)
     lat = R // 2
     assert p["z0"].shape == p["z_masked"].shape == (4, lat, lat)
     assert p["m_down"].shape == (1, lat, lat) and set(p["m_down"].unique().tolist()) <= {0.0, 1.0}
@@ -137,7 +147,7 @@ def test_pieces_have_the_documented_shapes(sd_root):
 def _spec(cfg, **kw):
     spec = dict(cfg.sd)
     spec.update(checkpoint_every=0, **kw)
-    return H.config._wrap(spec)
+    return H.study.config._wrap(spec)
 
 
 def _toy_dataset(n=4):
@@ -147,16 +157,16 @@ def _toy_dataset(n=4):
 
 def test_a_training_step_changes_only_lora(sd_root, tmp_path):
     cfg, pipe = load(sd_root)
-    info = H.sd.add_lora(pipe, cfg.sd)
+    info = attach(pipe, cfg)
     assert 0 < info["fraction_of_all"] < info["fraction_of_unet"] < 0.05
     trainable = {n for n, p in pipe.unet.named_parameters() if p.requires_grad}
     assert trainable and all(".lora_A." in n or ".lora_B." in n for n in trainable)
     assert not any(p.requires_grad for m in (pipe.vae, pipe.text_encoder) for p in m.parameters())
     before = {name: {k: v.clone() for k, v in getattr(pipe, name).state_dict().items()}
               for name in ("unet", "vae", "text_encoder")}
-    loss_fn = H.sd.make_loss_fn(pipe, cfg, {f"im{i}": "a photo of a cat" for i in range(4)})
-    res = H.train.train(pipe.unet, loss_fn, _toy_dataset(), _spec(cfg, lr=1e-3, max_steps=1), tmp_path / "ckpt",
-                        cfg.seed, torch.device("cpu"), collate_fn=H.data.collate)
+    loss_fn = H.study.sd.make_loss_fn(pipe, cfg, {f"im{i}": "a photo of a cat" for i in range(4)})
+    res = H.study.training.train(pipe.unet, loss_fn, _toy_dataset(), _spec(cfg, lr=1e-3, max_steps=1), tmp_path / "ckpt",
+                        cfg.seed, torch.device("cpu"), collate_fn=H.study.data.collate)
     assert res.steps == 1 and np.isfinite(res.history[0]["loss"])
     for name in ("unet", "vae", "text_encoder"):
         after = getattr(pipe, name).state_dict()
@@ -172,12 +182,12 @@ def test_fp16_frozen_weights_keep_lora_in_fp32_and_the_grad_scaler_works(sd_root
     """The known pitfall: fp16 LoRA parameters make GradScaler fail ('Attempting to unscale FP16
     gradients'). add_lora keeps them in fp32 while the frozen weights stay fp16."""
     cfg, pipe = load(sd_root, dtype=torch.float16)
-    H.sd.add_lora(pipe, cfg.sd)
+    attach(pipe, cfg)
     params = [p for p in pipe.unet.parameters() if p.requires_grad]
     assert {p.dtype for p in params} == {torch.float32}
     assert {p.dtype for p in pipe.unet.parameters() if not p.requires_grad} == {torch.float16}
-    loss_fn = H.sd.make_loss_fn(pipe, cfg, {})
-    batch = H.data.collate(_toy_dataset(2))
+    loss_fn = H.study.sd.make_loss_fn(pipe, cfg, {})
+    batch = H.study.data.collate(_toy_dataset(2))
     opt = torch.optim.AdamW(params, lr=1e-3)
     scaler = torch.amp.GradScaler("cpu")
     with torch.autocast("cpu", dtype=torch.float16):
@@ -190,10 +200,10 @@ def test_fp16_frozen_weights_keep_lora_in_fp32_and_the_grad_scaler_works(sd_root
 
 def test_gradient_checkpointing_still_trains_lora(sd_root):
     cfg, pipe = load(sd_root, {"sd.gradient_checkpointing": True})
-    H.sd.add_lora(pipe, cfg.sd)
+    attach(pipe, cfg)
     assert pipe.unet.is_gradient_checkpointing
     pipe.unet.train()
-    loss = H.sd.make_loss_fn(pipe, cfg, {})(pipe.unet, H.data.collate(_toy_dataset(2)), torch.Generator().manual_seed(0))
+    loss = H.study.sd.make_loss_fn(pipe, cfg, {})(pipe.unet, H.study.data.collate(_toy_dataset(2)), torch.Generator().manual_seed(0))
     loss.backward()
     grads = [p.grad for n, p in pipe.unet.named_parameters() if ".lora_B." in n]
     assert grads and all(g is not None and g.abs().sum() > 0 for g in grads)
@@ -202,22 +212,18 @@ def test_gradient_checkpointing_still_trains_lora(sd_root):
 def test_prompt_dropout_rate_and_determinism(sd_root):
     cfg, pipe = load(sd_root)
     names = [f"im{i}" for i in range(64)]
-    loss_fn = H.sd.make_loss_fn(pipe, cfg, {n: "a photo of a cat" for n in names})
-    uncond, caption = loss_fn.text_embeds[""], loss_fn.text_embeds["a photo of a cat"]
-    assert not torch.equal(uncond, caption)
+    loss_fn = H.study.sd.make_loss_fn(pipe, cfg, {n: "a photo of a cat" for n in names})
+    embeds = loss_fn.keywords["text_embeds"]
+    assert not torch.equal(embeds[""], embeds["a photo of a cat"])
     g = torch.Generator().manual_seed(1)
     dropped = total = 0
     for _ in range(150):
-        emb = loss_fn.conditioning(names, g)
-        is_uncond = torch.tensor([torch.equal(e, uncond) for e in emb])
-        is_caption = torch.tensor([torch.equal(e, caption) for e in emb])
-        assert torch.all(is_uncond ^ is_caption)
-        dropped += int(is_uncond.sum())
+        dropped += int(H.course.sd_inpainting.prompt_dropout_mask(len(names), cfg.sd.prompt_dropout, g).sum())
         total += len(names)
     rate = dropped / total                                  # 9600 draws: std of the rate ~0.0036
     assert abs(rate - cfg.sd.prompt_dropout) < 0.015, rate
     # the same generator seed gives the same step (what exact resume relies on)
-    batch = H.data.collate(_toy_dataset(2))
+    batch = H.study.data.collate(_toy_dataset(2))
     with torch.no_grad():
         a = loss_fn(pipe.unet, batch, torch.Generator().manual_seed(5))
         b = loss_fn(pipe.unet, batch, torch.Generator().manual_seed(5))
@@ -227,7 +233,7 @@ def test_prompt_dropout_rate_and_determinism(sd_root):
 def test_saved_lora_loads_into_a_fresh_pipeline_with_the_same_output(sd_root, tmp_path):
     over = {"sd.lora.alpha": 8}                   # alpha != r: the saved metadata must carry the scale
     cfg, pipe = load(sd_root, over)
-    H.sd.add_lora(pipe, cfg.sd)
+    attach(pipe, cfg)
     with torch.no_grad():                         # a LoRA that visibly changes the model (B starts at 0)
         g = torch.Generator().manual_seed(0)
         for n, p in pipe.unet.named_parameters():
@@ -237,12 +243,12 @@ def test_saved_lora_loads_into_a_fresh_pipeline_with_the_same_output(sd_root, tm
     images, masks = toy_batch(2)
     prompts = ["a photo", "a photo of a cat"]
     before = run_inpaint(pipe, images, masks, prompts, composite=False)
-    path = H.sd.save_lora(pipe.unet, tmp_path / "lora")
+    path = H.study.sd.save_lora(pipe.unet, tmp_path / "lora")
     assert path.name == "pytorch_lora_weights.safetensors" and path.is_file()
 
     _, fresh = load(sd_root, over)
     base = run_inpaint(fresh, images, masks, prompts, composite=False)
-    H.sd.load_lora(fresh, path)
+    H.study.sd.load_lora(fresh, path)
     after = run_inpaint(fresh, images, masks, prompts, composite=False)
     assert (before - base).abs().max() > 0.05     # the LoRA matters...
     assert torch.allclose(after, before, atol=1e-5)  # ...and survives save -> load
@@ -273,9 +279,9 @@ def test_inference_loop_matches_the_diffusers_pipeline(sd_root):
     images, masks = toy_batch(2)
     prompts = ["a photo", "a photo of a cat"]
     mine = run_inpaint(pipe, images, masks, prompts, composite=False)
-    ref = H.sd.reference_pipeline_output(pipe, images, masks, prompts, [H.sd.image_generator(i) for i in range(2)],
+    ref = reference.reference_pipeline_output(pipe, images, masks, prompts, H.study.runtime.SeededNoise(range(2)).generators,
                                          R, STEPS, 7.5)
-    assert torch.allclose(mine, H.sd.from_sd_resolution(ref, images.shape[-1]), atol=1e-4)
+    assert torch.allclose(mine, H.course.sd_inpainting.from_sd_resolution(ref, images.shape[-1]), atol=1e-4)
 
 
 def test_train_and_predict_the_test_set_end_to_end(sd_root, prepared):
@@ -283,21 +289,21 @@ def test_train_and_predict_the_test_set_end_to_end(sd_root, prepared):
     frozen test set: PNG files keep the known pixels exactly; meta says what was used."""
     cfg, _ = prepared
     cfg.sd.max_steps = 2
-    root = H.common.paths(cfg).root
-    pipe = H.sd.load_pipeline(cfg, source=H.sd.resolve_source(cfg, sd_root))
-    stats = H.sd.train_lora(cfg, pipe)
+    root = H.study.files.paths(cfg).root
+    pipe = H.study.sd.load_pipeline(cfg, source=H.study.sd.resolve_source(cfg, sd_root))
+    stats = H.study.sd.train_lora(cfg, pipe)
     assert stats["steps"] == 2 and stats["trainable_params"] > 0 and len(stats["history"]) == 2
-    again = H.sd.train_lora(cfg, H.sd.load_pipeline(cfg, source=pipe.source))   # resumes: nothing left to do
+    again = H.study.sd.train_lora(cfg, H.study.sd.load_pipeline(cfg, source=pipe.source))   # resumes: nothing left to do
     assert again["reused"] and again["images_per_s"] == stats["images_per_s"]
 
-    lora_pipe = H.sd.load_lora(H.sd.load_pipeline(cfg, source=pipe.source), stats["lora_path"])
-    meta = H.sd.predict_test_set(cfg, lora_pipe, "sd_lora", train_stats=stats, limit=3)
-    test = H.data.load_test_set(cfg)
+    lora_pipe = H.study.sd.load_lora(H.study.sd.load_pipeline(cfg, source=pipe.source), stats["lora_path"])
+    meta = H.study.sd.predict_test_set(cfg, lora_pipe, "sd_lora", train_stats=stats, limit=3)
+    test = H.study.data.load_test_set(cfg)
     names = test["name"][:3]
-    preds, saved = H.data.read_predictions(cfg, "sd_lora", names)
+    preds, saved = H.study.data.read_predictions(cfg, "sd_lora", names)
     known = (test["mask"][:3] < 0.5).expand_as(preds)
     sel = known.permute(0, 2, 3, 1).numpy()
-    assert np.array_equal(H.common.to_uint8(preds)[sel], H.common.to_uint8(test["image"][:3])[sel])
+    assert np.array_equal(H.study.files.to_uint8(preds)[sel], H.study.files.to_uint8(test["image"][:3])[sel])
     for key in ("weights", "images_per_s", "sample_seconds_per_image", "trainable_params", "train_images_per_s",
                 "train_steps", "device"):
         assert saved.get(key) is not None, key
@@ -310,24 +316,24 @@ def test_inference_keys_and_a_longer_run_never_retrain_from_scratch(sd_root, pre
     max_steps resumes it, and the finished LoRA of each run stays in its own folder."""
     cfg, _ = prepared
     cfg.sd.max_steps = 2
-    source = H.sd.resolve_source(cfg, sd_root)
-    first = H.sd.train_lora(cfg, H.sd.load_pipeline(cfg, source=source))
+    source = H.study.sd.resolve_source(cfg, sd_root)
+    first = H.study.sd.train_lora(cfg, H.study.sd.load_pipeline(cfg, source=source))
     assert first["steps"] == 2 and first["resumed_from"] == 0
-    run_dir = H.sd.lora_run_dir(cfg, source, H.captions.make_captions(cfg)["captions"])
-    assert first["lora_path"] == str(run_dir / H.sd.LORA_WEIGHTS)
+    run_dir = H.study.sd.lora_run_dir(cfg, source, H.study.captions.make_captions(cfg)["captions"])
+    assert first["lora_path"] == str(run_dir / H.study.sd.LORA_WEIGHTS)
     for key, value in (("num_inference_steps", 9), ("guidance_scale", 3.0), ("inference_batch_size", 1),
                        ("checkpoint_every", 1), ("num_workers", 1), ("num_epochs", 5)):
         other = H.load_config("smoke", {"sd.max_steps": 2, f"sd.{key}": value})
-        again = H.sd.train_lora(other, H.sd.load_pipeline(other, source=source))
+        again = H.study.sd.train_lora(other, H.study.sd.load_pipeline(other, source=source))
         assert again["reused"] and again["steps"] == 2 and again["lora_path"] == first["lora_path"], key
     longer = H.load_config("smoke", {"sd.max_steps": 3})
-    more = H.sd.train_lora(longer, H.sd.load_pipeline(longer, source=source))
+    more = H.study.sd.train_lora(longer, H.study.sd.load_pipeline(longer, source=source))
     assert more["resumed_from"] == 2 and more["steps"] == 3 and more["lora_path"] == first["lora_path"]
     # a run that changes the trajectory gets its own folder; the finished one is kept
     new = H.load_config("smoke", {"sd.max_steps": 1, "sd.lr": 5e-4})
-    other_run = H.sd.train_lora(new, H.sd.load_pipeline(new, source=source))
+    other_run = H.study.sd.train_lora(new, H.study.sd.load_pipeline(new, source=source))
     assert other_run["resumed_from"] == 0 and other_run["lora_path"] != first["lora_path"]
-    assert (run_dir / H.sd.LORA_WEIGHTS).is_file() and (run_dir / "last.pt").is_file()
+    assert (run_dir / H.study.sd.LORA_WEIGHTS).is_file() and (run_dir / "last.pt").is_file()
 
 
 def test_a_checkpoint_of_another_adapter_is_refused_by_name(sd_root, prepared):
@@ -336,15 +342,15 @@ def test_a_checkpoint_of_another_adapter_is_refused_by_name(sd_root, prepared):
 
     cfg, _ = prepared
     cfg.sd.max_steps = 1
-    source = H.sd.resolve_source(cfg, sd_root)
-    H.sd.train_lora(cfg, H.sd.load_pipeline(cfg, source=source))
-    caps = H.captions.make_captions(cfg)["captions"]
+    source = H.study.sd.resolve_source(cfg, sd_root)
+    H.study.sd.train_lora(cfg, H.study.sd.load_pipeline(cfg, source=source))
+    caps = H.study.captions.make_captions(cfg)["captions"]
     wider = H.load_config("smoke", {"sd.max_steps": 1, "sd.lora.r": 8})
-    target = H.sd.lora_run_dir(wider, source, caps)
+    target = H.study.sd.lora_run_dir(wider, source, caps)
     target.mkdir(parents=True)
-    shutil.copy(H.sd.lora_run_dir(cfg, source, caps) / "last.pt", target / "last.pt")
-    with pytest.raises(H.train.CheckpointMismatchError, match=f"{target.name}/last.pt does not match.*shape"):
-        H.sd.train_lora(wider, H.sd.load_pipeline(wider, source=source))
+    shutil.copy(H.study.sd.lora_run_dir(cfg, source, caps) / "last.pt", target / "last.pt")
+    with pytest.raises(H.study.training.CheckpointMismatchError, match=f"{target.name}/last.pt does not match.*shape"):
+        H.study.sd.train_lora(wider, H.study.sd.load_pipeline(wider, source=source))
 
 
 def test_lora_training_refuses_fallback_captions_unless_opted_in(sd_root, prepared):
@@ -352,10 +358,10 @@ def test_lora_training_refuses_fallback_captions_unless_opted_in(sd_root, prepar
     cfg, _ = prepared
     cfg.sd.max_steps = 1
     cfg.captions.allow_fallback_for_lora = False
-    pipe = H.sd.load_pipeline(cfg, source=H.sd.resolve_source(cfg, sd_root))
-    with pytest.raises(H.captions.CaptionsError, match="LoRA training refused.*fallback"):
-        H.sd.train_lora(cfg, pipe)
-    assert not list((H.common.paths(cfg).models / "sd_lora").glob("ckpt-*/last.pt"))
+    pipe = H.study.sd.load_pipeline(cfg, source=H.study.sd.resolve_source(cfg, sd_root))
+    with pytest.raises(H.study.captions.CaptionsError, match="LoRA training refused.*fallback"):
+        H.study.sd.train_lora(cfg, pipe)
+    assert not list((H.study.files.paths(cfg).models / "sd_lora").glob("ckpt-*/last.pt"))
     cfg.captions.allow_fallback_for_lora = True
-    stats = H.sd.train_lora(cfg, pipe)
+    stats = H.study.sd.train_lora(cfg, pipe)
     assert stats["steps"] == 1 and "fallback prompt" in stats["captions_status"]

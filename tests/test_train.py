@@ -2,7 +2,7 @@
 import torch
 
 import helpers as H
-from helpers.config import Config
+from helpers.study.config import Config
 
 
 class Numbers(torch.utils.data.Dataset):
@@ -27,7 +27,7 @@ def _run(ckpt, stop=None):
     model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Dropout(0.2), torch.nn.Linear(4, 1))
     model[0].bias.requires_grad_(False)
     frozen = model[0].bias.detach().clone()
-    result = H.train.train(model, loss_fn, Numbers(), SPEC, ckpt, 0, torch.device("cpu"), max_steps=stop)
+    result = H.study.training.train(model, loss_fn, Numbers(), SPEC, ckpt, 0, torch.device("cpu"), max_steps=stop)
     return model, result, frozen
 
 
@@ -51,7 +51,7 @@ def test_a_second_training_with_another_precision_in_the_same_process(tmp_path):
     from accelerate.state import AcceleratorState
 
     _run(tmp_path / "a")                                     # fp32 first ...
-    H.train.make_accelerator("bf16", cpu=True)               # ... then a bf16 one in the same process ...
+    H.study.training.make_accelerator("bf16", cpu=True)               # ... then a bf16 one in the same process ...
     assert AcceleratorState().mixed_precision == "bf16"
     _, result, _ = _run(tmp_path / "b")                     # ... then fp32 again
     assert result.steps == 15 and AcceleratorState().mixed_precision == "no"
@@ -65,7 +65,7 @@ def test_images_per_second_counts_the_real_batch(tmp_path):
 
     model = torch.nn.Linear(4, 1)
     spec = Config({**SPEC, "checkpoint_every": None, "num_epochs": 2})
-    r = H.train.train(model, lambda m, b, g: m(b["x"]).pow(2).mean(), Three(), spec, tmp_path, 0, torch.device("cpu"))
+    r = H.study.training.train(model, lambda m, b, g: m(b["x"]).pow(2).mean(), Three(), spec, tmp_path, 0, torch.device("cpu"))
     assert r.steps == 2
     assert abs(r.images_per_s * r.seconds - 6) < 1e-6
 
@@ -76,11 +76,11 @@ def test_a_foreign_or_mismatched_checkpoint_is_refused_by_name(tmp_path):
     import pytest
 
     _run(tmp_path / "a", stop=2)                               # a real checkpoint of this model
-    ckpt = tmp_path / "a" / "last.pt"
+
     # 1. another architecture: the trainable keys/shapes differ -> refused, nothing half-loaded
     other = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Linear(8, 1))
-    with pytest.raises(H.train.CheckpointMismatchError, match=r"last\.pt does not match.*missing"):
-        H.train.train(other, loss_fn, Numbers(), SPEC, tmp_path / "a", 0, torch.device("cpu"))
+    with pytest.raises(H.study.training.CheckpointMismatchError, match=r"last\.pt does not match.*missing"):
+        H.study.training.train(other, loss_fn, Numbers(), SPEC, tmp_path / "a", 0, torch.device("cpu"))
     # 2. a planted pickle that would run code under weights_only=False -> refused, the code never runs
     planted = tmp_path / "p"
     planted.mkdir()
@@ -92,14 +92,14 @@ def test_a_foreign_or_mismatched_checkpoint_is_refused_by_name(tmp_path):
 
     with open(planted / "last.pt", "wb") as f:
         pickle.dump({"model": Evil(), "optimizer": {}, "step": 1, "history": []}, f)
-    with pytest.raises(H.train.CheckpointMismatchError, match=r"last\.pt cannot be loaded safely"):
+    with pytest.raises(H.study.training.CheckpointMismatchError, match=r"last\.pt cannot be loaded safely"):
         _run(planted)
     assert not marker.exists()
     # 3. a torch file of something else (a bare state dict) -> refused as not a training checkpoint
     bare = tmp_path / "b"
     bare.mkdir()
     torch.save({"weight": torch.zeros(2)}, bare / "last.pt")
-    with pytest.raises(H.train.CheckpointMismatchError, match="not a helpers.train checkpoint"):
+    with pytest.raises(H.study.training.CheckpointMismatchError, match="not a helpers.train checkpoint"):
         _run(bare)
     # 4. the real one still resumes
     _, result, _ = _run(tmp_path / "a")

@@ -1,30 +1,4 @@
-"""Benchmark of the heavy steps, against the device's measured arithmetic peak.
-
-    python -m helpers.bench --preset full          # on a GPU: real architectures, random weights
-    python -m helpers.bench --preset smoke         # on a CPU: tiny configs (the table says so)
-    python -m helpers.bench --preset full --full-size --set ...   # on a CPU: the real sizes, very slowly
-                                                   # (a smoke of the real-size benchmark, e.g. on the
-                                                   # stand-ins of helpers.standins: tests/test_fullsize.py)
-
-The architectures are the published ones (helpers.ddpm.published_unet_config, helpers.sd.published_configs),
-or, where ``ddpm.pretrained_id`` / ``sd.pretrained_id`` is a local folder (a downloaded checkpoint or a
-stand-in), the configs that folder holds; the weights are always random (timing and memory do not depend
-on them).
-
-Workloads (each at one or more batch sizes, each in several variants of the ``perf`` switches):
-
-1. ``ddpm_train``   7-channel DDPM U-Net training step (256x256, config of google/ddpm-celebahq-256)
-2. ``ddpm_sample``  DDIM inpainting sampling with that U-Net (cfg.ddpm.num_inference_steps steps)
-3. ``sd_lora_train`` SD 1.5 inpainting LoRA training step at 512x512 (VAE encode + 9-ch U-Net + LoRA)
-4. ``sd_infer``     SD 1.5 inpainting inference, cfg.sd.num_inference_steps steps with guidance
-5. ``eval``         evaluation features: FID Inception, LPIPS (when available), PSNR/SSIM
-
-For every row: images/s, seconds per batch, peak memory, FLOPs per image (counted once per batch
-size with ``torch.utils.flop_counter`` on the plain variant built on the meta device: shapes only,
-so counting costs no GPU time or memory; attention counted as matmuls), achieved
-TFLOP/s and its ratio to the peak matmul rate measured in the same run, and the speed-up of
-the variant over the plain one (ratios from one run, never across runs).
-"""
+"""TODO docstring"""
 from __future__ import annotations
 
 import argparse
@@ -41,8 +15,9 @@ from typing import Callable
 
 import torch
 
-from .common import get_device, paths, peak_memory_bytes, reset_peak_memory, save_json
-from .config import Config, add_set_argument, load_config, parse_overrides
+from helpers.study.config import Config, add_set_argument, load_config, parse_overrides
+from helpers.study.files import paths, save_json
+from helpers.study.runtime import get_device, peak_memory_bytes, reset_peak_memory
 
 # the switches the variants toggle; "plain" has them all off
 SWITCHES = ("sdpa", "channels_last", "torch_compile", "fused_adamw", "cuda_graphs", "batched_vae_decode", "fused_qkv")
@@ -50,6 +25,8 @@ SWITCHES = ("sdpa", "channels_last", "torch_compile", "fused_adamw", "cuda_graph
 
 # the peak a --flops-only estimate is stated against, per preset (TFLOP/s, what it is)
 REFERENCE_PEAK = {"lite": (82.0, "an assumed fp16 tensor peak of a 16 GB consumer GPU (pass your card's with --peak-tflops)")}
+
+
 DEFAULT_PEAK = (800.0, "about the bf16 dense peak of an H100")
 
 
@@ -109,8 +86,6 @@ def time_call(fn: Callable[[], object], device: torch.device, warmup: int, iters
         sync(device)
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
-
-
 
 
 def count_flops(fn: Callable[[], object]) -> int:
@@ -242,7 +217,7 @@ def _oom(e: BaseException) -> bool:
 def _masks(n: int, size: int, seed: int = 0) -> torch.Tensor:
     import numpy as np
 
-    from .masks import random_mask
+    from helpers.study.masks import random_mask
     rng = np.random.default_rng(seed)
     return torch.stack([torch.from_numpy(random_mask(size, rng)[0])[None] for _ in range(n)])
 
@@ -304,22 +279,22 @@ def architecture_sources(cfg: Config) -> dict:
 def _ddpm_config(ctx: Context) -> tuple[dict, int]:
     from diffusers import UNet2DModel
 
-    from . import ddpm
+    from helpers.study.ddpm import published_unet_config
     if ctx.tiny:
         size = ctx.cfg.data.image_size
-        return {**ddpm.published_unet_config(), **ctx.cfg.ddpm.tiny_config, "sample_size": size}, size
+        return {**published_unet_config(), **ctx.cfg.ddpm.tiny_config, "sample_size": size}, size
     local = _folder_config(ctx.cfg.ddpm.pretrained_id, "config.json", "unet/config.json")
-    config = _accepted(UNet2DModel, local) if local else ddpm.published_unet_config()
+    config = _accepted(UNet2DModel, local) if local else published_unet_config()
     return config, int(config.get("sample_size") or 256)
 
 
 def _ddpm_model(ctx: Context, perf: Config, train: bool, device: torch.device):
-    from . import ddpm
-    from .perf import optimize_model
+    from helpers.study.ddpm import build_inpainting_unet
+    from helpers.study.perf import optimize_model
     config, _ = _ddpm_config(ctx)
     torch.manual_seed(0)
     with torch.device(device):                     # weights initialised where they live (meta: none at all)
-        model = ddpm.build_inpainting_unet(config, 7).train(train)
+        model = build_inpainting_unet(config, 7).train(train)
     return optimize_model(model, perf, device)
 
 
@@ -327,9 +302,12 @@ def bench_ddpm_train(ctx: Context) -> None:
     """1. one AdamW step of the 7-channel U-Net with the weighted loss, at the study's batch size."""
     from diffusers import DDPMScheduler
 
-    from . import ddpm
+    from functools import partial
+
+    from helpers.course.ddpm_inpainting import inpainting_loss, training_step
+    from helpers.study.ddpm import published_scheduler_config
     d, (_, size) = ctx.cfg.ddpm, _ddpm_config(ctx)
-    alphas = DDPMScheduler(**ddpm.published_scheduler_config()).alphas_cumprod
+    alphas = DDPMScheduler(**published_scheduler_config()).alphas_cumprod
 
     def make_step(perf: Config, dtype: str, bs: int, dev: torch.device | None = None):
         dev = dev or ctx.device
@@ -340,8 +318,9 @@ def bench_ddpm_train(ctx: Context) -> None:
         scaler = torch.amp.GradScaler("cuda") if dtype == "fp16" and cuda else None
         batch = {"image": _images(bs, size).to(dev), "mask": _masks(bs, size).to(dev)}
         g = _generator(dev)
-        loss_fn = ddpm.make_loss_fn(alphas.to(dev), d.lambda_mask, d.lambda_context)
-        return lambda: ddpm.training_step(model, opt, batch, loss_fn, g, d.max_grad_norm, DTYPES[dtype], scaler)
+        loss_fn = partial(inpainting_loss, alphas_cumprod=alphas.to(dev), lambda_mask=d.lambda_mask,
+                          lambda_context=d.lambda_context)
+        return lambda: training_step(model, batch, loss_fn, opt, g, d.max_grad_norm, DTYPES[dtype], scaler)
 
     flops = {}
     def flops_of(bs: int) -> float:
@@ -359,18 +338,22 @@ def bench_ddpm_train(ctx: Context) -> None:
 def bench_ddpm_sample(ctx: Context) -> None:
     """2. DDIM inpainting with the 7-channel U-Net (cfg.ddpm.num_inference_steps steps); DPM-Solver++ with
     cfg.bench.dpm_steps steps as the fewer-steps option; a batch sweep of the preset variant."""
-    from . import ddpm
+    from diffusers import DDPMScheduler
+
+    from helpers.course.ddpm_inpainting import ddim_inpaint
+    from helpers.study.ddpm import published_scheduler_config
+    from helpers.study.runtime import SeededNoise
     d, (_, size) = ctx.cfg.ddpm, _ddpm_config(ctx)
-    sched = ddpm.published_scheduler_config()
+    alphas = DDPMScheduler(**published_scheduler_config()).alphas_cumprod
     bs0 = ctx.cfg.bench.batch_sizes[-1] if ctx.tiny else min(8, max(ctx.cfg.bench.batch_sizes))
 
     def make_step(perf: Config, dtype: str, bs: int, sampler: str = "ddim", steps: int | None = None, dev: torch.device | None = None):
         dev = dev or ctx.device
         model = _ddpm_model(ctx, perf, False, dev)
         x, m = _images(bs, size), _masks(bs, size)
-        seeds = list(range(bs))
-        return lambda: ddpm.ddim_inpaint(model, sched, x * (1 - m), m, seeds, steps or d.num_inference_steps, 0.0,
-                                         sampler, DTYPES[dtype])
+        noise = SeededNoise(range(bs))
+        return lambda: ddim_inpaint(model, alphas, x.to(dev) * (1 - m.to(dev)), m.to(dev), noise(x.shape[1:], dev),
+                                    steps or d.num_inference_steps, 0.0, None, sampler, DTYPES[dtype])
 
     flops = {}
     def flops_of(bs: int, steps: int | None = None) -> float:
@@ -399,8 +382,8 @@ def _sd_configs(cfg: Config) -> dict:
     """SD 1.5 inpainting's component configs: those of a local pipeline folder, else the published ones."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
 
-    from . import sd
-    configs = sd.published_configs()
+    from helpers.study.sd import published_configs
+    configs = published_configs()
     for name, cls in (("unet", UNet2DConditionModel), ("vae", AutoencoderKL), ("text_encoder", None)):
         local = _folder_config(cfg.sd.pretrained_id, f"{name}/config.json")
         if local:
@@ -413,10 +396,10 @@ def _sd_parts(ctx: Context, perf: Config, dtype: str, device: torch.device):
     cached in the real pipeline, so the benchmark feeds random embeddings of the right shape."""
     from types import SimpleNamespace
 
-    from . import sd
-    from .perf import set_attention
-    configs = sd.tiny_configs(1000, 0, 1, 1) if ctx.tiny else _sd_configs(ctx.cfg)
-    parts = sd.build_components(configs, device, DTYPES[dtype])
+    from helpers.study.perf import set_attention
+    from helpers.study.sd import build_components, tiny_configs
+    configs = tiny_configs(1000, 0, 1, 1) if ctx.tiny else _sd_configs(ctx.cfg)
+    parts = build_components(configs, device, DTYPES[dtype])
     set_attention(parts["vae"], perf.get("sdpa", True))
     res = ctx.cfg.sd.resolution if ctx.tiny else 512
     dim = configs["unet"]["cross_attention_dim"]
@@ -428,19 +411,24 @@ def bench_sd_lora_train(ctx: Context) -> None:
     with LoRA on to_q/to_k/to_v/to_out.0 (fp32 LoRA weights over frozen fp16/bf16 ones), backward, AdamW."""
     from diffusers import DDPMScheduler
 
-    from . import ddpm, sd
-    from .perf import optimize_model
+    from functools import partial
+
+    from helpers.course.ddpm_inpainting import training_step
+    from helpers.course.sd_inpainting import add_lora, lora_inpaint_loss
+    from helpers.study.perf import optimize_model
     s = ctx.cfg.sd
 
     def make_step(perf: Config, dtype: str, bs: int, dev: torch.device | None = None):
         dev = dev or ctx.device
         pipe, res, dim = _sd_parts(ctx, perf, dtype, dev)
-        sd.add_lora(pipe, s)
+        add_lora(pipe, s.lora.r, s.lora.alpha, s.lora.dropout, s.lora.target_modules)
         unet = optimize_model(pipe.unet.train(), Config({**perf, "torch_compile": False}), dev)
         g = torch.Generator().manual_seed(0)
         embeds = {"": torch.randn(77, dim, generator=g), "a photo": torch.randn(77, dim, generator=g)}
-        loss = sd.LoraInpaintLoss(pipe.vae, DDPMScheduler.from_config(pipe.scheduler.config),
-                                  {k: v.to(dev) for k, v in embeds.items()}, {}, s.prompt_dropout, res)
+        loss = partial(lora_inpaint_loss, vae=pipe.vae,
+                       alphas_cumprod=DDPMScheduler.from_config(pipe.scheduler.config).alphas_cumprod.float(),
+                       text_embeds={k: v.to(dev) for k, v in embeds.items()}, captions={},
+                       prompt_dropout=s.prompt_dropout, resolution=res)
         params = [p for p in unet.parameters() if p.requires_grad]
         cuda = dev.type == "cuda"
         opt = torch.optim.AdamW(params, lr=s.lr, **({"fused": True} if cuda and perf.get("fused_adamw") else {}))
@@ -448,7 +436,7 @@ def bench_sd_lora_train(ctx: Context) -> None:
         batch = {"image": _images(bs, res).to(dev), "mask": _masks(bs, res).to(dev),
                  "name": [f"x{i}" for i in range(bs)]}
         gd = _generator(dev)
-        return lambda: ddpm.training_step(unet, opt, batch, loss, gd, s.max_grad_norm, torch.float32, scaler)
+        return lambda: training_step(unet, batch, loss, opt, gd, s.max_grad_norm, torch.float32, scaler)
 
     flops = {}
     def flops_of(bs: int) -> float:
@@ -470,8 +458,9 @@ def bench_sd_lora_train(ctx: Context) -> None:
 def bench_sd_infer(ctx: Context) -> None:
     """4. inpainting inference: VAE encode of the masked image, ``num_inference_steps`` guided steps
     (conditional and unconditional passes in one U-Net call: 2 evaluations per step), VAE decode."""
-    from . import sd
-    from .perf import make_sampler, optimize_model
+    from helpers.course.sd_inpainting import inpaint
+    from helpers.study.perf import make_sampler, optimize_model
+    from helpers.study.runtime import SeededNoise
     s = ctx.cfg.sd
 
     def make_step(perf: Config, dtype: str, bs: int, sampler: str = "ddim", steps: int | None = None, dev: torch.device | None = None):
@@ -482,8 +471,8 @@ def bench_sd_infer(ctx: Context) -> None:
         g = torch.Generator().manual_seed(0)
         cond, uncond = torch.randn(bs, 77, dim, generator=g), torch.randn(1, 77, dim, generator=g)
         x, m = _images(bs, res), _masks(bs, res)
-        return lambda: sd.inpaint(unet, pipe.vae, sched, x, m, cond, uncond,
-                                  [torch.Generator().manual_seed(i) for i in range(bs)], res,
+        return lambda: inpaint(unet, pipe.vae, sched, x, m, cond, uncond,
+                               SeededNoise(range(bs)), res,
                                   steps or s.num_inference_steps, s.guidance_scale, perf.get("batched_vae_decode", True))
 
     flops = {}
@@ -515,21 +504,22 @@ def bench_eval(ctx: Context) -> None:
     import tempfile
     from pathlib import Path
 
-    from . import metrics
-    from .common import load_pngs, save_png
+    from helpers.course.metrics import pixel_scores, psnr, ssim
+    from helpers.study.files import load_pngs, save_png
+    from helpers.study.metrics import load_inception, load_lpips
     e = ctx.cfg.eval
     size = ctx.cfg.data.image_size
     bs = e.batch_size
     x, y, m = _images(bs, size, 1).to(ctx.device), _images(bs, size, 2).to(ctx.device), _masks(bs, size).to(ctx.device)
     P = paths(ctx.cfg)
-    inception, status = metrics.load_inception([P.cache], ctx.device)
-    lp, lp_status = metrics.load_lpips(e.lpips_net, [P.cache], ctx.device)
+    inception, status = load_inception([P.cache], ctx.device)
+    lp, lp_status = load_lpips(e.lpips_net, [P.cache], ctx.device)
 
     def psnr_ssim_separately():
-        return (metrics.psnr(x, y), metrics.ssim(x, y), metrics.psnr(x, y, m), metrics.ssim(x, y, m))
+        return (psnr(x, y), ssim(x, y), psnr(x, y, m), ssim(x, y, m))
 
     four = measure(ctx, "eval", "psnr+ssim (whole+hole), 4 calls", bs, psnr_ssim_separately, None, note=f"{size}px")
-    one = measure(ctx, "eval", "psnr+ssim (whole+hole), pixel_scores", bs, lambda: metrics.pixel_scores(x, y, m), None)
+    one = measure(ctx, "eval", "psnr+ssim (whole+hole), pixel_scores", bs, lambda: pixel_scores(x, y, m), None)
     one.note = f"{size}px, one SSIM map: {one.images_per_s / four.images_per_s:.2f}x the 4 calls"
     if inception is not None:
         measure(ctx, "eval", "inception features", bs, lambda: inception(x), count_flops(lambda: inception(x)) / bs,
@@ -556,7 +546,7 @@ def bench_eval(ctx: Context) -> None:
         def end_to_end():
             both = load_pngs(files).to(ctx.device)
             a, b, mm = both[:bs], both[bs:], m
-            out = [metrics.pixel_scores(a, b, mm)]
+            out = [pixel_scores(a, b, mm)]
             if inception is not None:
                 out.append(inception(a))
             if lp is not None:
@@ -569,15 +559,15 @@ def bench_eval(ctx: Context) -> None:
 def _count_eval_flops(ctx: Context) -> None:
     """FLOPs per image of the evaluation networks, counted on the CPU (the TorchScript Inception
     cannot be moved to the meta device); their cost does not depend on the device."""
-    from . import metrics
+    from helpers.study.metrics import load_inception, load_lpips
     P, size = paths(ctx.cfg), ctx.cfg.data.image_size
     x, y = _images(1, size, 1), _images(1, size, 2)
-    inception, status = metrics.load_inception([P.cache], torch.device("cpu"))
+    inception, status = load_inception([P.cache], torch.device("cpu"))
     if inception is None:
         untimed(ctx, "eval", "inception features", 1, "unavailable: " + status.message())
     else:
         untimed(ctx, "eval", "inception features", 1, f"{size}px input, resized to 299", count_flops(lambda: inception(x)))
-    lp, _ = metrics.load_lpips(ctx.cfg.eval.lpips_net, [P.cache], torch.device("cpu"))
+    lp, _ = load_lpips(ctx.cfg.eval.lpips_net, [P.cache], torch.device("cpu"))
     untimed(ctx, "eval", "lpips", 1, "" if lp else "unavailable (no AlexNet weights)",
             count_flops(lambda: lp(x, y)) if lp else None)
 
@@ -590,7 +580,7 @@ TARGETS = {("sd_infer", "batch 1"): 0.35, ("sd_infer", "best batch"): 0.40, ("dd
 def study_compute(cfg: Config, flops: dict, n_train: int) -> list[dict]:
     """FLOPs of the whole study from the counted per-image costs: training epochs x images, test-set
     sampling of every method. ``flops`` maps (workload, variant) -> FLOPs per image (plain rows)."""
-    from .repaint import count_model_calls
+    from helpers.course.ddpm_inpainting import count_model_calls
     d, s, r = cfg.ddpm, cfg.sd, cfg.ddpm.repaint
     n_test = cfg.data.max_test_images or 1000
     per_eval = flops[("ddpm_sample", "plain")] / d.num_inference_steps          # one 256x256 U-Net forward
@@ -607,7 +597,7 @@ def study_compute(cfg: Config, flops: dict, n_train: int) -> list[dict]:
 def train_images(cfg: Config) -> int:
     """Training images of the preset: what data.prepare_dataset keeps for ``train`` out of
     ``data.num_images``; CelebA-HQ's 30,000 x 0.9 = 27,000 where the preset takes every image."""
-    from .data import split_names
+    from helpers.study.data import split_names
     d = cfg.data
     if not d.get("num_images"):
         return 27000
@@ -763,10 +753,6 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
-
-
 def report_section(cfg: Config) -> str:
     """Markdown for the report (notebook 06): the last benchmark of this preset, or a plain statement
     that there is none (how to run one is in the README: exported slides carry no setup instructions)."""
@@ -781,3 +767,7 @@ def report_section(cfg: Config) -> str:
                if b["tiny"] else "Full-size architectures with random weights."))
     keep = [l for l in lines[1:] if "(sweep)" not in l]   # the batch sweeps stay in bench.json
     return head + "\n\n" + "\n".join(keep)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

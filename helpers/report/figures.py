@@ -1,35 +1,81 @@
-"""Figures shared by several notebooks: image grids and loss curves, and :func:`save`, the one door
-every figure of the course goes through on its way to a PNG and to a slide.
-
-Every figure is designed for a 1280x720 slide: it is shown fitted into the slide's content area
-(:data:`FIT_PX`), and :func:`save` makes sure that no text is then smaller than :data:`MIN_TEXT_PX`
-pixels, lays the figure out, and, for the smoke preset, stamps it "smoke preset: pipeline check,
-not a result" (visibly, and in the PNG's metadata) so that a figure shown alone cannot pass for a
-result. The preset is the one whose output folders :func:`helpers.common.paths` opened last, or
-``save(..., preset=...)``.
-"""
+"""TODO docstring"""
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Sequence
 
 import matplotlib
-
-matplotlib.use("Agg") if not matplotlib.get_backend().lower().startswith(("module://", "inline")) else None
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from .common import to_uint8
+from helpers.course.diffusion import alpha_bar, make_betas
+from helpers.study.files import to_uint8
+
+log = logging.getLogger(__name__)
+
+
+def schedule_figure(T: int = 1000, path: Path | None = None):
+    """beta_t and alpha_bar_t of the linear and cosine schedules (notebook 02)."""
+    import matplotlib.pyplot as plt
+
+    pass  # REMOVED
+
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.2))
+    for name in ("linear", "cosine"):
+        b = make_betas(name, T)
+        ab = alpha_bar(b)
+        axes[0].plot(b, label=name)
+        axes[1].plot(ab, label=name)
+        axes[2].plot((ab / (1 - ab)).log10(), label=name)
+    for ax, title in zip(axes, (r"$\beta_t$", r"$\bar\alpha_t$", r"$\log_{10}$ SNR $= \bar\alpha_t / (1 - \bar\alpha_t)$")):
+        ax.set_title(title), ax.set_xlabel("timestep t"), ax.set_ylabel(title), ax.legend()
+    axes[0].set_yscale("log")
+    fig.tight_layout()
+    return save(fig, path)
+
+
+def toy_figure(samples: dict, weights, means, stds, path: Path | None = None, labels: Sequence[str] | None = None):
+    """Histograms of toy samples against the data density (notebook 02)."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    pass  # REMOVED
+
+    labels = [k for k in samples if k != "data"] if labels is None else list(labels)
+    grid = np.linspace(-1.5, 1.5, 400)
+    dens = sum(w * np.exp(-0.5 * ((grid - m) / s) ** 2) / (s * np.sqrt(2 * np.pi)) for w, m, s in zip(weights, means, stds))
+    fig, axes = plt.subplots(1, len(labels), figsize=(2.6 * len(labels), 2.6), sharey=True, squeeze=False)
+    for ax, lab in zip(axes[0], labels):
+        ax.hist(samples[lab].numpy(), bins=120, range=(-1.5, 1.5), density=True, alpha=0.6)
+        ax.plot(grid, dens, "k", lw=1)
+        ax.set_title(lab), ax.set_xlabel("x")
+    axes[0][0].set_ylabel("density")
+    return save(fig, path)
+
+
+matplotlib.use("Agg") if not matplotlib.get_backend().lower().startswith(("module://", "inline")) else None
+
 
 # ---------------------------------------------------------------- designed for a slide
 SLIDE_PX = (1280, 720)
+
+
 FIT_PX = (1200, 560)         # what a figure gets on a slide below its title: it is scaled to fit in here
+
+
 MIN_TEXT_PX = 14             # smallest text height on the slide, in pixels (slide body text is ~24 px)
+
+
 SMOKE_STAMP = "smoke preset: pipeline check, not a result"
+
+
 SLIDE_RC = {"font.size": 13, "axes.titlesize": 14, "axes.labelsize": 13, "xtick.labelsize": 12,
             "ytick.labelsize": 12, "legend.fontsize": 12, "figure.titlesize": 15, "axes.spines.top": False,
             "axes.spines.right": False}
+
+
 plt.rcParams.update(SLIDE_RC)
 
 
@@ -53,12 +99,6 @@ def _texts(fig) -> list:
             and (t.axes is None or t.axes.get_visible())]
 
 
-def smallest_text_px(fig) -> float:
-    """Height in slide pixels of the smallest visible text of ``fig`` (inf when it has none)."""
-    sizes = [t.get_fontsize() for t in _texts(fig)]
-    return min(sizes) / 72.0 * px_per_inch(fig) if sizes else float("inf")
-
-
 def enforce_legible(fig) -> None:
     """Raise every text smaller than :func:`min_text_pt` to it: a figure made with small fonts (or
     too many inches for its fonts) stays readable at slide size."""
@@ -74,8 +114,8 @@ def enforce_legible(fig) -> None:
 
 
 def current_preset() -> str | None:
-    from . import common
-    return common.ACTIVE_PRESET
+    from helpers.study.files import ACTIVE_PRESET
+    return ACTIVE_PRESET
 
 
 def stamp(fig, preset: str | None = None) -> bool:

@@ -1,9 +1,4 @@
-"""Presets: one YAML file per preset in configs/, read by papermill runs and helpers alike.
-
-Every notebook receives ``preset`` (and optional dotted ``overrides``) from papermill and calls
-:func:`load_config`; the helpers take the resulting :class:`Config` and never read values from
-anywhere else. Taught in notebook 01.
-"""
+"""TODO docstring"""
 from __future__ import annotations
 
 import copy
@@ -12,8 +7,12 @@ from typing import Any, Mapping
 
 import yaml
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
+
+
 CONFIG_DIR = ROOT / "configs"
+
+
 PRESETS = ("smoke", "lite", "full")
 
 

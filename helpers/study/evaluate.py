@@ -1,27 +1,6 @@
-"""The evaluation protocol: scores, grouped means with confidence intervals, the statistics behind
-every statement. Computed in notebook 05; :mod:`helpers.findings` turns it into the tables, text
-and figures of notebooks 05 and 06.
-
-Protocol (the same for every method):
-
-1. the frozen test images and masks of ``data/<preset>`` (``data.load_test_set``), at the data
-   resolution;
-2. each method's predictions read from ``reports/<preset>/predictions/<method>/<name>.png``;
-   the known pixels are composited back by the evaluator (``mask * pred + (1 - mask) * image``),
-   whatever the method did, so no method is scored on context it was given;
-3. per image: PSNR and SSIM on the whole image and on the hole only, LPIPS when its weights are
-   present (:mod:`helpers.metrics`); per method: FID and KID against the real test images *of the
-   same names* (a method run on a subset, e.g. RePaint, is scored on exactly the images it has,
-   and every table says n);
-4. means with percentile-bootstrap 95 % confidence intervals over images, overall, by hole-area
-   bucket and by mask kind; a runtime table from each method's meta.json;
-5. a method without prediction files is listed as *missing*, with the reason, never dropped.
-
-Tables go to ``reports/<preset>/tables/05_*.csv`` and ``05_evaluation.json``.
-"""
+"""TODO docstring"""
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -30,21 +9,46 @@ import numpy as np
 import pandas as pd
 import torch
 
-from . import data as D
-from . import metrics as M
-from .common import get_device, load_json, paths, progress, save_json, to_uint8
-from .config import Config
+from helpers.course.metrics import pixel_scores, to_levels
+from helpers.study.config import Config
+from helpers.study.data import (
+    METHODS,
+    SHORT_LABELS,
+    composite,
+    load_index,
+    load_test_set,
+    read_predictions,
+)
+from helpers.study.files import load_json, paths, save_json
+from helpers.study.metrics import (
+    bootstrap_ci,
+    fid_from_features,
+    inception_features,
+    kid_from_features,
+    load_inception,
+    load_lpips,
+)
+from helpers.study.runtime import get_device, progress
 
 # ---------------------------------------------------------------- names shared by every table
 NOTEBOOK_OF = {"ddpm_finetuned": "03_ddpm_inpainting", "ddpm_repaint": "03_ddpm_inpainting",
                "sd_zeroshot": "04_sd_lora", "sd_lora": "04_sd_lora", "telea": "05_evaluation"}
+
+
 PER_IMAGE = ("psnr", "ssim", "psnr_hole", "ssim_hole", "lpips")
+
+
 HIGHER_IS_BETTER = {"psnr": True, "ssim": True, "psnr_hole": True, "ssim_hole": True,
                     "lpips": False, "fid": False, "kid": False}
+
+
 LABELS = {"psnr": "PSNR (dB)", "ssim": "SSIM", "psnr_hole": "hole PSNR (dB)", "ssim_hole": "hole SSIM",
           "lpips": "LPIPS", "fid": "FID", "kid": "KID"}
+
+
 TABLES = {"per_image": "05_per_image.csv", "summary": "05_summary.csv", "by_bucket": "05_by_bucket.csv",
           "by_kind": "05_by_kind.csv", "runtime": "05_runtime.csv", "info": "05_evaluation.json"}
+
 
 @dataclass
 class Evaluation:
@@ -63,38 +67,27 @@ class Evaluation:
     @property
     def methods(self) -> list[str]:
         """Methods that have scores, in the canonical order."""
-        return [m for m in D.METHODS if m in set(self.per_image["method"])]
+        return [m for m in METHODS if m in set(self.per_image["method"])]
 
 
 # ---------------------------------------------------------------- the classical baseline
 def run_telea(cfg: Config, radius: int | None = None, root: Path | None = None, force: bool = False) -> Path:
-    """OpenCV Telea (fast-marching, non-learned) on the frozen test set, saved as method ``telea``.
-
-    Telea 2004: each hole pixel, in order of distance to the hole's boundary, gets a weighted
-    average of the known pixels around it (weights by distance, level-set direction and
-    proximity). Skipped when every test image already has a prediction (``force`` re-runs).
-    """
+    """OpenCV Telea (:func:`helpers.study.predict.telea_inpaint`, classical, non-learned) on the frozen
+    test set, saved as method ``telea``. Skipped when every test image already has one (``force`` re-runs)."""
     import cv2
 
+    from helpers.study.predict import method_meta, predict_test_set, telea_inpaint
+
     P = paths(cfg, root)
-    test = D.load_test_set(cfg, root)
     out = P.predictions("telea")
-    if not force and all((out / f"{n}.png").is_file() for n in test["name"]):
+    if not force and all((out / f"{n}.png").is_file() for n in load_test_set(cfg, root)["name"]):
         return out
     radius = int(radius if radius is not None else cfg.eval.telea_radius)
-    images, masks = to_uint8(test["image"]), test["mask"][:, 0].numpy()
-    preds, start = [], time.perf_counter()
-    for img, m in zip(progress(images, desc="Telea inpainting", leave=False), masks):
-        # cv2.inpaint: 8-bit 3-channel image, 8-bit mask (non-zero = hole), radius in pixels
-        filled = cv2.inpaint(np.ascontiguousarray(img), (m > 0.5).astype(np.uint8) * 255, radius, cv2.INPAINT_TELEA)
-        preds.append(torch.from_numpy(filled).permute(2, 0, 1).float().div(127.5).sub(1.0))
-    seconds = time.perf_counter() - start
-    pred = D.composite(torch.stack(preds), test["image"], test["mask"])
-    meta = {"weights": f"none: classical, non-learned OpenCV Telea (cv2.INPAINT_TELEA, OpenCV {cv2.__version__}, radius {radius})",
-            "device": "cpu", "sample_seconds_per_image": seconds / len(preds), "images_per_s": len(preds) / seconds,
-            "peak_memory_bytes": None, "trainable_params": 0, "total_params": 0, "train_seconds": 0,
-            "note": "single CPU thread per image; no training"}
-    return D.write_predictions(cfg, "telea", test["name"], pred, meta, root)
+    meta = method_meta("telea", f"none: classical, non-learned OpenCV Telea (cv2.INPAINT_TELEA, OpenCV {cv2.__version__}, "
+                       f"radius {radius})", "cpu", {}, 0, 0, None, "single CPU thread per image; no training")
+    predict_test_set(cfg, "telea", lambda x, m, seeds, names: telea_inpaint(x, m, radius), cfg.eval.batch_size,
+                     torch.device("cpu"), meta, root=root, desc="Telea inpainting")
+    return out
 
 
 # ---------------------------------------------------------------- which predictions exist
@@ -115,12 +108,13 @@ def find_predictions(cfg: Config, method: str, names: Sequence[str], root: Path 
 
 # ---------------------------------------------------------------- per-image scores
 def score_images(pred: torch.Tensor, image: torch.Tensor, mask: torch.Tensor, device: torch.device,
-                 batch_size: int = 50, lpips_fn=None, desc: str = "scoring") -> dict[str, np.ndarray]:
+                 batch_size: int = 50, lpips_fn=None, desc: str = "scoring",
+                 scores_fn=pixel_scores) -> dict[str, np.ndarray]:
     """PSNR / SSIM (whole and hole), LPIPS (NaN when unavailable), batched on ``device``."""
     out = {k: [] for k in PER_IMAGE}
     for i in progress(range(0, len(pred), batch_size), desc=desc, leave=False):
         p, x, m = (t[i:i + batch_size].to(device) for t in (pred, image, mask))
-        for k, v in M.pixel_scores(p, x, m).items():
+        for k, v in scores_fn(p, x, m).items():
             out[k].append(v.cpu())
         out["lpips"].append(lpips_fn(p, x).cpu() if lpips_fn is not None
                             else torch.full((len(p),), float("nan"), dtype=torch.float64))
@@ -144,15 +138,15 @@ def _grouped(per_image: pd.DataFrame, by: str, metrics: Iterable[str], n_boot: i
              order: Sequence[str] | None = None) -> pd.DataFrame:
     rows = []
     groups = order if order is not None else sorted(per_image[by].unique())
-    for method in [m for m in D.METHODS if m in set(per_image["method"])]:
+    for method in [m for m in METHODS if m in set(per_image["method"])]:
         sub = per_image[per_image["method"] == method]
         for g in groups:
             part = sub[sub[by] == g]
             if part.empty:
                 continue
             for metric in metrics:
-                mean, lo, hi = M.bootstrap_ci(part[metric].to_numpy(), n_boot, seed)
-                rows.append({"method": method, "label": D.METHODS[method], "group": g, "n": len(part),
+                mean, lo, hi = bootstrap_ci(part[metric].to_numpy(), n_boot, seed)
+                rows.append({"method": method, "label": METHODS[method], "group": g, "n": len(part),
                              "metric": metric, "mean": mean, "lo": lo, "hi": hi})
     return pd.DataFrame(rows, columns=["method", "label", "group", "n", "metric", "mean", "lo", "hi"])
 
@@ -160,7 +154,7 @@ def _grouped(per_image: pd.DataFrame, by: str, metrics: Iterable[str], n_boot: i
 def _runtime_row(method: str, meta: dict) -> dict:
     def mib(v):
         return None if v in (None, "") else float(v) / 2**20
-    return {"method": method, "label": D.METHODS[method], "weights": meta.get("weights", "not recorded"),
+    return {"method": method, "label": METHODS[method], "weights": meta.get("weights", "not recorded"),
             "device": meta.get("device", "not recorded"),
             "seconds_per_image": meta.get("sample_seconds_per_image"), "images_per_s": meta.get("images_per_s"),
             "peak_memory_MiB": mib(meta.get("peak_memory_bytes")), "trainable_params": meta.get("trainable_params"),
@@ -172,53 +166,54 @@ def _runtime_row(method: str, meta: dict) -> dict:
 
 # ---------------------------------------------------------------- the whole protocol
 def evaluate_all(cfg: Config, root: Path | None = None, methods: Sequence[str] | None = None,
-                 device: torch.device | str | None = None) -> Evaluation:
-    """Score every method on the frozen test set; save and return the tables (see module doc)."""
+                 device: torch.device | str | None = None, scores_fn=pixel_scores) -> Evaluation:
+    """Score every method on the frozen test set; save and return the tables (see module doc).
+    ``scores_fn`` computes PSNR and SSIM (whole image and hole) of a batch: notebook 05 passes its own."""
     P = paths(cfg, root)
     E = cfg.eval
     device = torch.device(device) if device is not None else get_device(cfg)
-    methods = list(methods or D.METHODS)
+    methods = list(methods or METHODS)
     # 1. the frozen test set and the learned metrics' networks (found without downloading)
-    test = D.load_test_set(cfg, root)
+    test = load_test_set(cfg, root)
     names = list(test["name"])
     row_of = {n: i for i, n in enumerate(names)}
-    lpips_fn, lpips_status = M.load_lpips(E.lpips_net, [P.cache], device)
-    inception, fid_status = M.load_inception([P.cache], device, E.get("fid_backbone", "auto"))
-    real_feats = (M.inception_features(inception, test["image"], E.batch_size, "Inception: real test images")
+    lpips_fn, lpips_status = load_lpips(E.lpips_net, [P.cache], device)
+    inception, fid_status = load_inception([P.cache], device, E.get("fid_backbone", "auto"))
+    real_feats = (inception_features(inception, test["image"], E.batch_size, "Inception: real test images")
                   if inception is not None else None)
     # 2. each method: read, re-composite, score per image and as a set
     frames, summary, runtime, missing, method_info = [], [], [], [], {}
     for method in progress(methods, desc="methods"):
         found = find_predictions(cfg, method, names, root)
         if not found["names"]:
-            missing.append({"method": method, "label": D.METHODS[method], "reason": found["reason"]})
-            summary.append({"method": method, "label": D.METHODS[method], "status": "missing", "n": 0,
+            missing.append({"method": method, "label": METHODS[method], "reason": found["reason"]})
+            summary.append({"method": method, "label": METHODS[method], "status": "missing", "n": 0,
                             "note": found["reason"]})
             continue
         idx = [row_of[n] for n in found["names"]]
         image, mask = test["image"][idx], test["mask"][idx]
-        raw, meta = D.read_predictions(cfg, method, found["names"], root)
+        raw, meta = read_predictions(cfg, method, found["names"], root)
         if raw.shape != image.shape:
             reason = (f"predictions are {tuple(raw.shape[1:])}, the test images {tuple(image.shape[1:])}: "
                       f"re-run notebook {NOTEBOOK_OF[method]} at data.image_size")
-            missing.append({"method": method, "label": D.METHODS[method], "reason": reason})
-            summary.append({"method": method, "label": D.METHODS[method], "status": "missing", "n": 0, "note": reason})
+            missing.append({"method": method, "label": METHODS[method], "reason": reason})
+            summary.append({"method": method, "label": METHODS[method], "status": "missing", "n": 0, "note": reason})
             continue
-        pred = D.composite(raw, image, mask)
-        known_change = int((M.to_levels(raw) - M.to_levels(image)).abs().mul(1 - mask).amax().item())
-        scores = score_images(pred, image, mask, device, E.batch_size, lpips_fn, f"scoring {method}")
-        frames.append(pd.DataFrame({"method": method, "label": D.METHODS[method], "name": found["names"],
+        pred = composite(raw, image, mask)
+        known_change = int((to_levels(raw) - to_levels(image)).abs().mul(1 - mask).amax().item())
+        scores = score_images(pred, image, mask, device, E.batch_size, lpips_fn, f"scoring {method}", scores_fn)
+        frames.append(pd.DataFrame({"method": method, "label": METHODS[method], "name": found["names"],
                                     "kind": [test["kind"][i] for i in idx],
                                     "hole_fraction": [test["hole_fraction"][i] for i in idx], **scores}))
-        row = {"method": method, "label": D.METHODS[method], "status": "ok" if not found["reason"] else "partial",
+        row = {"method": method, "label": METHODS[method], "status": "ok" if not found["reason"] else "partial",
                "n": len(idx), "note": found["reason"], "weights": meta.get("weights", "not recorded")}
         for metric in PER_IMAGE:
-            row[metric], row[f"{metric}_lo"], row[f"{metric}_hi"] = M.bootstrap_ci(
+            row[metric], row[f"{metric}_lo"], row[f"{metric}_hi"] = bootstrap_ci(
                 scores[metric], E.bootstrap_samples, cfg.seed)
         if inception is not None and len(idx) >= 2:
-            fake = M.inception_features(inception, pred, E.batch_size, f"Inception: {method}")
-            row["fid"] = M.fid_from_features(real_feats[idx], fake)
-            row["kid"], row["kid_std"], row["kid_subset_size"] = M.kid_from_features(
+            fake = inception_features(inception, pred, E.batch_size, f"Inception: {method}")
+            row["fid"] = fid_from_features(real_feats[idx], fake)
+            row["kid"], row["kid_std"], row["kid_subset_size"] = kid_from_features(
                 real_feats[idx], fake, E.kid_subset_size, E.kid_subsets, cfg.seed)
             row["fid_n"] = len(idx)
         summary.append(row)
@@ -246,7 +241,7 @@ def evaluate_all(cfg: Config, root: Path | None = None, methods: Sequence[str] |
                       "seed": cfg.seed, "confidence": 0.95},
         "hole_buckets": list(E.hole_buckets), "missing": missing, "methods": method_info,
     }
-    index = D.load_index(cfg, root)         # where the test set came from, at which sizes (notebook 01)
+    index = load_index(cfg, root)         # where the test set came from, at which sizes (notebook 01)
     res = index.get("resolution") or {}
     info["data"] = {"test_split": index.get("test_split"), "sizes": res.get("text"),
                     "sd_upsampled": res.get("sd_upsampled"), "prepared_px": res.get("prepared_px"),
@@ -340,7 +335,7 @@ def paired_difference(per_image: pd.DataFrame, a: str, b: str, metric: str, n_bo
         means_on(per_image, [a, b], metric, images)           # both must have every image of the set
         common = pd.Index(list(images))
     diff = (pa[common] - pb[common]).to_numpy(dtype=float)
-    mean, lo, hi = M.bootstrap_ci(diff, n_boot, seed)
+    mean, lo, hi = bootstrap_ci(diff, n_boot, seed)
     return mean, lo, hi, len(common)
 
 
@@ -383,7 +378,7 @@ def statement_sets(ev: "Evaluation") -> list[ImageSet]:
     for m in partial:
         imgs = images_of(df, m)
         with_all = tuple(x for x in methods if set(imgs) <= set(images_of(df, x)))
-        sets.append(ImageSet(f"the {len(imgs)} test images {D.SHORT_LABELS.get(m, m)} ran on", tuple(imgs), with_all, m))
+        sets.append(ImageSet(f"the {len(imgs)} test images {SHORT_LABELS.get(m, m)} ran on", tuple(imgs), with_all, m))
     return sets
 
 

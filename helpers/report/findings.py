@@ -1,8 +1,4 @@
-"""What an :class:`helpers.evaluate.Evaluation` says, for people: formatted tables, statements that
-follow from the numbers, figures. Notebook 05 shows them as it computes, notebook 06 presents them.
-
-Nothing here computes a score: every number comes from the evaluation (or, for the study and the
-published anchors, from their sources, labelled as such)."""
+"""TODO docstring"""
 from __future__ import annotations
 
 import math
@@ -12,25 +8,56 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from . import data as D
-from . import evaluate as E
-from .config import Config
-from .evaluate import (HIGHER_IS_BETTER, LABELS, PER_IMAGE, Evaluation, best_methods, bucket_labels, common_means,
-                       find_predictions, paired_difference)
+from helpers.study.config import Config
+from helpers.study.data import (
+    METHODS,
+    SHORT_LABELS,
+    composite,
+    load_test_set,
+    masked_image,
+    read_predictions,
+)
+from helpers.study.evaluate import (
+    HIGHER_IS_BETTER,
+    LABELS,
+    PER_IMAGE,
+    Evaluation,
+    ImageSet,
+    bucket_labels,
+    find_predictions,
+    images_of,
+    means_on,
+    paired_difference,
+    statement_sets,
+)
 
 # The study this project reproduces: its reported numbers, never ours. Cite it by its title
 # wherever one of its numbers appears.
 STUDY_TITLE = "Image Completion: DDPM vs. Stable Diffusion"
+
+
 STUDY_AUTHORS = "Nguyễn Thị Thanh Huyền, Nguyễn Thị Minh Ly, Đặng Minh Nguyệt"
+
+
 STUDY_SUPERVISORS = "PGS.TS. Nguyễn Việt Hà and ThS. Nguyễn Thị Thùy Linh"
+
+
 STUDY_CITATION = (f"“{STUDY_TITLE}” ({STUDY_AUTHORS}; supervised by {STUDY_SUPERVISORS}), "
                   "a student project")
+
+
 STUDY_SOURCE = f"the study “{STUDY_TITLE}”"
+
+
 STUDY_PROTOCOL = "the study's CelebA-HQ 256 test split and masks (its own protocol; not re-run here)"
+
+
 STUDY = [  # "id": our method that the row stands beside
     {"id": "sd_lora", "method": "SD 1.5 inpainting + LoRA", "psnr": 23.45, "ssim": 0.845, "lpips": 0.112, "fid": 32.17},
     {"id": "ddpm_finetuned", "method": "DDPM fine-tuned", "psnr": 20.97, "ssim": 0.801, "lpips": 0.1625, "fid": 40.45},
 ]
+
+
 # Published anchors on CelebA-HQ 256: each entry names the paper (and its table) where its numbers
 # are printed, with that paper's protocol and number of test images, e.g.
 #   {"method": "RePaint (wide masks)", "short_source": "RePaint paper",
@@ -51,7 +78,7 @@ def public_text(text, roots: Sequence[Path] = ()) -> str:
     import sys
     import sysconfig
 
-    from .config import ROOT
+    from helpers.study.config import ROOT
 
     if not isinstance(text, str):
         return "" if text is None or (isinstance(text, float) and math.isnan(text)) else str(text)
@@ -89,6 +116,8 @@ def _fmt(v, digits: int) -> str:
 
 
 SHORT = {"psnr": "PSNR", "ssim": "SSIM", "psnr_hole": "hole dB", "ssim_hole": "hole SSIM", "lpips": "LPIPS"}
+
+
 DIGITS = {"psnr": 2, "psnr_hole": 2, "ssim": 3, "ssim_hole": 3, "lpips": 3, "fid": 2, "kid": 4}
 
 
@@ -98,7 +127,7 @@ def _get(row, key):
 
 
 def _short(method: str) -> str:
-    return D.SHORT_LABELS.get(method, method)
+    return SHORT_LABELS.get(method, method)
 
 
 def _ci(r, m) -> str:
@@ -389,7 +418,7 @@ def kid_text(kid, kid_std=None) -> str:
 
 
 def _label(m: str) -> str:
-    return D.SHORT_LABELS.get(m, m)
+    return SHORT_LABELS.get(m, m)
 
 
 def _metric_name(metric: str) -> str:
@@ -405,26 +434,26 @@ def _verdict(lo: float, hi: float, n: int) -> str:
     return "resolved (95 % CI excludes 0)" if n >= 2 and (lo > 0 or hi < 0) else "not resolved at this n"
 
 
-def best_on_set(ev: Evaluation, metric: str, image_set: E.ImageSet) -> dict | None:
+def best_on_set(ev: Evaluation, metric: str, image_set: ImageSet) -> dict | None:
     """The best and runner-up method on ``metric`` over exactly ``image_set``: both means, the paired
     difference best - runner-up with its bootstrap 95 % CI, all over the same images. None when no
     method of the set has the metric on all of its images."""
     methods = [m for m in image_set.methods
-               if set(image_set.images) <= set(E.images_of(ev.per_image, m, metric))]
+               if set(image_set.images) <= set(images_of(ev.per_image, m, metric))]
     if not methods or not image_set.n:
         return None
-    means = E.means_on(ev.per_image, methods, metric, image_set.images)
+    means = means_on(ev.per_image, methods, metric, image_set.images)
     means = means.sort_values(ascending=not HIGHER_IS_BETTER[metric])
     out = {"metric": metric, "set": image_set, "best": means.index[0], "means": means}
     if len(means) >= 2:
         n_boot, seed = ev.info["bootstrap"]["samples"], ev.info["bootstrap"]["seed"]
-        d, lo, hi, n = E.paired_difference(ev.per_image, means.index[0], means.index[1], metric, n_boot, seed,
+        d, lo, hi, n = paired_difference(ev.per_image, means.index[0], means.index[1], metric, n_boot, seed,
                                            images=image_set.images)
         out.update({"runner_up": means.index[1], "diff": d, "lo": lo, "hi": hi, "n": n})
     return out
 
 
-def quality_statement(ev: Evaluation, metric: str, image_set: E.ImageSet) -> str | None:
+def quality_statement(ev: Evaluation, metric: str, image_set: ImageSet) -> str | None:
     """One bullet: the best method on ``metric`` over ``image_set`` against the runner-up."""
     r = best_on_set(ev, metric, image_set)
     if r is None:
@@ -437,7 +466,7 @@ def quality_statement(ev: Evaluation, metric: str, image_set: E.ImageSet) -> str
             f"{r['diff']:+.{dg}f} [{r['lo']:+.{dg}f}, {r['hi']:+.{dg}f}]: {_verdict(r['lo'], r['hi'], r['n'])}.")
 
 
-def _subset_statement(ev: Evaluation, image_set: E.ImageSet, subset_method: str) -> str | None:
+def _subset_statement(ev: Evaluation, image_set: ImageSet, subset_method: str) -> str | None:
     """A method run on a subset (RePaint) against its closest relative (fine-tuned DDPM, else the best
     other method) on hole PSNR, over exactly that subset."""
     others = [m for m in image_set.methods if m != subset_method]
@@ -447,11 +476,11 @@ def _subset_statement(ev: Evaluation, image_set: E.ImageSet, subset_method: str)
     if "ddpm_finetuned" in others:
         other = "ddpm_finetuned"
     else:
-        means = E.means_on(ev.per_image, others, metric, image_set.images)
+        means = means_on(ev.per_image, others, metric, image_set.images)
         other = means.idxmax()
-    means = E.means_on(ev.per_image, [subset_method, other], metric, image_set.images)
+    means = means_on(ev.per_image, [subset_method, other], metric, image_set.images)
     n_boot, seed = ev.info["bootstrap"]["samples"], ev.info["bootstrap"]["seed"]
-    d, lo, hi, n = E.paired_difference(ev.per_image, subset_method, other, metric, n_boot, seed, images=image_set.images)
+    d, lo, hi, n = paired_difference(ev.per_image, subset_method, other, metric, n_boot, seed, images=image_set.images)
     return (f"* On {image_set.name}, hole PSNR: {_label(subset_method)} {means[subset_method]:.2f} dB vs "
             f"{_label(other)} {means[other]:.2f} dB; difference {d:+.2f} [{lo:+.2f}, {hi:+.2f}]: {_verdict(lo, hi, n)}.")
 
@@ -471,7 +500,7 @@ def conclusion_sections(ev: Evaluation, cfg: Config) -> dict[str, list[str]]:
     if ev.per_image.empty:
         return {"quality": quality + ["* No method has predictions yet: nothing to conclude."],
                 "context": [f"* **{m['label']}** was not scored." for m in ev.missing]}
-    sets = E.statement_sets(ev)
+    sets = statement_sets(ev)
     main, subsets = sets[0], sets[1:]
     lpips_ok = not ev.per_image["lpips"].isna().all()
     # 1. the main set, named once; every bullet below is over exactly these images
@@ -484,7 +513,7 @@ def conclusion_sections(ev: Evaluation, cfg: Config) -> dict[str, list[str]]:
     # 2. learned methods against the classical baseline, same set
     if "telea" in main.methods:
         learned = [m for m in main.methods if m != "telea"]
-        means = E.means_on(ev.per_image, list(main.methods), "psnr_hole", main.images)
+        means = means_on(ev.per_image, list(main.methods), "psnr_hole", main.images)
         beat = [_label(m) for m in learned if means[m] > means["telea"]]
         verdict = (f"{len(beat)} of {len(learned)} learned methods higher ({', '.join(beat)})" if beat
                    else f"none of the {len(learned)} learned methods is higher")
@@ -497,7 +526,7 @@ def conclusion_sections(ev: Evaluation, cfg: Config) -> dict[str, list[str]]:
         summ = ev.summary.set_index("method")
         agree, compared = [], []
         for metric in ("psnr", "ssim") + (("lpips",) if lpips_ok else ()):
-            m = E.means_on(ev.per_image, ["sd_lora", "ddpm_finetuned"], metric, main.images)
+            m = means_on(ev.per_image, ["sd_lora", "ddpm_finetuned"], metric, main.images)
             compared.append(LABELS[metric].replace(" (dB)", ""))
             if (m["sd_lora"] > m["ddpm_finetuned"]) == HIGHER_IS_BETTER[metric]:
                 agree.append(compared[-1])
@@ -598,18 +627,21 @@ def markdown(text: str):
 # Designed for a slide (helpers.plots.save checks the text size and stamps smoke figures): one
 # message per figure, the short method labels of data.SHORT_LABELS, every axis labelled.
 MARKERS = {"ddpm_finetuned": "o", "ddpm_repaint": "s", "sd_zeroshot": "^", "sd_lora": "D", "telea": "v"}
+
+
 LINESTYLES = {"ddpm_finetuned": "-", "ddpm_repaint": "--", "sd_zeroshot": ":", "sd_lora": "-", "telea": "-."}
 
 
 def _colors(methods: Sequence[str]) -> dict:
     import matplotlib.pyplot as plt
     cmap = plt.get_cmap("tab10")
-    return {m: cmap(i) for i, m in enumerate(D.METHODS) if m in methods}
+    return {m: cmap(i) for i, m in enumerate(METHODS) if m in methods}
 
 
 def _no_scores(path, message: str = "no scores to plot"):
     import matplotlib.pyplot as plt
-    from .plots import save
+
+    from helpers.report.figures import save
 
     fig, ax = plt.subplots(figsize=(6, 2))
     ax.axis("off"), ax.text(0.5, 0.5, message, ha="center", va="center")
@@ -628,14 +660,15 @@ def plot_bars(ev: Evaluation, metrics: Sequence[str] = ("psnr_hole", "ssim_hole"
     with "not run" instead of a bar. Metrics nobody could compute are left out; FID and KID live in
     the tables (set-level numbers with their n)."""
     import matplotlib.pyplot as plt
-    from .plots import save
+
+    from helpers.report.figures import save
 
     summ = ev.summary
     ok = summ[summ["status"] != "missing"]
     metrics = [m for m in metrics if m in PER_IMAGE and m in ok and not ok[m].isna().all()][:3]
     if not metrics:
         return _no_scores(path)
-    order = [m for m in D.METHODS if m in set(summ["method"])][::-1]     # first method at the top
+    order = [m for m in METHODS if m in set(summ["method"])][::-1]     # first method at the top
     rows = summ.set_index("method").loc[order]
     colors = _colors(order)
     fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics) + 1.6, 0.75 * len(order) + 1.8),
@@ -653,7 +686,7 @@ def plot_bars(ev: Evaluation, metrics: Sequence[str] = ("psnr_hole", "ssim_hole"
             ax.barh(yi, v, xerr=err, capsize=4, color=colors[m], height=0.6)
         ax.set_xlabel(f"{LABELS[metric]}\n({_better(metric)})")
         ax.grid(axis="x", alpha=0.3)
-    axes[0][0].set_yticks(y, [f"{D.SHORT_LABELS[m]}  (n={int(rows.loc[m, 'n'])})" for m in order])
+    axes[0][0].set_yticks(y, [f"{SHORT_LABELS[m]}  (n={int(rows.loc[m, 'n'])})" for m in order])
     fig.suptitle(title or "Hole quality per method: mean over its test images, 95 % CI")
     return save(fig, path)
 
@@ -664,7 +697,8 @@ def plot_vs_hole(ev: Evaluation, metric: str = "psnr_hole", path: Path | None = 
     as error bars; methods are drawn side by side within a group so none hides another; the number
     of images of each group is on the x axis."""
     import matplotlib.pyplot as plt
-    from .plots import save
+
+    from helpers.report.figures import save
 
     table = ev.by_bucket if by == "bucket" else ev.by_kind
     if isinstance(metric, (list, tuple)):          # older call style: the first metric only
@@ -673,7 +707,7 @@ def plot_vs_hole(ev: Evaluation, metric: str = "psnr_hole", path: Path | None = 
     if t_all.empty or t_all["mean"].isna().all():
         return _no_scores(path)
     groups = (bucket_labels(ev.info["hole_buckets"]) if by == "bucket" else list(dict.fromkeys(t_all["group"])))
-    methods = [m for m in D.METHODS if m in set(t_all["method"])]
+    methods = [m for m in METHODS if m in set(t_all["method"])]
     colors = _colors(methods)
     fig, ax = plt.subplots(figsize=(10, 5))
     width = 0.6 / max(1, len(methods))
@@ -686,7 +720,7 @@ def plot_vs_hole(ev: Evaluation, metric: str = "psnr_hole", path: Path | None = 
         mean = t["mean"].astype(float).to_numpy()
         err = np.vstack([mean - t["lo"].astype(float).to_numpy(), t["hi"].astype(float).to_numpy() - mean])
         ax.errorbar(x, mean, yerr=err, color=colors[method], marker=MARKERS[method], ms=8, capsize=3, lw=2,
-                    ls=LINESTYLES[method] if by == "bucket" else "none", label=D.SHORT_LABELS[method])
+                    ls=LINESTYLES[method] if by == "bucket" else "none", label=SHORT_LABELS[method])
     n_per_group = ev.per_image.drop_duplicates("name").groupby(by).size() if not ev.per_image.empty else {}
     ax.set_xticks(range(len(groups)), [f"{g}\n({int(n_per_group.get(g, 0))} images)" for g in groups])
     ax.set_xlabel("hole area (share of the image)" if by == "bucket" else "mask kind")
@@ -715,24 +749,24 @@ def qualitative_grid(cfg: Config, names: Sequence[str], path: Path | None = None
                      root: Path | None = None, ev: Evaluation | None = None, metric: str = "psnr_hole"):
     """Rows = test images; columns = masked input | each method (short label) | ground truth. A method
     without a prediction for an image shows a grey "not run" cell, never a blank one."""
-    from .plots import image_grid
+    from helpers.report.figures import image_grid
 
-    test = D.load_test_set(cfg, root)
+    test = load_test_set(cfg, root)
     row_of = {n: i for i, n in enumerate(test["name"])}
     names = [n for n in names if n in row_of]
-    cols = list(D.METHODS)
+    cols = list(METHODS)
     have = {m: find_predictions(cfg, m, names, root)["names"] for m in cols}
-    titles = ["masked input"] + [D.SHORT_LABELS[m] for m in cols] + ["ground truth"]
+    titles = ["masked input"] + [SHORT_LABELS[m] for m in cols] + ["ground truth"]
     empty = [None] + [("not run" if not have[m] else "not run\non this image") for m in cols] + [None]
     rows, row_titles = [], []
     for n in names:
         i = row_of[n]
         x, m = test["image"][i], test["mask"][i]
-        row = [D.masked_image(x, m)]
+        row = [masked_image(x, m)]
         for method in cols:
             if n in have[method]:
-                p, _ = D.read_predictions(cfg, method, [n], root)
-                row.append(D.composite(p[0], x, m))
+                p, _ = read_predictions(cfg, method, [n], root)
+                row.append(composite(p[0], x, m))
             else:
                 row.append(None)
         rows.append(row + [x])

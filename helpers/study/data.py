@@ -1,16 +1,4 @@
-"""Data preparation: sources -> square RGB images -> deterministic split -> frozen test masks.
-
-Layout written under ``paths(cfg).data`` (data/<preset>/, ignored by git)::
-
-    images/{train,val,test}/<name>.png   8-bit RGB, cfg.data.image_size square
-    test_masks/<name>.png                255 = hole; made once, reused by every method
-    index.json                           splits, per-test-image mask kind and hole fraction,
-                                         the source and the counts of skipped/converted files
-
-Sources (``cfg.data.source``): ``bundled`` (random crops of the photos that scikit-image and
-matplotlib ship: offline), ``folder`` (any images under ``cfg.data.folder``) and ``hub`` (a
-datasets-hub id, e.g. CelebA-HQ for ``full``). Taught in notebook 01.
-"""
+"""TODO docstring"""
 from __future__ import annotations
 
 import functools
@@ -32,13 +20,36 @@ import numpy as np
 import torch
 from PIL import Image
 
-from . import masks as M
-from .common import load_json, load_png, load_pngs, parallel_map, paths, png_workers, progress, save_json, save_mask_png, save_png
-from .config import Config
+from helpers.study.config import Config
+from helpers.study.files import (
+    load_json,
+    load_png,
+    load_pngs,
+    parallel_map,
+    paths,
+    png_workers,
+    save_json,
+    save_mask_png,
+    save_png,
+)
+from helpers.study.masks import (
+    GENERATOR_VERSION,
+    generate_mask,
+    hole_fraction,
+    random_mask,
+    validate_mask,
+)
+from helpers.study.runtime import progress
 
 log = logging.getLogger(__name__)
+
+
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm"}
+
+
 SPLITS = ("train", "val", "test")
+
+
 HUB_TIMEOUT_S = 3.0   # one connection attempt decides "no hub" for the whole process
 
 
@@ -345,7 +356,7 @@ def split_names(names: list[str], fractions: dict, seed: int, fixed_test: list[s
 
 def _fingerprint(cfg: Config) -> str:
     """Hash of everything that determines the prepared data: a change re-prepares it."""
-    keys = {"seed": cfg.seed, "data": cfg.data, "mask_generator": M.GENERATOR_VERSION}
+    keys = {"seed": cfg.seed, "data": cfg.data, "mask_generator": GENERATOR_VERSION}
     return hashlib.sha256(json.dumps(keys, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -485,9 +496,9 @@ def prepare_dataset(cfg: Config, force: bool = False, root: Path | None = None) 
             else:
                 rng = np.random.default_rng([cfg.seed, 1, i])
                 kind = kinds[i % len(kinds)]
-                m = M.generate_mask(d.image_size, kind, rng, d.masks.min_hole, d.masks.max_hole)
+                m = generate_mask(d.image_size, kind, rng, d.masks.min_hole, d.masks.max_hole)
             save_mask_png(m, stage / "test_masks" / f"{name}.png")
-            test_masks[name] = {"kind": kind, "hole_fraction": M.hole_fraction(m)}
+            test_masks[name] = {"kind": kind, "hole_fraction": hole_fraction(m)}
         index = {"fingerprint": fp, "preset": cfg.preset, "source": d.source, "image_size": d.image_size,
                  "test_split": (f"{d.hub_id} split {held_out!r} (the source's own held-out split)" if held_out
                                 else f"a seeded cut of the {d.source} images"),
@@ -519,7 +530,7 @@ def load_mask_file(path: Path, image_shape: tuple[int, int] | None = None) -> to
         raise FileNotFoundError(f"mask file {path} does not exist")
     with Image.open(path) as im:
         arr = np.asarray(im)
-    return torch.from_numpy(M.validate_mask(arr, image_shape, name=str(path)))[None]
+    return torch.from_numpy(validate_mask(arr, image_shape, name=str(path)))[None]
 
 
 # ---------------------------------------------------------------- datasets for training and testing
@@ -558,7 +569,7 @@ class InpaintDataset(torch.utils.data.Dataset):
         else:
             m = self.cfg.data.masks
             rng = np.random.default_rng([self.cfg.seed, 2 if self.split == "train" else 3, self.epoch, i])
-            arr, kind = M.random_mask(image.shape[-1], rng, m.kinds, m.min_hole, m.max_hole)
+            arr, kind = random_mask(image.shape[-1], rng, m.kinds, m.min_hole, m.max_hole)
             mask = torch.from_numpy(arr)[None]
         return {"image": image, "mask": mask, "name": name, "kind": kind}
 
@@ -596,6 +607,8 @@ METHODS = {  # method id -> label used in every table and figure
     "sd_lora": "SD 1.5 inpainting + LoRA",
     "telea": "OpenCV Telea (classical)",
 }
+
+
 SHORT_LABELS = {  # method id -> short human label for slides, chart axes and legends
     "ddpm_finetuned": "DDPM",
     "ddpm_repaint": "RePaint",

@@ -1,27 +1,8 @@
-"""The live demo: an interactive inpainting app and the blind human preference study, one Gradio app.
-
-    make demo [PRESET=smoke|full] [PORT=7860]
-    python -m helpers.demo --preset smoke|full [--port N]
-
-It serves on 127.0.0.1 only and makes no network call: Gradio's analytics and version check are
-off, the Hugging Face libraries run offline (weights come from disk or the local cache only), and
-the page uses system fonts. Notebook 07 opens the same app inline; ``make report`` never starts it.
-
-* Tab **Inpaint**: a test image (with its frozen mask) or an upload (read, converted and
-  resized/cropped exactly as the data step does: :func:`helpers.data.read_image`,
-  :func:`helpers.data.resize_center_crop`), a hole painted with the brush or generated (box / thin /
-  medium / thick, seeded), one or several methods, steps, guidance, seed and prompt; Run shows
-  the masked input, each completion with its time, and the ground truth.
-* Tab **Which looks real?**: the blind two-alternative test of :mod:`helpers.human_eval` on the
-  test-set completions the series saved; votes go to ``reports/<preset>/human_eval.sqlite``.
-
-Models are what the series saved under ``reports/<preset>/models`` plus the preset's pretrained
-ids; a method whose weights are missing is listed as disabled with the reason and the command
-that produces them. Each model loads once, on first use, onto the GPU when there is one.
-"""
+"""TODO docstring"""
 from __future__ import annotations
 
 import argparse
+import copy
 import math
 import os
 import sys
@@ -33,24 +14,48 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-# no telemetry, no version check: set before gradio is imported (gradio reads them when it runs)
-GRADIO_ENV = {"GRADIO_ANALYTICS_ENABLED": "False", "GRADIO_RUN_HISTORY": "False", "DO_NOT_TRACK": "1"}
-HF_ENV = {"HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1"}
-os.environ.update(GRADIO_ENV)
-
 import numpy as np
 import torch
 
-from . import data as D
-from . import human_eval as HE
-from . import masks as MK
-from .common import get_device, load_json, paths, resolve_dtype, to_tensor, to_uint8
-from .config import Config, load_config
+from helpers.apps.votes import GROUND_TRUTH, PairScheduler, Trial, VoteStore, db_path
+from helpers.study.config import Config, load_config
+from helpers.study.data import (
+    SHORT_LABELS,
+    BadImageError,
+    Report,
+    composite,
+    load_index,
+    load_mask_file,
+    masked_image,
+    read_image,
+    resize_center_crop,
+)
+from helpers.study.files import load_json, paths, to_tensor, to_uint8
+from helpers.study.masks import KINDS, generate_mask
+from helpers.study.runtime import get_device
+
+# no telemetry, no version check: set before gradio is imported (gradio reads them when it runs)
+GRADIO_ENV = {"GRADIO_ANALYTICS_ENABLED": "False", "GRADIO_RUN_HISTORY": "False", "DO_NOT_TRACK": "1"}
+
+
+HF_ENV = {"HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1"}
+
+
+os.environ.update(GRADIO_ENV)
+
 
 ORDER = ("ddpm_finetuned", "ddpm_repaint", "sd_zeroshot", "sd_lora", "telea")
+
+
 MASK_CHOICES = ("test mask", "brush (paint it)", "box", "thin", "medium", "thick")
+
+
 DISPLAY_SIDE = 512          # the editor shows small images enlarged (nearest) to about this side
+
+
 HOLE_COVER = 1 / 3          # a pixel is a hole when the strokes cover at least this much of it
+
+
 CSS = (".pixelated img, .pixelated canvas {image-rendering: pixelated;}\n"     # small images stay crisp
        ".enlarged img {width: 100% !important; height: 100% !important; object-fit: contain;}")
 
@@ -106,7 +111,7 @@ class MethodStatus:
 
     @property
     def label(self) -> str:
-        return D.SHORT_LABELS[self.method]
+        return SHORT_LABELS[self.method]
 
     def message(self) -> str:
         """Why the method is disabled and what produces its weights (markdown; '' when it can run)."""
@@ -125,13 +130,13 @@ def _hub_cached(repo_id: str, filename: str, cache: Path) -> bool:
 
 
 def _ddpm_base_status(cfg: Config, P) -> tuple[bool, str]:
-    from . import ddpm
+    from helpers.study.ddpm import BASE_DIR, _local_path
 
     pid = cfg.ddpm.pretrained_id
     if not pid:
-        return True, f"tiny random unconditional U-Net (seed {cfg.seed}, smoke), in {P.models / ddpm.BASE_DIR}"
+        return True, f"tiny random unconditional U-Net (seed {cfg.seed}, smoke), in {P.models / BASE_DIR}"
     try:
-        local = ddpm._local_path(pid)
+        local = _local_path(pid)
     except FileNotFoundError:
         return False, f"ddpm.pretrained_id {pid!r} is not a folder here."
     if local is not None:
@@ -143,14 +148,14 @@ def _ddpm_base_status(cfg: Config, P) -> tuple[bool, str]:
 
 
 def _sd_base_status(cfg: Config, P) -> tuple[bool, str]:
-    from . import sd
+    from helpers.study.sd import _looks_local
 
     if cfg.sd.tiny:
         return True, f"tiny random SD inpainting pipeline (seed {cfg.seed}, smoke), in {P.models / 'sd_base'}"
     pid = cfg.sd.pretrained_id
     if not pid:
         return False, "sd.pretrained_id is empty and sd.tiny is false."
-    if sd._looks_local(str(pid)):
+    if _looks_local(str(pid)):
         ok = (Path(pid).expanduser() / "model_index.json").is_file()
         return ok, (f"SD inpainting from {pid}" if ok else f"{pid} is not a diffusers pipeline folder.")
     if _hub_cached(str(pid), "model_index.json", P.cache / "hub"):
@@ -161,13 +166,14 @@ def _sd_base_status(cfg: Config, P) -> tuple[bool, str]:
 def method_status(cfg: Config, root: Path | None = None) -> dict[str, MethodStatus]:
     """Which methods can run with what is on disk, and for the others why not and what to run.
     Looks at files only: nothing is loaded or downloaded."""
-    from . import ddpm, sd
+    from helpers.study.ddpm import finetuned_dir
+    from helpers.study.sd import HUB_ID, find_lora
 
     P = paths(cfg, root)
     series = f" (or `make report PRESET={cfg.preset}`)"
     out = {"telea": MethodStatus("telea", True, f"OpenCV Telea, radius {cfg.eval.telea_radius} (no weights)")}
     # 1. the fine-tuned DDPM: written by notebook 03 / helpers.ddpm
-    ft = ddpm.finetuned_dir(cfg, P)
+    ft = finetuned_dir(cfg, P)
     out["ddpm_finetuned"] = (
         MethodStatus("ddpm_finetuned", True, f"fine-tuned 7-channel U-Net, {ft}") if (ft / "config.json").is_file()
         else MethodStatus("ddpm_finetuned", False, reason=f"no fine-tuned DDPM in {ft}.",
@@ -180,10 +186,10 @@ def method_status(cfg: Config, root: Path | None = None) -> dict[str, MethodStat
                                        f"in configs/{cfg.preset}.yaml")
     # 3. SD zero-shot: the preset's pipeline; SD + LoRA: that pipeline and the LoRA file of notebook 04
     ok, text = _sd_base_status(cfg, P)
-    get_sd = (f"hf download {sd.HUB_ID} --local-dir <folder>",
+    get_sd = (f"hf download {HUB_ID} --local-dir <folder>",
               f" on a machine with internet access, then set sd.pretrained_id: <folder> in configs/{cfg.preset}.yaml")
     out["sd_zeroshot"] = MethodStatus("sd_zeroshot", ok, text if ok else "", "" if ok else text, *get_sd)
-    lora = sd.find_lora(cfg, P.root)
+    lora = find_lora(cfg, P.root)
     if not ok:
         out["sd_lora"] = MethodStatus("sd_lora", False, reason=text, command=get_sd[0], hint=get_sd[1])
     elif lora is None:
@@ -199,13 +205,6 @@ class MethodUnavailable(RuntimeError):
 
 
 # ---------------------------------------------------------------- models, loaded once
-def telea(image: np.ndarray, mask: np.ndarray, radius: int) -> np.ndarray:
-    """OpenCV Telea on one uint8 HxWx3 image, mask (H, W) with 1 = hole (as in helpers.evaluate.run_telea)."""
-    import cv2
-
-    return cv2.inpaint(np.ascontiguousarray(image), (mask > 0.5).astype(np.uint8) * 255, int(radius), cv2.INPAINT_TELEA)
-
-
 class Models:
     """The methods' models, each loaded on first use and kept (on the GPU when there is one)."""
 
@@ -231,57 +230,48 @@ class Models:
             return self._loaded[method]
 
     def _load(self, method: str):
-        from . import ddpm, sd
+        from helpers.study.ddpm import load_finetuned, load_noise_scheduler, load_unconditional_unet
+        from helpers.study.sd import find_lora, load_lora, load_pipeline
 
         cfg, P, dev = self.cfg, self.P, self.device
         if method == "telea":
             return None
+        if method in ("ddpm_finetuned", "ddpm_repaint"):
+            unet = load_finetuned(cfg, P) if method == "ddpm_finetuned" else load_unconditional_unet(cfg, P)
+            return unet.to(dev), load_noise_scheduler(cfg, P).alphas_cumprod
+        pipe = load_pipeline(cfg, device=dev, root=self.root)
+        return load_lora(pipe, find_lora(cfg, self.root)) if method == "sd_lora" else pipe
+
+    def sampler(self, method: str, steps: int, guidance: float, prompt: str):
+        """fn(images, masks, seeds, names) of the study (helpers.study.ddpm / sd / predict) for one
+        method, with this request's steps, guidance and prompt in place of the preset's."""
+        from helpers.study import ddpm, sd
+        from helpers.study.predict import telea_inpaint
+
+        cfg = copy.deepcopy(self.cfg)
+        if method == "telea":
+            return lambda x, m, seeds, names: telea_inpaint(x, m, cfg.eval.telea_radius)
+        model = self.get(method)
         if method == "ddpm_finetuned":
-            unet = ddpm.load_finetuned(cfg, P).to(dev)
-            return unet, dict(ddpm.load_noise_scheduler(cfg, P).config)
+            cfg.ddpm.num_inference_steps = int(steps)
+            return ddpm.ddim_sampler(cfg, *model, self.device)
         if method == "ddpm_repaint":
-            unet = ddpm.load_unconditional_unet(cfg, P).to(dev)
-            return unet, ddpm.load_noise_scheduler(cfg, P).alphas_cumprod
-        pipe = sd.load_pipeline(cfg, device=dev, root=self.root)
-        if method == "sd_lora":
-            pipe = sd.load_lora(pipe, sd.find_lora(cfg, self.root))
-        return pipe
+            cfg.ddpm.repaint.num_inference_steps = int(steps)
+            return ddpm.repaint_sampler(cfg, *model, self.device)
+        cfg.sd.num_inference_steps, cfg.sd.guidance_scale = int(steps), float(guidance)
+        return lambda x, m, seeds, names: sd.predict(cfg, model, x, m, [prompt] * len(x), seeds, leave=False)
 
     @torch.no_grad()
     def complete(self, method: str, image: torch.Tensor, mask: torch.Tensor, seed: int, steps: int,
-                 guidance: float, prompt: str, show_progress: bool = False) -> torch.Tensor:
+                 guidance: float, prompt: str) -> torch.Tensor:
         """One completion: image (3, H, W) in [-1, 1], mask (1, H, W) {0, 1} -> (3, H, W) in [-1, 1] on
         the CPU, the known pixels exactly those of ``image``."""
-        from . import ddpm, perf, repaint, sd
-
-        cfg = self.cfg
         x, m = image[None].float(), mask[None].float()
-        if method == "telea":
-            out = to_tensor(telea(to_uint8(x[0]), m[0, 0].numpy(), cfg.eval.telea_radius))[None]
-            return D.composite(out, x, m)[0]
-        model = self.get(method)
-        sampler = cfg.perf.get("sampler", "ddim")
+        fn = self.sampler(method, steps, guidance, prompt)
         with self._run_lock:
-            if method == "ddpm_finetuned":
-                unet, sched_config = model
-                dtype = resolve_dtype(cfg.ddpm.mixed_precision, self.device)
-                out = ddpm.ddim_inpaint(unet, sched_config, D.masked_image(x, m), m, [seed], int(steps), cfg.ddpm.eta,
-                                        sampler, dtype, show_progress)
-            elif method == "ddpm_repaint":
-                unet, alphas_cumprod = model
-                r = cfg.ddpm.repaint
-                dtype = resolve_dtype(cfg.ddpm.mixed_precision, self.device)
-                out = repaint.repaint_inpaint(unet, alphas_cumprod, x, m, [seed], int(steps), r.jump_length,
-                                              r.jump_n_sample, dtype, show_progress)
-            else:
-                pipe = model
-                scheduler = perf.make_sampler(sampler, pipe.scheduler.config)
-                emb = sd.encode_prompts(pipe.tokenizer, pipe.text_encoder, ["", prompt], device=pipe.device)
-                out = sd.inpaint(pipe.unet, pipe.vae, scheduler, x, m, emb[prompt][None], emb[""][None],
-                                 [sd.image_generator(seed)], cfg.sd.resolution, int(steps), float(guidance),
-                                 cfg.perf.get("batched_vae_decode", True))
+            out = fn(x, m, [seed], ["upload"])
         # x_hat = m * pred + (1 - m) * x: the known pixels exactly, whatever the method did
-        return D.composite(out.detach().float().cpu(), x, m)[0]
+        return composite(out.detach().float().cpu(), x, m)[0]
 
 
 # ---------------------------------------------------------------- images in, images out
@@ -289,13 +279,13 @@ def read_upload(path: str | Path, size: int) -> tuple[np.ndarray, str]:
     """An uploaded file -> uint8 (size, size, 3), as the data step reads its inputs: any format and
     mode converted to 8-bit RGB (:func:`helpers.data.read_image`), then the short side resized and
     centre-cropped (:func:`helpers.data.resize_center_crop`). Raises BadImageError with a message."""
-    report = D.Report()
-    img = D.read_image(Path(path), report)
+    report = Report()
+    img = read_image(Path(path), report)
     if min(img.shape[:2]) < 8:
-        raise D.BadImageError(f"{Path(path).name}: {img.shape[1]}x{img.shape[0]} px is smaller than 8 px")
+        raise BadImageError(f"{Path(path).name}: {img.shape[1]}x{img.shape[0]} px is smaller than 8 px")
     notes = [f"{r}" for r in report.converted]
     notes.append(f"{img.shape[1]}x{img.shape[0]} -> {size}x{size} (short side resized, centre crop)")
-    return D.resize_center_crop(img, size), "; ".join(notes)
+    return resize_center_crop(img, size), "; ".join(notes)
 
 
 def display_factor(size: int) -> int:
@@ -351,20 +341,20 @@ class Demo:
         self.test_names, self.kinds = self._test_set()
         captions = self.P.data / "captions.json"
         self.captions = load_json(captions)["captions"] if captions.is_file() else {}
-        self.store = HE.VoteStore(HE.db_path(cfg, root))
-        self.scheduler = HE.PairScheduler(self._candidates(), self.store)
+        self.store = VoteStore(db_path(cfg, root))
+        self.scheduler = PairScheduler(self._candidates(), self.store)
 
     # -- test set and saved completions
     def _test_set(self) -> tuple[list[str], dict]:
         try:
-            index = D.load_index(self.cfg, self.root)
+            index = load_index(self.cfg, self.root)
         except FileNotFoundError:
             return [], {}
         return list(index["splits"]["test"]), {n: v["kind"] for n, v in index["test_masks"].items()}
 
     def _test_image(self, name: str) -> tuple[np.ndarray, np.ndarray]:
-        img = D.read_image(self.P.data / "images" / "test" / f"{name}.png")
-        mask = D.load_mask_file(self.P.data / "test_masks" / f"{name}.png", img.shape[:2])[0].numpy()
+        img = read_image(self.P.data / "images" / "test" / f"{name}.png")
+        mask = load_mask_file(self.P.data / "test_masks" / f"{name}.png", img.shape[:2])[0].numpy()
         return img, mask
 
     def _candidates(self) -> dict[str, list[str]]:
@@ -372,7 +362,7 @@ class Demo:
         out = {}
         for name in self.test_names:
             have = [m for m in ORDER if (self.P.predictions(m) / f"{name}.png").is_file()]
-            out[name] = have + [HE.GROUND_TRUTH]
+            out[name] = have + [GROUND_TRUTH]
         return out
 
     def prompt_for(self, name: str | None) -> str:
@@ -410,7 +400,7 @@ class Demo:
             return None, None, self.prompt_for(None), "No file."
         try:
             img, note = read_upload(path, self.size)
-        except D.BadImageError as e:
+        except BadImageError as e:
             return None, None, self.prompt_for(None), f"**Refused:** {e}"
         state = {"image": img, "name": None, "test_mask": None, "source": f"upload {Path(path).name}"}
         return state, editor_value(img, None), self.prompt_for(None), (
@@ -424,14 +414,14 @@ class Demo:
             if state.get("test_mask") is None:
                 return editor_value(state["image"], None), "An upload has no test mask: paint one or pick a kind."
             return editor_value(state["image"], state["test_mask"]), "The frozen test mask."
-        if kind not in MK.KINDS:
+        if kind not in KINDS:
             return editor_value(state["image"], None), "Paint the hole with the brush."
         m = self.cfg.data.masks
-        mask = MK.generate_mask(self.size, kind, np.random.default_rng(int(seed)), m.min_hole, m.max_hole)
+        mask = generate_mask(self.size, kind, np.random.default_rng(int(seed)), m.min_hole, m.max_hole)
         return editor_value(state["image"], mask), f"A {kind} mask (seed {int(seed)}, {mask.mean():.0%} of the image)."
 
     def method_ids(self, labels: Sequence[str]) -> list[str]:
-        by_label = {D.SHORT_LABELS[m]: m for m in ORDER}
+        by_label = {SHORT_LABELS[m]: m for m in ORDER}
         return [by_label.get(x, x) for x in labels or []]
 
     def inpaint(self, state: dict | None, editor: dict | None, methods: Sequence[str], steps: int, guidance: float,
@@ -455,34 +445,34 @@ class Demo:
         loaded_before = set(self.models._loaded)
         for i, method in enumerate(methods):
             if progress is not None:
-                progress((i, len(methods)), desc=f"{D.SHORT_LABELS.get(method, method)}")
+                progress((i, len(methods)), desc=f"{SHORT_LABELS.get(method, method)}")
             try:
                 start = time.perf_counter()
                 out = self.models.complete(method, image, m, int(seed), int(steps), float(guidance),
-                                           prompt or "", show_progress=progress is not None)
+                                           prompt or "")
                 seconds = time.perf_counter() - start
             except (MethodUnavailable, KeyError) as e:
                 notes.append(f"{method}: {e}")
                 continue
             except Exception as e:   # a failing method is reported; the others still run
-                notes.append(f"{D.SHORT_LABELS.get(method, method)} failed: {type(e).__name__}: {e}")
+                notes.append(f"{SHORT_LABELS.get(method, method)} failed: {type(e).__name__}: {e}")
                 continue
-            gallery.append((to_uint8(out), f"{D.SHORT_LABELS[method]} · {seconds:.2f} s"))
-            rows.append(f"| {D.SHORT_LABELS[method]} | {seconds:.2f} |")
+            gallery.append((to_uint8(out), f"{SHORT_LABELS[method]} · {seconds:.2f} s"))
+            rows.append(f"| {SHORT_LABELS[method]} | {seconds:.2f} |")
         table = "| method | seconds |\n|---|---|\n" + "\n".join(rows) if rows else ""
-        loaded = [D.SHORT_LABELS[m] for m in self.models._loaded if m not in loaded_before and m != "telea"]
+        loaded = [SHORT_LABELS[m] for m in self.models._loaded if m not in loaded_before and m != "telea"]
         msg = f"{state['source']}: hole {mask.mean():.0%} of the image, seed {int(seed)}, {int(steps)} steps"
         msg += (f"; the times of {', '.join(loaded)} include loading the weights (once)." if loaded else ".")
         msg += "".join(f"\n\n**{n}**" for n in notes)
-        masked = to_uint8(D.masked_image(image, m))
+        masked = to_uint8(masked_image(image, m))
         truth = state["image"] if state.get("name") else None
         return masked, gallery, truth, table, msg
 
     # -- tab Which looks real?
     def _completion(self, name: str, method: str, image: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        if method == HE.GROUND_TRUTH:
+        if method == GROUND_TRUTH:
             return image
-        pred = D.read_image(self.P.predictions(method) / f"{name}.png")
+        pred = read_image(self.P.predictions(method) / f"{name}.png")
         # the evaluator's rule: the known pixels are the photo's, whatever the method saved
         return np.where(mask[..., None] > 0.5, pred, image).astype(np.uint8)
 
@@ -494,7 +484,7 @@ class Demo:
                 f"No saved completions to compare in `{self.P.reports / 'predictions'}`: run `make report "
                 f"PRESET={self.cfg.preset}` first.")
         img, mask = self._test_image(trial.image)
-        masked = to_uint8(D.masked_image(to_tensor(img), torch.from_numpy(mask)[None]))   # x * (1 - m)
+        masked = to_uint8(masked_image(to_tensor(img), torch.from_numpy(mask)[None]))   # x * (1 - m)
         left = self._completion(trial.image, trial.left, img, mask)
         right = self._completion(trial.image, trial.right, img, mask)
         return trial, masked, left, right, self._count_text(rater)
@@ -515,7 +505,7 @@ class Demo:
         rater = self.rater_id(rater_text)
         return (rater, *self.next_trial(rater))
 
-    def vote(self, choice: str, rater_text: str | None, trial: HE.Trial | None):
+    def vote(self, choice: str, rater_text: str | None, trial: Trial | None):
         """Record the vote on the shown trial, then (rater id, next trial, masked, left, right, message)."""
         rater = self.rater_id(rater_text)
         if trial is not None:
@@ -531,7 +521,7 @@ def build_app(cfg: Config, root: Path | None = None, demo: Demo | None = None):
     import gradio as gr
 
     d = demo or Demo(cfg, root)
-    available = [D.SHORT_LABELS[m] for m in d.models.available()]
+    available = [SHORT_LABELS[m] for m in d.models.available()]
     fac = display_factor(d.size)
     # PNG (lossless: webp would change the pixels), shown large; the study's images offer no download
     shown = dict(format="png", interactive=False, height=320, elem_classes=["pixelated", "enlarged"],

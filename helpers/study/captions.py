@@ -1,17 +1,4 @@
-"""Captions for Stable Diffusion prompts: BLIP when its weights can be had, else a stated fallback.
-
-Captions are cached in data/<preset>/captions.json as::
-
-    {"model", "status", "fallback": bool, "captions": {name: text}, "sources": {name: "blip" | "fallback"}}
-
-so the captioner runs once, and every caption says where it came from. A cache of fallback
-captions is not final: the next call tries BLIP again when it has become available (a local
-folder, the hub reachable, or the weights in the cache). Whether the hub can be reached is
-decided once per process (``HF_HUB_OFFLINE=1`` is honoured; otherwise one short connection
-attempt), so an offline run fails in seconds with the reason instead of minutes of retries.
-The full preset refuses to train LoRA on fallback captions unless
-``captions.allow_fallback_for_lora`` is true. Taught in notebook 01; used by notebook 04.
-"""
+"""TODO docstring"""
 from __future__ import annotations
 
 import logging
@@ -19,9 +6,10 @@ from pathlib import Path
 
 import torch
 
-from .common import get_device, load_json, load_png, paths, progress, save_json, to_uint8
-from .config import Config
-from .data import SPLITS, hub_unreachable_reason, load_index
+from helpers.study.config import Config
+from helpers.study.data import SPLITS, hub_unreachable_reason, load_index
+from helpers.study.files import load_json, load_png, paths, save_json, to_uint8
+from helpers.study.runtime import get_device, progress
 
 log = logging.getLogger(__name__)
 

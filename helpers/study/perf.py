@@ -1,20 +1,20 @@
-"""Speed switches from the preset's ``perf`` section, applied in one place.
-
-Every switch is a field of ``cfg.perf`` (default on where it is a pure win) so the benchmark can
-time each variant against the plain one in the same run (``python -m helpers.bench``).
-"""
+"""TODO docstring"""
 from __future__ import annotations
 
 import torch
 
-from .config import Config
+from helpers.study.config import Config
 
 
 def set_attention(model: torch.nn.Module, sdpa: bool) -> int:
     """Use PyTorch's fused scaled-dot-product attention (``sdpa=True``) or the plain
     softmax(QK^T / sqrt(d)) V processor in every diffusers ``Attention`` of ``model``.
     Returns the number of attention modules touched."""
-    from diffusers.models.attention_processor import Attention, AttnProcessor, AttnProcessor2_0
+    from diffusers.models.attention_processor import (
+        Attention,
+        AttnProcessor,
+        AttnProcessor2_0,
+    )
 
     n = 0
     for m in model.modules():
@@ -40,23 +40,6 @@ def optimize_model(model: torch.nn.Module, perf: Config, device: torch.device, c
         mode = compile_mode or ("reduce-overhead" if perf.get("cuda_graphs", False) else "default")
         model = torch.compile(model, mode=mode)
     return model
-
-
-def sampling_timesteps(scheduler, num_inference_steps: int, device: torch.device) -> list[tuple[torch.Tensor, int]]:
-    """Set the sampler's timesteps; return one ``(t_device, t_int)`` pair per step: ``t_device`` (a view
-    into one tensor copied to ``device`` once) for the network, ``t_int`` for ``scheduler.step``.
-
-    The schedulers keep their tables (alphas_cumprod, sigmas) on the CPU. Indexing them with a CUDA
-    timestep, or comparing one (``if t >= 0``), copies it back to the host and makes the CPU wait for
-    the GPU at every step; with a Python int nothing waits, and the CPU can queue the next U-Net call
-    while the GPU still runs this one. The multistep solvers are told they start at index 0, so they
-    need not search the timestep (a ``nonzero`` on the device) on their first step."""
-    scheduler.set_timesteps(num_inference_steps)          # on the CPU
-    if hasattr(scheduler, "set_begin_index"):
-        scheduler.set_begin_index(0)
-    host = [int(t) for t in scheduler.timesteps]
-    from .common import to_device_nowait
-    return list(zip(to_device_nowait(scheduler.timesteps, device).unbind(), host))
 
 
 def make_sampler(kind: str, scheduler_config: dict):

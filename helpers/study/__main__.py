@@ -1,0 +1,60 @@
+"""The study's command line: train one of the two methods outside the notebooks.
+
+    python -m helpers.study train ddpm --preset full          # DDPM inpainting fine-tuning (notebook 03)
+    python -m helpers.study train sd --preset full            # SD 1.5 inpainting LoRA (notebook 04)
+    accelerate launch -m helpers.study train ddpm --preset full   # the same on several GPUs
+
+Both resume from their last checkpoint; the notebooks then find the finished run instead of
+training again. ``--set`` takes dotted preset overrides (``--set ddpm.max_steps=100``).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from typing import Sequence
+
+from helpers.study.config import add_set_argument, load_config, parse_overrides
+
+
+def train(method: str, cfg, max_steps: int | None) -> dict:
+    """Train ``method`` (ddpm | sd) with the preset ``cfg``; return the run's statistics."""
+    from accelerate import PartialState
+
+    from helpers.study import ddpm, sd
+    from helpers.study.files import paths
+    from helpers.study.runtime import get_device
+
+    # first use of Accelerate's state: without a GPU, processes started by `accelerate launch --multi_gpu`
+    # (torchrun) join one gloo group on the CPU instead of each training alone
+    device = get_device(cfg)
+    PartialState(cpu=device.type != "cuda")
+    if method == "ddpm":
+        P = paths(cfg)
+        unet, sched = ddpm.build_inpainting_model(cfg, P)
+        on_validate = ddpm.make_validator(cfg, P, unet, dict(sched.config), device)
+        return ddpm.finetune(cfg, P, unet, sched, device, on_validate=on_validate, max_steps=max_steps)
+    return sd.train_lora(cfg, sd.load_pipeline(cfg), max_steps=max_steps)
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    from accelerate import PartialState
+
+    ap = argparse.ArgumentParser(prog="python -m helpers.study", description=__doc__.split("\n")[0])
+    sub = ap.add_subparsers(dest="command", required=True)
+    tr = sub.add_parser("train", help="train the DDPM (fine-tuning) or the SD LoRA; resumes a killed run")
+    tr.add_argument("method", choices=["ddpm", "sd"])
+    tr.add_argument("--preset", default="smoke", help="smoke | lite | full | path to a YAML preset")
+    add_set_argument(tr)
+    tr.add_argument("--max-steps", type=int, default=None, help="stop this call after this many steps (resumable)")
+    args = ap.parse_args(argv)
+    cfg = load_config(args.preset, parse_overrides(args.overrides))
+    stats = train(args.method, cfg, args.max_steps)
+    if PartialState().is_main_process:
+        print(json.dumps({k: v for k, v in stats.items() if k != "history"}, indent=2, default=str))
+    return stats
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO)
+    main()
