@@ -26,14 +26,14 @@ test: venv
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 ## the fullsize tier: presets full and lite at their real sizes on the CPU, on random-weight stand-ins of
-## every model and data set (helpers.standins, written once into data/standins: about 6 GB); one training
+## every model and data set (tests.fixtures.standins, written once into data/standins: about 6 GB); one training
 ## step, two sampling steps, two images, every notebook. Target <= 25 minutes on 2 cores; peak about 13 GB.
 test-fullsize: venv
 	$(PY) -m pytest -m fullsize $(PYTEST_ARGS)
 
 ## the full-size stand-ins alone (published layouts and configs, random weights)
 standins: venv
-	$(PY) -m helpers.standins --out data/standins
+	$(PY) -m tests.fixtures.standins --out data/standins
 
 ## on a machine with a CUDA GPU: pytest -m gpu, the fullsize tier on CUDA, benchmark pieces; results are
 ## written as they come into reports/gpu_check/ (docs/benchmarks.md says what to do with them)
@@ -42,13 +42,13 @@ gpu-check: venv
 
 ## benchmark of the heavy steps (tiny configs on a CPU, real sizes on a GPU)
 bench: venv
-	$(PY) -m helpers.bench --preset $(PRESET)
+	$(PY) -m helpers.tools.bench --preset $(PRESET)
 
 ## the live demo (Gradio) on http://127.0.0.1:$(PORT), offline, with the models `make report` saved:
 ## tab Inpaint (paint a hole, every method side by side) and tab "Which looks real?" (blind votes)
 PORT    ?= 7860
 demo: venv
-	$(PY) -m helpers.demo --preset $(PRESET) --port $(PORT)
+	$(PY) -m helpers.apps.demo --preset $(PRESET) --port $(PORT)
 
 ## take the course interactively: JupyterLab on the notebooks (jupytext keeps .md and .ipynb in sync)
 lab: venv

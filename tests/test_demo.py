@@ -1,4 +1,4 @@
-"""The demo app (helpers.demo): its functions without a server (every method on tiny smoke models,
+"""The demo app (helpers.apps.demo): its functions without a server (every method on tiny smoke models,
 bad uploads, missing weights), the real server on 127.0.0.1 driven with gradio_client, and the
 page in a headless Chromium (an inpaint, three votes, the SQLite rows). The smoke models are
 trained here, in a temporary root, for a step or two: the tests check the plumbing, not quality."""
@@ -145,8 +145,8 @@ def test_missing_weights_disable_methods_and_the_app_starts(tmp_root):
     H.study.data.prepare_dataset(cfg)
     st = H.apps.demo.method_status(cfg)
     assert [m for m, s in st.items() if not s.available] == ["ddpm_finetuned", "sd_lora"]
-    assert "python -m helpers.ddpm --preset smoke" in st["ddpm_finetuned"].message()
-    assert "python -m helpers.sd --preset smoke" in st["sd_lora"].message()
+    assert "python -m helpers.study train ddpm --preset smoke" in st["ddpm_finetuned"].message()
+    assert "python -m helpers.study train sd --preset smoke" in st["sd_lora"].message()
     d = H.apps.demo.Demo(cfg)
     text = d.status_markdown()
     assert "Disabled methods" in text and "no LoRA weights" in text

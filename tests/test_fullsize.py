@@ -1,5 +1,5 @@
 """Tier ``fullsize``: the ``full`` and ``lite`` presets at their real sizes on the CPU, on the stand-ins
-of helpers.standins (published layouts and configs, random weights), with minimal work: one training
+of tests.fixtures.standins (published layouts and configs, random weights), with minimal work: one training
 step, two sampling steps, two test images, every notebook through papermill (helpers.report).
 
 What a GPU user runs is what runs here: the same loaders on the hub's folder layouts (the DDPM's root
@@ -203,7 +203,7 @@ def test_ddpm_finetuned_weights_reload_identically(series):
 
 # ---------------------------------------------------------------- the real-size benchmark, on the CPU
 def test_full_size_benchmark_runs_on_the_cpu(standins, tmp_root):
-    """``python -m helpers.bench --preset full --full-size`` on the stand-ins: every workload at its real
+    """``python -m helpers.tools.bench --preset full --full-size`` on the stand-ins: every workload at its real
     size (one timed call each, plain variant, two sampling steps): the benchmark cannot rot between GPU runs."""
     import helpers as H
 

@@ -1,4 +1,4 @@
-"""Figures designed for a slide (helpers.plots): text readable when the figure is fitted into a
+"""Figures designed for a slide (helpers.report.figures): text readable when the figure is fitted into a
 1280x720 slide, the smoke stamp on every figure made with the smoke preset, short human labels,
 no blank cell where a method did not run. The findings figures are built from hand-made tables."""
 import matplotlib

@@ -1,7 +1,7 @@
 """Stable Diffusion inpainting + LoRA (helpers/sd.py) on the tiny pipeline, CPU only.
 
 One module-scoped fixture builds the tiny pipeline once, saved with save_pretrained into a
-temporary root, and every test loads it back through helpers.sd.load_pipeline: the function
+temporary root, and every test loads it back through helpers.study.sd.load_pipeline: the function
 that loads the real checkpoint."""
 from __future__ import annotations
 

@@ -99,7 +99,7 @@ def test_a_foreign_or_mismatched_checkpoint_is_refused_by_name(tmp_path):
     bare = tmp_path / "b"
     bare.mkdir()
     torch.save({"weight": torch.zeros(2)}, bare / "last.pt")
-    with pytest.raises(H.study.training.CheckpointMismatchError, match="not a helpers.train checkpoint"):
+    with pytest.raises(H.study.training.CheckpointMismatchError, match="not a study training checkpoint"):
         _run(bare)
     # 4. the real one still resumes
     _, result, _ = _run(tmp_path / "a")

@@ -30,10 +30,10 @@ step() {  # step NAME MAX_SECONDS COMMAND...: run with the smaller of its limit 
   "$PY" -c "import torch, diffusers, peft, transformers; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'diffusers', diffusers.__version__, 'peft', peft.__version__, 'transformers', transformers.__version__)"
   date -u +%FT%TZ; } > "$OUT/device.txt" 2>&1
 # the stand-ins (6 GB) are written on this machine first; data/standins is reused when already there
-step standins 150 "$PY" -m helpers.standins --out data/standins
+step standins 150 "$PY" -m tests.fixtures.standins --out data/standins
 step pytest_gpu 120 "$PY" -m pytest -q -m gpu -p no:cacheprovider --junitxml="$OUT/pytest_gpu.xml" tests/test_gpu.py tests/test_fullsize.py
 step fullsize_cuda 180 "$PY" -m pytest -q -m fullsize -p no:cacheprovider --durations=20 --junitxml="$OUT/fullsize_cuda.xml" tests/test_fullsize.py -k "not benchmark and not gpu"
 for w in sd_infer ddpm_sample sd_lora_train ddpm_train; do
-  step "bench_$w" 90 "$PY" -m helpers.bench --preset full --only "$w" --variants "bf16,sdpa,preset,all" --no-sweep --out "$OUT/bench.json"
+  step "bench_$w" 90 "$PY" -m helpers.tools.bench --preset full --only "$w" --variants "bf16,sdpa,preset,all" --no-sweep --out "$OUT/bench.json"
 done
 echo "[gpu-check] done in $(( $(date +%s) - START ))s: $OUT"

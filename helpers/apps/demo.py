@@ -1,4 +1,24 @@
-"""TODO docstring"""
+"""The live demo: an interactive inpainting app and the blind human preference study, one Gradio app.
+
+    make demo [PRESET=smoke|full] [PORT=7860]
+    python -m helpers.apps.demo --preset smoke|full [--port N]
+
+It serves on 127.0.0.1 only and makes no network call: Gradio's analytics and version check are
+off, the Hugging Face libraries run offline (weights come from disk or the local cache only), and
+the page uses system fonts. Notebook 07 opens the same app inline; ``make report`` never starts it.
+
+* Tab **Inpaint**: a test image (with its frozen mask) or an upload (read, converted and
+  resized/cropped exactly as the data step does: :func:`helpers.data.read_image`,
+  :func:`helpers.data.resize_center_crop`), a hole painted with the brush or generated (box / thin /
+  medium / thick, seeded), one or several methods, steps, guidance, seed and prompt; Run shows
+  the masked input, each completion with its time, and the ground truth.
+* Tab **Which looks real?**: the blind two-alternative test of :mod:`helpers.report.preference` on the
+  test-set completions the series saved; votes go to ``reports/<preset>/human_eval.sqlite``.
+
+Models are what the series saved under ``reports/<preset>/models`` plus the preset's pretrained
+ids; a method whose weights are missing is listed as disabled with the reason and the command
+that produces them. Each model loads once, on first use, onto the GPU when there is one.
+"""
 from __future__ import annotations
 
 import argparse
@@ -172,12 +192,12 @@ def method_status(cfg: Config, root: Path | None = None) -> dict[str, MethodStat
     P = paths(cfg, root)
     series = f" (or `make report PRESET={cfg.preset}`)"
     out = {"telea": MethodStatus("telea", True, f"OpenCV Telea, radius {cfg.eval.telea_radius} (no weights)")}
-    # 1. the fine-tuned DDPM: written by notebook 03 / helpers.ddpm
+    # 1. the fine-tuned DDPM: written by notebook 03 / helpers.study.ddpm
     ft = finetuned_dir(cfg, P)
     out["ddpm_finetuned"] = (
         MethodStatus("ddpm_finetuned", True, f"fine-tuned 7-channel U-Net, {ft}") if (ft / "config.json").is_file()
         else MethodStatus("ddpm_finetuned", False, reason=f"no fine-tuned DDPM in {ft}.",
-                          command=f"python -m helpers.ddpm --preset {cfg.preset}", hint=f"{series}, notebook 03"))
+                          command=f"python -m helpers.study train ddpm --preset {cfg.preset}", hint=f"{series}, notebook 03"))
     # 2. RePaint: the pretrained unconditional DDPM (smoke: the tiny random one, rebuilt from the seed)
     ok, text = _ddpm_base_status(cfg, P)
     out["ddpm_repaint"] = MethodStatus("ddpm_repaint", ok, text if ok else "", "" if ok else text,
@@ -194,7 +214,7 @@ def method_status(cfg: Config, root: Path | None = None) -> dict[str, MethodStat
         out["sd_lora"] = MethodStatus("sd_lora", False, reason=text, command=get_sd[0], hint=get_sd[1])
     elif lora is None:
         out["sd_lora"] = MethodStatus("sd_lora", False, reason=f"no LoRA weights under {P.models / 'sd_lora'}.",
-                                      command=f"python -m helpers.sd --preset {cfg.preset}", hint=f"{series}, notebook 04")
+                                      command=f"python -m helpers.study train sd --preset {cfg.preset}", hint=f"{series}, notebook 04")
     else:
         out["sd_lora"] = MethodStatus("sd_lora", True, f"{text} + LoRA {lora}")
     return {m: out[m] for m in ORDER}
@@ -655,7 +675,7 @@ def under_papermill() -> bool:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m helpers.demo", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m helpers.apps.demo", description=__doc__.split("\n")[0])
     ap.add_argument("--preset", default="smoke", help="smoke | full | path to a YAML preset")
     ap.add_argument("--port", type=int, default=None, help="port on 127.0.0.1 (default: first free from 7860)")
     args = ap.parse_args(argv)

@@ -1,4 +1,7 @@
-"""TODO docstring"""
+"""The vote store of the blind preference study ("Which looks real?"): one SQLite row per vote,
+written in a transaction (concurrent raters and a killed server lose nothing answered), and the
+scheduler that gives every method pair as many votes. The statistics of the votes are in
+:mod:`helpers.report.preference`."""
 from __future__ import annotations
 
 import datetime as dt

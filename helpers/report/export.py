@@ -1,4 +1,18 @@
-"""TODO docstring"""
+"""Run the notebook series with papermill and export the report.
+
+    python -m helpers.report --preset smoke            # everything, then HTML report + slides
+    python -m helpers.report --preset full --from 04   # resume the series at notebook 04
+    python -m helpers.report --preset smoke --only 01  # one notebook
+
+Executed notebooks go to reports/<preset>/notebooks/, each notebook's cell output to
+reports/<preset>/logs/<name>.log, and a run manifest (preset, config, seeds, package versions,
+git commit, device, per-notebook status and time) to reports/<preset>/manifest.json, written
+after every notebook so a crash loses nothing. The first failing notebook stops the run with its
+name, the failing cell and the error. Finally the last notebook is exported as a static HTML
+report (code hidden) and reveal.js slides (parameter cells removed, code hidden), with the
+JavaScript and MathJax they need copied beside them (reports/<preset>/slides_js/): the folder
+presents offline (``--cdn`` loads them from the internet instead).
+"""
 from __future__ import annotations
 
 import argparse
@@ -32,7 +46,7 @@ class NotebookFailed(RuntimeError):
 
 
 # Notebooks that serve an interactive app and never run unattended (papermill would start a server
-# that nobody uses): 07_demo opens the Gradio demo (helpers.demo); `make demo` serves the same app.
+# that nobody uses): 07_demo opens the Gradio demo (helpers.apps.demo); `make demo` serves the same app.
 INTERACTIVE = ("07_demo",)
 
 

@@ -1,4 +1,13 @@
-"""TODO docstring"""
+"""Figures shared by several notebooks: image grids and loss curves, and :func:`save`, the one door
+every figure of the course goes through on its way to a PNG and to a slide.
+
+Every figure is designed for a 1280x720 slide: it is shown fitted into the slide's content area
+(:data:`FIT_PX`), and :func:`save` makes sure that no text is then smaller than :data:`MIN_TEXT_PX`
+pixels, lays the figure out, and, for the smoke preset, stamps it "smoke preset: pipeline check,
+not a result" (visibly, and in the PNG's metadata) so that a figure shown alone cannot pass for a
+result. The preset is the one whose output folders :func:`helpers.study.files.paths` opened last, or
+``save(..., preset=...)``.
+"""
 from __future__ import annotations
 
 import logging

@@ -1,4 +1,8 @@
-"""TODO docstring"""
+"""What an :class:`helpers.evaluate.Evaluation` says, for people: formatted tables, statements that
+follow from the numbers, figures. Notebook 05 shows them as it computes, notebook 06 presents them.
+
+Nothing here computes a score: every number comes from the evaluation (or, for the study and the
+published anchors, from their sources, labelled as such)."""
 from __future__ import annotations
 
 import math
@@ -624,7 +628,7 @@ def markdown(text: str):
 
 
 # ---------------------------------------------------------------- figures
-# Designed for a slide (helpers.plots.save checks the text size and stamps smoke figures): one
+# Designed for a slide (helpers.report.figures.save checks the text size and stamps smoke figures): one
 # message per figure, the short method labels of data.SHORT_LABELS, every axis labelled.
 MARKERS = {"ddpm_finetuned": "o", "ddpm_repaint": "s", "sd_zeroshot": "^", "sd_lora": "D", "telea": "v"}
 

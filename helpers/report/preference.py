@@ -1,4 +1,6 @@
-"""TODO docstring"""
+"""Statistics of the blind preference study: win rates with 95 % Wilson intervals, a Bradley-Terry
+ranking with bootstrap intervals, and the tables of notebook 06. The votes come from
+:mod:`helpers.apps.votes`."""
 from __future__ import annotations
 
 import itertools

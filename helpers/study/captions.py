@@ -1,4 +1,17 @@
-"""TODO docstring"""
+"""Captions for Stable Diffusion prompts: BLIP when its weights can be had, else a stated fallback.
+
+Captions are cached in data/<preset>/captions.json as::
+
+    {"model", "status", "fallback": bool, "captions": {name: text}, "sources": {name: "blip" | "fallback"}}
+
+so the captioner runs once, and every caption says where it came from. A cache of fallback
+captions is not final: the next call tries BLIP again when it has become available (a local
+folder, the hub reachable, or the weights in the cache). Whether the hub can be reached is
+decided once per process (``HF_HUB_OFFLINE=1`` is honoured; otherwise one short connection
+attempt), so an offline run fails in seconds with the reason instead of minutes of retries.
+The full preset refuses to train LoRA on fallback captions unless
+``captions.allow_fallback_for_lora`` is true. Taught in notebook 01; used by notebook 04.
+"""
 from __future__ import annotations
 
 import logging

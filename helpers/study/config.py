@@ -1,4 +1,9 @@
-"""TODO docstring"""
+"""Presets: one YAML file per preset in configs/, read by papermill runs and helpers alike.
+
+Every notebook receives ``preset`` (and optional dotted ``overrides``) from papermill and calls
+:func:`load_config`; the helpers take the resulting :class:`Config` and never read values from
+anywhere else. Taught in notebook 01.
+"""
 from __future__ import annotations
 
 import copy
@@ -78,7 +83,7 @@ def apply_overrides(cfg: dict, overrides: Mapping[str, Any] | None) -> dict:
 
 
 def add_set_argument(parser) -> None:
-    """The one ``--set`` option of every entry point (helpers.ddpm, helpers.sd, helpers.bench,
+    """The one ``--set`` option of every entry point (helpers.study, helpers.tools.bench,
     helpers.report): ``--set a=1 b=2`` and ``--set a=1 --set b=2`` both collect every item, in
     order (a later value of the same key wins). Read them with :func:`parse_overrides`."""
     parser.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[], metavar="KEY=VALUE",

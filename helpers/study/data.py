@@ -1,4 +1,16 @@
-"""TODO docstring"""
+"""Data preparation: sources -> square RGB images -> deterministic split -> frozen test masks.
+
+Layout written under ``paths(cfg).data`` (data/<preset>/, ignored by git)::
+
+    images/{train,val,test}/<name>.png   8-bit RGB, cfg.data.image_size square
+    test_masks/<name>.png                255 = hole; made once, reused by every method
+    index.json                           splits, per-test-image mask kind and hole fraction,
+                                         the source and the counts of skipped/converted files
+
+Sources (``cfg.data.source``): ``bundled`` (random crops of the photos that scikit-image and
+matplotlib ship: offline), ``folder`` (any images under ``cfg.data.folder``) and ``hub`` (a
+datasets-hub id, e.g. CelebA-HQ for ``full``). Taught in notebook 01.
+"""
 from __future__ import annotations
 
 import functools

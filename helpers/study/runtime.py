@@ -1,4 +1,6 @@
-"""TODO docstring"""
+"""Runtime plumbing: devices, seeds, per-image noise, mixed precision, timing and memory, progress bars.
+
+Conventions (value ranges, mask polarity) are stated in ``helpers/__init__.py``."""
 from __future__ import annotations
 
 import logging

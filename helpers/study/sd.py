@@ -1,4 +1,8 @@
-"""TODO docstring"""
+"""The Stable Diffusion side of the study: the inpainting pipeline (hub id, local folder, or the tiny
+random pipeline of the smoke preset, saved and loaded back through the same ``from_pretrained``), the
+LoRA run (captions, resume, its own folder per run), saving and loading LoRA weights, and the
+test-set predictions. The algorithms are taught in notebook 04 and live in
+:mod:`helpers.course.sd_inpainting`; the functions here take them as arguments."""
 from __future__ import annotations
 
 import gzip
@@ -392,7 +396,7 @@ def load_lora(pipe, path: Path, adapter_name: str = "sd_lora"):
     """Load saved LoRA weights (a folder or the .safetensors file) into a pipeline, for inference."""
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"LoRA weights {path} not found: train them in notebook 04 (helpers.sd.train_lora)")
+        raise FileNotFoundError(f"LoRA weights {path} not found: train them in notebook 04 (helpers.study.sd.train_lora)")
     folder, name = (path.parent, path.name) if path.is_file() else (path, LORA_WEIGHTS)
     quiet_library_output()
     pipe.load_lora_weights(str(folder), weight_name=name, adapter_name=adapter_name)
@@ -433,7 +437,7 @@ def lora_run_dir(cfg: Config, source: str, captions: dict[str, str] | None = Non
 def find_lora(cfg: Config, root: Path | None = None) -> Path | None:
     """The LoRA file the series' SD + LoRA predictions were made with (their meta.json names it);
     without predictions, the most recently finished run under models/sd_lora/; None when there is
-    none. Used by the demo (helpers.demo), which has no training run of its own to fingerprint."""
+    none. Used by the demo (helpers.apps.demo), which has no training run of its own to fingerprint."""
     P = paths(cfg, root)
     meta = P.predictions("sd_lora") / "meta.json"
     if meta.is_file():
@@ -503,7 +507,7 @@ def predict(cfg: Config, pipe, images: torch.Tensor, masks: torch.Tensor, prompt
             inpaint_fn: Callable = course.inpaint) -> torch.Tensor:
     """:func:`helpers.course.sd_inpainting.inpaint` (or ``inpaint_fn``) over a set in batches of ``sd.inference_batch_size``, with the preset's steps
     (or ``num_inference_steps``), guidance and sampler. Image ``i`` draws its noise from ``seeds[i]``
-    (default: its index; the test set passes helpers.common.image_seeds of the names).
+    (default: its index; the test set passes helpers.study.files.image_seeds of the names).
     ``leave=False``: a transient bar (a warm-up), silent in runner-executed notebooks."""
     from helpers.study.perf import make_sampler, optimize_model, set_attention
 

@@ -1,4 +1,30 @@
-"""TODO docstring"""
+"""Benchmark of the heavy steps, against the device's measured arithmetic peak.
+
+    python -m helpers.tools.bench --preset full          # on a GPU: real architectures, random weights
+    python -m helpers.tools.bench --preset smoke         # on a CPU: tiny configs (the table says so)
+    python -m helpers.tools.bench --preset full --full-size --set ...   # on a CPU: the real sizes, very slowly
+                                                   # (a smoke of the real-size benchmark, e.g. on the
+                                                   # stand-ins of tests.fixtures.standins: tests/test_fullsize.py)
+
+The architectures are the published ones (helpers.study.ddpm.published_unet_config, helpers.study.sd.published_configs),
+or, where ``ddpm.pretrained_id`` / ``sd.pretrained_id`` is a local folder (a downloaded checkpoint or a
+stand-in), the configs that folder holds; the weights are always random (timing and memory do not depend
+on them).
+
+Workloads (each at one or more batch sizes, each in several variants of the ``perf`` switches):
+
+1. ``ddpm_train``   7-channel DDPM U-Net training step (256x256, config of google/ddpm-celebahq-256)
+2. ``ddpm_sample``  DDIM inpainting sampling with that U-Net (cfg.ddpm.num_inference_steps steps)
+3. ``sd_lora_train`` SD 1.5 inpainting LoRA training step at 512x512 (VAE encode + 9-ch U-Net + LoRA)
+4. ``sd_infer``     SD 1.5 inpainting inference, cfg.sd.num_inference_steps steps with guidance
+5. ``eval``         evaluation features: FID Inception, LPIPS (when available), PSNR/SSIM
+
+For every row: images/s, seconds per batch, peak memory, FLOPs per image (counted once per batch
+size with ``torch.utils.flop_counter`` on the plain variant built on the meta device: shapes only,
+so counting costs no GPU time or memory; attention counted as matmuls), achieved
+TFLOP/s and its ratio to the peak matmul rate measured in the same run, and the speed-up of
+the variant over the plain one (ratios from one run, never across runs).
+"""
 from __future__ import annotations
 
 import argparse
@@ -272,8 +298,8 @@ def architecture_sources(cfg: Config) -> dict:
     """Where the full-size architectures come from: a local folder's configs, or the published ones in code."""
     ddpm_dir = _folder_config(cfg.ddpm.pretrained_id, "config.json", "unet/config.json")
     sd_dir = _folder_config(cfg.sd.pretrained_id, "unet/config.json")
-    return {"ddpm": str(cfg.ddpm.pretrained_id) if ddpm_dir else "published config (helpers.ddpm)",
-            "sd": str(cfg.sd.pretrained_id) if sd_dir else "published configs (helpers.sd)"}
+    return {"ddpm": str(cfg.ddpm.pretrained_id) if ddpm_dir else "published config (helpers.study.ddpm)",
+            "sd": str(cfg.sd.pretrained_id) if sd_dir else "published configs (helpers.study.sd)"}
 
 
 def _ddpm_config(ctx: Context) -> tuple[dict, int]:
@@ -714,7 +740,7 @@ def run(cfg: Config, only: list[str] | None = None, out_path=None, variants: lis
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m helpers.bench", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m helpers.tools.bench", description=__doc__.split("\n\n")[0])
     ap.add_argument("--preset", default="smoke")
     ap.add_argument("--only", help="comma-separated workloads: " + ",".join(WORKLOADS))
     ap.add_argument("--out", help="JSON path (default reports/<preset>/bench.json)")
@@ -730,7 +756,7 @@ def main(argv: list[str] | None = None) -> int:
                          "27,000 = CelebA-HQ's 30k x 0.9 where it takes every image)")
     ap.add_argument("--full-size", action="store_true",
                     help="time the full-size architectures even on a CPU (very slow; with minimal --set values "
-                         "it is a smoke test of the real-size benchmark, e.g. on helpers.standins)")
+                         "it is a smoke test of the real-size benchmark, e.g. on tests.fixtures.standins)")
     ap.add_argument("--variants", help="comma-separated parts of variant names to keep, e.g. 'bf16,all,preset' "
                                        "(plain is always timed: the ratios need it)")
     ap.add_argument("--no-sweep", action="store_true", help="skip the batch-size sweeps")
