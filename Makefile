@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 TORCH_INDEX ?= auto
 TORCH_INDEX_URL ?= https://download.pytorch.org/whl
 
-.PHONY: report test test-fullsize standins gpu-check venv notebooks lab bench demo slides-offline clean
+.PHONY: report test test-fullsize standins gpu-check gpu-wheels venv notebooks lab bench demo slides-offline clean
 
 $(VENV)/.installed: requirements.txt requirements-nodeps.txt pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -47,10 +47,16 @@ test-fullsize: venv
 standins: venv
 	$(PY) -m helpers.standins --out data/standins
 
-## on a machine with a CUDA GPU: pytest -m gpu, the fullsize tier on CUDA, benchmark pieces; results are
-## written as they come into reports/gpu_check/ (docs/benchmarks.md says what to do with them)
-gpu-check: venv
+## on a machine with a CUDA GPU: pytest -m gpu, benchmark pieces, the fullsize tier on CUDA if time is left
+## (at most 8 minutes); results are written as they come into reports/gpu_check/ (docs/benchmarks.md says what
+## to do with them). No venv needed: it runs .venv/bin/python when that works there, else python3 with the
+## wheels of `make gpu-wheels` (carried in .whl/ to a machine without network)
+gpu-check:
 	bash tools/gpu_check.sh
+
+## the wheels gpu-check needs on a GPU machine whose python3 has torch but not the rest (downloaded into .whl/)
+gpu-wheels:
+	bash tools/gpu_wheels.sh
 
 ## benchmark of the heavy steps (tiny configs on a CPU, real sizes on a GPU)
 bench: venv
