@@ -58,7 +58,8 @@ gpu-check:
 gpu-wheels:
 	bash tools/gpu_wheels.sh
 
-## benchmark of the heavy steps (tiny configs on a CPU, real sizes on a GPU)
+## benchmark of the heavy steps: PRESET=smoke tiny configs anywhere; full and lite at real sizes on a GPU
+## (refused on a CPU, saying what to run instead: docs/benchmarks.md)
 bench: venv
 	$(PY) -m helpers.bench --preset $(PRESET)
 

@@ -1,7 +1,8 @@
 """Benchmark of the heavy steps, against the device's measured arithmetic peak.
 
     python -m helpers.bench --preset full          # on a GPU: real architectures, random weights
-    python -m helpers.bench --preset smoke         # on a CPU: tiny configs (the table says so)
+    python -m helpers.bench --preset smoke         # on a CPU: tiny configs (the table says so); full and lite
+                                                   # on a CPU are refused (refuse_gpu_preset_on_cpu)
     python -m helpers.bench --preset full --full-size --set ...   # on a CPU: the real sizes, very slowly
                                                    # (a smoke of the real-size benchmark, e.g. on the
                                                    # stand-ins of helpers.standins: tests/test_fullsize.py)
@@ -21,9 +22,11 @@ Workloads (each at one or more batch sizes, each in several variants of the ``pe
 
 For every row: images/s, seconds per batch, peak memory, FLOPs per image (counted once per batch
 size with ``torch.utils.flop_counter`` on the plain variant built on the meta device: shapes only,
-so counting costs no GPU time or memory; attention counted as matmuls), achieved
+so counting costs no GPU time or memory; attention counted as matmuls; in a sampling loop each network
+call traced once per shape and counted again per call, :class:`CountOncePerShape`), achieved
 TFLOP/s and its ratio to the peak matmul rate measured in the same run, and the speed-up of
-the variant over the plain one (ratios from one run, never across runs).
+the variant over the plain one (ratios from one run, never across runs). Each row reaches the JSON as soon
+as it is measured (:class:`RowWriter`), so a run cut short keeps what it finished.
 """
 from __future__ import annotations
 
@@ -782,11 +785,12 @@ def refuse_gpu_preset_on_cpu(cfg: Config, device: torch.device, full_size: bool)
         f"  It times the full-size networks (SD 1.5 inpainting: U-Net 860M parameters at {cfg.sd.resolution} px; "
         f"the 7-channel DDPM U-Net 114M at {cfg.data.image_size} px) with {steps}, every variant, and batch "
         f"sweeps up to {max(cfg.bench.batch_sizes)}. On a CPU one full-size SD image at batch 1 already takes about "
-        "12.6 GB and 44 s per 2 sampling steps (docs/benchmarks.md); the sweeps need many times that memory.\n"
+        "12.6 GB and 44 s per 2 sampling steps (docs/benchmarks.md); its batch sweeps need many times that.\n"
         "  Instead:\n"
         f"    python -m helpers.bench --preset smoke             tiny configs: checks the harness on a CPU in minutes\n"
         f"    python -m helpers.bench --preset {cfg.preset} --full-size --variants plain --no-sweep --set "
-        "bench.warmup=0 bench.iters=1 bench.batch_sizes=[1] sd.num_inference_steps=2 ddpm.num_inference_steps=2\n"
+        "bench.warmup=0 bench.iters=1 'bench.batch_sizes=[1]' ddpm.batch_size=1 sd.batch_size=1 eval.batch_size=2 "
+        "sd.num_inference_steps=2 ddpm.num_inference_steps=2\n"
         "                                                       the smoke test of the full-size harness on a CPU "
         "(peak about 13 GB; not a measurement)\n"
         f"    python -m helpers.bench --preset {cfg.preset} --flops-only   the FLOP counts at full size (no memory)\n"
