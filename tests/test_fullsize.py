@@ -236,7 +236,8 @@ def test_lite_training_steps_fit_16_gb():
     from helpers import bench as B
 
     cfg = H.load_config("lite")
-    assert B.architecture_sources(cfg) == {"ddpm": "published config (helpers.ddpm)", "sd": "published configs (helpers.sd)"}
+    assert B.architecture_sources(cfg) == {"ddpm": "published config (helpers.ddpm)",
+                                           "sd": "published configs (helpers.sd)"}
     ctx = B.Context(cfg, torch.device("cuda"), False, 1, 2, 1.0, variants=("preset",), sweep=False)
     B.bench_ddpm_train(ctx)
     B.bench_sd_lora_train(ctx)

@@ -78,7 +78,8 @@ def test_several_gpus_the_oldest_driver_counts():
 
 
 def test_auto_falls_back_to_pypi_when_the_index_is_unreachable():
-    found = lambda: ([(580, 65, 6)], "driver 580.65.06")
+    def found():
+        return [(580, 65, 6)], "driver 580.65.06"
     index, msgs = T.resolve("auto", query=found, probe=lambda url: False)
     assert index == "pypi" and "download.pytorch.org/whl/cu130/" in msgs[-1] and "PyPI" in msgs[-1]
     seen = []

@@ -5,9 +5,10 @@
 
 ``auto`` (the default) reads the NVIDIA driver's version from ``nvidia-smi`` and picks the newest CUDA build
 that driver runs; no ``nvidia-smi`` or no usable GPU gives the CPU-only build (without the NVIDIA libraries,
-3.2 GB, and Triton, 0.9 GB, that the CUDA build adds to the 7.1 GB environment). When the chosen index (https://download.pytorch.org/whl/<index>) cannot be reached within a
-few seconds, ``auto`` falls back to ``pypi``: the pinned wheels from PyPI (a CUDA 13 build that also runs on
-a CPU). A value other than ``auto`` is used as given. Reasons go to stderr, the index alone to stdout.
+3.2 GB, and Triton, 0.9 GB, that the CUDA build adds to the 7.1 GB environment). When the chosen index
+(https://download.pytorch.org/whl/<index>) cannot be reached within a few seconds, ``auto`` falls back to
+``pypi``: the pinned wheels from PyPI (a CUDA 13 build that also runs on a CPU). A value other than ``auto``
+is used as given. Reasons go to stderr, the index alone to stdout.
 
 Standard library only: it runs with the system's ``python3`` before the virtual environment exists.
 """
