@@ -4,11 +4,23 @@ VENV    ?= .venv
 PY      := $(VENV)/bin/python
 PRESET  ?= smoke
 PYTEST_ARGS ?=
+# which PyTorch build the venv gets (tools/torch_index.py): auto (from nvidia-smi's driver version; CPU-only
+# without an NVIDIA GPU), cpu, cu126, cu128, cu130 (https://download.pytorch.org/whl/<index>), or pypi (the pinned
+# wheels from PyPI: CUDA 13, driver >= 580). auto falls back to pypi when the index cannot be reached.
+TORCH_INDEX ?= auto
+TORCH_INDEX_URL ?= https://download.pytorch.org/whl
 
-.PHONY: report test test-fullsize standins gpu-check venv notebooks lab bench demo slides-offline clean
+.PHONY: report test test-fullsize standins gpu-check gpu-wheels venv notebooks lab bench demo slides-offline clean
 
 $(VENV)/.installed: requirements.txt requirements-nodeps.txt pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
+	@index=$$(TORCH_INDEX_BASE_URL=$(TORCH_INDEX_URL) python3 tools/torch_index.py $(TORCH_INDEX)) || exit 1; \
+	if [ "$$index" != pypi ]; then \
+	  echo "installing $$(python3 tools/torch_index.py --pins) from $(TORCH_INDEX_URL)/$$index"; \
+	  $(PY) -m pip install --index-url $(TORCH_INDEX_URL)/$$index $$(python3 tools/torch_index.py --pins) \
+	    || { echo "could not install torch from $(TORCH_INDEX_URL)/$$index: choose another build with" \
+	              "TORCH_INDEX=cpu|cu126|cu128|cu130|pypi (README, 'What you need')"; exit 1; }; \
+	fi; echo "$$index" > $(VENV)/torch_index.txt
 	$(PY) -m pip install -r requirements.txt
 	$(PY) -m pip install --no-deps -r requirements-nodeps.txt
 	$(PY) -m pip install --no-deps -e .
@@ -35,12 +47,19 @@ test-fullsize: venv
 standins: venv
 	$(PY) -m tests.fixtures.standins --out data/standins
 
-## on a machine with a CUDA GPU: pytest -m gpu, the fullsize tier on CUDA, benchmark pieces; results are
-## written as they come into reports/gpu_check/ (docs/benchmarks.md says what to do with them)
-gpu-check: venv
+## on a machine with a CUDA GPU: pytest -m gpu, benchmark pieces, the fullsize tier on CUDA if time is left
+## (at most 8 minutes); results are written as they come into reports/gpu_check/ (docs/benchmarks.md says what
+## to do with them). No venv needed: it runs .venv/bin/python when that works there, else python3 with the
+## wheels of `make gpu-wheels` (carried in .whl/ to a machine without network)
+gpu-check:
 	bash tools/gpu_check.sh
 
-## benchmark of the heavy steps (tiny configs on a CPU, real sizes on a GPU)
+## the wheels gpu-check needs on a GPU machine whose python3 has torch but not the rest (downloaded into .whl/)
+gpu-wheels:
+	bash tools/gpu_wheels.sh
+
+## benchmark of the heavy steps: PRESET=smoke tiny configs anywhere; full and lite at real sizes on a GPU
+## (refused on a CPU, saying what to run instead: docs/benchmarks.md)
 bench: venv
 	$(PY) -m helpers.tools.bench --preset $(PRESET)
 

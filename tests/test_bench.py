@@ -5,6 +5,7 @@ import pytest
 import torch
 
 import helpers as H
+from helpers.tools import bench as B
 
 
 def test_peak_and_flop_counting():
@@ -109,3 +110,115 @@ def test_lite_budget_is_about_one_hour_on_a_16_gb_card():
         assert cfg.ddpm[key] == full.ddpm[key]                      # the same models and protocol
     assert cfg.sd.lora == full.sd.lora and cfg.data.hub_id == full.data.hub_id and cfg.eval == full.eval
     assert cfg.ddpm.mixed_precision == cfg.sd.mixed_precision == "fp16"
+
+
+# ---------------------------------------------------------------- counting once per network call (issue 19)
+def _tiny_sd_parts(device="meta"):
+    return H.study.sd.build_components(H.study.sd.tiny_configs(1000, 0, 1, 1), device=device)
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "dpm"])
+def test_counting_each_network_call_once_equals_tracing_the_loop(sampler):
+    """A sampling loop's FLOPs, each network call traced once per shape and multiplied by the loop's calls,
+    equal the FLOPs of tracing every call of a 3-step loop: exactly, on the tiny configs (meta device)."""
+    from diffusers import UNet2DModel
+
+    from diffusers import DDPMScheduler
+
+    meta = torch.device("meta")
+    with meta:
+        unet = UNet2DModel(in_channels=7, out_channels=3, sample_size=16, block_out_channels=(32, 64),
+                           layers_per_block=1, down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+                           up_block_types=("AttnUpBlock2D", "UpBlock2D")).eval()
+    x, m = torch.zeros(2, 3, 16, 16), torch.ones(2, 1, 16, 16)
+    ac = DDPMScheduler(**H.study.ddpm.published_scheduler_config()).alphas_cumprod
+    ddim = lambda: H.course.ddpm_inpainting.ddim_inpaint(unet, ac, x, m, torch.zeros(2, 3, 16, 16, device=meta), 3, 0.0,
+                                                         None, sampler)
+    stats = {}
+    once = B.count_flops(ddim, once_per_shape=True, stats=stats)
+    assert once == B.count_flops(ddim) > 0 and stats == {"traced": 1, "repeated": 2}   # 1 U-Net call traced, 2 added
+
+    p = _tiny_sd_parts()
+    sched = H.study.perf.make_sampler(sampler, p["scheduler"].config)
+    cond, uncond = torch.randn(2, 77, 32), torch.randn(1, 77, 32)
+    noise = H.study.runtime.SeededNoise(range(2))
+    sd_loop = lambda: H.course.sd_inpainting.inpaint(p["unet"], p["vae"], sched, torch.zeros(2, 3, 32, 32),
+                                                     torch.ones(2, 1, 32, 32), cond, uncond, noise, 64, 3, 7.5)
+    stats = {}
+    once = B.count_flops(sd_loop, once_per_shape=True, stats=stats)
+    assert once == B.count_flops(sd_loop) > 0
+    assert stats == {"traced": 3, "repeated": 2}     # VAE encode, U-Net (both guidance passes in one call), decode
+
+
+def test_workload_counts_are_the_same_counted_once_or_traced():
+    """The benchmark's own sampling workloads (DDIM, DPM-Solver++, SD's guided loop) count the same FLOPs per image
+    whether each call is traced or each network traced once per shape (3 steps, tiny configs)."""
+    cfg = H.load_config("smoke", {"ddpm.num_inference_steps": 3, "sd.num_inference_steps": 3, "bench.dpm_steps": 3})
+    counts = {}
+    for once in (True, False):
+        ctx = B.Context(cfg, torch.device("meta"), True, 0, 1, 1.0, flops_only=True, count_once=once)
+        B.bench_ddpm_sample(ctx)
+        B.bench_sd_infer(ctx)
+        counts[once] = {(r.workload, r.variant): r.flops_per_image for r in ctx.rows}
+    assert counts[True] == counts[False] and len(counts[True]) == 4 and all(v > 0 for v in counts[True].values())
+
+
+def test_count_once_leaves_the_networks_as_they_were():
+    from diffusers import AutoencoderKL, UNet2DConditionModel, UNet2DModel
+    before = [UNet2DModel.forward, UNet2DConditionModel.forward, AutoencoderKL.encode, AutoencoderKL.decode]
+    with pytest.raises(RuntimeError, match="inside"):
+        B.count_flops(lambda: (_ for _ in ()).throw(RuntimeError("inside")), once_per_shape=True)
+    assert before == [UNet2DModel.forward, UNet2DConditionModel.forward, AutoencoderKL.encode, AutoencoderKL.decode]
+
+
+# ---------------------------------------------------------------- rows saved as they are measured (issue 19)
+def test_each_row_is_saved_as_soon_as_it_is_measured(tmp_root, monkeypatch):
+    """A workload that fails after its first row: that row is in bench.json (written atomically after every row,
+    merged with the rows already there), marked as not finished."""
+    cfg = H.load_config("smoke", {"bench.warmup": 0, "bench.iters": 1})
+    out = tmp_root / "bench.json"
+    B.run(cfg, ["ddpm_train"], out, variants=["plain"], sweep=False)          # an earlier piece
+    assert json.loads(out.read_text())["finished"] is True
+
+    def boom(ctx):
+        B.measure(ctx, "boom", "plain", 1, lambda: None, None)
+        assert json.loads(out.read_text())["rows"][-1]["workload"] == "boom"     # on disk before the next row
+        B.untimed(ctx, "boom", "second", 1, "no timing")
+        raise RuntimeError("killed after two rows")
+
+    monkeypatch.setitem(B.WORKLOADS, "boom", boom)
+    with pytest.raises(RuntimeError, match="killed"):
+        B.run(cfg, ["boom"], out, sweep=False)
+    saved = json.loads(out.read_text())
+    assert saved["finished"] is False and len(saved["runs"]) == 2
+    assert [(r["workload"], r["variant"]) for r in saved["rows"]] == [("ddpm_train", "plain"), ("boom", "plain"),
+                                                                      ("boom", "second")]
+    assert "boom | second" in saved["table"] and not list(tmp_root.glob("*.tmp*"))
+
+
+# ---------------------------------------------------------------- a GPU preset on a CPU (issue 19)
+@pytest.mark.parametrize("preset", ["full", "lite"])
+def test_gpu_preset_on_a_cpu_is_refused_before_anything_is_allocated(preset, tmp_root, monkeypatch, capsys):
+    """`--preset full` on a CPU without `--full-size` ran tiny networks at 512 px with batch sweeps up to 32 until
+    the OOM killer ended it: it is refused, saying what it would need and what to run instead."""
+    def never(*a, **k):
+        raise AssertionError("nothing may be allocated or timed")
+    monkeypatch.setattr(B, "peak_matmul_tflops", never)
+    monkeypatch.setitem(B.WORKLOADS, "sd_infer", never)
+    cfg = H.load_config(preset, {"device": "cpu"})
+    with pytest.raises(B.BenchRefused) as e:
+        B.run(cfg, ["sd_infer"], tmp_root / "bench.json")
+    msg = str(e.value)
+    for part in ("sized for a CUDA GPU", "--preset smoke", "--full-size", "--flops-only", "make gpu-check",
+                 f"up to {max(cfg.bench.batch_sizes)}"):
+        assert part in msg
+    assert not (tmp_root / "bench.json").exists()
+    assert B.main(["--preset", preset, "--only", "sd_infer", "--set", "device=cpu"]) == 2
+    assert "sized for a CUDA GPU" in capsys.readouterr().err
+
+
+def test_full_size_and_tiny_presets_are_not_refused_on_a_cpu():
+    cpu = torch.device("cpu")
+    B.refuse_gpu_preset_on_cpu(H.load_config("smoke"), cpu, False)             # tiny configs: the harness check
+    B.refuse_gpu_preset_on_cpu(H.load_config("full"), cpu, True)               # --full-size: the smoke of real sizes
+    B.refuse_gpu_preset_on_cpu(H.load_config("full"), torch.device("cuda"), False)             # a GPU

@@ -1,7 +1,8 @@
 """Benchmark of the heavy steps, against the device's measured arithmetic peak.
 
     python -m helpers.tools.bench --preset full          # on a GPU: real architectures, random weights
-    python -m helpers.tools.bench --preset smoke         # on a CPU: tiny configs (the table says so)
+    python -m helpers.tools.bench --preset smoke         # on a CPU: tiny configs (the table says so); full and lite
+                                                   # on a CPU are refused (refuse_gpu_preset_on_cpu)
     python -m helpers.tools.bench --preset full --full-size --set ...   # on a CPU: the real sizes, very slowly
                                                    # (a smoke of the real-size benchmark, e.g. on the
                                                    # stand-ins of tests.fixtures.standins: tests/test_fullsize.py)
@@ -21,9 +22,11 @@ Workloads (each at one or more batch sizes, each in several variants of the ``pe
 
 For every row: images/s, seconds per batch, peak memory, FLOPs per image (counted once per batch
 size with ``torch.utils.flop_counter`` on the plain variant built on the meta device: shapes only,
-so counting costs no GPU time or memory; attention counted as matmuls), achieved
+so counting costs no GPU time or memory; attention counted as matmuls; in a sampling loop each network
+call traced once per shape and counted again per call, :class:`CountOncePerShape`), achieved
 TFLOP/s and its ratio to the peak matmul rate measured in the same run, and the speed-up of
-the variant over the plain one (ratios from one run, never across runs).
+the variant over the plain one (ratios from one run, never across runs). Each row reaches the JSON as soon
+as it is measured (:class:`RowWriter`), so a run cut short keeps what it finished.
 """
 from __future__ import annotations
 
@@ -89,6 +92,8 @@ class Context:
     variants: tuple = ()          # keep only variants whose name contains one of these ("plain" always kept)
     sweep: bool = True            # the batch-size sweeps of the preset variant
     count_device: torch.device = META   # where FLOPs are counted (the tests compare it with real tensors)
+    count_once: bool = True       # sampling loops: each network call traced once per shape, then multiplied
+    on_row: Callable[[Row], None] | None = None   # called with every row as soon as it exists (run(): saves it)
 
     def wants(self, variant: str) -> bool:
         return variant == "plain" or not self.variants or any(k in variant for k in self.variants)
@@ -114,13 +119,88 @@ def time_call(fn: Callable[[], object], device: torch.device, warmup: int, iters
     return statistics.median(times)
 
 
-def count_flops(fn: Callable[[], object]) -> int:
-    """FLOPs of one call, counted by torch.utils.flop_counter (matmuls, convolutions, attention)."""
+
+
+def count_flops(fn: Callable[[], object], once_per_shape: bool = False, stats: dict | None = None) -> int:
+    """FLOPs of one call, counted by torch.utils.flop_counter (matmuls, convolutions, attention).
+
+    ``once_per_shape``: a sampling loop calls the same networks again and again at the same shapes (50 U-Net
+    calls for 50 steps): each network call (U-Net forward, VAE encode, VAE decode) is traced once per module and
+    input shapes, and its later calls are counted by adding that count again (:class:`CountOncePerShape`).
+    The loop itself still runs (the schedulers' arithmetic, which the counter does not count), so the number of
+    calls is the loop's own. ``stats`` receives ``traced`` and ``repeated`` (network calls)."""
     from torch.utils.flop_counter import FlopCounterMode
 
     with FlopCounterMode(display=False) as counter:
-        fn()
-    return int(counter.get_total_flops())
+        if not once_per_shape:
+            fn()
+            return int(counter.get_total_flops())
+        with CountOncePerShape(counter) as once:
+            fn()
+    if stats is not None:
+        stats.update(traced=once.traced, repeated=once.repeated)
+    return int(counter.get_total_flops()) + once.extra_flops
+
+
+def _signature(x) -> object:
+    """What a network call's FLOPs depend on: tensor shapes and dtypes, and the other arguments' values."""
+    if isinstance(x, torch.Tensor):
+        return ("tensor", tuple(x.shape), x.dtype, x.device.type)
+    if isinstance(x, (list, tuple)):
+        return (type(x).__name__, *(_signature(v) for v in x))
+    if isinstance(x, dict):
+        return ("dict", *((k, _signature(v)) for k, v in sorted(x.items())))
+    if x is None or isinstance(x, (bool, int, float, str)):
+        return x
+    return (type(x).__name__, id(x))          # anything else: the same object only
+
+
+class CountOncePerShape:
+    """Inside a ``FlopCounterMode``: the first call of a network (U-Net forward, VAE encode/decode) per module and
+    input shapes runs and is counted; a later call with the same shapes returns the first call's output and
+    adds its FLOPs again (``extra_flops``) without running the network. Only for counting on the ``meta``
+    device (outputs there are shapes without data) and without autograd (a call that builds a graph always
+    runs): the loop around the networks runs as written, so every call is counted, each traced once."""
+
+    def __init__(self, counter):
+        self.counter, self.memo = counter, {}
+        self.extra_flops = self.traced = self.repeated = 0
+        self._saved = []
+
+    @staticmethod
+    def methods() -> list[tuple[type, str]]:
+        from diffusers import AutoencoderKL, UNet2DConditionModel, UNet2DModel
+        return [(UNet2DModel, "forward"), (UNet2DConditionModel, "forward"),
+                (AutoencoderKL, "encode"), (AutoencoderKL, "decode")]
+
+    def _wrap(self, name: str, original):
+        def call(module, *args, **kwargs):
+            if torch.is_grad_enabled():
+                return original(module, *args, **kwargs)
+            key = (id(module), name, _signature(args), _signature(kwargs))
+            if key in self.memo:
+                out, flops = self.memo[key]
+                self.extra_flops += flops
+                self.repeated += 1
+                return out
+            before = self.counter.get_total_flops()
+            out = original(module, *args, **kwargs)
+            self.memo[key] = (out, self.counter.get_total_flops() - before)
+            self.traced += 1
+            return out
+        return call
+
+    def __enter__(self):
+        for cls, name in self.methods():
+            original = cls.__dict__[name]
+            self._saved.append((cls, name, original))
+            setattr(cls, name, self._wrap(name, original))
+        return self
+
+    def __exit__(self, *exc):
+        for cls, name, original in reversed(self._saved):
+            setattr(cls, name, original)
+        self._saved.clear()
 
 
 def peak_matmul_tflops(device: torch.device, n: int | None = None, iters: int = 10) -> tuple[float, str]:
@@ -140,8 +220,7 @@ def untimed(ctx: Context, workload: str, variant: str, batch_size: int, note: st
             flops_per_image: float | None = None) -> Row:
     """Append and return a row without a timing (FLOPs only, out of memory, or unavailable): NaN speed."""
     row = Row(workload, variant, batch_size, math.nan, math.nan, None, flops_per_image, None, None, note=note)
-    ctx.rows.append(row)
-    return row
+    return _add_row(ctx, row)
 
 
 def measure(ctx: Context, workload: str, variant: str, batch_size: int, step: Callable[[], object],
@@ -155,7 +234,14 @@ def measure(ctx: Context, workload: str, variant: str, batch_size: int, step: Ca
     achieved = flops_per_image * ips / 1e12 if flops_per_image else None
     row = Row(workload, variant, batch_size, ips, seconds, peak_memory_bytes(ctx.device), flops_per_image,
               achieved, achieved / ctx.peak_tflops if achieved else None, note=note)
+    return _add_row(ctx, row)
+
+
+def _add_row(ctx: Context, row: Row) -> Row:
+    """Keep the row, and hand it at once to ``ctx.on_row`` (run() saves bench.json with it)."""
     ctx.rows.append(row)
+    if ctx.on_row is not None:
+        ctx.on_row(row)
     return row
 
 
@@ -386,7 +472,8 @@ def bench_ddpm_sample(ctx: Context) -> None:
         key = (bs, steps)
         if key not in flops:
             flops[key] = count_flops(make_step(Config({**ctx.cfg.perf, "sdpa": False, "torch_compile": False}),
-                                               "fp32", bs, steps=steps, dev=ctx.count_device)) / bs
+                                               "fp32", bs, steps=steps, dev=ctx.count_device),
+                                     once_per_shape=ctx.count_once) / bs
         return flops[key]
 
     for name, perf, dtype in variant_list(ctx, "sample", d.mixed_precision):
@@ -505,7 +592,8 @@ def bench_sd_infer(ctx: Context) -> None:
     def flops_of(bs: int, steps: int | None = None) -> float:
         if (bs, steps) not in flops:
             flops[(bs, steps)] = count_flops(make_step(Config({**ctx.cfg.perf, "sdpa": False, "torch_compile": False}),
-                                                       "fp32", bs, steps=steps, dev=ctx.count_device)) / bs
+                                                       "fp32", bs, steps=steps, dev=ctx.count_device),
+                                             once_per_shape=ctx.count_once) / bs
         return flops[(bs, steps)]
 
     infer_dtype = "fp16" if s.mixed_precision == "fp16" else "bf16"
@@ -689,52 +777,116 @@ def _merge(previous: dict, result: dict) -> dict:
             "workloads": [w for w in order if any(r["workload"] == w for r in rows)]}
 
 
+class BenchRefused(RuntimeError):
+    """The benchmark was asked for something this machine cannot do (the message says what instead)."""
+
+
+def _memory_gib() -> float | None:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def refuse_gpu_preset_on_cpu(cfg: Config, device: torch.device, full_size: bool) -> None:
+    """A preset sized for a GPU (``bench.tiny: false``: full, lite) on a machine without one, and no
+    ``--full-size``: raise :class:`BenchRefused` saying what the run would need and what to run instead.
+    (Before, the CPU fell back to tiny networks at the preset's sizes, 512 px, 50 steps, batches up to 32,
+    which the kernel's OOM killer ended on a 24 GB machine: numbers of no use, at any memory.)"""
+    if device.type == "cuda" or full_size or cfg.bench.tiny:
+        return
+    mem = _memory_gib()
+    here = f"{device.type.upper()}" + (f", {mem:.0f} GiB of memory" if mem else "")
+    steps = f"{cfg.sd.num_inference_steps} SD / {cfg.ddpm.num_inference_steps} DDIM sampling steps"
+    raise BenchRefused(
+        f"helpers.tools.bench: the {cfg.preset!r} preset is sized for a CUDA GPU, and this machine has none ({here}).\n"
+        f"  It times the full-size networks (SD 1.5 inpainting: U-Net 860M parameters at {cfg.sd.resolution} px; "
+        f"the 7-channel DDPM U-Net 114M at {cfg.data.image_size} px) with {steps}, every variant, and batch "
+        f"sweeps up to {max(cfg.bench.batch_sizes)}. On a CPU one full-size SD image at batch 1 already takes about "
+        "12.6 GB and 44 s per 2 sampling steps (docs/benchmarks.md); its batch sweeps need many times that.\n"
+        "  Instead:\n"
+        f"    python -m helpers.tools.bench --preset smoke             tiny configs: checks the harness on a CPU in minutes\n"
+        f"    python -m helpers.tools.bench --preset {cfg.preset} --full-size --variants plain --no-sweep --set "
+        "bench.warmup=0 bench.iters=1 'bench.batch_sizes=[1]' ddpm.batch_size=1 sd.batch_size=1 eval.batch_size=2 "
+        "sd.num_inference_steps=2 ddpm.num_inference_steps=2\n"
+        "                                                       the smoke test of the full-size harness on a CPU "
+        "(peak about 13 GB; not a measurement)\n"
+        f"    python -m helpers.tools.bench --preset {cfg.preset} --flops-only   the FLOP counts at full size (no memory)\n"
+        "  The numbers come from a GPU: `make gpu-check` there (docs/benchmarks.md).")
+
+
+class RowWriter:
+    """Writes the whole ``bench.json`` (atomically) each time a row is measured, merged with the rows of an
+    earlier run kept in ``previous``: a run cut short (a time limit, a crash) keeps every row it finished.
+    ``finished`` is false until the run ends."""
+
+    def __init__(self, path: Path, meta: dict, header: str, previous: dict | None):
+        self.path, self.meta, self.header, self.previous = Path(path), meta, header, previous
+        self.result: dict = {}
+
+    def snapshot(self, rows: list[Row], finished: bool) -> dict:
+        result = {**self.meta, "rows": [asdict(r) for r in with_speedups(rows)], "finished": finished}
+        header = self.header
+        if self.previous:
+            result = _merge(self.previous, result)
+            n = len(result["runs"])
+            header += f" (merged: {n} runs, each ratio within one run)" if n > 1 else ""
+        result["table"] = format_table([Row(**r) for r in result["rows"]], header)
+        return result
+
+    def write(self, rows: list[Row], finished: bool = False) -> dict:
+        self.result = self.snapshot(rows, finished)
+        save_json(self.result, self.path)
+        return self.result
+
+
 def run(cfg: Config, only: list[str] | None = None, out_path=None, variants: list[str] | None = None,
         sweep: bool = True, merge: bool | None = None, full_size: bool = False) -> dict:
     """Run the selected workloads (default: all five) and variants (default: all); print the table;
-    save JSON. A partial run (``only`` or ``variants``) merges into an existing JSON of the same
-    device unless ``merge=False``. ``full_size``: time the real architectures even on a CPU (slow).
-    Returns the JSON dict."""
+    save JSON, rewritten after every row (:class:`RowWriter`). A partial run (``only`` or ``variants``)
+    merges into an existing JSON of the same device unless ``merge=False``. ``full_size``: time the real
+    architectures even on a CPU (slow). A GPU preset on a CPU without ``full_size`` is refused
+    (:func:`refuse_gpu_preset_on_cpu`). Returns the JSON dict."""
     import datetime as dt
     from importlib import metadata
 
-    device = get_device(cfg)
-    tiny = (bool(cfg.bench.tiny) or device.type != "cuda") and not full_size
-    peak, peak_desc = peak_matmul_tflops(device)
-    ctx = Context(cfg, device, tiny, cfg.bench.warmup, cfg.bench.iters, peak, variants=tuple(variants or ()),
-                  sweep=sweep)
     names = only or list(WORKLOADS)
     unknown = set(names) - set(WORKLOADS)
     if unknown:
         raise ValueError(f"unknown workloads {sorted(unknown)}; choose from {list(WORKLOADS)}")
-    for name in names:
-        print(f"[bench] {name} ...", file=sys.stderr, flush=True)
-        WORKLOADS[name](ctx)
-        _free(device)
-    rows = with_speedups(ctx.rows)
+    device = get_device(cfg)
+    refuse_gpu_preset_on_cpu(cfg, device, full_size)          # before anything is allocated
+    tiny = bool(cfg.bench.tiny) and not full_size
+    peak, peak_desc = peak_matmul_tflops(device)
+    ctx = Context(cfg, device, tiny, cfg.bench.warmup, cfg.bench.iters, peak, variants=tuple(variants or ()),
+                  sweep=sweep)
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None
     header = (f"device: {gpu or 'CPU'}; peak {peak_desc}: {peak:.2f} TFLOP/s measured now; "
               + ("TINY configs (CPU run: proves the harness, not the speed of the real models)" if tiny
                  else "full-size architectures with random weights"
                  + ("" if device.type == "cuda" else " ON A CPU: a smoke of the real-size benchmark, not GPU numbers")))
-    print(format_table(rows, header))
     date = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-    result = {"date": date, "preset": cfg.preset,
-              "device": gpu or "cpu", "tiny": tiny, "peak_tflops": peak, "peak_kind": peak_desc,
-              "architectures": architecture_sources(cfg) if not tiny else "tiny configs",
-              "versions": {p: metadata.version(p) for p in ("torch", "diffusers", "peft")},
-              "workloads": names, "rows": [asdict(r) for r in rows],
-              "runs": [{"date": date, "peak_tflops": peak, "workloads": names, "variants": list(variants or [])}]}
+    meta = {"date": date, "preset": cfg.preset,
+            "device": gpu or "cpu", "tiny": tiny, "peak_tflops": peak, "peak_kind": peak_desc,
+            "architectures": architecture_sources(cfg) if not tiny else "tiny configs",
+            "versions": {p: metadata.version(p) for p in ("torch", "diffusers", "peft")},
+            "workloads": names,
+            "runs": [{"date": date, "peak_tflops": peak, "workloads": names, "variants": list(variants or [])}]}
     out_path = Path(out_path or paths(cfg).reports / "bench.json")
     merge = (bool(only) or bool(variants)) if merge is None else merge
+    previous = None
     if merge and out_path.is_file():
-        previous = json.loads(out_path.read_text())
-        if previous.get("device") == result["device"] and previous.get("tiny") == tiny:
-            result = _merge(previous, result)
-            n = len(result["runs"])
-            header += f" (merged: {n} runs, each ratio within one run)" if n > 1 else ""
-    result["table"] = format_table([Row(**r) for r in result["rows"]], header)
-    save_json(result, out_path)
+        earlier = json.loads(out_path.read_text())
+        if earlier.get("device") == meta["device"] and earlier.get("tiny") == tiny:
+            previous = earlier
+    writer = RowWriter(out_path, meta, header, previous)
+    ctx.on_row = lambda row: writer.write(ctx.rows)
+    for name in names:
+        print(f"[bench] {name} ...", file=sys.stderr, flush=True)
+        WORKLOADS[name](ctx)
+        _free(device)
+    result = writer.write(ctx.rows, finished=True)
+    print(result["table"])
     print(f"\nsaved {out_path}", file=sys.stderr)
     return result
 
@@ -773,9 +925,13 @@ def main(argv: list[str] | None = None) -> int:
         save_json({k: v for k, v in budget.items()}, out)
         print(f"\nsaved {out}", file=sys.stderr)
         return 0
-    run(cfg, args.only.split(",") if args.only else None, args.out,
-        args.variants.split(",") if args.variants else None, not args.no_sweep, False if args.fresh else None,
-        full_size=args.full_size)
+    try:
+        run(cfg, args.only.split(",") if args.only else None, args.out,
+            args.variants.split(",") if args.variants else None, not args.no_sweep, False if args.fresh else None,
+            full_size=args.full_size)
+    except BenchRefused as e:
+        print(e, file=sys.stderr)
+        return 2
     return 0
 
 
