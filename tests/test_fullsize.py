@@ -19,6 +19,7 @@ import pytest
 import torch
 
 import helpers as H
+from tests.fixtures import standins as S
 
 pytestmark = [pytest.mark.fullsize, pytest.mark.slow]
 
@@ -44,20 +45,20 @@ def device_name() -> str:
 
 
 def standins_root() -> Path:
-    return Path(os.environ.get("INPAINT_STANDINS", standins.DEFAULT_OUT))
+    return Path(os.environ.get("INPAINT_STANDINS", S.DEFAULT_OUT))
 
 
 @pytest.fixture(scope="session")
 def standins():
     out = standins_root()
-    standins.ensure(out)
+    S.ensure(out)
     return out
 
 
 def minimal_overrides(out: Path) -> dict:
     """The preset's values except the amount of work: 8 images (4 train, 2 val, 2 test), one training
     step at batch 1, two sampling steps, RePaint on one image, 4 caption tokens."""
-    return {**standins.overrides(out), "device": device_name(),
+    return {**S.overrides(out), "device": device_name(),
             "data.num_images": N_IMAGES, "data.split": {"train": 0.5, "val": 0.25, "test": 0.25},
             "data.max_test_images": N_TEST, "captions.max_new_tokens": 4,
             "ddpm.batch_size": 1, "ddpm.max_steps": 1, "ddpm.num_inference_steps": 2, "ddpm.sample_batch_size": 1,
@@ -72,7 +73,7 @@ def test_standins_have_the_published_layout_and_sizes(standins):
     from diffusers import UNet2DModel
     from transformers import CLIPTokenizer
 
-    f = standins.folders(standins)
+    f = S.folders(standins)
     # the DDPM repo keeps its files at the root, with model_index.json, and the 2022 attention key names
     assert {p.name for p in f["ddpm"].iterdir()} >= {"model_index.json", "config.json", "scheduler_config.json",
                                                      "diffusion_pytorch_model.bin"}
@@ -80,8 +81,8 @@ def test_standins_have_the_published_layout_and_sizes(standins):
     assert any(k.endswith("attentions.0.query.weight") for k in raw) and not any(".to_q." in k for k in raw)
     # ... which diffusers renames on load: the project's loader gets every tensor, unchanged
     unet = UNet2DModel.from_pretrained(str(f["ddpm"]))
-    assert H.study.runtime.count_parameters(unet)[1] == standins.PARAMS["ddpm_unet"]
-    assert all(torch.equal(raw[k], v) for k, v in standins.legacy_attention_keys(unet.state_dict()).items())
+    assert H.study.runtime.count_parameters(unet)[1] == S.PARAMS["ddpm_unet"]
+    assert all(torch.equal(raw[k], v) for k, v in S.legacy_attention_keys(unet.state_dict()).items())
     # SD: model_index.json as published, the real CLIP tokenizer
     index = json.loads((f["sd"] / "model_index.json").read_text())
     assert index["scheduler"] == ["diffusers", "PNDMScheduler"] and index["_class_name"] == "StableDiffusionInpaintPipeline"
@@ -98,7 +99,7 @@ def test_full_size_pipeline_loads_with_published_parameter_counts(standins):
     cfg = H.load_config("full", minimal_overrides(standins))
     pipe = H.study.sd.load_pipeline(cfg, device=torch.device(device_name()))
     counts = {row["component"]: row["params"] for row in H.study.sd.describe(pipe)}
-    assert counts == {"unet": standins.PARAMS["sd_unet"], "vae": standins.PARAMS["sd_vae"], "text_encoder": standins.PARAMS["sd_text_encoder"],
+    assert counts == {"unet": S.PARAMS["sd_unet"], "vae": S.PARAMS["sd_vae"], "text_encoder": S.PARAMS["sd_text_encoder"],
                       "scheduler": 0}
     assert type(pipe.scheduler).__name__ == "PNDMScheduler" and pipe.unet.config.sample_size == 64
     lo = cfg.sd.lora
@@ -194,7 +195,7 @@ def test_ddpm_finetuned_weights_reload_identically(series):
     _, cfg, root = series
     P = _paths(cfg, root)
     unet = H.study.ddpm.load_finetuned(cfg, P)
-    assert unet.config.in_channels == 7 and H.study.runtime.count_parameters(unet)[1] == standins.PARAMS["ddpm_unet"] + 4 * 128 * 9
+    assert unet.config.in_channels == 7 and H.study.runtime.count_parameters(unet)[1] == S.PARAMS["ddpm_unet"] + 4 * 128 * 9
     ckpt = torch.load(next((P.models / "ddpm_inpaint").glob("ckpt_*/last.pt")), map_location="cpu", weights_only=False)
     assert ckpt["step"] == 1
     state = unet.state_dict()
@@ -207,7 +208,7 @@ def test_full_size_benchmark_runs_on_the_cpu(standins, tmp_root):
     size (one timed call each, plain variant, two sampling steps): the benchmark cannot rot between GPU runs."""
     import helpers as H
 
-    over = {**standins.overrides(standins), "device": device_name(), "bench.warmup": 0, "bench.iters": 1, "bench.batch_sizes": [1],
+    over = {**S.overrides(standins), "device": device_name(), "bench.warmup": 0, "bench.iters": 1, "bench.batch_sizes": [1],
             "ddpm.batch_size": 1, "sd.batch_size": 1, "ddpm.num_inference_steps": 2, "sd.num_inference_steps": 2,
             "eval.batch_size": 2}
     cfg = H.load_config("full", over)
