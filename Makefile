@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 TORCH_INDEX ?= auto
 TORCH_INDEX_URL ?= https://download.pytorch.org/whl
 
-.PHONY: report test test-fullsize standins gpu-check gpu-wheels venv notebooks lab bench demo slides-offline clean
+.PHONY: report test lint test-fullsize standins gpu-check gpu-wheels venv notebooks lab bench demo slides-offline clean
 
 $(VENV)/.installed: requirements.txt requirements-nodeps.txt pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -34,8 +34,12 @@ report: venv
 	$(PY) -m helpers.report --preset $(PRESET) $(if $(CDN),--cdn)
 
 ## unit tests, reference checks and one smoke execution of every notebook
-test: venv
+test: venv lint
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+## ruff (configured in pyproject.toml): style, imports, likely bugs; `make test` runs it first
+lint: venv
+	$(PY) -m ruff check helpers tests tools
 
 ## the fullsize tier: presets full and lite at their real sizes on the CPU, on random-weight stand-ins of
 ## every model and data set (tests.fixtures.standins, written once into data/standins: about 6 GB); one training
