@@ -121,9 +121,7 @@ def _tiny_sd_parts(device="meta"):
 def test_counting_each_network_call_once_equals_tracing_the_loop(sampler):
     """A sampling loop's FLOPs, each network call traced once per shape and multiplied by the loop's calls,
     equal the FLOPs of tracing every call of a 3-step loop: exactly, on the tiny configs (meta device)."""
-    from diffusers import UNet2DModel
-
-    from diffusers import DDPMScheduler
+    from diffusers import DDPMScheduler, UNet2DModel
 
     meta = torch.device("meta")
     with meta:

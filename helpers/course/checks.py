@@ -4,7 +4,7 @@ mixture), and DDIM on the unconditional U-Net against diffusers' scheduler. Each
 sampling loop as an argument, so the notebook checks the loop it has just defined."""
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 

@@ -9,8 +9,8 @@ images in [-1, 1], NCHW; masks float {0, 1} with 1 = the hole to fill.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from contextlib import nullcontext
-from typing import Callable
 
 import torch
 

@@ -14,7 +14,7 @@ is the clean image, values in [-1, 1]. Noise levels (``ab_t``) are passed as Pyt
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 

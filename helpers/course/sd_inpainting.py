@@ -14,7 +14,7 @@ Read top to bottom; the functions appear, as exact copies, in notebook 04's code
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F

@@ -11,8 +11,8 @@ result. The preset is the one whose output folders :func:`helpers.study.files.pa
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import matplotlib
 import matplotlib.pyplot as plt

@@ -6,8 +6,8 @@ published anchors, from their sources, labelled as such)."""
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import pandas as pd

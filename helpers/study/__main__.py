@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-from typing import Sequence
+from collections.abc import Sequence
 
 from helpers.study.config import add_set_argument, load_config, parse_overrides
 

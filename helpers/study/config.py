@@ -7,8 +7,9 @@ anywhere else. Taught in notebook 01.
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import yaml
 

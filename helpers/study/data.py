@@ -23,9 +23,9 @@ import socket
 import threading
 import warnings
 from collections import Counter
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator
 from urllib.parse import urlparse
 
 import numpy as np
@@ -279,7 +279,7 @@ def folder_images(folder: Path, size: int, report: Report, limit: int | None = N
         yield stem, out
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def hub_unreachable_reason() -> str | None:
     """None when the Hugging Face hub can be reached, else why not. Decided once per process:
     ``HF_HUB_OFFLINE`` set -> offline; otherwise one TCP connection to the hub's endpoint

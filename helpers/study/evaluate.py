@@ -21,9 +21,9 @@ Tables go to ``reports/<preset>/tables/05_*.csv`` and ``05_evaluation.json``.
 """
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -370,7 +370,7 @@ def common_means(per_image: pd.DataFrame, metric: str) -> tuple[pd.Series, int]:
     return wide.mean().astype(float), len(wide)
 
 
-def statement_sets(ev: "Evaluation") -> list[ImageSet]:
+def statement_sets(ev: Evaluation) -> list[ImageSet]:
     """The image sets the conclusions speak about, in order:
 
     1. the **main set**: the whole test set, with every method scored on all of it;

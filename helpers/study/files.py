@@ -7,10 +7,11 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -64,7 +65,7 @@ class Paths:
         """Folder of one method's test-set predictions: <name>.png + meta.json."""
         return self.reports / "predictions" / method
 
-    def ensure(self) -> "Paths":
+    def ensure(self) -> Paths:
         for p in (self.data, self.cache, self.figures, self.tables, self.models):
             p.mkdir(parents=True, exist_ok=True)
         return self

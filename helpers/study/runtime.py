@@ -8,8 +8,8 @@ import os
 import random
 import time
 import zlib
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
-from typing import Iterator, Sequence
 
 import numpy as np
 import torch

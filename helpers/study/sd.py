@@ -13,9 +13,9 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
-from typing import Callable, Sequence
 
 import torch
 

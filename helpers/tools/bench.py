@@ -38,9 +38,9 @@ import os
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -412,9 +412,9 @@ def _ddpm_model(ctx: Context, perf: Config, train: bool, device: torch.device):
 
 def bench_ddpm_train(ctx: Context) -> None:
     """1. one AdamW step of the 7-channel U-Net with the weighted loss, at the study's batch size."""
-    from diffusers import DDPMScheduler
-
     from functools import partial
+
+    from diffusers import DDPMScheduler
 
     from helpers.course.ddpm_inpainting import inpainting_loss, training_step
     from helpers.study.ddpm import published_scheduler_config
@@ -522,9 +522,9 @@ def _sd_parts(ctx: Context, perf: Config, dtype: str, device: torch.device):
 def bench_sd_lora_train(ctx: Context) -> None:
     """3. one LoRA training step at SD resolution: VAE encode (image + masked image), 9-channel U-Net
     with LoRA on to_q/to_k/to_v/to_out.0 (fp32 LoRA weights over frozen fp16/bf16 ones), backward, AdamW."""
-    from diffusers import DDPMScheduler
-
     from functools import partial
+
+    from diffusers import DDPMScheduler
 
     from helpers.course.ddpm_inpainting import training_step
     from helpers.course.sd_inpainting import add_lora, lora_inpaint_loss
