@@ -32,7 +32,7 @@ def train(method: str, cfg, max_steps: int | None) -> dict:
     if method == "ddpm":
         P = paths(cfg)
         unet, sched = ddpm.build_inpainting_model(cfg, P)
-        on_validate = ddpm.make_validator(cfg, P, unet, dict(sched.config), device)
+        on_validate = ddpm.make_validator(cfg, P, unet, sched.alphas_cumprod, device)
         return ddpm.finetune(cfg, P, unet, sched, device, on_validate=on_validate, max_steps=max_steps)
     return sd.train_lora(cfg, sd.load_pipeline(cfg), max_steps=max_steps)
 
