@@ -455,4 +455,5 @@ def test_a_test_source_outside_the_training_data_gives_the_test_set(tmp_root):
     kinds_plain, kinds_here = ([v["kind"] for v in i["test_masks"].values()] for i in (plain, index))
     assert kinds_here[:len(kinds_plain)] == kinds_plain
     with pytest.raises(ValueError, match="test_source"):
-        H.study.data.prepare_dataset(H.load_config("smoke", {"data.test_source": {"folder": str(faces), "hub_id": "x"}}))
+        both = {"folder": str(faces), "hub_id": "x"}
+        H.study.data.prepare_dataset(H.load_config("smoke", {"data.test_source": both}))
