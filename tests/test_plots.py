@@ -164,6 +164,7 @@ def _title_boxes(fig):
     ["image", "mask (1 = hole)", "masked input"],                                   # 01_test_samples
     ["masked input", "RePaint (no training)", "fine-tuned 7-ch", "ground truth"],   # 03_repaint_vs_finetuned
     ["masked input", "SD zero-shot", "SD + LoRA", "ground truth"],                  # 04_predictions
+    ["masked input", "mask (white = hole)", "prediction", "ground truth"],          # 03_test_samples
     ["image\nlatent ch 0", "mask\nlatent ch 1", "masked image\nlatent ch 2", "m_down\nlatent ch 3"],   # 04_pieces
     ["masked input", "fine-tuned 7-ch, DDIM 20 steps", "a_very_long_method_name_without_spaces", "truth"],
 ])
@@ -179,6 +180,10 @@ def test_grid_column_titles_never_overlap_at_the_exported_size(tmp_path, titles,
     assert len(boxes) == len(titles)
     for a, b in zip(boxes, boxes[1:]):
         assert a.x1 < b.x0, (a, b)            # left to right, a gap between neighbours
+    shown = [ax.title.get_text() for ax in fig.axes if ax.title.get_text().strip()]
+    for original, text in zip(titles, shown):  # lines break between words; ordinary words stay whole
+        assert [w for w in original.split() if len(w) <= 12] == [w for w in text.split() if w in original.split()
+                                                                 and len(w) <= 12], (original, text)
     assert reference.smallest_text_px(fig) >= H.report.figures.MIN_TEXT_PX - 1e-9
 
 

@@ -220,10 +220,12 @@ def image_grid(rows: Sequence[Sequence], col_titles: Sequence[str] | None = None
     return save(fig, path, smoke_stamp=smoke_stamp)
 
 
-def fit_column_titles(fig, axes_row: Sequence, gap_px: float = 6.0, rounds: int = 3) -> None:
-    """Wrap each axes title (at spaces, then anywhere) until it is no wider than its axes minus
-    ``gap_px``, at the font size it will be saved with (the slide minimum applied first); the layout
-    is redone after each round, since taller titles make the images, and so the columns, narrower."""
+def fit_column_titles(fig, axes_row: Sequence, gap_px: float = 8.0, rounds: int = 3) -> None:
+    """Wrap each axes title until it is no wider than the column pitch (the distance between
+    neighbouring axes) minus ``gap_px``, at the font size it will be saved with (the slide minimum
+    applied first): centred titles then never touch. Lines break between words; a word is split only
+    when it alone is wider than the column. The layout is redone after each round, since taller
+    titles make the images, and so the columns, narrower."""
     import textwrap
 
     enforce_legible(fig)
@@ -233,21 +235,23 @@ def fit_column_titles(fig, axes_row: Sequence, gap_px: float = 6.0, rounds: int 
         except Exception:
             pass
         renderer = fig.canvas.get_renderer()
+        boxes = [ax.get_window_extent(renderer) for ax in axes_row]
+        pitch = min((b.x0 - a.x0 for a, b in zip(boxes, boxes[1:])), default=boxes[0].width if boxes else 0)
+        limit = pitch - gap_px
         changed = False
         for ax in axes_row:
             t = ax.title
-            text = t.get_text()
-            if not text.strip():
+            if not t.get_text().strip() or t.get_window_extent(renderer).width <= limit:
                 continue
-            limit = ax.get_window_extent(renderer).width - gap_px
-            width = t.get_window_extent(renderer).width
-            flat = " ".join(text.split())
-            chars = max(len(line) for line in text.splitlines())
-            while width > limit and chars > 3:
-                chars -= 1
-                t.set_text(textwrap.fill(flat, chars, break_on_hyphens=False))
-                width = t.get_window_extent(renderer).width
-                changed = True
+            flat = " ".join(t.get_text().split())
+            for split_words in (False, True):
+                chars = len(flat)
+                while t.get_window_extent(renderer).width > limit and chars > 3:
+                    chars -= 1
+                    t.set_text(textwrap.fill(flat, chars, break_long_words=split_words, break_on_hyphens=False))
+                if t.get_window_extent(renderer).width <= limit:
+                    break
+            changed = True
         if not changed:
             break
 
