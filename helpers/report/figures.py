@@ -6,8 +6,8 @@ Every figure is designed for a 1280x720 slide: it is shown fitted into the slide
 pixels, lays the figure out, and, for the smoke preset, stamps a figure whose content depends on
 the (there tiny, untrained) models "smoke preset: pipeline check, not a result" (visibly, and in
 the PNG's metadata) so that a figure shown alone cannot pass for a result; figures of data,
-schedules or exact computations pass ``smoke_stamp=False``. The preset is the one whose output folders :func:`helpers.study.files.paths` opened last, or
-``save(..., preset=...)``.
+schedules or exact computations pass ``smoke_stamp=False``. The preset is the one whose output
+folders :func:`helpers.study.files.paths` opened last, or ``save(..., preset=...)``.
 """
 from __future__ import annotations
 
