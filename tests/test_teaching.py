@@ -53,7 +53,7 @@ PRESENT = {
     "02_ddpm_theory": ["minimises the negative bound", r"\bar\alpha_t = f(t)/f(0)", "scaled to mean 1"],
     "05_evaluation": [r"\text{MSE}_\text{whole} = f\cdot\text{MSE}_\text{hole}", "first-order extrapolation",
                       "data.test_source"],
-    "04_sd_lora": ["diffusers' convention", "their $w$ is $s - 1$", "zero-initialized"],
+    "04_sd_lora": ["diffusers' convention", "their $w$ is $s - 1$", "zero-initialised after the"],
     "03_ddpm_inpainting": ["data.test_source", "ddpm-celebahq-256"],
     "06_comparison": ["data.test_source"],
 }
