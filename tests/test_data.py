@@ -430,3 +430,30 @@ def test_your_own_test_masks_are_matched_by_name_and_validated(tmp_root):
     with pytest.raises(ValueError, match="p09.png"):
         H.study.data.prepare_dataset(H.load_config("smoke", over), force=True)
     assert H.study.data.prepare_dataset(H.load_config("smoke", over)) == index                 # the good set survived
+
+
+def test_a_test_source_outside_the_training_data_gives_the_test_set(tmp_root):
+    """data.test_source (issue 21): test images from a folder of their own (e.g. faces the pretrained
+    DDPM never saw); the training images stay the configured source's; masks generated as usual."""
+    faces = tmp_root / "unseen_faces"
+    faces.mkdir()
+    rng = np.random.default_rng(5)
+    for i in range(5):
+        Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(faces / f"f{i}.png")
+    over = {"data.test_source": {"folder": str(faces)}, "data.max_test_images": 4, "data.num_images": 24}
+    index = H.study.data.prepare_dataset(H.load_config("smoke", over))
+    assert index["splits"]["test"] == [f"test_f{i}" for i in range(4)]                 # capped at max_test_images
+    assert not any(n.startswith("test_") for s in ("train", "val") for n in index["splits"][s])
+    assert len(index["splits"]["train"]) + len(index["splits"]["val"]) == 24          # every bundled crop trains
+    assert "data.test_source" in index["test_split"] and index["test_masks_from"].startswith("generated")
+    assert {v["kind"] for v in index["test_masks"].values()} <= set(H.load_config("smoke").data.masks.kinds)
+    test = H.study.data.load_test_set(H.load_config("smoke", over))
+    assert tuple(test["image"].shape) == (4, 3, 32, 32) and test["mask"].sum() > 0
+    # the same protocol as without it: the generated masks are those of the default test set, by position
+    plain = H.study.data.prepare_dataset(H.load_config("smoke", {"data.num_images": 24, "data.max_test_images": 4}),
+                                         force=True)
+    kinds_plain, kinds_here = ([v["kind"] for v in i["test_masks"].values()] for i in (plain, index))
+    assert kinds_here[:len(kinds_plain)] == kinds_plain
+    with pytest.raises(ValueError, match="test_source"):
+        both = {"folder": str(faces), "hub_id": "x"}
+        H.study.data.prepare_dataset(H.load_config("smoke", {"data.test_source": both}))

@@ -153,3 +153,51 @@ def test_lines_by_hole_size_do_not_hide_each_other():
     assert xs["DDPM"] != xs["SD zero-shot"]
 
 
+
+
+def _title_boxes(fig):
+    renderer = fig.canvas.get_renderer()
+    return [ax.title.get_window_extent(renderer) for ax in fig.axes if ax.title.get_text().strip()]
+
+
+@pytest.mark.parametrize("titles", [
+    ["image", "mask (1 = hole)", "masked input"],                                   # 01_test_samples
+    ["masked input", "RePaint (no training)", "fine-tuned 7-ch", "ground truth"],   # 03_repaint_vs_finetuned
+    ["masked input", "SD zero-shot", "SD + LoRA", "ground truth"],                  # 04_predictions
+    ["masked input", "mask (white = hole)", "prediction", "ground truth"],          # 03_test_samples
+    ["image\nlatent ch 0", "mask\nlatent ch 1", "masked image\nlatent ch 2", "m_down\nlatent ch 3"],   # 04_pieces
+    ["masked input", "fine-tuned 7-ch, DDIM 20 steps", "a_very_long_method_name_without_spaces", "truth"],
+])
+@pytest.mark.parametrize("n_rows", [1, 3, 6])
+def test_grid_column_titles_never_overlap_at_the_exported_size(tmp_path, titles, n_rows):
+    """Column titles are wrapped to their column: rendered at the saved size, no two title boxes
+    intersect, and each stays within its column pitch."""
+    img = torch.zeros(3, 16, 16)
+    rows = [[img] * len(titles) for _ in range(n_rows)]     # 6 rows: a tall figure, shrunk on the slide, larger fonts
+    fig = H.report.figures.image_grid(rows, titles, [f"thin {i}%" for i in range(n_rows)], path=tmp_path / "g.png")
+    fig.canvas.draw()
+    boxes = _title_boxes(fig)
+    assert len(boxes) == len(titles)
+    for a, b in zip(boxes, boxes[1:]):
+        assert a.x1 < b.x0, (a, b)            # left to right, a gap between neighbours
+    shown = [ax.title.get_text() for ax in fig.axes if ax.title.get_text().strip()]
+    for original, text in zip(titles, shown):  # lines break between words; ordinary words stay whole
+        assert [w for w in original.split() if len(w) <= 12] == [w for w in text.split() if w in original.split()
+                                                                 and len(w) <= 12], (original, text)
+    assert reference.smallest_text_px(fig) >= H.report.figures.MIN_TEXT_PX - 1e-9
+
+
+def test_figures_of_data_or_schedules_carry_no_smoke_stamp(tmp_path):
+    """Only figures whose content depends on the trained models are stamped (issue 21)."""
+    H.report.figures.schedule_figure(50, path=tmp_path / "s.png")
+    H.report.figures.hole_histogram({"box": [0.1, 0.2]}, path=tmp_path / "h.png")
+    img = torch.zeros(3, 8, 8)
+    H.report.figures.image_grid([[img, img]], ["a", "b"], path=tmp_path / "data.png", smoke_stamp=False)
+    fig, ax = plt.subplots()
+    ax.plot([0, 1])
+    H.report.figures.save(fig, tmp_path / "plain.png", preset="smoke", smoke_stamp=False)
+    assert not any(H.report.figures.png_is_stamped(tmp_path / f) for f in ("s.png", "h.png", "data.png", "plain.png"))
+    fig2, ax2 = plt.subplots()
+    ax2.plot([0, 1])
+    H.report.figures.save(fig2, tmp_path / "model.png", preset="smoke")            # the default: stamped
+    assert H.report.figures.png_is_stamped(tmp_path / "model.png")

@@ -14,6 +14,7 @@ Read top to bottom; the functions appear, as exact copies, in notebook 04's code
 """
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 
 import torch
@@ -195,3 +196,23 @@ def inpaint(unet, vae, scheduler, images: torch.Tensor, masks: torch.Tensor, con
     pred = from_sd_resolution(decode_latents(vae, z0, batched_vae_decode), size)
     # 4. x_hat = m * pred + (1 - m) * x: the known pixels exact (also removes the VAE's colour shift)
     return masks * pred + (1 - masks) * images if composite else pred
+
+
+def widen_to_inpainting(unet, extra_channels: int = 5):
+    """A copy of a text-to-image U-Net (4 input channels, z_t) whose first convolution takes
+    ``extra_channels`` more inputs AFTER z_t, in SD inpainting's order concat(z_t (4), m_down (1),
+    z_masked (4)). The new weights start at zero (as Runway initialised SD inpainting), so before
+    training the widened U-Net computes exactly what the text-to-image one did: notebook 03's trick."""
+    old, c_old = unet.conv_in, unet.conv_in.in_channels
+    new_unet = copy.deepcopy(unet)
+    conv = torch.nn.Conv2d(c_old + extra_channels, old.out_channels, old.kernel_size, old.stride, old.padding,
+                           bias=old.bias is not None, device=old.weight.device, dtype=old.weight.dtype)
+    with torch.no_grad():
+        # W_new = [W_old (z_t), 0 (m_down, z_masked)]
+        conv.weight.zero_()
+        conv.weight[:, :c_old] = old.weight
+        if old.bias is not None:
+            conv.bias.copy_(old.bias)
+    new_unet.conv_in = conv
+    new_unet.register_to_config(in_channels=c_old + extra_channels)
+    return new_unet

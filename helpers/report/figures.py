@@ -3,10 +3,11 @@ every figure of the course goes through on its way to a PNG and to a slide.
 
 Every figure is designed for a 1280x720 slide: it is shown fitted into the slide's content area
 (:data:`FIT_PX`), and :func:`save` makes sure that no text is then smaller than :data:`MIN_TEXT_PX`
-pixels, lays the figure out, and, for the smoke preset, stamps it "smoke preset: pipeline check,
-not a result" (visibly, and in the PNG's metadata) so that a figure shown alone cannot pass for a
-result. The preset is the one whose output folders :func:`helpers.study.files.paths` opened last, or
-``save(..., preset=...)``.
+pixels, lays the figure out, and, for the smoke preset, stamps a figure whose content depends on
+the (there tiny, untrained) models "smoke preset: pipeline check, not a result" (visibly, and in
+the PNG's metadata) so that a figure shown alone cannot pass for a result; figures of data,
+schedules or exact computations pass ``smoke_stamp=False``. The preset is the one whose output
+folders :func:`helpers.study.files.paths` opened last, or ``save(..., preset=...)``.
 """
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ log = logging.getLogger(__name__)
 
 
 def schedule_figure(T: int = 1000, path: Path | None = None):
-    """beta_t and alpha_bar_t of the linear and cosine schedules (notebook 02)."""
+    """beta_t and alpha_bar_t of the linear and cosine schedules (notebook 02): no model, no stamp."""
     import matplotlib.pyplot as plt
 
     pass  # REMOVED
@@ -42,11 +43,12 @@ def schedule_figure(T: int = 1000, path: Path | None = None):
         ax.set_title(title), ax.set_xlabel("timestep t"), ax.set_ylabel(title), ax.legend()
     axes[0].set_yscale("log")
     fig.tight_layout()
-    return save(fig, path)
+    return save(fig, path, smoke_stamp=False)
 
 
 def toy_figure(samples: dict, weights, means, stds, path: Path | None = None, labels: Sequence[str] | None = None):
-    """Histograms of toy samples against the data density (notebook 02)."""
+    """Histograms of toy samples against the data density (notebook 02): exact noise predictor, no
+    trained model, so no smoke stamp."""
     import matplotlib.pyplot as plt
     import numpy as np
 
@@ -61,7 +63,7 @@ def toy_figure(samples: dict, weights, means, stds, path: Path | None = None, la
         ax.plot(grid, dens, "k", lw=1)
         ax.set_title(lab), ax.set_xlabel("x")
     axes[0][0].set_ylabel("density")
-    return save(fig, path)
+    return save(fig, path, smoke_stamp=False)
 
 
 matplotlib.use("Agg") if not matplotlib.get_backend().lower().startswith(("module://", "inline")) else None
@@ -138,19 +140,24 @@ def stamp(fig, preset: str | None = None) -> bool:
     return True
 
 
-def save(fig, path: Path | None = None, preset: str | None = None):
+def save(fig, path: Path | None = None, preset: str | None = None, smoke_stamp: bool = True):
     """Finish a figure for a slide and save it (PNG, 150 dpi) when a path is given; return it for display.
 
     1. every text at least :data:`MIN_TEXT_PX` slide pixels high (:func:`enforce_legible`);
     2. layout; 3. the smoke stamp above it (``preset``, default the active preset) and in the PNG's
-    ``Description``; 4. the PNG, cropped to its content."""
+    ``Description``; 4. the PNG, cropped to its content.
+
+    ``smoke_stamp``: whether the figure's content depends on the trained (smoke: tiny, untrained)
+    models. A figure that shows only data, a schedule or an exact computation (notebook 01's masks,
+    notebook 02's schedules, noised images, VLB weights and the mixture toy) passes ``False``: it is
+    as true in the smoke preset as in ``full`` and carries no stamp."""
     enforce_legible(fig)
     try:
         fig.tight_layout()
     except Exception:           # a layout that cannot be tightened (e.g. fixed axes) is kept as drawn
         pass
     enforce_legible(fig)        # the layout may have created tick labels
-    stamped = stamp(fig, preset)
+    stamped = stamp(fig, preset) if smoke_stamp else False
     if path is not None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         meta = {"Description": SMOKE_STAMP} if stamped else {}
@@ -179,11 +186,13 @@ def _as_image(x) -> np.ndarray:
 
 def image_grid(rows: Sequence[Sequence], col_titles: Sequence[str] | None = None,
                row_titles: Sequence[str] | None = None, path: Path | None = None, cell: float = 1.9,
-               title: str | None = None, empty_text: str | Sequence[str] | None = None):
+               title: str | None = None, empty_text: str | Sequence[str] | None = None, smoke_stamp: bool = True):
     """A grid of images: ``rows[i][j]`` is a tensor in [-1, 1], a (1,H,W) mask, or a uint8 array.
 
     A ``None`` cell is drawn as a grey box saying ``empty_text`` (per column when a list; default
-    "not run"), never left blank: a reader sees that a method did not run on that image."""
+    "not run"), never left blank: a reader sees that a method did not run on that image. Column
+    titles are wrapped onto several lines where they are wider than their column
+    (:func:`fit_column_titles`), so neighbours never overlap. ``smoke_stamp``: see :func:`save`."""
     n_rows, n_cols = len(rows), max(len(r) for r in rows)
     extra_w = 1.4 if row_titles is not None else 0.0
     fig, axes = plt.subplots(n_rows, n_cols, figsize=(cell * n_cols + extra_w, cell * n_rows + 0.7), squeeze=False)
@@ -207,7 +216,44 @@ def image_grid(rows: Sequence[Sequence], col_titles: Sequence[str] | None = None
                 ax.set_ylabel(row_titles[i], rotation=0, ha="right", va="center")
     if title:
         fig.suptitle(title)
-    return save(fig, path)
+    fit_column_titles(fig, [axes[0][j] for j in range(n_cols)])
+    return save(fig, path, smoke_stamp=smoke_stamp)
+
+
+def fit_column_titles(fig, axes_row: Sequence, gap_px: float = 8.0, rounds: int = 3) -> None:
+    """Wrap each axes title until it is no wider than the column pitch (the distance between
+    neighbouring axes) minus ``gap_px``, at the font size it will be saved with (the slide minimum
+    applied first): centred titles then never touch. Lines break between words; a word is split only
+    when it alone is wider than the column. The layout is redone after each round, since taller
+    titles make the images, and so the columns, narrower."""
+    import textwrap
+
+    enforce_legible(fig)
+    for _ in range(rounds):
+        try:
+            fig.tight_layout()
+        except Exception:
+            pass
+        renderer = fig.canvas.get_renderer()
+        boxes = [ax.get_window_extent(renderer) for ax in axes_row]
+        pitch = min((b.x0 - a.x0 for a, b in zip(boxes, boxes[1:])), default=boxes[0].width if boxes else 0)
+        limit = pitch - gap_px
+        changed = False
+        for ax in axes_row:
+            t = ax.title
+            if not t.get_text().strip() or t.get_window_extent(renderer).width <= limit:
+                continue
+            flat = " ".join(t.get_text().split())
+            for split_words in (False, True):
+                chars = len(flat)
+                while t.get_window_extent(renderer).width > limit and chars > 3:
+                    chars -= 1
+                    t.set_text(textwrap.fill(flat, chars, break_long_words=split_words, break_on_hyphens=False))
+                if t.get_window_extent(renderer).width <= limit:
+                    break
+            changed = True
+        if not changed:
+            break
 
 
 def loss_curve(history: Sequence[dict], path: Path | None = None, title: str = "training loss",
@@ -230,11 +276,11 @@ def loss_curve(history: Sequence[dict], path: Path | None = None, title: str = "
 def hole_histogram(fractions: dict[str, Sequence[float]], path: Path | None = None, bins: int = 20,
                    title: str = "hole-area fraction by mask kind"):
     """Histograms of hole-area fractions, one per mask kind, drawn as outlines so none hides
-    another (notebook 01)."""
+    another (notebook 01): the mask generators only, no model, no smoke stamp."""
     fig, ax = plt.subplots(figsize=(9, 4.5))
     edges = np.linspace(0, max(0.5, max((max(v) for v in fractions.values() if len(v)), default=0.5)), bins + 1)
     for kind, values in fractions.items():
         ax.hist(values, bins=edges, histtype="step", lw=2.5, label=f"{kind} ({len(values)} masks)")
     ax.set_xlabel("hole area / image area"), ax.set_ylabel("masks"), ax.set_title(title)
     ax.legend()
-    return save(fig, path)
+    return save(fig, path, smoke_stamp=False)

@@ -398,6 +398,31 @@ def _items(cfg: Config, P, report: Report, split: str | None = None, prefix: str
     raise ValueError(f"data.source must be bundled, folder or hub, got {d.source!r}")
 
 
+def _test_source(cfg: Config, P, report: Report) -> tuple[Iterator | None, str | None]:
+    """``data.test_source``: test images from a source of their own, outside the training data (e.g.
+    faces that ``google/ddpm-celebahq-256`` never saw, since it was trained on CelebA-HQ). ``null``:
+    none (the test set is data.hub_test_split or a seeded cut, as before); ``{folder: PATH}``: every
+    image under PATH; ``{hub_id: ID, split: NAME}`` (optional ``image_key``): a split of a datasets-hub
+    set or a local data set folder. Read with the same size and admission rules as the training
+    images, capped at data.max_test_images, named ``test_<name>``; masks are generated as for any
+    test set (or read from data.test_masks_folder). Returns (items, description) or (None, None)."""
+    d, ts = cfg.data, cfg.data.get("test_source")
+    if not ts:
+        return None, None
+    admit_kw = {"min_size": d.get("min_size", 8), "min_kept_fraction": d.get("min_kept_fraction", 0.0)}
+    if not isinstance(ts, dict) or bool(ts.get("folder")) == bool(ts.get("hub_id")):
+        raise ValueError("data.test_source must be null, {folder: PATH} or {hub_id: ID, split: NAME}, "
+                         f"got {ts!r}")
+    if ts.get("folder"):
+        items = ((f"test_{n}", img) for n, img in folder_images(Path(ts["folder"]).expanduser(), d.image_size, report,
+                                                               d.max_test_images, **admit_kw))
+        return items, f"the folder {ts['folder']} (data.test_source, outside the training images)"
+    split = ts.get("split") or "test"
+    items = hub_images(ts["hub_id"], split, ts.get("image_key") or d.hub_image_key, d.image_size, P.cache, report,
+                       d.max_test_images, prefix="test_", **admit_kw)
+    return items, f"{ts['hub_id']} split {split!r} (data.test_source, outside the training images)"
+
+
 def _user_masks(folder: Path, size: int) -> dict[str, Path]:
     """data.test_masks_folder: PNG masks by name (sub-folders joined with '__', as image names are)."""
     folder = Path(folder).expanduser()
@@ -461,7 +486,8 @@ def prepare_dataset(cfg: Config, force: bool = False, root: Path | None = None) 
             return index
     d, report = cfg.data, Report()
     user_masks = _user_masks(d.test_masks_folder, d.image_size) if d.get("test_masks_folder") else None
-    held_out = d.get("hub_test_split") if d.source == "hub" else None
+    test_items, test_desc = _test_source(cfg, P, report)
+    held_out = d.get("hub_test_split") if d.source == "hub" and test_items is None else None
     # 0. a fresh staging folder (a crashed earlier attempt's is removed)
     stage = P.data / ".staging"
     shutil.rmtree(stage, ignore_errors=True)
@@ -473,6 +499,8 @@ def prepare_dataset(cfg: Config, force: bool = False, root: Path | None = None) 
         if held_out:
             sources.append((_items(cfg, P, report, split=held_out, prefix=f"{held_out}_", limit=d.max_test_images),
                             fixed_test))
+        if test_items is not None:          # data.test_source: the test images come from there
+            sources.append((test_items, fixed_test))
         for items, out in sources:
             for name, img in progress(items, desc=f"reading {d.source} images", total=d.num_images):
                 save_png(img, stage / "images" / "_all" / f"{name}.png")
@@ -512,7 +540,8 @@ def prepare_dataset(cfg: Config, force: bool = False, root: Path | None = None) 
             save_mask_png(m, stage / "test_masks" / f"{name}.png")
             test_masks[name] = {"kind": kind, "hole_fraction": hole_fraction(m)}
         index = {"fingerprint": fp, "preset": cfg.preset, "source": d.source, "image_size": d.image_size,
-                 "test_split": (f"{d.hub_id} split {held_out!r} (the source's own held-out split)" if held_out
+                 "test_split": (test_desc if test_desc else
+                                f"{d.hub_id} split {held_out!r} (the source's own held-out split)" if held_out
                                 else f"a seeded cut of the {d.source} images"),
                  "test_masks_from": str(d.test_masks_folder) if user_masks is not None else "generated (data.masks.kinds)",
                  "splits": splits, "test_masks": test_masks, "inputs": report.to_dict()}
