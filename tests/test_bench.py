@@ -24,7 +24,8 @@ def test_variants_plain_has_every_switch_off(smoke_cfg):
 
 
 def test_speedups_are_ratios_to_plain():
-    rows = [H.tools.bench.Row("w", "plain", 2, 10.0, 0.2, None, None, None, None), H.tools.bench.Row("w", "fast", 2, 25.0, 0.08, None, None, None, None)]
+    rows = [H.tools.bench.Row("w", "plain", 2, 10.0, 0.2, None, None, None, None),
+            H.tools.bench.Row("w", "fast", 2, 25.0, 0.08, None, None, None, None)]
     assert [r.speedup_vs_plain for r in H.tools.bench.with_speedups(rows)] == [1.0, 2.5]
 
 
@@ -52,7 +53,8 @@ def test_meta_device_counts_what_real_tensors_count(smoke_cfg):
     CPU: the full-size budget (``--flops-only``) can be trusted without a GPU."""
     counts = {}
     for dev in ("cpu", "meta"):
-        ctx = H.tools.bench.Context(smoke_cfg, torch.device(dev), True, 0, 1, 1.0, flops_only=True, count_device=torch.device(dev))
+        ctx = H.tools.bench.Context(smoke_cfg, torch.device(dev), True, 0, 1, 1.0, flops_only=True,
+                                    count_device=torch.device(dev))
         H.tools.bench.bench_ddpm_train(ctx)
         H.tools.bench.bench_sd_lora_train(ctx)
         H.tools.bench.bench_sd_infer(ctx)
@@ -100,7 +102,8 @@ def test_lite_budget_is_about_one_hour_on_a_16_gb_card():
     """lite: the same models and protocol on fewer images, sized from the counted FLOPs to about one
     hour at 30 % of the fp16 peak the benchmark states for it (an assumed 16 GB consumer card)."""
     cfg = H.load_config("lite")
-    assert H.tools.bench.train_images(cfg) == 2036 and cfg.data.max_test_images == 200 and cfg.ddpm.repaint.max_images == 20
+    assert (H.tools.bench.train_images(cfg) == 2036 and cfg.data.max_test_images == 200
+            and cfg.ddpm.repaint.max_images == 20)
     peak, _ = H.tools.bench.REFERENCE_PEAK["lite"]
     budget = H.tools.bench.flop_budget(cfg, peak)
     hours = budget["study_total_flops"] / (0.30 * peak * 1e12) / 3600

@@ -50,7 +50,7 @@ def test_overrides_and_errors(tmp_path):
     with pytest.raises(ValueError, match="unknown preset 'nope'"):
         H.load_config("nope")
     with pytest.raises(AttributeError, match="no key"):
-        H.load_config("smoke").nothing
+        _ = H.load_config("smoke").nothing
     p = tmp_path / "mine.yaml"
     p.write_text("preset: mine\nseed: 1\n")
     assert H.load_config(p).preset == "mine"

@@ -52,7 +52,8 @@ def test_q_sample_equals_diffusers_add_noise(schedule, diffusers_name):
     ref = sched.add_noise(x0, eps, t)
     torch.testing.assert_close(ours, ref, atol=1e-6, rtol=0)
     # our own alpha_bar gives the same closed form
-    torch.testing.assert_close(H.course.diffusion.alpha_bar(H.course.diffusion.make_betas(schedule, 1000)).float(), sched.alphas_cumprod, atol=1e-6, rtol=0)
+    torch.testing.assert_close(H.course.diffusion.alpha_bar(H.course.diffusion.make_betas(schedule, 1000)).float(),
+                               sched.alphas_cumprod, atol=1e-6, rtol=0)
 
 
 def test_iterated_one_step_process_matches_closed_form():
@@ -90,8 +91,9 @@ def test_ddim_loop_equals_diffusers_ddim_scheduler(eta):
     noises = [torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(100 + i)) for i in range(8)]
     it = iter(noises)
     with torch.no_grad():
-        ours = H.course.diffusion.ddim_sample_loop(lambda x, t: unet(x, t).sample, x_T, DDPMScheduler(**cfg).alphas_cumprod, 8,
-                                  eta=eta, noise_fn=lambda: next(it))
+        ours = H.course.diffusion.ddim_sample_loop(lambda x, t: unet(x, t).sample, x_T,
+                                                   DDPMScheduler(**cfg).alphas_cumprod, 8,
+                                                   eta=eta, noise_fn=lambda: next(it))
         ref_sched = DDIMScheduler.from_config(cfg)
         ref_sched.set_timesteps(8)
         assert [int(t) for t in ref_sched.timesteps] == H.course.diffusion.ddim_timesteps(1000, 8)
@@ -128,7 +130,8 @@ def test_ddim_with_exact_eps_recovers_a_gaussian_mixture():
     w, mu, s = (0.3, 0.7), (-0.6, 0.5), (0.1, 0.2)
     ab = H.course.diffusion.alpha_bar(H.course.diffusion.make_betas("linear", 1000))
     x_T = torch.randn(20000, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    x0 = H.course.diffusion.ddim_sample_loop(lambda x, t: H.course.checks.mixture_eps(x, ab[t], w, mu, s), x_T, ab, 50, clip=False)
+    x0 = H.course.diffusion.ddim_sample_loop(lambda x, t: H.course.checks.mixture_eps(x, ab[t], w, mu, s), x_T, ab, 50,
+                                             clip=False)
     exact = H.course.checks.mixture_sample(20000, w, mu, s, torch.Generator().manual_seed(1))
     assert abs(x0.mean() - exact.mean()) < 0.02
     assert abs(x0.std() - exact.std()) < 0.02
@@ -244,7 +247,7 @@ def test_ddim_inpainting_keeps_known_pixels_and_is_seeded():
 
 def test_repaint_schedule_and_sampler():
     assert H.course.ddpm_inpainting.repaint_schedule(5, 2, 2) == [4, 3, 2, 3, 4, 3, 2, 1, 0, 1, 2, 1, 0, -1]
-    assert H.course.ddpm_inpainting.repaint_schedule(4, 2, 1) == [3, 2, 1, 0, -1]              # no resampling: plain DDPM order
+    assert H.course.ddpm_inpainting.repaint_schedule(4, 2, 1) == [3, 2, 1, 0, -1]   # no resampling: plain DDPM order
     assert H.course.ddpm_inpainting.count_model_calls(5, 2, 2) == 9
     from diffusers import DDPMScheduler
 
@@ -253,8 +256,8 @@ def test_repaint_schedule_and_sampler():
     b = batch(2)
     def run(seeds):
         noise = H.study.runtime.SeededNoise(seeds)
-        return H.course.ddpm_inpainting.repaint_inpaint(unet, ab, b["image"], b["mask"], lambda: noise((3, 16, 16), "cpu"),
-                                                        5, 2, 2)
+        return H.course.ddpm_inpainting.repaint_inpaint(unet, ab, b["image"], b["mask"],
+                                                        lambda: noise((3, 16, 16), "cpu"), 5, 2, 2)
     out = run([5, 6])
     known = (1 - b["mask"]).bool().expand_as(out)
     assert torch.equal(out[known], b["image"][known])
@@ -267,7 +270,8 @@ def test_a_few_steps_reduce_the_loss_on_a_fixed_batch():
     from diffusers import DDPMScheduler
 
     unet = H.course.ddpm_inpainting.widen_conv_in(tiny_unet(3), 7).train()
-    loss_fn = partial(H.course.ddpm_inpainting.inpainting_loss, alphas_cumprod=DDPMScheduler(num_train_timesteps=1000).alphas_cumprod,
+    loss_fn = partial(H.course.ddpm_inpainting.inpainting_loss,
+                      alphas_cumprod=DDPMScheduler(num_train_timesteps=1000).alphas_cumprod,
                       lambda_mask=1.0, lambda_context=0.05)
     opt = torch.optim.AdamW(unet.parameters(), lr=3e-3)
     b = batch(4)
@@ -299,7 +303,8 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path):
 
     spec = Config(batch_size=4, lr=1e-3, weight_decay=0.01, num_epochs=2, max_steps=None, max_grad_norm=1.0,
                   mixed_precision="no", checkpoint_every=2, num_workers=0)
-    loss_fn = partial(H.course.ddpm_inpainting.inpainting_loss, alphas_cumprod=DDPMScheduler(num_train_timesteps=1000).alphas_cumprod,
+    loss_fn = partial(H.course.ddpm_inpainting.inpainting_loss,
+                      alphas_cumprod=DDPMScheduler(num_train_timesteps=1000).alphas_cumprod,
                       lambda_mask=1.0, lambda_context=0.05)
     cpu = torch.device("cpu")
     # 1. uninterrupted: 2 epochs x 3 batches

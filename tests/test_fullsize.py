@@ -85,7 +85,8 @@ def test_standins_have_the_published_layout_and_sizes(standins):
     assert all(torch.equal(raw[k], v) for k, v in S.legacy_attention_keys(unet.state_dict()).items())
     # SD: model_index.json as published, the real CLIP tokenizer
     index = json.loads((f["sd"] / "model_index.json").read_text())
-    assert index["scheduler"] == ["diffusers", "PNDMScheduler"] and index["_class_name"] == "StableDiffusionInpaintPipeline"
+    assert (index["scheduler"] == ["diffusers", "PNDMScheduler"]
+            and index["_class_name"] == "StableDiffusionInpaintPipeline")
     tok = CLIPTokenizer.from_pretrained(str(f["sd"] / "tokenizer"))
     assert len(tok) == 49408 and (tok.bos_token_id, tok.eos_token_id) == (49406, 49407)
     ids = tok("a photograph of an astronaut riding a horse").input_ids
@@ -99,8 +100,8 @@ def test_full_size_pipeline_loads_with_published_parameter_counts(standins):
     cfg = H.load_config("full", minimal_overrides(standins))
     pipe = H.study.sd.load_pipeline(cfg, device=torch.device(device_name()))
     counts = {row["component"]: row["params"] for row in H.study.sd.describe(pipe)}
-    assert counts == {"unet": S.PARAMS["sd_unet"], "vae": S.PARAMS["sd_vae"], "text_encoder": S.PARAMS["sd_text_encoder"],
-                      "scheduler": 0}
+    assert counts == {"unet": S.PARAMS["sd_unet"], "vae": S.PARAMS["sd_vae"],
+                      "text_encoder": S.PARAMS["sd_text_encoder"], "scheduler": 0}
     assert type(pipe.scheduler).__name__ == "PNDMScheduler" and pipe.unet.config.sample_size == 64
     lo = cfg.sd.lora
     H.course.sd_inpainting.add_lora(pipe, lo.r, lo.alpha, lo.dropout, lo.target_modules)
@@ -195,7 +196,8 @@ def test_ddpm_finetuned_weights_reload_identically(series):
     _, cfg, root = series
     P = _paths(cfg, root)
     unet = H.study.ddpm.load_finetuned(cfg, P)
-    assert unet.config.in_channels == 7 and H.study.runtime.count_parameters(unet)[1] == S.PARAMS["ddpm_unet"] + 4 * 128 * 9
+    assert unet.config.in_channels == 7
+    assert H.study.runtime.count_parameters(unet)[1] == S.PARAMS["ddpm_unet"] + 4 * 128 * 9
     ckpt = torch.load(next((P.models / "ddpm_inpaint").glob("ckpt_*/last.pt")), map_location="cpu", weights_only=False)
     assert ckpt["step"] == 1
     state = unet.state_dict()
@@ -208,9 +210,9 @@ def test_full_size_benchmark_runs_on_the_cpu(standins, tmp_root):
     size (one timed call each, plain variant, two sampling steps): the benchmark cannot rot between GPU runs."""
     import helpers as H
 
-    over = {**S.overrides(standins), "device": device_name(), "bench.warmup": 0, "bench.iters": 1, "bench.batch_sizes": [1],
-            "ddpm.batch_size": 1, "sd.batch_size": 1, "ddpm.num_inference_steps": 2, "sd.num_inference_steps": 2,
-            "eval.batch_size": 2}
+    over = {**S.overrides(standins), "device": device_name(), "bench.warmup": 0, "bench.iters": 1,
+            "bench.batch_sizes": [1], "ddpm.batch_size": 1, "sd.batch_size": 1, "ddpm.num_inference_steps": 2,
+            "sd.num_inference_steps": 2, "eval.batch_size": 2}
     cfg = H.load_config("full", over)
     out = tmp_root / "bench.json"
     result = H.tools.bench.run(cfg, out_path=out, variants=["plain"], sweep=False, full_size=True)

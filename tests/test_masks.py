@@ -51,7 +51,8 @@ MEAN_TOL = 0.02
 
 @pytest.fixture(scope="module")
 def lama_fractions():
-    return {k: np.array(v) for k, v in H.study.masks.sample_fractions(256, list(LAMA_MEAN_HOLE), N_STATS, seed=0).items()}
+    fractions = H.study.masks.sample_fractions(256, list(LAMA_MEAN_HOLE), N_STATS, seed=0)
+    return {k: np.array(v) for k, v in fractions.items()}
 
 
 @pytest.mark.parametrize("kind", list(LAMA_MEAN_HOLE))

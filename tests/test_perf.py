@@ -86,7 +86,8 @@ def test_ddpm_sampling_loop_never_reads_the_device(sampler):
     ac = DDPMScheduler(**H.study.ddpm.published_scheduler_config()).alphas_cumprod
     x, m = _meta(torch.zeros(2, 3, 16, 16)), _meta(torch.ones(2, 1, 16, 16))
     with torch.no_grad(), DeviceReads() as mode:
-        out = H.course.ddpm_inpainting.ddim_inpaint(unet, ac, x, m, _meta(torch.zeros(2, 3, 16, 16)), 6, 0.0, None, sampler)
+        out = H.course.ddpm_inpainting.ddim_inpaint(unet, ac, x, m, _meta(torch.zeros(2, 3, 16, 16)), 6, 0.0, None,
+                                                    sampler)
     assert out.shape == (2, 3, 16, 16) and mode.reads == []
 
 
@@ -110,8 +111,8 @@ def test_sd_guided_loop_never_reads_the_device(sampler):
     z, m, zm = _meta(torch.zeros(2, 4, 8, 8)), _meta(torch.ones(2, 1, 8, 8)), _meta(torch.zeros(2, 4, 8, 8))
     cond, uncond = _meta(torch.zeros(2, 77, 32)), _meta(torch.zeros(2, 77, 32))
     with torch.no_grad(), DeviceReads() as mode:
-        out = H.course.sd_inpainting.denoise(parts["unet"], H.study.perf.make_sampler(sampler, parts["scheduler"].config), z, m, zm, cond, uncond,
-                         5, 7.5)
+        sched = H.study.perf.make_sampler(sampler, parts["scheduler"].config)
+        out = H.course.sd_inpainting.denoise(parts["unet"], sched, z, m, zm, cond, uncond, 5, 7.5)
     assert out.shape == (2, 4, 8, 8) and mode.reads == []
 
 

@@ -65,7 +65,8 @@ def test_images_per_second_counts_the_real_batch(tmp_path):
 
     model = torch.nn.Linear(4, 1)
     spec = Config({**SPEC, "checkpoint_every": None, "num_epochs": 2})
-    r = H.study.training.train(model, lambda m, b, g: m(b["x"]).pow(2).mean(), Three(), spec, tmp_path, 0, torch.device("cpu"))
+    r = H.study.training.train(model, lambda m, b, g: m(b["x"]).pow(2).mean(), Three(), spec, tmp_path, 0,
+                               torch.device("cpu"))
     assert r.steps == 2
     assert abs(r.images_per_s * r.seconds - 6) < 1e-6
 

@@ -93,8 +93,8 @@ def ddim_toy_experiment(steps: Sequence[int] = (1000, 50, 10, 5, 2), n: int = 10
         for k in steps:
             g = torch.Generator().manual_seed(seed)
             x_T = torch.randn(n, generator=g, dtype=torch.float64)
-            x0 = loop(eps_fn, x_T, ab, k, eta, lambda: torch.randn(n, generator=g, dtype=torch.float64),
-                                  clip=False)
+            x0 = loop(eps_fn, x_T, ab, k, eta, lambda g=g: torch.randn(n, generator=g, dtype=torch.float64),
+                      clip=False)
             label = f"{'DDIM' if eta == 0 else 'eta=1'} {k} steps"
             samples[label] = x0
             rows.append({"sampler": "DDIM (eta=0)" if eta == 0 else "stochastic (eta=1)", "steps": k,

@@ -104,7 +104,7 @@ def training_step(model, batch: dict, loss_fn: Callable, optimizer, generator: t
     return loss.detach(), grad_norm.detach()
 
 
-# ====================================================================== 4. sampling: DDIM, conditioned on the known pixels
+# ====================================================================== 4. sampling: DDIM, given the known pixels
 @torch.no_grad()
 def ddim_inpaint(unet, alphas_cumprod: torch.Tensor, x_masked: torch.Tensor, mask: torch.Tensor, x_T: torch.Tensor,
                  num_steps: int, eta: float = 0.0, noise_fn: Callable | None = None, solver: str = "ddim",
@@ -162,12 +162,14 @@ def repaint_inpaint(unet, alphas_cumprod: torch.Tensor, image: torch.Tensor, mas
             with amp:
                 eps = unet(x, t_device[cur]).sample.float()
             x_unknown = p_sample(x, eps, ab[cur], ab[nxt], noise_fn() if nxt >= 0 else None)
-            # 3. the context from the data, x^known ~ q(x_nxt | x_0) = N(sqrt(alpha_bar) x_0, (1 - alpha_bar) I); exact at x_0
+            # 3. the context from the data, x^known ~ q(x_nxt | x_0) = N(sqrt(alpha_bar) x_0, (1 - alpha_bar) I);
+            #    exact at x_0
             x_known = ab[nxt] ** 0.5 * x0_known + (1 - ab[nxt]) ** 0.5 * noise_fn() if nxt >= 0 else x0_known
             # x_nxt = m * x^unknown + (1 - m) * x^known
             x = mask * x_unknown + (1 - mask) * x_known
         else:
-            # 4. up (resampling): x_nxt ~ q(x_nxt | x_cur) = N(sqrt(a) x_cur, (1 - a) I), a = alpha_bar_nxt / alpha_bar_cur
+            # 4. up (resampling): x_nxt ~ q(x_nxt | x_cur) = N(sqrt(a) x_cur, (1 - a) I),
+            #    a = alpha_bar_nxt / alpha_bar_cur
             a = ab[nxt] / ab[cur]
             x = a ** 0.5 * x + (1 - a) ** 0.5 * noise_fn()
     return (mask * x.clamp(-1, 1) + (1 - mask) * x0_known).clamp(-1, 1)   # 5. known pixels exact, in [-1, 1]

@@ -71,7 +71,8 @@ def q_posterior(x0: torch.Tensor, x_t: torch.Tensor, ab_t, ab_prev) -> tuple[tor
     ab_t, ab_prev = torch.as_tensor(ab_t, dtype=torch.float32), torch.as_tensor(ab_prev, dtype=torch.float32)
     alpha = ab_t / ab_prev                     # the step's alpha_t (a product of alphas for a strided step)
     beta = 1 - alpha
-    # mu~_t = sqrt(alpha_bar_prev) beta_t / (1 - alpha_bar_t) x_0 + sqrt(alpha_t) (1 - alpha_bar_prev) / (1 - alpha_bar_t) x_t
+    # mu~_t = sqrt(alpha_bar_prev) beta_t / (1 - alpha_bar_t) x_0
+    #        + sqrt(alpha_t) (1 - alpha_bar_prev) / (1 - alpha_bar_t) x_t
     mean = ab_prev.sqrt() * beta / (1 - ab_t) * x0 + alpha.sqrt() * (1 - ab_prev) / (1 - ab_t) * x_t
     # beta~_t = (1 - alpha_bar_prev) / (1 - alpha_bar_t) beta_t
     var = (1 - ab_prev) / (1 - ab_t) * beta
@@ -110,7 +111,8 @@ def ddim_step(x_t: torch.Tensor, eps: torch.Tensor, ab_t, ab_prev, eta: float = 
     x0_hat = predict_x0(x_t, eps, ab_t)
     if clip:
         x0_hat = x0_hat.clamp(-1, 1)
-    # sigma_t(eta) = eta sqrt((1 - alpha_bar_prev) / (1 - alpha_bar_t)) sqrt(1 - alpha_bar_t / alpha_bar_prev)   (eq. 16)
+    # sigma_t(eta) = eta sqrt((1 - alpha_bar_prev) / (1 - alpha_bar_t)) sqrt(1 - alpha_bar_t / alpha_bar_prev)
+    #                (eq. 16)
     sigma = eta * ((1 - ab_prev) / (1 - ab_t) * (1 - ab_t / ab_prev)).sqrt()
     # x_prev = sqrt(alpha_bar_prev) x0_hat + sqrt(1 - alpha_bar_prev - sigma^2) eps + sigma z
     x_prev = ab_prev.sqrt() * x0_hat + (1 - ab_prev - sigma ** 2).sqrt() * eps

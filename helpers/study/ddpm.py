@@ -148,7 +148,8 @@ def _scheduler_from_cfg(cfg: Config):
     from diffusers import DDPMScheduler
 
     schedule = {"cosine": "squaredcos_cap_v2"}.get(cfg.ddpm.beta_schedule, cfg.ddpm.beta_schedule)
-    kw = {**published_scheduler_config(), "num_train_timesteps": cfg.ddpm.num_train_timesteps, "beta_schedule": schedule}
+    kw = {**published_scheduler_config(), "num_train_timesteps": cfg.ddpm.num_train_timesteps,
+          "beta_schedule": schedule}
     return DDPMScheduler(**kw)
 
 
@@ -174,7 +175,8 @@ def weights_description(cfg: Config, P: Paths) -> str:
     if cfg.ddpm.pretrained_id:
         return f"pretrained unconditional DDPM {cfg.ddpm.pretrained_id}"
     return (f"TINY RANDOMLY INITIALISED UNet2DModel (ddpm.tiny_config, seed {cfg.seed}), saved to "
-            f"{(P.models / BASE_DIR).relative_to(P.root)} and loaded back with from_pretrained: no pretrained weights (smoke)")
+            f"{(P.models / BASE_DIR).relative_to(P.root)} and loaded back with from_pretrained: "
+            f"no pretrained weights (smoke)")
 
 
 def build_inpainting_model(cfg: Config, P: Paths):
@@ -311,7 +313,8 @@ def save_finetuned_predictions(cfg: Config, P: Paths, unet, alphas_cumprod: torc
     meta = method_meta(
         "ddpm_finetuned", f"{weights_description(cfg, P)}; first conv widened to {d.in_channels} channels and "
         f"fine-tuned here for {train_stats.get('steps')} steps; saved in {finetuned_dir(cfg, P).relative_to(P.root)}",
-        device, {}, trainable, total, train_stats, f"known pixels pasted back; training: {train_stats.get('note', '')}{smoke}",
+        device, {}, trainable, total, train_stats,
+        f"known pixels pasted back; training: {train_stats.get('note', '')}{smoke}",
         sampler=cfg.perf.get("sampler", "ddim"), num_inference_steps=d.num_inference_steps, eta=d.eta,
         mixed_precision=str(resolve_dtype(d.mixed_precision, device)))
     fn = ddim_sampler(cfg, unet, alphas_cumprod, device, inpaint_fn)
@@ -352,8 +355,10 @@ def perf_rows(train_stats: dict, finetuned_meta: dict, repaint_meta: dict | None
     if repaint_meta is not None:
         rows.append({"stage": "RePaint (training-free)", "trainable_params": 0,
                      "total_params": repaint_meta["total_params"], "images_per_s": repaint_meta["images_per_s"],
-                     "peak_memory_GiB": gib(repaint_meta["peak_memory_bytes"]), "seconds": repaint_meta["sample_seconds"],
-                     "detail": f"{repaint_meta['model_calls_per_image']} U-Net calls, {repaint_meta['n_images']} images"})
+                     "peak_memory_GiB": gib(repaint_meta["peak_memory_bytes"]),
+                     "seconds": repaint_meta["sample_seconds"],
+                     "detail": f"{repaint_meta['model_calls_per_image']} U-Net calls, "
+                               f"{repaint_meta['n_images']} images"})
     return rows
 
 

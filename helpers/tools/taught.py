@@ -131,7 +131,8 @@ def pull(select: str) -> list[Path]:
             body = cell.source.partition("\n")[2]
             mine = {n.name: "\n".join(body.splitlines()[min([n.lineno] + [d.lineno for d in n.decorator_list]) - 1:
                                                          n.end_lineno])
-                    for n in ast.parse(body).body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))}
+                    for n in ast.parse(body).body
+                    if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))}
             text = cell.module.read_text()
             for name, src in mine.items():
                 old = definitions(cell.module)[name]
