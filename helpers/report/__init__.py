@@ -1,9 +1,11 @@
-"""The report: tables, figures, human-preference statistics, and the export of the notebook series."""
+"""The report: formatting only. Tables (``tables``), statements in words (``text``), figures
+(``figures``), the published numbers it cites (``published``), human-preference statistics
+(``preference``) and the export of the notebook series (``export``)."""
 from __future__ import annotations
 
 import importlib
 
-_MODULES = ("findings", "figures", "preference", "export",)
+_MODULES = ("tables", "text", "figures", "published", "preference", "export")
 
 __all__ = list(_MODULES)
 

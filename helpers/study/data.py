@@ -666,6 +666,13 @@ def read_predictions(cfg: Config, method: str, names: Iterable[str], root: Path 
     return load_pngs([out / f"{n}.png" for n in names]), meta
 
 
+def read_meta(cfg: Config, method: str, root: Path | None = None) -> dict:
+    """The meta.json of a method's predictions ({} when it has none): the weights, settings and sizes
+    of the model that actually ran (e.g. ``latent_px`` of the SD methods)."""
+    path = paths(cfg, root).predictions(method) / "meta.json"
+    return load_json(path) if path.is_file() else {}
+
+
 def demo_bad_inputs(folder: Path) -> Path:
     """Write one file of each troublesome kind into ``folder`` (notebook 01 and the tests):
     good RGB, grayscale, RGBA, 16-bit grayscale, 48-bit RGB, a 10x10 thumbnail, a 2000x100 strip,

@@ -21,9 +21,9 @@ Tables go to ``reports/<preset>/tables/05_*.csv`` and ``05_evaluation.json``.
 """
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -370,7 +370,7 @@ def common_means(per_image: pd.DataFrame, metric: str) -> tuple[pd.Series, int]:
     return wide.mean().astype(float), len(wide)
 
 
-def statement_sets(ev: "Evaluation") -> list[ImageSet]:
+def statement_sets(ev: Evaluation) -> list[ImageSet]:
     """The image sets the conclusions speak about, in order:
 
     1. the **main set**: the whole test set, with every method scored on all of it;
@@ -427,3 +427,128 @@ def best_methods(ev: Evaluation) -> dict[str, str]:
         col = ok[metric].astype(float)
         out[metric] = ok.loc[col.idxmax() if higher else col.idxmin(), "method"]
     return out
+
+
+# ---------------------------------------------------------------- the decisions behind the conclusions
+# Each function returns numbers and decisions as data; helpers.report.text words them.
+MIN_IMAGES_TO_CONCLUDE = 30     # below this many images a bootstrap CI is too unstable to conclude from
+
+
+def ci_verdict(lo: float, hi: float, n: int, min_n: int = MIN_IMAGES_TO_CONCLUDE) -> str:
+    """What a paired difference's 95 % CI over ``n`` images supports: ``"too few"`` below ``min_n``
+    images (a percentile bootstrap over a handful of values is too narrow to trust), else
+    ``"resolved"`` when the CI excludes 0 and ``"not resolved"`` when it contains 0."""
+    if n < min_n:
+        return "too few"
+    return "resolved" if lo > 0 or hi < 0 else "not resolved"
+
+
+def _bootstrap_settings(ev: Evaluation) -> tuple[int, int]:
+    return ev.info["bootstrap"]["samples"], ev.info["bootstrap"]["seed"]
+
+
+def best_on_set(ev: Evaluation, metric: str, image_set: ImageSet) -> dict | None:
+    """The best and runner-up method on ``metric`` over exactly ``image_set``: both means, the paired
+    difference best - runner-up with its bootstrap 95 % CI and :func:`ci_verdict`, all over the same
+    images. None when no method of the set has the metric on all of its images."""
+    methods = [m for m in image_set.methods
+               if set(image_set.images) <= set(images_of(ev.per_image, m, metric))]
+    if not methods or not image_set.n:
+        return None
+    means = means_on(ev.per_image, methods, metric, image_set.images)
+    means = means.sort_values(ascending=not HIGHER_IS_BETTER[metric])
+    out = {"metric": metric, "set": image_set, "best": means.index[0], "means": means}
+    if len(means) >= 2:
+        d, lo, hi, n = paired_difference(ev.per_image, means.index[0], means.index[1], metric,
+                                         *_bootstrap_settings(ev), images=image_set.images)
+        out.update({"runner_up": means.index[1], "diff": d, "lo": lo, "hi": hi, "n": n,
+                    "verdict": ci_verdict(lo, hi, n)})
+    return out
+
+
+def subset_comparison(ev: Evaluation, image_set: ImageSet, metric: str = "psnr_hole") -> dict | None:
+    """The method run on a subset (RePaint) against its closest relative (fine-tuned DDPM, else the best
+    other method) over exactly that subset: both means and the paired difference with its CI and
+    verdict. None when no other method has all of the subset's images."""
+    method = image_set.subset_of
+    others = [m for m in image_set.methods if m != method]
+    if not others:
+        return None
+    other = ("ddpm_finetuned" if "ddpm_finetuned" in others
+             else means_on(ev.per_image, others, metric, image_set.images).idxmax())
+    means = means_on(ev.per_image, [method, other], metric, image_set.images)
+    d, lo, hi, n = paired_difference(ev.per_image, method, other, metric, *_bootstrap_settings(ev),
+                                     images=image_set.images)
+    return {"method": method, "other": other, "metric": metric, "means": means, "diff": d, "lo": lo, "hi": hi,
+            "n": n, "verdict": ci_verdict(lo, hi, n)}
+
+
+def against_baseline(ev: Evaluation, image_set: ImageSet, baseline: str = "telea",
+                     metric: str = "psnr_hole") -> dict | None:
+    """The learned methods of ``image_set`` whose mean ``metric`` is above the classical baseline's
+    (None when the baseline is not in the set)."""
+    if baseline not in image_set.methods:
+        return None
+    learned = [m for m in image_set.methods if m != baseline]
+    means = means_on(ev.per_image, list(image_set.methods), metric, image_set.images)
+    return {"baseline": baseline, "baseline_mean": float(means[baseline]), "learned": learned,
+            "higher": [m for m in learned if means[m] > means[baseline]]}
+
+
+def study_ranking(ev: Evaluation, image_set: ImageSet) -> dict | None:
+    """The study's ranking (SD + LoRA ahead of fine-tuned DDPM) checked on ``image_set``: the metrics
+    compared (PSNR, SSIM, LPIPS when computed, FID when both have it) and those that agree."""
+    if not {"sd_lora", "ddpm_finetuned"} <= set(image_set.methods):
+        return None
+    pair = ["sd_lora", "ddpm_finetuned"]
+    agree, compared = [], []
+    lpips_ok = not ev.per_image["lpips"].isna().all()
+    for metric in ("psnr", "ssim") + (("lpips",) if lpips_ok else ()):
+        m = means_on(ev.per_image, pair, metric, image_set.images)
+        compared.append(metric)
+        if (m["sd_lora"] > m["ddpm_finetuned"]) == HIGHER_IS_BETTER[metric]:
+            agree.append(metric)
+    summ = ev.summary.set_index("method")
+    if "fid" in summ and not summ.loc[pair, "fid"].isna().any():
+        compared.append("fid")
+        if summ.loc["sd_lora", "fid"] < summ.loc["ddpm_finetuned", "fid"]:
+            agree.append("fid")
+    return {"compared": compared, "agree": agree}
+
+
+def lowest_kid(ev: Evaluation, image_set: ImageSet) -> dict | None:
+    """The method of ``image_set`` with the lowest KID, with its KID and spread (None without KID)."""
+    summ = ev.summary.set_index("method")
+    if "kid" not in summ:
+        return None
+    kids = summ.loc[list(image_set.methods), "kid"].astype(float).dropna()
+    if not len(kids):
+        return None
+    w = kids.idxmin()
+    return {"method": w, "kid": float(kids[w]), "kid_std": summ.loc[w].get("kid_std")}
+
+
+def speed_range(ev: Evaluation) -> dict | None:
+    """The fastest and slowest method in seconds per image, and the device when all ran on one
+    (None with fewer than two timed methods)."""
+    rt = ev.runtime.dropna(subset=["seconds_per_image"]) if not ev.runtime.empty else ev.runtime
+    if len(rt) < 2:
+        return None
+    fast, slow = rt.loc[rt["seconds_per_image"].idxmin()], rt.loc[rt["seconds_per_image"].idxmax()]
+    devices = {str(d) for d in rt["device"]}
+    return {"fastest": fast["method"], "fastest_s": float(fast["seconds_per_image"]),
+            "slowest": slow["method"], "slowest_s": float(slow["seconds_per_image"]),
+            "device": devices.pop() if len(devices) == 1 else None}
+
+
+def failure_cases(ev: Evaluation, k: int = 4) -> tuple[list[str], str]:
+    """The ``k`` test images that are hardest across the scored methods: highest mean LPIPS when
+    LPIPS is available, else lowest mean hole PSNR. Returns (names, the criterion in words)."""
+    df = ev.per_image
+    if df.empty:
+        return [], "no scores"
+    use_lpips = not df["lpips"].isna().all()
+    metric = "lpips" if use_lpips else "psnr_hole"
+    mean = df.groupby("name")[metric].mean()
+    order = mean.sort_values(ascending=not use_lpips)
+    return list(order.index[:k]), f"{'highest' if use_lpips else 'lowest'} mean {LABELS[metric]} across methods"
