@@ -25,13 +25,14 @@ import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, Sequence
 from urllib.parse import urlparse
 
 import numpy as np
 import torch
 from PIL import Image
 
+from helpers.course.ddpm_inpainting import masked_image  # noqa: F401  (x * (1 - m), taught in 03)
 from helpers.study.config import Config
 from helpers.study.files import (
     load_json,
@@ -43,6 +44,7 @@ from helpers.study.files import (
     save_json,
     save_mask_png,
     save_png,
+    swap_in,
 )
 from helpers.study.masks import (
     GENERATOR_VERSION,
@@ -243,6 +245,12 @@ def bundled_crops(n: int, size: int, seed: int, report: Report | None = None) ->
         yield f"{pname}_{i:04d}", admit(crop, f"{pname}_{i:04d}", size, report)
 
 
+def image_files(folder: Path, every: Sequence[Path] | None = None) -> list[Path]:
+    """The image files under ``folder`` (recursively, sorted), by extension."""
+    every = sorted(p for p in Path(folder).rglob("*") if p.is_file()) if every is None else every
+    return [p for p in every if p.suffix.lower() in IMAGE_EXTENSIONS]
+
+
 def folder_images(folder: Path, size: int, report: Report, limit: int | None = None, min_size: int = 8,
                   min_kept_fraction: float = 0.0) -> Iterator[tuple[str, np.ndarray]]:
     """Every image under ``folder`` (recursively, sorted); every other file, bad file or refused
@@ -254,7 +262,7 @@ def folder_images(folder: Path, size: int, report: Report, limit: int | None = N
     if not folder.is_dir():
         raise FileNotFoundError(f"data.folder {folder} does not exist or is not a folder")
     every = sorted(p for p in folder.rglob("*") if p.is_file())
-    files = [p for p in every if p.suffix.lower() in IMAGE_EXTENSIONS]
+    files = image_files(folder, every)
     if not files:
         raise FileNotFoundError(f"no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) under {folder}")
     for p in every:
@@ -379,22 +387,26 @@ def _complete(folder: Path, index: dict) -> bool:
 
 
 def _items(cfg: Config, P, report: Report, split: str | None = None, prefix: str = "", limit=None):
-    """The configured source's images as (name, uint8 HxWx3 at data.image_size), counted in ``report``."""
+    """The configured source's images as (name, uint8 HxWx3 at data.image_size), counted in ``report``,
+    and how many there will be at most (the progress bar's total: the files found, not the cap)."""
     d = cfg.data
     admit_kw = {"min_size": d.get("min_size", 8), "min_kept_fraction": d.get("min_kept_fraction", 0.0)}
     if d.source == "bundled":
-        return bundled_crops(d.num_images, d.image_size, cfg.seed, report)
+        return bundled_crops(d.num_images, d.image_size, cfg.seed, report), d.num_images
     if d.source == "folder":
         if not d.get("folder"):
             raise ValueError("data.folder is not set: with data.source: folder, set data.folder to the folder "
                              "holding your images (e.g. --set data.folder=/path/to/images)")
-        return folder_images(Path(d.folder), d.image_size, report, d.num_images, **admit_kw)
+        items = folder_images(Path(d.folder), d.image_size, report, d.num_images, **admit_kw)
+        found = len(image_files(d.folder)) if Path(d.folder).is_dir() else 0
+        return items, found if d.num_images is None else min(found, d.num_images)
     if d.source == "hub":
         if not d.get("hub_id"):
             raise ValueError("data.hub_id is not set: with data.source: hub, set data.hub_id to a datasets-hub id "
                              "or a local data set folder")
+        n = d.num_images if limit is None else limit
         return hub_images(d.hub_id, split or d.hub_split, d.hub_image_key, d.image_size, P.cache, report,
-                          d.num_images if limit is None else limit, prefix=prefix, **admit_kw)
+                          n, prefix=prefix, **admit_kw), n
     raise ValueError(f"data.source must be bundled, folder or hub, got {d.source!r}")
 
 
@@ -425,22 +437,63 @@ def resolution_note(cfg: Config, index: dict) -> dict:
                      f"{size} px. The DDPM works at {size} px. {sd_txt}.")}
 
 
-def _swap_in(stage: Path, live: Path) -> None:
-    """Replace live/{images,test_masks,index.json} by the complete ones in ``stage``. The old index
-    goes first: from then until the new one lands, a crash leaves no index ("prepare again"),
-    never an index that names missing files."""
-    old = live / ".old"
-    shutil.rmtree(old, ignore_errors=True)
-    old.mkdir()
-    if (live / "index.json").is_file():
-        os.replace(live / "index.json", old / "index.json")
-    for part in ("images", "test_masks"):
-        if (live / part).exists():
-            os.replace(live / part, old / part)
-        os.replace(stage / part, live / part)
-    os.replace(stage / "index.json", live / "index.json")
-    shutil.rmtree(old, ignore_errors=True)
-    shutil.rmtree(stage, ignore_errors=True)
+def _read_sources(cfg: Config, P, report: Report, stage: Path, held_out: str | None) -> tuple[list[str], list[str]]:
+    """Stage 1: the source's images (and its own test split, when it has one), resized/cropped to the
+    preset's square size, written to ``stage/images/_all`` as they are read. Returns (names, held-out names)."""
+    d = cfg.data
+    names, fixed_test = [], []
+    sources = [(*_items(cfg, P, report), names)]
+    if held_out:
+        sources.append((*_items(cfg, P, report, split=held_out, prefix=f"{held_out}_", limit=d.max_test_images),
+                        fixed_test))
+    for items, total, out in sources:
+        for name, img in progress(items, desc=f"reading {d.source} images", total=total):
+            save_png(img, stage / "images" / "_all" / f"{name}.png")
+            out.append(name)
+    return names, fixed_test
+
+
+def _make_splits(cfg: Config, names: list[str], fixed_test: list[str], user_masks: dict | None,
+                 stage: Path) -> dict[str, list[str]]:
+    """Stage 2: a deterministic split by seed, capped; the test set is the source's held-out split,
+    the images the user brought masks for, or a seeded cut. The staged images move to their split."""
+    d = cfg.data
+    if user_masks is not None:
+        pool = fixed_test or names
+        fixed_test = sorted(set(pool) & set(user_masks))
+        if not fixed_test:
+            raise ValueError(f"no mask in data.test_masks_folder matches an image name (masks e.g. "
+                             f"{sorted(user_masks)[:3]}, images e.g. {sorted(pool)[:3]})")
+        names = [n for n in names if n not in set(fixed_test)]
+    splits = split_names(names, d.split, cfg.seed, fixed_test=fixed_test or None)
+    for s, limit in {"test": d.max_test_images, "val": d.max_val_images}.items():
+        if limit is not None and len(splits[s]) > limit:
+            splits["train"] = sorted(splits["train"] + splits[s][limit:])
+            splits[s] = splits[s][:limit]
+    for s in SPLITS:
+        (stage / "images" / s).mkdir(parents=True, exist_ok=True)
+        for name in splits[s]:
+            os.replace(stage / "images" / "_all" / f"{name}.png", stage / "images" / s / f"{name}.png")
+    shutil.rmtree(stage / "images" / "_all", ignore_errors=True)   # held-out images beyond the cap
+    return splits
+
+
+def _freeze_test_masks(cfg: Config, test_names: list[str], user_masks: dict | None, stage: Path) -> dict:
+    """Stage 3: the frozen test masks: the user's (validated like ours), or kinds cycled so every kind
+    is represented, one generator per image. Returns name -> {kind, hole_fraction}."""
+    d = cfg.data
+    test_masks, kinds = {}, list(d.masks.kinds)
+    for i, name in enumerate(test_names):
+        if user_masks is not None:
+            kind = "user"
+            m = load_mask_file(user_masks[name], (d.image_size, d.image_size))[0].numpy()
+        else:
+            rng = np.random.default_rng([cfg.seed, 1, i])
+            kind = kinds[i % len(kinds)]
+            m = generate_mask(d.image_size, kind, rng, d.masks.min_hole, d.masks.max_hole)
+        save_mask_png(m, stage / "test_masks" / f"{name}.png")
+        test_masks[name] = {"kind": kind, "hole_fraction": hole_fraction(m)}
+    return test_masks
 
 
 def prepare_dataset(cfg: Config, force: bool = False, root: Path | None = None) -> dict:
@@ -466,55 +519,15 @@ def prepare_dataset(cfg: Config, force: bool = False, root: Path | None = None) 
     stage = P.data / ".staging"
     shutil.rmtree(stage, ignore_errors=True)
     try:
-        # 1. images from the source (and the source's own test split, when it has one), resized/cropped
-        #    to the preset's square size, written to the staging folder as they are read
-        names, fixed_test = [], []
-        sources = [(_items(cfg, P, report), names)]
-        if held_out:
-            sources.append((_items(cfg, P, report, split=held_out, prefix=f"{held_out}_", limit=d.max_test_images),
-                            fixed_test))
-        for items, out in sources:
-            for name, img in progress(items, desc=f"reading {d.source} images", total=d.num_images):
-                save_png(img, stage / "images" / "_all" / f"{name}.png")
-                out.append(name)
-        # 2. deterministic split by seed; the test set is the source's held-out split, the images the
-        #    user brought masks for, or a seeded cut; capped
-        if user_masks is not None:
-            pool = fixed_test or names
-            fixed_test = sorted(set(pool) & set(user_masks))
-            if not fixed_test:
-                raise ValueError(f"no mask in data.test_masks_folder matches an image name (masks e.g. "
-                                 f"{sorted(user_masks)[:3]}, images e.g. {sorted(pool)[:3]})")
-            names = [n for n in names if n not in set(fixed_test)]
-        splits = split_names(names, d.split, cfg.seed, fixed_test=fixed_test or None)
-        cap = {"test": d.max_test_images, "val": d.max_val_images}
-        for s, limit in cap.items():
-            if limit is not None and len(splits[s]) > limit:
-                splits["train"] = sorted(splits["train"] + splits[s][limit:])
-                splits[s] = splits[s][:limit]
-        for s in SPLITS:
-            (stage / "images" / s).mkdir(parents=True, exist_ok=True)
-            for name in splits[s]:
-                os.replace(stage / "images" / "_all" / f"{name}.png", stage / "images" / s / f"{name}.png")
-        shutil.rmtree(stage / "images" / "_all", ignore_errors=True)   # held-out images beyond the cap
-        # 3. frozen test masks: the user's (validated like ours), or kinds cycled so every kind is
-        #    represented, one generator per image
-        test_masks = {}
-        kinds = list(d.masks.kinds)
-        for i, name in enumerate(splits["test"]):
-            if user_masks is not None:
-                kind = "user"
-                m = load_mask_file(user_masks[name], (d.image_size, d.image_size))[0].numpy()
-            else:
-                rng = np.random.default_rng([cfg.seed, 1, i])
-                kind = kinds[i % len(kinds)]
-                m = generate_mask(d.image_size, kind, rng, d.masks.min_hole, d.masks.max_hole)
-            save_mask_png(m, stage / "test_masks" / f"{name}.png")
-            test_masks[name] = {"kind": kind, "hole_fraction": hole_fraction(m)}
+        # 1. images from the source; 2. splits; 3. frozen test masks; the index
+        names, fixed_test = _read_sources(cfg, P, report, stage, held_out)
+        splits = _make_splits(cfg, names, fixed_test, user_masks, stage)
+        test_masks = _freeze_test_masks(cfg, splits["test"], user_masks, stage)
         index = {"fingerprint": fp, "preset": cfg.preset, "source": d.source, "image_size": d.image_size,
                  "test_split": (f"{d.hub_id} split {held_out!r} (the source's own held-out split)" if held_out
                                 else f"a seeded cut of the {d.source} images"),
-                 "test_masks_from": str(d.test_masks_folder) if user_masks is not None else "generated (data.masks.kinds)",
+                 "test_masks_from": (str(d.test_masks_folder) if user_masks is not None
+                                     else "generated (data.masks.kinds)"),
                  "splits": splits, "test_masks": test_masks, "inputs": report.to_dict()}
         index["resolution"] = resolution_note(cfg, index)
         save_json(index, stage / "index.json")
@@ -522,8 +535,8 @@ def prepare_dataset(cfg: Config, force: bool = False, root: Path | None = None) 
         shutil.rmtree(stage, ignore_errors=True)   # the live data set was never touched
         raise
     # 4. swap in, index last
-    _swap_in(stage, P.data)
-    log.info("prepared %s: %s", P.data, report.summary())
+    swap_in(stage, P.data, ["images", "test_masks", "index.json"])
+    log.info("prepared %s: %s", P.relative(P.data), report.summary())
     return index
 
 
@@ -599,11 +612,6 @@ def load_test_set(cfg: Config, root: Path | None = None) -> dict:
     batch = collate(parallel_map(ds.__getitem__, range(len(ds)), workers))
     batch["hole_fraction"] = [ds.index["test_masks"][n]["hole_fraction"] for n in batch["name"]]
     return batch
-
-
-def masked_image(image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """x_masked = x * (1 - mask): hole pixels set to 0 (mid-grey in [-1, 1])."""
-    return image * (1 - mask)
 
 
 def composite(pred: torch.Tensor, image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

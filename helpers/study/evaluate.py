@@ -185,6 +185,72 @@ def _runtime_row(method: str, meta: dict) -> dict:
 
 
 # ---------------------------------------------------------------- the whole protocol
+def _missing(method: str, reason: str) -> dict:
+    return {"method": method, "label": METHODS[method], "status": "missing", "n": 0, "note": reason}
+
+
+def _score_method(cfg: Config, method: str, test: dict, found: dict, device, lpips_fn, inception, real_feats,
+                  scores_fn, root: Path | None) -> dict:
+    """One method: read its predictions, re-composite the known pixels, score per image and as a set.
+    Returns {"summary": row} for a method that cannot be scored, else also its per-image frame, runtime
+    row and info."""
+    E = cfg.eval
+    row_of = {n: i for i, n in enumerate(test["name"])}
+    idx = [row_of[n] for n in found["names"]]
+    image, mask = test["image"][idx], test["mask"][idx]
+    raw, meta = read_predictions(cfg, method, found["names"], root)
+    if raw.shape != image.shape:
+        return {"summary": _missing(method, f"predictions are {tuple(raw.shape[1:])}, the test images "
+                                            f"{tuple(image.shape[1:])}: re-run notebook {NOTEBOOK_OF[method]} "
+                                            "at data.image_size")}
+    pred = composite(raw, image, mask)
+    known_change = int((to_levels(raw) - to_levels(image)).abs().mul(1 - mask).amax().item())
+    scores = score_images(pred, image, mask, device, E.batch_size, lpips_fn, f"scoring {method}", scores_fn)
+    frame = pd.DataFrame({"method": method, "label": METHODS[method], "name": found["names"],
+                          "kind": [test["kind"][i] for i in idx],
+                          "hole_fraction": [test["hole_fraction"][i] for i in idx], **scores})
+    row = {"method": method, "label": METHODS[method], "status": "ok" if not found["reason"] else "partial",
+           "n": len(idx), "note": found["reason"], "weights": meta.get("weights", "not recorded")}
+    for metric in PER_IMAGE:
+        row[metric], row[f"{metric}_lo"], row[f"{metric}_hi"] = bootstrap_ci(scores[metric], E.bootstrap_samples,
+                                                                            cfg.seed)
+    if inception is not None and len(idx) >= 2:
+        fake = inception_features(inception, pred, E.batch_size, f"Inception: {method}")
+        row["fid"] = fid_from_features(real_feats[idx], fake)
+        row["kid"], row["kid_std"], row["kid_subset_size"] = kid_from_features(
+            real_feats[idx], fake, E.kid_subset_size, E.kid_subsets, cfg.seed)
+        row["fid_n"] = len(idx)
+    info = {"n": len(idx), "known_pixels_max_change_before_composite": known_change,
+            "weights": meta.get("weights", "not recorded"), "captions": meta.get("captions")}
+    return {"summary": row, "frame": frame, "runtime": _runtime_row(method, meta), "info": info}
+
+
+def _protocol_info(cfg: Config, n_test: int, device, lpips_status, fid_status, missing: list, methods: dict,
+                   root: Path | None) -> dict:
+    """How every number was measured (saved as 05_evaluation.json; the tables' captions read it)."""
+    E = cfg.eval
+    info = {
+        "preset": cfg.preset, "n_test": n_test, "image_size": cfg.data.image_size, "device": str(device),
+        "protocol": "frozen test images and masks; known pixels composited back by the evaluator; "
+                    f"{cfg.data.image_size}x{cfg.data.image_size} px; metrics on 8-bit PNG values",
+        "psnr_ssim": "own batched float64 code, equal to scikit-image peak_signal_noise_ratio / "
+                     "structural_similarity(channel_axis=-1, data_range=255, win_size=7, uniform window); "
+                     "hole PSNR: MSE over hole pixels only; hole SSIM: mean of the SSIM map over hole pixels",
+        "lpips": lpips_status.to_dict(), "fid": fid_status.to_dict(),
+        "kid": {"kernel": "(x.y/d + 1)^3", "estimator": "unbiased MMD^2", "subset_size": E.kid_subset_size,
+                "subsets": E.kid_subsets},
+        "bootstrap": {"kind": "percentile bootstrap of the mean over images", "samples": E.bootstrap_samples,
+                      "seed": cfg.seed, "confidence": 0.95},
+        "hole_buckets": list(E.hole_buckets), "missing": missing, "methods": methods,
+    }
+    index = load_index(cfg, root)         # where the test set came from, at which sizes (notebook 01)
+    res = index.get("resolution") or {}
+    info["data"] = {"test_split": index.get("test_split"), "sizes": res.get("text"),
+                    "sd_upsampled": res.get("sd_upsampled"), "prepared_px": res.get("prepared_px"),
+                    "sd_px": res.get("sd_px")}
+    return info
+
+
 def evaluate_all(cfg: Config, root: Path | None = None, methods: Sequence[str] | None = None,
                  device: torch.device | str | None = None, scores_fn=pixel_scores) -> Evaluation:
     """Score every method on the frozen test set; save and return the tables (see module doc).
@@ -196,7 +262,6 @@ def evaluate_all(cfg: Config, root: Path | None = None, methods: Sequence[str] |
     # 1. the frozen test set and the learned metrics' networks (found without downloading)
     test = load_test_set(cfg, root)
     names = list(test["name"])
-    row_of = {n: i for i, n in enumerate(names)}
     lpips_fn, lpips_status = load_lpips(E.lpips_net, [P.cache], device)
     inception, fid_status = load_inception([P.cache], device, E.get("fid_backbone", "auto"))
     real_feats = (inception_features(inception, test["image"], E.batch_size, "Inception: real test images")
@@ -205,41 +270,15 @@ def evaluate_all(cfg: Config, root: Path | None = None, methods: Sequence[str] |
     frames, summary, runtime, missing, method_info = [], [], [], [], {}
     for method in progress(methods, desc="methods"):
         found = find_predictions(cfg, method, names, root)
-        if not found["names"]:
-            missing.append({"method": method, "label": METHODS[method], "reason": found["reason"]})
-            summary.append({"method": method, "label": METHODS[method], "status": "missing", "n": 0,
-                            "note": found["reason"]})
+        out = (_score_method(cfg, method, test, found, device, lpips_fn, inception, real_feats, scores_fn, root)
+               if found["names"] else {"summary": _missing(method, found["reason"])})
+        summary.append(out["summary"])
+        if "frame" not in out:
+            missing.append({"method": method, "label": METHODS[method], "reason": out["summary"]["note"]})
             continue
-        idx = [row_of[n] for n in found["names"]]
-        image, mask = test["image"][idx], test["mask"][idx]
-        raw, meta = read_predictions(cfg, method, found["names"], root)
-        if raw.shape != image.shape:
-            reason = (f"predictions are {tuple(raw.shape[1:])}, the test images {tuple(image.shape[1:])}: "
-                      f"re-run notebook {NOTEBOOK_OF[method]} at data.image_size")
-            missing.append({"method": method, "label": METHODS[method], "reason": reason})
-            summary.append({"method": method, "label": METHODS[method], "status": "missing", "n": 0, "note": reason})
-            continue
-        pred = composite(raw, image, mask)
-        known_change = int((to_levels(raw) - to_levels(image)).abs().mul(1 - mask).amax().item())
-        scores = score_images(pred, image, mask, device, E.batch_size, lpips_fn, f"scoring {method}", scores_fn)
-        frames.append(pd.DataFrame({"method": method, "label": METHODS[method], "name": found["names"],
-                                    "kind": [test["kind"][i] for i in idx],
-                                    "hole_fraction": [test["hole_fraction"][i] for i in idx], **scores}))
-        row = {"method": method, "label": METHODS[method], "status": "ok" if not found["reason"] else "partial",
-               "n": len(idx), "note": found["reason"], "weights": meta.get("weights", "not recorded")}
-        for metric in PER_IMAGE:
-            row[metric], row[f"{metric}_lo"], row[f"{metric}_hi"] = bootstrap_ci(
-                scores[metric], E.bootstrap_samples, cfg.seed)
-        if inception is not None and len(idx) >= 2:
-            fake = inception_features(inception, pred, E.batch_size, f"Inception: {method}")
-            row["fid"] = fid_from_features(real_feats[idx], fake)
-            row["kid"], row["kid_std"], row["kid_subset_size"] = kid_from_features(
-                real_feats[idx], fake, E.kid_subset_size, E.kid_subsets, cfg.seed)
-            row["fid_n"] = len(idx)
-        summary.append(row)
-        runtime.append(_runtime_row(method, meta))
-        method_info[method] = {"n": len(idx), "known_pixels_max_change_before_composite": known_change,
-                               "weights": meta.get("weights", "not recorded"), "captions": meta.get("captions")}
+        frames.append(out["frame"])
+        runtime.append(out["runtime"])
+        method_info[method] = out["info"]
     # 3. tables: per image, summary, by hole-area bucket and mask kind, runtime
     per_image = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
         columns=["method", "label", "name", "kind", "hole_fraction", *PER_IMAGE])
@@ -247,25 +286,7 @@ def evaluate_all(cfg: Config, root: Path | None = None, methods: Sequence[str] |
     kinds = [k for k in cfg.data.masks.kinds if k in set(per_image["kind"])]
     by_bucket = _grouped(per_image, "bucket", PER_IMAGE, E.bootstrap_samples, cfg.seed, bucket_labels(E.hole_buckets))
     by_kind = _grouped(per_image, "kind", PER_IMAGE, E.bootstrap_samples, cfg.seed, kinds)
-    info = {
-        "preset": cfg.preset, "n_test": len(names), "image_size": cfg.data.image_size, "device": str(device),
-        "protocol": "frozen test images and masks; known pixels composited back by the evaluator; "
-                    f"{cfg.data.image_size}x{cfg.data.image_size} px; metrics on 8-bit PNG values",
-        "psnr_ssim": "own batched float64 code, equal to scikit-image peak_signal_noise_ratio / "
-                     "structural_similarity(channel_axis=-1, data_range=255, win_size=7, uniform window); "
-                     "hole PSNR: MSE over hole pixels only; hole SSIM: mean of the SSIM map over hole pixels",
-        "lpips": lpips_status.to_dict(), "fid": fid_status.to_dict(),
-        "kid": {"kernel": "(x.y/d + 1)^3", "estimator": "unbiased MMD^2", "subset_size": E.kid_subset_size,
-                "subsets": E.kid_subsets},
-        "bootstrap": {"kind": "percentile bootstrap of the mean over images", "samples": E.bootstrap_samples,
-                      "seed": cfg.seed, "confidence": 0.95},
-        "hole_buckets": list(E.hole_buckets), "missing": missing, "methods": method_info,
-    }
-    index = load_index(cfg, root)         # where the test set came from, at which sizes (notebook 01)
-    res = index.get("resolution") or {}
-    info["data"] = {"test_split": index.get("test_split"), "sizes": res.get("text"),
-                    "sd_upsampled": res.get("sd_upsampled"), "prepared_px": res.get("prepared_px"),
-                    "sd_px": res.get("sd_px")}
+    info = _protocol_info(cfg, len(names), device, lpips_status, fid_status, missing, method_info, root)
     ev = Evaluation(per_image, pd.DataFrame(summary), by_bucket, by_kind,
                     pd.DataFrame(runtime, columns=list(_runtime_row("telea", {}))), info)
     save_evaluation(ev, P.tables)

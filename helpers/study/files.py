@@ -193,14 +193,33 @@ def torch_save_atomic(obj: Any, path: Path) -> None:
 
 
 # ====================================================================== 7. fine-tuning
-def save_pretrained_atomic(model, folder: Path) -> None:
-    """save_pretrained into a temporary folder, then swap it in (a crash never leaves half a model)."""
-    folder = Path(folder)
-    tmp, old = folder.with_name(folder.name + ".tmp"), folder.with_name(folder.name + ".old")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(str(tmp))
-    if folder.exists():
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(folder, old)
-    os.replace(tmp, folder)
+def swap_in(stage: Path, live: Path, parts: Sequence[str]) -> None:
+    """Move ``parts`` (files or folders) of the complete ``stage`` folder into ``live``, replacing the
+    ones there, then remove ``stage``: the one folder swap of the project (a crash never leaves half a
+    data set or half a model). The last part is the marker that says the rest is whole (an index, a
+    model folder): the old one goes first and the new one lands last, so a crash in between leaves no
+    marker ("build it again"), never a marker beside missing files."""
+    stage, live = Path(stage), Path(live)
+    old = stage.with_name(stage.name + ".old")
     shutil.rmtree(old, ignore_errors=True)
+    old.mkdir(parents=True)
+    live.mkdir(parents=True, exist_ok=True)
+    *rest, marker = parts
+    if (live / marker).exists():
+        os.replace(live / marker, old / marker)
+    for part in rest:
+        if (live / part).exists():
+            os.replace(live / part, old / part)
+        os.replace(stage / part, live / part)
+    os.replace(stage / marker, live / marker)
+    shutil.rmtree(old, ignore_errors=True)
+    shutil.rmtree(stage, ignore_errors=True)
+
+
+def save_pretrained_atomic(model, folder: Path) -> None:
+    """save_pretrained into a staging folder beside ``folder``, then :func:`swap_in`."""
+    folder = Path(folder)
+    stage = folder.with_name(f".{folder.name}.staging")
+    shutil.rmtree(stage, ignore_errors=True)
+    model.save_pretrained(str(stage / folder.name))
+    swap_in(stage, folder.parent, [folder.name])
