@@ -430,3 +430,23 @@ def test_your_own_test_masks_are_matched_by_name_and_validated(tmp_root):
     with pytest.raises(ValueError, match="p09.png"):
         H.study.data.prepare_dataset(H.load_config("smoke", over), force=True)
     assert H.study.data.prepare_dataset(H.load_config("smoke", over)) == index                 # the good set survived
+
+
+def test_paths_are_shown_relative_to_the_root(tmp_path, monkeypatch):
+    """What notebooks print and meta files store: no machine path (a hub id stays as it is)."""
+    import sys
+
+    from helpers.study.config import ROOT
+    from helpers.study.files import shown_path
+    from pathlib import Path
+
+    assert shown_path(tmp_path / "data" / "x.png", root=tmp_path) == "data/x.png"
+    assert shown_path(ROOT / "configs" / "smoke.yaml", root=tmp_path) == "configs/smoke.yaml"
+    assert shown_path("runwayml/stable-diffusion-inpainting", root=tmp_path) == "runwayml/stable-diffusion-inpainting"
+    site = next(p for p in sys.path if p.endswith("site-packages"))
+    assert shown_path(Path(site) / "pkg" / "w.pt", root=tmp_path) == "package pkg/w.pt"
+    monkeypatch.setenv("INPAINT_ROOT", str(tmp_path))          # the run's root, as the notebooks have it
+    report = H.study.data.Report()
+    folder = H.study.data.demo_bad_inputs(tmp_path / "bad")
+    list(H.study.data.folder_images(folder, 16, report, min_size=16, min_kept_fraction=0.5))
+    assert str(tmp_path) not in report.summary() and "bad/notes.txt" in report.summary()

@@ -152,6 +152,18 @@ def _kernel_env() -> None:
         os.environ["PATH"] = bindir + os.pathsep + os.environ.get("PATH", "")
 
 
+def ipc_kernel_manager():
+    """The kernel manager of the runner: the kernel talks to it over local IPC sockets, not TCP (no
+    port opened on the machine, and ipykernel's "running over TCP without encryption" warning, once
+    per notebook on the terminal, has nothing to warn about)."""
+    from jupyter_client.manager import AsyncKernelManager
+
+    class IPCKernelManager(AsyncKernelManager):
+        transport = "ipc"
+
+    return IPCKernelManager
+
+
 def run_notebook(src: Path, dst: Path, log_path: Path, preset: str, overrides: dict | None) -> None:
     import papermill as pm
     from papermill.exceptions import PapermillExecutionError
@@ -162,7 +174,8 @@ def run_notebook(src: Path, dst: Path, log_path: Path, preset: str, overrides: d
         try:
             pm.execute_notebook(str(src), str(dst), parameters={"preset": preset, "overrides": overrides or {}},
                                 kernel_name="python3", progress_bar=False, stdout_file=log, stderr_file=log,
-                                cwd=str(src.parent), request_save_on_cell_execute=True)
+                                cwd=str(src.parent), request_save_on_cell_execute=True,
+                                kernel_manager_class=ipc_kernel_manager())
         except PapermillExecutionError as e:
             cell_src = (e.source or "").strip().splitlines()
             first = cell_src[0] if cell_src else ""

@@ -44,6 +44,7 @@ from helpers.study.files import (
     save_json,
     save_mask_png,
     save_png,
+    shown_path,
     swap_in,
 )
 from helpers.study.masks import (
@@ -155,8 +156,9 @@ def to_rgb_uint8(img: Image.Image, name: str = "image", report: Report | None = 
 def read_image(path: Path, report: Report | None = None) -> np.ndarray:
     """Read a file as uint8 HxWx3. Raises :class:`BadImageError` for missing/corrupt files."""
     path = Path(path)
+    shown = shown_path(path)
     if not path.is_file():
-        raise BadImageError(f"{path}: file does not exist")
+        raise BadImageError(f"{shown}: file does not exist")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -165,12 +167,13 @@ def read_image(path: Path, report: Report | None = None) -> np.ndarray:
                 im.load()
                 if im.mode in ("RGB", "RGBA") and ";16" in raw and report is not None:
                     # PIL reads 16-bit-per-channel colour PNGs as 8-bit, keeping the high byte
-                    report.note(report.converted, f"{16 * len(im.mode)}-bit {im.mode}->8-bit (high byte)", str(path))
-                return to_rgb_uint8(im, str(path), report)
+                    report.note(report.converted, f"{16 * len(im.mode)}-bit {im.mode}->8-bit (high byte)", shown)
+                return to_rgb_uint8(im, shown, report)
     except BadImageError:
         raise
     except Exception as e:  # PIL raises many types for broken files
-        raise BadImageError(f"{path}: cannot be read as an image ({type(e).__name__}: {e})") from e
+        why = str(e).replace(str(path), shown)
+        raise BadImageError(f"{shown}: cannot be read as an image ({type(e).__name__}: {why})") from e
 
 
 def resize_center_crop(img: np.ndarray, size: int) -> np.ndarray:
@@ -267,19 +270,19 @@ def folder_images(folder: Path, size: int, report: Report, limit: int | None = N
         raise FileNotFoundError(f"no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) under {folder}")
     for p in every:
         if p.suffix.lower() not in IMAGE_EXTENSIONS:
-            report.skip(f"not an image file ({p.suffix.lower() or 'no extension'})", str(p))
+            report.skip(f"not an image file ({p.suffix.lower() or 'no extension'})", shown_path(p))
     seen = 0
     for p in files:
         if limit is not None and seen >= limit:
-            report.skip("beyond data.num_images", str(p))
+            report.skip("beyond data.num_images", shown_path(p))
             continue
         try:
             img = read_image(p, report)
         except BadImageError as e:
             log.warning("skipping %s", e)
-            report.skip("unreadable or corrupt", str(p))
+            report.skip("unreadable or corrupt", shown_path(p))
             continue
-        out = admit(img, str(p), size, report, min_size, min_kept_fraction)
+        out = admit(img, shown_path(p), size, report, min_size, min_kept_fraction)
         if out is None:
             continue
         seen += 1

@@ -60,6 +60,10 @@ class Paths:
         except ValueError:
             return Path(path).name
 
+    def shown(self, path) -> str:
+        """``path`` (or a hub id) as printed: :func:`shown_path` with this root."""
+        return shown_path(path, self.root)
+
     def predictions(self, method: str) -> Path:
         """Folder of one method's test-set predictions: <name>.png + meta.json."""
         return self.reports / "predictions" / method
@@ -82,6 +86,27 @@ def paths(cfg: Config, root: Path | None = None) -> Paths:
     ACTIVE_PRESET = cfg.preset
     root = Path(root or os.environ.get("INPAINT_ROOT") or ROOT)
     return Paths(root=root, preset=cfg.preset).ensure()
+
+
+def shown_path(path, root: Path | None = None) -> str:
+    """A path (or a hub id) as notebooks, logs and meta files print it, never a machine path: inside
+    the run's root (``root``, else env INPAINT_ROOT, else the project) or the project, relative to it;
+    a file of an installed package as ``package <name>/...``; anything else (a hub id, the user's own
+    folder elsewhere) unchanged."""
+    import sys
+
+    text = str(path)
+    p = Path(text).expanduser()
+    if not p.is_absolute():
+        return text
+    p = p.resolve()
+    for base in (Path(root or os.environ.get("INPAINT_ROOT") or ROOT), ROOT):
+        if p.is_relative_to(base.resolve()):
+            return p.relative_to(base.resolve()).as_posix() or "."
+    for site in sorted((s for s in sys.path if s.rstrip("/").endswith("site-packages")), key=len, reverse=True):
+        if p.is_relative_to(Path(site).resolve()):
+            return "package " + p.relative_to(Path(site).resolve()).as_posix()
+    return text
 
 
 # ---------------------------------------------------------------- image <-> tensor

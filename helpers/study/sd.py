@@ -442,8 +442,8 @@ def find_lora(cfg: Config, root: Path | None = None) -> Path | None:
     meta = P.predictions("sd_lora") / "meta.json"
     if meta.is_file():
         named = load_json(meta).get("lora_weights")
-        if named and Path(named).is_file():
-            return Path(named)
+        if named and (P.root / named).is_file():          # relative to the root (older runs: absolute)
+            return P.root / named
     finished = sorted((P.models / "sd_lora").glob(f"ckpt-*/{LORA_WEIGHTS}"), key=lambda p: p.stat().st_mtime)
     return finished[-1] if finished else None
 
@@ -552,7 +552,10 @@ def predict_test_set(cfg: Config, pipe, method: str, train_stats: dict | None = 
     # 2. the timed run: prompt encoding included, batches of sd.inference_batch_size
     fn = lambda x, m, seeds, names: predict(cfg, pipe, x, m, [prompt(n) for n in names], seeds, desc=method,
                                             leave=False, inpaint_fn=inpaint_fn)
-    lora, base = getattr(pipe, "lora_path", None), getattr(pipe, "source", "?")
+    # weights named as printed (relative to the run's root; find_lora resolves them against it)
+    P = paths(cfg, root)
+    lora, base = getattr(pipe, "lora_path", None), P.shown(getattr(pipe, "source", "?"))
+    lora = P.shown(lora) if lora else None
     tiny = " (tiny random pipeline: smoke preset, images are noise)" if cfg.sd.tiny else ""
     smoke = "smoke: tiny randomly initialised SD pipeline; proves the pipeline, says nothing about the method"
     meta = method_meta(
