@@ -1,6 +1,6 @@
 """Figures designed for a slide (helpers.report.figures): text readable when the figure is fitted into a
 1280x720 slide, the smoke stamp on every figure made with the smoke preset, short human labels,
-no blank cell where a method did not run. The findings figures are built from hand-made tables."""
+no blank cell where a method did not run. The evaluation's figures are built from hand-made tables."""
 import matplotlib
 
 matplotlib.use("Agg")
@@ -73,7 +73,7 @@ def test_image_grid_marks_cells_that_did_not_run():
     assert reference.smallest_text_px(fig) >= H.report.figures.MIN_TEXT_PX - 1e-9
 
 
-# ---------------------------------------------------------------- the findings figures
+# ---------------------------------------------------------------- the evaluation's figures
 def _evaluation() -> H.study.evaluate.Evaluation:
     """Five methods; RePaint on 2 of 6 images; SD + LoRA not run; LPIPS available."""
     rng = np.random.default_rng(0)
@@ -117,7 +117,7 @@ def _evaluation() -> H.study.evaluate.Evaluation:
     lambda ev: H.report.figures.plot_vs_hole(ev, "psnr_hole"),
     lambda ev: H.report.figures.plot_vs_hole(ev, "lpips", by="kind"),
 ], ids=["bars", "vs_hole", "vs_kind"])
-def test_findings_figures_are_slide_ready(make, tmp_root):
+def test_evaluation_figures_are_slide_ready(make, tmp_root):
     H.study.files.paths(H.load_config("smoke"))
     fig = make(_evaluation())
     texts = _texts(fig)

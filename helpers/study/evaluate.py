@@ -1,6 +1,6 @@
 """The evaluation protocol: scores, grouped means with confidence intervals, the statistics behind
-every statement. Computed in notebook 05; :mod:`helpers.report.findings` turns it into the tables, text
-and figures of notebooks 05 and 06.
+every statement, and the decisions the conclusions word (:func:`ci_verdict`...). Computed in
+notebook 05; :mod:`helpers.report` turns it into the tables, text and figures of notebooks 05 and 06.
 
 Protocol (the same for every method):
 
