@@ -450,3 +450,14 @@ def test_paths_are_shown_relative_to_the_root(tmp_path, monkeypatch):
     folder = H.study.data.demo_bad_inputs(tmp_path / "bad")
     list(H.study.data.folder_images(folder, 16, report, min_size=16, min_kept_fraction=0.5))
     assert str(tmp_path) not in report.summary() and "bad/notes.txt" in report.summary()
+
+
+def test_the_folder_reader_counts_to_the_files_found(tmp_path, monkeypatch):
+    """The progress bar of a folder source runs to the image files found (9 here), not to the cap
+    data.num_images (96)."""
+    monkeypatch.setenv("INPAINT_ROOT", str(tmp_path))
+    folder = H.study.data.demo_bad_inputs(tmp_path / "in")
+    cfg = H.load_config("smoke", {"data.source": "folder", "data.folder": str(folder)})
+    P = H.study.files.paths(cfg)
+    _, total = H.study.data._items(cfg, P, H.study.data.Report())
+    assert cfg.data.num_images == 96 and total == len(H.study.data.image_files(folder)) < 96
