@@ -1,6 +1,6 @@
 """What an :class:`helpers.study.evaluate.Evaluation` says, in words: how every number was measured,
 the statements that follow from the numbers (the decisions themselves are made by the statistics of
-:mod:`helpers.study.evaluate`; this module words them), limitations, and text fit to publish.
+:mod:`helpers.study.evaluate`; this module words them) and the limitations of a run.
 The equations and the prose of the course live in notebook 06's markdown."""
 from __future__ import annotations
 
