@@ -29,7 +29,7 @@ import sys
 import threading
 import time
 import uuid
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -648,9 +648,13 @@ def _vote_tab(gr, d: Demo) -> None:
 
 def launch(cfg: Config, port: int | None = None, inline: bool = False, block: bool = True,
            root: Path | None = None, quiet: bool = False):
-    """Serve the app on 127.0.0.1 (``port`` None: the first free one from 7860). ``block=False``
-    returns at once with the server running in the background (tests, notebooks)."""
-    with serving_offline():
+    """Serve the app on 127.0.0.1 (``port`` None: the first free one from 7860), offline
+    (:func:`serving_offline`) for as long as it serves. ``block=False`` returns at once with the
+    server running in the background (tests, notebooks); ``app.close()`` stops it and restores the
+    environment."""
+    offline = ExitStack()
+    offline.enter_context(serving_offline())
+    try:
         import gradio as gr
 
         app = build_app(cfg, root)
@@ -660,6 +664,20 @@ def launch(cfg: Config, port: int | None = None, inline: bool = False, block: bo
                    share=False, quiet=quiet, show_error=False, footer_links=[], run_history=False,
                    enable_monitoring=False, mcp_server=False, ssr_mode=False, max_file_size="50mb",
                    theme=theme, css=CSS)
+    except BaseException:
+        offline.close()
+        raise
+    if block:                               # the server has stopped
+        offline.close()
+        return app
+    close = app.close
+
+    def close_and_restore(*args, **kwargs):
+        try:
+            return close(*args, **kwargs)
+        finally:
+            offline.close()
+    app.close = close_and_restore
     return app
 
 
