@@ -23,17 +23,25 @@ Conventions (the only place they are defined; every module follows them):
 from __future__ import annotations
 
 import importlib
+import sys
 
-from helpers.study.config import Config, load_config
+
+def lazy_submodules(package: str, names):
+    """The module ``__getattr__`` of a package whose modules load on first use (``H.study.data``):
+    one definition for ``helpers`` and each of its subpackages (defined before they are imported)."""
+    def __getattr__(name: str):
+        if name in names:
+            module = importlib.import_module(f".{name}", package)
+            setattr(sys.modules[package], name, module)
+            return module
+        raise AttributeError(f"module {package!r} has no attribute {name!r}")
+    return __getattr__
+
+
+from helpers.study.config import Config, load_config  # noqa: E402  (after lazy_submodules: study uses it)
 
 _SUBPACKAGES = ("course", "study", "report", "apps", "tools")
 
 __all__ = ["Config", "load_config", *_SUBPACKAGES]
 
-
-def __getattr__(name: str):
-    if name in _SUBPACKAGES:
-        module = importlib.import_module(f".{name}", __name__)
-        globals()[name] = module
-        return module
-    raise AttributeError(f"module 'helpers' has no attribute {name!r}")
+__getattr__ = lazy_submodules(__name__, _SUBPACKAGES)

@@ -457,3 +457,34 @@ def test_a_test_source_outside_the_training_data_gives_the_test_set(tmp_root):
     with pytest.raises(ValueError, match="test_source"):
         both = {"folder": str(faces), "hub_id": "x"}
         H.study.data.prepare_dataset(H.load_config("smoke", {"data.test_source": both}))
+
+
+def test_paths_are_shown_relative_to_the_root(tmp_path, monkeypatch):
+    """What notebooks print and meta files store: no machine path (a hub id stays as it is)."""
+    import sys
+    from pathlib import Path
+
+    from helpers.study.config import ROOT
+    from helpers.study.files import shown_path
+
+    assert shown_path(tmp_path / "data" / "x.png", root=tmp_path) == "data/x.png"
+    assert shown_path(ROOT / "configs" / "smoke.yaml", root=tmp_path) == "configs/smoke.yaml"
+    assert shown_path("runwayml/stable-diffusion-inpainting", root=tmp_path) == "runwayml/stable-diffusion-inpainting"
+    site = next(p for p in sys.path if p.endswith("site-packages"))
+    assert shown_path(Path(site) / "pkg" / "w.pt", root=tmp_path) == "package pkg/w.pt"
+    monkeypatch.setenv("INPAINT_ROOT", str(tmp_path))          # the run's root, as the notebooks have it
+    report = H.study.data.Report()
+    folder = H.study.data.demo_bad_inputs(tmp_path / "bad")
+    list(H.study.data.folder_images(folder, 16, report, min_size=16, min_kept_fraction=0.5))
+    assert str(tmp_path) not in report.summary() and "bad/notes.txt" in report.summary()
+
+
+def test_the_folder_reader_counts_to_the_files_found(tmp_path, monkeypatch):
+    """The progress bar of a folder source runs to the image files found (9 here), not to the cap
+    data.num_images (96)."""
+    monkeypatch.setenv("INPAINT_ROOT", str(tmp_path))
+    folder = H.study.data.demo_bad_inputs(tmp_path / "in")
+    cfg = H.load_config("smoke", {"data.source": "folder", "data.folder": str(folder)})
+    P = H.study.files.paths(cfg)
+    _, total = H.study.data._items(cfg, P, H.study.data.Report())
+    assert cfg.data.num_images == 96 and total == len(H.study.data.image_files(folder)) < 96

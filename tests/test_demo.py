@@ -175,6 +175,36 @@ def test_votes_from_the_functions(demo):
         assert img.shape == (demo.size, demo.size, 3)
 
 
+def test_importing_the_demo_changes_no_environment_variable():
+    """The offline switches are set around the serving call only, never at import."""
+    import subprocess
+    import sys
+
+    from helpers.study.config import ROOT
+
+    # OpenCV's own import sets LD_LIBRARY_PATH (its loader): imported first, outside the comparison
+    code = ("import os, json, cv2; before = dict(os.environ); import helpers.apps.demo; "
+            "print(json.dumps(dict(os.environ) == before))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300,
+                         env={**__import__("os").environ, "PYTHONPATH": str(ROOT)})
+    assert out.stdout.strip() == "true", out.stderr[-2000:]
+    import os
+    before = dict(os.environ)
+    with H.apps.demo.serving_offline():
+        assert os.environ["HF_HUB_OFFLINE"] == "1" and os.environ["GRADIO_ANALYTICS_ENABLED"] == "False"
+    assert dict(os.environ) == before
+
+
+def test_the_app_opens_on_the_first_test_image(demo):
+    """No empty canvas at start: the first test image with its frozen mask is in the editor."""
+    app = H.apps.demo.build_app(demo.cfg, demo=demo)
+    by_id = {getattr(b, "elem_id", None): b for b in app.blocks.values()}
+    assert by_id["test_image"].value == demo.test_names[0]
+    editor = by_id["editor"].value
+    assert editor is not None and editor.get("background") is not None and editor.get("layers")
+    assert "frozen" in by_id["message"].value
+
+
 def test_papermill_detection_and_series_selection():
     assert not H.apps.demo.under_papermill()                   # plain Python: no IPython history
     names = [p.stem for p in H.report.export.list_notebooks()]

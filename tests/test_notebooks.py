@@ -87,6 +87,26 @@ def test_executed_notebooks_read_clean(smoke_run):
         assert not widgets, path.name
 
 
+def test_executed_notebooks_print_no_machine_path(smoke_run):
+    """The helpers name files relative to the run's root (or by their package): an executed notebook
+    holds neither the root's absolute path nor the project's nor the interpreter's site-packages."""
+    import sys
+
+    from helpers.study.config import ROOT
+
+    _, P = smoke_run
+    machine = {str(P.root.resolve()), str(ROOT.resolve())}
+    machine |= {p for p in sys.path if p.rstrip("/").endswith("site-packages")}
+    for path in H.report.export.list_notebooks():
+        nb = nbformat.read(P.reports / "notebooks" / path.name, as_version=4)
+        for i, c in enumerate(nb.cells):
+            if c.cell_type != "code":
+                continue
+            text = json.dumps(c.get("outputs", []))
+            found = [m for m in machine if m in text]
+            assert not found, (path.name, i, found, text[max(0, text.find(found[0]) - 80):][:240])
+
+
 def test_evaluation_cell_shows_at_most_one_progress_line_per_method(smoke_run):
     _, P = smoke_run
     nb = nbformat.read(P.reports / "notebooks" / "05_evaluation.ipynb", as_version=4)

@@ -1,6 +1,6 @@
 """Figures designed for a slide (helpers.report.figures): text readable when the figure is fitted into a
 1280x720 slide, the smoke stamp on every figure made with the smoke preset, short human labels,
-no blank cell where a method did not run. The findings figures are built from hand-made tables."""
+no blank cell where a method did not run. The evaluation's figures are built from hand-made tables."""
 import matplotlib
 
 matplotlib.use("Agg")
@@ -73,7 +73,7 @@ def test_image_grid_marks_cells_that_did_not_run():
     assert reference.smallest_text_px(fig) >= H.report.figures.MIN_TEXT_PX - 1e-9
 
 
-# ---------------------------------------------------------------- the findings figures
+# ---------------------------------------------------------------- the evaluation's figures
 def _evaluation() -> H.study.evaluate.Evaluation:
     """Five methods; RePaint on 2 of 6 images; SD + LoRA not run; LPIPS available."""
     rng = np.random.default_rng(0)
@@ -113,11 +113,11 @@ def _evaluation() -> H.study.evaluate.Evaluation:
 
 
 @pytest.mark.parametrize("make", [
-    lambda ev: H.report.findings.plot_bars(ev),
-    lambda ev: H.report.findings.plot_vs_hole(ev, "psnr_hole"),
-    lambda ev: H.report.findings.plot_vs_hole(ev, "lpips", by="kind"),
+    lambda ev: H.report.figures.plot_bars(ev),
+    lambda ev: H.report.figures.plot_vs_hole(ev, "psnr_hole"),
+    lambda ev: H.report.figures.plot_vs_hole(ev, "lpips", by="kind"),
 ], ids=["bars", "vs_hole", "vs_kind"])
-def test_findings_figures_are_slide_ready(make, tmp_root):
+def test_evaluation_figures_are_slide_ready(make, tmp_root):
     H.study.files.paths(H.load_config("smoke"))
     fig = make(_evaluation())
     texts = _texts(fig)
@@ -136,7 +136,7 @@ def test_findings_figures_are_slide_ready(make, tmp_root):
 
 def test_bars_say_which_method_did_not_run():
     H.study.files.paths(H.load_config("full"))
-    fig = H.report.findings.plot_bars(_evaluation())
+    fig = H.report.figures.plot_bars(_evaluation())
     assert "not run" in _texts(fig) and H.report.figures.SMOKE_STAMP not in _texts(fig)
     labels = [t.get_text() for t in fig.axes[0].get_yticklabels()]
     assert "RePaint  (n=2)" in labels and "SD + LoRA  (n=0)" in labels
@@ -147,7 +147,7 @@ def test_lines_by_hole_size_do_not_hide_each_other():
     ev = _evaluation()
     same = ev.by_bucket[ev.by_bucket["method"] == "sd_zeroshot"].assign(method="ddpm_finetuned")
     ev.by_bucket = pd.concat([ev.by_bucket[ev.by_bucket["method"] != "ddpm_finetuned"], same])
-    fig = H.report.findings.plot_vs_hole(ev, "psnr_hole")
+    fig = H.report.figures.plot_vs_hole(ev, "psnr_hole")
     ax = fig.axes[0]
     xs = {c.get_label(): tuple(np.round(c.lines[0].get_xdata(), 3)) for c in ax.containers}
     assert xs["DDPM"] != xs["SD zero-shot"]

@@ -61,6 +61,17 @@ def test_failing_notebook_is_named_with_its_cell(tmp_root):
 
 
 @pytest.mark.slow
+def test_the_runner_prints_no_kernel_transport_warning(tmp_root, capfd):
+    """The kernels talk to the runner over IPC: ipykernel's "running over TCP without encryption"
+    warning no longer reaches the terminal once per notebook."""
+    nbdir = tmp_root / "nbs"
+    _write(nbdir / "01_ok.ipynb", "x = 1")
+    H.report.export.run("smoke", notebook_dir=nbdir, do_export=False)
+    out, err = capfd.readouterr()
+    assert "without encryption" not in out + err
+
+
+@pytest.mark.slow
 def test_partial_run_keeps_earlier_entries(tmp_root):
     nbdir = tmp_root / "nbs"
     _write(nbdir / "01_a.ipynb", "x = 1")

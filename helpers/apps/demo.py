@@ -30,7 +30,7 @@ import threading
 import time
 import uuid
 from collections.abc import Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,14 +54,11 @@ from helpers.study.files import load_json, paths, to_tensor, to_uint8
 from helpers.study.masks import KINDS, generate_mask
 from helpers.study.runtime import get_device
 
-# no telemetry, no version check: set before gradio is imported (gradio reads them when it runs)
+# no telemetry, no version check, no hub call: set only while the app is served (serving_offline)
 GRADIO_ENV = {"GRADIO_ANALYTICS_ENABLED": "False", "GRADIO_RUN_HISTORY": "False", "DO_NOT_TRACK": "1"}
 
 
 HF_ENV = {"HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1"}
-
-
-os.environ.update(GRADIO_ENV)
 
 
 ORDER = ("ddpm_finetuned", "ddpm_repaint", "sd_zeroshot", "sd_lora", "telea")
@@ -96,19 +93,29 @@ def _hf_modules() -> list:
     return out
 
 
-def go_offline() -> None:
-    """The serving process, for its whole life: the Hugging Face libraries offline (no hub call, no
-    telemetry; weights from disk or the local cache only). Their flags are read once at import, so
-    the imported modules are switched too."""
+@contextmanager
+def serving_offline():
+    """Around the serving call only: Gradio without telemetry or version check, the Hugging Face
+    libraries offline (no hub call, no telemetry; weights from disk or the local cache only). Their
+    flags are read once at import, so the imported modules are switched too. Everything is restored
+    afterwards: importing this module changes nothing."""
+    saved_env = {k: os.environ.get(k) for k in {**GRADIO_ENV, **HF_ENV}}
     os.environ.update({**GRADIO_ENV, **HF_ENV})
-    for mod, flag in _hf_modules():
-        setattr(mod, flag, True)
+    try:
+        with hf_offline():
+            yield
+    finally:
+        for k, v in saved_env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 @contextmanager
 def hf_offline():
-    """The same switches for one block only (loading weights in a process that is not the server,
-    e.g. the tests): restored afterwards."""
+    """The Hugging Face libraries' offline flags for one block (loading weights on first use, serving):
+    restored afterwards."""
     saved = [(mod, flag, getattr(mod, flag)) for mod, flag in _hf_modules() if hasattr(mod, flag)]
     for mod, flag, _ in saved:
         setattr(mod, flag, True)
@@ -150,13 +157,13 @@ def _hub_cached(repo_id: str, filename: str, cache: Path) -> bool:
 
 
 def _ddpm_base_status(cfg: Config, P) -> tuple[bool, str]:
-    from helpers.study.ddpm import BASE_DIR, _local_path
+    from helpers.study.ddpm import BASE_DIR, local_path
 
     pid = cfg.ddpm.pretrained_id
     if not pid:
         return True, f"tiny random unconditional U-Net (seed {cfg.seed}, smoke), in {P.models / BASE_DIR}"
     try:
-        local = _local_path(pid)
+        local = local_path(pid)
     except FileNotFoundError:
         return False, f"ddpm.pretrained_id {pid!r} is not a folder here."
     if local is not None:
@@ -168,14 +175,14 @@ def _ddpm_base_status(cfg: Config, P) -> tuple[bool, str]:
 
 
 def _sd_base_status(cfg: Config, P) -> tuple[bool, str]:
-    from helpers.study.sd import _looks_local
+    from helpers.study.sd import looks_local
 
     if cfg.sd.tiny:
         return True, f"tiny random SD inpainting pipeline (seed {cfg.seed}, smoke), in {P.models / 'sd_base'}"
     pid = cfg.sd.pretrained_id
     if not pid:
         return False, "sd.pretrained_id is empty and sd.tiny is false."
-    if _looks_local(str(pid)):
+    if looks_local(str(pid)):
         ok = (Path(pid).expanduser() / "model_index.json").is_file()
         return ok, (f"SD inpainting from {pid}" if ok else f"{pid} is not a diffusers pipeline folder.")
     if _hub_cached(str(pid), "model_index.json", P.cache / "hub"):
@@ -245,7 +252,7 @@ class Models:
                 st = self.status[method]
                 if not st.available:
                     raise MethodUnavailable(st.message())
-                with hf_offline():
+                with serving_offline():          # weights from disk or the local cache only
                     self._loaded[method] = self._load(method)
             return self._loaded[method]
 
@@ -288,7 +295,7 @@ class Models:
         the CPU, the known pixels exactly those of ``image``."""
         x, m = image[None].float(), mask[None].float()
         fn = self.sampler(method, steps, guidance, prompt)
-        with self._run_lock:
+        with self._run_lock, serving_offline():
             out = fn(x, m, [seed], ["upload"])
         # x_hat = m * pred + (1 - m) * x: the known pixels exactly, whatever the method did
         return composite(out.detach().float().cpu(), x, m)[0]
@@ -494,7 +501,7 @@ class Demo:
             return image
         pred = read_image(self.P.predictions(method) / f"{name}.png")
         # the evaluator's rule: the known pixels are the photo's, whatever the method saved
-        return np.where(mask[..., None] > 0.5, pred, image).astype(np.uint8)
+        return to_uint8(composite(to_tensor(pred), to_tensor(image), torch.from_numpy(mask)[None]))
 
     def next_trial(self, rater: str):
         """(trial, masked input, left, right, message) for this rater."""
@@ -537,99 +544,140 @@ class Demo:
 
 # ---------------------------------------------------------------- the Gradio app
 def build_app(cfg: Config, root: Path | None = None, demo: Demo | None = None):
-    """The Gradio Blocks app over :class:`Demo` (not launched)."""
+    """The Gradio Blocks app over :class:`Demo` (not launched). It opens on the first test image with
+    its frozen mask (an upload replaces it)."""
     import gradio as gr
 
     d = demo or Demo(cfg, root)
-    available = [SHORT_LABELS[m] for m in d.models.available()]
-    fac = display_factor(d.size)
-    # PNG (lossless: webp would change the pixels), shown large; the study's images offer no download
-    shown = dict(format="png", interactive=False, height=320, elem_classes=["pixelated", "enlarged"],
-                 buttons=["download", "fullscreen"])
-    blind = dict(format="png", interactive=False, height=320, elem_classes=["pixelated", "enlarged"], buttons=[])
     with gr.Blocks(title="Image completion with diffusion models", analytics_enabled=False) as app:
         gr.Markdown("# Image completion: DDPM vs Stable Diffusion 1.5 + LoRA")
         with gr.Tab("Inpaint"):
-            state = gr.State(None)
-            with gr.Row():
-                with gr.Column(scale=1):
-                    name = gr.Dropdown(d.test_names, value=None, label="test image", elem_id="test_image")
-                    upload = gr.File(label="... or upload an image (any size and format)", type="filepath",
-                                     elem_id="upload")
-                    with gr.Row():
-                        kind = gr.Dropdown(list(MASK_CHOICES), value="test mask", label="mask", elem_id="mask_kind")
-                        mask_seed = gr.Number(0, precision=0, label="mask seed")
-                    make = gr.Button("Make mask", elem_id="make_mask")
-                    methods = gr.CheckboxGroup(available, value=available, label="methods", elem_id="methods")
-                    steps = gr.Slider(1, 200, value=cfg.ddpm.num_inference_steps, step=1, label="steps")
-                    guidance = gr.Slider(1.0, 15.0, value=cfg.sd.guidance_scale, step=0.5, label="guidance (SD)")
-                    seed = gr.Number(cfg.seed, precision=0, label="seed")
-                    prompt = gr.Textbox(d.prompt_for(None), label="prompt (SD)", elem_id="prompt")
-                    run = gr.Button("Run", variant="primary", elem_id="run")
-                    gr.Markdown(d.status_markdown(), elem_id="method_status")
-                with gr.Column(scale=2):
-                    editor = gr.ImageEditor(type="numpy", image_mode="RGBA", format="png", sources=[],
-                                            transforms=[], layers=False, label="paint the hole (brush)",
-                                            brush=gr.Brush(default_size=max(2, fac * 2), colors=["#ff00ff"],
-                                                           color_mode="fixed"),
-                                            canvas_size=(d.size * fac, d.size * fac), elem_id="editor",
-                                            elem_classes=["pixelated"])
-                    message = gr.Markdown(elem_id="message")
-            with gr.Row():
-                masked = gr.Image(label="masked input", elem_id="masked", **shown)
-                truth = gr.Image(label="ground truth", **shown)
-            gallery = gr.Gallery(label="completions", format="png", columns=5, fit_columns=False, object_fit="contain",
-                                 height=360, elem_classes=["pixelated"], elem_id="gallery",
-                                 buttons=["download", "fullscreen"])
-            timing = gr.Markdown(elem_id="timing")
-
-            def on_run(st, ed, ms, n, g, s, p, progress=gr.Progress(track_tqdm=True)):
-                return d.inpaint(st, ed, ms, n, g, s, p, progress)
-
-            name.change(d.load_test_image, name, [state, editor, prompt, message], api_name="load_test_image")
-            upload.upload(d.load_upload, upload, [state, editor, prompt, message], api_name="load_upload")
-            make.click(d.make_mask, [state, kind, mask_seed], [editor, message], api_name="make_mask")
-            run.click(on_run, [state, editor, methods, steps, guidance, seed, prompt],
-                      [masked, gallery, truth, timing, message], api_name="inpaint")
+            _inpaint_tab(gr, d)
         with gr.Tab("Which looks real?"):
-            gr.Markdown("A blind test: one masked photo, two completions in random order. Pick the one that "
-                        "looks like the **real photo**. Type an id (or leave it empty for a random one).")
-            trial = gr.State(None)
-            with gr.Row():
-                rater = gr.Textbox(label="rater id", elem_id="rater")
-                start = gr.Button("Start / next pair", elem_id="start")
-            with gr.Row():
-                q_masked = gr.Image(label="masked input", **blind)
-                left = gr.Image(label="left", elem_id="left", **blind)
-                right = gr.Image(label="right", elem_id="right", **blind)
-            with gr.Row():
-                b_left = gr.Button("Left looks real", elem_id="vote_left")
-                b_right = gr.Button("Right looks real", elem_id="vote_right")
-            q_message = gr.Markdown(elem_id="vote_message")
-            outs = [rater, trial, q_masked, left, right, q_message]
-            start.click(d.start, rater, outs, api_name="start", concurrency_limit=None)
-            b_left.click(lambda r, t: d.vote("left", r, t), [rater, trial], outs, api_name="vote_left",
-                         concurrency_limit=None)
-            b_right.click(lambda r, t: d.vote("right", r, t), [rater, trial], outs, api_name="vote_right",
-                          concurrency_limit=None)
+            _vote_tab(gr, d)
     app.queue(default_concurrency_limit=1)      # one inpainting run at a time: the models share one device
     return app
 
 
+# PNG (lossless: webp would change the pixels), shown large; the study's images offer no download
+SHOWN = dict(format="png", interactive=False, height=320, elem_classes=["pixelated", "enlarged"],
+             buttons=["download", "fullscreen"])
+
+
+BLIND = dict(format="png", interactive=False, height=320, elem_classes=["pixelated", "enlarged"], buttons=[])
+
+
+def _inpaint_tab(gr, d: Demo) -> None:
+    """Tab Inpaint: the controls, the editor, the outputs, and their events."""
+    cfg, fac = d.cfg, display_factor(d.size)
+    available = [SHORT_LABELS[m] for m in d.models.available()]
+    # 1. the first test image and its frozen mask, shown at start (an empty canvas otherwise)
+    first = d.test_names[0] if d.test_names else None
+    init_state, init_editor, init_prompt, init_msg = (d.load_test_image(first) if first
+                                                      else (None, None, d.prompt_for(None), ""))
+    state = gr.State(init_state)
+    with gr.Row():
+        # 2. inputs: image, mask, methods and their settings
+        with gr.Column(scale=1):
+            name = gr.Dropdown(d.test_names, value=first, label="test image", elem_id="test_image")
+            upload = gr.File(label="... or upload an image (any size and format)", type="filepath",
+                             elem_id="upload")
+            with gr.Row():
+                kind = gr.Dropdown(list(MASK_CHOICES), value="test mask", label="mask", elem_id="mask_kind")
+                mask_seed = gr.Number(0, precision=0, label="mask seed")
+            make = gr.Button("Make mask", elem_id="make_mask")
+            methods = gr.CheckboxGroup(available, value=available, label="methods", elem_id="methods")
+            steps = gr.Slider(1, 200, value=cfg.ddpm.num_inference_steps, step=1, label="steps")
+            guidance = gr.Slider(1.0, 15.0, value=cfg.sd.guidance_scale, step=0.5, label="guidance (SD)")
+            seed = gr.Number(cfg.seed, precision=0, label="seed")
+            prompt = gr.Textbox(init_prompt, label="prompt (SD)", elem_id="prompt")
+            run = gr.Button("Run", variant="primary", elem_id="run")
+            gr.Markdown(d.status_markdown(), elem_id="method_status")
+        # 3. the editor (the hole is painted in magenta)
+        with gr.Column(scale=2):
+            editor = gr.ImageEditor(init_editor, type="numpy", image_mode="RGBA", format="png", sources=[],
+                                    transforms=[], layers=False, label="paint the hole (brush)",
+                                    brush=gr.Brush(default_size=max(2, fac * 2), colors=["#ff00ff"],
+                                                   color_mode="fixed"),
+                                    canvas_size=(d.size * fac, d.size * fac), elem_id="editor",
+                                    elem_classes=["pixelated"])
+            message = gr.Markdown(init_msg, elem_id="message")
+    # 4. outputs
+    with gr.Row():
+        masked = gr.Image(label="masked input", elem_id="masked", **SHOWN)
+        truth = gr.Image(label="ground truth", **SHOWN)
+    gallery = gr.Gallery(label="completions", format="png", columns=5, fit_columns=False, object_fit="contain",
+                         height=360, elem_classes=["pixelated"], elem_id="gallery",
+                         buttons=["download", "fullscreen"])
+    timing = gr.Markdown(elem_id="timing")
+
+    # 5. events
+    def on_run(st, ed, ms, n, g, s, p, progress=gr.Progress(track_tqdm=True)):
+        return d.inpaint(st, ed, ms, n, g, s, p, progress)
+
+    name.change(d.load_test_image, name, [state, editor, prompt, message], api_name="load_test_image")
+    upload.upload(d.load_upload, upload, [state, editor, prompt, message], api_name="load_upload")
+    make.click(d.make_mask, [state, kind, mask_seed], [editor, message], api_name="make_mask")
+    run.click(on_run, [state, editor, methods, steps, guidance, seed, prompt],
+              [masked, gallery, truth, timing, message], api_name="inpaint")
+
+
+def _vote_tab(gr, d: Demo) -> None:
+    """Tab Which looks real?: the blind two-alternative test and its votes."""
+    gr.Markdown("A blind test: one masked photo, two completions in random order. Pick the one that "
+                "looks like the **real photo**. Type an id (or leave it empty for a random one).")
+    trial = gr.State(None)
+    with gr.Row():
+        rater = gr.Textbox(label="rater id", elem_id="rater")
+        start = gr.Button("Start / next pair", elem_id="start")
+    with gr.Row():
+        q_masked = gr.Image(label="masked input", **BLIND)
+        left = gr.Image(label="left", elem_id="left", **BLIND)
+        right = gr.Image(label="right", elem_id="right", **BLIND)
+    with gr.Row():
+        b_left = gr.Button("Left looks real", elem_id="vote_left")
+        b_right = gr.Button("Right looks real", elem_id="vote_right")
+    q_message = gr.Markdown(elem_id="vote_message")
+    outs = [rater, trial, q_masked, left, right, q_message]
+    start.click(d.start, rater, outs, api_name="start", concurrency_limit=None)
+    b_left.click(lambda r, t: d.vote("left", r, t), [rater, trial], outs, api_name="vote_left",
+                 concurrency_limit=None)
+    b_right.click(lambda r, t: d.vote("right", r, t), [rater, trial], outs, api_name="vote_right",
+                  concurrency_limit=None)
+
+
 def launch(cfg: Config, port: int | None = None, inline: bool = False, block: bool = True,
            root: Path | None = None, quiet: bool = False):
-    """Serve the app on 127.0.0.1 (``port`` None: the first free one from 7860). ``block=False``
-    returns at once with the server running in the background (tests, notebooks)."""
-    import gradio as gr
+    """Serve the app on 127.0.0.1 (``port`` None: the first free one from 7860), offline
+    (:func:`serving_offline`) for as long as it serves. ``block=False`` returns at once with the
+    server running in the background (tests, notebooks); ``app.close()`` stops it and restores the
+    environment."""
+    offline = ExitStack()
+    offline.enter_context(serving_offline())
+    try:
+        import gradio as gr
 
-    go_offline()
-    app = build_app(cfg, root)
-    theme = gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"],
-                              font_mono=["ui-monospace", "monospace"])   # system fonts: no Google Fonts request
-    app.launch(server_name="127.0.0.1", server_port=port, inline=inline, prevent_thread_lock=not block,
-               share=False, quiet=quiet, show_error=False, footer_links=[], run_history=False,
-               enable_monitoring=False, mcp_server=False, ssr_mode=False, max_file_size="50mb",
-               theme=theme, css=CSS)
+        app = build_app(cfg, root)
+        theme = gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"],
+                                  font_mono=["ui-monospace", "monospace"])   # system fonts: no Google Fonts request
+        app.launch(server_name="127.0.0.1", server_port=port, inline=inline, prevent_thread_lock=not block,
+                   share=False, quiet=quiet, show_error=False, footer_links=[], run_history=False,
+                   enable_monitoring=False, mcp_server=False, ssr_mode=False, max_file_size="50mb",
+                   theme=theme, css=CSS)
+    except BaseException:
+        offline.close()
+        raise
+    if block:                               # the server has stopped
+        offline.close()
+        return app
+    close = app.close
+
+    def close_and_restore(*args, **kwargs):
+        try:
+            return close(*args, **kwargs)
+        finally:
+            offline.close()
+    app.close = close_and_restore
     return app
 
 

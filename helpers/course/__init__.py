@@ -5,16 +5,10 @@ Every function here also appears as an exact copy in a code cell of the notebook
 ``tests/test_taught_code.py`` fails when a cell and this package differ."""
 from __future__ import annotations
 
-import importlib
+from helpers import lazy_submodules
 
-_MODULES = ("diffusion", "checks", "ddpm_inpainting", "sd_inpainting", "metrics",)
+_MODULES = ("diffusion", "checks", "ddpm_inpainting", "sd_inpainting", "metrics")
 
 __all__ = list(_MODULES)
 
-
-def __getattr__(name: str):
-    if name in _MODULES:
-        module = importlib.import_module(f".{name}", __name__)
-        globals()[name] = module
-        return module
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_submodules(__name__, _MODULES)

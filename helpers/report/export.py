@@ -24,6 +24,7 @@ import re
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
 
@@ -39,6 +40,39 @@ HIDDEN_TAGS = {"parameters", "injected-parameters"}
 PACKAGES = ("torch", "torchvision", "diffusers", "transformers", "peft", "accelerate", "torchmetrics",
             "torch-fidelity", "lpips", "scikit-image", "opencv-python-headless", "numpy", "papermill",
             "nbconvert")
+
+
+# ---------------------------------------------------------------- text fit to publish
+def public_text(text, roots: Sequence[Path] = ()) -> str:
+    """``text`` without this machine's paths: a path inside the project (or one of ``roots``)
+    becomes relative to it, a file inside an installed package is named by its package, the home
+    folder becomes ``~``. Exported slides and reports carry no machine's paths or user names."""
+    import sysconfig
+
+    if not isinstance(text, str):
+        return "" if text is None or (text != text) else str(text)
+    site = {sysconfig.get_paths()[k] for k in ("purelib", "platlib")}
+    site |= {p for p in sys.path if p.rstrip("/").endswith("site-packages")}
+    for d in sorted(site, key=len, reverse=True):
+        text = text.replace(d.rstrip("/") + "/", "package ")
+    bases = [Path(r) for r in roots] + [ROOT]
+    if os.environ.get("INPAINT_ROOT"):
+        bases.append(Path(os.environ["INPAINT_ROOT"]))
+    for base in sorted({str(b.resolve()).rstrip("/") for b in bases}, key=len, reverse=True):
+        text = re.sub(re.escape(base) + r"/?", "", text)
+    # outputs written from another checkout (a moved or copied project): cut at its reports/ or data/
+    text = re.sub(r"(?:/[^\s/;,()]+)+/(?=(?:reports|data)/)", "", text)
+    home = str(Path.home()).rstrip("/")
+    if len(home) > 1:
+        text = text.replace(home + "/", "~/").replace(home, "~")
+    return text
+
+
+def first_sentence(text: str) -> str:
+    """The statement of a reason without the instructions after it."""
+    text = (text or "").strip()
+    cut = text.find(". ")
+    return (text[:cut] if cut > 0 else text).rstrip(".")
 
 
 class NotebookFailed(RuntimeError):
@@ -118,6 +152,18 @@ def _kernel_env() -> None:
         os.environ["PATH"] = bindir + os.pathsep + os.environ.get("PATH", "")
 
 
+def ipc_kernel_manager():
+    """The kernel manager of the runner: the kernel talks to it over local IPC sockets, not TCP (no
+    port opened on the machine, and ipykernel's "running over TCP without encryption" warning, once
+    per notebook on the terminal, has nothing to warn about)."""
+    from jupyter_client.manager import AsyncKernelManager
+
+    class IPCKernelManager(AsyncKernelManager):
+        transport = "ipc"
+
+    return IPCKernelManager
+
+
 def run_notebook(src: Path, dst: Path, log_path: Path, preset: str, overrides: dict | None) -> None:
     import papermill as pm
     from papermill.exceptions import PapermillExecutionError
@@ -128,7 +174,8 @@ def run_notebook(src: Path, dst: Path, log_path: Path, preset: str, overrides: d
         try:
             pm.execute_notebook(str(src), str(dst), parameters={"preset": preset, "overrides": overrides or {}},
                                 kernel_name="python3", progress_bar=False, stdout_file=log, stderr_file=log,
-                                cwd=str(src.parent), request_save_on_cell_execute=True)
+                                cwd=str(src.parent), request_save_on_cell_execute=True,
+                                kernel_manager_class=ipc_kernel_manager())
         except PapermillExecutionError as e:
             cell_src = (e.source or "").strip().splitlines()
             first = cell_src[0] if cell_src else ""

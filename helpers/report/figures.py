@@ -18,9 +18,14 @@ from pathlib import Path
 import matplotlib
 import matplotlib.pyplot as plt
 import numpy as np
+import pandas as pd
 import torch
 
 from helpers.course.diffusion import alpha_bar, make_betas
+from helpers.report.tables import SHORT, metric_name
+from helpers.study.config import Config
+from helpers.study.data import METHODS, SHORT_LABELS, composite, load_test_set, masked_image, read_predictions
+from helpers.study.evaluate import HIGHER_IS_BETTER, LABELS, PER_IMAGE, Evaluation, bucket_labels, find_predictions
 from helpers.study.files import to_uint8
 
 log = logging.getLogger(__name__)
@@ -284,3 +289,141 @@ def hole_histogram(fractions: dict[str, Sequence[float]], path: Path | None = No
     ax.set_xlabel("hole area / image area"), ax.set_ylabel("masks"), ax.set_title(title)
     ax.legend()
     return save(fig, path, smoke_stamp=False)
+
+
+
+# ---------------------------------------------------------------- the evaluation's figures
+# Designed for a slide (helpers.report.figures.save checks the text size and stamps smoke figures): one
+# message per figure, the short method labels of data.SHORT_LABELS, every axis labelled.
+MARKERS = {"ddpm_finetuned": "o", "ddpm_repaint": "s", "sd_zeroshot": "^", "sd_lora": "D", "telea": "v"}
+
+
+LINESTYLES = {"ddpm_finetuned": "-", "ddpm_repaint": "--", "sd_zeroshot": ":", "sd_lora": "-", "telea": "-."}
+
+
+def _colors(methods: Sequence[str]) -> dict:
+    import matplotlib.pyplot as plt
+    cmap = plt.get_cmap("tab10")
+    return {m: cmap(i) for i, m in enumerate(METHODS) if m in methods}
+
+
+def _no_scores(path, message: str = "no scores to plot"):
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 2))
+    ax.axis("off"), ax.text(0.5, 0.5, message, ha="center", va="center")
+    return save(fig, path)
+
+
+def _better(metric: str) -> str:
+    return "higher is better" if HIGHER_IS_BETTER[metric] else "lower is better"
+
+
+def plot_bars(ev: Evaluation, metrics: Sequence[str] = ("psnr_hole", "ssim_hole", "lpips"),
+              path: Path | None = None, title: str | None = None):
+    """Message: how well each method fills the hole. One panel per per-image metric (at most three),
+    one horizontal bar per method (short label and n on the y axis, never rotated): the mean over the
+    images the method was scored on, with its bootstrap 95 % CI. A method that did not run is listed
+    with "not run" instead of a bar. Metrics nobody could compute are left out; FID and KID live in
+    the tables (set-level numbers with their n)."""
+    import matplotlib.pyplot as plt
+
+    summ = ev.summary
+    ok = summ[summ["status"] != "missing"]
+    metrics = [m for m in metrics if m in PER_IMAGE and m in ok and not ok[m].isna().all()][:3]
+    if not metrics:
+        return _no_scores(path)
+    order = [m for m in METHODS if m in set(summ["method"])][::-1]     # first method at the top
+    rows = summ.set_index("method").loc[order]
+    colors = _colors(order)
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics) + 1.6, 0.75 * len(order) + 1.8),
+                             sharey=True, squeeze=False)
+    y = np.arange(len(order))
+    for ax, metric in zip(axes[0], metrics):
+        for yi, m in zip(y, order):
+            r = rows.loc[m]
+            if r["status"] == "missing" or pd.isna(r.get(metric)):
+                ax.text(0.02, yi, "not run" if r["status"] == "missing" else "n/a", va="center",
+                        transform=ax.get_yaxis_transform(), color="#666666")
+                continue
+            v = float(r[metric])
+            err = [[v - float(r[f"{metric}_lo"])], [float(r[f"{metric}_hi"]) - v]]
+            ax.barh(yi, v, xerr=err, capsize=4, color=colors[m], height=0.6)
+        ax.set_xlabel(f"{LABELS[metric]}\n({_better(metric)})")
+        ax.grid(axis="x", alpha=0.3)
+    axes[0][0].set_yticks(y, [f"{SHORT_LABELS[m]}  (n={int(rows.loc[m, 'n'])})" for m in order])
+    fig.suptitle(title or "Hole quality per method: mean over its test images, 95 % CI")
+    return save(fig, path)
+
+
+def plot_vs_hole(ev: Evaluation, metric: str = "psnr_hole", path: Path | None = None, by: str = "bucket"):
+    """Message: how one metric changes with the hole's size (``by="bucket"``) or the mask kind
+    (``by="kind"``). One line (buckets) or one set of markers (kinds) per method with its 95 % CI
+    as error bars; methods are drawn side by side within a group so none hides another; the number
+    of images of each group is on the x axis."""
+    import matplotlib.pyplot as plt
+
+    table = ev.by_bucket if by == "bucket" else ev.by_kind
+    if isinstance(metric, (list, tuple)):          # older call style: the first metric only
+        metric = metric[0]
+    t_all = table[table["metric"] == metric] if not table.empty else table
+    if t_all.empty or t_all["mean"].isna().all():
+        return _no_scores(path)
+    groups = (bucket_labels(ev.info["hole_buckets"]) if by == "bucket" else list(dict.fromkeys(t_all["group"])))
+    methods = [m for m in METHODS if m in set(t_all["method"])]
+    colors = _colors(methods)
+    fig, ax = plt.subplots(figsize=(10, 5))
+    width = 0.6 / max(1, len(methods))
+    for k, method in enumerate(methods):
+        t = t_all[t_all["method"] == method].set_index("group")
+        t = t.reindex([g for g in groups if g in t.index]).dropna(subset=["mean"])
+        if t.empty:
+            continue
+        x = np.array([groups.index(g) for g in t.index]) + (k - (len(methods) - 1) / 2) * width
+        mean = t["mean"].astype(float).to_numpy()
+        err = np.vstack([mean - t["lo"].astype(float).to_numpy(), t["hi"].astype(float).to_numpy() - mean])
+        ax.errorbar(x, mean, yerr=err, color=colors[method], marker=MARKERS[method], ms=8, capsize=3, lw=2,
+                    ls=LINESTYLES[method] if by == "bucket" else "none", label=SHORT_LABELS[method])
+    n_per_group = ev.per_image.drop_duplicates("name").groupby(by).size() if not ev.per_image.empty else {}
+    ax.set_xticks(range(len(groups)), [f"{g}\n({int(n_per_group.get(g, 0))} images)" for g in groups])
+    ax.set_xlabel("hole area (share of the image)" if by == "bucket" else "mask kind")
+    ax.set_ylabel(f"{LABELS[metric]} ({_better(metric)})")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    what = "the hole grows" if by == "bucket" else "the mask kind changes"
+    ax.set_title(f"{metric_name(metric)} as {what}: mean and 95 % CI per group")
+    return save(fig, path)
+
+
+
+def qualitative_grid(cfg: Config, names: Sequence[str], path: Path | None = None, title: str | None = None,
+                     root: Path | None = None, ev: Evaluation | None = None, metric: str = "psnr_hole"):
+    """Rows = test images; columns = masked input | each method (short label) | ground truth. A method
+    without a prediction for an image shows a grey "not run" cell, never a blank one."""
+    test = load_test_set(cfg, root)
+    row_of = {n: i for i, n in enumerate(test["name"])}
+    names = [n for n in names if n in row_of]
+    cols = list(METHODS)
+    have = {m: find_predictions(cfg, m, names, root)["names"] for m in cols}
+    titles = ["masked input"] + [SHORT_LABELS[m] for m in cols] + ["ground truth"]
+    empty = [None] + [("not run" if not have[m] else "not run\non this image") for m in cols] + [None]
+    rows, row_titles = [], []
+    for n in names:
+        i = row_of[n]
+        x, m = test["image"][i], test["mask"][i]
+        row = [masked_image(x, m)]
+        for method in cols:
+            if n in have[method]:
+                p, _ = read_predictions(cfg, method, [n], root)
+                row.append(composite(p[0], x, m))
+            else:
+                row.append(None)
+        rows.append(row + [x])
+        label = f"{test['kind'][i]}\n{test['hole_fraction'][i]:.0%} hole"
+        if ev is not None and not ev.per_image.empty:
+            s = ev.per_image[ev.per_image["name"] == n][metric]
+            if len(s):
+                label += f"\nmean {SHORT[metric]} {s.mean():.3g}"
+        row_titles.append(label)
+    return image_grid(rows, titles, row_titles, path=path, title=title, empty_text=empty)
+

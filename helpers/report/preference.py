@@ -14,7 +14,6 @@ import pandas as pd
 from helpers.apps.votes import COLUMNS, GROUND_TRUTH, VoteStore, db_path, label
 from helpers.study.config import Config
 from helpers.study.data import METHODS
-from helpers.study.files import paths
 
 # ---------------------------------------------------------------- statistics
 Z95 = 1.959963984540054
@@ -140,7 +139,10 @@ def _fmt_rate(p, lo, hi) -> str:
 
 
 def preference_tables(votes: pd.DataFrame, n_boot: int = 200, seed: int = 0) -> dict[str, pd.DataFrame]:
-    """The slide's tables, formatted for people: overall win rates, the pairwise matrix, the ranking."""
+    """The slide's tables, formatted for people (overall win rates, the pairwise matrix, the ranking),
+    and the numbers behind them (``raw_*``). {} without votes."""
+    if votes.empty:
+        return {}
     overall = overall_rates(votes)
     overall_fmt = pd.DataFrame({"method": [label(m) for m in overall["method"]], "votes": overall["n"],
                                 "chosen as real": overall["wins"],
@@ -162,28 +164,40 @@ def preference_tables(votes: pd.DataFrame, n_boot: int = 200, seed: int = 0) -> 
             "raw_ranking": rank, "raw_overall": overall}
 
 
-def preference_slide(cfg: Config, root: Path | None = None):
-    """Notebook 06's "human preference" slide: with votes, their counts, the win rates with 95 %
-    intervals and the Bradley-Terry ranking (also saved to tables/06_human_*.csv); without, how to
+# ---------------------------------------------------------------- notebook 06: read, save, show
+def load_votes(cfg: Config, root: Path | None = None) -> pd.DataFrame:
+    """Every vote the demo stored for this preset (an empty table when there is no vote store yet)."""
+    path = db_path(cfg, root)
+    return VoteStore(path).votes() if path.is_file() else pd.DataFrame(columns=COLUMNS)
+
+
+def save_preference_tables(tables: dict[str, pd.DataFrame], folder: Path) -> list[Path]:
+    """The numbers of :func:`preference_tables` as ``folder/06_human_{overall,pairwise,ranking}.csv``
+    (nothing without votes). Returns the files written."""
+    out = []
+    for key in ("raw_overall", "raw_pairwise", "raw_ranking"):
+        if key in tables:
+            out.append(Path(folder) / f"06_human_{key.removeprefix('raw_')}.csv")
+            tables[key].to_csv(out[-1], index=False)
+    return out
+
+
+def preference_slide(cfg: Config, votes: pd.DataFrame, tables: dict[str, pd.DataFrame]):
+    """Notebook 06's "human preference" slide, display only: with votes, their counts, the win rates
+    with 95 % intervals and the Bradley-Terry ranking of :func:`preference_tables`; without, how to
     collect them. Returns an IPython HTML object."""
     from IPython.display import HTML
 
-    P = paths(cfg, root)
-    path = db_path(cfg, root)
-    votes = VoteStore(path).votes() if path.is_file() else pd.DataFrame(columns=COLUMNS)
-    return HTML(_slide_html(cfg, votes, path, P))
+    return HTML(_slide_html(cfg, votes, tables))
 
 
-def _slide_html(cfg: Config, votes: pd.DataFrame, path: Path, P) -> str:
+def _slide_html(cfg: Config, votes: pd.DataFrame, tables: dict[str, pd.DataFrame]) -> str:
     from html import escape
 
     if votes.empty:
-        text = HOW_TO_COLLECT.format(preset=cfg.preset, db=path.name)
+        text = HOW_TO_COLLECT.format(preset=cfg.preset, db=db_path(cfg).name)
         return "<p>" + escape(text).replace("`", "").replace("**", "").replace("\n", " ") + "</p>"
     c = counts(votes)
-    tables = preference_tables(votes, cfg.eval.bootstrap_samples, cfg.seed)
-    for key in ("raw_overall", "raw_pairwise", "raw_ranking"):
-        tables[key].to_csv(P.tables / f"06_human_{key.removeprefix('raw_')}.csv", index=False)
     head = (f"<p><b>{c['votes']}</b> votes from <b>{c['raters']}</b> rater(s) on <b>{c['images']}</b> test "
             f"image(s) (blind two-alternative choice: which completion looks real?). Win rate = how often "
             f"a method's completion was taken for the real photo against the other side of its pairs.</p>")

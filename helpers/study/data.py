@@ -23,7 +23,7 @@ import socket
 import threading
 import warnings
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from helpers.course.ddpm_inpainting import masked_image  # noqa: F401  (x * (1 - m), taught in 03)
 from helpers.study.config import Config
 from helpers.study.files import (
     load_json,
@@ -43,6 +44,8 @@ from helpers.study.files import (
     save_json,
     save_mask_png,
     save_png,
+    shown_path,
+    swap_in,
 )
 from helpers.study.masks import (
     GENERATOR_VERSION,
@@ -153,8 +156,9 @@ def to_rgb_uint8(img: Image.Image, name: str = "image", report: Report | None = 
 def read_image(path: Path, report: Report | None = None) -> np.ndarray:
     """Read a file as uint8 HxWx3. Raises :class:`BadImageError` for missing/corrupt files."""
     path = Path(path)
+    shown = shown_path(path)
     if not path.is_file():
-        raise BadImageError(f"{path}: file does not exist")
+        raise BadImageError(f"{shown}: file does not exist")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -163,12 +167,13 @@ def read_image(path: Path, report: Report | None = None) -> np.ndarray:
                 im.load()
                 if im.mode in ("RGB", "RGBA") and ";16" in raw and report is not None:
                     # PIL reads 16-bit-per-channel colour PNGs as 8-bit, keeping the high byte
-                    report.note(report.converted, f"{16 * len(im.mode)}-bit {im.mode}->8-bit (high byte)", str(path))
-                return to_rgb_uint8(im, str(path), report)
+                    report.note(report.converted, f"{16 * len(im.mode)}-bit {im.mode}->8-bit (high byte)", shown)
+                return to_rgb_uint8(im, shown, report)
     except BadImageError:
         raise
     except Exception as e:  # PIL raises many types for broken files
-        raise BadImageError(f"{path}: cannot be read as an image ({type(e).__name__}: {e})") from e
+        why = str(e).replace(str(path), shown)
+        raise BadImageError(f"{shown}: cannot be read as an image ({type(e).__name__}: {why})") from e
 
 
 def resize_center_crop(img: np.ndarray, size: int) -> np.ndarray:
@@ -243,6 +248,12 @@ def bundled_crops(n: int, size: int, seed: int, report: Report | None = None) ->
         yield f"{pname}_{i:04d}", admit(crop, f"{pname}_{i:04d}", size, report)
 
 
+def image_files(folder: Path, every: Sequence[Path] | None = None) -> list[Path]:
+    """The image files under ``folder`` (recursively, sorted), by extension."""
+    every = sorted(p for p in Path(folder).rglob("*") if p.is_file()) if every is None else every
+    return [p for p in every if p.suffix.lower() in IMAGE_EXTENSIONS]
+
+
 def folder_images(folder: Path, size: int, report: Report, limit: int | None = None, min_size: int = 8,
                   min_kept_fraction: float = 0.0) -> Iterator[tuple[str, np.ndarray]]:
     """Every image under ``folder`` (recursively, sorted); every other file, bad file or refused
@@ -254,24 +265,24 @@ def folder_images(folder: Path, size: int, report: Report, limit: int | None = N
     if not folder.is_dir():
         raise FileNotFoundError(f"data.folder {folder} does not exist or is not a folder")
     every = sorted(p for p in folder.rglob("*") if p.is_file())
-    files = [p for p in every if p.suffix.lower() in IMAGE_EXTENSIONS]
+    files = image_files(folder, every)
     if not files:
         raise FileNotFoundError(f"no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) under {folder}")
     for p in every:
         if p.suffix.lower() not in IMAGE_EXTENSIONS:
-            report.skip(f"not an image file ({p.suffix.lower() or 'no extension'})", str(p))
+            report.skip(f"not an image file ({p.suffix.lower() or 'no extension'})", shown_path(p))
     seen = 0
     for p in files:
         if limit is not None and seen >= limit:
-            report.skip("beyond data.num_images", str(p))
+            report.skip("beyond data.num_images", shown_path(p))
             continue
         try:
             img = read_image(p, report)
         except BadImageError as e:
             log.warning("skipping %s", e)
-            report.skip("unreadable or corrupt", str(p))
+            report.skip("unreadable or corrupt", shown_path(p))
             continue
-        out = admit(img, str(p), size, report, min_size, min_kept_fraction)
+        out = admit(img, shown_path(p), size, report, min_size, min_kept_fraction)
         if out is None:
             continue
         seen += 1
@@ -379,22 +390,26 @@ def _complete(folder: Path, index: dict) -> bool:
 
 
 def _items(cfg: Config, P, report: Report, split: str | None = None, prefix: str = "", limit=None):
-    """The configured source's images as (name, uint8 HxWx3 at data.image_size), counted in ``report``."""
+    """The configured source's images as (name, uint8 HxWx3 at data.image_size), counted in ``report``,
+    and how many there will be at most (the progress bar's total: the files found, not the cap)."""
     d = cfg.data
     admit_kw = {"min_size": d.get("min_size", 8), "min_kept_fraction": d.get("min_kept_fraction", 0.0)}
     if d.source == "bundled":
-        return bundled_crops(d.num_images, d.image_size, cfg.seed, report)
+        return bundled_crops(d.num_images, d.image_size, cfg.seed, report), d.num_images
     if d.source == "folder":
         if not d.get("folder"):
             raise ValueError("data.folder is not set: with data.source: folder, set data.folder to the folder "
                              "holding your images (e.g. --set data.folder=/path/to/images)")
-        return folder_images(Path(d.folder), d.image_size, report, d.num_images, **admit_kw)
+        items = folder_images(Path(d.folder), d.image_size, report, d.num_images, **admit_kw)
+        found = len(image_files(d.folder)) if Path(d.folder).is_dir() else 0
+        return items, found if d.num_images is None else min(found, d.num_images)
     if d.source == "hub":
         if not d.get("hub_id"):
             raise ValueError("data.hub_id is not set: with data.source: hub, set data.hub_id to a datasets-hub id "
                              "or a local data set folder")
+        n = d.num_images if limit is None else limit
         return hub_images(d.hub_id, split or d.hub_split, d.hub_image_key, d.image_size, P.cache, report,
-                          d.num_images if limit is None else limit, prefix=prefix, **admit_kw)
+                          n, prefix=prefix, **admit_kw), n
     raise ValueError(f"data.source must be bundled, folder or hub, got {d.source!r}")
 
 
@@ -450,22 +465,67 @@ def resolution_note(cfg: Config, index: dict) -> dict:
                      f"{size} px. The DDPM works at {size} px. {sd_txt}.")}
 
 
-def _swap_in(stage: Path, live: Path) -> None:
-    """Replace live/{images,test_masks,index.json} by the complete ones in ``stage``. The old index
-    goes first: from then until the new one lands, a crash leaves no index ("prepare again"),
-    never an index that names missing files."""
-    old = live / ".old"
-    shutil.rmtree(old, ignore_errors=True)
-    old.mkdir()
-    if (live / "index.json").is_file():
-        os.replace(live / "index.json", old / "index.json")
-    for part in ("images", "test_masks"):
-        if (live / part).exists():
-            os.replace(live / part, old / part)
-        os.replace(stage / part, live / part)
-    os.replace(stage / "index.json", live / "index.json")
-    shutil.rmtree(old, ignore_errors=True)
-    shutil.rmtree(stage, ignore_errors=True)
+def _read_sources(cfg: Config, P, report: Report, stage: Path, held_out: str | None,
+                  test_items=None) -> tuple[list[str], list[str]]:
+    """Stage 1: the source's images (and its own test split, or ``data.test_source``'s images), resized and
+    cropped to the preset's square size, written to ``stage/images/_all`` as they are read.
+    Returns (names, held-out test names)."""
+    d = cfg.data
+    names, fixed_test = [], []
+    sources = [(*_items(cfg, P, report), names)]
+    if held_out:
+        sources.append((*_items(cfg, P, report, split=held_out, prefix=f"{held_out}_", limit=d.max_test_images),
+                        fixed_test))
+    if test_items is not None:          # data.test_source: the test images come from there
+        sources.append((test_items, None, fixed_test))
+    for items, total, out in sources:
+        for name, img in progress(items, desc=f"reading {d.source} images", total=total):
+            save_png(img, stage / "images" / "_all" / f"{name}.png")
+            out.append(name)
+    return names, fixed_test
+
+
+def _make_splits(cfg: Config, names: list[str], fixed_test: list[str], user_masks: dict | None,
+                 stage: Path) -> dict[str, list[str]]:
+    """Stage 2: a deterministic split by seed, capped; the test set is the source's held-out split,
+    the images the user brought masks for, or a seeded cut. The staged images move to their split."""
+    d = cfg.data
+    if user_masks is not None:
+        pool = fixed_test or names
+        fixed_test = sorted(set(pool) & set(user_masks))
+        if not fixed_test:
+            raise ValueError(f"no mask in data.test_masks_folder matches an image name (masks e.g. "
+                             f"{sorted(user_masks)[:3]}, images e.g. {sorted(pool)[:3]})")
+        names = [n for n in names if n not in set(fixed_test)]
+    splits = split_names(names, d.split, cfg.seed, fixed_test=fixed_test or None)
+    for s, limit in {"test": d.max_test_images, "val": d.max_val_images}.items():
+        if limit is not None and len(splits[s]) > limit:
+            splits["train"] = sorted(splits["train"] + splits[s][limit:])
+            splits[s] = splits[s][:limit]
+    for s in SPLITS:
+        (stage / "images" / s).mkdir(parents=True, exist_ok=True)
+        for name in splits[s]:
+            os.replace(stage / "images" / "_all" / f"{name}.png", stage / "images" / s / f"{name}.png")
+    shutil.rmtree(stage / "images" / "_all", ignore_errors=True)   # held-out images beyond the cap
+    return splits
+
+
+def _freeze_test_masks(cfg: Config, test_names: list[str], user_masks: dict | None, stage: Path) -> dict:
+    """Stage 3: the frozen test masks: the user's (validated like ours), or kinds cycled so every kind
+    is represented, one generator per image. Returns name -> {kind, hole_fraction}."""
+    d = cfg.data
+    test_masks, kinds = {}, list(d.masks.kinds)
+    for i, name in enumerate(test_names):
+        if user_masks is not None:
+            kind = "user"
+            m = load_mask_file(user_masks[name], (d.image_size, d.image_size))[0].numpy()
+        else:
+            rng = np.random.default_rng([cfg.seed, 1, i])
+            kind = kinds[i % len(kinds)]
+            m = generate_mask(d.image_size, kind, rng, d.masks.min_hole, d.masks.max_hole)
+        save_mask_png(m, stage / "test_masks" / f"{name}.png")
+        test_masks[name] = {"kind": kind, "hole_fraction": hole_fraction(m)}
+    return test_masks
 
 
 def prepare_dataset(cfg: Config, force: bool = False, root: Path | None = None) -> dict:
@@ -492,58 +552,16 @@ def prepare_dataset(cfg: Config, force: bool = False, root: Path | None = None) 
     stage = P.data / ".staging"
     shutil.rmtree(stage, ignore_errors=True)
     try:
-        # 1. images from the source (and the source's own test split, when it has one), resized/cropped
-        #    to the preset's square size, written to the staging folder as they are read
-        names, fixed_test = [], []
-        sources = [(_items(cfg, P, report), names)]
-        if held_out:
-            sources.append((_items(cfg, P, report, split=held_out, prefix=f"{held_out}_", limit=d.max_test_images),
-                            fixed_test))
-        if test_items is not None:          # data.test_source: the test images come from there
-            sources.append((test_items, fixed_test))
-        for items, out in sources:
-            for name, img in progress(items, desc=f"reading {d.source} images", total=d.num_images):
-                save_png(img, stage / "images" / "_all" / f"{name}.png")
-                out.append(name)
-        # 2. deterministic split by seed; the test set is the source's held-out split, the images the
-        #    user brought masks for, or a seeded cut; capped
-        if user_masks is not None:
-            pool = fixed_test or names
-            fixed_test = sorted(set(pool) & set(user_masks))
-            if not fixed_test:
-                raise ValueError(f"no mask in data.test_masks_folder matches an image name (masks e.g. "
-                                 f"{sorted(user_masks)[:3]}, images e.g. {sorted(pool)[:3]})")
-            names = [n for n in names if n not in set(fixed_test)]
-        splits = split_names(names, d.split, cfg.seed, fixed_test=fixed_test or None)
-        cap = {"test": d.max_test_images, "val": d.max_val_images}
-        for s, limit in cap.items():
-            if limit is not None and len(splits[s]) > limit:
-                splits["train"] = sorted(splits["train"] + splits[s][limit:])
-                splits[s] = splits[s][:limit]
-        for s in SPLITS:
-            (stage / "images" / s).mkdir(parents=True, exist_ok=True)
-            for name in splits[s]:
-                os.replace(stage / "images" / "_all" / f"{name}.png", stage / "images" / s / f"{name}.png")
-        shutil.rmtree(stage / "images" / "_all", ignore_errors=True)   # held-out images beyond the cap
-        # 3. frozen test masks: the user's (validated like ours), or kinds cycled so every kind is
-        #    represented, one generator per image
-        test_masks = {}
-        kinds = list(d.masks.kinds)
-        for i, name in enumerate(splits["test"]):
-            if user_masks is not None:
-                kind = "user"
-                m = load_mask_file(user_masks[name], (d.image_size, d.image_size))[0].numpy()
-            else:
-                rng = np.random.default_rng([cfg.seed, 1, i])
-                kind = kinds[i % len(kinds)]
-                m = generate_mask(d.image_size, kind, rng, d.masks.min_hole, d.masks.max_hole)
-            save_mask_png(m, stage / "test_masks" / f"{name}.png")
-            test_masks[name] = {"kind": kind, "hole_fraction": hole_fraction(m)}
+        # 1. images from the source; 2. splits; 3. frozen test masks; the index
+        names, fixed_test = _read_sources(cfg, P, report, stage, held_out, test_items)
+        splits = _make_splits(cfg, names, fixed_test, user_masks, stage)
+        test_masks = _freeze_test_masks(cfg, splits["test"], user_masks, stage)
         index = {"fingerprint": fp, "preset": cfg.preset, "source": d.source, "image_size": d.image_size,
                  "test_split": (test_desc if test_desc else
                                 f"{d.hub_id} split {held_out!r} (the source's own held-out split)" if held_out
                                 else f"a seeded cut of the {d.source} images"),
-                 "test_masks_from": str(d.test_masks_folder) if user_masks is not None else "generated (data.masks.kinds)",
+                 "test_masks_from": (str(d.test_masks_folder) if user_masks is not None
+                                     else "generated (data.masks.kinds)"),
                  "splits": splits, "test_masks": test_masks, "inputs": report.to_dict()}
         index["resolution"] = resolution_note(cfg, index)
         save_json(index, stage / "index.json")
@@ -551,8 +569,8 @@ def prepare_dataset(cfg: Config, force: bool = False, root: Path | None = None) 
         shutil.rmtree(stage, ignore_errors=True)   # the live data set was never touched
         raise
     # 4. swap in, index last
-    _swap_in(stage, P.data)
-    log.info("prepared %s: %s", P.data, report.summary())
+    swap_in(stage, P.data, ["images", "test_masks", "index.json"])
+    log.info("prepared %s: %s", P.relative(P.data), report.summary())
     return index
 
 
@@ -630,11 +648,6 @@ def load_test_set(cfg: Config, root: Path | None = None) -> dict:
     return batch
 
 
-def masked_image(image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """x_masked = x * (1 - mask): hole pixels set to 0 (mid-grey in [-1, 1])."""
-    return image * (1 - mask)
-
-
 def composite(pred: torch.Tensor, image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Paste the known pixels back: mask * pred + (1 - mask) * image."""
     return mask * pred + (1 - mask) * image
@@ -693,6 +706,13 @@ def read_predictions(cfg: Config, method: str, names: Iterable[str], root: Path 
                                 f"{out} (e.g. {missing[0]}.png); run the notebook that produces them")
     meta = load_json(out / "meta.json") if (out / "meta.json").is_file() else {"method": method}
     return load_pngs([out / f"{n}.png" for n in names]), meta
+
+
+def read_meta(cfg: Config, method: str, root: Path | None = None) -> dict:
+    """The meta.json of a method's predictions ({} when it has none): the weights, settings and sizes
+    of the model that actually ran (e.g. ``latent_px`` of the SD methods)."""
+    path = paths(cfg, root).predictions(method) / "meta.json"
+    return load_json(path) if path.is_file() else {}
 
 
 def demo_bad_inputs(folder: Path) -> Path:

@@ -72,7 +72,7 @@ def build_inpainting_unet(config: dict | None = None, in_channels: int = 7):
     return UNet2DModel(**{**(config or published_unet_config()), "in_channels": in_channels})
 
 
-def _local_path(pretrained_id: str) -> Path | None:
+def local_path(pretrained_id: str) -> Path | None:
     """A local folder for ``pretrained_id`` (absolute, relative to cwd or to the repo), or None if
     it looks like a hub id. A path-like id that does not exist is an error (no hub lookup)."""
     p = Path(os.path.expanduser(pretrained_id))
@@ -121,7 +121,7 @@ def _source(cfg: Config, P: Paths) -> str:
     if not pid:
         return str(_tiny_base(cfg, P))
     try:
-        local = _local_path(pid)
+        local = local_path(pid)
     except FileNotFoundError as e:
         raise FileNotFoundError(f"{e}.\n" + HOW_TO_GET.format(cache=P.cache / "hub", preset=cfg.preset)) from None
     return str(local) if local is not None else pid

@@ -1,6 +1,6 @@
 """The evaluation protocol: scores, grouped means with confidence intervals, the statistics behind
-every statement. Computed in notebook 05; :mod:`helpers.report.findings` turns it into the tables, text
-and figures of notebooks 05 and 06.
+every statement, and the decisions the conclusions word (:func:`ci_verdict`...). Computed in
+notebook 05; :mod:`helpers.report` turns it into the tables, text and figures of notebooks 05 and 06.
 
 Protocol (the same for every method):
 
@@ -185,6 +185,72 @@ def _runtime_row(method: str, meta: dict) -> dict:
 
 
 # ---------------------------------------------------------------- the whole protocol
+def _missing(method: str, reason: str) -> dict:
+    return {"method": method, "label": METHODS[method], "status": "missing", "n": 0, "note": reason}
+
+
+def _score_method(cfg: Config, method: str, test: dict, found: dict, device, lpips_fn, inception, real_feats,
+                  scores_fn, root: Path | None) -> dict:
+    """One method: read its predictions, re-composite the known pixels, score per image and as a set.
+    Returns {"summary": row} for a method that cannot be scored, else also its per-image frame, runtime
+    row and info."""
+    E = cfg.eval
+    row_of = {n: i for i, n in enumerate(test["name"])}
+    idx = [row_of[n] for n in found["names"]]
+    image, mask = test["image"][idx], test["mask"][idx]
+    raw, meta = read_predictions(cfg, method, found["names"], root)
+    if raw.shape != image.shape:
+        return {"summary": _missing(method, f"predictions are {tuple(raw.shape[1:])}, the test images "
+                                            f"{tuple(image.shape[1:])}: re-run notebook {NOTEBOOK_OF[method]} "
+                                            "at data.image_size")}
+    pred = composite(raw, image, mask)
+    known_change = int((to_levels(raw) - to_levels(image)).abs().mul(1 - mask).amax().item())
+    scores = score_images(pred, image, mask, device, E.batch_size, lpips_fn, f"scoring {method}", scores_fn)
+    frame = pd.DataFrame({"method": method, "label": METHODS[method], "name": found["names"],
+                          "kind": [test["kind"][i] for i in idx],
+                          "hole_fraction": [test["hole_fraction"][i] for i in idx], **scores})
+    row = {"method": method, "label": METHODS[method], "status": "ok" if not found["reason"] else "partial",
+           "n": len(idx), "note": found["reason"], "weights": meta.get("weights", "not recorded")}
+    for metric in PER_IMAGE:
+        row[metric], row[f"{metric}_lo"], row[f"{metric}_hi"] = bootstrap_ci(scores[metric], E.bootstrap_samples,
+                                                                            cfg.seed)
+    if inception is not None and len(idx) >= 2:
+        fake = inception_features(inception, pred, E.batch_size, f"Inception: {method}")
+        row["fid"] = fid_from_features(real_feats[idx], fake)
+        row["kid"], row["kid_std"], row["kid_subset_size"] = kid_from_features(
+            real_feats[idx], fake, E.kid_subset_size, E.kid_subsets, cfg.seed)
+        row["fid_n"] = len(idx)
+    info = {"n": len(idx), "known_pixels_max_change_before_composite": known_change,
+            "weights": meta.get("weights", "not recorded"), "captions": meta.get("captions")}
+    return {"summary": row, "frame": frame, "runtime": _runtime_row(method, meta), "info": info}
+
+
+def _protocol_info(cfg: Config, n_test: int, device, lpips_status, fid_status, missing: list, methods: dict,
+                   root: Path | None) -> dict:
+    """How every number was measured (saved as 05_evaluation.json; the tables' captions read it)."""
+    E = cfg.eval
+    info = {
+        "preset": cfg.preset, "n_test": n_test, "image_size": cfg.data.image_size, "device": str(device),
+        "protocol": "frozen test images and masks; known pixels composited back by the evaluator; "
+                    f"{cfg.data.image_size}x{cfg.data.image_size} px; metrics on 8-bit PNG values",
+        "psnr_ssim": "own batched float64 code, equal to scikit-image peak_signal_noise_ratio / "
+                     "structural_similarity(channel_axis=-1, data_range=255, win_size=7, uniform window); "
+                     "hole PSNR: MSE over hole pixels only; hole SSIM: mean of the SSIM map over hole pixels",
+        "lpips": lpips_status.to_dict(), "fid": fid_status.to_dict(),
+        "kid": {"kernel": "(x.y/d + 1)^3", "estimator": "unbiased MMD^2", "subset_size": E.kid_subset_size,
+                "subsets": E.kid_subsets},
+        "bootstrap": {"kind": "percentile bootstrap of the mean over images", "samples": E.bootstrap_samples,
+                      "seed": cfg.seed, "confidence": 0.95},
+        "hole_buckets": list(E.hole_buckets), "missing": missing, "methods": methods,
+    }
+    index = load_index(cfg, root)         # where the test set came from, at which sizes (notebook 01)
+    res = index.get("resolution") or {}
+    info["data"] = {"test_split": index.get("test_split"), "sizes": res.get("text"),
+                    "sd_upsampled": res.get("sd_upsampled"), "prepared_px": res.get("prepared_px"),
+                    "sd_px": res.get("sd_px")}
+    return info
+
+
 def evaluate_all(cfg: Config, root: Path | None = None, methods: Sequence[str] | None = None,
                  device: torch.device | str | None = None, scores_fn=pixel_scores) -> Evaluation:
     """Score every method on the frozen test set; save and return the tables (see module doc).
@@ -196,7 +262,6 @@ def evaluate_all(cfg: Config, root: Path | None = None, methods: Sequence[str] |
     # 1. the frozen test set and the learned metrics' networks (found without downloading)
     test = load_test_set(cfg, root)
     names = list(test["name"])
-    row_of = {n: i for i, n in enumerate(names)}
     lpips_fn, lpips_status = load_lpips(E.lpips_net, [P.cache], device)
     inception, fid_status = load_inception([P.cache], device, E.get("fid_backbone", "auto"))
     real_feats = (inception_features(inception, test["image"], E.batch_size, "Inception: real test images")
@@ -205,41 +270,15 @@ def evaluate_all(cfg: Config, root: Path | None = None, methods: Sequence[str] |
     frames, summary, runtime, missing, method_info = [], [], [], [], {}
     for method in progress(methods, desc="methods"):
         found = find_predictions(cfg, method, names, root)
-        if not found["names"]:
-            missing.append({"method": method, "label": METHODS[method], "reason": found["reason"]})
-            summary.append({"method": method, "label": METHODS[method], "status": "missing", "n": 0,
-                            "note": found["reason"]})
+        out = (_score_method(cfg, method, test, found, device, lpips_fn, inception, real_feats, scores_fn, root)
+               if found["names"] else {"summary": _missing(method, found["reason"])})
+        summary.append(out["summary"])
+        if "frame" not in out:
+            missing.append({"method": method, "label": METHODS[method], "reason": out["summary"]["note"]})
             continue
-        idx = [row_of[n] for n in found["names"]]
-        image, mask = test["image"][idx], test["mask"][idx]
-        raw, meta = read_predictions(cfg, method, found["names"], root)
-        if raw.shape != image.shape:
-            reason = (f"predictions are {tuple(raw.shape[1:])}, the test images {tuple(image.shape[1:])}: "
-                      f"re-run notebook {NOTEBOOK_OF[method]} at data.image_size")
-            missing.append({"method": method, "label": METHODS[method], "reason": reason})
-            summary.append({"method": method, "label": METHODS[method], "status": "missing", "n": 0, "note": reason})
-            continue
-        pred = composite(raw, image, mask)
-        known_change = int((to_levels(raw) - to_levels(image)).abs().mul(1 - mask).amax().item())
-        scores = score_images(pred, image, mask, device, E.batch_size, lpips_fn, f"scoring {method}", scores_fn)
-        frames.append(pd.DataFrame({"method": method, "label": METHODS[method], "name": found["names"],
-                                    "kind": [test["kind"][i] for i in idx],
-                                    "hole_fraction": [test["hole_fraction"][i] for i in idx], **scores}))
-        row = {"method": method, "label": METHODS[method], "status": "ok" if not found["reason"] else "partial",
-               "n": len(idx), "note": found["reason"], "weights": meta.get("weights", "not recorded")}
-        for metric in PER_IMAGE:
-            row[metric], row[f"{metric}_lo"], row[f"{metric}_hi"] = bootstrap_ci(
-                scores[metric], E.bootstrap_samples, cfg.seed)
-        if inception is not None and len(idx) >= 2:
-            fake = inception_features(inception, pred, E.batch_size, f"Inception: {method}")
-            row["fid"] = fid_from_features(real_feats[idx], fake)
-            row["kid"], row["kid_std"], row["kid_subset_size"] = kid_from_features(
-                real_feats[idx], fake, E.kid_subset_size, E.kid_subsets, cfg.seed)
-            row["fid_n"] = len(idx)
-        summary.append(row)
-        runtime.append(_runtime_row(method, meta))
-        method_info[method] = {"n": len(idx), "known_pixels_max_change_before_composite": known_change,
-                               "weights": meta.get("weights", "not recorded"), "captions": meta.get("captions")}
+        frames.append(out["frame"])
+        runtime.append(out["runtime"])
+        method_info[method] = out["info"]
     # 3. tables: per image, summary, by hole-area bucket and mask kind, runtime
     per_image = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
         columns=["method", "label", "name", "kind", "hole_fraction", *PER_IMAGE])
@@ -247,25 +286,7 @@ def evaluate_all(cfg: Config, root: Path | None = None, methods: Sequence[str] |
     kinds = [k for k in cfg.data.masks.kinds if k in set(per_image["kind"])]
     by_bucket = _grouped(per_image, "bucket", PER_IMAGE, E.bootstrap_samples, cfg.seed, bucket_labels(E.hole_buckets))
     by_kind = _grouped(per_image, "kind", PER_IMAGE, E.bootstrap_samples, cfg.seed, kinds)
-    info = {
-        "preset": cfg.preset, "n_test": len(names), "image_size": cfg.data.image_size, "device": str(device),
-        "protocol": "frozen test images and masks; known pixels composited back by the evaluator; "
-                    f"{cfg.data.image_size}x{cfg.data.image_size} px; metrics on 8-bit PNG values",
-        "psnr_ssim": "own batched float64 code, equal to scikit-image peak_signal_noise_ratio / "
-                     "structural_similarity(channel_axis=-1, data_range=255, win_size=7, uniform window); "
-                     "hole PSNR: MSE over hole pixels only; hole SSIM: mean of the SSIM map over hole pixels",
-        "lpips": lpips_status.to_dict(), "fid": fid_status.to_dict(),
-        "kid": {"kernel": "(x.y/d + 1)^3", "estimator": "unbiased MMD^2", "subset_size": E.kid_subset_size,
-                "subsets": E.kid_subsets},
-        "bootstrap": {"kind": "percentile bootstrap of the mean over images", "samples": E.bootstrap_samples,
-                      "seed": cfg.seed, "confidence": 0.95},
-        "hole_buckets": list(E.hole_buckets), "missing": missing, "methods": method_info,
-    }
-    index = load_index(cfg, root)         # where the test set came from, at which sizes (notebook 01)
-    res = index.get("resolution") or {}
-    info["data"] = {"test_split": index.get("test_split"), "sizes": res.get("text"),
-                    "sd_upsampled": res.get("sd_upsampled"), "prepared_px": res.get("prepared_px"),
-                    "sd_px": res.get("sd_px")}
+    info = _protocol_info(cfg, len(names), device, lpips_status, fid_status, missing, method_info, root)
     ev = Evaluation(per_image, pd.DataFrame(summary), by_bucket, by_kind,
                     pd.DataFrame(runtime, columns=list(_runtime_row("telea", {}))), info)
     save_evaluation(ev, P.tables)
@@ -427,3 +448,128 @@ def best_methods(ev: Evaluation) -> dict[str, str]:
         col = ok[metric].astype(float)
         out[metric] = ok.loc[col.idxmax() if higher else col.idxmin(), "method"]
     return out
+
+
+# ---------------------------------------------------------------- the decisions behind the conclusions
+# Each function returns numbers and decisions as data; helpers.report.text words them.
+MIN_IMAGES_TO_CONCLUDE = 30     # below this many images a bootstrap CI is too unstable to conclude from
+
+
+def ci_verdict(lo: float, hi: float, n: int, min_n: int = MIN_IMAGES_TO_CONCLUDE) -> str:
+    """What a paired difference's 95 % CI over ``n`` images supports: ``"too few"`` below ``min_n``
+    images (a percentile bootstrap over a handful of values is too narrow to trust), else
+    ``"resolved"`` when the CI excludes 0 and ``"not resolved"`` when it contains 0."""
+    if n < min_n:
+        return "too few"
+    return "resolved" if lo > 0 or hi < 0 else "not resolved"
+
+
+def _bootstrap_settings(ev: Evaluation) -> tuple[int, int]:
+    return ev.info["bootstrap"]["samples"], ev.info["bootstrap"]["seed"]
+
+
+def best_on_set(ev: Evaluation, metric: str, image_set: ImageSet) -> dict | None:
+    """The best and runner-up method on ``metric`` over exactly ``image_set``: both means, the paired
+    difference best - runner-up with its bootstrap 95 % CI and :func:`ci_verdict`, all over the same
+    images. None when no method of the set has the metric on all of its images."""
+    methods = [m for m in image_set.methods
+               if set(image_set.images) <= set(images_of(ev.per_image, m, metric))]
+    if not methods or not image_set.n:
+        return None
+    means = means_on(ev.per_image, methods, metric, image_set.images)
+    means = means.sort_values(ascending=not HIGHER_IS_BETTER[metric])
+    out = {"metric": metric, "set": image_set, "best": means.index[0], "means": means}
+    if len(means) >= 2:
+        d, lo, hi, n = paired_difference(ev.per_image, means.index[0], means.index[1], metric,
+                                         *_bootstrap_settings(ev), images=image_set.images)
+        out.update({"runner_up": means.index[1], "diff": d, "lo": lo, "hi": hi, "n": n,
+                    "verdict": ci_verdict(lo, hi, n)})
+    return out
+
+
+def subset_comparison(ev: Evaluation, image_set: ImageSet, metric: str = "psnr_hole") -> dict | None:
+    """The method run on a subset (RePaint) against its closest relative (fine-tuned DDPM, else the best
+    other method) over exactly that subset: both means and the paired difference with its CI and
+    verdict. None when no other method has all of the subset's images."""
+    method = image_set.subset_of
+    others = [m for m in image_set.methods if m != method]
+    if not others:
+        return None
+    other = ("ddpm_finetuned" if "ddpm_finetuned" in others
+             else means_on(ev.per_image, others, metric, image_set.images).idxmax())
+    means = means_on(ev.per_image, [method, other], metric, image_set.images)
+    d, lo, hi, n = paired_difference(ev.per_image, method, other, metric, *_bootstrap_settings(ev),
+                                     images=image_set.images)
+    return {"method": method, "other": other, "metric": metric, "means": means, "diff": d, "lo": lo, "hi": hi,
+            "n": n, "verdict": ci_verdict(lo, hi, n)}
+
+
+def against_baseline(ev: Evaluation, image_set: ImageSet, baseline: str = "telea",
+                     metric: str = "psnr_hole") -> dict | None:
+    """The learned methods of ``image_set`` whose mean ``metric`` is above the classical baseline's
+    (None when the baseline is not in the set)."""
+    if baseline not in image_set.methods:
+        return None
+    learned = [m for m in image_set.methods if m != baseline]
+    means = means_on(ev.per_image, list(image_set.methods), metric, image_set.images)
+    return {"baseline": baseline, "baseline_mean": float(means[baseline]), "learned": learned,
+            "higher": [m for m in learned if means[m] > means[baseline]]}
+
+
+def study_ranking(ev: Evaluation, image_set: ImageSet) -> dict | None:
+    """The study's ranking (SD + LoRA ahead of fine-tuned DDPM) checked on ``image_set``: the metrics
+    compared (PSNR, SSIM, LPIPS when computed, FID when both have it) and those that agree."""
+    if not {"sd_lora", "ddpm_finetuned"} <= set(image_set.methods):
+        return None
+    pair = ["sd_lora", "ddpm_finetuned"]
+    agree, compared = [], []
+    lpips_ok = not ev.per_image["lpips"].isna().all()
+    for metric in ("psnr", "ssim") + (("lpips",) if lpips_ok else ()):
+        m = means_on(ev.per_image, pair, metric, image_set.images)
+        compared.append(metric)
+        if (m["sd_lora"] > m["ddpm_finetuned"]) == HIGHER_IS_BETTER[metric]:
+            agree.append(metric)
+    summ = ev.summary.set_index("method")
+    if "fid" in summ and not summ.loc[pair, "fid"].isna().any():
+        compared.append("fid")
+        if summ.loc["sd_lora", "fid"] < summ.loc["ddpm_finetuned", "fid"]:
+            agree.append("fid")
+    return {"compared": compared, "agree": agree}
+
+
+def lowest_kid(ev: Evaluation, image_set: ImageSet) -> dict | None:
+    """The method of ``image_set`` with the lowest KID, with its KID and spread (None without KID)."""
+    summ = ev.summary.set_index("method")
+    if "kid" not in summ:
+        return None
+    kids = summ.loc[list(image_set.methods), "kid"].astype(float).dropna()
+    if not len(kids):
+        return None
+    w = kids.idxmin()
+    return {"method": w, "kid": float(kids[w]), "kid_std": summ.loc[w].get("kid_std")}
+
+
+def speed_range(ev: Evaluation) -> dict | None:
+    """The fastest and slowest method in seconds per image, and the device when all ran on one
+    (None with fewer than two timed methods)."""
+    rt = ev.runtime.dropna(subset=["seconds_per_image"]) if not ev.runtime.empty else ev.runtime
+    if len(rt) < 2:
+        return None
+    fast, slow = rt.loc[rt["seconds_per_image"].idxmin()], rt.loc[rt["seconds_per_image"].idxmax()]
+    devices = {str(d) for d in rt["device"]}
+    return {"fastest": fast["method"], "fastest_s": float(fast["seconds_per_image"]),
+            "slowest": slow["method"], "slowest_s": float(slow["seconds_per_image"]),
+            "device": devices.pop() if len(devices) == 1 else None}
+
+
+def failure_cases(ev: Evaluation, k: int = 4) -> tuple[list[str], str]:
+    """The ``k`` test images that are hardest across the scored methods: highest mean LPIPS when
+    LPIPS is available, else lowest mean hole PSNR. Returns (names, the criterion in words)."""
+    df = ev.per_image
+    if df.empty:
+        return [], "no scores"
+    use_lpips = not df["lpips"].isna().all()
+    metric = "lpips" if use_lpips else "psnr_hole"
+    mean = df.groupby("name")[metric].mean()
+    order = mean.sort_values(ascending=not use_lpips)
+    return list(order.index[:k]), f"{'highest' if use_lpips else 'lowest'} mean {LABELS[metric]} across methods"

@@ -61,6 +61,10 @@ class Paths:
         except ValueError:
             return Path(path).name
 
+    def shown(self, path) -> str:
+        """``path`` (or a hub id) as printed: :func:`shown_path` with this root."""
+        return shown_path(path, self.root)
+
     def predictions(self, method: str) -> Path:
         """Folder of one method's test-set predictions: <name>.png + meta.json."""
         return self.reports / "predictions" / method
@@ -83,6 +87,27 @@ def paths(cfg: Config, root: Path | None = None) -> Paths:
     ACTIVE_PRESET = cfg.preset
     root = Path(root or os.environ.get("INPAINT_ROOT") or ROOT)
     return Paths(root=root, preset=cfg.preset).ensure()
+
+
+def shown_path(path, root: Path | None = None) -> str:
+    """A path (or a hub id) as notebooks, logs and meta files print it, never a machine path: inside
+    the run's root (``root``, else env INPAINT_ROOT, else the project) or the project, relative to it;
+    a file of an installed package as ``package <name>/...``; anything else (a hub id, the user's own
+    folder elsewhere) unchanged."""
+    import sys
+
+    text = str(path)
+    p = Path(text).expanduser()
+    if not p.is_absolute():
+        return text
+    p = p.resolve()
+    for base in (Path(root or os.environ.get("INPAINT_ROOT") or ROOT), ROOT):
+        if p.is_relative_to(base.resolve()):
+            return p.relative_to(base.resolve()).as_posix() or "."
+    for site in sorted((s for s in sys.path if s.rstrip("/").endswith("site-packages")), key=len, reverse=True):
+        if p.is_relative_to(Path(site).resolve()):
+            return "package " + p.relative_to(Path(site).resolve()).as_posix()
+    return text
 
 
 # ---------------------------------------------------------------- image <-> tensor
@@ -194,14 +219,33 @@ def torch_save_atomic(obj: Any, path: Path) -> None:
 
 
 # ====================================================================== 7. fine-tuning
-def save_pretrained_atomic(model, folder: Path) -> None:
-    """save_pretrained into a temporary folder, then swap it in (a crash never leaves half a model)."""
-    folder = Path(folder)
-    tmp, old = folder.with_name(folder.name + ".tmp"), folder.with_name(folder.name + ".old")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(str(tmp))
-    if folder.exists():
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(folder, old)
-    os.replace(tmp, folder)
+def swap_in(stage: Path, live: Path, parts: Sequence[str]) -> None:
+    """Move ``parts`` (files or folders) of the complete ``stage`` folder into ``live``, replacing the
+    ones there, then remove ``stage``: the one folder swap of the project (a crash never leaves half a
+    data set or half a model). The last part is the marker that says the rest is whole (an index, a
+    model folder): the old one goes first and the new one lands last, so a crash in between leaves no
+    marker ("build it again"), never a marker beside missing files."""
+    stage, live = Path(stage), Path(live)
+    old = stage.with_name(stage.name + ".old")
     shutil.rmtree(old, ignore_errors=True)
+    old.mkdir(parents=True)
+    live.mkdir(parents=True, exist_ok=True)
+    *rest, marker = parts
+    if (live / marker).exists():
+        os.replace(live / marker, old / marker)
+    for part in rest:
+        if (live / part).exists():
+            os.replace(live / part, old / part)
+        os.replace(stage / part, live / part)
+    os.replace(stage / marker, live / marker)
+    shutil.rmtree(old, ignore_errors=True)
+    shutil.rmtree(stage, ignore_errors=True)
+
+
+def save_pretrained_atomic(model, folder: Path) -> None:
+    """save_pretrained into a staging folder beside ``folder``, then :func:`swap_in`."""
+    folder = Path(folder)
+    stage = folder.with_name(f".{folder.name}.staging")
+    shutil.rmtree(stage, ignore_errors=True)
+    model.save_pretrained(str(stage / folder.name))
+    swap_in(stage, folder.parent, [folder.name])

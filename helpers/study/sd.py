@@ -279,7 +279,7 @@ def resolve_source(cfg: Config, root: Path | None = None) -> str:
     return str(cfg.sd.pretrained_id)
 
 
-def _looks_local(source: str) -> bool:
+def looks_local(source: str) -> bool:
     return (Path(source).expanduser().exists() or Path(source).is_absolute()
             or source.startswith(("./", "../", "~", ".\\")))
 
@@ -306,7 +306,7 @@ def load_pipeline(cfg: Config, source: str | Path | None = None, device: torch.d
     source = str(source) if source is not None else resolve_source(cfg, root)
     cache = P.cache / "hub"
     # 1. a local folder must exist and look like a diffusers pipeline before we try it
-    if _looks_local(source):
+    if looks_local(source):
         folder = Path(source).expanduser()
         if not folder.is_dir():
             raise WeightsNotFoundError(f"Stable Diffusion inpainting weights: {source} does not exist. "
@@ -442,8 +442,8 @@ def find_lora(cfg: Config, root: Path | None = None) -> Path | None:
     meta = P.predictions("sd_lora") / "meta.json"
     if meta.is_file():
         named = load_json(meta).get("lora_weights")
-        if named and Path(named).is_file():
-            return Path(named)
+        if named and (P.root / named).is_file():          # relative to the root (older runs: absolute)
+            return P.root / named
     finished = sorted((P.models / "sd_lora").glob(f"ckpt-*/{LORA_WEIGHTS}"), key=lambda p: p.stat().st_mtime)
     return finished[-1] if finished else None
 
@@ -552,7 +552,10 @@ def predict_test_set(cfg: Config, pipe, method: str, train_stats: dict | None = 
     # 2. the timed run: prompt encoding included, batches of sd.inference_batch_size
     fn = lambda x, m, seeds, names: predict(cfg, pipe, x, m, [prompt(n) for n in names], seeds, desc=method,
                                             leave=False, inpaint_fn=inpaint_fn)
-    lora, base = getattr(pipe, "lora_path", None), getattr(pipe, "source", "?")
+    # weights named as printed (relative to the run's root; find_lora resolves them against it)
+    P = paths(cfg, root)
+    lora, base = getattr(pipe, "lora_path", None), P.shown(getattr(pipe, "source", "?"))
+    lora = P.shown(lora) if lora else None
     tiny = " (tiny random pipeline: smoke preset, images are noise)" if cfg.sd.tiny else ""
     smoke = "smoke: tiny randomly initialised SD pipeline; proves the pipeline, says nothing about the method"
     meta = method_meta(
@@ -561,7 +564,8 @@ def predict_test_set(cfg: Config, pipe, method: str, train_stats: dict | None = 
         sum(count_parameters(getattr(pipe, k))[1] for k in ("unet", "vae", "text_encoder")), train_stats,
         smoke if cfg.sd.tiny else "", base_weights=base, lora_weights=lora, sampler=cfg.perf.get("sampler", "ddim"),
         num_inference_steps=cfg.sd.num_inference_steps, guidance_scale=cfg.sd.guidance_scale,
-        sd_resolution=cfg.sd.resolution, seed=cfg.seed, captions_status=caps["status"], captions=describe(caps),
+        sd_resolution=cfg.sd.resolution, latent_factor=latent_factor(pipe.vae),
+        latent_px=cfg.sd.resolution // latent_factor(pipe.vae), seed=cfg.seed, captions_status=caps["status"], captions=describe(caps),
         timing="wall time of the test set after one warm-up batch, prompt encoding included",
         lora=(train_stats or {}).get("lora"))
     return predict_set(cfg, method, fn, bs, pipe.device, meta, max_images=limit, root=root, desc=method)[2]

@@ -452,7 +452,7 @@ def bench_ddpm_sample(ctx: Context) -> None:
     cfg.bench.dpm_steps steps as the fewer-steps option; a batch sweep of the preset variant."""
     from diffusers import DDPMScheduler
 
-    from helpers.course.ddpm_inpainting import ddim_inpaint
+    from helpers.course.ddpm_inpainting import ddim_inpaint, masked_image
     from helpers.study.ddpm import published_scheduler_config
     from helpers.study.runtime import SeededNoise
     d, (_, size) = ctx.cfg.ddpm, _ddpm_config(ctx)
@@ -464,7 +464,7 @@ def bench_ddpm_sample(ctx: Context) -> None:
         model = _ddpm_model(ctx, perf, False, dev)
         x, m = _images(bs, size), _masks(bs, size)
         noise = SeededNoise(range(bs))
-        return lambda: ddim_inpaint(model, alphas, x.to(dev) * (1 - m.to(dev)), m.to(dev), noise(x.shape[1:], dev),
+        return lambda: ddim_inpaint(model, alphas, masked_image(x, m).to(dev), m.to(dev), noise(x.shape[1:], dev),
                                     steps or d.num_inference_steps, 0.0, None, sampler, DTYPES[dtype])
 
     flops = {}
