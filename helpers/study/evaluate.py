@@ -21,9 +21,9 @@ Tables go to ``reports/<preset>/tables/05_*.csv`` and ``05_evaluation.json``.
 """
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -37,6 +37,7 @@ from helpers.study.data import (
     composite,
     load_index,
     load_test_set,
+    method_label,
     read_predictions,
 )
 from helpers.study.files import load_json, paths, save_json
@@ -158,7 +159,8 @@ def _grouped(per_image: pd.DataFrame, by: str, metrics: Iterable[str], n_boot: i
              order: Sequence[str] | None = None) -> pd.DataFrame:
     rows = []
     groups = order if order is not None else sorted(per_image[by].unique())
-    for method in [m for m in METHODS if m in set(per_image["method"])]:
+    present = list(dict.fromkeys(per_image["method"]))
+    for method in [m for m in METHODS if m in present] + [m for m in present if m not in METHODS]:
         sub = per_image[per_image["method"] == method]
         for g in groups:
             part = sub[sub[by] == g]
@@ -166,7 +168,7 @@ def _grouped(per_image: pd.DataFrame, by: str, metrics: Iterable[str], n_boot: i
                 continue
             for metric in metrics:
                 mean, lo, hi = bootstrap_ci(part[metric].to_numpy(), n_boot, seed)
-                rows.append({"method": method, "label": METHODS[method], "group": g, "n": len(part),
+                rows.append({"method": method, "label": method_label(method), "group": g, "n": len(part),
                              "metric": metric, "mean": mean, "lo": lo, "hi": hi})
     return pd.DataFrame(rows, columns=["method", "label", "group", "n", "metric", "mean", "lo", "hi"])
 
@@ -174,7 +176,7 @@ def _grouped(per_image: pd.DataFrame, by: str, metrics: Iterable[str], n_boot: i
 def _runtime_row(method: str, meta: dict) -> dict:
     def mib(v):
         return None if v in (None, "") else float(v) / 2**20
-    return {"method": method, "label": METHODS[method], "weights": meta.get("weights", "not recorded"),
+    return {"method": method, "label": method_label(method), "weights": meta.get("weights", "not recorded"),
             "device": meta.get("device", "not recorded"),
             "seconds_per_image": meta.get("sample_seconds_per_image"), "images_per_s": meta.get("images_per_s"),
             "peak_memory_MiB": mib(meta.get("peak_memory_bytes")), "trainable_params": meta.get("trainable_params"),
@@ -186,9 +188,10 @@ def _runtime_row(method: str, meta: dict) -> dict:
 
 # ---------------------------------------------------------------- the whole protocol
 def evaluate_all(cfg: Config, root: Path | None = None, methods: Sequence[str] | None = None,
-                 device: torch.device | str | None = None, scores_fn=pixel_scores) -> Evaluation:
+                 device: torch.device | str | None = None, scores_fn=pixel_scores, save: bool = True) -> Evaluation:
     """Score every method on the frozen test set; save and return the tables (see module doc).
-    ``scores_fn`` computes PSNR and SSIM (whole image and hole) of a batch: notebook 05 passes its own."""
+    ``scores_fn`` computes PSNR and SSIM (whole image and hole) of a batch: notebook 05 passes its own.
+    ``save=False``: return the tables without writing them (the PEFT ablation scores its variants so)."""
     P = paths(cfg, root)
     E = cfg.eval
     device = torch.device(device) if device is not None else get_device(cfg)
@@ -206,8 +209,8 @@ def evaluate_all(cfg: Config, root: Path | None = None, methods: Sequence[str] |
     for method in progress(methods, desc="methods"):
         found = find_predictions(cfg, method, names, root)
         if not found["names"]:
-            missing.append({"method": method, "label": METHODS[method], "reason": found["reason"]})
-            summary.append({"method": method, "label": METHODS[method], "status": "missing", "n": 0,
+            missing.append({"method": method, "label": method_label(method), "reason": found["reason"]})
+            summary.append({"method": method, "label": method_label(method), "status": "missing", "n": 0,
                             "note": found["reason"]})
             continue
         idx = [row_of[n] for n in found["names"]]
@@ -215,17 +218,18 @@ def evaluate_all(cfg: Config, root: Path | None = None, methods: Sequence[str] |
         raw, meta = read_predictions(cfg, method, found["names"], root)
         if raw.shape != image.shape:
             reason = (f"predictions are {tuple(raw.shape[1:])}, the test images {tuple(image.shape[1:])}: "
-                      f"re-run notebook {NOTEBOOK_OF[method]} at data.image_size")
-            missing.append({"method": method, "label": METHODS[method], "reason": reason})
-            summary.append({"method": method, "label": METHODS[method], "status": "missing", "n": 0, "note": reason})
+                      f"re-run notebook {NOTEBOOK_OF.get(method, 'the notebook that produces it')} at data.image_size")
+            missing.append({"method": method, "label": method_label(method), "reason": reason})
+            summary.append({"method": method, "label": method_label(method), "status": "missing", "n": 0,
+                            "note": reason})
             continue
         pred = composite(raw, image, mask)
         known_change = int((to_levels(raw) - to_levels(image)).abs().mul(1 - mask).amax().item())
         scores = score_images(pred, image, mask, device, E.batch_size, lpips_fn, f"scoring {method}", scores_fn)
-        frames.append(pd.DataFrame({"method": method, "label": METHODS[method], "name": found["names"],
+        frames.append(pd.DataFrame({"method": method, "label": method_label(method), "name": found["names"],
                                     "kind": [test["kind"][i] for i in idx],
                                     "hole_fraction": [test["hole_fraction"][i] for i in idx], **scores}))
-        row = {"method": method, "label": METHODS[method], "status": "ok" if not found["reason"] else "partial",
+        row = {"method": method, "label": method_label(method), "status": "ok" if not found["reason"] else "partial",
                "n": len(idx), "note": found["reason"], "weights": meta.get("weights", "not recorded")}
         for metric in PER_IMAGE:
             row[metric], row[f"{metric}_lo"], row[f"{metric}_hi"] = bootstrap_ci(
@@ -268,7 +272,8 @@ def evaluate_all(cfg: Config, root: Path | None = None, methods: Sequence[str] |
                     "sd_px": res.get("sd_px")}
     ev = Evaluation(per_image, pd.DataFrame(summary), by_bucket, by_kind,
                     pd.DataFrame(runtime, columns=list(_runtime_row("telea", {}))), info)
-    save_evaluation(ev, P.tables)
+    if save:
+        save_evaluation(ev, P.tables)
     return ev
 
 
@@ -370,7 +375,7 @@ def common_means(per_image: pd.DataFrame, metric: str) -> tuple[pd.Series, int]:
     return wide.mean().astype(float), len(wide)
 
 
-def statement_sets(ev: "Evaluation") -> list[ImageSet]:
+def statement_sets(ev: Evaluation) -> list[ImageSet]:
     """The image sets the conclusions speak about, in order:
 
     1. the **main set**: the whole test set, with every method scored on all of it;
