@@ -285,3 +285,34 @@ def evaluate_ablation(cfg: Config, root: Path | None = None, device=None, scores
     table.to_csv(paths(cfg, root).tables / TABLE, index=False)
     ev.by_bucket.to_csv(paths(cfg, root).tables / "04b_peft_by_bucket.csv", index=False)
     return table
+
+
+def published_size_params(cfg: Config) -> pd.DataFrame:
+    """Trainable parameters of every variant on SD 1.5 inpainting's real U-Net (its published config),
+    built on the meta device: no memory, no weights, a few seconds. QLoRA's adapter is LoRA's (its
+    base is quantized, not its adapter)."""
+    import copy
+    from types import SimpleNamespace
+
+    from diffusers import UNet2DConditionModel
+
+    from helpers.study.sd import published_configs
+
+    rows, frozen = [], torch.nn.Linear(1, 1)
+    with torch.device("meta"):
+        base = UNet2DConditionModel(**published_configs()["unet"])
+    for v in variants(cfg):
+        unet = copy.deepcopy(base)
+        attach_adapter(SimpleNamespace(unet=unet, vae=frozen, text_encoder=frozen),
+                       {k: x for k, x in v.items() if k != "quantize"})
+        trainable = sum(p.numel() for p in unet.parameters() if p.requires_grad)
+        total = sum(p.numel() for p in unet.parameters() if not p.requires_grad)
+        rows.append({"variant": v["name"], "adapter": v["method"], "trainable_params": trainable,
+                     "fraction_of_unet": trainable / total})
+    return pd.DataFrame(rows)
+
+
+def load_table(cfg: Config, root: Path | None = None) -> pd.DataFrame | None:
+    """The ablation table notebook 05 saved (tables/04b_peft_ablation.csv), None when it has not run."""
+    path = paths(cfg, root).tables / TABLE
+    return pd.read_csv(path, dtype={"variant": str, "method": str, "status": str}) if path.is_file() else None
