@@ -179,7 +179,7 @@ def predict_variant(cfg: Config, variant: dict, stats: dict, root: Path | None =
 
     pipe = load_adapter(load_pipeline(cfg, variant, root), stats["lora_path"])
     meta = sd.predict_test_set(cfg, pipe, method_id(variant), train_stats=stats, root=root,
-                               inpaint_fn=inpaint_fn or inpaint)
+                               limit=cfg.ablation.get("max_test_images"), inpaint_fn=inpaint_fn or inpaint)
     extra = {"variant": variant, "adapter_bytes": stats["adapter_bytes"], "step_seconds": stats["step_seconds"]}
     folder = paths(cfg, root).predictions(method_id(variant))
     save_json({**load_json(folder / "meta.json"), **extra}, folder / "meta.json")
@@ -216,10 +216,10 @@ def status(cfg: Config, root: Path | None = None, device=None) -> list[dict]:
     on disk; else ``not trained`` (or ``needs a CUDA GPU with bitsandbytes``), with the reason."""
     from helpers.study.runtime import get_device
 
-    device = device or get_device(cfg)
+    device, P = device or get_device(cfg), paths(cfg, root)
     rows = []
     for v in variants(cfg):
-        meta_path = paths(cfg, root).predictions(method_id(v)) / "meta.json"
+        meta_path = P.predictions(method_id(v)) / "meta.json"
         meta = load_json(meta_path) if meta_path.is_file() else {}
         weights = meta.get("lora_weights")
         if weights and Path(weights).is_file():
@@ -227,7 +227,8 @@ def status(cfg: Config, root: Path | None = None, device=None) -> list[dict]:
                          "meta": meta})
             continue
         reason = unavailable_reason(v, device)
-        why = (f"no predictions in {meta_path.parent}" if not meta else f"its adapter file {weights} is missing")
+        why = (f"no predictions in {P.relative(meta_path.parent)}" if not meta
+               else f"its adapter file {P.relative(weights) if weights else '(none named)'} is missing")
         rows.append({"variant": v["name"], "method": method_id(v), "status": reason or NOT_TRAINED,
                      "weights": None, "meta": meta, "note": why + ": run notebook 04's PEFT ablation"})
     return rows
