@@ -12,6 +12,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -200,7 +201,24 @@ def test_train_predict_and_table_end_to_end(sd_root, prepared):
     assert rows == {"loha_r8": "trained", "lora_r64": PV.NOT_TRAINED}
     table = PV.evaluate_ablation(cfg, device="cpu").set_index("variant")
     untrained = table.loc["lora_r64"]
-    assert untrained["status"] == PV.NOT_TRAINED and np.isnan(untrained.get("psnr_hole", np.nan))
+    assert untrained["status"] == PV.NOT_TRAINED and pd.isna(untrained.get("psnr_hole"))
     assert table.loc["loha_r8", "status"] == "trained" and np.isfinite(table.loc["loha_r8", "psnr_hole"])
     assert table.loc["loha_r8", "trainable_params"] == stats["trainable_params"]
     assert (H.study.files.paths(cfg).tables / PV.TABLE).is_file()
+
+
+def test_the_tradeoff_slide_plots_scored_variants_on_a_log_axis_and_names_the_others():
+    table = pd.DataFrame([
+        {"variant": "reference (sd_lora)", "status": "trained", "trainable_params": 3_188_736, "psnr_hole": 20.0,
+         "psnr_hole_lo": 19.5, "psnr_hole_hi": 20.5},
+        {"variant": "lora_r4", "status": "trained", "trainable_params": 797_184, "psnr_hole": 19.0,
+         "psnr_hole_lo": 18.0, "psnr_hole_hi": 20.0},
+        {"variant": "oft_b32", "status": "trained", "trainable_params": 1_541_568, "psnr_hole": 21.0,
+         "psnr_hole_lo": 20.0, "psnr_hole_hi": 22.0},
+        {"variant": "qlora_r16", "status": PV.NEEDS_CUDA, "trainable_params": None, "psnr_hole": None},
+    ]).convert_dtypes()
+    fig = H.report.figures.peft_tradeoff(table, "psnr_hole")
+    ax = fig.axes[0]
+    assert ax.get_xscale() == "log"
+    assert {t.get_text() for t in ax.texts} == {"lora_r4", "oft_b32"}
+    assert "qlora_r16" in ax.get_title(loc="left") and PV.NEEDS_CUDA in ax.get_title(loc="left")

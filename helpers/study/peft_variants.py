@@ -205,7 +205,7 @@ def run_ablation(cfg: Config, root: Path | None = None, names=None, attach_fn=at
                        train_peak_memory_bytes=stats["peak_memory_bytes"], images_per_s=meta["images_per_s"],
                        final_loss=stats["history"][-1]["loss"] if stats["history"] else None)
         rows.append(row)
-    table = pd.DataFrame(rows)
+    table = pd.DataFrame(rows).convert_dtypes()          # counts stay integers beside a row without them
     table.to_csv(paths(cfg, root).tables / COST_TABLE, index=False)
     return table
 
@@ -282,7 +282,7 @@ def evaluate_ablation(cfg: Config, root: Path | None = None, device=None, scores
                     d, lo, hi, _ = paired_difference(ev.per_image, m, ref, k, cfg.eval.bootstrap_samples, cfg.seed)
                     row[f"{k}_vs_ref"], row[f"{k}_vs_ref_lo"], row[f"{k}_vs_ref_hi"] = d, lo, hi
         out.append(row)
-    table = pd.DataFrame(out)
+    table = pd.DataFrame(out).convert_dtypes()
     table.to_csv(paths(cfg, root).tables / TABLE, index=False)
     ev.by_bucket.to_csv(paths(cfg, root).tables / "04b_peft_by_bucket.csv", index=False)
     return table
@@ -316,4 +316,6 @@ def published_size_params(cfg: Config) -> pd.DataFrame:
 def load_table(cfg: Config, root: Path | None = None) -> pd.DataFrame | None:
     """The ablation table notebook 05 saved (tables/04b_peft_ablation.csv), None when it has not run."""
     path = paths(cfg, root).tables / TABLE
-    return pd.read_csv(path, dtype={"variant": str, "method": str, "status": str}) if path.is_file() else None
+    if not path.is_file():
+        return None
+    return pd.read_csv(path, dtype={"variant": str, "method": str, "status": str}).convert_dtypes()
