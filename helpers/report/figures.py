@@ -427,3 +427,43 @@ def qualitative_grid(cfg: Config, names: Sequence[str], path: Path | None = None
         row_titles.append(label)
     return image_grid(rows, titles, row_titles, path=path, title=title, empty_text=empty)
 
+
+def peft_tradeoff(table, metric: str = "psnr_hole", path: Path | None = None, label: str = "hole PSNR (dB)",
+                  higher_is_better: bool = True):
+    """Message: what each PEFT variant buys per trainable parameter (the ablation of notebook 04).
+    One point per scored variant at (trainable parameters, log scale; mean ``metric``) with its
+    bootstrap 95 % CI; the reference method (``variant`` starting with "reference") as a dashed line
+    with its CI as a band; variants without scores named above the axes with their status."""
+    import pandas as pd
+
+    fig, ax = plt.subplots(figsize=(9, 4.8))
+    scored = table[table["status"].eq("trained") & table.get(metric, pd.Series(dtype=float)).notna()
+                   & table["trainable_params"].notna()] if metric in table else table.iloc[0:0]
+    ref = scored[scored["variant"].astype(str).str.startswith("reference")]
+    pts = scored.drop(ref.index)
+    notes = []
+    for _, r in ref.iterrows():
+        ax.axhline(r[metric], ls="--", color="#444444", lw=1.5)
+        ax.axhspan(r[f"{metric}_lo"], r[f"{metric}_hi"], color="#999999", alpha=0.2)
+        notes.append(f"dashed: {r['variant']}, {int(r['trainable_params']):,} params, its CI shaded")
+    level, last_x = 0, None
+    for _, r in pts.sort_values("trainable_params").iterrows():
+        x = float(r["trainable_params"])
+        # labels of variants with about the same parameter count are stacked, not drawn over each other
+        level = level + 1 if last_x is not None and np.log10(x) - np.log10(last_x) < 0.2 else 0
+        last_x = x
+        err = [[r[metric] - r[f"{metric}_lo"]], [r[f"{metric}_hi"] - r[metric]]]
+        ax.errorbar([x], [r[metric]], yerr=err, fmt="o", capsize=4, ms=7)
+        ax.annotate(r["variant"], (x, r[metric]), textcoords="offset points", xytext=(6, 6 + 18 * level))
+    ax.set_xscale("log")
+    ax.set_xlabel("trainable parameters (log scale)")
+    ax.set_ylabel(f"{label}\n({'higher' if higher_is_better else 'lower'} is better)")
+    ax.grid(alpha=0.3)
+    missing = table[~table.index.isin(scored.index)]
+    if len(missing):
+        notes.append("no scores: " + "; ".join(f"{r['variant']} ({r['status']})" for _, r in missing.iterrows()))
+    if notes:
+        import textwrap
+        ax.set_title("\n".join(textwrap.fill(n, 90) for n in notes), loc="left", color="#555555")
+    fig.suptitle("Quality against trainable parameters: mean over the test images, 95 % CI")
+    return save(fig, path)

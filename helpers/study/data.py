@@ -672,6 +672,18 @@ SHORT_LABELS = {  # method id -> short human label for slides, chart axes and le
 }
 
 
+ABLATION_PREFIX = "peft_"  # + a variant's name (ablation.variants): the PEFT ablation (helpers.study.peft_variants)
+
+
+def method_label(method: str) -> str:
+    """The label of one of the five :data:`METHODS`, or of an ablation variant ``peft_<name>``."""
+    if method in METHODS:
+        return METHODS[method]
+    if method.startswith(ABLATION_PREFIX) and len(method) > len(ABLATION_PREFIX):
+        return f"SD 1.5 inpainting + {method[len(ABLATION_PREFIX):]} (PEFT ablation)"
+    raise ValueError(f"unknown method {method!r}; expected one of {sorted(METHODS)} or {ABLATION_PREFIX}<variant>")
+
+
 def write_predictions(cfg: Config, method: str, names: Iterable[str], images: torch.Tensor | list,
                       meta: dict | None = None, root: Path | None = None) -> Path:
     """Save a method's test-set predictions as PNG (lossless: JPEG would change FID) + meta.json.
@@ -680,15 +692,14 @@ def write_predictions(cfg: Config, method: str, names: Iterable[str], images: to
     ``meta`` records the weights used and runtime (seconds_per_image, images_per_s,
     peak_memory_bytes, trainable_params...). Existing meta keys are kept unless overwritten.
     """
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; expected one of {sorted(METHODS)}")
+    label = method_label(method)             # ValueError for an unknown method
     out = paths(cfg, root).predictions(method)
     names = list(names)
     for name, img in zip(names, images):
         save_png(img, out / f"{name}.png")
     meta_path = out / "meta.json"
     merged = load_json(meta_path) if meta_path.is_file() else {}
-    merged.update({"method": method, "label": METHODS[method], "preset": cfg.preset,
+    merged.update({"method": method, "label": label, "preset": cfg.preset,
                    "resolution": cfg.data.image_size, **(meta or {})})
     merged["n_images"] = len(list(out.glob("*.png")))
     save_json(merged, meta_path)

@@ -37,6 +37,7 @@ from helpers.study.data import (
     composite,
     load_index,
     load_test_set,
+    method_label,
     read_predictions,
 )
 from helpers.study.files import load_json, paths, save_json
@@ -158,7 +159,8 @@ def _grouped(per_image: pd.DataFrame, by: str, metrics: Iterable[str], n_boot: i
              order: Sequence[str] | None = None) -> pd.DataFrame:
     rows = []
     groups = order if order is not None else sorted(per_image[by].unique())
-    for method in [m for m in METHODS if m in set(per_image["method"])]:
+    present = list(dict.fromkeys(per_image["method"]))
+    for method in [m for m in METHODS if m in present] + [m for m in present if m not in METHODS]:
         sub = per_image[per_image["method"] == method]
         for g in groups:
             part = sub[sub[by] == g]
@@ -166,7 +168,7 @@ def _grouped(per_image: pd.DataFrame, by: str, metrics: Iterable[str], n_boot: i
                 continue
             for metric in metrics:
                 mean, lo, hi = bootstrap_ci(part[metric].to_numpy(), n_boot, seed)
-                rows.append({"method": method, "label": METHODS[method], "group": g, "n": len(part),
+                rows.append({"method": method, "label": method_label(method), "group": g, "n": len(part),
                              "metric": metric, "mean": mean, "lo": lo, "hi": hi})
     return pd.DataFrame(rows, columns=["method", "label", "group", "n", "metric", "mean", "lo", "hi"])
 
@@ -174,7 +176,7 @@ def _grouped(per_image: pd.DataFrame, by: str, metrics: Iterable[str], n_boot: i
 def _runtime_row(method: str, meta: dict) -> dict:
     def mib(v):
         return None if v in (None, "") else float(v) / 2**20
-    return {"method": method, "label": METHODS[method], "weights": meta.get("weights", "not recorded"),
+    return {"method": method, "label": method_label(method), "weights": meta.get("weights", "not recorded"),
             "device": meta.get("device", "not recorded"),
             "seconds_per_image": meta.get("sample_seconds_per_image"), "images_per_s": meta.get("images_per_s"),
             "peak_memory_MiB": mib(meta.get("peak_memory_bytes")), "trainable_params": meta.get("trainable_params"),
@@ -186,7 +188,7 @@ def _runtime_row(method: str, meta: dict) -> dict:
 
 # ---------------------------------------------------------------- the whole protocol
 def _missing(method: str, reason: str) -> dict:
-    return {"method": method, "label": METHODS[method], "status": "missing", "n": 0, "note": reason}
+    return {"method": method, "label": method_label(method), "status": "missing", "n": 0, "note": reason}
 
 
 def _score_method(cfg: Config, method: str, test: dict, found: dict, device, lpips_fn, inception, real_feats,
@@ -206,10 +208,10 @@ def _score_method(cfg: Config, method: str, test: dict, found: dict, device, lpi
     pred = composite(raw, image, mask)
     known_change = int((to_levels(raw) - to_levels(image)).abs().mul(1 - mask).amax().item())
     scores = score_images(pred, image, mask, device, E.batch_size, lpips_fn, f"scoring {method}", scores_fn)
-    frame = pd.DataFrame({"method": method, "label": METHODS[method], "name": found["names"],
+    frame = pd.DataFrame({"method": method, "label": method_label(method), "name": found["names"],
                           "kind": [test["kind"][i] for i in idx],
                           "hole_fraction": [test["hole_fraction"][i] for i in idx], **scores})
-    row = {"method": method, "label": METHODS[method], "status": "ok" if not found["reason"] else "partial",
+    row = {"method": method, "label": method_label(method), "status": "ok" if not found["reason"] else "partial",
            "n": len(idx), "note": found["reason"], "weights": meta.get("weights", "not recorded")}
     for metric in PER_IMAGE:
         row[metric], row[f"{metric}_lo"], row[f"{metric}_hi"] = bootstrap_ci(scores[metric], E.bootstrap_samples,
@@ -252,9 +254,10 @@ def _protocol_info(cfg: Config, n_test: int, device, lpips_status, fid_status, m
 
 
 def evaluate_all(cfg: Config, root: Path | None = None, methods: Sequence[str] | None = None,
-                 device: torch.device | str | None = None, scores_fn=pixel_scores) -> Evaluation:
+                 device: torch.device | str | None = None, scores_fn=pixel_scores, save: bool = True) -> Evaluation:
     """Score every method on the frozen test set; save and return the tables (see module doc).
-    ``scores_fn`` computes PSNR and SSIM (whole image and hole) of a batch: notebook 05 passes its own."""
+    ``scores_fn`` computes PSNR and SSIM (whole image and hole) of a batch: notebook 05 passes its own.
+    ``save=False``: return the tables without writing them (the PEFT ablation scores its variants so)."""
     P = paths(cfg, root)
     E = cfg.eval
     device = torch.device(device) if device is not None else get_device(cfg)
@@ -274,7 +277,7 @@ def evaluate_all(cfg: Config, root: Path | None = None, methods: Sequence[str] |
                if found["names"] else {"summary": _missing(method, found["reason"])})
         summary.append(out["summary"])
         if "frame" not in out:
-            missing.append({"method": method, "label": METHODS[method], "reason": out["summary"]["note"]})
+            missing.append({"method": method, "label": method_label(method), "reason": out["summary"]["note"]})
             continue
         frames.append(out["frame"])
         runtime.append(out["runtime"])
@@ -289,7 +292,8 @@ def evaluate_all(cfg: Config, root: Path | None = None, methods: Sequence[str] |
     info = _protocol_info(cfg, len(names), device, lpips_status, fid_status, missing, method_info, root)
     ev = Evaluation(per_image, pd.DataFrame(summary), by_bucket, by_kind,
                     pd.DataFrame(runtime, columns=list(_runtime_row("telea", {}))), info)
-    save_evaluation(ev, P.tables)
+    if save:
+        save_evaluation(ev, P.tables)
     return ev
 
 

@@ -426,12 +426,19 @@ TRAJECTORY_KEYS = ("pretrained_id", "tiny", "resolution", "lora", "batch_size", 
                    "max_grad_norm", "mixed_precision", "prompt_dropout")
 
 
-def lora_run_dir(cfg: Config, source: str, captions: dict[str, str] | None = None, root: Path | None = None) -> Path:
-    """reports/<preset>/models/sd_lora/ckpt-<fingerprint>/: checkpoint, finished LoRA and stats of one run."""
+def lora_run_dir(cfg: Config, source: str, captions: dict[str, str] | None = None, root: Path | None = None,
+                 variant: dict | None = None) -> Path:
+    """reports/<preset>/models/sd_lora/ckpt-<fingerprint>/: checkpoint, finished LoRA and stats of one run.
+    A PEFT ablation ``variant`` (helpers.study.peft_variants) runs in models/sd_peft/<name>/ckpt-<fingerprint>/,
+    the variant's settings in the fingerprint."""
     extra = {"source": source}
     if captions is not None:           # the captions' text, when given
         extra["captions"] = hashlib.sha256(json.dumps(sorted(captions.items())).encode()).hexdigest()
-    return paths(cfg, root).models / "sd_lora" / f"ckpt-{run_fingerprint(cfg, 'sd', TRAJECTORY_KEYS, **extra)}"
+    folder = paths(cfg, root).models / "sd_lora"
+    if variant is not None:
+        extra["variant"] = variant
+        folder = paths(cfg, root).models / "sd_peft" / variant["name"]
+    return folder / f"ckpt-{run_fingerprint(cfg, 'sd', TRAJECTORY_KEYS, **extra)}"
 
 
 def find_lora(cfg: Config, root: Path | None = None) -> Path | None:
@@ -458,11 +465,16 @@ def lora_info(pipe, lora: Config) -> dict:
 
 def train_lora(cfg: Config, pipe, captions: dict[str, str] | None = None, max_steps: int | None = None,
                root: Path | None = None, attach_fn: Callable = course.add_lora,
-               loss_fn: Callable = course.lora_inpaint_loss, step_fn: Callable | None = None) -> dict:
+               loss_fn: Callable = course.lora_inpaint_loss, step_fn: Callable | None = None,
+               variant: dict | None = None) -> dict:
     """Attach LoRA (``attach_fn``) to the frozen U-Net, train it with ``loss_fn`` in the shared loop,
     save it. Each run has its own folder (:func:`lora_run_dir`: last.pt, the LoRA file,
     train_stats.json): a finished run is reused, a longer one resumes. Without ``captions`` the cached
-    ones are used (fallback captions refused unless ``captions.allow_fallback_for_lora``)."""
+    ones are used (fallback captions refused unless ``captions.allow_fallback_for_lora``).
+
+    ``variant``: another PEFT method of the ablation (helpers.study.peft_variants.resolve): attached as
+    ``attach_fn(pipe, variant)`` from ``cfg.seed``, saved with peft's own state dict, its own run folder.
+    Data, captions, prompt dropout, steps, learning rate and seed are the study's LoRA's."""
     from accelerate import PartialState
 
     from helpers.study.captions import check_captions_for_lora, make_captions
@@ -472,7 +484,11 @@ def train_lora(cfg: Config, pipe, captions: dict[str, str] | None = None, max_st
 
     # 1. LoRA on the frozen U-Net; the speed switches that apply to training
     lo = cfg.sd.lora
-    attach_fn(pipe, lo.r, lo.alpha, lo.dropout, lo.target_modules)
+    if variant is None:
+        attach_fn(pipe, lo.r, lo.alpha, lo.dropout, lo.target_modules)
+    else:
+        torch.manual_seed(cfg.seed)                   # the adapter's initial values: the same for every run
+        attach_fn(pipe, variant)
     if cfg.sd.get("gradient_checkpointing"):
         pipe.unet.enable_gradient_checkpointing()
     for m in (pipe.unet, pipe.vae):
@@ -487,14 +503,18 @@ def train_lora(cfg: Config, pipe, captions: dict[str, str] | None = None, max_st
         captions, status = cached["captions"], cached["status"]
     # 3. the shared loop (several processes, mixed precision, checkpoints, exact resume)
     dataset = InpaintDataset(cfg, "train", root)
-    ckpt_dir = lora_run_dir(cfg, getattr(pipe, "source", ""), captions, root)
+    ckpt_dir = lora_run_dir(cfg, getattr(pipe, "source", ""), captions, root, variant)
     result = train(pipe.unet, make_loss_fn(pipe, cfg, captions, loss_fn), dataset, cfg.sd, ckpt_dir, cfg.seed,
                    pipe.device, collate_fn=collate, fused_adamw=cfg.perf.get("fused_adamw", True),
                    desc="LoRA training", max_steps=max_steps, step_fn=step_fn)
     pipe.unet.eval()
     # 4. the LoRA weights in diffusers' format; the run's numbers beside them
-    lora_path = save_lora(pipe.unet, ckpt_dir, is_main_process=PartialState().is_main_process)
-    extra = {**lora_info(pipe, lo), "base": getattr(pipe, "source", None), "device": str(pipe.device),
+    if variant is None:
+        lora_path = save_lora(pipe.unet, ckpt_dir, is_main_process=PartialState().is_main_process)
+    else:
+        from helpers.study.peft_variants import save_adapter
+        lora_path = save_adapter(pipe.unet, ckpt_dir, variant, is_main_process=PartialState().is_main_process)
+    extra = {**lora_info(pipe, variant or lo), "base": getattr(pipe, "source", None), "device": str(pipe.device),
              "train_images": len(dataset), "captions_status": status}
     stats = finish_run(result, ckpt_dir, max_steps, extra)
     stats["lora_path"] = str(lora_path)
@@ -556,10 +576,11 @@ def predict_test_set(cfg: Config, pipe, method: str, train_stats: dict | None = 
     P = paths(cfg, root)
     lora, base = getattr(pipe, "lora_path", None), P.shown(getattr(pipe, "source", "?"))
     lora = P.shown(lora) if lora else None
+    adapter = getattr(pipe, "adapter_label", "LoRA")      # a PEFT ablation variant names itself
     tiny = " (tiny random pipeline: smoke preset, images are noise)" if cfg.sd.tiny else ""
     smoke = "smoke: tiny randomly initialised SD pipeline; proves the pipeline, says nothing about the method"
     meta = method_meta(
-        method, f"{base}{tiny}" + (f" + LoRA {lora}" if lora else " (zero-shot, no LoRA)"), pipe.device, {},
+        method, f"{base}{tiny}" + (f" + {adapter} {lora}" if lora else " (zero-shot, no LoRA)"), pipe.device, {},
         (train_stats or {}).get("trainable_params", 0),
         sum(count_parameters(getattr(pipe, k))[1] for k in ("unet", "vae", "text_encoder")), train_stats,
         smoke if cfg.sd.tiny else "", base_weights=base, lora_weights=lora, sampler=cfg.perf.get("sampler", "ddim"),

@@ -749,13 +749,21 @@ def flop_budget(cfg: Config, peak_tflops: float = 800.0, n_train: int | None = N
     lines += ["", f"the whole study ({cfg.preset} preset, {n_train} training images): model arithmetic and hours "
               "at a given fraction of the peak", "step | PFLOP | h at 30 % | h at 8 %", "--- | --- | --- | ---"]
     hours = lambda f, frac: f / (frac * peak_tflops * 1e12) / 3600
+    # the PEFT ablation (helpers.study.peft_variants), on top of the study: an estimate, each variant costed as
+    # a LoRA training step and a base-model inference (its adapter merged); adapter arithmetic not counted
+    n_var, s = len(cfg.get("ablation", {}).get("variants", [])), cfg.sd
+    ablation = {"step": f"PEFT ablation (estimate), {n_var} variants x ({s.num_epochs} epochs x {n_train} images "
+                f"+ {cfg.data.max_test_images} test images)", "flops": n_var * (
+                    s.num_epochs * n_train * flops[("sd_lora_train", "plain")]
+                    + (cfg.data.max_test_images or 1000) * flops[("sd_infer", "plain")])}
     lines += [f"{x['step']} | {x['flops'] / 1e15:.0f} | {hours(x['flops'], 0.30):.2f} | {hours(x['flops'], 0.08):.2f}"
-              for x in study + [{"step": "total", "flops": total}]]
+              for x in study + [{"step": "total", "flops": total}, ablation,
+                                {"step": "total with the PEFT ablation", "flops": total + ablation["flops"]}]]
     lines += ["", "all counted rows: workload | variant | GFLOP/image | note", "--- | --- | --- | ---"]
     lines += [f"{r.workload} | {r.variant} | {r.flops_per_image / 1e9:.1f} | {r.note}" if r.flops_per_image
               else f"{r.workload} | {r.variant} | n/a | {r.note}" for r in ctx.rows]
     return {"peak_tflops": peak_tflops, "targets": targets, "rows": [asdict(r) for r in ctx.rows],
-            "study": study, "study_total_flops": total, "n_train": n_train,
+            "study": study, "study_total_flops": total, "n_train": n_train, "ablation": ablation,
             "table": "\n".join(lines)}
 
 
