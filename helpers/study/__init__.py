@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import importlib
 
-_MODULES = ("config", "runtime", "files", "masks", "data", "captions", "ddpm", "sd", "training", "predict", "perf", "metrics", "evaluate",)
+_MODULES = ("config", "runtime", "files", "masks", "data", "captions", "ddpm", "sd", "training", "predict", "perf", "metrics", "evaluate", "digits",)
 
 __all__ = list(_MODULES)
 
