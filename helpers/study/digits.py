@@ -145,6 +145,7 @@ def new_run(d: Config, seed: int, **changes) -> DigitsRun:
     from diffusers import UNet2DModel
 
     d = Config({**copy.deepcopy(d), **changes})
+    torch.set_num_threads(d.threads)                          # process-wide: the run owns the process
     torch.manual_seed(seed)                                   # the initial weights
     model = UNet2DModel(**d.model).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=d.lr)
