@@ -39,7 +39,8 @@ def short_run():
     data = _subset(D.load_data(d), 24)
     run = D.new_run(d, seed=0)
     records, completions = [], []
-    history = D.train(run, data, d.checkpoints_s, D.checkpoint_recorder(data, MeanSign(), records, completions))
+    history = H.course.diffusion.train_with_checkpoints(run, D.next_batch(data, d), d.checkpoints_s,
+                                                        D.checkpoint_recorder(data, MeanSign(), records, completions))
     return d, data, run, history, records, completions
 
 

@@ -251,8 +251,8 @@ def digits_summary(grid_png: Path, table, path: Path | None = None):
               else f"{r['hole_psnr']:.1f} [{r['hole_psnr_low']:.1f}, {r['hole_psnr_high']:.1f}]"]
              for r in table.to_dict(orient="records")]
     ax_table.set_axis_off()
-    tab = ax_table.table(cellText=cells, colLabels=["completion", "digit accuracy [95 % CI]", "hole PSNR, dB [95 % CI]"],
-                         loc="center", cellLoc="left")
+    labels = ["completion", "digit accuracy [95 % CI]", "hole PSNR, dB [95 % CI]"]
+    tab = ax_table.table(cellText=cells, colLabels=labels, loc="center", cellLoc="left")
     tab.auto_set_font_size(False)
     tab.set_fontsize(12)
     tab.auto_set_column_width([0, 1, 2])

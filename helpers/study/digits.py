@@ -24,7 +24,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from helpers.course.ddpm_inpainting import ddim_inpaint, inpainting_loss, masked_image, model_input, training_step
+from helpers.course.ddpm_inpainting import ddim_inpaint, masked_image, model_input
 from helpers.course.diffusion import alpha_bar, ddim_sample_loop, make_betas
 from helpers.study.config import Config
 
@@ -135,6 +135,10 @@ class DigitsRun:
     def done(self) -> bool:
         return self.progress() >= 1.0
 
+    def schedule_lr(self) -> None:
+        """The learning rate at this point of the budget (:func:`set_lr`)."""
+        set_lr(self.optimizer, self.cfg, self.step, self.progress())
+
     def clock(self) -> float:
         """Seconds of the wall clock, or of this process's CPU time (``cfg.clock: cpu``: robust to shared cores)."""
         return time.process_time() if self.cfg.clock == "cpu" else time.perf_counter()
@@ -153,34 +157,17 @@ def new_run(d: Config, seed: int, **changes) -> DigitsRun:
     return DigitsRun(d, model, optimizer, torch.Generator().manual_seed(seed), ab)
 
 
+def next_batch(data: dict, d: Config) -> Callable:
+    """The ``next_batch(generator)`` of the course's ``train_with_checkpoints``: :func:`random_batch` of ``data``."""
+    return lambda generator: random_batch(data, d, generator)
+
+
 def set_lr(optimizer, d: Config, step: int, progress: float) -> None:
     """Linear warm-up over lr_warmup_steps, then cosine from lr to lr * lr_min_fraction at the end of the budget."""
     warm = min(1.0, (step + 1) / max(1, d.lr_warmup_steps))
     cosine = d.lr_min_fraction + (1 - d.lr_min_fraction) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
     for group in optimizer.param_groups:
         group["lr"] = d.lr * warm * cosine
-
-
-def train(run: DigitsRun, data: dict, checkpoints_s: list, evaluate: Callable) -> list[dict]:
-    """Train until the budget (seconds or max_steps); ``evaluate(run)`` at each checkpoint and at the end."""
-    d, history, pending = run.cfg, [], sorted(checkpoints_s)
-    loss_fn = lambda model, batch, g: inpainting_loss(model, batch, g, run.alphas_cumprod,  # noqa: E731
-                                                      d.lambda_mask, d.lambda_context)
-    while True:
-        if run.done() or (pending and run.seconds >= pending[0]):
-            evaluate(run)                                  # the training clock is stopped while it samples
-            pending = [c for c in pending if c > run.seconds]
-        if run.done():
-            return history
-        t0 = run.clock()
-        # 1. train digits with fresh holes; 2. the learning rate at this point of the budget
-        batch = random_batch(data, d, run.generator)
-        set_lr(run.optimizer, d, run.step, run.progress())
-        # 3. the course's step: x_t, eps_theta(concat(x_masked, m, x_t), t), weighted loss, backward, clip, AdamW
-        loss, _ = training_step(run.model, batch, loss_fn, run.optimizer, run.generator, d.max_grad_norm)
-        history.append({"step": run.step, "loss": loss.item()})
-        run.step += 1
-        run.seconds += run.clock() - t0
 
 
 # ---------------------------------------------------------------- 4. sampling and checkpoints
@@ -204,7 +191,8 @@ def paste_back(raw: torch.Tensor, data: dict) -> torch.Tensor:
 
 
 def checkpoint_recorder(data: dict, classifier, records: list, completions: list) -> Callable:
-    """An ``evaluate(run)`` for :func:`train`: scores the completions, keeps the first grid_images of them."""
+    """An ``evaluate(run)`` for the course's ``train_with_checkpoints``: scores the completions and keeps
+    the first grid_images of them."""
     def evaluate(run: DigitsRun) -> None:
         t0 = time.perf_counter()
         pred = complete(run, data)
@@ -232,7 +220,8 @@ def save_results(table: pd.DataFrame, extra: dict, folder: Path, name: str = "02
     save_json({"table": table.to_dict(orient="records"), **extra}, Path(folder) / f"{name}.json")
 
 
-def grid_rows(data: dict, telea: torch.Tensor, records: list[dict], completions: list, n: int) -> tuple[list, list]:
+def grid_rows(data: dict, telea: torch.Tensor, records: list[dict], completions: list,
+              n: int) -> tuple[list, list]:
     """Rows of 3-channel images for ``image_grid``: original, masked, Telea, then one per checkpoint."""
     rgb = lambda x: [im.repeat(3, 1, 1) for im in x[:n]]  # noqa: E731
     rows = [rgb(data["image"]), rgb(data["x_masked"]), rgb(telea)] + [rgb(c) for c in completions]
