@@ -12,7 +12,7 @@ from helpers.tools import taught
 
 # what each notebook must show as code, by function name (issue: "a course that shows what it teaches")
 REQUIRED = {
-    "02_ddpm_theory": ["q_sample", "p_sample", "ddim_step", "ddim_sample_loop"],
+    "02_ddpm_theory": ["q_sample", "p_sample", "ddim_step", "ddim_sample_loop", "train_with_checkpoints"],
     "03_ddpm_inpainting": ["widen_conv_in", "model_input", "weighted_eps_loss", "inpainting_loss", "training_step",
                            "ddim_step", "ddim_sample_loop", "ddim_inpaint", "repaint_schedule", "repaint_inpaint"],
     "04_sd_lora": ["add_lora", "lora_inpaint_loss", "denoise", "inpaint", "adapter_config", "attach_adapter"],

@@ -163,3 +163,28 @@ def ddim_sample_loop(eps_fn: Callable, x_T: torch.Tensor, alphas_cumprod: torch.
             x = dpm_solver_step(x, x0_hat, x0_before, ab[t], ab_prev, ab[ts[i - 1]] if i else None)
             x0_before = x0_hat
     return x
+
+
+# ====================================================================== 5. training from scratch, with checkpoints
+def train_with_checkpoints(run, next_batch: Callable, checkpoints_s: list, evaluate: Callable) -> list[dict]:
+    """Train ``run.model`` with notebook 03's inpainting loss and step until ``run.done()``; ``evaluate(run)``
+    at each checkpoint (training seconds) and at the end. ``run``: helpers.study.digits.DigitsRun."""
+    from helpers.course.ddpm_inpainting import inpainting_loss, training_step
+    d, history, pending = run.cfg, [], sorted(checkpoints_s)
+    loss_fn = lambda model, batch, g: inpainting_loss(model, batch, g, run.alphas_cumprod,  # noqa: E731
+                                                      d.lambda_mask, d.lambda_context)
+    while True:
+        if run.done() or (pending and run.seconds >= pending[0]):
+            evaluate(run)                                  # the training clock is stopped while it samples
+            pending = [c for c in pending if c > run.seconds]
+        if run.done():
+            return history
+        t0 = run.clock()
+        # 1. train images with fresh holes; 2. the learning rate at this point of the budget
+        batch = next_batch(run.generator)
+        run.schedule_lr()
+        # 3. t, eps, x_t, eps_theta(concat(x_masked, m, x_t), t), weighted loss, backward, clip, AdamW
+        loss, _ = training_step(run.model, batch, loss_fn, run.optimizer, run.generator, d.max_grad_norm)
+        history.append({"step": run.step, "loss": loss.item()})
+        run.step += 1
+        run.seconds += run.clock() - t0

@@ -467,3 +467,23 @@ def peft_tradeoff(table, metric: str = "psnr_hole", path: Path | None = None, la
         ax.set_title("\n".join(textwrap.fill(n, 90) for n in notes), loc="left", color="#555555")
     fig.suptitle("Quality against trainable parameters: mean over the test images, 95 % CI")
     return save(fig, path)
+
+
+def digits_summary(grid_png: Path, table, path: Path | None = None):
+    """The toy digits experiment of notebook 02 on one figure: its checkpoint grid (left) and its
+    table of digit accuracy and hole PSNR with 95 % intervals (right)."""
+    fig, (ax_grid, ax_table) = plt.subplots(1, 2, figsize=(16, 7.5), gridspec_kw={"width_ratios": [1.1, 1]})
+    ax_grid.imshow(plt.imread(grid_png))
+    ax_grid.set_axis_off()
+    cells = [[r["method"], f"{r['accuracy']:.3f} [{r['accuracy_low']:.3f}, {r['accuracy_high']:.3f}]",
+              "-" if r["hole_psnr"] != r["hole_psnr"] or r["hole_psnr"] is None
+              else f"{r['hole_psnr']:.1f} [{r['hole_psnr_low']:.1f}, {r['hole_psnr_high']:.1f}]"]
+             for r in table.to_dict(orient="records")]
+    ax_table.set_axis_off()
+    labels = ["completion", "digit accuracy [95 % CI]", "hole PSNR, dB [95 % CI]"]
+    tab = ax_table.table(cellText=cells, colLabels=labels, loc="center", cellLoc="left")
+    tab.auto_set_font_size(False)
+    tab.set_fontsize(12)
+    tab.auto_set_column_width([0, 1, 2])
+    tab.scale(1, 2.0)
+    return save(fig, path)

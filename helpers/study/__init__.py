@@ -4,7 +4,7 @@ from __future__ import annotations
 from helpers import lazy_submodules
 
 _MODULES = ("config", "runtime", "files", "masks", "data", "captions", "ddpm", "sd", "peft_variants", "training",
-            "predict", "perf", "metrics", "evaluate")
+            "predict", "perf", "metrics", "evaluate", "digits")
 
 __all__ = list(_MODULES)
 

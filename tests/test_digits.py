@@ -1,0 +1,107 @@
+"""The from-scratch digits DDPM of notebook 02 (helpers.study.digits): a short run where the loss
+falls and the known pixels are kept, the scores on hand-made cases, the checkpoint grid file."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import helpers as H
+
+pytest.importorskip("sklearn")
+D = H.study.digits
+
+TINY = {                                       # a small U-Net and a step budget: seconds on 2 cores
+    "digits.model.block_out_channels": [16, 16, 16],
+    "digits.batch_size": 32,
+    "digits.max_steps": 40,
+    "digits.seconds": 600,
+    "digits.checkpoints_s": [0],
+    "digits.num_inference_steps": 2,
+    "digits.bootstrap_samples": 50,
+    "digits.grid_images": 4,
+}
+
+
+class MeanSign:
+    """A classifier stub: digit 1 when the mean pixel is above 0, else 0."""
+    def predict(self, x):
+        return (np.asarray(x).mean(1) > 0).astype(int)
+
+
+def _subset(data: dict, n: int) -> dict:
+    return {k: (v[:n] if not k.startswith("train") else v) for k, v in data.items()}
+
+
+@pytest.fixture(scope="module")
+def short_run():
+    d = H.load_config("smoke", TINY).digits
+    data = _subset(D.load_data(d), 24)
+    run = D.new_run(d, seed=0)
+    records, completions = [], []
+    history = H.course.diffusion.train_with_checkpoints(run, D.next_batch(data, d), d.checkpoints_s,
+                                                        D.checkpoint_recorder(data, MeanSign(), records, completions))
+    return d, data, run, history, records, completions
+
+
+def test_data_split_and_holes_are_fixed():
+    d = H.load_config("smoke").digits
+    a, b = D.load_data(d), D.load_data(d)
+    assert a["train_image"].shape == (1500, 1, 16, 16) and a["image"].shape == (297, 1, 16, 16)
+    assert a["image"].min() >= -1 and a["image"].max() <= 1
+    assert torch.equal(a["mask"], b["mask"]) and torch.equal(a["x_T"], b["x_T"])
+    sides = a["mask"].amax(2).sum((1, 2)), a["mask"].amax(3).sum((1, 2))
+    assert all(((s >= 6) & (s <= 10)).all() for s in sides)
+    assert torch.equal(a["x_masked"], a["image"] * (1 - a["mask"]))
+
+
+def test_short_run_loss_falls_and_known_pixels_are_kept(short_run):
+    d, data, run, history, records, completions = short_run
+    losses = [h["loss"] for h in history]
+    assert len(losses) == d.max_steps and run.step == d.max_steps
+    assert np.mean(losses[-8:]) < 0.7 * np.mean(losses[:8])
+    assert [r["steps"] for r in records] == [0, d.max_steps]          # checkpoint 0 s and the end
+    pred = D.complete(run, data)
+    known = 1 - data["mask"]
+    assert torch.equal(pred * known, data["x_masked"] * known)
+    raw = D.complete(run, data, paste_back=False)
+    assert torch.equal(D.paste_back(raw, data), pred)               # the same samples, composited
+    assert pred.min() >= -1 and pred.max() <= 1
+
+
+def test_scores_on_hand_made_cases():
+    ones, mask = torch.ones(4, 1, 4, 4), torch.ones(4, 1, 4, 4)
+    image = torch.cat([ones[:2], -ones[2:]])                          # digits 1, 1, 0, 0
+    data = {"image": image, "label": torch.tensor([1, 1, 0, 0]), "mask": mask}
+    perfect = D.score(image, data, MeanSign(), n_boot=100)
+    assert perfect["accuracy"] == 1.0
+    assert perfect["accuracy_low"] == pytest.approx(4 / (4 + 1.96 ** 2))   # Wilson at k = n
+    grey = D.score(image * (1 - mask), data, MeanSign(), n_boot=100)   # hole = 0: read as digit 0
+    assert grey["accuracy"] == 0.5
+    assert grey["hole_psnr"] == pytest.approx(10 * math.log10(4.0))    # MSE 1 on a range of 2
+    lo, hi = D.wilson_ci(5, 10)
+    assert (lo, hi) == (pytest.approx(0.2366, abs=1e-4), pytest.approx(0.7634, abs=1e-4))
+
+
+def test_telea_keeps_known_pixels():
+    d = H.load_config("smoke").digits
+    data = _subset(D.load_data(d), 8)
+    filled = D.telea_1ch(data["x_masked"], data["mask"], 3)
+    known = 1 - data["mask"]
+    assert filled.shape == data["image"].shape
+    assert torch.equal(filled * known, data["x_masked"] * known)
+
+
+def test_checkpoint_grid_and_tables_are_written(short_run, tmp_path):
+    d, data, run, history, records, completions = short_run
+    rows, titles = D.grid_rows(data, data["x_masked"], records, completions, d.grid_images)
+    assert len(rows) == 3 + len(records) and all(len(r) == d.grid_images for r in rows)
+    H.report.figures.image_grid(rows, row_titles=titles, path=tmp_path / "grid.png", cell=0.8)
+    assert (tmp_path / "grid.png").stat().st_size > 0
+    table = D.results_table([{"method": "hole left grey", "accuracy": 0.5}], records)
+    D.save_results(table, {"steps": run.step}, tmp_path)
+    assert (tmp_path / "02_digits.csv").is_file() and (tmp_path / "02_digits.json").is_file()
+    assert table.method.iloc[-1] == f"DDPM, {records[-1]['seconds']:.0f} s ({d.max_steps} steps)"
+    full = D.results_table(D.baseline_rows(data, MeanSign(), d), records)       # the deck's slide (notebook 06)
+    H.report.figures.digits_summary(tmp_path / "grid.png", full, path=tmp_path / "06_digits.png")
+    assert (tmp_path / "06_digits.png").stat().st_size > 0
