@@ -751,11 +751,11 @@ def flop_budget(cfg: Config, peak_tflops: float = 800.0, n_train: int | None = N
     hours = lambda f, frac: f / (frac * peak_tflops * 1e12) / 3600
     # the PEFT ablation (helpers.study.peft_variants), on top of the study: an estimate, each variant costed as
     # a LoRA training step and a base-model inference (its adapter merged); adapter arithmetic not counted
-    n_var, s = len(cfg.get("ablation", {}).get("variants", [])), cfg.sd
+    abl, s = cfg.get("ablation", {}), cfg.sd
+    n_var, n_abl = len(abl.get("variants", [])), abl.get("max_test_images") or cfg.data.max_test_images or 1000
     ablation = {"step": f"PEFT ablation (estimate), {n_var} variants x ({s.num_epochs} epochs x {n_train} images "
-                f"+ {cfg.data.max_test_images} test images)", "flops": n_var * (
-                    s.num_epochs * n_train * flops[("sd_lora_train", "plain")]
-                    + (cfg.data.max_test_images or 1000) * flops[("sd_infer", "plain")])}
+                f"+ {n_abl} test images)", "flops": n_var * (
+                    s.num_epochs * n_train * flops[("sd_lora_train", "plain")] + n_abl * flops[("sd_infer", "plain")])}
     lines += [f"{x['step']} | {x['flops'] / 1e15:.0f} | {hours(x['flops'], 0.30):.2f} | {hours(x['flops'], 0.08):.2f}"
               for x in study + [{"step": "total", "flops": total}, ablation,
                                 {"step": "total with the PEFT ablation", "flops": total + ablation["flops"]}]]
