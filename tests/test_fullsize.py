@@ -65,7 +65,13 @@ def minimal_overrides(out: Path) -> dict:
             "ddpm.repaint.num_inference_steps": 2, "ddpm.repaint.jump_length": 1, "ddpm.repaint.jump_n_sample": 1,
             "ddpm.repaint.max_images": 1,
             "sd.batch_size": 1, "sd.max_steps": 1, "sd.num_inference_steps": 2, "sd.inference_batch_size": 1,
-            "eval.batch_size": 2, "eval.bootstrap_samples": 20, "eval.kid_subset_size": 2, "eval.kid_subsets": 4}
+            "eval.batch_size": 2, "eval.bootstrap_samples": 20, "eval.kid_subset_size": 2, "eval.kid_subsets": 4,
+            # the PEFT ablation: one variant at real size (the others are checked at real size on the meta
+            # device by tests/test_peft_variants.py); the digits DDPM of notebook 02: a few seconds
+            "ablation.variants": [{"name": "lora_r4", "method": "lora", "r": 4, "alpha": 4}],
+            "ablation.max_test_images": 1,
+            "digits.seconds": 10, "digits.checkpoints_s": [0, 10], "digits.compare_seconds": 5,
+            "digits.bootstrap_samples": 50}
 
 
 # ---------------------------------------------------------------- the stand-ins themselves (fast once written)
