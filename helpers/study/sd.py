@@ -484,10 +484,10 @@ def train_lora(cfg: Config, pipe, captions: dict[str, str] | None = None, max_st
 
     # 1. LoRA on the frozen U-Net; the speed switches that apply to training
     lo = cfg.sd.lora
+    torch.manual_seed(cfg.seed)                       # the adapter's initial values (A): the same in every run
     if variant is None:
         attach_fn(pipe, lo.r, lo.alpha, lo.dropout, lo.target_modules)
     else:
-        torch.manual_seed(cfg.seed)                   # the adapter's initial values: the same for every run
         attach_fn(pipe, variant)
     if cfg.sd.get("gradient_checkpointing"):
         pipe.unet.enable_gradient_checkpointing()
