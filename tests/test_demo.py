@@ -97,7 +97,8 @@ def test_every_method_inpaints_on_the_smoke_models(demo):
         assert np.array_equal(img[known], state["image"][known]), f"{cap}: known pixels changed"
         assert not np.array_equal(img, state["image"]), f"{cap}: the hole was not filled"
         assert cap.endswith(" s") and "|" in table
-    expect = H.study.files.to_uint8(H.study.data.masked_image(H.study.files.to_tensor(state["image"]), torch.from_numpy(mask)[None]))
+    masked_tensor = H.study.data.masked_image(H.study.files.to_tensor(state["image"]), torch.from_numpy(mask)[None])
+    expect = H.study.files.to_uint8(masked_tensor)
     assert np.array_equal(truth, state["image"]) and np.array_equal(masked, expect)
     # a fixed seed gives the same completion
     again = demo.inpaint(state, editor, ["ddpm_finetuned"], STEPS, 7.5, 3, prompt)[1][0][0]
@@ -129,7 +130,8 @@ def test_uploads_are_read_like_the_data_step(demo, tmp_path):
         state, editor, _, msg = demo.load_upload(str(folder / good))
         assert state["image"].shape == (demo.size, demo.size, 3) and state["image"].dtype == np.uint8, good
         assert note in msg, msg
-        assert np.array_equal(state["image"], H.study.data.resize_center_crop(H.study.data.read_image(folder / good), demo.size))
+        expected = H.study.data.resize_center_crop(H.study.data.read_image(folder / good), demo.size)
+        assert np.array_equal(state["image"], expected)
     for bad in ("corrupt.jpg", "empty.png", "tiny.png", "missing.png"):
         state, editor, _, msg = demo.load_upload(str(folder / bad))
         assert state is None and editor is None and msg.startswith("**Refused:**") and bad in msg
@@ -163,7 +165,8 @@ def test_missing_weights_disable_methods_and_the_app_starts(tmp_root):
 
 def test_votes_from_the_functions(demo):
     rater, trial, masked, left, right, msg = demo.start("")
-    assert rater.startswith("rater-") and trial is not None and {trial.left, trial.right} == {"telea", H.apps.votes.GROUND_TRUTH}
+    assert rater.startswith("rater-") and trial is not None
+    assert {trial.left, trial.right} == {"telea", H.apps.votes.GROUND_TRUTH}
     before = len(demo.store)
     out = demo.vote("left", rater, trial)
     assert len(demo.store) == before + 1 and out[1].trial_id != trial.trial_id
@@ -280,7 +283,8 @@ def test_browser_inpaint_and_three_votes(server, browser):
                                timeout=60_000)
         for i, side in enumerate(("left", "right", "left")):
             page.locator(f"#vote_{side}").click()
-            page.wait_for_function(f"document.querySelector('#vote_message').innerText.includes('{i + 1} vote(s) from you')",
+            page.wait_for_function("document.querySelector('#vote_message')"
+                                   f".innerText.includes('{i + 1} vote(s) from you')",
                                    timeout=60_000)
     finally:
         page.close()
@@ -288,7 +292,7 @@ def test_browser_inpaint_and_three_votes(server, browser):
         "SELECT rater, image, left_method, right_method, choice, chosen_method, response_ms FROM votes "
         "WHERE rater = 'browser-rater' ORDER BY id").fetchall()
     assert [r[4] for r in rows] == ["left", "right", "left"]
-    for rater, image, left, right, choice, chosen, ms in rows:
+    for _, image, left, right, choice, chosen, ms in rows:
         assert {left, right} == {"telea", H.apps.votes.GROUND_TRUTH} and chosen == (left if choice == "left" else right)
         assert image in H.study.data.load_index(cfg)["splits"]["test"] and ms > 0
     assert not outside, f"the page asked the network for {outside[:3]}"

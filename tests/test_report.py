@@ -48,7 +48,8 @@ def test_failing_notebook_is_named_with_its_cell(tmp_root):
     _write(nbdir / "01_ok.ipynb", "x = 1")
     _write(nbdir / "02_bad.ipynb", "y = 2", "raise ValueError('boom in cell')")
     _write(nbdir / "03_never.ipynb", "z = 3")
-    with pytest.raises(H.report.export.NotebookFailed, match=r"02_bad.ipynb failed in cell \d+ .*ValueError: boom in cell"):
+    with pytest.raises(H.report.export.NotebookFailed,
+                       match=r"02_bad.ipynb failed in cell \d+ .*ValueError: boom in cell"):
         H.report.export.run("smoke", notebook_dir=nbdir)
     P = H.study.files.paths(H.load_config("smoke"))
     manifest = json.loads((P.reports / "manifest.json").read_text())
@@ -108,8 +109,10 @@ def test_slide_assets_come_from_installed_packages(tmp_path):
 
 
 def test_missing_assets_are_named_with_the_way_to_get_them(tmp_path, monkeypatch):
-    monkeypatch.setattr(H.report.export, "_package_dir", lambda package: None)      # as if the --no-deps packages were absent
-    with pytest.raises(H.report.export.AssetsMissing, match=r"reveal\.js.*requirements-nodeps\.txt.*slides-offline.*--cdn"):
+    # as if the --no-deps packages were absent
+    monkeypatch.setattr(H.report.export, "_package_dir", lambda package: None)
+    with pytest.raises(H.report.export.AssetsMissing,
+                       match=r"reveal\.js.*requirements-nodeps\.txt.*slides-offline.*--cdn"):
         H.report.export.find_slide_assets(tmp_path)
     # npm's copies (make slides-offline) stand in for the packages
     cache = tmp_path / "cache"

@@ -54,7 +54,8 @@ def run_inpaint(pipe, images, masks, prompts, seeds=None, composite=True):
     emb = H.course.sd_inpainting.encode_prompts(pipe.tokenizer, pipe.text_encoder, [""] + list(prompts))
     cond = torch.stack([emb[p] for p in prompts])
     seeds = range(len(images)) if seeds is None else seeds
-    return H.course.sd_inpainting.inpaint(pipe.unet, pipe.vae, make_sampler("ddim", pipe.scheduler.config), images, masks,
+    sampler = make_sampler("ddim", pipe.scheduler.config)
+    return H.course.sd_inpainting.inpaint(pipe.unet, pipe.vae, sampler, images, masks,
                                           cond, emb[""][None], H.study.runtime.SeededNoise(seeds), R, STEPS, 7.5,
                                           composite=composite)
 
@@ -93,8 +94,8 @@ def test_missing_or_wrong_weights_say_where_and_how(sd_root, tmp_path, kind):
         if kind == "not_a_pipeline":
             (source / "readme.txt").write_text("not weights")
         else:   # looks like a pipeline, but the component folders are missing
-            (source / "model_index.json").write_text(
-                (H.study.files.paths(H.load_config("smoke"), sd_root).models / "sd_base" / "model_index.json").read_text())
+            sd_base = H.study.files.paths(H.load_config("smoke"), sd_root).models / "sd_base"
+            (source / "model_index.json").write_text((sd_base / "model_index.json").read_text())
     cfg = H.load_config("smoke", {"sd.tiny": False, "sd.pretrained_id": str(source)})
     with pytest.raises(H.study.sd.WeightsNotFoundError) as err:
         H.study.sd.load_pipeline(cfg, root=sd_root)
@@ -165,8 +166,8 @@ def test_a_training_step_changes_only_lora(sd_root, tmp_path):
     before = {name: {k: v.clone() for k, v in getattr(pipe, name).state_dict().items()}
               for name in ("unet", "vae", "text_encoder")}
     loss_fn = H.study.sd.make_loss_fn(pipe, cfg, {f"im{i}": "a photo of a cat" for i in range(4)})
-    res = H.study.training.train(pipe.unet, loss_fn, _toy_dataset(), _spec(cfg, lr=1e-3, max_steps=1), tmp_path / "ckpt",
-                        cfg.seed, torch.device("cpu"), collate_fn=H.study.data.collate)
+    res = H.study.training.train(pipe.unet, loss_fn, _toy_dataset(), _spec(cfg, lr=1e-3, max_steps=1),
+                                 tmp_path / "ckpt", cfg.seed, torch.device("cpu"), collate_fn=H.study.data.collate)
     assert res.steps == 1 and np.isfinite(res.history[0]["loss"])
     for name in ("unet", "vae", "text_encoder"):
         after = getattr(pipe, name).state_dict()
@@ -203,7 +204,8 @@ def test_gradient_checkpointing_still_trains_lora(sd_root):
     attach(pipe, cfg)
     assert pipe.unet.is_gradient_checkpointing
     pipe.unet.train()
-    loss = H.study.sd.make_loss_fn(pipe, cfg, {})(pipe.unet, H.study.data.collate(_toy_dataset(2)), torch.Generator().manual_seed(0))
+    loss_fn = H.study.sd.make_loss_fn(pipe, cfg, {})
+    loss = loss_fn(pipe.unet, H.study.data.collate(_toy_dataset(2)), torch.Generator().manual_seed(0))
     loss.backward()
     grads = [p.grad for n, p in pipe.unet.named_parameters() if ".lora_B." in n]
     assert grads and all(g is not None and g.abs().sum() > 0 for g in grads)
@@ -279,8 +281,8 @@ def test_inference_loop_matches_the_diffusers_pipeline(sd_root):
     images, masks = toy_batch(2)
     prompts = ["a photo", "a photo of a cat"]
     mine = run_inpaint(pipe, images, masks, prompts, composite=False)
-    ref = reference.reference_pipeline_output(pipe, images, masks, prompts, H.study.runtime.SeededNoise(range(2)).generators,
-                                         R, STEPS, 7.5)
+    ref = reference.reference_pipeline_output(pipe, images, masks, prompts,
+                                              H.study.runtime.SeededNoise(range(2)).generators, R, STEPS, 7.5)
     assert torch.allclose(mine, H.course.sd_inpainting.from_sd_resolution(ref, images.shape[-1]), atol=1e-4)
 
 
@@ -293,7 +295,8 @@ def test_train_and_predict_the_test_set_end_to_end(sd_root, prepared):
     pipe = H.study.sd.load_pipeline(cfg, source=H.study.sd.resolve_source(cfg, sd_root))
     stats = H.study.sd.train_lora(cfg, pipe)
     assert stats["steps"] == 2 and stats["trainable_params"] > 0 and len(stats["history"]) == 2
-    again = H.study.sd.train_lora(cfg, H.study.sd.load_pipeline(cfg, source=pipe.source))   # resumes: nothing left to do
+    # resumes: nothing left to do
+    again = H.study.sd.train_lora(cfg, H.study.sd.load_pipeline(cfg, source=pipe.source))
     assert again["reused"] and again["images_per_s"] == stats["images_per_s"]
 
     lora_pipe = H.study.sd.load_lora(H.study.sd.load_pipeline(cfg, source=pipe.source), stats["lora_path"])

@@ -98,7 +98,8 @@ def test_report_typesets_offline(smoke_run, browser):
 def _machine_strings(root: Path) -> list[str]:
     home = str(Path.home())
     site = {sysconfig.get_paths()[k] for k in ("purelib", "platlib")} | {p for p in sys.path if "site-packages" in p}
-    return sorted({str(ROOT), str(ROOT.resolve()), str(root), str(root.resolve()), *site} | ({home} if len(home) > 1 else set()))
+    homes = {home} if len(home) > 1 else set()
+    return sorted({str(ROOT), str(ROOT.resolve()), str(root), str(root.resolve()), *site} | homes)
 
 
 @pytest.mark.notebooks
@@ -130,7 +131,8 @@ def _evaluation(kid_telea=-0.04, weights="/home/someone/project/reports/full/mod
     summary = pd.DataFrame(rows)
     info = {"n_test": 10, "image_size": 64, "protocol": "p", "psnr_ssim": "x",
             "lpips": {"name": "LPIPS (alex, v0.1)", "available": False,
-                      "reason": f"the weights are not on this machine. Place them in {Path.home()}/.cache then re-run."},
+                      "reason": "the weights are not on this machine. "
+                                f"Place them in {Path.home()}/.cache then re-run."},
             "fid": {"name": "FID/KID InceptionV3", "available": True, "implementation": "impl", "weights": "w",
                     "resize": "r"},
             "kid": {"estimator": "unbiased MMD^2", "kernel": "k", "subset_size": 5, "subsets": 20},
@@ -144,7 +146,8 @@ def _evaluation(kid_telea=-0.04, weights="/home/someone/project/reports/full/mod
 def test_study_rows_come_first_each_beside_ours():
     t = H.report.tables.study_table(_evaluation(), "full")
     assert list(t.index[:4]) == ["SD + LoRA", "SD + LoRA", "DDPM", "DDPM"]
-    assert list(t["source"][:4]) == [H.report.published.STUDY_SOURCE, "this run (full)", H.report.published.STUDY_SOURCE, "this run (full)"]
+    study = H.report.published.STUDY_SOURCE
+    assert list(t["source"][:4]) == [study, "this run (full)", study, "this run (full)"]
     assert H.report.published.STUDY_TITLE in H.report.published.STUDY_SOURCE
     assert t.loc["Telea", "source"] == "this run (full)" and t["PSNR ↑"].iloc[0] == "23.45"
     assert "LPIPS ↓" in t and t["LPIPS ↓"].iloc[1] == "-"             # LPIPS not computed in this run
@@ -152,16 +155,20 @@ def test_study_rows_come_first_each_beside_ours():
 
 def test_tables_use_short_labels_and_no_machine_paths():
     ev = _evaluation()
-    for df in (H.report.tables.format_summary(ev), H.report.tables.format_set_metrics(ev), H.report.tables.methods_overview(ev)):
+    tables = (H.report.tables.format_summary(ev), H.report.tables.format_set_metrics(ev),
+              H.report.tables.methods_overview(ev))
+    for df in tables:
         assert set(df.index) == {"DDPM", "SD + LoRA", "Telea"}
     w = H.report.tables.weights_table(ev).to_string()
     assert "/home/someone" not in w and "reports/full/models/sd_lora" in w
-    text = H.report.text.table_caption(ev) + H.report.text.protocol_details(ev) + H.report.text.limitations(ev, H.load_config("smoke"))
+    text = (H.report.text.table_caption(ev) + H.report.text.protocol_details(ev)
+            + H.report.text.limitations(ev, H.load_config("smoke")))
     assert str(Path.home()) + "/" not in text and "Place them" not in text and "re-run" not in text
 
 
 def test_a_negative_kid_is_explained_only_when_there_is_one():
-    assert "below 0" in H.report.text.set_metrics_note(_evaluation(kid_telea=-0.04)) and "Telea" in H.report.text.set_metrics_note(_evaluation())
+    assert "below 0" in H.report.text.set_metrics_note(_evaluation(kid_telea=-0.04))
+    assert "Telea" in H.report.text.set_metrics_note(_evaluation())
     assert "below 0" not in H.report.text.set_metrics_note(_evaluation(kid_telea=0.02))
 
 
@@ -175,7 +182,8 @@ def test_public_text_removes_this_machines_paths(tmp_path):
 
 
 def test_anchors_cite_papers_and_the_sources_slide_names_the_study(monkeypatch):
-    anchor = {"method": "X (wide masks)", "short_source": "X paper", "source": "Doe et al., X, 2022 (arXiv:0000.00000), Table 1",
+    anchor = {"method": "X (wide masks)", "short_source": "X paper",
+              "source": "Doe et al., X, 2022 (arXiv:0000.00000), Table 1",
               "protocol": "CelebA-HQ 256, wide masks", "n_images": 100, "lpips": 0.5}
     monkeypatch.setattr(H.report.published, "ANCHORS", [anchor])
     t = H.report.tables.anchor_table()
@@ -183,5 +191,6 @@ def test_anchors_cite_papers_and_the_sources_slide_names_the_study(monkeypatch):
     assert t.loc["X (wide masks)", "FID ↓"] == "-" and "Doe et al." in H.report.published.sources()
     monkeypatch.setattr(H.report.published, "ANCHORS", [])
     assert H.report.tables.anchor_table().empty and H.report.published.STUDY_CITATION in H.report.published.sources()
-    for a in H.report.published.ANCHORS + [anchor]:                       # a paper and its table, never a second-hand quote
+    # a paper and its table, never a second-hand quote
+    for a in H.report.published.ANCHORS + [anchor]:
         assert "et al." in a["source"] and "Table" in a["source"] and "issue" not in a["source"]
