@@ -187,7 +187,8 @@ def _sd_base_status(cfg: Config, P) -> tuple[bool, str]:
         return ok, (f"SD inpainting from {pid}" if ok else f"{pid} is not a diffusers pipeline folder.")
     if _hub_cached(str(pid), "model_index.json", P.cache / "hub"):
         return True, f"SD inpainting {pid} (local hub cache)"
-    return False, f"the SD inpainting weights {pid!r} are not in the local cache {P.cache / 'hub'} (the demo never downloads)."
+    return False, (f"the SD inpainting weights {pid!r} are not in the local cache {P.cache / 'hub'} "
+                   f"(the demo never downloads).")
 
 
 def method_status(cfg: Config, root: Path | None = None) -> dict[str, MethodStatus]:
@@ -204,7 +205,8 @@ def method_status(cfg: Config, root: Path | None = None) -> dict[str, MethodStat
     out["ddpm_finetuned"] = (
         MethodStatus("ddpm_finetuned", True, f"fine-tuned 7-channel U-Net, {ft}") if (ft / "config.json").is_file()
         else MethodStatus("ddpm_finetuned", False, reason=f"no fine-tuned DDPM in {ft}.",
-                          command=f"python -m helpers.study train ddpm --preset {cfg.preset}", hint=f"{series}, notebook 03"))
+                          command=f"python -m helpers.study train ddpm --preset {cfg.preset}",
+                          hint=f"{series}, notebook 03"))
     # 2. RePaint: the pretrained unconditional DDPM (smoke: the tiny random one, rebuilt from the seed)
     ok, text = _ddpm_base_status(cfg, P)
     out["ddpm_repaint"] = MethodStatus("ddpm_repaint", ok, text if ok else "", "" if ok else text,
@@ -221,7 +223,8 @@ def method_status(cfg: Config, root: Path | None = None) -> dict[str, MethodStat
         out["sd_lora"] = MethodStatus("sd_lora", False, reason=text, command=get_sd[0], hint=get_sd[1])
     elif lora is None:
         out["sd_lora"] = MethodStatus("sd_lora", False, reason=f"no LoRA weights under {P.models / 'sd_lora'}.",
-                                      command=f"python -m helpers.study train sd --preset {cfg.preset}", hint=f"{series}, notebook 04")
+                                      command=f"python -m helpers.study train sd --preset {cfg.preset}",
+                                      hint=f"{series}, notebook 04")
     else:
         out["sd_lora"] = MethodStatus("sd_lora", True, f"{text} + LoRA {lora}")
     return {m: out[m] for m in ORDER}
@@ -612,7 +615,7 @@ def _inpaint_tab(gr, d: Demo) -> None:
     timing = gr.Markdown(elem_id="timing")
 
     # 5. events
-    def on_run(st, ed, ms, n, g, s, p, progress=gr.Progress(track_tqdm=True)):
+    def on_run(st, ed, ms, n, g, s, p, progress=gr.Progress(track_tqdm=True)):  # noqa: B008 (Gradio's documented pattern)
         return d.inpaint(st, ed, ms, n, g, s, p, progress)
 
     name.change(d.load_test_image, name, [state, editor, prompt, message], api_name="load_test_image")

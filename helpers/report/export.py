@@ -220,7 +220,7 @@ MATHJAX_LOCAL_CONFIG = "course"
 _MATHJAX_LOCAL = """MathJax.Hub.Config({"HTML-CSS": {availableFonts: [], preferredFont: null, webFont: "STIX-Web",
   imageFont: null, linebreaks: {automatic: true}}});
 MathJax.Ajax.loadComplete("[MathJax]/config/%s.js");
-""" % MATHJAX_LOCAL_CONFIG
+""" % MATHJAX_LOCAL_CONFIG  # noqa: UP031 (a JavaScript template: braces would need escaping in a format string)
 
 
 SLIDE_SIZE = (1280, 720)     # the slide's logical size; reveal.js scales it to the screen

@@ -44,7 +44,8 @@ def schedule_figure(T: int = 1000, path: Path | None = None):
         axes[0].plot(b, label=name)
         axes[1].plot(ab, label=name)
         axes[2].plot((ab / (1 - ab)).log10(), label=name)
-    for ax, title in zip(axes, (r"$\beta_t$", r"$\bar\alpha_t$", r"$\log_{10}$ SNR $= \bar\alpha_t / (1 - \bar\alpha_t)$")):
+    for ax, title in zip(axes, (r"$\beta_t$", r"$\bar\alpha_t$",
+                                r"$\log_{10}$ SNR $= \bar\alpha_t / (1 - \bar\alpha_t)$")):
         ax.set_title(title), ax.set_xlabel("timestep t"), ax.set_ylabel(title), ax.legend()
     axes[0].set_yscale("log")
     fig.tight_layout()
@@ -61,7 +62,8 @@ def toy_figure(samples: dict, weights, means, stds, path: Path | None = None, la
 
     labels = [k for k in samples if k != "data"] if labels is None else list(labels)
     grid = np.linspace(-1.5, 1.5, 400)
-    dens = sum(w * np.exp(-0.5 * ((grid - m) / s) ** 2) / (s * np.sqrt(2 * np.pi)) for w, m, s in zip(weights, means, stds))
+    dens = sum(w * np.exp(-0.5 * ((grid - m) / s) ** 2) / (s * np.sqrt(2 * np.pi))
+               for w, m, s in zip(weights, means, stds))
     fig, axes = plt.subplots(1, len(labels), figsize=(2.6 * len(labels), 2.6), sharey=True, squeeze=False)
     for ax, lab in zip(axes[0], labels):
         ax.hist(samples[lab].numpy(), bins=120, range=(-1.5, 1.5), density=True, alpha=0.6)

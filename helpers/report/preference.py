@@ -131,7 +131,8 @@ and open the tab **Which looks real?**:
 each rater types an id (or gets a random one) and, for each masked test image, picks which of two
 completions looks like the real photo. The pairs (two methods, or one method and the real photo)
 are shown in random order and drawn so every method pair gets as many votes. Votes land in
-`reports/{preset}/{db}`; run this notebook again to see the win rates, their 95 % intervals and a Bradley-Terry ranking."""
+`reports/{preset}/{db}`; run this notebook again to see the win rates, their 95 % intervals and a \
+Bradley-Terry ranking."""
 
 
 def _fmt_rate(p, lo, hi) -> str:

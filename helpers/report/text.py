@@ -77,7 +77,8 @@ def protocol_details(ev: Evaluation) -> str:
         f"FID on n images is biased upward for small n (compare only at equal n); KID "
         f"({i['kid']['estimator']}, kernel {i['kid']['kernel']}, {i['kid']['subsets']} subsets of "
         f"{i['kid']['subset_size']}) is unbiased.",
-        f"* Brackets: {i['bootstrap']['kind']}, 95 %, {i['bootstrap']['samples']} resamples, seed {i['bootstrap']['seed']}.",
+        f"* Brackets: {i['bootstrap']['kind']}, 95 %, {i['bootstrap']['samples']} resamples, "
+        f"seed {i['bootstrap']['seed']}.",
     ] + _data_lines(i))
 
 

@@ -357,7 +357,8 @@ def hub_images(hub_id: str, split: str, key: str, size: int, cache: Path, report
 
 
 # ---------------------------------------------------------------- split + masks
-def split_names(names: list[str], fractions: dict, seed: int, fixed_test: list[str] | None = None) -> dict[str, list[str]]:
+def split_names(names: list[str], fractions: dict, seed: int,
+                fixed_test: list[str] | None = None) -> dict[str, list[str]]:
     """Deterministic split: shuffle sorted names with ``seed`` and cut by fractions (test gets >= 1).
 
     With ``fixed_test`` (a source's own held-out split, or the images the user brought masks for)
@@ -455,7 +456,8 @@ def resolution_note(cfg: Config, index: dict) -> dict:
     """At which size each method sees the data and each metric is computed, in plain words (slides)."""
     size, sd = index["image_size"], cfg.sd.resolution
     src = (index.get("inputs") or {}).get("source_short_side")
-    src_txt = f"source images' short side {src['min']}-{src['max']} px (median {src['median']})" if src else "source sizes unknown"
+    src_txt = (f"source images' short side {src['min']}-{src['max']} px (median {src['median']})"
+               if src else "source sizes unknown")
     sd_txt = (f"SD 1.5 works at {sd} px: it saw the {size} px prepared images upsampled to {sd} px "
               f"(bicubic) and its outputs were downsampled back to {size} px"
               if sd > size else f"SD 1.5 works at {sd} px, the prepared size or less")
@@ -706,7 +708,8 @@ def write_predictions(cfg: Config, method: str, names: Iterable[str], images: to
     return out
 
 
-def read_predictions(cfg: Config, method: str, names: Iterable[str], root: Path | None = None) -> tuple[torch.Tensor, dict]:
+def read_predictions(cfg: Config, method: str, names: Iterable[str],
+                     root: Path | None = None) -> tuple[torch.Tensor, dict]:
     """Load a method's predictions for ``names`` -> ((N, 3, H, W), meta). Missing files raise
     ``FileNotFoundError`` naming the method, how many are missing and which notebook writes them."""
     out = paths(cfg, root).predictions(method)
@@ -743,7 +746,8 @@ def demo_bad_inputs(folder: Path) -> Path:
     cv2.imwrite(str(folder / "rgb48.png"), rgb.astype(np.uint16) * 257)        # 16 bits per channel
     Image.fromarray(rgb[:10, :10]).save(folder / "thumbnail_10x10.png")
     Image.fromarray(np.tile(rgb[:, :, :], (3, 42, 1))[:100, :2000]).save(folder / "strip_2000x100.png")
-    (folder / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg" + bytes(rng.integers(0, 256, 64, dtype=np.uint8)))
+    (folder / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg"
+                                         + bytes(rng.integers(0, 256, 64, dtype=np.uint8)))
     (folder / "empty.png").write_bytes(b"")
     (folder / "notes.txt").write_text("not an image")
     return folder

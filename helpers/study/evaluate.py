@@ -104,8 +104,9 @@ def run_telea(cfg: Config, radius: int | None = None, root: Path | None = None, 
     if not force and all((out / f"{n}.png").is_file() for n in load_test_set(cfg, root)["name"]):
         return out
     radius = int(radius if radius is not None else cfg.eval.telea_radius)
-    meta = method_meta("telea", f"none: classical, non-learned OpenCV Telea (cv2.INPAINT_TELEA, OpenCV {cv2.__version__}, "
-                       f"radius {radius})", "cpu", {}, 0, 0, None, "single CPU thread per image; no training")
+    meta = method_meta("telea", f"none: classical, non-learned OpenCV Telea (cv2.INPAINT_TELEA, "
+                       f"OpenCV {cv2.__version__}, radius {radius})", "cpu", {}, 0, 0, None,
+                       "single CPU thread per image; no training")
     predict_test_set(cfg, "telea", lambda x, m, seeds, names: telea_inpaint(x, m, radius), cfg.eval.batch_size,
                      torch.device("cpu"), meta, root=root, desc="Telea inpainting")
     return out

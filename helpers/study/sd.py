@@ -178,7 +178,8 @@ def quiet_library_output() -> None:
 # ============================================================== the tiny pipeline (smoke)
 def _byte_alphabet() -> list[str]:
     """The 256 printable characters byte-level BPE uses for the 256 byte values (GPT-2 / CLIP)."""
-    keep = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    keep = (list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
+            + list(range(ord("®"), ord("ÿ") + 1)))
     codes, extra = keep[:], 0
     for b in range(256):
         if b not in keep:
@@ -245,7 +246,8 @@ def build_tiny_pipeline(folder: Path, seed: int = 0) -> Path:
     try:
         # 1. tokenizer from a small vocabulary, then the three networks from tiny configs
         tok = write_clip_tokenizer(tmp / "_vocab")      # CLIP's real BPE vocabulary (open_clip's file)
-        parts = build_components(tiny_configs(len(tok), tok.bos_token_id, tok.eos_token_id, tok.pad_token_id), seed=seed)
+        parts = build_components(tiny_configs(len(tok), tok.bos_token_id, tok.eos_token_id, tok.pad_token_id),
+                                 seed=seed)
         # 2. the same pipeline class as the real checkpoint, saved in the hub's folder layout
         pipe = StableDiffusionInpaintPipeline(vae=parts["vae"], text_encoder=parts["text_encoder"], tokenizer=tok,
                                               unet=parts["unet"], scheduler=parts["scheduler"], safety_checker=None,
@@ -396,7 +398,8 @@ def load_lora(pipe, path: Path, adapter_name: str = "sd_lora"):
     """Load saved LoRA weights (a folder or the .safetensors file) into a pipeline, for inference."""
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"LoRA weights {path} not found: train them in notebook 04 (helpers.study.sd.train_lora)")
+        raise FileNotFoundError(f"LoRA weights {path} not found: "
+                                f"train them in notebook 04 (helpers.study.sd.train_lora)")
     folder, name = (path.parent, path.name) if path.is_file() else (path, LORA_WEIGHTS)
     quiet_library_output()
     pipe.load_lora_weights(str(folder), weight_name=name, adapter_name=adapter_name)
@@ -525,7 +528,8 @@ def predict(cfg: Config, pipe, images: torch.Tensor, masks: torch.Tensor, prompt
             seeds: Sequence[int] | None = None, desc: str = "SD inpainting",
             num_inference_steps: int | None = None, leave: bool = True,
             inpaint_fn: Callable = course.inpaint) -> torch.Tensor:
-    """:func:`helpers.course.sd_inpainting.inpaint` (or ``inpaint_fn``) over a set in batches of ``sd.inference_batch_size``, with the preset's steps
+    """:func:`helpers.course.sd_inpainting.inpaint` (or ``inpaint_fn``) over a set in batches of
+    ``sd.inference_batch_size``, with the preset's steps
     (or ``num_inference_steps``), guidance and sampler. Image ``i`` draws its noise from ``seeds[i]``
     (default: its index; the test set passes helpers.study.files.image_seeds of the names).
     ``leave=False``: a transient bar (a warm-up), silent in runner-executed notebooks."""
@@ -586,7 +590,8 @@ def predict_test_set(cfg: Config, pipe, method: str, train_stats: dict | None = 
         smoke if cfg.sd.tiny else "", base_weights=base, lora_weights=lora, sampler=cfg.perf.get("sampler", "ddim"),
         num_inference_steps=cfg.sd.num_inference_steps, guidance_scale=cfg.sd.guidance_scale,
         sd_resolution=cfg.sd.resolution, latent_factor=latent_factor(pipe.vae),
-        latent_px=cfg.sd.resolution // latent_factor(pipe.vae), seed=cfg.seed, captions_status=caps["status"], captions=describe(caps),
+        latent_px=cfg.sd.resolution // latent_factor(pipe.vae), seed=cfg.seed, captions_status=caps["status"],
+        captions=describe(caps),
         timing="wall time of the test set after one warm-up batch, prompt encoding included",
         lora=(train_stats or {}).get("lora"))
     return predict_set(cfg, method, fn, bs, pipe.device, meta, max_images=limit, root=root, desc=method)[2]

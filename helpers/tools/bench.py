@@ -53,7 +53,8 @@ SWITCHES = ("sdpa", "channels_last", "torch_compile", "fused_adamw", "cuda_graph
 
 
 # the peak a --flops-only estimate is stated against, per preset (TFLOP/s, what it is)
-REFERENCE_PEAK = {"lite": (82.0, "an assumed fp16 tensor peak of a 16 GB consumer GPU (pass your card's with --peak-tflops)")}
+REFERENCE_PEAK = {"lite": (82.0, "an assumed fp16 tensor peak of a 16 GB consumer GPU "
+                                 "(pass your card's with --peak-tflops)")}
 
 
 DEFAULT_PEAK = (800.0, "about the bf16 dense peak of an H100")
@@ -268,7 +269,8 @@ def with_speedups(rows: list[Row]) -> list[Row]:
 
 
 def format_table(rows: list[Row], header: str) -> str:
-    cols = ("workload", "variant", "batch", "img/s", "s/batch", "peak MiB", "GFLOP/img", "TFLOP/s", "% peak", "vs plain", "note")
+    cols = ("workload", "variant", "batch", "img/s", "s/batch", "peak MiB", "GFLOP/img", "TFLOP/s", "% peak",
+            "vs plain", "note")
     lines = [header, " | ".join(cols), " | ".join("---" for _ in cols)]
     for r in rows:
         mem = f"{r.peak_memory_bytes / 2**20:.0f}" if r.peak_memory_bytes else "n/a"
@@ -437,8 +439,8 @@ def bench_ddpm_train(ctx: Context) -> None:
     flops = {}
     def flops_of(bs: int) -> float:
         if bs not in flops:
-            flops[bs] = count_flops(make_step(Config({**ctx.cfg.perf, "sdpa": False, "torch_compile": False}), "fp32", bs,
-                                              dev=ctx.count_device)) / bs
+            flops[bs] = count_flops(make_step(Config({**ctx.cfg.perf, "sdpa": False, "torch_compile": False}),
+                                              "fp32", bs, dev=ctx.count_device)) / bs
         return flops[bs]
 
     for name, perf, dtype in variant_list(ctx, "train", d.mixed_precision):
@@ -459,7 +461,8 @@ def bench_ddpm_sample(ctx: Context) -> None:
     alphas = DDPMScheduler(**published_scheduler_config()).alphas_cumprod
     bs0 = ctx.cfg.bench.batch_sizes[-1] if ctx.tiny else min(8, max(ctx.cfg.bench.batch_sizes))
 
-    def make_step(perf: Config, dtype: str, bs: int, sampler: str = "ddim", steps: int | None = None, dev: torch.device | None = None):
+    def make_step(perf: Config, dtype: str, bs: int, sampler: str = "ddim", steps: int | None = None,
+                  dev: torch.device | None = None):
         dev = dev or ctx.device
         model = _ddpm_model(ctx, perf, False, dev)
         x, m = _images(bs, size), _masks(bs, size)
@@ -554,7 +557,8 @@ def bench_sd_lora_train(ctx: Context) -> None:
     flops = {}
     def flops_of(bs: int) -> float:
         if bs not in flops:
-            flops[bs] = count_flops(make_step(Config({**ctx.cfg.perf, "sdpa": False}), "fp32", bs, dev=ctx.count_device)) / bs
+            flops[bs] = count_flops(make_step(Config({**ctx.cfg.perf, "sdpa": False}), "fp32", bs,
+                                              dev=ctx.count_device)) / bs
         return flops[bs]
 
     for name, perf, dtype in variant_list(ctx, "train", s.mixed_precision):
@@ -576,7 +580,8 @@ def bench_sd_infer(ctx: Context) -> None:
     from helpers.study.runtime import SeededNoise
     s = ctx.cfg.sd
 
-    def make_step(perf: Config, dtype: str, bs: int, sampler: str = "ddim", steps: int | None = None, dev: torch.device | None = None):
+    def make_step(perf: Config, dtype: str, bs: int, sampler: str = "ddim", steps: int | None = None,
+                  dev: torch.device | None = None):
         dev = dev or ctx.device
         pipe, res, dim = _sd_parts(ctx, perf, dtype, dev)
         unet = optimize_model(pipe.unet, perf, dev)
@@ -586,7 +591,7 @@ def bench_sd_infer(ctx: Context) -> None:
         x, m = _images(bs, res), _masks(bs, res)
         return lambda: inpaint(unet, pipe.vae, sched, x, m, cond, uncond,
                                SeededNoise(range(bs)), res,
-                                  steps or s.num_inference_steps, s.guidance_scale, perf.get("batched_vae_decode", True))
+                               steps or s.num_inference_steps, s.guidance_scale, perf.get("batched_vae_decode", True))
 
     flops = {}
     def flops_of(bs: int, steps: int | None = None) -> float:
@@ -680,7 +685,8 @@ def _count_eval_flops(ctx: Context) -> None:
     if inception is None:
         untimed(ctx, "eval", "inception features", 1, "unavailable: " + status.message())
     else:
-        untimed(ctx, "eval", "inception features", 1, f"{size}px input, resized to 299", count_flops(lambda: inception(x)))
+        untimed(ctx, "eval", "inception features", 1, f"{size}px input, resized to 299",
+                count_flops(lambda: inception(x)))
     lp, _ = load_lpips(ctx.cfg.eval.lpips_net, [P.cache], torch.device("cpu"))
     untimed(ctx, "eval", "lpips", 1, "" if lp else "unavailable (no AlexNet weights)",
             count_flops(lambda: lp(x, y)) if lp else None)
@@ -700,11 +706,15 @@ def study_compute(cfg: Config, flops: dict, n_train: int) -> list[dict]:
     per_eval = flops[("ddpm_sample", "plain")] / d.num_inference_steps          # one 256x256 U-Net forward
     calls = count_model_calls(r.num_inference_steps, r.jump_length, r.jump_n_sample)
     return [
-        {"step": f"DDPM fine-tuning, {d.num_epochs} epochs x {n_train} images", "flops": d.num_epochs * n_train * flops[("ddpm_train", "plain")]},
-        {"step": f"SD LoRA training, {s.num_epochs} epochs x {n_train} images", "flops": s.num_epochs * n_train * flops[("sd_lora_train", "plain")]},
-        {"step": f"DDIM-{d.num_inference_steps} DDPM inpainting, {n_test} test images", "flops": n_test * flops[("ddpm_sample", "plain")]},
+        {"step": f"DDPM fine-tuning, {d.num_epochs} epochs x {n_train} images",
+         "flops": d.num_epochs * n_train * flops[("ddpm_train", "plain")]},
+        {"step": f"SD LoRA training, {s.num_epochs} epochs x {n_train} images",
+         "flops": s.num_epochs * n_train * flops[("sd_lora_train", "plain")]},
+        {"step": f"DDIM-{d.num_inference_steps} DDPM inpainting, {n_test} test images",
+         "flops": n_test * flops[("ddpm_sample", "plain")]},
         {"step": f"RePaint, {r.max_images} images x {calls} U-Net calls", "flops": r.max_images * calls * per_eval},
-        {"step": f"SD inference (zero-shot + LoRA), 2 x {n_test} test images", "flops": 2 * n_test * flops[("sd_infer", "plain")]},
+        {"step": f"SD inference (zero-shot + LoRA), 2 x {n_test} test images",
+         "flops": 2 * n_test * flops[("sd_infer", "plain")]},
     ]
 
 
@@ -742,7 +752,8 @@ def flop_budget(cfg: Config, peak_tflops: float = 800.0, n_train: int | None = N
     lines = [f"FLOPs per image at full size (counted on the meta device); targets at {peak_tflops:.0f} TFLOP/s",
              "workload | regime | TFLOP/image | target | img/s at target | s/image at target", "--- | " * 5 + "---"]
     for t in targets:
-        lines.append(f"{t['workload']} | {t['regime']} | {t['tflop_per_image']:.2f} | {100 * t['target_fraction']:.0f} % | "
+        lines.append(f"{t['workload']} | {t['regime']} | {t['tflop_per_image']:.2f} | "
+                     f"{100 * t['target_fraction']:.0f} % | "
                      f"{t['images_per_s_at_target']:.2f} | {t['seconds_per_image_at_target']:.3f}")
     study = study_compute(cfg, flops, n_train)
     total = sum(x["flops"] for x in study)
@@ -813,13 +824,15 @@ def refuse_gpu_preset_on_cpu(cfg: Config, device: torch.device, full_size: bool)
         f"sweeps up to {max(cfg.bench.batch_sizes)}. On a CPU one full-size SD image at batch 1 already takes about "
         "12.6 GB and 44 s per 2 sampling steps (docs/benchmarks.md); its batch sweeps need many times that.\n"
         "  Instead:\n"
-        f"    python -m helpers.tools.bench --preset smoke             tiny configs: checks the harness on a CPU in minutes\n"
+        f"    python -m helpers.tools.bench --preset smoke             "
+        "tiny configs: checks the harness on a CPU in minutes\n"
         f"    python -m helpers.tools.bench --preset {cfg.preset} --full-size --variants plain --no-sweep --set "
         "bench.warmup=0 bench.iters=1 'bench.batch_sizes=[1]' ddpm.batch_size=1 sd.batch_size=1 eval.batch_size=2 "
         "sd.num_inference_steps=2 ddpm.num_inference_steps=2\n"
         "                                                       the smoke test of the full-size harness on a CPU "
         "(peak about 13 GB; not a measurement)\n"
-        f"    python -m helpers.tools.bench --preset {cfg.preset} --flops-only   the FLOP counts at full size (no memory)\n"
+        f"    python -m helpers.tools.bench --preset {cfg.preset} --flops-only   "
+        "the FLOP counts at full size (no memory)\n"
         "  The numbers come from a GPU: `make gpu-check` there (docs/benchmarks.md).")
 
 
