@@ -264,7 +264,7 @@ def fit_column_titles(fig, axes_row: Sequence, gap_px: float = 8.0, rounds: int 
 
 
 def loss_curve(history: Sequence[dict], path: Path | None = None, title: str = "training loss",
-               key: str = "loss", smooth: int = 10):
+               key: str = "loss", smooth: int = 10, smoke_stamp: bool = True):
     """Plot ``[{"step": s, key: v}, ...]`` with a moving average (drawn on top, thicker)."""
     fig, ax = plt.subplots(figsize=(9, 4.5))
     steps = np.array([h["step"] for h in history])
@@ -277,7 +277,7 @@ def loss_curve(history: Sequence[dict], path: Path | None = None, title: str = "
     ax.set_xlabel("optimizer step"), ax.set_ylabel(key), ax.set_title(title)
     ax.set_yscale("log" if len(vals) and vals.min() > 0 else "linear")
     ax.legend()
-    return save(fig, path)
+    return save(fig, path, smoke_stamp=smoke_stamp)
 
 
 def hole_histogram(fractions: dict[str, Sequence[float]], path: Path | None = None, bins: int = 20,
@@ -488,4 +488,4 @@ def digits_summary(grid_png: Path, table, path: Path | None = None):
     tab.set_fontsize(12)
     tab.auto_set_column_width([0, 1, 2])
     tab.scale(1, 2.0)
-    return save(fig, path)
+    return save(fig, path, smoke_stamp=False)     # a real result in every preset (not a pipeline check)
