@@ -101,12 +101,13 @@ def shown_path(path, root: Path | None = None) -> str:
     if not p.is_absolute():
         return text
     p = p.resolve()
-    for base in (Path(root or os.environ.get("INPAINT_ROOT") or ROOT), ROOT):
-        if p.is_relative_to(base.resolve()):
-            return p.relative_to(base.resolve()).as_posix() or "."
+    # an installed package first: the virtual environment may sit inside the project (.venv)
     for site in sorted((s for s in sys.path if s.rstrip("/").endswith("site-packages")), key=len, reverse=True):
         if p.is_relative_to(Path(site).resolve()):
             return "package " + p.relative_to(Path(site).resolve()).as_posix()
+    for base in (Path(root or os.environ.get("INPAINT_ROOT") or ROOT), ROOT):
+        if p.is_relative_to(base.resolve()):
+            return p.relative_to(base.resolve()).as_posix() or "."
     return text
 
 
