@@ -14,13 +14,7 @@ TINY = dict(sample_size=16, block_out_channels=(8, 16), layers_per_block=1, norm
             down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one thread is faster than two on a shared 2-core CPU (no OpenMP spinning)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")   # tests/conftest.py: tiny models, one thread
 
 
 def tiny_unet(in_channels: int = 3, seed: int = 0):

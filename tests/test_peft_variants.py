@@ -23,12 +23,7 @@ from helpers.study import peft_variants as PV
 STUDY_LORA_R16 = 3_188_736     # the study's LoRA (r 16 on to_q, to_k, to_v, to_out.0 of SD 1.5's U-Net)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")   # tests/conftest.py: tiny models, one thread
 
 
 def smoke_variants(cpu_only=True):

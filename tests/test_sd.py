@@ -17,13 +17,7 @@ R = 64          # SD working size of the smoke preset
 STEPS = 3       # denoising steps in these tests
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The CPU is shared: one intra-op thread is faster and steadier for these tiny models."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")   # tests/conftest.py: tiny models, one thread
 
 
 @pytest.fixture(scope="module")
