@@ -69,6 +69,7 @@ class _Stop(Exception):
 
 
 @pytest.mark.parametrize("module,prefix", [("study.__main__", ["train", "ddpm"]), ("study.__main__", ["train", "sd"]),
+                                           ("study.__main__", ["train", "peft", "--variant", "lora_r4"]),
                                            ("tools.bench", []), ("report.export", [])])
 def test_every_entry_point_takes_both_set_forms(module, prefix, monkeypatch):
     """`--set a=1 b=2` and repeated `--set` reach the config, in one call, for every command line;

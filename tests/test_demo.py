@@ -14,14 +14,17 @@ import helpers as H
 
 pytestmark = pytest.mark.slow
 OVERRIDES = {"ddpm.max_steps": 2, "sd.max_steps": 1, "data.num_images": 24, "data.max_test_images": 3,
-             "ddpm.val_every": 100, "ddpm.checkpoint_every": 100, "sd.checkpoint_every": 100}
+             "ddpm.val_every": 100, "ddpm.checkpoint_every": 100, "sd.checkpoint_every": 100,
+             "ablation.max_test_images": 2}
+VARIANT = "loha_r8"       # the PEFT ablation variant the fixture trains (through the command line)
 STEPS = 2
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """A root with what the series saves: prepared data, a fine-tuned DDPM, a LoRA file and
-    Telea's test-set completions (for the vote tab)."""
+    """A root with what the series saves: prepared data, a fine-tuned DDPM, a LoRA file, one PEFT
+    variant (``python -m helpers.study train peft --variant loha_r8``) and Telea's test-set
+    completions (for the vote tab)."""
     root = tmp_path_factory.mktemp("demo_root")
     mp = pytest.MonkeyPatch()
     mp.setenv("INPAINT_ROOT", str(root))
@@ -32,6 +35,10 @@ def trained(tmp_path_factory):
         unet, sched = H.study.ddpm.build_inpainting_model(cfg, P)
         H.study.ddpm.finetune(cfg, P, unet, sched, torch.device("cpu"))
         H.study.sd.train_lora(cfg, H.study.sd.load_pipeline(cfg))
+        from helpers.study.__main__ import main
+        table = main(["train", "peft", "--preset", "smoke", "--variant", VARIANT,
+                      "--set", *[f"{k}={v}" for k, v in OVERRIDES.items()]])
+        assert list(table["variant"]) == [VARIANT] and table.loc[0, "status"] == "trained"
         H.study.evaluate.run_telea(cfg)
         yield cfg
     finally:
@@ -83,7 +90,8 @@ def server(trained):
 
 # ---------------------------------------------------------------- functions, no server
 def test_every_method_inpaints_on_the_smoke_models(demo):
-    assert all(s.available for s in demo.models.status.values()), [s.message() for s in demo.models.status.values()]
+    study = {m: s for m, s in demo.models.status.items() if m in H.apps.demo.ORDER}
+    assert all(s.available for s in study.values()), [s.message() for s in study.values()]
     name = demo.test_names[0]
     state, editor, prompt, msg = demo.load_test_image(name)
     assert name in msg and prompt
@@ -146,7 +154,8 @@ def test_missing_weights_disable_methods_and_the_app_starts(tmp_root):
     cfg = H.load_config("smoke", {"data.num_images": 24, "data.max_test_images": 3})
     H.study.data.prepare_dataset(cfg)
     st = H.apps.demo.method_status(cfg)
-    assert [m for m, s in st.items() if not s.available] == ["ddpm_finetuned", "sd_lora"]
+    assert [m for m, s in st.items() if not s.available and m in H.apps.demo.ORDER] == ["ddpm_finetuned", "sd_lora"]
+    assert all(not s.available for m, s in st.items() if m.startswith("peft_")), "no variant trained yet"
     assert "python -m helpers.study train ddpm --preset smoke" in st["ddpm_finetuned"].message()
     assert "python -m helpers.study train sd --preset smoke" in st["sd_lora"].message()
     d = H.apps.demo.Demo(cfg)
@@ -316,3 +325,37 @@ def test_notebook_07_does_not_serve_under_papermill(tmp_root, monkeypatch):
 def test_the_server_made_no_outside_call(server):
     """After the gradio_client and browser tests: the app asked no host but this one for anything."""
     assert not OUTSIDE, OUTSIDE[:5]
+
+
+def test_trained_peft_variants_are_methods_of_the_demo(demo):
+    """The ablation's trained variant is listed and runs; the untrained ones are disabled with the
+    reason and the command that trains them (QLoRA on a CPU: needs CUDA); the vote tab keeps the
+    study's five methods."""
+    st = demo.models.status
+    variants = [m for m in st if m.startswith("peft_")]
+    assert variants == [f"peft_{v['name']}" for v in demo.cfg.ablation.variants], "every variant, in config order"
+    assert [m for m in variants if st[m].available] == [f"peft_{VARIANT}"]
+    assert "loha adapter" in st[f"peft_{VARIANT}"].weights and st[f"peft_{VARIANT}"].label == f"{VARIANT} (PEFT)"
+    assert "not trained" in st["peft_lora_r4"].reason
+    assert "python -m helpers.study train peft --preset smoke --variant lora_r4" in st["peft_lora_r4"].message()
+    assert "needs a CUDA GPU" in st["peft_qlora_r16"].reason
+    text = demo.status_markdown()
+    assert f"{VARIANT} (PEFT)" in text and "PEFT variants (not trained): lora_r4" in text
+    assert "PEFT variants (needs a CUDA GPU with bitsandbytes): qlora_r16" in text
+    # it inpaints by label, from its own adapter file (the one its predictions were made with)
+    state, editor, prompt, _ = demo.load_test_image(demo.test_names[0])
+    _, gallery, _, _, msg = demo.inpaint(state, editor, [f"{VARIANT} (PEFT)", "SD + LoRA"], STEPS, 7.5, 3, prompt)
+    assert [cap.split(" · ")[0] for _, cap in gallery] == [f"{VARIANT} (PEFT)", "SD + LoRA"], msg
+    pipe = demo.models._loaded[f"peft_{VARIANT}"]
+    assert pipe.lora_path.endswith(str(H.study.peft_variants.find_adapter(demo.cfg, VARIANT)))
+    assert not np.array_equal(gallery[0][0], gallery[1][0]), "the variant is not the study's LoRA"
+    mask = H.apps.demo.mask_from_editor(editor, demo.size) > 0.5
+    assert np.array_equal(gallery[0][0][~mask], state["image"][~mask])
+    # an untrained variant is refused with its reason; the others still run
+    _, gallery, _, _, msg = demo.inpaint(state, editor, ["peft_lora_r4", "telea"], 1, 1.0, 0, "")
+    assert len(gallery) == 1 and "not trained" in msg
+    # the CheckboxGroup lists the trained variant, unchecked; the vote tab only the study's methods
+    app = H.apps.demo.build_app(demo.cfg, demo=demo)
+    box = next(b for b in app.blocks.values() if getattr(b, "elem_id", None) == "methods")
+    assert f"{VARIANT} (PEFT)" in [c[0] for c in box.choices] and f"{VARIANT} (PEFT)" not in box.value
+    assert all(not m.startswith("peft_") for ms in demo.scheduler.candidates.values() for m in ms)

@@ -7,6 +7,7 @@
 """
 from __future__ import annotations
 
+import importlib.util
 import math
 
 import pytest
@@ -92,3 +93,33 @@ def test_sd_lora_step_at_full_size_fits_in_24_gb():
     row = next(r for r in ctx.rows if r.variant == "preset")
     assert row.batch_size == 2 and row.images_per_s > 0
     assert row.peak_memory_bytes < 24 * 2**30, f"{row.peak_memory_bytes / 2**30:.1f} GiB"
+
+
+@pytest.mark.skipif(importlib.util.find_spec("bitsandbytes") is None,
+                    reason="QLoRA needs bitsandbytes (bash tools/gpu_wheels.sh --qlora, then carry .whl)")
+def test_qlora_variant_trains_on_a_4bit_frozen_base_and_predicts(tmp_path, monkeypatch):
+    """The ablation's QLoRA (issue 20) on the tiny smoke pipeline: the U-Net reloaded with a 4-bit NF4
+    frozen base (bitsandbytes' Linear4bit), LoRA r16 trained on it by the study's loop, saved, reloaded
+    onto a fresh 4-bit base and completing test images: trained, never replaced."""
+    from helpers.study import peft_variants as PV
+
+    monkeypatch.setenv("INPAINT_ROOT", str(tmp_path))
+    cfg = H.load_config("smoke", {"sd.max_steps": 4, "data.num_images": 24, "data.max_test_images": 2,
+                                  "ablation.max_test_images": 2})
+    H.study.data.prepare_dataset(cfg)
+    (v,) = PV.variants(cfg, ["qlora_r16"])
+    assert PV.unavailable_reason(v, CUDA) is None
+    pipe = PV.load_pipeline(cfg, v, device=CUDA)
+    kinds = {type(m).__name__ for m in pipe.unet.modules()}
+    assert "Linear4bit" in kinds, f"the U-Net's linear layers are not 4-bit: {sorted(kinds)[:12]}"
+    del pipe
+    stats = PV.train_variant(cfg, v)
+    assert stats["steps"] == 4 and all(math.isfinite(h["loss"]) for h in stats["history"])
+    assert stats["trainable_params"] > 0 and stats["adapter_bytes"] > 0
+    meta = PV.predict_variant(cfg, v, stats)
+    assert meta["method"] == "peft_qlora_r16"
+    row = {r["variant"]: r for r in PV.status(cfg, device=CUDA)}["qlora_r16"]
+    assert row["status"] == "trained", row
+    names = sorted(p.stem for p in H.study.files.paths(cfg).predictions("peft_qlora_r16").glob("*.png"))
+    images, _ = H.study.data.read_predictions(cfg, "peft_qlora_r16", names)
+    assert images.shape[0] == 2 and torch.isfinite(images).all()

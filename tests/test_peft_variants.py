@@ -200,6 +200,13 @@ def test_train_predict_and_table_end_to_end(sd_root, prepared):
     assert table.loc["loha_r8", "status"] == "trained" and np.isfinite(table.loc["loha_r8", "psnr_hole"])
     assert table.loc["loha_r8", "trainable_params"] == stats["trainable_params"]
     assert (H.study.files.paths(cfg).tables / PV.TABLE).is_file()
+    # the cost table of a run over some variants keeps the others' rows, in config order
+    cost = H.study.files.paths(cfg).tables / PV.COST_TABLE
+    pd.DataFrame([{"variant": "loha_r8", "status": "old"}, {"variant": "lora_r64", "status": "kept"}]).to_csv(cost)
+    PV.run_ablation(cfg, names=["loha_r8"])                 # the finished run reused, predictions written again
+    rows = pd.read_csv(cost).set_index("variant")["status"].to_dict()
+    assert rows == {"lora_r64": "kept", "loha_r8": "trained"}
+    assert list(pd.read_csv(cost)["variant"]) == [v["name"] for v in PV.variants(cfg)] == ["lora_r64", "loha_r8"]
 
 
 def test_the_tradeoff_slide_plots_scored_variants_on_a_log_axis_and_names_the_others():

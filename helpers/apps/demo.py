@@ -40,7 +40,7 @@ import torch
 from helpers.apps.votes import GROUND_TRUTH, PairScheduler, Trial, VoteStore, db_path
 from helpers.study.config import Config, load_config
 from helpers.study.data import (
-    SHORT_LABELS,
+    ABLATION_PREFIX,
     BadImageError,
     Report,
     composite,
@@ -49,6 +49,7 @@ from helpers.study.data import (
     masked_image,
     read_image,
     resize_center_crop,
+    short_label,
 )
 from helpers.study.files import load_json, paths, to_tensor, to_uint8
 from helpers.study.masks import KINDS, generate_mask
@@ -61,7 +62,7 @@ GRADIO_ENV = {"GRADIO_ANALYTICS_ENABLED": "False", "GRADIO_RUN_HISTORY": "False"
 HF_ENV = {"HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1"}
 
 
-ORDER = ("ddpm_finetuned", "ddpm_repaint", "sd_zeroshot", "sd_lora", "telea")
+ORDER = ("ddpm_finetuned", "ddpm_repaint", "sd_zeroshot", "sd_lora", "telea")   # the study's five methods
 
 
 MASK_CHOICES = ("test mask", "brush (paint it)", "box", "thin", "medium", "thick")
@@ -138,7 +139,7 @@ class MethodStatus:
 
     @property
     def label(self) -> str:
-        return SHORT_LABELS[self.method]
+        return short_label(self.method)
 
     def message(self) -> str:
         """Why the method is disabled and what produces its weights (markdown; '' when it can run)."""
@@ -227,7 +228,39 @@ def method_status(cfg: Config, root: Path | None = None) -> dict[str, MethodStat
                                       hint=f"{series}, notebook 04")
     else:
         out["sd_lora"] = MethodStatus("sd_lora", True, f"{text} + LoRA {lora}")
-    return {m: out[m] for m in ORDER}
+    return {**{m: out[m] for m in ORDER}, **_variant_status(cfg, P, ok, text, get_sd)}
+
+
+def _variant_status(cfg: Config, P, sd_ok: bool, sd_text: str, get_sd: tuple[str, str]) -> dict[str, MethodStatus]:
+    """The PEFT ablation's variants (``ablation.variants``, notebook 04's last section), ``peft_<name>``:
+    available when the SD pipeline is and the variant's adapter file (the one its test-set
+    predictions were made with) is on disk; otherwise the reason, never another adapter instead."""
+    from helpers.study import peft_variants as pv
+
+    if not cfg.get("ablation") or not cfg.ablation.get("variants"):
+        return {}
+    out = {}
+    for row in pv.status(cfg, P.root):
+        m, name = row["method"], row["variant"]
+        if not sd_ok:
+            out[m] = MethodStatus(m, False, reason=sd_text, command=get_sd[0], hint=get_sd[1])
+        elif row["status"] == "trained":
+            adapter = (row["meta"].get("variant") or {}).get("method", "")
+            out[m] = MethodStatus(m, True, f"{sd_text} + {adapter} adapter {row['weights']}")
+        else:
+            why = row["status"] if row["status"] != pv.NOT_TRAINED else f"{pv.NOT_TRAINED} ({row.get('note', '')})."
+            out[m] = MethodStatus(m, False, reason=why if why.endswith(".") else why + ".",
+                                  command=f"python -m helpers.study train peft --preset {cfg.preset} --variant {name}",
+                                  hint=" (or notebook 04's PEFT ablation section)")
+    return out
+
+
+def _label(method: str) -> str:
+    """A method's short label; an unknown id as it is (the app reports it, never raises)."""
+    try:
+        return short_label(method)
+    except ValueError:
+        return method
 
 
 class MethodUnavailable(RuntimeError):
@@ -252,14 +285,27 @@ class Models:
     def get(self, method: str):
         with self._load_lock:
             if method not in self._loaded:
-                st = self.status[method]
+                st = self.status.get(method)
+                if st is None:
+                    raise MethodUnavailable(f"unknown method {method!r}: this preset has {list(self.status)}.")
                 if not st.available:
                     raise MethodUnavailable(st.message())
+                if method.startswith(ABLATION_PREFIX):     # one PEFT variant in memory at a time: each holds an SD
+                    self._evict(ABLATION_PREFIX)
                 with serving_offline():          # weights from disk or the local cache only
                     self._loaded[method] = self._load(method)
             return self._loaded[method]
 
+    def _evict(self, prefix: str) -> None:
+        """Drop the loaded models whose method starts with ``prefix`` (and free their memory)."""
+        from helpers.study.runtime import release_memory
+
+        for m in [m for m in self._loaded if m.startswith(prefix)]:
+            del self._loaded[m]
+        release_memory(self.device)
+
     def _load(self, method: str):
+        from helpers.study import peft_variants as pv
         from helpers.study.ddpm import load_finetuned, load_noise_scheduler, load_unconditional_unet
         from helpers.study.sd import find_lora, load_lora, load_pipeline
 
@@ -269,6 +315,11 @@ class Models:
         if method in ("ddpm_finetuned", "ddpm_repaint"):
             unet = load_finetuned(cfg, P) if method == "ddpm_finetuned" else load_unconditional_unet(cfg, P)
             return unet.to(dev), load_noise_scheduler(cfg, P).alphas_cumprod
+        if method.startswith(ABLATION_PREFIX):            # a variant: the study's pipeline + its saved adapter
+            name = method[len(ABLATION_PREFIX):]
+            (variant,) = pv.variants(cfg, [name])
+            pipe = pv.load_pipeline(cfg, variant, self.root, dev)
+            return pv.load_adapter(pipe, P.root / pv.find_adapter(cfg, name, self.root))
         pipe = load_pipeline(cfg, device=dev, root=self.root)
         return load_lora(pipe, find_lora(cfg, self.root)) if method == "sd_lora" else pipe
 
@@ -399,15 +450,29 @@ class Demo:
         return self.captions.get(name, self.cfg.captions.fallback_prompt) if name else self.cfg.captions.fallback_prompt
 
     def status_markdown(self) -> str:
+        from helpers.study.peft_variants import NOT_TRAINED
+
         st = self.models.status
         lines = [f"**Preset `{self.cfg.preset}`**, images {self.size}x{self.size}, device `{self.models.device}`."]
         if self.cfg.preset == "smoke":
             lines.append("Smoke preset: tiny random models barely trained; the completions are noise and prove "
                          "only that every method runs.")
-        off = [s for s in st.values() if not s.available]
+        off = [s for m, s in st.items() if not s.available and m in ORDER]
         if off:
             lines.append("**Disabled methods** (weights missing):")
             lines += [f"- {s.message()}" for s in off]
+        on = [s.label for m, s in st.items() if s.available and m not in ORDER]
+        if on:
+            lines.append(f"**PEFT ablation variants** (notebook 04's last section; unchecked at start): "
+                         f"{', '.join(on)}.")
+        by_reason: dict[str, list[str]] = {}
+        for m, s in st.items():
+            if not s.available and m not in ORDER:
+                by_reason.setdefault(s.reason.split(" (")[0].rstrip("."), []).append(m[len(ABLATION_PREFIX):])
+        for reason, names in by_reason.items():
+            how = (f" Train them with `python -m helpers.study train peft --preset {self.cfg.preset} "
+                   "[--variant NAME ...]` or notebook 04's last section." if reason == NOT_TRAINED else "")
+            lines.append(f"- PEFT variants ({reason}): {', '.join(names)}.{how}")
         if not self.test_names:
             lines.append(f"No prepared test set in `{self.P.data}`: upload an image, or run `make report "
                          f"PRESET={self.cfg.preset}` (notebook 01) first.")
@@ -451,7 +516,7 @@ class Demo:
         return editor_value(state["image"], mask), f"A {kind} mask (seed {int(seed)}, {mask.mean():.0%} of the image)."
 
     def method_ids(self, labels: Sequence[str]) -> list[str]:
-        by_label = {SHORT_LABELS[m]: m for m in ORDER}
+        by_label = {short_label(m): m for m in self.models.status}
         return [by_label.get(x, x) for x in labels or []]
 
     def inpaint(self, state: dict | None, editor: dict | None, methods: Sequence[str], steps: int, guidance: float,
@@ -475,7 +540,7 @@ class Demo:
         loaded_before = set(self.models._loaded)
         for i, method in enumerate(methods):
             if progress is not None:
-                progress((i, len(methods)), desc=f"{SHORT_LABELS.get(method, method)}")
+                progress((i, len(methods)), desc=_label(method))
             try:
                 start = time.perf_counter()
                 out = self.models.complete(method, image, m, int(seed), int(steps), float(guidance),
@@ -485,12 +550,12 @@ class Demo:
                 notes.append(f"{method}: {e}")
                 continue
             except Exception as e:   # a failing method is reported; the others still run
-                notes.append(f"{SHORT_LABELS.get(method, method)} failed: {type(e).__name__}: {e}")
+                notes.append(f"{_label(method)} failed: {type(e).__name__}: {e}")
                 continue
-            gallery.append((to_uint8(out), f"{SHORT_LABELS[method]} · {seconds:.2f} s"))
-            rows.append(f"| {SHORT_LABELS[method]} | {seconds:.2f} |")
+            gallery.append((to_uint8(out), f"{short_label(method)} · {seconds:.2f} s"))
+            rows.append(f"| {short_label(method)} | {seconds:.2f} |")
         table = "| method | seconds |\n|---|---|\n" + "\n".join(rows) if rows else ""
-        loaded = [SHORT_LABELS[m] for m in self.models._loaded if m not in loaded_before and m != "telea"]
+        loaded = [short_label(m) for m in self.models._loaded if m not in loaded_before and m != "telea"]
         msg = f"{state['source']}: hole {mask.mean():.0%} of the image, seed {int(seed)}, {int(steps)} steps"
         msg += (f"; the times of {', '.join(loaded)} include loading the weights (once)." if loaded else ".")
         msg += "".join(f"\n\n**{n}**" for n in notes)
@@ -573,7 +638,8 @@ BLIND = dict(format="png", interactive=False, height=320, elem_classes=["pixelat
 def _inpaint_tab(gr, d: Demo) -> None:
     """Tab Inpaint: the controls, the editor, the outputs, and their events."""
     cfg, fac = d.cfg, display_factor(d.size)
-    available = [SHORT_LABELS[m] for m in d.models.available()]
+    available = [short_label(m) for m in d.models.available()]
+    study = [short_label(m) for m in d.models.available() if m in ORDER]     # checked at start; variants are not
     # 1. the first test image and its frozen mask, shown at start (an empty canvas otherwise)
     first = d.test_names[0] if d.test_names else None
     init_state, init_editor, init_prompt, init_msg = (d.load_test_image(first) if first
@@ -589,7 +655,8 @@ def _inpaint_tab(gr, d: Demo) -> None:
                 kind = gr.Dropdown(list(MASK_CHOICES), value="test mask", label="mask", elem_id="mask_kind")
                 mask_seed = gr.Number(0, precision=0, label="mask seed")
             make = gr.Button("Make mask", elem_id="make_mask")
-            methods = gr.CheckboxGroup(available, value=available, label="methods", elem_id="methods")
+            methods = gr.CheckboxGroup(available, value=study, label="methods (… (PEFT): notebook 04's ablation)",
+                                       elem_id="methods")
             steps = gr.Slider(1, 200, value=cfg.ddpm.num_inference_steps, step=1, label="steps")
             guidance = gr.Slider(1.0, 15.0, value=cfg.sd.guidance_scale, step=0.5, label="guidance (SD)")
             seed = gr.Number(cfg.seed, precision=0, label="seed")

@@ -1,10 +1,11 @@
-"""The study's command line: train one of the two methods outside the notebooks.
+"""The study's command line: train one of the two methods (or the PEFT ablation) outside the notebooks.
 
     python -m helpers.study train ddpm --preset full          # DDPM inpainting fine-tuning (notebook 03)
     python -m helpers.study train sd --preset full            # SD 1.5 inpainting LoRA (notebook 04)
+    python -m helpers.study train peft --preset full [--variant dora_r16 ...]   # the ablation (04, last section)
     accelerate launch -m helpers.study train ddpm --preset full   # the same on several GPUs
 
-Both resume from their last checkpoint; the notebooks then find the finished run instead of
+Each resumes from its last checkpoint; the notebooks then find the finished run instead of
 training again. ``--set`` takes dotted preset overrides (``--set ddpm.max_steps=100``).
 """
 from __future__ import annotations
@@ -17,8 +18,10 @@ from collections.abc import Sequence
 from helpers.study.config import add_set_argument, load_config, parse_overrides
 
 
-def train(method: str, cfg, max_steps: int | None) -> dict:
-    """Train ``method`` (ddpm | sd) with the preset ``cfg``; return the run's statistics."""
+def train(method: str, cfg, max_steps: int | None, variants: Sequence[str] | None = None):
+    """Train ``method`` (ddpm | sd | peft) with the preset ``cfg``; return the run's statistics (peft:
+    the ablation's cost table, each variant trained and its test-set predictions written, as notebook
+    04 does, so that notebook 05, the demo and the deck find it)."""
     from accelerate import PartialState
 
     from helpers.study import ddpm, sd
@@ -34,24 +37,36 @@ def train(method: str, cfg, max_steps: int | None) -> dict:
         unet, sched = ddpm.build_inpainting_model(cfg, P)
         on_validate = ddpm.make_validator(cfg, P, unet, sched.alphas_cumprod, device)
         return ddpm.finetune(cfg, P, unet, sched, device, on_validate=on_validate, max_steps=max_steps)
+    if method == "peft":
+        from helpers.study import peft_variants
+
+        return peft_variants.run_ablation(cfg, names=variants or None, max_steps=max_steps)
     return sd.train_lora(cfg, sd.load_pipeline(cfg), max_steps=max_steps)
 
 
-def main(argv: Sequence[str] | None = None) -> dict:
+def main(argv: Sequence[str] | None = None):
     from accelerate import PartialState
 
     ap = argparse.ArgumentParser(prog="python -m helpers.study", description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="command", required=True)
-    tr = sub.add_parser("train", help="train the DDPM (fine-tuning) or the SD LoRA; resumes a killed run")
-    tr.add_argument("method", choices=["ddpm", "sd"])
+    tr = sub.add_parser("train", help="train the DDPM (fine-tuning), the SD LoRA or the PEFT variants; "
+                                      "resumes a killed run")
+    tr.add_argument("method", choices=["ddpm", "sd", "peft"])
+    tr.add_argument("--variant", action="append", default=None, metavar="NAME",
+                    help="peft only: a variant of ablation.variants (repeat for several; default: all)")
     tr.add_argument("--preset", default="smoke", help="smoke | lite | full | path to a YAML preset")
     add_set_argument(tr)
     tr.add_argument("--max-steps", type=int, default=None, help="stop this call after this many steps (resumable)")
     args = ap.parse_args(argv)
     cfg = load_config(args.preset, parse_overrides(args.overrides))
-    stats = train(args.method, cfg, args.max_steps)
+    if args.variant and args.method != "peft":
+        ap.error("--variant is for `train peft` only")
+    stats = train(args.method, cfg, args.max_steps, args.variant)
     if PartialState().is_main_process:
-        print(json.dumps({k: v for k, v in stats.items() if k != "history"}, indent=2, default=str))
+        if args.method == "peft":
+            print(stats.to_string(index=False))
+        else:
+            print(json.dumps({k: v for k, v in stats.items() if k != "history"}, indent=2, default=str))
     return stats
 
 

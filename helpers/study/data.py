@@ -677,6 +677,16 @@ SHORT_LABELS = {  # method id -> short human label for slides, chart axes and le
 ABLATION_PREFIX = "peft_"  # + a variant's name (ablation.variants): the PEFT ablation (helpers.study.peft_variants)
 
 
+def short_label(method: str) -> str:
+    """The short label of one of the five :data:`METHODS` (:data:`SHORT_LABELS`), or ``<name> (PEFT)``
+    for an ablation variant ``peft_<name>``."""
+    if method in SHORT_LABELS:
+        return SHORT_LABELS[method]
+    if method.startswith(ABLATION_PREFIX) and len(method) > len(ABLATION_PREFIX):
+        return f"{method[len(ABLATION_PREFIX):]} (PEFT)"
+    raise ValueError(f"unknown method {method!r}; expected one of {sorted(METHODS)} or {ABLATION_PREFIX}<variant>")
+
+
 def method_label(method: str) -> str:
     """The label of one of the five :data:`METHODS`, or of an ablation variant ``peft_<name>``."""
     if method in METHODS:

@@ -187,7 +187,7 @@ def predict_variant(cfg: Config, variant: dict, stats: dict, root: Path | None =
 
 
 def run_ablation(cfg: Config, root: Path | None = None, names=None, attach_fn=attach_adapter, loss_fn=None,
-                 inpaint_fn=None) -> pd.DataFrame:
+                 inpaint_fn=None, max_steps: int | None = None) -> pd.DataFrame:
     """Train and predict every variant this machine can run; one row per variant with its status
     (trained, or why not) and its cost: trainable parameters, adapter file size, seconds per
     training step, peak training memory (GPU), inference speed. Saved as tables/04b_peft_cost.csv."""
@@ -198,15 +198,22 @@ def run_ablation(cfg: Config, root: Path | None = None, names=None, attach_fn=at
         reason = unavailable_reason(v, device)
         row = {"variant": v["name"], "method": method_id(v), "adapter": v["method"], "status": reason or "trained"}
         if reason is None:
-            stats = train_variant(cfg, v, root, attach_fn=attach_fn, loss_fn=loss_fn)
+            stats = train_variant(cfg, v, root, max_steps=max_steps, attach_fn=attach_fn, loss_fn=loss_fn)
             meta = predict_variant(cfg, v, stats, root, inpaint_fn)
             row.update(trainable_params=stats["trainable_params"], adapter_bytes=stats["adapter_bytes"],
                        train_steps=stats["steps"], step_seconds=stats["step_seconds"],
                        train_peak_memory_bytes=stats["peak_memory_bytes"], images_per_s=meta["images_per_s"],
                        final_loss=stats["history"][-1]["loss"] if stats["history"] else None)
         rows.append(row)
-    table = pd.DataFrame(rows).convert_dtypes()          # counts stay integers beside a row without them
-    table.to_csv(paths(cfg, root).tables / COST_TABLE, index=False)
+    table = pd.DataFrame(rows)
+    path = paths(cfg, root).tables / COST_TABLE
+    if names is not None and path.is_file():             # some variants only: the others' rows are kept
+        kept = pd.read_csv(path)
+        table = pd.concat([kept[~kept["variant"].isin(table["variant"])], table], ignore_index=True)
+        order = {v["name"]: i for i, v in enumerate(variants(cfg))}
+        table = table.sort_values("variant", key=lambda c: c.map(order).fillna(len(order)), kind="stable")
+    table = table.reset_index(drop=True).convert_dtypes()  # counts stay integers beside a row without them
+    table.to_csv(path, index=False)
     return table
 
 
