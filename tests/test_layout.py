@@ -1,5 +1,6 @@
 """The package's layout rules (issue 17): no function over 60 lines in helpers/ (long procedures are
-split into staged helpers), and no module imports another module's private name."""
+split into staged helpers), no module imports another module's private name, no import cycle, and the
+role folders depend one way (course <- study <- report <- apps <- tools)."""
 from __future__ import annotations
 
 import ast
@@ -62,3 +63,29 @@ def test_no_import_cycle_between_modules():
     cycles = [c for m in modules if (c := cycle_from(m, m, {m}))]
     assert not cycles, "import cycles: " + "; ".join(" -> ".join(c) for c in cycles)
     assert "helpers.report.preference" not in edges["helpers.apps.votes"]
+
+
+def test_roles_depend_one_way():
+    """The role folders depend one way: course (what the notebooks teach) on nothing of the package;
+    study (the plumbing) on course; report and apps on both; tools on all; nothing on tools, except
+    Any import counts, at module level or inside a function. Two reads across are deliberate: the
+    preference statistics read the demo's vote store, and the DDPM's training validator draws its
+    grid with the report's image_grid."""
+    allowed = {"course": {"course"}, "study": {"course", "study"}, "report": {"course", "study", "report"},
+               "apps": {"course", "study", "report", "apps"}, "tools": {"course", "study", "report", "apps", "tools"}}
+    deliberate = {("helpers/report/preference.py", "helpers.apps.votes"),
+                  ("helpers/study/ddpm.py", "helpers.report.figures")}
+    wrong = []
+    for path, tree in _trees():
+        role = path.parts[1] if len(path.parts) > 2 else None
+        if role not in allowed:
+            continue
+        for node in ast.walk(tree):
+            mods = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                    else [node.module] if isinstance(node, ast.ImportFrom) and node.module else [])
+            for mod in mods:
+                parts = mod.split(".")
+                if (parts[0] == "helpers" and len(parts) > 1 and parts[1] in allowed and parts[1] not in allowed[role]
+                        and (path.as_posix(), mod) not in deliberate):
+                    wrong.append(f"{path}:{node.lineno} ({role}) imports {mod}")
+    assert not wrong, "imports against the roles' direction:\n" + "\n".join(wrong)

@@ -42,13 +42,13 @@ def unconditional_ddim_demo(unet, scheduler_config: dict, alphas_cumprod: torch.
     """Notebook 02: DDIM from one fixed x_T with our loop for each number of ``steps``; the last
     one repeated (determinism) and run through diffusers' DDIMScheduler (agreement).
     Returns ({steps: images on the CPU}, max |ours - diffusers|, identical on the repeat)."""
-    from helpers.study.perf import make_sampler
+    from diffusers import DDIMScheduler
 
     device = x_T.device
     eps_fn = lambda x, t: unet(x, t).sample.float()
     ours = {n: loop(eps_fn, x_T, alphas_cumprod, n).cpu() for n in steps}
     again = loop(eps_fn, x_T, alphas_cumprod, steps[-1]).cpu()
-    ref = make_sampler("ddim", scheduler_config)
+    ref = DDIMScheduler.from_config(scheduler_config)       # eta = 0: deterministic, like ours
     ref.set_timesteps(steps[-1])
     x = x_T.clone()
     for t in ref.timesteps:
