@@ -118,7 +118,7 @@ def test_generated_masks_and_messages(demo):
     for kind in ("box", "thin", "medium", "thick"):
         editor, msg = demo.make_mask(state, kind, 5)
         m = H.apps.demo.mask_from_editor(editor, demo.size)
-        expect = H.study.masks.generate_mask(demo.size, kind, np.random.default_rng(5), 0.01, 0.5)
+        expect = H.course.masks.generate_mask(demo.size, kind, np.random.default_rng(5), 0.01, 0.5)
         assert np.array_equal(m, expect) and kind in msg
     editor, msg = demo.make_mask(state, "brush (paint it)", 0)
     assert H.apps.demo.mask_from_editor(editor, demo.size) is None
@@ -240,7 +240,7 @@ def test_server_inpaints_through_gradio_client(server, tmp_path):
              "composite": None}
     masked, gallery, truth, table, msg = client.predict(value, ["DDPM", "Telea"], STEPS, 7.5, 0, "a photo",
                                                         api_name="/inpaint")
-    mask = H.study.masks.generate_mask(size, "box", np.random.default_rng(7), 0.01, 0.5)
+    mask = H.course.masks.generate_mask(size, "box", np.random.default_rng(7), 0.01, 0.5)
     assert [g["caption"].split(" · ")[0] for g in gallery] == ["DDPM", "Telea"], msg
     for g in gallery:
         out = np.asarray(Image.open(g["image"]).convert("RGB"))

@@ -8,12 +8,12 @@ import pytest
 import helpers as H
 
 
-@pytest.mark.parametrize("kind", H.study.masks.KINDS)
+@pytest.mark.parametrize("kind", H.course.masks.KINDS)
 @pytest.mark.parametrize("size", [32, 64, 256])
 def test_masks_binary_in_range_and_deterministic(kind, size):
     for seed in range(15):
-        a = H.study.masks.generate_mask(size, kind, np.random.default_rng(seed), 0.01, 0.5)
-        b = H.study.masks.generate_mask(size, kind, np.random.default_rng(seed), 0.01, 0.5)
+        a = H.course.masks.generate_mask(size, kind, np.random.default_rng(seed), 0.01, 0.5)
+        b = H.course.masks.generate_mask(size, kind, np.random.default_rng(seed), 0.01, 0.5)
         assert a.shape == (size, size) and a.dtype == np.float32
         assert set(np.unique(a).tolist()) <= {0.0, 1.0}
         assert np.array_equal(a, b), "same seed must give the same mask"
@@ -21,19 +21,19 @@ def test_masks_binary_in_range_and_deterministic(kind, size):
 
 
 def test_different_seeds_differ():
-    masks = [H.study.masks.generate_mask(64, "medium", np.random.default_rng(s)) for s in range(5)]
+    masks = [H.course.masks.generate_mask(64, "medium", np.random.default_rng(s)) for s in range(5)]
     assert len({m.tobytes() for m in masks}) == 5
 
 
 def test_polarity_one_is_hole():
-    m = H.study.masks.generate_mask(64, "center", np.random.default_rng(0))
+    m = H.course.masks.generate_mask(64, "center", np.random.default_rng(0))
     assert m[32, 32] == 1.0 and m[0, 0] == 0.0          # centre is the hole, border is context
     assert H.study.masks.hole_fraction(m) == pytest.approx(0.25)
 
 
 def test_area_limits_are_respected_for_tight_ranges():
     for seed in range(20):
-        m = H.study.masks.generate_mask(128, "thick", np.random.default_rng(seed), min_hole=0.2, max_hole=0.3)
+        m = H.course.masks.generate_mask(128, "thick", np.random.default_rng(seed), min_hole=0.2, max_hole=0.3)
         assert 0.2 <= H.study.masks.hole_fraction(m) <= 0.3
 
 
@@ -75,8 +75,8 @@ def test_the_issue_figures_are_lamas_generator_without_the_extra_stroke(monkeypa
     """Where the means differ from the issue's figures: with max_times strokes at most (the issue's
     port) instead of LaMa's max_times + 1, every kind lands within 0.01 (3 sampling errors)."""
     for kind in LAMA_MEAN_HOLE:
-        spec = H.study.masks.SPECS[kind]
-        monkeypatch.setitem(H.study.masks.SPECS, kind, dataclasses.replace(
+        spec = H.course.masks.SPECS[kind]
+        monkeypatch.setitem(H.course.masks.SPECS, kind, dataclasses.replace(
             spec, strokes=dataclasses.replace(spec.strokes, max_times=spec.strokes.max_times - 1)))
     f = H.study.masks.sample_fractions(256, list(LAMA_MEAN_HOLE), N_STATS, seed=1)
     for kind, figure in LAMA_MEAN_HOLE.items():
@@ -86,7 +86,7 @@ def test_the_issue_figures_are_lamas_generator_without_the_extra_stroke(monkeypa
 @pytest.mark.parametrize("kind, p_strokes", [("thin", 1.0), ("medium", 1 / 1.3), ("thick", 1 / 1.3), ("box", 0.0)])
 def test_one_generator_per_mask_picked_with_lamas_weights(kind, p_strokes):
     rng = np.random.default_rng(5)
-    picks = [H.study.masks.draw_once(64, kind, rng)[1] for _ in range(600)]
+    picks = [H.course.masks.draw_once(64, kind, rng)[1] for _ in range(600)]
     share = picks.count("strokes") / len(picks)
     # binomial standard error at n = 600 is <= 0.018: 0.06 is more than 3 of them
     assert share == pytest.approx(p_strokes, abs=0.06)
@@ -98,7 +98,7 @@ def test_thin_strokes_are_at_least_5_px_wide_at_256():
     rng = np.random.default_rng(3)
     kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5))
     for _ in range(10):
-        mask, _ = H.study.masks.draw_once(256, "thin", rng)
+        mask, _ = H.course.masks.draw_once(256, "thin", rng)
         n, labels = cv2.connectedComponents(mask)
         eroded = cv2.erode(mask, kernel)
         for c in range(1, n):
@@ -120,9 +120,9 @@ def test_random_mask_draws_every_kind():
 
 def test_bad_arguments():
     with pytest.raises(ValueError, match="unknown mask kind"):
-        H.study.masks.generate_mask(32, "blob", np.random.default_rng(0))
+        H.course.masks.generate_mask(32, "blob", np.random.default_rng(0))
     with pytest.raises(ValueError, match="min_hole"):
-        H.study.masks.generate_mask(32, "box", np.random.default_rng(0), 0.6, 0.5)
+        H.course.masks.generate_mask(32, "box", np.random.default_rng(0), 0.6, 0.5)
 
 
 class TestValidateMask:

@@ -12,16 +12,18 @@ from helpers.tools import taught
 
 # what each notebook must show as code, by function name (issue: "a course that shows what it teaches")
 REQUIRED = {
+    "01_data": ["draw_strokes", "draw_boxes", "draw_once", "generate_mask"],
     "02_ddpm_theory": ["q_sample", "p_sample", "ddim_step", "ddim_sample_loop", "train_with_checkpoints"],
     "03_ddpm_inpainting": ["widen_conv_in", "model_input", "weighted_eps_loss", "inpainting_loss", "training_step",
                            "ddim_step", "ddim_sample_loop", "ddim_inpaint", "repaint_schedule", "repaint_inpaint"],
     "04_sd_lora": ["add_lora", "lora_inpaint_loss", "denoise", "inpaint", "adapter_config", "attach_adapter"],
     "05_evaluation": ["psnr", "ssim", "pixel_scores"],
 }
-COURSE = ["diffusion", "ddpm_inpainting", "sd_inpainting", "peft_variants", "metrics"]
+COURSE = ["masks", "diffusion", "ddpm_inpainting", "sd_inpainting", "peft_variants", "metrics"]
 # course functions a notebook calls without showing (small helpers, or checked elsewhere)
 NOT_SHOWN = {"vlb_weights", "count_model_calls", "encode_prompts", "check_pair", "hole_of",
-             "ssim_window", "ssim_map"}
+             "ssim_window", "ssim_map",
+             "Strokes", "Boxes", "KindSpec"}    # LaMa's parameter records: notebook 01 shows them as a table
 
 
 def test_every_taught_cell_equals_the_package():

@@ -38,6 +38,7 @@ import numpy as np
 import torch
 
 from helpers.apps.votes import GROUND_TRUTH, PairScheduler, Trial, VoteStore, db_path
+from helpers.course.masks import KINDS, generate_mask
 from helpers.study.config import Config, load_config
 from helpers.study.data import (
     ABLATION_PREFIX,
@@ -52,7 +53,6 @@ from helpers.study.data import (
     short_label,
 )
 from helpers.study.files import load_json, paths, to_tensor, to_uint8
-from helpers.study.masks import KINDS, generate_mask
 from helpers.study.runtime import get_device
 
 # no telemetry, no version check, no hub call: set only while the app is served (serving_offline)

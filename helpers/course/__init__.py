@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from helpers import lazy_submodules
 
-_MODULES = ("diffusion", "checks", "ddpm_inpainting", "sd_inpainting", "peft_variants", "metrics")
+_MODULES = ("masks", "diffusion", "checks", "ddpm_inpainting", "sd_inpainting", "peft_variants", "metrics")
 
 __all__ = list(_MODULES)
 

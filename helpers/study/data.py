@@ -33,6 +33,7 @@ import torch
 from PIL import Image
 
 from helpers.course.ddpm_inpainting import masked_image  # noqa: F401  (x * (1 - m), taught in 03)
+from helpers.course.masks import GENERATOR_VERSION, generate_mask
 from helpers.study.config import Config
 from helpers.study.files import (
     load_json,
@@ -47,13 +48,7 @@ from helpers.study.files import (
     shown_path,
     swap_in,
 )
-from helpers.study.masks import (
-    GENERATOR_VERSION,
-    generate_mask,
-    hole_fraction,
-    random_mask,
-    validate_mask,
-)
+from helpers.study.masks import hole_fraction, random_mask, validate_mask
 from helpers.study.runtime import progress
 
 log = logging.getLogger(__name__)
