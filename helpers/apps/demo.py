@@ -655,8 +655,8 @@ def _inpaint_tab(gr, d: Demo) -> None:
                 kind = gr.Dropdown(list(MASK_CHOICES), value="test mask", label="mask", elem_id="mask_kind")
                 mask_seed = gr.Number(0, precision=0, label="mask seed")
             make = gr.Button("Make mask", elem_id="make_mask")
-            methods = gr.CheckboxGroup(available, value=study, label="methods (… (PEFT): notebook 04's ablation)",
-                                       elem_id="methods")
+            methods = gr.CheckboxGroup(available, value=study, elem_id="methods",
+                                       label="methods ((PEFT): a variant of notebook 04's ablation)")
             steps = gr.Slider(1, 200, value=cfg.ddpm.num_inference_steps, step=1, label="steps")
             guidance = gr.Slider(1.0, 15.0, value=cfg.sd.guidance_scale, step=0.5, label="guidance (SD)")
             seed = gr.Number(cfg.seed, precision=0, label="seed")
