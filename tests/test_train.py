@@ -1,4 +1,5 @@
 """The shared training loop: exact resume, history, only trainable parameters change."""
+import pytest
 import torch
 
 import helpers as H
@@ -71,6 +72,7 @@ def test_images_per_second_counts_the_real_batch(tmp_path):
     assert abs(r.images_per_s * r.seconds - 6) < 1e-6
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol:UserWarning")   # the planted pickle: expected
 def test_a_foreign_or_mismatched_checkpoint_is_refused_by_name(tmp_path):
     import pickle
 
