@@ -224,3 +224,15 @@ def test_the_tradeoff_slide_plots_scored_variants_on_a_log_axis_and_names_the_ot
     assert ax.get_xscale() == "log"
     assert {t.get_text() for t in ax.texts} == {"lora_r4", "oft_b32"}
     assert "qlora_r16" in ax.get_title(loc="left") and PV.NEEDS_CUDA in ax.get_title(loc="left")
+
+
+def test_the_command_line_refuses_an_unknown_variant_before_loading_anything(capsys):
+    from helpers.study.__main__ import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["train", "peft", "--preset", "smoke", "--variant", "lora_r5"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "unknown ablation variant(s) ['lora_r5']" in err and "lora_r4" in err
+    with pytest.raises(SystemExit):
+        main(["train", "sd", "--preset", "smoke", "--variant", "lora_r4"])
+    assert "--variant is for `train peft` only" in capsys.readouterr().err

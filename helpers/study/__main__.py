@@ -61,6 +61,13 @@ def main(argv: Sequence[str] | None = None):
     cfg = load_config(args.preset, parse_overrides(args.overrides))
     if args.variant and args.method != "peft":
         ap.error("--variant is for `train peft` only")
+    if args.variant:
+        from helpers.study.peft_variants import variants
+
+        try:
+            variants(cfg, args.variant)
+        except KeyError as e:                   # before anything loads: the names the preset has
+            ap.error(e.args[0])
     stats = train(args.method, cfg, args.max_steps, args.variant)
     if PartialState().is_main_process:
         if args.method == "peft":
