@@ -17,7 +17,9 @@ the page uses system fonts. Notebook 07 opens the same app inline; ``make report
 
 Models are what the series saved under ``reports/<preset>/models`` plus the preset's pretrained
 ids; a method whose weights are missing is listed as disabled with the reason and the command
-that produces them. Each model loads once, on first use, onto the GPU when there is one.
+that produces them. Each model loads once, on first use, onto the GPU when there is one. Every
+trained variant of notebook 04's PEFT ablation is a method too (``<name> (PEFT)``, unchecked at
+start; one variant in memory at a time); the vote tab keeps the study's five methods.
 """
 from __future__ import annotations
 
