@@ -107,3 +107,12 @@ def test_a_foreign_or_mismatched_checkpoint_is_refused_by_name(tmp_path):
     # 4. the real one still resumes
     _, result, _ = _run(tmp_path / "a")
     assert result.resumed_from == 2 and result.steps == 15
+
+
+def test_loader_workers_are_capped_at_the_usable_cpus(monkeypatch):
+    import os
+
+    from helpers.study.training import loader_workers
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    assert [loader_workers(n) for n in (0, 1, 2, 4, 16)] == [0, 1, 2, 2, 2]

@@ -18,6 +18,7 @@ import hashlib
 import json
 import logging
 import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -205,10 +206,20 @@ def _setup(model, dataset, spec: Config, ckpt_dir: Path, seed: int, device: torc
     fp16 = resolve_dtype(spec.mixed_precision, device) == torch.float16
     scaler = torch.amp.GradScaler(device.type) if fp16 else None
     loader = torch.utils.data.DataLoader(dataset, batch_size=spec.batch_size, sampler=EpochSampler(len(dataset), seed),
-                                         collate_fn=collate_fn, num_workers=spec.get("num_workers", 0),
+                                         collate_fn=collate_fn, num_workers=loader_workers(spec.get("num_workers", 0)),
                                          drop_last=len(dataset) >= spec.batch_size, pin_memory=on_gpu)
     model, opt, loader = accelerator.prepare(model, opt, loader)
     return _Loop(accelerator, model, opt, scaler, loader, params, Path(ckpt_dir) / CHECKPOINT)
+
+
+def loader_workers(wanted: int) -> int:
+    """The preset's ``num_workers``, at most the CPUs this process may use (more only make PyTorch warn
+    and the processes compete: the masks are seeded by (seed, epoch, index), so the batches are the same)."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:                      # macOS, Windows
+        cpus = os.cpu_count() or 1
+    return max(0, min(int(wanted), cpus))
 
 
 def train(model: torch.nn.Module, loss_fn: LossFn, dataset: torch.utils.data.Dataset, spec: Config,
