@@ -43,7 +43,7 @@ lint: venv
 
 ## the fullsize tier: presets full and lite at their real sizes on the CPU, on random-weight stand-ins of
 ## every model and data set (tests.fixtures.standins, written once into data/standins: about 6 GB); one training
-## step, two sampling steps, two images, every notebook. Target <= 25 minutes on 2 cores; peak about 13 GB.
+## step, two sampling steps, two images, every notebook. About 37 minutes on 2 cores; peak about 16 GB.
 test-fullsize: venv
 	$(PY) -m pytest -m fullsize $(PYTEST_ARGS)
 

@@ -5,7 +5,7 @@ step, two sampling steps, two test images, every notebook through papermill (hel
 What a GPU user runs is what runs here: the same loaders on the hub's folder layouts (the DDPM's root
 layout with legacy attention keys, the SD pipeline with its real CLIP tokenizer and PNDM scheduler,
 BLIP, a parquet data set), the same 113.7M / 859.5M / 83.7M / 123.1M parameter networks, LoRA on the
-same 128 modules. Run it with ``make test-fullsize`` (target <= 25 minutes on 2 cores, peak about 13 GB:
+same 128 modules. Run it with ``make test-fullsize`` (about 37 minutes on 2 cores, peak about 16 GB:
 never two full-size processes at once). The stand-ins are written once into data/standins/ (about
 6 GB, a few minutes) and reused.
 """
