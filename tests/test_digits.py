@@ -105,3 +105,10 @@ def test_checkpoint_grid_and_tables_are_written(short_run, tmp_path):
     full = D.results_table(D.baseline_rows(data, MeanSign(), d), records)       # the deck's slide (notebook 06)
     H.report.figures.digits_summary(tmp_path / "grid.png", full, path=tmp_path / "06_digits.png")
     assert (tmp_path / "06_digits.png").stat().st_size > 0
+    # the learning curve: one point per checkpoint with its interval, each baseline a line
+    fig = H.report.figures.digits_curve(full, path=tmp_path / "02_digits_curve.png")
+    acc, psnr = fig.axes[:2]
+    assert len(acc.lines[0].get_xdata()) == len(records) == len(psnr.lines[0].get_xdata())
+    labels = {t.get_text() for t in psnr.get_legend().get_texts()}
+    assert {"DDPM (from scratch)", "ground truth", "hole left grey"} <= labels and any("Telea" in x for x in labels)
+    assert not H.report.figures.png_is_stamped(tmp_path / "02_digits_curve.png")

@@ -124,7 +124,7 @@ def test_evaluation_cell_shows_at_most_one_progress_line_per_method(smoke_run):
 MODEL_FREE_FIGURES = {"01_mask_kinds.png", "01_test_samples.png", "01_hole_fractions.png", "02_schedules.png",
                       "02_noised.png", "02_vlb_weights.png", "02_ddim_toy.png", "03_inputs.png"}
 # the digits DDPM trained from scratch in notebook 02 (issue 18): a real result in every preset
-REAL_RESULT_FIGURES = {"02_digits_grid.png", "02_digits_loss.png", "06_digits.png"}
+REAL_RESULT_FIGURES = {"02_digits_grid.png", "02_digits_loss.png", "02_digits_curve.png", "06_digits.png"}
 
 
 def test_the_smoke_stamp_is_on_every_model_dependent_figure_only(smoke_run):
