@@ -472,6 +472,9 @@ def test_paths_are_shown_relative_to_the_root(tmp_path, monkeypatch):
     assert shown_path("runwayml/stable-diffusion-inpainting", root=tmp_path) == "runwayml/stable-diffusion-inpainting"
     site = next(p for p in sys.path if p.endswith("site-packages"))
     assert shown_path(Path(site) / "pkg" / "w.pt", root=tmp_path) == "package pkg/w.pt"
+    assert shown_path(Path.home() / ".cache" / "w.pt", root=tmp_path) == "~/.cache/w.pt"
+    nested = {"a": [str(tmp_path / "m" / "x.pt"), 3, "org/model-id"], "b": {"c": str(Path.home() / "d")}}
+    assert H.study.files.shown_paths(nested, root=tmp_path) == {"a": ["m/x.pt", 3, "org/model-id"], "b": {"c": "~/d"}}
     monkeypatch.setenv("INPAINT_ROOT", str(tmp_path))          # the run's root, as the notebooks have it
     report = H.study.data.Report()
     folder = H.study.data.demo_bad_inputs(tmp_path / "bad")

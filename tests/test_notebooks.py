@@ -109,6 +109,14 @@ def test_executed_notebooks_print_no_machine_path(smoke_run):
             text = json.dumps(c.get("outputs", []))
             found = [m for m in machine if m in text]
             assert not found, (path.name, i, found, text[max(0, text.find(found[0]) - 80):][:240])
+        meta = json.dumps(nb.metadata)                        # papermill records its input and output paths
+        assert not [m for m in machine if m in meta], (path.name, meta[:400])
+    # the tables and the manifest people read: no machine path either (home shown as ~)
+    machine.add(str(Path.home().resolve()))
+    for path in [*P.tables.glob("*.json"), P.reports / "manifest.json"]:
+        text = path.read_text()
+        found = [m for m in machine if m in text]
+        assert not found, (path.name, found, text[max(0, text.find(found[0]) - 80):][:240])
 
 
 def test_evaluation_cell_shows_at_most_one_progress_line_per_method(smoke_run):

@@ -249,20 +249,11 @@ def _variant_status(cfg: Config, P, sd_ok: bool, sd_text: str, get_sd: tuple[str
         elif row["status"] == "trained":
             adapter = (row["meta"].get("variant") or {}).get("method", "")
             out[m] = MethodStatus(m, True, f"{sd_text} + {adapter} adapter {row['weights']}")
-        else:
-            why = row["status"] if row["status"] != pv.NOT_TRAINED else f"{pv.NOT_TRAINED} ({row.get('note', '')})."
-            out[m] = MethodStatus(m, False, reason=why if why.endswith(".") else why + ".",
+        else:                              # reason: the status alone (the panel groups by it); the detail in hint
+            out[m] = MethodStatus(m, False, reason=f"{row['status']}.",
                                   command=f"python -m helpers.study train peft --preset {cfg.preset} --variant {name}",
-                                  hint=" (or notebook 04's PEFT ablation section)")
+                                  hint=f" (or notebook 04's PEFT ablation section; {row.get('note', '')})")
     return out
-
-
-def _label(method: str) -> str:
-    """A method's short label; an unknown id as it is (the app reports it, never raises)."""
-    try:
-        return short_label(method)
-    except ValueError:
-        return method
 
 
 class MethodUnavailable(RuntimeError):
@@ -470,7 +461,7 @@ class Demo:
         by_reason: dict[str, list[str]] = {}
         for m, s in st.items():
             if not s.available and m not in ORDER:
-                by_reason.setdefault(s.reason.split(" (")[0].rstrip("."), []).append(m[len(ABLATION_PREFIX):])
+                by_reason.setdefault(s.reason.rstrip("."), []).append(m[len(ABLATION_PREFIX):])
         for reason, names in by_reason.items():
             how = (f" Train them with `python -m helpers.study train peft --preset {self.cfg.preset} "
                    "[--variant NAME ...]` or notebook 04's last section." if reason == NOT_TRAINED else "")
@@ -542,7 +533,7 @@ class Demo:
         loaded_before = set(self.models._loaded)
         for i, method in enumerate(methods):
             if progress is not None:
-                progress((i, len(methods)), desc=_label(method))
+                progress((i, len(methods)), desc=short_label(method))
             try:
                 start = time.perf_counter()
                 out = self.models.complete(method, image, m, int(seed), int(steps), float(guidance),
@@ -552,7 +543,7 @@ class Demo:
                 notes.append(f"{method}: {e}")
                 continue
             except Exception as e:   # a failing method is reported; the others still run
-                notes.append(f"{_label(method)} failed: {type(e).__name__}: {e}")
+                notes.append(f"{short_label(method)} failed: {type(e).__name__}: {e}")
                 continue
             gallery.append((to_uint8(out), f"{short_label(method)} · {seconds:.2f} s"))
             rows.append(f"| {short_label(method)} | {seconds:.2f} |")

@@ -29,7 +29,7 @@ from importlib import metadata
 from pathlib import Path
 
 from helpers.study.config import ROOT, add_set_argument, load_config, parse_overrides
-from helpers.study.files import paths, save_json
+from helpers.study.files import paths, save_json, shown_path, shown_paths
 
 NOTEBOOK_DIR = ROOT / "notebooks"
 
@@ -164,6 +164,19 @@ def ipc_kernel_manager():
     return IPCKernelManager
 
 
+def shown_papermill_paths(path: Path) -> None:
+    """papermill records the notebook's input and output paths in its metadata: shown as
+    :func:`helpers.study.files.shown_path` shows them, so an executed notebook names no machine path."""
+    import nbformat
+
+    nb = nbformat.read(path, as_version=4)
+    meta = nb.metadata.get("papermill", {})
+    for key in ("input_path", "output_path"):
+        if meta.get(key):
+            meta[key] = shown_path(meta[key])
+    nbformat.write(nb, path)
+
+
 def run_notebook(src: Path, dst: Path, log_path: Path, preset: str, overrides: dict | None) -> None:
     import papermill as pm
     from papermill.exceptions import PapermillExecutionError
@@ -177,12 +190,14 @@ def run_notebook(src: Path, dst: Path, log_path: Path, preset: str, overrides: d
                                 cwd=str(src.parent), request_save_on_cell_execute=True,
                                 kernel_manager_class=ipc_kernel_manager())
         except PapermillExecutionError as e:
+            shown_papermill_paths(dst)
             cell_src = (e.source or "").strip().splitlines()
             first = cell_src[0] if cell_src else ""
             raise NotebookFailed(
                 f"notebook {src.name} failed in cell {e.cell_index} (execution count {e.exec_count}, "
                 f"starting {first!r}): {e.ename}: {e.evalue}\n"
                 f"  executed notebook with the traceback: {dst}\n  cell output log: {log_path}") from None
+    shown_papermill_paths(dst)
 
 
 # ---------------------------------------------------------------- presenting without a network
@@ -398,7 +413,7 @@ def run(preset: str = "smoke", only: str | None = None, start: str | None = None
         entry = {"notebook": nb.name, "status": "running"}
         manifest["notebooks"].append(entry)
         manifest["notebooks"].sort(key=lambda e: e["notebook"])
-        save_json(manifest, manifest_path)
+        save_json(shown_paths(manifest, P.root), manifest_path)
         t0 = time.perf_counter()
         try:
             run_notebook(nb, P.reports / "notebooks" / nb.name, P.reports / "logs" / f"{nb.stem}.log",
@@ -410,12 +425,12 @@ def run(preset: str = "smoke", only: str | None = None, start: str | None = None
         finally:
             entry["seconds"] = round(time.perf_counter() - t0, 1)
             manifest["finished"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-            save_json(manifest, manifest_path)
+            save_json(shown_paths(manifest, P.root), manifest_path)
     if will_export:
         assets = None if cdn else copy_slide_assets(P.reports, P.cache)
         files = export(P.reports / "notebooks" / nbs[-1].name, P.reports, assets)
         manifest["exports"] = {k: str(v) for k, v in files.items()}
-        save_json(manifest, manifest_path)
+        save_json(shown_paths(manifest, P.root), manifest_path)      # the returned one keeps full paths
     return manifest
 
 

@@ -476,22 +476,18 @@ def digits_curve(table, path: Path | None = None):
     hole PSNR of each checkpoint against training CPU-seconds, with their 95 % intervals; the rows
     without a training time (ground truth, grey fill, Telea) as horizontal lines, their intervals
     shaded."""
-    rows = table.to_dict(orient="records")
-    ddpm = [r for r in rows if r.get("seconds") == r.get("seconds") and r.get("seconds") is not None]
-    refs = [r for r in rows if r not in ddpm]
+    trained = table["seconds"].notna()                    # the DDPM checkpoints; the others are baselines
+    ddpm, refs = table[trained], table[~trained].reset_index(drop=True)
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.8))
     styles = ["-", ":", "--", "-."]
     for ax, key, label in ((axes[0], "accuracy", "digit accuracy"), (axes[1], "hole_psnr", "hole PSNR (dB)")):
-        x = np.array([r["seconds"] for r in ddpm], dtype=float)
-        y = np.array([r[key] for r in ddpm], dtype=float)
-        err = np.array([[r[key] - r[f"{key}_low"], r[f"{key}_high"] - r[key]] for r in ddpm], dtype=float).T
-        ax.errorbar(x, y, yerr=err, marker="o", capsize=4, lw=2, color="tab:blue", label="DDPM (from scratch)")
-        for i, r in enumerate(refs):
-            if r.get(key) != r.get(key) or r.get(key) is None:        # no score for this row (ground-truth PSNR)
-                continue
+        err = np.stack([ddpm[key] - ddpm[f"{key}_low"], ddpm[f"{key}_high"] - ddpm[key]]).astype(float)
+        ax.errorbar(ddpm["seconds"], ddpm[key], yerr=err, marker="o", capsize=4, lw=2, color="tab:blue",
+                    label="DDPM (from scratch)")
+        for i, r in refs[refs[key].notna()].iterrows():     # ground truth has no hole PSNR
             color = f"C{i + 1}"
             ax.axhline(r[key], ls=styles[i % len(styles)], color=color, lw=1.5, label=r["method"])
-            if r.get(f"{key}_low") == r.get(f"{key}_low"):
+            if pd.notna(r.get(f"{key}_low")):
                 ax.axhspan(r[f"{key}_low"], r[f"{key}_high"], color=color, alpha=0.12, lw=0)
         ax.set_xlabel("training CPU-seconds (1 thread)")
         ax.set_ylabel(f"{label} (higher is better)")

@@ -11,7 +11,7 @@ import pandas as pd
 from helpers.report import published
 from helpers.report.export import first_sentence, public_text
 from helpers.report.published import STUDY, STUDY_PROTOCOL, STUDY_SOURCE
-from helpers.study.data import SHORT_LABELS
+from helpers.study.data import short_label as data_short_label
 from helpers.study.evaluate import LABELS, Evaluation
 
 
@@ -37,8 +37,8 @@ def cell(row, key):
 
 
 def short_label(method: str) -> str:
-    """The short label of a method (data.SHORT_LABELS), as every table and figure shows it."""
-    return SHORT_LABELS.get(method, method)
+    """The short label of a method (:func:`helpers.study.data.short_label`), as every table and figure shows it."""
+    return data_short_label(method)
 
 
 def metric_name(metric: str) -> str:

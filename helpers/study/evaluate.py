@@ -40,7 +40,7 @@ from helpers.study.data import (
     method_label,
     read_predictions,
 )
-from helpers.study.files import load_json, paths, save_json
+from helpers.study.files import load_json, paths, save_json, shown_paths
 from helpers.study.metrics import (
     bootstrap_ci,
     fid_from_features,
@@ -302,7 +302,7 @@ def save_evaluation(ev: Evaluation, folder: Path) -> None:
     folder = Path(folder)
     for key in ("per_image", "summary", "by_bucket", "by_kind", "runtime"):
         getattr(ev, key).to_csv(folder / TABLES[key], index=False)
-    save_json(ev.info, folder / TABLES["info"])
+    save_json(shown_paths(ev.info), folder / TABLES["info"])
 
 
 def load_evaluation(cfg: Config, root: Path | None = None) -> Evaluation:

@@ -92,8 +92,8 @@ def paths(cfg: Config, root: Path | None = None) -> Paths:
 def shown_path(path, root: Path | None = None) -> str:
     """A path (or a hub id) as notebooks, logs and meta files print it, never a machine path: inside
     the run's root (``root``, else env INPAINT_ROOT, else the project) or the project, relative to it;
-    a file of an installed package as ``package <name>/...``; anything else (a hub id, the user's own
-    folder elsewhere) unchanged."""
+    a file of an installed package as ``package <name>/...``; a path in the home folder as ``~/...``;
+    anything else (a hub id, a folder elsewhere) unchanged."""
     import sys
 
     text = str(path)
@@ -108,7 +108,22 @@ def shown_path(path, root: Path | None = None) -> str:
     for base in (Path(root or os.environ.get("INPAINT_ROOT") or ROOT), ROOT):
         if p.is_relative_to(base.resolve()):
             return p.relative_to(base.resolve()).as_posix() or "."
+    home = Path.home().resolve()
+    if p.is_relative_to(home) and p != home:
+        return "~/" + p.relative_to(home).as_posix()
     return text
+
+
+def shown_paths(obj, root: Path | None = None):
+    """``obj`` (dicts, lists, strings, numbers) with every absolute path string as :func:`shown_path`
+    shows it: what a file people read (a table, the manifest) stores instead of machine paths."""
+    if isinstance(obj, dict):
+        return {k: shown_paths(v, root) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [shown_paths(v, root) for v in obj]
+    if isinstance(obj, str) and obj.startswith(("/", "~")):
+        return shown_path(obj, root)
+    return obj
 
 
 # ---------------------------------------------------------------- image <-> tensor
