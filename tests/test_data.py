@@ -373,6 +373,114 @@ def test_input_report_counts_every_file_by_outcome(tmp_root):
     assert r["kept"] == 10 and r["upscaled"] == 2 and r["min_kept_fraction"] == pytest.approx(0.05)
 
 
+# ---------------------------------------------------------------- the folder's contents decide reuse (issue 26)
+def _photos(folder, names, side=40, seed=0):
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for name in names:
+        Image.fromarray(rng.integers(0, 256, (side, side, 3), dtype=np.uint8)).save(folder / name)
+    return folder
+
+
+def _folder_cfg(src, **over):
+    return H.load_config("smoke", {"data.source": "folder", "data.folder": str(src), "data.num_images": None,
+                                   "data.max_test_images": 2, "data.max_val_images": 2, **over})
+
+
+def _prepared_names(index):
+    return sorted(n for names in index["splits"].values() for n in names)
+
+
+def test_a_changed_folder_is_prepared_again_and_an_unchanged_one_reused(tmp_root, monkeypatch, caplog):
+    src = _photos(tmp_root / "photos", [f"p{i}.png" for i in range(6)])
+    cfg = _folder_cfg(src)
+    caplog.set_level("INFO", logger="helpers.study.data")
+    index = H.study.data.prepare_dataset(cfg)
+    assert index["inputs"]["files"] == 6 and len(_prepared_names(index)) == 6
+    # unchanged folder, same settings: reused, nothing read again
+    real = H.study.data.admit
+    monkeypatch.setattr(H.study.data, "admit", lambda *a, **k: pytest.fail("an unchanged folder was read again"))
+    caplog.clear()
+    assert H.study.data.prepare_dataset(cfg) == index
+    assert "same settings and same 6 files in data.folder" in caplog.text
+    monkeypatch.setattr(H.study.data, "admit", real)
+    # 3 photos added: prepared again, the input report counts them (the issue: 0 of 3 prepared)
+    _photos(src, ["new0.png", "new1.jpg", "new2.png"], seed=1)
+    caplog.clear()
+    added = H.study.data.prepare_dataset(cfg)
+    assert "data.folder changed: +3 files" in caplog.text
+    assert added["inputs"]["files"] == added["inputs"]["kept"] == 9
+    assert {"new0", "new1", "new2"} <= set(_prepared_names(added)) and len(_prepared_names(added)) == 9
+    assert added["fingerprint"] != index["fingerprint"]
+    # one removed
+    (src / "p0.png").unlink()
+    caplog.clear()
+    removed = H.study.data.prepare_dataset(cfg)
+    assert "data.folder changed: -1 file" in caplog.text
+    assert removed["inputs"]["files"] == 8 and "p0" not in _prepared_names(removed)
+    P = H.study.files.paths(cfg)
+    assert not any((P.data / "images" / s / "p0.png").exists() for s in ("train", "val", "test"))
+    # one rewritten with other content and size: prepared again, the report sees its new size
+    _photos(src, ["p1.png"], side=64, seed=2)
+    caplog.clear()
+    rewritten = H.study.data.prepare_dataset(cfg)
+    assert "data.folder changed: 1 rewritten" in caplog.text
+    assert rewritten["inputs"]["source_short_side"]["max"] == 64 and rewritten["inputs"]["files"] == 8
+    # a non-image file counts too (the input report lists it as skipped)
+    (src / "notes.txt").write_text("not an image")
+    again = H.study.data.prepare_dataset(cfg)
+    assert again["inputs"]["skipped"] == {"not an image file (.txt)": 1}
+    caplog.clear()
+    assert H.study.data.prepare_dataset(cfg) == again and "same 9 files in data.folder" in caplog.text
+
+
+def test_a_changed_test_source_or_masks_folder_is_prepared_again(tmp_root):
+    faces = _photos(tmp_root / "faces", ["f0.png", "f1.png"])
+    over = {"data.test_source": {"folder": str(faces)}, "data.max_test_images": 4, "data.num_images": 12}
+    index = H.study.data.prepare_dataset(H.load_config("smoke", over))
+    assert index["splits"]["test"] == ["test_f0", "test_f1"]
+    _photos(faces, ["f2.png"], seed=3)
+    assert H.study.data.prepare_dataset(H.load_config("smoke", over))["splits"]["test"] == ["test_f0", "test_f1",
+                                                                                          "test_f2"]
+    src = _photos(tmp_root / "photos", [f"p{i}.png" for i in range(8)])
+    masks = tmp_root / "masks"
+    masks.mkdir()
+    m = np.zeros((32, 32), np.uint8)
+    m[4:12, 4:20] = 255
+    Image.fromarray(m).save(masks / "p1.png")
+    cfg = _folder_cfg(src, **{"data.test_masks_folder": str(masks)})
+    assert H.study.data.prepare_dataset(cfg)["splits"]["test"] == ["p1"]
+    Image.fromarray(m).save(masks / "p5.png")                                  # a mask added: p5 joins the test set
+    assert H.study.data.prepare_dataset(cfg)["splits"]["test"] == ["p1", "p5"]
+
+
+def test_two_files_with_one_name_are_refused_by_name_before_anything_is_staged(tmp_root, monkeypatch):
+    src = _photos(tmp_root / "photos", [f"p{i}.png" for i in range(6)])
+    cfg = _folder_cfg(src)
+    index = H.study.data.prepare_dataset(cfg)
+    before = _snapshot(cfg)
+    _photos(src, ["twin.png", "twin.jpg"], seed=1)
+    real = H.study.data.save_png
+    monkeypatch.setattr(H.study.data, "save_png", lambda *a: pytest.fail("staged before the names were checked"))
+    with pytest.raises(ValueError, match=r"'twin': .*twin\.jpg and .*twin\.png.*rename one") as e:
+        H.study.data.prepare_dataset(cfg)
+    assert "1 image name(s)" in str(e.value)
+    assert not (H.study.files.paths(cfg).data / ".staging").exists()
+    assert _snapshot(cfg) == before and H.study.data.load_index(cfg) == index  # the previous set, intact
+    monkeypatch.setattr(H.study.data, "save_png", real)
+    # a sub-folder's file and a flat file with the joined name collide too
+    (src / "twin.jpg").unlink()
+    _photos(src / "a", ["b.png"], seed=2)
+    _photos(src, ["a__b.png"], seed=3)
+    with pytest.raises(ValueError, match="'a__b': ") as e:
+        H.study.data.prepare_dataset(cfg)
+    assert "a/b.png and" in str(e.value) and "a__b.png" in str(e.value)
+    assert _snapshot(cfg) == before
+    (src / "a__b.png").unlink()                                                 # renamed: prepared
+    fixed = H.study.data.prepare_dataset(cfg)
+    assert {"twin", "a__b"} <= set(_prepared_names(fixed)) and fixed["inputs"]["files"] == 8
+
+
 # ---------------------------------------------------------------- the source's own test split, your own masks
 def _local_hub_dataset(folder, n_train, n_val, side):
     """A data set in the hub's parquet layout (data/<split>-00000-of-00001.parquet), read by the
@@ -429,7 +537,12 @@ def test_your_own_test_masks_are_matched_by_name_and_validated(tmp_root):
     Image.fromarray(np.zeros((20, 20), np.uint8)).save(masks / "p09.png")           # wrong size
     with pytest.raises(ValueError, match="p09.png"):
         H.study.data.prepare_dataset(H.load_config("smoke", over), force=True)
-    assert H.study.data.prepare_dataset(H.load_config("smoke", over)) == index                 # the good set survived
+    assert H.study.data.load_index(H.load_config("smoke", over)) == index                     # the good set survived
+    m = np.zeros((32, 32), np.uint8)
+    m[4:22, 5:20] = 255
+    Image.fromarray(m).save(masks / "p09.png")                      # the mask mended: its folder changed, prepared
+    again = H.study.data.prepare_dataset(H.load_config("smoke", over))
+    assert {k: again[k] for k in ("splits", "test_masks")} == {k: index[k] for k in ("splits", "test_masks")}
 
 
 def test_a_test_source_outside_the_training_data_gives_the_test_set(tmp_root):

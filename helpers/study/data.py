@@ -4,6 +4,7 @@ Layout written under ``paths(cfg).data`` (data/<preset>/, ignored by git)::
 
     images/{train,val,test}/<name>.png   8-bit RGB, cfg.data.image_size square
     test_masks/<name>.png                255 = hole; made once, reused by every method
+    input_files.json                     every input folder's files (path, size, mtime_ns) when prepared
     index.json                           splits, per-test-image mask kind and hole fraction,
                                          the source and the counts of skipped/converted files
 
@@ -243,6 +244,13 @@ def bundled_crops(n: int, size: int, seed: int, report: Report | None = None) ->
         yield f"{pname}_{i:04d}", admit(crop, f"{pname}_{i:04d}", size, report)
 
 
+def image_name(path: Path, folder: Path) -> str:
+    """The name a file under ``folder`` is prepared as (``<name>.png``): its path without the extension,
+    sub-folders joined with '__' (``a/b.jpg`` -> ``a__b``). Two files with one name are refused
+    (:func:`check_unique_names`)."""
+    return Path(path).relative_to(folder).with_suffix("").as_posix().replace("/", "__")
+
+
 def image_files(folder: Path, every: Sequence[Path] | None = None) -> list[Path]:
     """The image files under ``folder`` (recursively, sorted), by extension."""
     every = sorted(p for p in Path(folder).rglob("*") if p.is_file()) if every is None else every
@@ -281,8 +289,7 @@ def folder_images(folder: Path, size: int, report: Report, limit: int | None = N
         if out is None:
             continue
         seen += 1
-        stem = p.relative_to(folder).with_suffix("").as_posix().replace("/", "__")
-        yield stem, out
+        yield image_name(p, folder), out
 
 
 @functools.cache
@@ -373,10 +380,92 @@ def split_names(names: list[str], fractions: dict, seed: int,
             "train": sorted(shuffled[n_test + n_val:])}
 
 
-def _fingerprint(cfg: Config) -> str:
-    """Hash of everything that determines the prepared data: a change re-prepares it."""
+def _fingerprint(cfg: Config, input_files: dict | None = None) -> str:
+    """Hash of everything that determines the prepared data: a change re-prepares it. That is the
+    settings (seed, ``data``, the mask generator's version) and, for every folder read
+    (``input_files``, from :func:`input_files`), each file's relative path, size and modification
+    time (mtime_ns): a cheap ``stat`` per file, no content is read. The bundled and hub sources are
+    fingerprinted by their settings only (the hub's data sets are cached by ``datasets``)."""
     keys = {"seed": cfg.seed, "data": cfg.data, "mask_generator": GENERATOR_VERSION}
+    if input_files:
+        keys["input_files"] = input_files
     return hashlib.sha256(json.dumps(keys, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def input_folders(cfg: Config) -> dict[str, Path]:
+    """The folders the prepared data is read from, by setting: ``data.folder`` (with data.source:
+    folder), ``data.test_source.folder`` and ``data.test_masks_folder``, where set."""
+    d, out = cfg.data, {}
+    if d.source == "folder" and d.get("folder"):
+        out["data.folder"] = Path(d.folder)
+    ts = d.get("test_source")
+    if isinstance(ts, dict) and ts.get("folder"):
+        out["data.test_source"] = Path(ts["folder"]).expanduser()
+    if d.get("test_masks_folder"):
+        out["data.test_masks_folder"] = Path(d.test_masks_folder).expanduser()
+    return out
+
+
+def input_files(cfg: Config) -> dict[str, dict[str, list[int]]]:
+    """Every file under each of :func:`input_folders` (recursively, non-images too: the input report
+    counts them) as setting -> {relative path: [size in bytes, mtime_ns]}. A folder that does not
+    exist lists nothing (reading it then fails and says so)."""
+    out = {}
+    for key, folder in input_folders(cfg).items():
+        files = {}
+        if folder.is_dir():
+            for p in sorted(folder.rglob("*")):
+                if p.is_file():
+                    st = p.stat()
+                    files[p.relative_to(folder).as_posix()] = [st.st_size, st.st_mtime_ns]
+        out[key] = files
+    return out
+
+
+def input_changes(before: dict, now: dict) -> str:
+    """What changed between two :func:`input_files` listings, per folder, e.g.
+    ``data.folder changed: +3 files, -1 file, 2 rewritten (size or mtime)``; "" when nothing did."""
+    parts = []
+    for key in sorted(set(before) | set(now)):
+        a, b = before.get(key) or {}, now.get(key) or {}
+        added, removed = len(b.keys() - a.keys()), len(a.keys() - b.keys())
+        rewritten = sum(a[f] != b[f] for f in a.keys() & b.keys())
+        count = {n: f"{n} file{'s' if n != 1 else ''}" for n in (added, removed)}
+        bits = ([f"+{count[added]}"] if added else []) + ([f"-{count[removed]}"] if removed else []) \
+            + ([f"{rewritten} rewritten (size or mtime)"] if rewritten else [])
+        if bits:
+            parts.append(f"{key} changed: {', '.join(bits)}")
+    return "; ".join(parts)
+
+
+def check_unique_names(cfg: Config) -> None:
+    """Refuse, before anything is staged, two input files that would be prepared under one name
+    (:func:`image_name`: ``twin.png`` and ``twin.jpg``; ``a/b.png`` and ``a__b.png``; a test-source
+    file ``x.png`` and a training file ``test_x.png``), or two masks for one name. Raises
+    ``ValueError`` naming the name and its files, and how to fix it."""
+    names: dict[str, list[Path]] = {}
+    masks: dict[str, list[Path]] = {}
+    for key, folder in input_folders(cfg).items():
+        if not folder.is_dir():
+            continue                                    # reading it says what is wrong
+        if key == "data.test_masks_folder":
+            for p in sorted(folder.rglob("*.[pP][nN][gG]")):
+                if p.is_file():
+                    masks.setdefault(image_name(p, folder), []).append(p)
+            continue
+        prefix = "test_" if key == "data.test_source" else ""
+        for p in image_files(folder):
+            names.setdefault(prefix + image_name(p, folder), []).append(p)
+    for what, found in (("image", names), ("mask", masks)):
+        twins = {n: ps for n, ps in found.items() if len(ps) > 1}
+        if twins:
+            listed = "; ".join(f"{n!r}: {' and '.join(shown_path(p) for p in ps)}"
+                               for n, ps in sorted(twins.items())[:5])
+            raise ValueError(
+                f"{len(twins)} {what} name(s) used by more than one file ({listed}"
+                f"{'; ...' if len(twins) > 5 else ''}). Every {what} is prepared as <name>.png (its path without "
+                "the extension, sub-folders joined with '__'), so names must be unique: rename one file of each "
+                "pair (e.g. twin.jpg -> twin_2.jpg) and prepare again. Nothing was changed.")
 
 
 def _complete(folder: Path, index: dict) -> bool:
@@ -439,8 +528,7 @@ def _user_masks(folder: Path, size: int) -> dict[str, Path]:
     folder = Path(folder).expanduser()
     if not folder.is_dir():
         raise FileNotFoundError(f"data.test_masks_folder {folder} does not exist or is not a folder")
-    found = {p.relative_to(folder).with_suffix("").as_posix().replace("/", "__"): p
-             for p in sorted(folder.rglob("*")) if p.is_file() and p.suffix.lower() == ".png"}
+    found = {image_name(p, folder): p for p in sorted(folder.rglob("*")) if p.is_file() and p.suffix.lower() == ".png"}
     if not found:
         raise FileNotFoundError(f"data.test_masks_folder {folder} holds no .png mask "
                                 f"({size}x{size}, white = hole, matched to images by file name)")
@@ -528,6 +616,13 @@ def _freeze_test_masks(cfg: Config, test_names: list[str], user_masks: dict | No
 def prepare_dataset(cfg: Config, force: bool = False, root: Path | None = None) -> dict:
     """Build data/<preset>/ from ``cfg.data`` (idempotent: reuses a matching earlier run).
 
+    A prepared set is reused only with the same settings and, for a folder source (and
+    data.test_source / data.test_masks_folder folders), the same files: a file added, removed or
+    rewritten (its size or mtime changed) prepares the set again, so the input report always
+    describes the folders as they are (see :func:`_fingerprint`). The log says which and why
+    ("same settings and same 12 files in data.folder"; "data.folder changed: +3 files"). Two input
+    files with one name (``twin.png``, ``twin.jpg``) are refused by name before anything is staged.
+
     Nothing is lost on a failure: the new data set is built in a staging folder beside the live
     one and swapped in only after it is complete, index.json last. A reader that fails midway (a
     missing folder, the hub offline, a crash) leaves the previous data set as it was; an index
@@ -535,12 +630,24 @@ def prepare_dataset(cfg: Config, force: bool = False, root: Path | None = None) 
     splits, test-mask metadata, the input report and the resolution note.
     """
     P = paths(cfg, root)
-    index_path = P.data / "index.json"
-    fp = _fingerprint(cfg)
+    index_path, files_path = P.data / "index.json", P.data / "input_files.json"
+    files = input_files(cfg)
+    fp, settings_fp = _fingerprint(cfg, files), _fingerprint(cfg)
+    counted = ", ".join(f"{len(v)} files in {k}" for k, v in files.items())
+    why = "forced" if force else "no prepared data set yet"
     if index_path.is_file() and not force:
         index = load_json(index_path)
         if index.get("fingerprint") == fp and _complete(P.data, index):
+            log.info("reusing %s: same settings%s", P.relative(P.data), f" and same {counted}" if files else "")
             return index
+        why = "files of the prepared set are missing"
+        if index.get("fingerprint") != fp:      # say what changed, where the earlier run wrote its inputs down
+            before = load_json(files_path) if files_path.is_file() else {}
+            changes = ([] if before.get("settings") in (settings_fp, None) else ["settings changed"]) \
+                + ([input_changes(before["files"], files)] if "files" in before else [])
+            why = "; ".join(c for c in changes if c) or "settings or input files changed"
+    log.info("preparing %s: %s", P.relative(P.data), why)
+    check_unique_names(cfg)                 # before anything is staged: two files, one name
     d, report = cfg.data, Report()
     user_masks = _user_masks(d.test_masks_folder, d.image_size) if d.get("test_masks_folder") else None
     test_items, test_desc = _test_source(cfg, P, report)
@@ -561,12 +668,13 @@ def prepare_dataset(cfg: Config, force: bool = False, root: Path | None = None) 
                                      else "generated (data.masks.kinds)"),
                  "splits": splits, "test_masks": test_masks, "inputs": report.to_dict()}
         index["resolution"] = resolution_note(cfg, index)
+        save_json({"settings": settings_fp, "files": files}, stage / "input_files.json")
         save_json(index, stage / "index.json")
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)   # the live data set was never touched
         raise
     # 4. swap in, index last
-    swap_in(stage, P.data, ["images", "test_masks", "index.json"])
+    swap_in(stage, P.data, ["images", "test_masks", "input_files.json", "index.json"])
     log.info("prepared %s: %s", P.relative(P.data), report.summary())
     return index
 
