@@ -231,3 +231,17 @@ def test_pull_is_all_or_nothing(course, capsys):
     assert any("does not parse" in p for p in problems) and any("q_sample" in p for p in problems)
     with pytest.raises(taught.TaughtError, match="does not parse"):
         taught.sync()
+
+
+@pytest.mark.parametrize("cell, module, base, kind", [
+    ("a", "a", set(), "same"),
+    ("a", "b", {"a"}, "module"),       # the module moved: sync
+    ("b", "a", {"a"}, "cell"),         # the cell moved: pull or reset
+    ("b", None, {"a"}, "cell"),        # a new function in the cell
+    ("a", None, {"a"}, "removed"),     # the module dropped a function the cell still shows
+    ("b", "c", {"a"}, "both"),
+    ("a", "b", set(), "unknown"),      # no baseline
+    ("a", "b", {"a", "b"}, "unknown"),  # the last commit and the last sync disagree
+])
+def test_classify_tells_which_side_changed(cell, module, base, kind):
+    assert taught.classify(cell, module, {taught._digest(t) for t in base}) == kind

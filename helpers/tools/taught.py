@@ -200,8 +200,9 @@ class Baseline:
 def classify(cell_text: str | None, module_text: str | None, base: set[str]) -> str:
     """Which side of a function changed since the baseline: 'same' (cell = module), 'module' (the
     cell is at the baseline, the module moved: sync), 'cell' (the module is at the baseline or lacks
-    the function, the cell moved: pull or reset), 'both', 'removed' (the cell is at the baseline and
-    the module no longer has the function), or 'unknown' (they differ and there is no baseline)."""
+    the function, the cell moved: pull or reset), 'both' (neither is at the baseline), 'removed' (the
+    cell is at the baseline and the module no longer has the function), or 'unknown' (they differ and
+    there is no baseline, or both are at one: the last commit and the last sync here disagree)."""
     if cell_text == module_text:
         return "same"
     cell_same = cell_text is not None and _digest(cell_text) in base
@@ -214,7 +215,7 @@ def classify(cell_text: str | None, module_text: str | None, base: set[str]) -> 
         return "module"
     if module_same and not cell_same:
         return "cell"
-    return "both"
+    return "both" if not cell_same else "unknown"     # both at a baseline (the commit and the record disagree)
 
 
 def _diff(a: str, b: str, name_a: str, name_b: str) -> str:
@@ -280,8 +281,8 @@ def plan_sync(select: str | None = None,
                     cell_problems.append(f"{name} was edited both in the cell and in the module {cell.rel}; the "
                                          f"module's version against the cell's:\n{_diff(m, c, cell.rel, cell.where)}")
                 elif kind == "unknown":
-                    cell_problems.append(f"{name} differs between the cell and the module {cell.rel}, and there is "
-                                         f"no baseline (no git commit, no earlier sync) to tell which side "
+                    cell_problems.append(f"{name} differs between the cell and the module {cell.rel}, and the "
+                                         f"baseline (the last commit, the last sync here) does not tell which side "
                                          f"changed:\n{_diff(m, c, cell.rel, cell.where)}")
                 elif kind == "removed":
                     cell_problems.append(f"{name} is no longer in the module {cell.rel} but the cell still shows it: "
