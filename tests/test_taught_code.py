@@ -245,3 +245,14 @@ def test_pull_is_all_or_nothing(course, capsys):
 ])
 def test_classify_tells_which_side_changed(cell, module, base, kind):
     assert taught.classify(cell, module, {taught._digest(t) for t in base}) == kind
+
+
+def test_a_line_outside_the_functions_is_never_dropped(course):
+    """A module holds only the functions: sync and pull refuse a cell with other lines, writing nothing."""
+    nb, mod = course
+    _edit(nb, "def q_sample(", "# a note above the function\ndef q_sample(")
+    before = nb.read_text(), mod.read_text()
+    for command in (taught.sync, lambda: taught.pull("02")):
+        with pytest.raises(taught.TaughtError, match="outside its functions"):
+            command()
+        assert (nb.read_text(), mod.read_text()) == before
