@@ -256,3 +256,17 @@ def test_a_line_outside_the_functions_is_never_dropped(course):
         with pytest.raises(taught.TaughtError, match="outside its functions"):
             command()
         assert (nb.read_text(), mod.read_text()) == before
+
+
+def test_pull_leaves_a_module_edit_alone(course):
+    """pull moves the cells' edits only: a function that only the module changed keeps the module's text."""
+    nb, mod = course
+    taught.sync()                                   # in sync: records the baseline
+    _edit(mod, Q_LINE, "    # module edit\n" + Q_LINE)
+    p_sample = taught.definitions(mod)["p_sample"]
+    first = p_sample.splitlines()[0]
+    _edit(nb, first, first + "\n    # cell edit")
+    assert taught.pull("02") == [mod]
+    text = mod.read_text()
+    assert "# module edit" in text and "# cell edit" in text
+    assert taught.sync() == [nb] and taught.check() == []
