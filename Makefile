@@ -78,12 +78,11 @@ lab: venv
 	$(VENV)/bin/jupyter lab notebooks/
 
 ## sync every notebook pair: notebooks/NN_name.md (MyST source) <-> NN_name.ipynb (derived, no outputs).
-## jupytext takes the newer side of each pair as the source; outputs never reach the .ipynb.
+## jupytext takes the newer side of each pair as the source; then the taught cells take the edits of
+## helpers/course/ (a cell edited since the last sync is never overwritten: the command fails, naming the
+## cell and `taught pull NN` / `taught reset NN`); the pairs are synced again, outputs cleared, .md newer.
 notebooks: venv
-	$(PY) -m helpers.tools.taught sync      # the taught cells from helpers/course/ (the package is the source)
-	$(VENV)/bin/jupytext --sync notebooks/[0-9][0-9]_*.md
-	$(VENV)/bin/jupyter nbconvert --log-level=WARN --clear-output --inplace notebooks/[0-9][0-9]_*.ipynb
-	touch notebooks/[0-9][0-9]_*.md   # the sources stay the newer side of each pair
+	$(PY) -m helpers.tools.taught notebooks
 
 ## optional: reveal.js, require.js, jQuery and MathJax from the npm registry instead of the pip packages that
 ## ship them (requirements-nodeps.txt); `make report` uses these for any piece the packages do not provide.
