@@ -339,3 +339,25 @@ def test_seeded_noise_depends_on_the_image_seed_only():
     b = H.study.runtime.SeededNoise([22])((3, 4, 4), torch.device("cpu"))
     assert a.shape == (3, 3, 4, 4) and torch.equal(a[1:2], b)          # same seed, same noise, any batch
     assert not torch.equal(a[0], a[1])
+
+
+def test_an_edited_loss_trains_anew_the_same_code_reuses_the_run(prepared, capsys):
+    """The issue's case: after a finished run, a loss edited to raise is run (not skipped as 'already
+    finished'); the course's loss again reuses the first run, and each call says which run and why."""
+    cfg, _ = prepared
+    cfg.ddpm.max_steps, cfg.ddpm.val_every = 1, 0
+    P, cpu = H.study.files.paths(cfg), torch.device("cpu")
+
+    def fit(loss_fn):
+        unet, sched = H.study.ddpm.build_inpainting_model(cfg, P)
+        return H.study.ddpm.finetune(cfg, P, unet, sched, cpu, loss_fn=loss_fn)
+
+    first = fit(H.course.ddpm_inpainting.inpainting_loss)
+    assert first["steps"] == 1 and first["run"].startswith("new run in ddpm_inpaint/ckpt_")
+    ns = {"__name__": "__main__"}
+    exec("def inpainting_loss(model, batch, generator, **kw):\n    raise RuntimeError('edited')\n", ns)
+    with pytest.raises(RuntimeError, match="edited"):
+        fit(ns["inpainting_loss"])
+    assert "the code differs from the previous run in ddpm_inpaint/ckpt_" in capsys.readouterr().out
+    again = fit(H.course.ddpm_inpainting.inpainting_loss)
+    assert again["reused"] and again["run"].startswith("reusing the run in ddpm_inpaint/ckpt_")
