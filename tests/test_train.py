@@ -138,6 +138,9 @@ def test_an_edited_loss_changes_the_run_fingerprint_the_same_code_keeps_it():
         _cell(LOSS_SOURCE.format(edit=" * 2"))
     assert fp(original) == fp(same) and fp(original) != fp(edited)
     assert fp(loss_fn) == fp(loss_fn) != fp(original)                   # functions with a source file
+    in_package = {"__name__": "helpers.course.copy"}
+    exec(LOSS_SOURCE.format(edit=""), in_package)
+    assert fp(in_package["loss"]) == fp(original)                       # a taught cell runs as its package copy
     step = H.course.ddpm_inpainting.training_step
     assert fp(original, step) != fp(edited, step) and fp(original, step) != fp(original)
     cfg = H.load_config("smoke")

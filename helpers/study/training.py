@@ -163,7 +163,8 @@ def code_fingerprint(*fns) -> str:
     arguments, of every function it calls that the notebook (``__main__``) or :mod:`helpers.course`
     defines, recursively. torch, diffusers and the rest are not followed (the environment's versions).
     An edited cell, or an edited course function it calls, gives another fingerprint; the same code
-    gives the same one. Without a source (``exec``), the code object is hashed."""
+    gives the same one, wherever it is defined (a taught cell and its copy in the package share their
+    runs). Without a source (``exec``), the code object is hashed."""
     h, seen = hashlib.sha256(), set()
     for fn in fns:
         for piece in _code_pieces(fn, seen, top=True):
@@ -192,7 +193,7 @@ def _code_pieces(obj, seen: set, top: bool = False):
     if not isinstance(fn, types.FunctionType) or id(fn) in seen or not (top or _followed(fn)):
         return
     seen.add(id(fn))
-    yield f"{fn.__module__}.{fn.__qualname__}\n{_source(fn)}"
+    yield f"{fn.__qualname__}\n{_source(fn)}"           # not the module: a taught cell hashes as its package copy
     for name in sorted(_global_names(fn.__code__)):
         if name in fn.__globals__:
             yield from _code_pieces(fn.__globals__[name], seen)
