@@ -361,3 +361,16 @@ def test_an_edited_loss_trains_anew_the_same_code_reuses_the_run(prepared, capsy
     assert "the code differs from the previous run in ddpm_inpaint/ckpt_" in capsys.readouterr().out
     again = fit(H.course.ddpm_inpainting.inpainting_loss)
     assert again["reused"] and again["run"].startswith("reusing the run in ddpm_inpaint/ckpt_")
+
+
+def test_validation_tiles_without_a_grid_drawer(tmp_path):
+    """The command line's validator (no report layer): the grid rows as plain tiles, the mask white = hole."""
+    import numpy as np
+    from PIL import Image
+
+    x, m = torch.zeros(2, 3, 8, 8), torch.zeros(2, 1, 8, 8)
+    m[:, :, :4] = 1
+    H.study.ddpm.save_tiles(H.study.ddpm.grid_rows(x * (1 - m), m, x, x), tmp_path / "v.png")
+    tiles = np.asarray(Image.open(tmp_path / "v.png"))
+    assert tiles.shape == (16, 32, 3)
+    assert (tiles[:4, 8:16] == 255).all() and (tiles[4:8, 8:16] == 0).all()       # mask tile: hole white
