@@ -339,3 +339,38 @@ def test_seeded_noise_depends_on_the_image_seed_only():
     b = H.study.runtime.SeededNoise([22])((3, 4, 4), torch.device("cpu"))
     assert a.shape == (3, 3, 4, 4) and torch.equal(a[1:2], b)          # same seed, same noise, any batch
     assert not torch.equal(a[0], a[1])
+
+
+def test_an_edited_loss_trains_anew_the_same_code_reuses_the_run(prepared, capsys):
+    """The issue's case: after a finished run, a loss edited to raise is run (not skipped as 'already
+    finished'); the course's loss again reuses the first run, and each call says which run and why."""
+    cfg, _ = prepared
+    cfg.ddpm.max_steps, cfg.ddpm.val_every = 1, 0
+    P, cpu = H.study.files.paths(cfg), torch.device("cpu")
+
+    def fit(loss_fn):
+        unet, sched = H.study.ddpm.build_inpainting_model(cfg, P)
+        return H.study.ddpm.finetune(cfg, P, unet, sched, cpu, loss_fn=loss_fn)
+
+    first = fit(H.course.ddpm_inpainting.inpainting_loss)
+    assert first["steps"] == 1 and first["run"].startswith("new run in ddpm_inpaint/ckpt_")
+    ns = {"__name__": "__main__"}
+    exec("def inpainting_loss(model, batch, generator, **kw):\n    raise RuntimeError('edited')\n", ns)
+    with pytest.raises(RuntimeError, match="edited"):
+        fit(ns["inpainting_loss"])
+    assert "the code differs from the previous run in ddpm_inpaint/ckpt_" in capsys.readouterr().out
+    again = fit(H.course.ddpm_inpainting.inpainting_loss)
+    assert again["reused"] and again["run"].startswith("reusing the run in ddpm_inpaint/ckpt_")
+
+
+def test_validation_tiles_without_a_grid_drawer(tmp_path):
+    """The command line's validator (no report layer): the grid rows as plain tiles, the mask white = hole."""
+    import numpy as np
+    from PIL import Image
+
+    x, m = torch.zeros(2, 3, 8, 8), torch.zeros(2, 1, 8, 8)
+    m[:, :, :4] = 1
+    H.study.ddpm.save_tiles(H.study.ddpm.grid_rows(x * (1 - m), m, x, x), tmp_path / "v.png")
+    tiles = np.asarray(Image.open(tmp_path / "v.png"))
+    assert tiles.shape == (16, 32, 3)
+    assert (tiles[:4, 8:16] == 255).all() and (tiles[4:8, 8:16] == 0).all()       # mask tile: hole white

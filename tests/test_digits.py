@@ -40,7 +40,9 @@ def short_run():
     run = D.new_run(d, seed=0)
     records, completions = [], []
     history = H.course.diffusion.train_with_checkpoints(run, D.next_batch(data, d), d.checkpoints_s,
-                                                        D.checkpoint_recorder(data, MeanSign(), records, completions))
+                                                        D.checkpoint_recorder(data, MeanSign(), records, completions),
+                                                        H.course.ddpm_inpainting.inpainting_loss,
+                                                        H.course.ddpm_inpainting.training_step)
     return d, data, run, history, records, completions
 
 
@@ -112,3 +114,24 @@ def test_checkpoint_grid_and_tables_are_written(short_run, tmp_path):
     labels = {t.get_text() for t in psnr.get_legend().get_texts()}
     assert {"DDPM (from scratch)", "ground truth", "hole left grey"} <= labels and any("Telea" in x for x in labels)
     assert not H.report.figures.png_is_stamped(tmp_path / "02_digits_curve.png")
+
+
+def test_the_notebook_s_own_definitions_reach_training_and_sampling(short_run):
+    """Notebook 02 passes its own q_sample (through ``with_names``) and DDIM loop: an edit of either runs."""
+    d, data, run, _, _, _ = short_run
+    calls = []
+
+    def q_sample(x0, t, eps, alphas_cumprod):                 # an "edited cell": counts its calls
+        calls.append("q_sample")
+        return H.course.diffusion.q_sample(x0, t, eps, alphas_cumprod)
+
+    def sample_loop(*args, **kw):
+        calls.append("loop")
+        return H.course.diffusion.ddim_sample_loop(*args, **kw)
+
+    loss = D.with_names(H.course.ddpm_inpainting.inpainting_loss, q_sample=q_sample)
+    other = D.new_run(d, seed=0, max_steps=2)
+    H.course.diffusion.train_with_checkpoints(other, D.next_batch(data, d), [], D.checkpoint_recorder(
+        data, MeanSign(), [], [], sample_loop=sample_loop), loss, H.course.ddpm_inpainting.training_step)
+    assert calls == ["q_sample", "q_sample", "loop"]
+    assert H.course.ddpm_inpainting.inpainting_loss.__globals__["q_sample"] is H.course.diffusion.q_sample

@@ -68,13 +68,12 @@ def test_no_import_cycle_between_modules():
 def test_roles_depend_one_way():
     """The role folders depend one way: course (what the notebooks teach) on nothing of the package;
     study (the plumbing) on course; report and apps on both; tools on all; nothing on tools, except
-    Any import counts, at module level or inside a function. Two reads across are deliberate: the
-    preference statistics read the demo's vote store, and the DDPM's training validator draws its
-    grid with the report's image_grid."""
+    Any import counts, at module level or inside a function. One read across is deliberate: the
+    preference statistics read the demo's vote store. (The DDPM's training validator is handed the
+    report's image_grid by notebook 03 instead of importing it.)"""
     allowed = {"course": {"course"}, "study": {"course", "study"}, "report": {"course", "study", "report"},
                "apps": {"course", "study", "report", "apps"}, "tools": {"course", "study", "report", "apps", "tools"}}
-    deliberate = {("helpers/report/preference.py", "helpers.apps.votes"),
-                  ("helpers/study/ddpm.py", "helpers.report.figures")}
+    deliberate = {("helpers/report/preference.py", "helpers.apps.votes")}
     wrong = []
     for path, tree in _trees():
         role = path.parts[1] if len(path.parts) > 2 else None
@@ -89,3 +88,18 @@ def test_roles_depend_one_way():
                         and (path.as_posix(), mod) not in deliberate):
                     wrong.append(f"{path}:{node.lineno} ({role}) imports {mod}")
     assert not wrong, "imports against the roles' direction:\n" + "\n".join(wrong)
+
+
+def test_course_modules_import_each_other_one_way():
+    """Inside helpers/course, imports at any level (inside functions too) form no circle: the maths of
+    notebook 02 (diffusion.py) does not reach back into notebook 03's module, which builds on it."""
+    course = {p.stem: t for p, t in _trees() if p.parts[1] == "course" and p.name != "__init__.py"}
+    edges = {m: set() for m in course}
+    for m, tree in course.items():
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("helpers.course."):
+                edges[m].add(node.module.split(".")[2])
+            elif isinstance(node, ast.Import):
+                edges[m] |= {a.name.split(".")[2] for a in node.names if a.name.startswith("helpers.course.")}
+    circles = [f"{a} <-> {b}" for a in edges for b in edges[a] if b != a and a in edges.get(b, set())]
+    assert not circles, "course modules importing each other: " + ", ".join(circles)

@@ -362,3 +362,22 @@ def test_lora_training_refuses_fallback_captions_unless_opted_in(sd_root, prepar
     cfg.captions.allow_fallback_for_lora = True
     stats = H.study.sd.train_lora(cfg, pipe)
     assert stats["steps"] == 1 and "fallback prompt" in stats["captions_status"]
+
+
+def test_a_re_attached_adapter_replaces_the_old_one(sd_root):
+    """Running the add_lora cell again (exercise 04.3) gives a fresh adapter: B back to zero, one adapter's
+    parameters, not two; the same for attach_adapter (the PEFT cells)."""
+    cfg, pipe = load(sd_root)
+    first = attach(pipe, cfg)
+    with torch.no_grad():
+        for n, p in pipe.unet.named_parameters():
+            if ".lora_B." in n:
+                p.fill_(0.5)
+    again = attach(pipe, cfg)
+    lora_B = [p for n, p in pipe.unet.named_parameters() if ".lora_B." in n]
+    assert lora_B and all(bool((b == 0).all()) for b in lora_B)
+    assert again["trainable_params"] == first["trainable_params"] and list(pipe.unet.peft_config) == ["default"]
+    variant = H.study.peft_variants.variants(cfg)[0]
+    H.course.peft_variants.attach_adapter(pipe, variant)
+    H.course.peft_variants.attach_adapter(pipe, variant)
+    assert list(pipe.unet.peft_config) == ["default"] and pipe.unet.peft_config["default"].r == variant["r"]

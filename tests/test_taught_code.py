@@ -93,6 +93,12 @@ def test_running_a_taught_cell_defines_what_the_notebook_runs():
     for call in ("loss_fn=inpainting_loss", "step_fn=training_step", "inpaint_fn=ddim_inpaint",
                  "inpaint_fn=repaint_inpaint"):
         assert call in src, call
+    # 03's validation grids are drawn by its own sampler, defined before the training cell
+    assert src.index("def ddim_inpaint(") < src.index("make_validator(") < src.index(".finetune(")
+    assert "device, inpaint_fn=ddim_inpaint" in src[src.index("make_validator("):src.index(".finetune(")]
+    src = (ROOT / "notebooks" / "02_ddpm_theory.md").read_text()        # the digits run 02's own q_sample and DDIM
+    for call in ("q_sample=q_sample", "sample_loop=ddim_sample_loop", "digits_loss, digits_step"):
+        assert call in src, call
     src = (ROOT / "notebooks" / "04_sd_lora.md").read_text()
     for call in ("attach_fn=add_lora", "loss_fn=lora_inpaint_loss", "inpaint_fn=inpaint"):
         assert call in src, call

@@ -116,3 +116,71 @@ def test_loader_workers_are_capped_at_the_usable_cpus(monkeypatch):
 
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
     assert [loader_workers(n) for n in (0, 1, 2, 4, 16)] == [0, 1, 2, 2, 2]
+
+
+# ---------------------------------------------------------------- what a run runs: its code
+LOSS_SOURCE = """
+def loss(model, batch, generator):
+    return (model(batch["x"]) ** 2).mean(){edit}
+"""
+
+
+def _cell(source: str, **names):
+    """A function as a notebook cell defines it: exec'd in a ``__main__`` namespace (no source file)."""
+    ns = {"__name__": "__main__", **names}
+    exec(source, ns)
+    return ns["loss"]
+
+
+def test_an_edited_loss_changes_the_run_fingerprint_the_same_code_keeps_it():
+    fp = H.study.training.code_fingerprint
+    original, same, edited = _cell(LOSS_SOURCE.format(edit="")), _cell(LOSS_SOURCE.format(edit="")), \
+        _cell(LOSS_SOURCE.format(edit=" * 2"))
+    assert fp(original) == fp(same) and fp(original) != fp(edited)
+    assert fp(loss_fn) == fp(loss_fn) != fp(original)                   # functions with a source file
+    in_package = {"__name__": "helpers.course.copy"}
+    exec(LOSS_SOURCE.format(edit=""), in_package)
+    assert fp(in_package["loss"]) == fp(original)                       # a taught cell runs as its package copy
+    step = H.course.ddpm_inpainting.training_step
+    assert fp(original, step) != fp(edited, step) and fp(original, step) != fp(original)
+    cfg = H.load_config("smoke")
+    folder = lambda f: H.study.ddpm.checkpoint_dir(cfg, H.study.files.paths(cfg),
+                                                   H.study.training.code_hashes(loss_fn=f, step_fn=step))
+    assert folder(original) == folder(same) != folder(edited)
+
+
+def test_the_fingerprint_follows_the_course_and_notebook_functions_a_function_calls(monkeypatch):
+    """A cell calling the course's loss (through a partial, a closure or a global name) changes with the course
+    function the loss calls in turn (q_sample, monkeypatched), and with a notebook function it calls."""
+    from functools import partial
+
+    import helpers.course.ddpm_inpainting as course
+
+    fp = H.study.training.code_fingerprint
+    via_global = _cell("def loss(model, batch, g):\n    return inpainting_loss(model, batch, g, None, 1.0, 0.05)\n",
+                       inpainting_loss=course.inpainting_loss)
+    via_partial = partial(course.inpainting_loss, lambda_mask=1.0, lambda_context=0.05)
+    before = [fp(via_global), fp(via_partial), fp(course.ddim_inpaint)]
+    edited_q_sample = _cell("def loss(x0, t, eps, alphas_cumprod):\n    return x0\n")
+    monkeypatch.setattr(course, "q_sample", edited_q_sample)
+    monkeypatch.setattr(course, "ddim_sample_loop", edited_q_sample)
+    after = [fp(via_global), fp(via_partial), fp(course.ddim_inpaint)]      # ddim_inpaint: @torch.no_grad
+    assert all(b != a for b, a in zip(before, after))
+    helper = _cell("def loss(x):\n    return x\n")
+    caller = _cell("def loss(model, batch, g):\n    return helper(batch)\n", helper=helper)
+    changed = _cell("def loss(model, batch, g):\n    return helper(batch)\n", helper=edited_q_sample)
+    assert fp(caller) != fp(changed)
+
+
+def test_a_reused_or_new_run_says_which_and_why(tmp_path, capsys):
+    announce = H.study.training.announce_run
+    first = tmp_path / "ckpt_a"
+    assert "new run in" in announce(first, "settings", {"loss_fn": "1", "step_fn": "2"})
+    (first / H.study.training.CHECKPOINT).write_bytes(b"")
+    assert announce(first, "settings", {"loss_fn": "1", "step_fn": "2"}).startswith(
+        f"reusing the run in {tmp_path.name}/ckpt_a: same settings and same code")
+    note = announce(tmp_path / "ckpt_b", "settings", {"loss_fn": "3", "step_fn": "2"})
+    assert note == (f"the code differs from the previous run in {tmp_path.name}/ckpt_a (loss_fn changed): "
+                    f"training starts anew in {tmp_path.name}/ckpt_b")
+    assert "new run in" in announce(tmp_path / "ckpt_c", "other settings", {"loss_fn": "1", "step_fn": "2"})
+    assert capsys.readouterr().out.count("\n") == 4

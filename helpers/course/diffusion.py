@@ -166,13 +166,14 @@ def ddim_sample_loop(eps_fn: Callable, x_T: torch.Tensor, alphas_cumprod: torch.
 
 
 # ====================================================================== 5. training from scratch, with checkpoints
-def train_with_checkpoints(run, next_batch: Callable, checkpoints_s: list, evaluate: Callable) -> list[dict]:
-    """Train ``run.model`` with notebook 03's inpainting loss and step until ``run.done()``; ``evaluate(run)``
-    at each checkpoint (training seconds) and at the end. ``run``: helpers.study.digits.DigitsRun."""
-    from helpers.course.ddpm_inpainting import inpainting_loss, training_step
+def train_with_checkpoints(run, next_batch: Callable, checkpoints_s: list, evaluate: Callable,
+                           loss_fn: Callable, step_fn: Callable) -> list[dict]:
+    """Train ``run.model`` with ``loss_fn`` and ``step_fn`` (notebook 03's ``inpainting_loss`` and ``training_step``)
+    until ``run.done()``; ``evaluate(run)`` at each checkpoint (training seconds) and at the end.
+    ``run``: helpers.study.digits.DigitsRun."""
     d, history, pending = run.cfg, [], sorted(checkpoints_s)
-    loss_fn = lambda model, batch, g: inpainting_loss(model, batch, g, run.alphas_cumprod,  # noqa: E731
-                                                      d.lambda_mask, d.lambda_context)
+    batch_loss = lambda model, batch, g: loss_fn(model, batch, g, run.alphas_cumprod,  # noqa: E731
+                                                 d.lambda_mask, d.lambda_context)
     while True:
         if run.done() or (pending and run.seconds >= pending[0]):
             evaluate(run)                                  # the training clock is stopped while it samples
@@ -184,7 +185,7 @@ def train_with_checkpoints(run, next_batch: Callable, checkpoints_s: list, evalu
         batch = next_batch(run.generator)
         run.schedule_lr()
         # 3. t, eps, x_t, eps_theta(concat(x_masked, m, x_t), t), weighted loss, backward, clip, AdamW
-        loss, _ = training_step(run.model, batch, loss_fn, run.optimizer, run.generator, d.max_grad_norm)
+        loss, _ = step_fn(run.model, batch, batch_loss, run.optimizer, run.generator, d.max_grad_norm)
         history.append({"step": run.step, "loss": loss.item()})
         run.step += 1
         run.seconds += run.clock() - t0

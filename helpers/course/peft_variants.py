@@ -47,11 +47,13 @@ def attach_adapter(pipe, variant: dict) -> None:
     # 1. everything frozen
     for m in (pipe.vae, pipe.text_encoder, pipe.unet):
         m.requires_grad_(False)
-    # 2. peft wraps each target projection: W' = W + delta(theta) (or R(theta) W for OFT), delta = 0 at step 0
-    if "default" not in (getattr(pipe.unet, "peft_config", None) or {}):
-        pipe.unet.add_adapter(adapter_config(variant))
+    # 2. peft wraps each target projection: W' = W + delta(theta) (or R(theta) W for OFT), delta = 0 at step 0;
+    #    an adapter attached before (this cell run again) is replaced by a fresh one
+    if "default" in (getattr(pipe.unet, "peft_config", None) or {}):
+        pipe.unet.delete_adapters("default")
+    pipe.unet.add_adapter(adapter_config(variant))
     adapter_keys = ("lora_", "hada_", "lokr_", "oft_")
-    for name, p in pipe.unet.named_parameters():          # also when the adapter was attached before
+    for name, p in pipe.unet.named_parameters():
         if any(k in name for k in adapter_keys):
             p.requires_grad_(True)
     # 3. the adapter in fp32 whatever the frozen weights' dtype (a grad scaler cannot unscale fp16 gradients)

@@ -99,11 +99,13 @@ def add_lora(pipe, r: int, alpha: float, dropout: float, target_modules: Sequenc
     # 1. everything frozen
     for m in (pipe.vae, pipe.text_encoder, pipe.unet):
         m.requires_grad_(False)
-    # 2. W' = W + (alpha / r) B A,  A: r x k Gaussian,  B: d x r zeros, so at step 0 W' = W exactly
-    if "default" not in (getattr(pipe.unet, "peft_config", None) or {}):
-        pipe.unet.add_adapter(LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, init_lora_weights="gaussian",
-                                         target_modules=list(target_modules)))
-    for name, p in pipe.unet.named_parameters():          # also when the adapter was attached before
+    # 2. W' = W + (alpha / r) B A,  A: r x k Gaussian,  B: d x r zeros, so at step 0 W' = W exactly;
+    #    an adapter attached before (this cell run again) is replaced by a fresh one
+    if "default" in (getattr(pipe.unet, "peft_config", None) or {}):
+        pipe.unet.delete_adapters("default")
+    pipe.unet.add_adapter(LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, init_lora_weights="gaussian",
+                                     target_modules=list(target_modules)))
+    for name, p in pipe.unet.named_parameters():
         if ".lora_A." in name or ".lora_B." in name:
             p.requires_grad_(True)
     # 3. the adapters in fp32 whatever the frozen weights' dtype (a grad scaler cannot unscale fp16 gradients)

@@ -20,7 +20,7 @@ from helpers.study.config import ROOT, Config
 from helpers.study.files import Paths, save_pretrained_atomic
 from helpers.study.predict import method_meta, predict_test_set
 from helpers.study.runtime import SeededNoise, count_parameters, image_seeds, release_memory, resolve_dtype
-from helpers.study.training import run_fingerprint
+from helpers.study.training import announce_run, code_hashes, run_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -190,10 +190,12 @@ TRAJECTORY_KEYS = ("pretrained_id", "tiny_config", "in_channels", "num_train_tim
                    "lr", "weight_decay", "max_grad_norm", "lambda_mask", "lambda_context", "mixed_precision")
 
 
-def checkpoint_dir(cfg: Config, P: Paths) -> Path:
-    """P.models/ddpm_inpaint/ckpt_<fingerprint>: a changed setting starts a new run, never
-    resumes a checkpoint of a different one."""
-    return P.models / FINETUNED_DIR / f"ckpt_{run_fingerprint(cfg, 'ddpm', TRAJECTORY_KEYS)}"
+def checkpoint_dir(cfg: Config, P: Paths, code: dict[str, str] | None = None) -> Path:
+    """P.models/ddpm_inpaint/ckpt_<fingerprint>: a changed setting, or changed code (``code``: the
+    :func:`~helpers.study.training.code_hashes` of the loss and step; default: the course's), starts
+    a new run, never resumes a checkpoint of a different one."""
+    code = code or code_hashes(loss_fn=course.inpainting_loss, step_fn=course.training_step)
+    return P.models / FINETUNED_DIR / f"ckpt_{run_fingerprint(cfg, 'ddpm', TRAJECTORY_KEYS, code=code)}"
 
 
 def finetuned_dir(cfg: Config, P: Paths) -> Path:
@@ -201,13 +203,13 @@ def finetuned_dir(cfg: Config, P: Paths) -> Path:
 
 
 def make_validator(cfg: Config, P: Paths, unet, alphas_cumprod: torch.Tensor, device: torch.device,
-                   inpaint_fn: Callable = course.ddim_inpaint):
+                   inpaint_fn: Callable = course.ddim_inpaint, draw_grid: Callable | None = None):
     """on_validate(step) for the training loop: inpaint a fixed validation batch with ``inpaint_fn``
-    (DDIM) and save the grid P.figures/03_val_step<step>.png (main process only)."""
-    import matplotlib.pyplot as plt
+    (DDIM: a notebook passes its own) and save the grid P.figures/03_val_step<step>.png (main process
+    only), drawn by ``draw_grid(rows, col_titles=, path=, title=)`` (notebook 03 passes
+    helpers.report.figures.image_grid), or without one as plain tiles (:func:`save_tiles`)."""
     from accelerate import PartialState
 
-    from helpers.report.figures import image_grid
     from helpers.study.data import InpaintDataset, collate
 
     ds = InpaintDataset(cfg, "val")
@@ -219,11 +221,23 @@ def make_validator(cfg: Config, P: Paths, unet, alphas_cumprod: torch.Tensor, de
         if not PartialState().is_main_process:
             return
         pred = sample(x, m, image_seeds(cfg.seed, batch["name"]), batch["name"]).cpu()
-        fig = image_grid(grid_rows(course.masked_image(x, m), m, pred, x), col_titles=GRID_TITLES,
-                         path=P.figures / f"03_val_step{step:06d}.png", title=f"validation, step {step}")
-        plt.close(fig)
+        rows, path = grid_rows(course.masked_image(x, m), m, pred, x), P.figures / f"03_val_step{step:06d}.png"
+        if draw_grid is None:
+            save_tiles(rows, path)
+            return
+        import matplotlib.pyplot as plt
+
+        plt.close(draw_grid(rows, col_titles=GRID_TITLES, path=path, title=f"validation, step {step}"))
 
     return on_validate
+
+
+def save_tiles(rows: list[list], path: Path) -> None:
+    """The images of ``rows`` ([-1, 1]; a 1-channel mask shown grey) tiled into one PNG, without titles."""
+    from helpers.study.files import save_png
+
+    rgb = lambda im: im.expand(3, -1, -1) * 2 - 1 if im.shape[0] == 1 else im  # noqa: E731  mask {0,1} -> [-1,1]
+    save_png(torch.cat([torch.cat([rgb(im.float().cpu()) for im in row], dim=2) for row in rows], dim=1), path)
 
 
 def finetune(cfg: Config, P: Paths, unet, noise_scheduler, device: torch.device,
@@ -231,8 +245,9 @@ def finetune(cfg: Config, P: Paths, unet, noise_scheduler, device: torch.device,
              loss_fn: Callable = course.inpainting_loss, step_fn: Callable = course.training_step) -> dict:
     """Fine-tune the 7-channel U-Net: ``loss_fn`` (the hole-weighted eps-loss) and ``step_fn`` (one
     training step) in the study's loop (AdamW, clipping, mixed precision, checkpoints, exact resume);
-    save it to P.models/ddpm_inpaint/unet and return the run's statistics. A finished run is loaded,
-    not trained again."""
+    save it to P.models/ddpm_inpaint/unet and return the run's statistics. A finished run of the same
+    settings and the same code (:func:`~helpers.study.training.code_fingerprint`) is loaded, not trained
+    again; an edited ``loss_fn`` or ``step_fn`` trains anew in its own folder (the printed line says which)."""
     from accelerate import PartialState
 
     from helpers.study.data import InpaintDataset, collate
@@ -246,8 +261,10 @@ def finetune(cfg: Config, P: Paths, unet, noise_scheduler, device: torch.device,
     set_attention(unet, cfg.perf.get("sdpa", True))
     if cfg.perf.get("channels_last") and device.type == "cuda":
         unet.to(memory_format=torch.channels_last)
-    # 2. the shared loop
-    ckpt = checkpoint_dir(cfg, P)
+    # 2. the run's folder, named by the settings and the code that runs (an edited cell starts anew); the shared loop
+    code = code_hashes(loss_fn=loss_fn, step_fn=step_fn)
+    ckpt = checkpoint_dir(cfg, P, code)
+    note = announce_run(ckpt, run_fingerprint(cfg, "ddpm", TRAJECTORY_KEYS), code)
     result = train(unet, loss, InpaintDataset(cfg, "train"), d, ckpt, cfg.seed, device, collate_fn=collate,
                    fused_adamw=cfg.perf.get("fused_adamw", True), on_validate=on_validate,
                    desc="DDPM fine-tuning", max_steps=max_steps, step_fn=step_fn)
@@ -257,6 +274,7 @@ def finetune(cfg: Config, P: Paths, unet, noise_scheduler, device: torch.device,
     if PartialState().is_main_process:
         save_pretrained_atomic(unet, finetuned_dir(cfg, P))
     stats["weights_path"] = str(finetuned_dir(cfg, P).relative_to(P.root))
+    stats["run"] = note
     return stats
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import math
 import time
+import types
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +25,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from helpers.course.ddpm_inpainting import ddim_inpaint, masked_image, model_input
+from helpers.course.ddpm_inpainting import masked_image, model_input
 from helpers.course.diffusion import alpha_bar, ddim_sample_loop, make_betas
 from helpers.study.config import Config
 
@@ -171,18 +172,26 @@ def set_lr(optimizer, d: Config, step: int, progress: float) -> None:
 
 
 # ---------------------------------------------------------------- 4. sampling and checkpoints
-def complete(run: DigitsRun, data: dict, paste_back: bool = True) -> torch.Tensor:
-    """DDIM completions of the test digits from their fixed x_T; without paste-back, the model's whole image."""
+def complete(run: DigitsRun, data: dict, paste_back: bool = True, sample_loop: Callable = ddim_sample_loop):
+    """DDIM completions of the test digits from their fixed x_T by ``sample_loop`` (notebook 02 passes its
+    own ``ddim_sample_loop``), the known pixels pasted back; without paste-back, the model's whole image."""
     run.model.eval()
-    args = (run.alphas_cumprod, data["x_masked"], data["mask"], data["x_T"], run.cfg.num_inference_steps)
-    if paste_back:
-        out = ddim_inpaint(run.model, *args)
-    else:
-        ab, x_masked, mask, x_T, n = args
-        eps_fn = lambda x_t, t: run.model(model_input(x_masked, mask, x_t), t).sample  # noqa: E731
-        out = ddim_sample_loop(eps_fn, x_T, ab, n).clamp(-1, 1)
+    x_masked, mask = data["x_masked"], data["mask"]
+    eps_fn = lambda x_t, t: run.model(model_input(x_masked, mask, x_t), t).sample  # noqa: E731
+    with torch.no_grad():
+        raw = sample_loop(eps_fn, data["x_T"], run.alphas_cumprod, run.cfg.num_inference_steps).clamp(-1, 1)
     run.model.train()
-    return out
+    # x = m * x0 + (1 - m) * x_masked, as ddim_inpaint returns it
+    return (mask * raw + (1 - mask) * x_masked).clamp(-1, 1) if paste_back else raw
+
+
+def with_names(fn: Callable, **names) -> Callable:
+    """A copy of ``fn`` whose global ``names`` are the ones given: notebook 03's ``inpainting_loss`` run
+    with notebook 02's own ``q_sample`` (an edit of that cell then reaches the digits' training)."""
+    copied = types.FunctionType(fn.__code__, {**fn.__globals__, **names}, fn.__name__, fn.__defaults__,
+                                fn.__closure__)
+    copied.__kwdefaults__, copied.__qualname__, copied.__doc__ = fn.__kwdefaults__, fn.__qualname__, fn.__doc__
+    return copied
 
 
 def paste_back(raw: torch.Tensor, data: dict) -> torch.Tensor:
@@ -190,12 +199,13 @@ def paste_back(raw: torch.Tensor, data: dict) -> torch.Tensor:
     return data["mask"] * raw + (1 - data["mask"]) * data["x_masked"]
 
 
-def checkpoint_recorder(data: dict, classifier, records: list, completions: list) -> Callable:
-    """An ``evaluate(run)`` for the course's ``train_with_checkpoints``: scores the completions and keeps
-    the first grid_images of them."""
+def checkpoint_recorder(data: dict, classifier, records: list, completions: list,
+                        sample_loop: Callable = ddim_sample_loop) -> Callable:
+    """An ``evaluate(run)`` for the course's ``train_with_checkpoints``: scores the completions (by
+    ``sample_loop``, :func:`complete`) and keeps the first grid_images of them."""
     def evaluate(run: DigitsRun) -> None:
         t0 = time.perf_counter()
-        pred = complete(run, data)
+        pred = complete(run, data, sample_loop=sample_loop)
         records.append({"method": "DDPM", "seconds": round(run.seconds, 1), "steps": run.step,
                         **score(pred, data, classifier, run.cfg.bootstrap_samples),
                         "sampling_s": round(time.perf_counter() - t0, 1)})

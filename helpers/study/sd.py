@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from helpers.course import sd_inpainting as course
+from helpers.course.ddpm_inpainting import training_step
 from helpers.course.sd_inpainting import (
     blank_hole,
     encode_latents,
@@ -38,7 +39,7 @@ from helpers.study.runtime import (
     progress,
     resolve_dtype,
 )
-from helpers.study.training import run_fingerprint
+from helpers.study.training import announce_run, code_hashes, run_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -430,18 +431,34 @@ TRAJECTORY_KEYS = ("pretrained_id", "tiny", "resolution", "lora", "batch_size", 
 
 
 def lora_run_dir(cfg: Config, source: str, captions: dict[str, str] | None = None, root: Path | None = None,
-                 variant: dict | None = None) -> Path:
+                 variant: dict | None = None, code: dict[str, str] | None = None) -> Path:
     """reports/<preset>/models/sd_lora/ckpt-<fingerprint>/: checkpoint, finished LoRA and stats of one run.
     A PEFT ablation ``variant`` (helpers.study.peft_variants) runs in models/sd_peft/<name>/ckpt-<fingerprint>/,
-    the variant's settings in the fingerprint."""
+    the variant's settings in the fingerprint. ``code``: :func:`~helpers.study.training.code_hashes` of the
+    attach, loss and step functions (default: the course's), so that edited code starts a new run."""
+    folder = paths(cfg, root).models / "sd_lora"
+    if variant is not None:
+        folder = paths(cfg, root).models / "sd_peft" / variant["name"]
+    extra = {**_run_extra(source, captions, variant), "code": code or default_code(variant)}
+    return folder / f"ckpt-{run_fingerprint(cfg, 'sd', TRAJECTORY_KEYS, **extra)}"
+
+
+def _run_extra(source: str, captions: dict[str, str] | None, variant: dict | None) -> dict:
+    """The settings of a LoRA run beyond the preset's sd keys: base weights, captions' text, PEFT variant."""
     extra = {"source": source}
     if captions is not None:           # the captions' text, when given
         extra["captions"] = hashlib.sha256(json.dumps(sorted(captions.items())).encode()).hexdigest()
-    folder = paths(cfg, root).models / "sd_lora"
     if variant is not None:
         extra["variant"] = variant
-        folder = paths(cfg, root).models / "sd_peft" / variant["name"]
-    return folder / f"ckpt-{run_fingerprint(cfg, 'sd', TRAJECTORY_KEYS, **extra)}"
+    return extra
+
+
+def default_code(variant: dict | None = None) -> dict[str, str]:
+    """The code hashes of a run with the course's functions (attach: add_lora, or attach_adapter for a variant)."""
+    from helpers.course.peft_variants import attach_adapter
+
+    return code_hashes(attach_fn=course.add_lora if variant is None else attach_adapter,
+                       loss_fn=course.lora_inpaint_loss, step_fn=training_step)
 
 
 def find_lora(cfg: Config, root: Path | None = None) -> Path | None:
@@ -506,7 +523,11 @@ def train_lora(cfg: Config, pipe, captions: dict[str, str] | None = None, max_st
         captions, status = cached["captions"], cached["status"]
     # 3. the shared loop (several processes, mixed precision, checkpoints, exact resume)
     dataset = InpaintDataset(cfg, "train", root)
-    ckpt_dir = lora_run_dir(cfg, getattr(pipe, "source", ""), captions, root, variant)
+    source = getattr(pipe, "source", "")
+    code = code_hashes(attach_fn=attach_fn, loss_fn=loss_fn, step_fn=step_fn or training_step)
+    ckpt_dir = lora_run_dir(cfg, source, captions, root, variant, code)
+    note = announce_run(ckpt_dir, run_fingerprint(cfg, "sd", TRAJECTORY_KEYS, **_run_extra(source, captions, variant)),
+                        code)
     result = train(pipe.unet, make_loss_fn(pipe, cfg, captions, loss_fn), dataset, cfg.sd, ckpt_dir, cfg.seed,
                    pipe.device, collate_fn=collate, fused_adamw=cfg.perf.get("fused_adamw", True),
                    desc="LoRA training", max_steps=max_steps, step_fn=step_fn)
@@ -520,7 +541,7 @@ def train_lora(cfg: Config, pipe, captions: dict[str, str] | None = None, max_st
     extra = {**lora_info(pipe, variant or lo), "base": getattr(pipe, "source", None), "device": str(pipe.device),
              "train_images": len(dataset), "captions_status": status}
     stats = finish_run(result, ckpt_dir, max_steps, extra)
-    stats["lora_path"] = str(lora_path)
+    stats["lora_path"], stats["run"] = str(lora_path), note
     return stats
 
 

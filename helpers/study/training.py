@@ -14,12 +14,15 @@ A run lives in its own folder, named by :func:`run_fingerprint` of what changes 
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import inspect
 import json
 import logging
 import math
 import os
 import time
+import types
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -148,6 +151,104 @@ def run_fingerprint(cfg: Config, section: str, keys, **extra) -> str:
     preset and ``extra`` (base weights, captions). Not the run's length, so a longer run resumes."""
     blob = {"seed": cfg.seed, "data": cfg.data, section: {k: cfg[section].get(k) for k in keys}, **extra}
     return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+# ---------------------------------------------------------------- what a run runs: its code
+RUN_RECORD = "run.json"     # <run folder>/run.json: the settings' and the code's hashes of the run
+
+
+def code_fingerprint(*fns) -> str:
+    """Hash of the code a run would execute: the source of each function passed in (a notebook cell's
+    or the package's) and, followed through its global names, closures and ``functools.partial``
+    arguments, of every function it calls that the notebook (``__main__``) or :mod:`helpers.course`
+    defines, recursively. torch, diffusers and the rest are not followed (the environment's versions).
+    An edited cell, or an edited course function it calls, gives another fingerprint; the same code
+    gives the same one, wherever it is defined (a taught cell and its copy in the package share their
+    runs). Without a source (``exec``), the code object is hashed."""
+    h, seen = hashlib.sha256(), set()
+    for fn in fns:
+        for piece in _code_pieces(fn, seen, top=True):
+            h.update(piece.encode())
+    return h.hexdigest()[:12]
+
+
+def code_hashes(**fns) -> dict[str, str]:
+    """{name: :func:`code_fingerprint` of that function}: what a run records, to say later which one changed."""
+    return {name: code_fingerprint(fn) for name, fn in fns.items()}
+
+
+def _followed(fn) -> bool:
+    module = getattr(fn, "__module__", None) or ""
+    return module == "__main__" or module.startswith("helpers.course")
+
+
+def _code_pieces(obj, seen: set, top: bool = False):
+    """The source texts of ``obj`` (a function, partial or bound method) and of what it reaches."""
+    if isinstance(obj, functools.partial):
+        for part in (obj.func, *obj.args, *obj.keywords.values()):
+            yield from _code_pieces(part, seen, top)
+        return
+    fn = getattr(obj, "__func__", obj)                    # a bound method: its function
+    fn = inspect.unwrap(fn) if isinstance(fn, types.FunctionType) else fn   # @torch.no_grad and the like
+    if not isinstance(fn, types.FunctionType) or id(fn) in seen or not (top or _followed(fn)):
+        return
+    seen.add(id(fn))
+    yield f"{fn.__qualname__}\n{_source(fn)}"           # not the module: a taught cell hashes as its package copy
+    for name in sorted(_global_names(fn.__code__)):
+        if name in fn.__globals__:
+            yield from _code_pieces(fn.__globals__[name], seen)
+    for cell in fn.__closure__ or ():
+        try:
+            yield from _code_pieces(cell.cell_contents, seen)
+        except ValueError:                                # an empty cell
+            continue
+
+
+def _global_names(code: types.CodeType) -> set[str]:
+    names = set(code.co_names)
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):            # nested functions, lambdas, comprehensions
+            names |= _global_names(const)
+    return names
+
+
+def _source(fn: types.FunctionType) -> str:
+    try:
+        return inspect.getsource(fn)
+    except (OSError, TypeError):
+        return _code_text(fn.__code__)
+
+
+def _code_text(code: types.CodeType) -> str:
+    consts = [_code_text(c) if isinstance(c, types.CodeType) else repr(c) for c in code.co_consts]
+    return f"{code.co_code.hex()}|{consts}|{code.co_names}|{code.co_varnames}"
+
+
+def announce_run(folder: Path, settings: str, code: dict[str, str]) -> str:
+    """Say which run a training call continues or starts, and why (printed once, returned), and record
+    the run's ``settings`` fingerprint and ``code`` hashes in <folder>/run.json for the next call."""
+    from accelerate import PartialState
+
+    from helpers.study.files import load_json, save_json
+
+    shown, names = f"{folder.parent.name}/{folder.name}", ", ".join(code)
+    if (folder / CHECKPOINT).is_file():
+        note = f"reusing the run in {shown}: same settings and same code ({names}) as its checkpoint"
+    else:
+        earlier = [p for p in folder.parent.glob(f"*/{RUN_RECORD}") if p.parent != folder]
+        earlier = [(p, load_json(p)) for p in sorted(earlier, key=lambda p: p.stat().st_mtime, reverse=True)]
+        same = [(p, r) for p, r in earlier if r.get("settings") == settings and r.get("code") != code]
+        if same:
+            p, record = same[0]
+            changed = [k for k in code if record["code"].get(k) != code[k]] or list(code)
+            note = (f"the code differs from the previous run in {folder.parent.name}/{p.parent.name} "
+                    f"({', '.join(changed)} changed): training starts anew in {shown}")
+        else:
+            note = f"new run in {shown}: no earlier run with these settings and this code ({names})"
+    if PartialState().is_main_process:
+        save_json({"settings": settings, "code": code}, folder / RUN_RECORD)
+        print(note)
+    return note
 
 
 @dataclass
