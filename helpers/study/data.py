@@ -613,6 +613,25 @@ def _freeze_test_masks(cfg: Config, test_names: list[str], user_masks: dict | No
     return test_masks
 
 
+def _reusable_index(P, fp: str, settings_fp: str, files: dict, force: bool) -> tuple[dict | None, str]:
+    """(the prepared index, "") when it can be reused as it is; else (None, why it is prepared again)."""
+    index_path, files_path = P.data / "index.json", P.data / "input_files.json"
+    if force or not index_path.is_file():
+        return None, "forced" if force else "no prepared data set yet"
+    index = load_json(index_path)
+    if index.get("fingerprint") == fp and _complete(P.data, index):
+        counted = ", ".join(f"{len(v)} files in {k}" for k, v in files.items())
+        log.info("reusing %s: same settings%s", P.relative(P.data), f" and same {counted}" if files else "")
+        return index, ""
+    if index.get("fingerprint") == fp:
+        return None, "files of the prepared set are missing"
+    # say what changed, where the earlier run wrote its inputs down
+    before = load_json(files_path) if files_path.is_file() else {}
+    changes = ([] if before.get("settings") in (settings_fp, None) else ["settings changed"]) \
+        + ([input_changes(before["files"], files)] if "files" in before else [])
+    return None, "; ".join(c for c in changes if c) or "settings or input files changed"
+
+
 def prepare_dataset(cfg: Config, force: bool = False, root: Path | None = None) -> dict:
     """Build data/<preset>/ from ``cfg.data`` (idempotent: reuses a matching earlier run).
 
@@ -630,22 +649,11 @@ def prepare_dataset(cfg: Config, force: bool = False, root: Path | None = None) 
     splits, test-mask metadata, the input report and the resolution note.
     """
     P = paths(cfg, root)
-    index_path, files_path = P.data / "index.json", P.data / "input_files.json"
     files = input_files(cfg)
     fp, settings_fp = _fingerprint(cfg, files), _fingerprint(cfg)
-    counted = ", ".join(f"{len(v)} files in {k}" for k, v in files.items())
-    why = "forced" if force else "no prepared data set yet"
-    if index_path.is_file() and not force:
-        index = load_json(index_path)
-        if index.get("fingerprint") == fp and _complete(P.data, index):
-            log.info("reusing %s: same settings%s", P.relative(P.data), f" and same {counted}" if files else "")
-            return index
-        why = "files of the prepared set are missing"
-        if index.get("fingerprint") != fp:      # say what changed, where the earlier run wrote its inputs down
-            before = load_json(files_path) if files_path.is_file() else {}
-            changes = ([] if before.get("settings") in (settings_fp, None) else ["settings changed"]) \
-                + ([input_changes(before["files"], files)] if "files" in before else [])
-            why = "; ".join(c for c in changes if c) or "settings or input files changed"
+    index, why = _reusable_index(P, fp, settings_fp, files, force)
+    if index is not None:
+        return index
     log.info("preparing %s: %s", P.relative(P.data), why)
     check_unique_names(cfg)                 # before anything is staged: two files, one name
     d, report = cfg.data, Report()
