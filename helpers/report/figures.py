@@ -110,7 +110,7 @@ def min_text_pt(fig) -> float:
     return MIN_TEXT_PX * 72.0 / px_per_inch(fig)
 
 
-def _texts(fig) -> list:
+def text_artists(fig) -> list:
     """Every visible, non-empty text artist of the figure (titles, labels, ticks, legends, notes)."""
     from matplotlib.text import Text
 
@@ -127,7 +127,7 @@ def enforce_legible(fig) -> None:
             labels = axis.get_ticklabels(which="both")
             if labels and min(t.get_fontsize() for t in labels) < floor:
                 ax.tick_params(axis=name, which="both", labelsize=floor)
-    for t in _texts(fig):
+    for t in text_artists(fig):
         if t.get_fontsize() < floor:
             t.set_fontsize(floor)
 
