@@ -15,11 +15,13 @@ the page uses system fonts. Notebook 07 opens the same app inline; ``make report
 * Tab **Which looks real?**: the blind two-alternative test of :mod:`helpers.report.preference` on the
   test-set completions the series saved; votes go to ``reports/<preset>/human_eval.sqlite``.
 
-Models are what the series saved under ``reports/<preset>/models`` plus the preset's pretrained
-ids; a method whose weights are missing is listed as disabled with the reason and the command
-that produces them. Each model loads once, on first use, onto the GPU when there is one. Every
-trained variant of notebook 04's PEFT ablation is a method too (``<name> (PEFT)``, unchecked at
-start; one variant in memory at a time); the vote tab keeps the study's five methods.
+The methods, how their status is found, how they load and sample, are their records in
+:mod:`helpers.study.methods`. Models are what the series saved under ``reports/<preset>/models``
+plus the preset's pretrained ids; a method whose weights are missing is listed as disabled with
+the reason and the command that produces them. Each model loads once, on first use, onto the GPU
+when there is one. Every trained variant of notebook 04's PEFT ablation is a method too
+(``<name> (PEFT)``, unchecked at start; one variant in memory at a time); the vote tab shows the
+methods whose record votes (the study's five).
 """
 from __future__ import annotations
 
