@@ -6,6 +6,7 @@ import torch
 
 import helpers as H
 from helpers.tools import bench as B
+from tests.fixtures.tiny import tiny_sd_components, tiny_unet
 
 
 def test_peak_and_flop_counting():
@@ -117,20 +118,18 @@ def test_lite_budget_is_about_one_hour_on_a_16_gb_card():
 
 # ---------------------------------------------------------------- counting once per network call (issue 19)
 def _tiny_sd_parts(device="meta"):
-    return H.study.sd.build_components(H.study.sd.tiny_configs(1000, 0, 1, 1), device=device)
+    return tiny_sd_components(device)
 
 
 @pytest.mark.parametrize("sampler", ["ddim", "dpm"])
 def test_counting_each_network_call_once_equals_tracing_the_loop(sampler):
     """A sampling loop's FLOPs, each network call traced once per shape and multiplied by the loop's calls,
     equal the FLOPs of tracing every call of a 3-step loop: exactly, on the tiny configs (meta device)."""
-    from diffusers import DDPMScheduler, UNet2DModel
+    from diffusers import DDPMScheduler
 
     meta = torch.device("meta")
     with meta:
-        unet = UNet2DModel(in_channels=7, out_channels=3, sample_size=16, block_out_channels=(32, 64),
-                           layers_per_block=1, down_block_types=("DownBlock2D", "AttnDownBlock2D"),
-                           up_block_types=("AttnUpBlock2D", "UpBlock2D")).eval()
+        unet = tiny_unet(7, block_out_channels=(32, 64), norm_num_groups=32, seed=None)
     x, m = torch.zeros(2, 3, 16, 16), torch.ones(2, 1, 16, 16)
     ac = DDPMScheduler(**H.study.ddpm.published_scheduler_config()).alphas_cumprod
     ddim = lambda: H.course.ddpm_inpainting.ddim_inpaint(unet, ac, x, m, torch.zeros(2, 3, 16, 16, device=meta), 3, 0.0,

@@ -9,19 +9,9 @@ import torch
 
 import helpers as H
 from helpers.study.config import ROOT, Config
-
-TINY = dict(sample_size=16, block_out_channels=(8, 16), layers_per_block=1, norm_num_groups=4,
-            down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"))
-
+from tests.fixtures.tiny import tiny_unet
 
 pytestmark = pytest.mark.usefixtures("one_thread")   # tests/conftest.py: tiny models, one thread
-
-
-def tiny_unet(in_channels: int = 3, seed: int = 0):
-    from diffusers import UNet2DModel
-
-    torch.manual_seed(seed)
-    return UNet2DModel(in_channels=in_channels, out_channels=3, **TINY).eval()
 
 
 def batch(n: int = 4, size: int = 16, seed: int = 0) -> dict:

@@ -90,15 +90,16 @@ def server(trained):
 
 # ---------------------------------------------------------------- functions, no server
 def test_every_method_inpaints_on_the_smoke_models(demo):
-    study = {m: s for m, s in demo.models.status.items() if m in H.apps.demo.ORDER}
+    study = {m: s for m, s in demo.models.status.items() if m in list(H.study.methods.METHODS)}
     assert all(s.available for s in study.values()), [s.message() for s in study.values()]
     name = demo.test_names[0]
     state, editor, prompt, msg = demo.load_test_image(name)
     assert name in msg and prompt
     mask = H.apps.demo.mask_from_editor(editor, demo.size)
     assert np.array_equal(mask, state["test_mask"]), "the mask round-trips through the editor's layer"
-    masked, gallery, truth, table, msg = demo.inpaint(state, editor, list(H.apps.demo.ORDER), STEPS, 7.5, 3, prompt)
-    assert [cap.split(" · ")[0] for _, cap in gallery] == [H.study.data.SHORT_LABELS[m] for m in H.apps.demo.ORDER], msg
+    study = list(H.study.methods.METHODS)
+    masked, gallery, truth, table, msg = demo.inpaint(state, editor, study, STEPS, 7.5, 3, prompt)
+    assert [cap.split(" · ")[0] for _, cap in gallery] == list(H.study.methods.SHORT_LABELS.values()), msg
     known = mask < 0.5
     for img, cap in gallery:
         assert img.shape == (demo.size, demo.size, 3) and img.dtype == np.uint8
@@ -154,7 +155,8 @@ def test_missing_weights_disable_methods_and_the_app_starts(tmp_root):
     cfg = H.load_config("smoke", {"data.num_images": 24, "data.max_test_images": 3})
     H.study.data.prepare_dataset(cfg)
     st = H.apps.demo.method_status(cfg)
-    assert [m for m, s in st.items() if not s.available and m in H.apps.demo.ORDER] == ["ddpm_finetuned", "sd_lora"]
+    off = [m for m, s in st.items() if not s.available and m in H.study.methods.METHODS]
+    assert off == ["ddpm_finetuned", "sd_lora"]
     assert all(not s.available for m, s in st.items() if m.startswith("peft_")), "no variant trained yet"
     assert "python -m helpers.study train ddpm --preset smoke" in st["ddpm_finetuned"].message()
     assert "python -m helpers.study train sd --preset smoke" in st["sd_lora"].message()
@@ -346,7 +348,7 @@ def test_trained_peft_variants_are_methods_of_the_demo(demo):
     state, editor, prompt, _ = demo.load_test_image(demo.test_names[0])
     _, gallery, _, _, msg = demo.inpaint(state, editor, [f"{VARIANT} (PEFT)", "SD + LoRA"], STEPS, 7.5, 3, prompt)
     assert [cap.split(" · ")[0] for _, cap in gallery] == [f"{VARIANT} (PEFT)", "SD + LoRA"], msg
-    pipe = demo.models._loaded[f"peft_{VARIANT}"]
+    pipe = demo.models.loaded()[f"peft_{VARIANT}"]
     assert pipe.lora_path.endswith(str(H.study.peft_variants.find_adapter(demo.cfg, VARIANT)))
     assert not np.array_equal(gallery[0][0], gallery[1][0]), "the variant is not the study's LoRA"
     mask = H.apps.demo.mask_from_editor(editor, demo.size) > 0.5

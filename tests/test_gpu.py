@@ -15,6 +15,7 @@ import torch
 
 import helpers as H
 from helpers.study.config import Config
+from tests.fixtures.tiny import tiny_sd_components, tiny_unet
 
 pytestmark = pytest.mark.gpu
 CUDA = torch.device("cuda")
@@ -33,10 +34,7 @@ class NoHostSync:
 
 
 def _tiny_ddpm():
-    from diffusers import UNet2DModel
-    return UNet2DModel(in_channels=7, out_channels=3, sample_size=16, block_out_channels=(32, 64), layers_per_block=1,
-                       down_block_types=("DownBlock2D", "AttnDownBlock2D"),
-                       up_block_types=("AttnUpBlock2D", "UpBlock2D")).to(CUDA).eval()
+    return tiny_unet(7, block_out_channels=(32, 64), norm_num_groups=32, seed=None).to(CUDA)
 
 
 @pytest.mark.parametrize("sampler", ["ddim", "dpm"])
@@ -56,7 +54,7 @@ def test_ddpm_sampling_loop_never_syncs(sampler, dtype):
 
 @pytest.mark.parametrize("sampler", ["ddim", "dpm"])
 def test_sd_guided_loop_never_syncs(sampler):
-    parts = H.study.sd.build_components(H.study.sd.tiny_configs(1000, 0, 1, 1), device=CUDA)
+    parts = tiny_sd_components(CUDA)
     z, m, zm = (torch.randn(2, 4, 8, 8, device=CUDA), torch.ones(2, 1, 8, 8, device=CUDA),
                 torch.randn(2, 4, 8, 8, device=CUDA))
     cond, uncond = torch.randn(2, 77, 32, device=CUDA), torch.randn(2, 77, 32, device=CUDA)

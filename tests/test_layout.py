@@ -31,6 +31,66 @@ def test_no_private_import_across_modules():
     assert not found, "private names imported from another module:\n" + "\n".join(found)
 
 
+TESTS = HELPERS.parent / "tests"
+
+
+# private names the tests still read, each with its reason (empty this list when it is fixed)
+KNOWN_PRIVATE = {("tests/test_data.py", "H.study.data._items"):          # data.py's ingestion is being reworked
+                 "the folder reader's item count: no public function returns it yet"}
+
+
+PROJECT = ("helpers", "tests")
+
+
+def _imported(tree, ours: bool) -> set[str]:
+    """The names a module binds by import to this project's code (``import helpers as H``,
+    ``from helpers.x import y``) when ``ours``, else to other packages'."""
+    names = set()
+    top = lambda module: ((module or "").split(".")[0] in PROJECT) == ours
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names |= {(a.asname or a.name).split(".")[0] for a in node.names if top(a.name)}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and top(node.module):
+            names |= {a.asname or a.name for a in node.names}
+    return names
+
+
+def _private_reads(path: Path, tree) -> list[str]:
+    """Private names of this project read from outside their module: ``from helpers.x import _y``
+    (or from tests' fixtures), and ``<name>._y`` where the name is not ``self``/``cls`` nor a third-party
+    module or name (``torch.utils._pytree`` is torch's business): a module's ``H.x._y``, an object's
+    ``demo.models._loaded``."""
+    project = _imported(tree, ours=True)
+    third_party = _imported(tree, ours=False) - project
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] in PROJECT:
+            found += [f"{path}:{node.lineno} from {node.module} import {a.name}" for a in node.names
+                      if a.name.startswith("_") and not a.name.startswith("__")]
+        elif isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__"):
+            root = node.value
+            while isinstance(root, ast.Attribute):
+                root = root.value
+            name = root.id if isinstance(root, ast.Name) else None
+            if name in ("self", "cls") or (name in third_party and name not in project):
+                continue
+            if (path.as_posix(), ast.unparse(node)) not in KNOWN_PRIVATE:
+                found.append(f"{path}:{node.lineno} {ast.unparse(node)}")
+    return found
+
+
+def test_no_private_name_read_across_modules_or_from_tests():
+    """No module reads another's private name (``from x import _y``, ``x._y``, ``obj._y``), and the tests
+    use the public names only (what they need is made public, or tested through public functions)."""
+    tests = [(p.relative_to(TESTS.parent), ast.parse(p.read_text(), filename=str(p)))
+             for p in sorted(TESTS.rglob("*.py"))]
+    found = [f for path, tree in [*_trees(), *tests] for f in _private_reads(path, tree)]
+    assert not found, "private names read from outside their module:\n" + "\n".join(found)
+    stale = [k for k in KNOWN_PRIVATE
+             if not (TESTS.parent / k[0]).is_file() or k[1] not in (TESTS.parent / k[0]).read_text()]
+    assert not stale, f"fixed: remove from KNOWN_PRIVATE {stale}"
+
+
 def _module_name(path: Path) -> str:
     parts = list(path.with_suffix("").parts)
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)

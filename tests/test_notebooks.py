@@ -35,7 +35,7 @@ def test_data_figures_and_predictions_exist(smoke_run):
     assert (P.data / "index.json").is_file() and (P.data / "captions.json").is_file()
     for fig in ("01_mask_kinds.png", "01_hole_fractions.png", "01_test_samples.png"):
         assert (P.figures / fig).stat().st_size > 1000
-    for method in H.study.data.METHODS:
+    for method in H.study.methods.METHODS:
         meta = json.loads((P.predictions(method) / "meta.json").read_text())
         assert meta["n_images"] >= 1 and meta.get("weights"), method
 
@@ -125,7 +125,7 @@ def test_evaluation_cell_shows_at_most_one_progress_line_per_method(smoke_run):
     cell = next(c for c in nb.cells if c.cell_type == "code" and "evaluate_all(" in c.source)
     lines = [line for o in cell.get("outputs", []) if o.get("name") == "stderr" for line in o["text"].splitlines()
              if line.strip()]
-    assert len(lines) <= len(H.study.data.METHODS), lines
+    assert len(lines) <= len(H.study.methods.METHODS), lines
 
 
 # figures of data, schedules or exact computations: as true in smoke as in full, so never stamped (issue 21)

@@ -4,11 +4,12 @@ import torch
 
 import helpers as H
 from helpers.study.config import Config
+from tests.fixtures import tiny
 
 
 @pytest.fixture(scope="module")
 def tiny_unet():
-    return H.study.sd.build_components(H.study.sd.tiny_configs(1000, 0, 1, 1))["unet"]
+    return tiny.tiny_sd_components()["unet"]
 
 
 def _out(unet):
@@ -26,14 +27,14 @@ def test_attention_processors_agree(tiny_unet):
 
 
 def test_fused_qkv_same_output_and_skipped_with_lora():
-    unet = H.study.sd.build_components(H.study.sd.tiny_configs(1000, 0, 1, 1))["unet"]
+    unet = tiny.tiny_sd_components()["unet"]
     before = _out(unet)
     switches = Config({"sdpa": True, "fused_qkv": True, "channels_last": False, "torch_compile": False})
     H.study.perf.optimize_model(unet, switches, torch.device("cpu"))
     assert "Fused" in type(next(iter(unet.attn_processors.values()))).__name__
     assert torch.allclose(before, _out(unet), atol=1e-5)
     from peft import LoraConfig
-    other = H.study.sd.build_components(H.study.sd.tiny_configs(1000, 0, 1, 1))["unet"]
+    other = tiny.tiny_sd_components()["unet"]
     other.add_adapter(LoraConfig(r=2, lora_alpha=2, target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
     H.study.perf.optimize_model(other, switches, torch.device("cpu"))
     assert "Fused" not in type(next(iter(other.attn_processors.values()))).__name__
@@ -75,12 +76,8 @@ def _meta(t):
 
 @pytest.mark.parametrize("sampler", ["ddim", "dpm"])
 def test_ddpm_sampling_loop_never_reads_the_device(sampler):
-    from diffusers import UNet2DModel
-
     import helpers as H
-    unet = UNet2DModel(in_channels=7, out_channels=3, sample_size=16, block_out_channels=(8, 16), layers_per_block=1,
-                       norm_num_groups=4, down_block_types=("DownBlock2D", "AttnDownBlock2D"),
-                       up_block_types=("AttnUpBlock2D", "UpBlock2D")).to("meta")
+    unet = tiny.tiny_unet(7, seed=None).to("meta")
     from diffusers import DDPMScheduler
 
     ac = DDPMScheduler(**H.study.ddpm.published_scheduler_config()).alphas_cumprod
@@ -92,12 +89,10 @@ def test_ddpm_sampling_loop_never_reads_the_device(sampler):
 
 
 def test_repaint_loop_never_reads_the_device():
-    from diffusers import DDPMScheduler, UNet2DModel
+    from diffusers import DDPMScheduler
 
     import helpers as H
-    unet = UNet2DModel(in_channels=3, out_channels=3, sample_size=16, block_out_channels=(8, 16), layers_per_block=1,
-                       norm_num_groups=4, down_block_types=("DownBlock2D", "AttnDownBlock2D"),
-                       up_block_types=("AttnUpBlock2D", "UpBlock2D")).to("meta")
+    unet = tiny.tiny_unet(3, seed=None).to("meta")
     ac = DDPMScheduler(**H.study.ddpm.published_scheduler_config()).alphas_cumprod
     x, m = _meta(torch.zeros(2, 3, 16, 16)), _meta(torch.ones(2, 1, 16, 16))
     with torch.no_grad(), DeviceReads() as mode:
@@ -107,7 +102,7 @@ def test_repaint_loop_never_reads_the_device():
 
 @pytest.mark.parametrize("sampler", ["ddim", "dpm"])
 def test_sd_guided_loop_never_reads_the_device(sampler):
-    parts = H.study.sd.build_components(H.study.sd.tiny_configs(1000, 0, 1, 1), device="meta")
+    parts = tiny.tiny_sd_components(device="meta")
     z, m, zm = _meta(torch.zeros(2, 4, 8, 8)), _meta(torch.ones(2, 1, 8, 8)), _meta(torch.zeros(2, 4, 8, 8))
     cond, uncond = _meta(torch.zeros(2, 77, 32)), _meta(torch.zeros(2, 77, 32))
     with torch.no_grad(), DeviceReads() as mode:

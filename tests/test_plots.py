@@ -84,18 +84,18 @@ def _evaluation() -> H.study.evaluate.Evaluation:
     for m, base in scores.items():
         for k in range(2 if m == "ddpm_repaint" else 6):
             v = base + rng.normal()
-            rows.append({"method": m, "label": H.study.data.METHODS[m], "name": f"i{k}", "kind": kinds[k],
+            rows.append({"method": m, "label": H.study.methods.METHODS[m], "name": f"i{k}", "kind": kinds[k],
                          "bucket": buckets[k], "hole_fraction": 0.1 * k, "psnr_hole": v, "psnr": v + 3,
                          "ssim_hole": v / 40, "ssim": v / 30, "lpips": 1 / v})
     per_image = pd.DataFrame(rows)
     summary = []
-    for m in H.study.data.METHODS:
+    for m in H.study.methods.METHODS:
         sub = per_image[per_image["method"] == m]
         if sub.empty:
-            summary.append({"method": m, "label": H.study.data.METHODS[m], "status": "missing", "n": 0,
+            summary.append({"method": m, "label": H.study.methods.METHODS[m], "status": "missing", "n": 0,
                             "note": "no predictions"})
             continue
-        row = {"method": m, "label": H.study.data.METHODS[m], "status": "ok" if len(sub) == 6 else "partial",
+        row = {"method": m, "label": H.study.methods.METHODS[m], "status": "ok" if len(sub) == 6 else "partial",
                "n": len(sub)}
         for metric in H.study.evaluate.PER_IMAGE:
             values = sub[metric]
@@ -107,7 +107,8 @@ def _evaluation() -> H.study.evaluate.Evaluation:
         for (m, g), sub in per_image.groupby(["method", by]):
             for metric in H.study.evaluate.PER_IMAGE:
                 v = sub[metric]
-                out.append({"method": m, "label": H.study.data.METHODS[m], "group": g, "n": len(sub), "metric": metric,
+                out.append({"method": m, "label": H.study.methods.METHODS[m],
+                            "group": g, "n": len(sub), "metric": metric,
                             "mean": v.mean(), "lo": v.min(), "hi": v.max()})
         return pd.DataFrame(out)
 
@@ -115,7 +116,7 @@ def _evaluation() -> H.study.evaluate.Evaluation:
                                        pd.DataFrame(),
                                        {"hole_buckets": [0.0, 0.1, 0.2, 1.0], "n_test": 6,
                                         "bootstrap": {"samples": 50, "seed": 0},
-                                        "missing": [{"method": "sd_lora", "label": H.study.data.METHODS["sd_lora"],
+                                        "missing": [{"method": "sd_lora", "label": H.study.methods.METHODS["sd_lora"],
                                                      "reason": "x"}]})
 
 
@@ -131,8 +132,8 @@ def test_evaluation_figures_are_slide_ready(make, tmp_root):
     assert reference.smallest_text_px(fig) >= H.report.figures.MIN_TEXT_PX - 1e-9
     assert H.report.figures.SMOKE_STAMP in texts
     # human labels, never the internal keys
-    assert not any(k in t for t in texts for k in H.study.data.METHODS), texts
-    assert any(H.study.data.SHORT_LABELS["telea"] in t for t in texts)
+    assert not any(k in t for t in texts for k in H.study.methods.METHODS), texts
+    assert any(H.study.methods.SHORT_LABELS["telea"] in t for t in texts)
     # every axis with data is labelled; no rotated tick labels
     for ax in fig.axes:
         if ax.has_data():

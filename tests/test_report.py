@@ -104,7 +104,7 @@ def test_slide_assets_come_from_installed_packages(tmp_path):
         assert not re.search(r'<script[^>]*src="https?:|<link[^>]*href="https?:', html)
     assert "import mermaid" not in slides                              # the template's CDN import is removed
     assert "preset = " not in slides
-    assert H.report.export._READY_RERENDER in slides and H.report.export._READY_RERENDER not in report
+    assert H.report.export.READY_RERENDER in slides and H.report.export.READY_RERENDER not in report
     assert f"width: {H.report.export.SLIDE_SIZE[0]}" in slides and f"height: {H.report.export.SLIDE_SIZE[1]}" in slides
 
 

@@ -142,7 +142,7 @@ def test_pieces_have_the_documented_shapes(sd_root):
 def _spec(cfg, **kw):
     spec = dict(cfg.sd)
     spec.update(checkpoint_every=0, **kw)
-    return H.study.config._wrap(spec)
+    return H.study.config.wrap(spec)
 
 
 def _toy_dataset(n=4):

@@ -122,7 +122,7 @@ def _evaluation(kid_telea=-0.04, weights="/home/someone/project/reports/full/mod
     methods = ["ddpm_finetuned", "sd_lora", "telea"]
     rows = []
     for i, m in enumerate(methods):
-        r = {"method": m, "label": H.study.data.METHODS[m], "status": "ok", "n": 10, "note": float("nan"),
+        r = {"method": m, "label": H.study.methods.METHODS[m], "status": "ok", "n": 10, "note": float("nan"),
              "weights": weights + m, "fid": 50.0 + i, "fid_n": 10, "kid": [0.1, 0.05, kid_telea][i],
              "kid_std": 0.01, "kid_subset_size": 5}
         for k, v in (("psnr", 20.0), ("ssim", 0.8), ("psnr_hole", 15.0), ("ssim_hole", 0.5), ("lpips", 0.2)):

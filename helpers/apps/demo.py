@@ -15,16 +15,17 @@ the page uses system fonts. Notebook 07 opens the same app inline; ``make report
 * Tab **Which looks real?**: the blind two-alternative test of :mod:`helpers.report.preference` on the
   test-set completions the series saved; votes go to ``reports/<preset>/human_eval.sqlite``.
 
-Models are what the series saved under ``reports/<preset>/models`` plus the preset's pretrained
-ids; a method whose weights are missing is listed as disabled with the reason and the command
-that produces them. Each model loads once, on first use, onto the GPU when there is one. Every
-trained variant of notebook 04's PEFT ablation is a method too (``<name> (PEFT)``, unchecked at
-start; one variant in memory at a time); the vote tab keeps the study's five methods.
+The methods, how their status is found, how they load and sample, are their records in
+:mod:`helpers.study.methods`. Models are what the series saved under ``reports/<preset>/models``
+plus the preset's pretrained ids; a method whose weights are missing is listed as disabled with
+the reason and the command that produces them. Each model loads once, on first use, onto the GPU
+when there is one. Every trained variant of notebook 04's PEFT ablation is a method too
+(``<name> (PEFT)``, unchecked at start; one variant in memory at a time); the vote tab shows the
+methods whose record votes (the study's five).
 """
 from __future__ import annotations
 
 import argparse
-import copy
 import math
 import os
 import sys
@@ -33,7 +34,6 @@ import time
 import uuid
 from collections.abc import Sequence
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -41,9 +41,9 @@ import torch
 
 from helpers.apps.votes import GROUND_TRUTH, PairScheduler, Trial, VoteStore, db_path
 from helpers.course.masks import KINDS, generate_mask
+from helpers.study import methods as registry
 from helpers.study.config import Config, load_config
 from helpers.study.data import (
-    ABLATION_PREFIX,
     BadImageError,
     Report,
     composite,
@@ -52,9 +52,9 @@ from helpers.study.data import (
     masked_image,
     read_image,
     resize_center_crop,
-    short_label,
 )
 from helpers.study.files import load_json, paths, to_tensor, to_uint8
+from helpers.study.methods import ABLATION_PREFIX, MethodStatus, short_label
 from helpers.study.runtime import get_device
 
 # no telemetry, no version check, no hub call: set only while the app is served (serving_offline)
@@ -62,9 +62,6 @@ GRADIO_ENV = {"GRADIO_ANALYTICS_ENABLED": "False", "GRADIO_RUN_HISTORY": "False"
 
 
 HF_ENV = {"HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1"}
-
-
-ORDER = ("ddpm_finetuned", "ddpm_repaint", "sd_zeroshot", "sd_lora", "telea")   # the study's five methods
 
 
 MASK_CHOICES = ("test mask", "brush (paint it)", "box", "thin", "medium", "thick")
@@ -130,130 +127,12 @@ def hf_offline():
 
 
 # ---------------------------------------------------------------- which methods can run
-@dataclass
-class MethodStatus:
-    method: str
-    available: bool
-    weights: str = ""          # what it loads
-    reason: str = ""           # why it cannot run
-    command: str = ""          # the command that produces the missing weights
-    hint: str = ""             # what else to do or know
-
-    @property
-    def label(self) -> str:
-        return short_label(self.method)
-
-    def message(self) -> str:
-        """Why the method is disabled and what produces its weights (markdown; '' when it can run)."""
-        if self.available:
-            return ""
-        return f"{self.label}: {self.reason} Produce them with `{self.command}`{self.hint}."
-
-
-def _hub_cached(repo_id: str, filename: str, cache: Path) -> bool:
-    """Is ``filename`` of hub repo ``repo_id`` in the local cache (no network call)?"""
-    try:
-        from huggingface_hub import try_to_load_from_cache
-        return isinstance(try_to_load_from_cache(repo_id, filename, cache_dir=str(cache)), str)
-    except Exception:
-        return False
-
-
-def _ddpm_base_status(cfg: Config, P) -> tuple[bool, str]:
-    from helpers.study.ddpm import BASE_DIR, local_path
-
-    pid = cfg.ddpm.pretrained_id
-    if not pid:
-        return True, f"tiny random unconditional U-Net (seed {cfg.seed}, smoke), in {P.models / BASE_DIR}"
-    try:
-        local = local_path(pid)
-    except FileNotFoundError:
-        return False, f"ddpm.pretrained_id {pid!r} is not a folder here."
-    if local is not None:
-        ok = (local / "config.json").is_file() or (local / "unet" / "config.json").is_file()
-        return ok, (f"pretrained DDPM from {local}" if ok else f"{local} holds no config.json (not a diffusers U-Net).")
-    if _hub_cached(pid, "config.json", P.cache / "hub"):
-        return True, f"pretrained DDPM {pid} (local hub cache)"
-    return False, f"the pretrained DDPM {pid!r} is not in the local cache {P.cache / 'hub'} (the demo never downloads)."
-
-
-def _sd_base_status(cfg: Config, P) -> tuple[bool, str]:
-    from helpers.study.sd import looks_local
-
-    if cfg.sd.tiny:
-        return True, f"tiny random SD inpainting pipeline (seed {cfg.seed}, smoke), in {P.models / 'sd_base'}"
-    pid = cfg.sd.pretrained_id
-    if not pid:
-        return False, "sd.pretrained_id is empty and sd.tiny is false."
-    if looks_local(str(pid)):
-        ok = (Path(pid).expanduser() / "model_index.json").is_file()
-        return ok, (f"SD inpainting from {pid}" if ok else f"{pid} is not a diffusers pipeline folder.")
-    if _hub_cached(str(pid), "model_index.json", P.cache / "hub"):
-        return True, f"SD inpainting {pid} (local hub cache)"
-    return False, (f"the SD inpainting weights {pid!r} are not in the local cache {P.cache / 'hub'} "
-                   f"(the demo never downloads).")
-
-
 def method_status(cfg: Config, root: Path | None = None) -> dict[str, MethodStatus]:
-    """Which methods can run with what is on disk, and for the others why not and what to run.
-    Looks at files only: nothing is loaded or downloaded."""
-    from helpers.study.ddpm import finetuned_dir
-    from helpers.study.sd import HUB_ID, find_lora
-
+    """Which methods can run with what is on disk (the study's methods of :mod:`helpers.study.methods`,
+    then the preset's PEFT variants), and for the others why not and what to run. Looks at files
+    only: nothing is loaded or downloaded."""
     P = paths(cfg, root)
-    series = f" (or `make report PRESET={cfg.preset}`)"
-    out = {"telea": MethodStatus("telea", True, f"OpenCV Telea, radius {cfg.eval.telea_radius} (no weights)")}
-    # 1. the fine-tuned DDPM: written by notebook 03 / helpers.study.ddpm
-    ft = finetuned_dir(cfg, P)
-    out["ddpm_finetuned"] = (
-        MethodStatus("ddpm_finetuned", True, f"fine-tuned 7-channel U-Net, {ft}") if (ft / "config.json").is_file()
-        else MethodStatus("ddpm_finetuned", False, reason=f"no fine-tuned DDPM in {ft}.",
-                          command=f"python -m helpers.study train ddpm --preset {cfg.preset}",
-                          hint=f"{series}, notebook 03"))
-    # 2. RePaint: the pretrained unconditional DDPM (smoke: the tiny random one, rebuilt from the seed)
-    ok, text = _ddpm_base_status(cfg, P)
-    out["ddpm_repaint"] = MethodStatus("ddpm_repaint", ok, text if ok else "", "" if ok else text,
-                                       f"hf download {cfg.ddpm.pretrained_id} --local-dir <folder>",
-                                       f" on a machine with internet access, then set ddpm.pretrained_id: <folder> "
-                                       f"in configs/{cfg.preset}.yaml")
-    # 3. SD zero-shot: the preset's pipeline; SD + LoRA: that pipeline and the LoRA file of notebook 04
-    ok, text = _sd_base_status(cfg, P)
-    get_sd = (f"hf download {HUB_ID} --local-dir <folder>",
-              f" on a machine with internet access, then set sd.pretrained_id: <folder> in configs/{cfg.preset}.yaml")
-    out["sd_zeroshot"] = MethodStatus("sd_zeroshot", ok, text if ok else "", "" if ok else text, *get_sd)
-    lora = find_lora(cfg, P.root)
-    if not ok:
-        out["sd_lora"] = MethodStatus("sd_lora", False, reason=text, command=get_sd[0], hint=get_sd[1])
-    elif lora is None:
-        out["sd_lora"] = MethodStatus("sd_lora", False, reason=f"no LoRA weights under {P.models / 'sd_lora'}.",
-                                      command=f"python -m helpers.study train sd --preset {cfg.preset}",
-                                      hint=f"{series}, notebook 04")
-    else:
-        out["sd_lora"] = MethodStatus("sd_lora", True, f"{text} + LoRA {lora}")
-    return {**{m: out[m] for m in ORDER}, **_variant_status(cfg, P, ok, text, get_sd)}
-
-
-def _variant_status(cfg: Config, P, sd_ok: bool, sd_text: str, get_sd: tuple[str, str]) -> dict[str, MethodStatus]:
-    """The PEFT ablation's variants (``ablation.variants``, notebook 04's last section), ``peft_<name>``:
-    available when the SD pipeline is and the variant's adapter file (the one its test-set
-    predictions were made with) is on disk; otherwise the reason, never another adapter instead."""
-    from helpers.study import peft_variants as pv
-
-    if not cfg.get("ablation") or not cfg.ablation.get("variants"):
-        return {}
-    out = {}
-    for row in pv.status(cfg, P.root):
-        m, name = row["method"], row["variant"]
-        if not sd_ok:
-            out[m] = MethodStatus(m, False, reason=sd_text, command=get_sd[0], hint=get_sd[1])
-        elif row["status"] == "trained":
-            adapter = (row["meta"].get("variant") or {}).get("method", "")
-            out[m] = MethodStatus(m, True, f"{sd_text} + {adapter} adapter {row['weights']}")
-        else:                              # reason: the status alone (the panel groups by it); the detail in hint
-            out[m] = MethodStatus(m, False, reason=f"{row['status']}.",
-                                  command=f"python -m helpers.study train peft --preset {cfg.preset} --variant {name}",
-                                  hint=f" (or notebook 04's PEFT ablation section; {row.get('note', '')})")
-    return out
+    return {m.id: m.status(cfg, P) for m in registry.all_methods(cfg)}
 
 
 class MethodUnavailable(RuntimeError):
@@ -274,6 +153,10 @@ class Models:
 
     def available(self) -> list[str]:
         return [m for m, s in self.status.items() if s.available]
+
+    def loaded(self) -> dict:
+        """The models loaded so far: method id -> model (a copy of the table; the models themselves)."""
+        return dict(self._loaded)
 
     def get(self, method: str):
         with self._load_lock:
@@ -298,42 +181,13 @@ class Models:
         release_memory(self.device)
 
     def _load(self, method: str):
-        from helpers.study import peft_variants as pv
-        from helpers.study.ddpm import load_finetuned, load_noise_scheduler, load_unconditional_unet
-        from helpers.study.sd import find_lora, load_lora, load_pipeline
-
-        cfg, P, dev = self.cfg, self.P, self.device
-        if method == "telea":
-            return None
-        if method in ("ddpm_finetuned", "ddpm_repaint"):
-            unet = load_finetuned(cfg, P) if method == "ddpm_finetuned" else load_unconditional_unet(cfg, P)
-            return unet.to(dev), load_noise_scheduler(cfg, P).alphas_cumprod
-        if method.startswith(ABLATION_PREFIX):            # a variant: the study's pipeline + its saved adapter
-            name = method[len(ABLATION_PREFIX):]
-            (variant,) = pv.variants(cfg, [name])
-            pipe = pv.load_pipeline(cfg, variant, self.root, dev)
-            return pv.load_adapter(pipe, P.root / pv.find_adapter(cfg, name, self.root))
-        pipe = load_pipeline(cfg, device=dev, root=self.root)
-        return load_lora(pipe, find_lora(cfg, self.root)) if method == "sd_lora" else pipe
+        return registry.get(method).load(self.cfg, self.P, self.device, self.root)
 
     def sampler(self, method: str, steps: int, guidance: float, prompt: str):
-        """fn(images, masks, seeds, names) of the study (helpers.study.ddpm / sd / predict) for one
-        method, with this request's steps, guidance and prompt in place of the preset's."""
-        from helpers.study import ddpm, sd
-        from helpers.study.predict import telea_inpaint
-
-        cfg = copy.deepcopy(self.cfg)
-        if method == "telea":
-            return lambda x, m, seeds, names: telea_inpaint(x, m, cfg.eval.telea_radius)
+        """fn(images, masks, seeds, names) of the study (the method's record in helpers.study.methods)
+        for one method, with this request's steps, guidance and prompt in place of the preset's."""
         model = self.get(method)
-        if method == "ddpm_finetuned":
-            cfg.ddpm.num_inference_steps = int(steps)
-            return ddpm.ddim_sampler(cfg, *model, self.device)
-        if method == "ddpm_repaint":
-            cfg.ddpm.repaint.num_inference_steps = int(steps)
-            return ddpm.repaint_sampler(cfg, *model, self.device)
-        cfg.sd.num_inference_steps, cfg.sd.guidance_scale = int(steps), float(guidance)
-        return lambda x, m, seeds, names: sd.predict(cfg, model, x, m, [prompt] * len(x), seeds, leave=False)
+        return registry.sampler(self.cfg, method, model, self.device, steps, guidance, prompt)
 
     @torch.no_grad()
     def complete(self, method: str, image: torch.Tensor, mask: torch.Tensor, seed: int, steps: int,
@@ -435,7 +289,7 @@ class Demo:
         """Test image -> the methods with a saved completion of it, and the ground truth."""
         out = {}
         for name in self.test_names:
-            have = [m for m in ORDER if (self.P.predictions(m) / f"{name}.png").is_file()]
+            have = [m for m in registry.voting() if (self.P.predictions(m) / f"{name}.png").is_file()]
             out[name] = have + [GROUND_TRUTH]
         return out
 
@@ -450,17 +304,17 @@ class Demo:
         if self.cfg.preset == "smoke":
             lines.append("Smoke preset: tiny random models barely trained; the completions are noise and prove "
                          "only that every method runs.")
-        off = [s for m, s in st.items() if not s.available and m in ORDER]
+        off = [s for m, s in st.items() if not s.available and not registry.is_variant(m)]
         if off:
             lines.append("**Disabled methods** (weights missing):")
             lines += [f"- {s.message()}" for s in off]
-        on = [s.label for m, s in st.items() if s.available and m not in ORDER]
+        on = [s.label for m, s in st.items() if s.available and registry.is_variant(m)]
         if on:
             lines.append(f"**PEFT ablation variants** (notebook 04's last section; unchecked at start): "
                          f"{', '.join(on)}.")
         by_reason: dict[str, list[str]] = {}
         for m, s in st.items():
-            if not s.available and m not in ORDER:
+            if not s.available and registry.is_variant(m):
                 by_reason.setdefault(s.reason.rstrip("."), []).append(m[len(ABLATION_PREFIX):])
         for reason, names in by_reason.items():
             how = (f" Train them with `python -m helpers.study train peft --preset {self.cfg.preset} "
@@ -530,7 +384,7 @@ class Demo:
         image = to_tensor(state["image"])
         m = torch.from_numpy(mask)[None]
         gallery, rows, notes = [], [], []
-        loaded_before = set(self.models._loaded)
+        loaded_before = set(self.models.loaded())
         for i, method in enumerate(methods):
             if progress is not None:
                 progress((i, len(methods)), desc=short_label(method))
@@ -548,7 +402,8 @@ class Demo:
             gallery.append((to_uint8(out), f"{short_label(method)} · {seconds:.2f} s"))
             rows.append(f"| {short_label(method)} | {seconds:.2f} |")
         table = "| method | seconds |\n|---|---|\n" + "\n".join(rows) if rows else ""
-        loaded = [short_label(m) for m in self.models._loaded if m not in loaded_before and m != "telea"]
+        loaded = [short_label(m) for m, model in self.models.loaded().items()
+                  if m not in loaded_before and model is not None]          # Telea loads nothing
         msg = f"{state['source']}: hole {mask.mean():.0%} of the image, seed {int(seed)}, {int(steps)} steps"
         msg += (f"; the times of {', '.join(loaded)} include loading the weights (once)." if loaded else ".")
         msg += "".join(f"\n\n**{n}**" for n in notes)
@@ -632,7 +487,7 @@ def _inpaint_tab(gr, d: Demo) -> None:
     """Tab Inpaint: the controls, the editor, the outputs, and their events."""
     cfg, fac = d.cfg, display_factor(d.size)
     available = [short_label(m) for m in d.models.available()]
-    study = [short_label(m) for m in d.models.available() if m in ORDER]     # checked at start; variants are not
+    study = [short_label(m) for m in d.models.available() if not registry.is_variant(m)]   # checked at start
     # 1. the first test image and its frozen mask, shown at start (an empty canvas otherwise)
     first = d.test_names[0] if d.test_names else None
     init_state, init_editor, init_prompt, init_msg = (d.load_test_image(first) if first

@@ -19,16 +19,13 @@ from pathlib import Path
 import pandas as pd
 
 from helpers.study.config import Config
-from helpers.study.data import SHORT_LABELS
 from helpers.study.files import paths
+from helpers.study.methods import short_label
 
 DB_NAME = "human_eval.sqlite"
 
 
 GROUND_TRUTH = "ground_truth"
-
-
-LABELS = {**SHORT_LABELS, GROUND_TRUTH: "real photo"}
 
 
 CHOICES = ("left", "right")
@@ -61,7 +58,7 @@ def db_path(cfg: Config, root: Path | None = None) -> Path:
 
 
 def label(method: str) -> str:
-    return LABELS.get(method, method)
+    return "real photo" if method == GROUND_TRUTH else short_label(method)
 
 
 # ---------------------------------------------------------------- the vote store

@@ -322,7 +322,7 @@ def copy_slide_assets(out_dir: Path, cache: Path) -> dict:
 _SLIDE_HOOK = "Reveal.addEventListener('slidechanged', update);"
 
 
-_READY_RERENDER = ("\n        window.Reveal = Reveal;"
+READY_RERENDER = ("\n        window.Reveal = Reveal;"
                    "\n        Reveal.addEventListener('ready', function () {\n"
                    "          MathJax.Hub.Queue(['Rerender', MathJax.Hub, Reveal.getCurrentSlide()]);\n        });")
 
@@ -376,7 +376,7 @@ def export(executed: Path, out_dir: Path, slide_assets: dict | None = None) -> d
         exporter.register_preprocessor(remove, enabled=True)
         body, _ = exporter.from_notebook_node(nb)
         if kind == "slides":
-            body = body.replace(_SLIDE_HOOK, _SLIDE_HOOK + _READY_RERENDER, 1)
+            body = body.replace(_SLIDE_HOOK, _SLIDE_HOOK + READY_RERENDER, 1)
             body = _MERMAID_IMPORT.sub("", body, count=1)
             body = body.replace("</head>", _DECK_CSS + "</head>", 1)
         path = out_dir / (f"{executed.stem}.{kind}.html")

@@ -24,9 +24,10 @@ import torch
 from helpers.course.diffusion import alpha_bar, make_betas
 from helpers.report.tables import SHORT, metric_name
 from helpers.study.config import Config
-from helpers.study.data import METHODS, SHORT_LABELS, composite, load_test_set, masked_image, read_predictions
+from helpers.study.data import composite, load_test_set, masked_image, read_predictions
 from helpers.study.evaluate import HIGHER_IS_BETTER, LABELS, PER_IMAGE, Evaluation, bucket_labels, find_predictions
 from helpers.study.files import to_uint8
+from helpers.study.methods import LINESTYLES, MARKERS, METHODS, SHORT_LABELS
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +110,7 @@ def min_text_pt(fig) -> float:
     return MIN_TEXT_PX * 72.0 / px_per_inch(fig)
 
 
-def _texts(fig) -> list:
+def text_artists(fig) -> list:
     """Every visible, non-empty text artist of the figure (titles, labels, ticks, legends, notes)."""
     from matplotlib.text import Text
 
@@ -126,7 +127,7 @@ def enforce_legible(fig) -> None:
             labels = axis.get_ticklabels(which="both")
             if labels and min(t.get_fontsize() for t in labels) < floor:
                 ax.tick_params(axis=name, which="both", labelsize=floor)
-    for t in _texts(fig):
+    for t in text_artists(fig):
         if t.get_fontsize() < floor:
             t.set_fontsize(floor)
 
@@ -296,13 +297,8 @@ def hole_histogram(fractions: dict[str, Sequence[float]], path: Path | None = No
 
 # ---------------------------------------------------------------- the evaluation's figures
 # Designed for a slide (helpers.report.figures.save checks the text size and stamps smoke figures): one
-# message per figure, the short method labels of data.SHORT_LABELS, every axis labelled.
-MARKERS = {"ddpm_finetuned": "o", "ddpm_repaint": "s", "sd_zeroshot": "^", "sd_lora": "D", "telea": "v"}
-
-
-LINESTYLES = {"ddpm_finetuned": "-", "ddpm_repaint": "--", "sd_zeroshot": ":", "sd_lora": "-", "telea": "-."}
-
-
+# message per figure, the short labels, markers and line styles of the method records (helpers.study.methods),
+# every axis labelled; a method's colour follows its place in the registry.
 def _colors(methods: Sequence[str]) -> dict:
     import matplotlib.pyplot as plt
     cmap = plt.get_cmap("tab10")

@@ -13,7 +13,7 @@ import pandas as pd
 
 from helpers.apps.votes import COLUMNS, GROUND_TRUTH, VoteStore, db_path, label
 from helpers.study.config import Config
-from helpers.study.data import METHODS
+from helpers.study.methods import METHODS
 
 # ---------------------------------------------------------------- statistics
 Z95 = 1.959963984540054

@@ -11,8 +11,8 @@ import pandas as pd
 from helpers.report import published
 from helpers.report.export import first_sentence, public_text
 from helpers.report.published import STUDY, STUDY_PROTOCOL, STUDY_SOURCE
-from helpers.study.data import short_label as data_short_label
 from helpers.study.evaluate import LABELS, Evaluation
+from helpers.study.methods import short_label
 
 
 def fmt(v, digits: int) -> str:
@@ -34,11 +34,6 @@ def cell(row, key):
     """A row's value, None when it is missing or NaN."""
     v = row.get(key) if hasattr(row, "get") else None
     return None if v is None or (isinstance(v, float) and math.isnan(v)) else v
-
-
-def short_label(method: str) -> str:
-    """The short label of a method (:func:`helpers.study.data.short_label`), as every table and figure shows it."""
-    return data_short_label(method)
 
 
 def metric_name(metric: str) -> str:

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from helpers import lazy_submodules
 
-_MODULES = ("config", "runtime", "files", "masks", "data", "captions", "ddpm", "sd", "peft_variants", "training",
-            "predict", "perf", "metrics", "evaluate", "digits")
+_MODULES = ("config", "runtime", "files", "masks", "methods", "data", "captions", "ddpm", "sd", "peft_variants",
+            "training", "predict", "perf", "metrics", "evaluate", "digits")
 
 __all__ = list(_MODULES)
 

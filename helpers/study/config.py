@@ -38,11 +38,12 @@ class Config(dict):
         return _plain(self)
 
 
-def _wrap(value: Any) -> Any:
+def wrap(value: Any) -> Any:
+    """Plain dicts (and the dicts in lists) -> :class:`Config`, recursively: attribute access, as a loaded preset."""
     if isinstance(value, Mapping):
-        return Config({k: _wrap(v) for k, v in value.items()})
+        return Config({k: wrap(v) for k, v in value.items()})
     if isinstance(value, list):
-        return [_wrap(v) for v in value]
+        return [wrap(v) for v in value]
     return value
 
 
@@ -108,4 +109,4 @@ def load_config(preset: str | Path = "smoke", overrides: Mapping[str, Any] | Non
     with open(config_path(preset)) as f:
         raw = yaml.safe_load(f)
     raw = apply_overrides(copy.deepcopy(raw), overrides)
-    return _wrap(raw)
+    return wrap(raw)

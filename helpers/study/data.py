@@ -50,6 +50,7 @@ from helpers.study.files import (
     swap_in,
 )
 from helpers.study.masks import hole_fraction, random_mask, validate_mask
+from helpers.study.methods import method_label
 from helpers.study.runtime import progress
 
 log = logging.getLogger(__name__)
@@ -767,46 +768,6 @@ def composite(pred: torch.Tensor, image: torch.Tensor, mask: torch.Tensor) -> to
 
 
 # ---------------------------------------------------------------- predictions shared by all methods
-METHODS = {  # method id -> label used in every table and figure
-    "ddpm_finetuned": "DDPM fine-tuned (7-ch U-Net)",
-    "ddpm_repaint": "DDPM RePaint (training-free)",
-    "sd_zeroshot": "SD 1.5 inpainting (zero-shot)",
-    "sd_lora": "SD 1.5 inpainting + LoRA",
-    "telea": "OpenCV Telea (classical)",
-}
-
-
-SHORT_LABELS = {  # method id -> short human label for slides, chart axes and legends
-    "ddpm_finetuned": "DDPM",
-    "ddpm_repaint": "RePaint",
-    "sd_zeroshot": "SD zero-shot",
-    "sd_lora": "SD + LoRA",
-    "telea": "Telea",
-}
-
-
-ABLATION_PREFIX = "peft_"  # + a variant's name (ablation.variants): the PEFT ablation (helpers.study.peft_variants)
-
-
-def short_label(method: str) -> str:
-    """The short label of one of the five :data:`METHODS` (:data:`SHORT_LABELS`), ``<name> (PEFT)``
-    for an ablation variant ``peft_<name>``, any other id as it is (tables and the demo show it)."""
-    if method in SHORT_LABELS:
-        return SHORT_LABELS[method]
-    if method.startswith(ABLATION_PREFIX) and len(method) > len(ABLATION_PREFIX):
-        return f"{method[len(ABLATION_PREFIX):]} (PEFT)"
-    return method
-
-
-def method_label(method: str) -> str:
-    """The label of one of the five :data:`METHODS`, or of an ablation variant ``peft_<name>``."""
-    if method in METHODS:
-        return METHODS[method]
-    if method.startswith(ABLATION_PREFIX) and len(method) > len(ABLATION_PREFIX):
-        return f"SD 1.5 inpainting + {method[len(ABLATION_PREFIX):]} (PEFT ablation)"
-    raise ValueError(f"unknown method {method!r}; expected one of {sorted(METHODS)} or {ABLATION_PREFIX}<variant>")
-
-
 def write_predictions(cfg: Config, method: str, names: Iterable[str], images: torch.Tensor | list,
                       meta: dict | None = None, root: Path | None = None) -> Path:
     """Save a method's test-set predictions as PNG (lossless: JPEG would change FID) + meta.json.

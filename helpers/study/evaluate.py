@@ -31,16 +31,9 @@ import torch
 
 from helpers.course.metrics import pixel_scores, to_levels
 from helpers.study.config import Config
-from helpers.study.data import (
-    METHODS,
-    SHORT_LABELS,
-    composite,
-    load_index,
-    load_test_set,
-    method_label,
-    read_predictions,
-)
+from helpers.study.data import composite, load_index, load_test_set, read_predictions
 from helpers.study.files import load_json, paths, save_json, shown_paths
+from helpers.study.methods import METHODS, SHORT_LABELS, method_label, notebook_of
 from helpers.study.metrics import (
     bootstrap_ci,
     fid_from_features,
@@ -52,10 +45,6 @@ from helpers.study.metrics import (
 from helpers.study.runtime import get_device, progress
 
 # ---------------------------------------------------------------- names shared by every table
-NOTEBOOK_OF = {"ddpm_finetuned": "03_ddpm_inpainting", "ddpm_repaint": "03_ddpm_inpainting",
-               "sd_zeroshot": "04_sd_lora", "sd_lora": "04_sd_lora", "telea": "05_evaluation"}
-
-
 PER_IMAGE = ("psnr", "ssim", "psnr_hole", "ssim_hole", "lpips")
 
 
@@ -116,7 +105,7 @@ def run_telea(cfg: Config, radius: int | None = None, root: Path | None = None, 
 def find_predictions(cfg: Config, method: str, names: Sequence[str], root: Path | None = None) -> dict:
     """{"names": test names with a prediction file, "reason": why the method is missing or partial}."""
     folder = paths(cfg, root).predictions(method)
-    nb = NOTEBOOK_OF.get(method, "the notebook that produces it")
+    nb = notebook_of(method)
     if not folder.is_dir():
         return {"names": [], "reason": f"no prediction folder {folder}: run notebook {nb}"}
     have = [n for n in names if (folder / f"{n}.png").is_file()]
@@ -204,7 +193,7 @@ def _score_method(cfg: Config, method: str, test: dict, found: dict, device, lpi
     raw, meta = read_predictions(cfg, method, found["names"], root)
     if raw.shape != image.shape:
         return {"summary": _missing(method, f"predictions are {tuple(raw.shape[1:])}, the test images "
-                                            f"{tuple(image.shape[1:])}: re-run notebook {NOTEBOOK_OF[method]} "
+                                            f"{tuple(image.shape[1:])}: re-run notebook {notebook_of(method)} "
                                             "at data.image_size")}
     pred = composite(raw, image, mask)
     known_change = int((to_levels(raw) - to_levels(image)).abs().mul(1 - mask).amax().item())

@@ -26,8 +26,8 @@ import torch
 
 from helpers.course.peft_variants import attach_adapter
 from helpers.study.config import Config
-from helpers.study.data import ABLATION_PREFIX
 from helpers.study.files import load_json, paths, save_json
+from helpers.study.methods import ABLATION_PREFIX
 
 log = logging.getLogger(__name__)
 
