@@ -19,19 +19,24 @@ def _markdown(path: Path) -> str:
     return "\n".join(c.source for c in jupytext.read(path).cells if c.cell_type == "markdown")
 
 
-def _section(text: str, heading: str) -> str | None:
-    m = re.search(rf"^## {heading}\s*$(.*?)(?=^#{{1,3}} |\Z)", text, re.M | re.S)
+def _section(text: str, heading: str, depth: int = 3) -> str | None:
+    """The text under ``## heading`` up to the next heading of level 1..depth."""
+    m = re.search(rf"^## {heading}\s*$(.*?)(?=^#{{1,{depth}}} |\Z)", text, re.M | re.S)
     return m.group(1) if m else None
 
 
 @pytest.mark.parametrize("path", SOURCES, ids=lambda p: p.stem)
 def test_every_notebook_ends_with_a_summary_and_2_to_4_exercises(path):
     text = _markdown(path)
-    summary, exercises = _section(text, "Summary"), _section(text, "Exercises")
+    summary, exercises = _section(text, "Summary"), _section(text, "Exercises", depth=2)
     assert summary and summary.strip(), f"{path.name}: no '## Summary' section"
     assert exercises is not None, f"{path.name}: no '## Exercises' section"
+    # numbered 1, 2, ... through the section; 2-4 per group (a '### ' subsection, or the whole section)
     items = re.findall(r"^(\d+)\. ", exercises, re.M)
-    assert 2 <= len(items) <= 4 and items == [str(i + 1) for i in range(len(items))], items
+    assert items == [str(i + 1) for i in range(len(items))], items
+    groups = re.split(r"^### .*$", exercises, flags=re.M)
+    for group in (groups[1:] if len(groups) > 1 else groups):
+        assert 2 <= len(re.findall(r"^\d+\. ", group, re.M)) <= 4, group[:80]
     # each exercise names what to edit: a cell, the parameters (preset keys) or a tab of the app
     for item in re.split(r"^\d+\. ", exercises, flags=re.M)[1:]:
         assert re.search(r"cell|overrides|`[a-z_]+\.[a-z_.]+`|tab|[Pp]aint", item), item[:80]
