@@ -363,7 +363,8 @@ def test_equation_values_carry_the_preset_and_the_run():
     cfg = H.load_config("full")
     text = H.report.text.equation_values(cfg, {"sd_resolution": 512, "latent_px": 64, "latent_factor": 8})
     assert "$\\lambda_\\text{hole} = 1$" in text and "$\\lambda_\\text{ctx} = 0.05$" in text
-    assert "$r = 16$, $\\alpha = 16$" in text and "DDIM, 50 steps" in text and "$w = 7.5$" in text
+    assert "$r = 16$, $\\alpha = 16$" in text and "DDIM, 50 steps" in text
+    assert "guidance $s = 7.5$" in text and "$w = s - 1 = 6.5$" in text
     assert "$p = 15$ %" in text and "`to_out.0`" in text and "512 px, latents 64 px (VAE factor 8)" in text
     smoke = H.report.text.equation_values(H.load_config("smoke"), {"sd_resolution": 64, "latent_px": 32,
                                                                     "latent_factor": 2})

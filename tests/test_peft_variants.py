@@ -209,6 +209,27 @@ def test_train_predict_and_table_end_to_end(sd_root, prepared):
     assert list(pd.read_csv(cost)["variant"]) == [v["name"] for v in PV.variants(cfg)] == ["lora_r64", "loha_r8"]
 
 
+def test_the_reference_is_scored_on_the_variants_images_only():
+    """Variants predicted on 2 of 3 test images: the reference's mean and CI over those 2, FID left out."""
+    from helpers.study.evaluate import PER_IMAGE
+
+    cfg = H.load_config("smoke")
+    rows = [{"method": "sd_lora", "name": n, **{k: v for k in PER_IMAGE}}
+            for n, v in (("a", 10.0), ("b", 12.0), ("c", 30.0))]
+    rows += [{"method": "peft_lora_r4", "name": n, **{k: 11.0 for k in PER_IMAGE}} for n in ("a", "b")]
+    per_image = pd.DataFrame(rows)
+    summary = pd.DataFrame([{"method": "sd_lora", "n": 3, "fid": 5.0, **{k: 52 / 3 for k in PER_IMAGE}},
+                            {"method": "peft_lora_r4", "n": 2, "fid": 7.0, **{k: 11.0 for k in PER_IMAGE}}])
+    summary = summary.set_index("method")
+    out = PV.reference_on_variant_images(summary, per_image, "sd_lora", ["peft_lora_r4"], cfg)
+    assert out.loc["sd_lora", "n"] == 2 and out.loc["sd_lora", "psnr_hole"] == pytest.approx(11.0)
+    assert 10.0 <= out.loc["sd_lora", "psnr_hole_lo"] <= out.loc["sd_lora", "psnr_hole_hi"] <= 12.0
+    assert pd.isna(out.loc["sd_lora", "fid"]) and out.loc["peft_lora_r4", "fid"] == 7.0
+    two = per_image[per_image["name"] != "c"]
+    same = PV.reference_on_variant_images(summary, two, "sd_lora", ["peft_lora_r4"], cfg)
+    assert same.loc["sd_lora", "n"] == 3                                 # already one image set: unchanged
+
+
 def test_the_tradeoff_slide_plots_scored_variants_on_a_log_axis_and_names_the_others():
     table = pd.DataFrame([
         {"variant": "reference (sd_lora)", "status": "trained", "trainable_params": 3_188_736, "psnr_hole": 20.0,

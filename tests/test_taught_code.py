@@ -250,7 +250,7 @@ def test_pull_is_all_or_nothing(course, capsys):
     ("a", "b", {"a", "b"}, "unknown"),  # the last commit and the last sync disagree
 ])
 def test_classify_tells_which_side_changed(cell, module, base, kind):
-    assert taught.classify(cell, module, {taught._digest(t) for t in base}) == kind
+    assert taught.classify(cell, module, {taught.digest(t) for t in base}) == kind
 
 
 def test_a_line_outside_the_functions_is_never_dropped(course):

@@ -106,7 +106,7 @@ def px_at(length: float, scale: float) -> int:
 
 
 def draw_strokes(size: int, s: Strokes, scale: float, rng: np.random.Generator) -> np.ndarray:
-    """LaMa's irregular mask: ``times`` polylines of 1-5 straight segments drawn with a square-capped
+    """LaMa's irregular mask: ``times`` polylines of 1-5 straight segments drawn with a round-capped
     brush (cv2.line), each segment starting where the previous one ended."""
     canvas = np.zeros((size, size), np.uint8)
     # LaMa: cur_max_times = min_times + 1 + (max_times - min_times); times = randint(min_times, cur_max_times + 1)

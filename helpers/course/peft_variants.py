@@ -5,14 +5,17 @@ For a frozen weight W (d x k) of one attention projection, each method trains a 
 parameters and uses W' in its place:
 
 * LoRA (Hu et al. 2021):      W' = W + (alpha / r) B A,            A: r x k, B: d x r       r (d + k)
-* DoRA (Liu et al. 2024):     W' = m * (W + (alpha/r) B A) / ||W + (alpha/r) B A||_col       r (d + k) + d
+* DoRA (Liu et al. 2024):     W' = m * (W + (alpha/r) B A) / ||W + (alpha/r) B A||_row       r (d + k) + d
+                             (one norm per output row, as peft computes it; m has d entries)
 * LoHa (Hyeon-Woo et al. 2022): W' = W + (B1 A1) * (B2 A2)  (element-wise product)          2 r (d + k)
 * LoKr (Yeh et al. 2024):     W' = W + C kron (B A)  (Kronecker product of a small C and a low-rank factor)
-* OFT (Qiu et al. 2023):      W' = R W,  R block-diagonal orthogonal (Cayley transform of skew blocks)
+* OFT (Qiu et al. 2023):      W' = W R,  R (k x k) block-diagonal orthogonal: it rotates the inputs
+                             (Cayley transform of skew blocks)
 * QLoRA (Dettmers et al. 2023): LoRA on a frozen W stored in 4-bit NF4 (CUDA + bitsandbytes only)
 
-Every one of them merges into a plain weight after training (W' has the shape of W): inference
-then costs exactly what the base model costs. Conventions: ``helpers/__init__.py``.
+W' has the shape of W, so each could be merged into a plain weight after training (peft's
+``merge_adapter``) for the base model's inference cost; the study does not merge (the adapters run as
+extra layers), and merging into QLoRA's NF4 base is not lossless. Conventions: ``helpers/__init__.py``.
 """
 from __future__ import annotations
 
@@ -47,7 +50,7 @@ def attach_adapter(pipe, variant: dict) -> None:
     # 1. everything frozen
     for m in (pipe.vae, pipe.text_encoder, pipe.unet):
         m.requires_grad_(False)
-    # 2. peft wraps each target projection: W' = W + delta(theta) (or R(theta) W for OFT), delta = 0 at step 0;
+    # 2. peft wraps each target projection: W' = W + delta(theta) (or W R(theta) for OFT), delta = 0 at step 0;
     #    an adapter attached before (this cell run again) is replaced by a fresh one
     if "default" in (getattr(pipe.unet, "peft_config", None) or {}):
         pipe.unet.delete_adapters("default")

@@ -46,7 +46,7 @@ def schedule_figure(T: int = 1000, path: Path | None = None):
         axes[1].plot(ab, label=name)
         axes[2].plot((ab / (1 - ab)).log10(), label=name)
     for ax, title in zip(axes, (r"$\beta_t$", r"$\bar\alpha_t$",
-                                r"$\log_{10}$ SNR $= \bar\alpha_t / (1 - \bar\alpha_t)$")):
+                                r"$\log_{10}$ SNR $= \log_{10}[\bar\alpha_t / (1 - \bar\alpha_t)]$")):
         ax.set_title(title), ax.set_xlabel("timestep t"), ax.set_ylabel(title), ax.legend()
     axes[0].set_yscale("log")
     fig.tight_layout()
@@ -290,7 +290,7 @@ def hole_histogram(fractions: dict[str, Sequence[float]], path: Path | None = No
     for kind, values in fractions.items():
         ax.hist(values, bins=edges, histtype="step", lw=2.5, label=f"{kind} ({len(values)} masks)")
     ax.set_xlabel("hole area / image area"), ax.set_ylabel("masks"), ax.set_title(title)
-    ax.legend()
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)   # beside the axes, off the bars
     return save(fig, path, smoke_stamp=False)
 
 
@@ -431,7 +431,8 @@ def peft_tradeoff(table, metric: str = "psnr_hole", path: Path | None = None, la
     """Message: what each PEFT variant buys per trainable parameter (the ablation of notebook 04).
     One point per scored variant at (trainable parameters, log scale; mean ``metric``) with its
     bootstrap 95 % CI; the reference method (``variant`` starting with "reference") as a dashed line
-    with its CI as a band; variants without scores named above the axes with their status."""
+    with its CI as a band; variants without scores named above the axes with their status. Variants of
+    about the same size are dodged sideways, their labels in a column with leader lines."""
     import pandas as pd
 
     fig, ax = plt.subplots(figsize=(9, 4.8))
@@ -444,15 +445,29 @@ def peft_tradeoff(table, metric: str = "psnr_hole", path: Path | None = None, la
         ax.axhline(r[metric], ls="--", color="#444444", lw=1.5)
         ax.axhspan(r[f"{metric}_lo"], r[f"{metric}_hi"], color="#999999", alpha=0.2)
         notes.append(f"dashed: {r['variant']}, {int(r['trainable_params']):,} params, its CI shaded")
-    level, last_x = 0, None
+    # variants within 0.2 decades of each other form a cluster: their points are dodged sideways and
+    # their labels fanned out with leader lines, so that none is drawn over another
+    clusters = []
     for _, r in pts.sort_values("trainable_params").iterrows():
         x = float(r["trainable_params"])
-        # labels of variants with about the same parameter count are stacked, not drawn over each other
-        level = level + 1 if last_x is not None and np.log10(x) - np.log10(last_x) < 0.2 else 0
-        last_x = x
-        err = [[r[metric] - r[f"{metric}_lo"]], [r[f"{metric}_hi"] - r[metric]]]
-        ax.errorbar([x], [r[metric]], yerr=err, fmt="o", capsize=4, ms=7)
-        ax.annotate(r["variant"], (x, r[metric]), textcoords="offset points", xytext=(6, 6 + 18 * level))
+        if clusters and np.log10(x) - np.log10(float(clusters[-1][0]["trainable_params"])) < 0.2:
+            clusters[-1].append(r)
+        else:
+            clusters.append([r])
+    for cluster in clusters:
+        n = len(cluster)
+        xs = [float(r["trainable_params"]) * 10 ** (0.04 * (k - (n - 1) / 2)) for k, r in enumerate(cluster)]
+        label_x = max(xs) * 10 ** 0.12                 # the cluster's labels in one column right of it
+        by_height = sorted(range(n), key=lambda k: -float(cluster[k][metric]))
+        for k, (x, r) in enumerate(zip(xs, cluster)):
+            err = [[r[metric] - r[f"{metric}_lo"]], [r[f"{metric}_hi"] - r[metric]]]
+            ax.errorbar([x], [r[metric]], yerr=err, fmt="o", capsize=4, ms=7)
+            if n == 1:
+                ax.annotate(r["variant"], (x, r[metric]), textcoords="offset points", xytext=(6, 6))
+            else:                                      # highest point, highest label; a leader line to each
+                ax.annotate(r["variant"], (x, r[metric]), textcoords=("data", "offset points"), va="center",
+                            xytext=(label_x, 24 * ((n - 1) / 2 - by_height.index(k))),
+                            arrowprops=dict(arrowstyle="-", color="#888888", lw=0.8))
     ax.set_xscale("log")
     ax.set_xlabel("trainable parameters (log scale)")
     ax.set_ylabel(f"{label}\n({'higher' if higher_is_better else 'lower'} is better)")
@@ -463,7 +478,9 @@ def peft_tradeoff(table, metric: str = "psnr_hole", path: Path | None = None, la
     if notes:
         import textwrap
         ax.set_title("\n".join(textwrap.fill(n, 90) for n in notes), loc="left", color="#555555")
-    fig.suptitle("Quality against trainable parameters: mean over the test images, 95 % CI")
+    sizes = sorted({int(v) for v in scored["n"].dropna()}) if "n" in scored else []
+    on = f"the same {sizes[0]} test images" if len(sizes) == 1 else "the test images"
+    fig.suptitle(f"Quality against trainable parameters: mean over {on}, 95 % CI")
     return save(fig, path)
 
 

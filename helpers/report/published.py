@@ -27,6 +27,8 @@ STUDY = [  # "id": our method that the row stands beside
     {"id": "sd_lora", "method": "SD 1.5 inpainting + LoRA", "psnr": 23.45, "ssim": 0.845, "lpips": 0.112, "fid": 32.17},
     {"id": "ddpm_finetuned", "method": "DDPM fine-tuned", "psnr": 20.97, "ssim": 0.801, "lpips": 0.1625, "fid": 40.45},
 ]
+# Their SSIM window is not stated (Wang et al.'s usual 11x11 Gaussian?); ours is a 7x7 uniform window:
+# the two SSIM columns are not on one scale (helpers.report.text.study_note says so under the table).
 
 
 # Published anchors on CelebA-HQ 256: each entry names the paper (and its table) where its numbers

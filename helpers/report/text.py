@@ -97,7 +97,10 @@ def study_note(ev: Evaluation, preset: str) -> str:
     i = ev.info
     return (f"*this run*: measured here on {i['n_test']} test images at {i['image_size']} px. "
             f"The other rows are as reported by {STUDY_SOURCE} on {STUDY_PROTOCOL}: "
-            "a different test set, masks and resolution, so they set the scale, not a ranking.")
+            "a different test set, masks and resolution, so they set the scale, not a ranking. "
+            "SSIM differs in its window too: ours is scikit-image's default, a 7x7 uniform window; "
+            "the study does not state its window, and the usual SSIM (Wang et al. 2004) uses an 11x11 "
+            "Gaussian (sigma 1.5), which gives other values on the same images.")
 
 
 
@@ -124,7 +127,8 @@ def equation_values(cfg: Config, sd_meta: dict) -> str:
         f"$\\lambda_\\text{{ctx}} = {d.lambda_context:g}$; DDIM, {d.num_inference_steps} steps.",
         f"* SD 1.5 inpainting + LoRA at {size}: $r = {lora.r}$, $\\alpha = {lora.alpha}$ on "
         f"{', '.join(f'`{m}`' for m in lora.target_modules)}; caption dropped with $p = "
-        f"{100 * s.prompt_dropout:.0f}$ %; {s.num_inference_steps} steps, $w = {s.guidance_scale:g}$.",
+        f"{100 * s.prompt_dropout:.0f}$ %; {s.num_inference_steps} steps, guidance $s = {s.guidance_scale:g}$ "
+        f"(diffusers' scale; $w = s - 1 = {s.guidance_scale - 1:g}$ in Ho & Salimans' form).",
     ])
 
 

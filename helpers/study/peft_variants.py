@@ -250,6 +250,30 @@ def find_adapter(cfg: Config, name: str, root: Path | None = None) -> Path | Non
 
 
 # ============================================================== the ablation table
+def reference_on_variant_images(summary: pd.DataFrame, per_image: pd.DataFrame, ref: str, trained: list,
+                                 cfg: Config) -> pd.DataFrame:
+    """The reference's per-image means and CIs over the images the variants were scored on (the
+    variants may be predicted on the first ``ablation.max_test_images`` test images, the reference on
+    all of them): one image set per statement. Its FID / KID, set statistics, are then left out."""
+    from helpers.study.evaluate import PER_IMAGE
+    from helpers.study.metrics import bootstrap_ci
+
+    variant_names = set(per_image.loc[per_image["method"].isin(trained), "name"])
+    ref_rows = per_image[per_image["method"] == ref]
+    if ref not in summary.index or not variant_names or set(ref_rows["name"]) <= variant_names:
+        return summary
+    ref_rows = ref_rows[ref_rows["name"].isin(variant_names)]
+    summary = summary.astype(object)
+    summary.loc[ref, "n"] = len(ref_rows)
+    for k in PER_IMAGE:
+        summary.loc[ref, [k, f"{k}_lo", f"{k}_hi"]] = bootstrap_ci(ref_rows[k].to_numpy(dtype=float),
+                                                                    cfg.eval.bootstrap_samples, cfg.seed)
+    for k in ("fid", "kid", "kid_std"):
+        if k in summary.columns:
+            summary.loc[ref, k] = None
+    return summary
+
+
 def evaluate_ablation(cfg: Config, root: Path | None = None, device=None, scores_fn=None) -> pd.DataFrame:
     """Every trained variant scored with the study's protocol (:func:`helpers.study.evaluate.evaluate_all`:
     hole PSNR / SSIM, LPIPS, FID / KID, bootstrap CIs; buckets in the returned evaluation's tables),
@@ -263,6 +287,10 @@ def evaluate_ablation(cfg: Config, root: Path | None = None, device=None, scores
     trained = [r["method"] for r in rows if r["status"] == "trained"]
     ev = evaluate_all(cfg, root, [ref, *trained], device, scores_fn or pixel_scores, save=False)
     summary = ev.summary.set_index("method")
+    n_ref = summary["n"].get(ref) if "n" in summary else None
+    summary = reference_on_variant_images(summary, ev.per_image, ref, trained, cfg)
+    ref_note = (f"scored on the variants' {summary.loc[ref, 'n']} test images (of {n_ref}); FID / KID left out"
+                if n_ref is not None and summary["n"].get(ref) != n_ref else "")
     metrics = ("psnr_hole", "ssim_hole", "lpips", "fid", "kid")
     ref_meta_path = paths(cfg, root).predictions(ref) / "meta.json"
     ref_meta = load_json(ref_meta_path) if ref_meta_path.is_file() else {}
@@ -272,7 +300,8 @@ def evaluate_ablation(cfg: Config, root: Path | None = None, device=None, scores
     if ref_meta.get("train_steps"):
         ref_meta["step_seconds"] = ref_meta["train_seconds"] / ref_meta["train_steps"]
     out = []
-    for r in [{"variant": f"reference ({ref})", "method": ref, "status": "trained", "meta": ref_meta}] + rows:
+    for r in [{"variant": f"reference ({ref})", "method": ref, "status": "trained", "meta": ref_meta,
+               "note": ref_note}] + rows:
         m, meta = r["method"], r.get("meta") or {}
         row = {"variant": r["variant"], "method": m, "status": r["status"], "note": r.get("note", ""),
                "adapter": (meta.get("variant") or {}).get("method", "lora" if m == ref else None),

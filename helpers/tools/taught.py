@@ -155,7 +155,7 @@ def _record_path() -> Path:
     return ROOT / "data" / "cache" / "taught_synced.json"
 
 
-def _digest(text: str) -> str:
+def digest(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -183,13 +183,13 @@ class Baseline:
         out = set()
         head = self.committed(module)
         if head and name in head:
-            out.add(_digest(head[name]))
+            out.add(digest(head[name]))
         if f"{_rel(module)}::{name}" in self.record:
             out.add(self.record[f"{_rel(module)}::{name}"])
         return out
 
     def remember(self, module: Path, name: str, text: str):
-        self.record[f"{_rel(module)}::{name}"] = _digest(text)
+        self.record[f"{_rel(module)}::{name}"] = digest(text)
 
     def save(self):
         path = _record_path()
@@ -205,12 +205,12 @@ def classify(cell_text: str | None, module_text: str | None, base: set[str]) -> 
     there is no baseline, or both are at one: the last commit and the last sync here disagree)."""
     if cell_text == module_text:
         return "same"
-    cell_same = cell_text is not None and _digest(cell_text) in base
+    cell_same = cell_text is not None and digest(cell_text) in base
     if module_text is None:
         return "removed" if cell_same else "cell"
     if not base:
         return "unknown"
-    module_same = _digest(module_text) in base
+    module_same = digest(module_text) in base
     if cell_same and not module_same:
         return "module"
     if module_same and not cell_same:
