@@ -22,23 +22,8 @@ Conventions (the only place they are defined; every module follows them):
 """
 from __future__ import annotations
 
-import importlib
-import sys
-
-
-def lazy_submodules(package: str, names):
-    """The module ``__getattr__`` of a package whose modules load on first use (``H.study.data``):
-    one definition for ``helpers`` and each of its subpackages (defined before they are imported)."""
-    def __getattr__(name: str):
-        if name in names:
-            module = importlib.import_module(f".{name}", package)
-            setattr(sys.modules[package], name, module)
-            return module
-        raise AttributeError(f"module {package!r} has no attribute {name!r}")
-    return __getattr__
-
-
-from helpers.study.config import Config, load_config  # noqa: E402  (after lazy_submodules: study uses it)
+from helpers.course import lazy_submodules
+from helpers.study.config import Config, load_config
 
 _SUBPACKAGES = ("course", "study", "report", "apps", "tools")
 
