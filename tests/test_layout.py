@@ -68,13 +68,11 @@ def test_no_import_cycle_between_modules():
 def test_roles_depend_one_way():
     """The role folders depend one way: course (what the notebooks teach) on nothing of the package;
     study (the plumbing) on course; report and apps on both; tools on all; nothing on tools, except
-    Any import counts, at module level or inside a function. Two reads across are deliberate: the
-    preference statistics read the demo's vote store, and the DDPM's training validator draws its
-    grid with the report's image_grid."""
+    Any import counts, at module level or inside a function. One read across is deliberate: the
+    DDPM's training validator draws its grid with the report's image_grid."""
     allowed = {"course": {"course"}, "study": {"course", "study"}, "report": {"course", "study", "report"},
                "apps": {"course", "study", "report", "apps"}, "tools": {"course", "study", "report", "apps", "tools"}}
-    deliberate = {("helpers/report/preference.py", "helpers.apps.votes"),
-                  ("helpers/study/ddpm.py", "helpers.report.figures")}
+    deliberate = {("helpers/study/ddpm.py", "helpers.report.figures")}
     wrong = []
     for path, tree in _trees():
         role = path.parts[1] if len(path.parts) > 2 else None
