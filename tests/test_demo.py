@@ -302,7 +302,8 @@ def test_browser_inpaint_and_three_votes(server, browser):
         "WHERE rater = 'browser-rater' ORDER BY id").fetchall()
     assert [r[4] for r in rows] == ["left", "right", "left"]
     for _, image, left, right, choice, chosen, ms in rows:
-        assert {left, right} == {"telea", H.study.votes.GROUND_TRUTH} and chosen == (left if choice == "left" else right)
+        assert {left, right} == {"telea", H.study.votes.GROUND_TRUTH}
+        assert chosen == (left if choice == "left" else right)
         assert image in H.study.data.load_index(cfg)["splits"]["test"] and ms > 0
     assert not outside, f"the page asked the network for {outside[:3]}"
 
