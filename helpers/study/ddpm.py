@@ -220,7 +220,8 @@ def make_validator(cfg: Config, P: Paths, unet, alphas_cumprod: torch.Tensor, de
             return
         pred = sample(x, m, image_seeds(cfg.seed, batch["name"]), batch["name"]).cpu()
         fig = image_grid(grid_rows(course.masked_image(x, m), m, pred, x), col_titles=GRID_TITLES,
-                         path=P.figures / f"03_val_step{step:06d}.png", title=f"validation, step {step}")
+                         path=P.figures / f"03_val_step{step:06d}.png", title=f"validation, step {step}",
+                         preset=cfg.preset)
         plt.close(fig)
 
     return on_validate
