@@ -4,9 +4,10 @@
   functions also appear, as exact copies, in the code cells of the notebook that teaches them
   (``make notebooks`` writes them there; ``tests/test_taught_code.py`` checks they are equal).
 * ``helpers.study``: the reproducible run: presets, data, captions, model loading, the training
-  loop with resume, prediction of the test set for every method, evaluation statistics, the CLI.
+  loop with resume, prediction of the test set for every method, evaluation statistics, the vote
+  store of the preference study, the CLI.
 * ``helpers.report``: tables, figures, human-preference statistics and the export of the series.
-* ``helpers.apps``: the live demo (Gradio) and its vote store.
+* ``helpers.apps``: the live demo (Gradio) and its preference study's pair scheduler.
 * ``helpers.tools``: the benchmark and the notebook-sync tool.
 
 Conventions (the only place they are defined; every module follows them):
