@@ -4,9 +4,10 @@
   functions also appear, as exact copies, in the code cells of the notebook that teaches them
   (``make notebooks`` writes them there; ``tests/test_taught_code.py`` checks they are equal).
 * ``helpers.study``: the reproducible run: presets, data, captions, model loading, the training
-  loop with resume, prediction of the test set for every method, evaluation statistics, the CLI.
+  loop with resume, prediction of the test set for every method, evaluation statistics, the vote
+  store of the preference study, the CLI.
 * ``helpers.report``: tables, figures, human-preference statistics and the export of the series.
-* ``helpers.apps``: the live demo (Gradio) and its vote store.
+* ``helpers.apps``: the live demo (Gradio) and its preference study's pair scheduler.
 * ``helpers.tools``: the benchmark and the notebook-sync tool.
 
 Conventions (the only place they are defined; every module follows them):
@@ -22,23 +23,8 @@ Conventions (the only place they are defined; every module follows them):
 """
 from __future__ import annotations
 
-import importlib
-import sys
-
-
-def lazy_submodules(package: str, names):
-    """The module ``__getattr__`` of a package whose modules load on first use (``H.study.data``):
-    one definition for ``helpers`` and each of its subpackages (defined before they are imported)."""
-    def __getattr__(name: str):
-        if name in names:
-            module = importlib.import_module(f".{name}", package)
-            setattr(sys.modules[package], name, module)
-            return module
-        raise AttributeError(f"module {package!r} has no attribute {name!r}")
-    return __getattr__
-
-
-from helpers.study.config import Config, load_config  # noqa: E402  (after lazy_submodules: study uses it)
+from helpers.course import lazy_submodules
+from helpers.study.config import Config, load_config
 
 _SUBPACKAGES = ("course", "study", "report", "apps", "tools")
 

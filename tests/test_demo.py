@@ -177,7 +177,7 @@ def test_missing_weights_disable_methods_and_the_app_starts(tmp_root):
 def test_votes_from_the_functions(demo):
     rater, trial, masked, left, right, msg = demo.start("")
     assert rater.startswith("rater-") and trial is not None
-    assert {trial.left, trial.right} == {"telea", H.apps.votes.GROUND_TRUTH}
+    assert {trial.left, trial.right} == {"telea", H.study.votes.GROUND_TRUTH}
     before = len(demo.store)
     out = demo.vote("left", rater, trial)
     assert len(demo.store) == before + 1 and out[1].trial_id != trial.trial_id
@@ -299,12 +299,13 @@ def test_browser_inpaint_and_three_votes(server, browser):
                                    timeout=60_000)
     finally:
         page.close()
-    rows = sqlite3.connect(H.apps.votes.db_path(cfg)).execute(
+    rows = sqlite3.connect(H.study.votes.db_path(cfg)).execute(
         "SELECT rater, image, left_method, right_method, choice, chosen_method, response_ms FROM votes "
         "WHERE rater = 'browser-rater' ORDER BY id").fetchall()
     assert [r[4] for r in rows] == ["left", "right", "left"]
     for _, image, left, right, choice, chosen, ms in rows:
-        assert {left, right} == {"telea", H.apps.votes.GROUND_TRUTH} and chosen == (left if choice == "left" else right)
+        assert {left, right} == {"telea", H.study.votes.GROUND_TRUTH}
+        assert chosen == (left if choice == "left" else right)
         assert image in H.study.data.load_index(cfg)["splits"]["test"] and ms > 0
     assert not outside, f"the page asked the network for {outside[:3]}"
 

@@ -13,10 +13,10 @@ import pytest
 
 import helpers as H
 
-A, B, GT = "ddpm_finetuned", "sd_lora", H.apps.votes.GROUND_TRUTH
+A, B, GT = "ddpm_finetuned", "sd_lora", H.study.votes.GROUND_TRUTH
 
 
-def _small_table(store: H.apps.votes.VoteStore) -> None:
+def _small_table(store: H.study.votes.VoteStore) -> None:
     """9 votes, by hand: A vs B: A chosen 3 times, B once; B vs GT: B once, GT twice; A vs GT: GT twice."""
     plan = [("r1", "img0", A, B, "left"), ("r1", "img1", B, A, "right"), ("r2", "img0", A, B, "left"),
             ("r3", "img1", A, B, "right"),                                   # A: 3 wins over B, B: 1 over A
@@ -27,11 +27,11 @@ def _small_table(store: H.apps.votes.VoteStore) -> None:
 
 
 def test_store_rows_hold_every_field(tmp_path):
-    store = H.apps.votes.VoteStore(tmp_path / "v.sqlite")
+    store = H.study.votes.VoteStore(tmp_path / "v.sqlite")
     assert store.add("ann", "img0", A, GT, "right", response_ms=812.5, trial_id="x1")
     assert not store.add("ann", "img0", A, GT, "right", trial_id="x1"), "a double click counts once"
     v = store.votes()
-    assert len(v) == 1 and list(v.columns) == H.apps.votes.COLUMNS
+    assert len(v) == 1 and list(v.columns) == H.study.votes.COLUMNS
     row = v.iloc[0]
     assert (row.rater, row.image, row.left_method, row.right_method, row.choice, row.chosen_method) == \
         ("ann", "img0", A, GT, "right", GT)
@@ -44,12 +44,12 @@ def test_store_rows_hold_every_field(tmp_path):
 
 def test_concurrent_writers_lose_nothing(tmp_path):
     path = tmp_path / "v.sqlite"
-    H.apps.votes.VoteStore(path)
+    H.study.votes.VoteStore(path)
     n_threads, per_thread = 8, 30
     errors = []
 
     def rater(k: int) -> None:
-        store = H.apps.votes.VoteStore(path)          # each rater its own handle, as each server request is
+        store = H.study.votes.VoteStore(path)          # each rater its own handle, as each server request is
         try:
             for i in range(per_thread):
                 store.add(f"r{k}", f"img{i % 3}", A, B, "left" if (i + k) % 2 else "right", trial_id=f"{k}-{i}")
@@ -62,7 +62,7 @@ def test_concurrent_writers_lose_nothing(tmp_path):
     for t in threads:
         t.join()
     assert not errors
-    v = H.apps.votes.VoteStore(path).votes()
+    v = H.study.votes.VoteStore(path).votes()
     assert len(v) == n_threads * per_thread
     assert set(v["trial_id"]) == {f"{k}-{i}" for k in range(n_threads) for i in range(per_thread)}
     assert Counter(v["rater"]) == {f"r{k}": per_thread for k in range(n_threads)}
@@ -73,7 +73,7 @@ def test_a_killed_writer_loses_no_answered_vote(tmp_path):
     path = tmp_path / "v.sqlite"
     code = textwrap.dedent(f"""
         import sys
-        from helpers.apps.votes import VoteStore
+        from helpers.study.votes import VoteStore
         store = VoteStore({str(path)!r})
         for i in range(100000):
             store.add("r", "img", "telea", "ground_truth", "left", trial_id=str(i))
@@ -88,7 +88,7 @@ def test_a_killed_writer_loses_no_answered_vote(tmp_path):
             proc.kill()
             break
     proc.wait()
-    saved = set(H.apps.votes.VoteStore(path).votes()["trial_id"])
+    saved = set(H.study.votes.VoteStore(path).votes()["trial_id"])
     assert len(answered) == 40 and set(answered) <= saved
 
 
@@ -108,7 +108,7 @@ def test_wilson_interval_matches_the_quadratic():
 
 
 def test_statistics_equal_the_hand_computation(tmp_path):
-    store = H.apps.votes.VoteStore(tmp_path / "v.sqlite")
+    store = H.study.votes.VoteStore(tmp_path / "v.sqlite")
     _small_table(store)
     v = store.votes()
     assert H.report.preference.counts(v) == {"votes": 9, "raters": 3, "images": 2}
@@ -137,7 +137,7 @@ def test_bradley_terry_matches_a_direct_likelihood_fit(tmp_path):
     """Three methods from the hand table: MM agrees with maximising the log-likelihood by scipy."""
     from scipy.optimize import minimize
 
-    store = H.apps.votes.VoteStore(tmp_path / "v.sqlite")
+    store = H.study.votes.VoteStore(tmp_path / "v.sqlite")
     _small_table(store)
     v = store.votes()
     methods = H.report.preference.methods_in(v)
@@ -160,7 +160,7 @@ def test_bradley_terry_matches_a_direct_likelihood_fit(tmp_path):
 
 
 def test_scheduler_covers_every_pair_evenly(tmp_path):
-    store = H.apps.votes.VoteStore(tmp_path / "v.sqlite")
+    store = H.study.votes.VoteStore(tmp_path / "v.sqlite")
     cands = {f"img{i}": [A, B, GT] + (["ddpm_repaint"] if i < 2 else []) for i in range(4)}
     sched = H.apps.votes.PairScheduler(cands, store, seed=0)
     assert len(sched.pairs) == 6
@@ -173,12 +173,12 @@ def test_scheduler_covers_every_pair_evenly(tmp_path):
         store.add("solo", t.image, t.left, t.right, "left" if rng.random() < 0.5 else "right", trial_id=t.trial_id)
         sched.answered(t.trial_id)
     pairs_voted = store.votes()[["left_method", "right_method"]].to_numpy()
-    per_pair = Counter(H.apps.votes.pair_key(a, b) for a, b in pairs_voted)
+    per_pair = Counter(H.study.votes.pair_key(a, b) for a, b in pairs_voted)
     assert set(per_pair) == set(sched.pairs) and set(per_pair.values()) == {10}
     assert min(sides.values()) > 5, "both sides are used for every method"
     # a new rater is first shown (pair, image) items they have not answered; concurrent trials spread out
     first = [sched.next("other") for _ in range(6)]
-    assert len({H.apps.votes.pair_key(t.left, t.right) for t in first}) == 6
+    assert len({H.study.votes.pair_key(t.left, t.right) for t in first}) == 6
 
 
 def _slide(cfg):
@@ -192,7 +192,7 @@ def test_preference_slide_with_and_without_votes(tmp_root, smoke_cfg):
     votes, tables, html = _slide(smoke_cfg)
     assert "No votes yet" in html and "make demo" in html
     assert tables == {} and H.report.preference.save_preference_tables(tables, P.tables) == []
-    _small_table(H.apps.votes.VoteStore(H.apps.votes.db_path(smoke_cfg)))
+    _small_table(H.study.votes.VoteStore(H.study.votes.db_path(smoke_cfg)))
     before = sorted(P.tables.glob("*"))
     votes, tables, html = _slide(smoke_cfg)
     assert "<b>9</b> votes from <b>3</b> rater(s)" in html and "Bradley-Terry" in html and "75% [" in html

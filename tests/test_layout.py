@@ -127,13 +127,13 @@ def test_no_import_cycle_between_modules():
 
 def test_roles_depend_one_way():
     """The role folders depend one way: course (what the notebooks teach) on nothing of the package;
-    study (the plumbing) on course; report and apps on both; tools on all; nothing on tools, except
-    Any import counts, at module level or inside a function. One read across is deliberate: the
-    preference statistics read the demo's vote store. (The DDPM's training validator is handed the
-    report's image_grid by notebook 03 instead of importing it.)"""
+    study (the plumbing) on course; report and apps on both; tools on all; nothing on tools.
+    Any import counts, at module level or inside a function. None is deliberate any more: the vote
+    store lives in the study, and the DDPM's training validator is handed the report's image_grid by
+    notebook 03 instead of importing it."""
     allowed = {"course": {"course"}, "study": {"course", "study"}, "report": {"course", "study", "report"},
                "apps": {"course", "study", "report", "apps"}, "tools": {"course", "study", "report", "apps", "tools"}}
-    deliberate = {("helpers/report/preference.py", "helpers.apps.votes")}
+    deliberate = set()
     wrong = []
     for path, tree in _trees():
         role = path.parts[1] if len(path.parts) > 2 else None
@@ -163,3 +163,120 @@ def test_course_modules_import_each_other_one_way():
                 edges[m] |= {a.name.split(".")[2] for a in node.names if a.name.startswith("helpers.course.")}
     circles = [f"{a} <-> {b}" for a in edges for b in edges[a] if b != a and a in edges.get(b, set())]
     assert not circles, "course modules importing each other: " + ", ".join(circles)
+
+
+# ---------------------------------------------------------------- issue 28: layers that only point down
+FLOORS = ("course", "study", "report", "apps", "tools")      # lowest first: each may import only its own and lower
+# cycles being removed on another branch of issue 28: each must still exist here (a stale entry fails)
+PENDING_CYCLES: set = set()
+
+
+def _all_modules() -> dict[str, ast.Module]:
+    return {_module_name(p): t for p, t in _trees()}
+
+
+def _imported_modules(tree: ast.Module, modules) -> set[str]:
+    """Every helpers module ``tree`` imports, at module level or inside a function (a lazy import is an
+    arrow too): ``from a.b import c`` names ``a.b.c`` when that is a module, else ``a.b``."""
+    out = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out |= {a.name for a in node.names if a.name in modules}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            for a in node.names:
+                sub = f"{node.module}.{a.name}"
+                out.add(sub if sub in modules else node.module)
+    return {m for m in out if m in modules}
+
+
+def _import_graph() -> dict[str, set[str]]:
+    modules = _all_modules()
+    return {m: _imported_modules(t, modules) - {m} for m, t in modules.items()}
+
+
+def _cycles(edges: dict[str, set[str]]) -> list[frozenset]:
+    """The strongly connected components with more than one module (Tarjan)."""
+    index, low, stack, on, out = {}, {}, [], set(), []
+
+    def visit(v):
+        index[v] = low[v] = len(index)
+        stack.append(v), on.add(v)
+        for w in sorted(edges[v]):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = set()
+            while True:
+                w = stack.pop()
+                on.discard(w), comp.add(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(frozenset(comp))
+
+    for v in sorted(edges):
+        if v not in index:
+            visit(v)
+    return out
+
+
+def test_no_import_circle_even_through_function_level_imports():
+    """No circle among helpers' modules, counting imports inside functions and the package faces."""
+    cycles = set(_cycles(_import_graph()))
+    assert not cycles - PENDING_CYCLES, "import circles: " + "; ".join(
+        " <-> ".join(sorted(c)) for c in cycles - PENDING_CYCLES)
+    stale = PENDING_CYCLES - cycles
+    assert not stale, f"gone, delete from PENDING_CYCLES: {[sorted(c) for c in stale]}"
+
+
+def test_the_cycle_finder_sees_a_lazy_back_edge():
+    edges = {"a": {"b"}, "b": set(), "c": {"d"}, "d": {"c"}}
+    assert _cycles(edges) == [frozenset({"c", "d"})]
+    tree = ast.parse("def f():\n    from helpers.study import sd\n")
+    assert _imported_modules(tree, {"helpers.study", "helpers.study.sd"}) == {"helpers.study.sd"}
+
+
+def _floor(module: str) -> int | None:
+    parts = module.split(".")
+    return FLOORS.index(parts[1]) if len(parts) > 1 and parts[1] in FLOORS else None
+
+
+def test_no_floor_imports_a_higher_floor_or_the_package_face():
+    """course <- study <- report <- apps <- tools: a module imports its own floor or lower ones, and no
+    module of a floor imports ``helpers`` itself (the face above every floor; what the floors share,
+    like lazy_submodules, lives on the lowest floor that uses it). Function-level imports count."""
+    deliberate: set = set()
+    wrong = []
+    for m, targets in _import_graph().items():
+        here = _floor(m)
+        if here is None:
+            continue
+        for t in sorted(targets):
+            there = _floor(t)
+            if ((there is None and t == "helpers") or (there is not None and there > here)) \
+                    and (m, t) not in deliberate:
+                wrong.append(f"{m} ({FLOORS[here]}) imports {t}")
+    assert not wrong, "imports that run back up:\n" + "\n".join(wrong)
+
+
+def test_no_public_global_rebound_inside_a_function():
+    """No hidden second route between modules (issue 28: files.paths() wrote ACTIVE_PRESET, which the
+    figures read): a module-level name that a function rebinds with ``global`` is private to its
+    module, and no other module names it."""
+    modules = _all_modules()
+    wrong = []
+    for m, tree in modules.items():
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.Global):
+                continue
+            for name in node.names:
+                if not name.startswith("_"):
+                    wrong.append(f"{m}:{node.lineno} rebinds public global {name}")
+                readers = [o for o, t in modules.items() if o != m and any(
+                    (isinstance(n, ast.Name) and n.id == name) or (isinstance(n, ast.Attribute) and n.attr == name)
+                    or (isinstance(n, ast.alias) and n.name == name) for n in ast.walk(t))]
+                wrong += [f"{o} reads {m}.{name}" for o in readers]
+    assert not wrong, "module globals set at run time and shared:\n" + "\n".join(wrong)

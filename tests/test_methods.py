@@ -79,7 +79,7 @@ def test_a_registered_method_is_in_the_demo_the_tables_and_a_figure(prepared, gr
     pred = H.study.data.composite(fn(test["image"], test["mask"], [], []), test["image"], test["mask"])
     H.study.data.write_predictions(cfg, "grey", test["name"], pred, {"weights": "none (test dummy)"})
     voting = H.apps.demo.Demo(cfg).scheduler                                   # the vote tab: grey vs the photo
-    assert voting.pairs == [("grey", H.apps.votes.GROUND_TRUTH)] and set(voting.candidates) == set(test["name"])
+    assert voting.pairs == [("grey", H.study.votes.GROUND_TRUTH)] and set(voting.candidates) == set(test["name"])
     ev = H.study.evaluate.evaluate_all(cfg, methods=["grey"], save=False)
     assert ev.methods == ["grey"] and ev.summary.loc[0, "label"] == "Grey fill (test dummy)"
     # 3. the tables show its short label; a figure draws it with its marker

@@ -57,12 +57,16 @@ def test_smoke_figures_are_stamped_visibly_and_in_the_png(tmp_path):
     assert not H.report.figures.png_is_stamped(tmp_path / "full.png")
 
 
-def test_the_active_preset_decides_the_stamp(tmp_root):
-    H.study.files.paths(H.load_config("full"))
-    fig = H.report.figures.loss_curve([{"step": i, "loss": 1.0 / (i + 1)} for i in range(30)], tmp_root / "l.png")
-    assert not H.report.figures.png_is_stamped(tmp_root / "l.png") and H.report.figures.SMOKE_STAMP not in _texts(fig)
+def test_the_callers_preset_decides_the_stamp(tmp_root):
+    """The preset reaches the figure as an argument: opening a preset's folders (paths) sets nothing."""
+    history = [{"step": i, "loss": 1.0 / (i + 1)} for i in range(30)]
     H.study.files.paths(H.load_config("smoke"))
-    fig = H.report.figures.loss_curve([{"step": i, "loss": 1.0 / (i + 1)} for i in range(30)], tmp_root / "s.png")
+    fig = H.report.figures.loss_curve(history, tmp_root / "l.png", preset="full")
+    assert not H.report.figures.png_is_stamped(tmp_root / "l.png") and H.report.figures.SMOKE_STAMP not in _texts(fig)
+    fig = H.report.figures.loss_curve(history, tmp_root / "n.png")
+    assert not H.report.figures.png_is_stamped(tmp_root / "n.png") and H.report.figures.SMOKE_STAMP not in _texts(fig)
+    H.study.files.paths(H.load_config("full"))
+    fig = H.report.figures.loss_curve(history, tmp_root / "s.png", preset="smoke")
     assert H.report.figures.png_is_stamped(tmp_root / "s.png") and H.report.figures.SMOKE_STAMP in _texts(fig)
 
 
@@ -121,12 +125,11 @@ def _evaluation() -> H.study.evaluate.Evaluation:
 
 
 @pytest.mark.parametrize("make", [
-    lambda ev: H.report.figures.plot_bars(ev),
-    lambda ev: H.report.figures.plot_vs_hole(ev, "psnr_hole"),
-    lambda ev: H.report.figures.plot_vs_hole(ev, "lpips", by="kind"),
+    lambda ev: H.report.figures.plot_bars(ev, preset="smoke"),
+    lambda ev: H.report.figures.plot_vs_hole(ev, "psnr_hole", preset="smoke"),
+    lambda ev: H.report.figures.plot_vs_hole(ev, "lpips", by="kind", preset="smoke"),
 ], ids=["bars", "vs_hole", "vs_kind"])
 def test_evaluation_figures_are_slide_ready(make, tmp_root):
-    H.study.files.paths(H.load_config("smoke"))
     fig = make(_evaluation())
     texts = _texts(fig)
     assert reference.smallest_text_px(fig) >= H.report.figures.MIN_TEXT_PX - 1e-9
@@ -143,8 +146,7 @@ def test_evaluation_figures_are_slide_ready(make, tmp_root):
 
 
 def test_bars_say_which_method_did_not_run():
-    H.study.files.paths(H.load_config("full"))
-    fig = H.report.figures.plot_bars(_evaluation())
+    fig = H.report.figures.plot_bars(_evaluation(), preset="full")
     assert "not run" in _texts(fig) and H.report.figures.SMOKE_STAMP not in _texts(fig)
     labels = [t.get_text() for t in fig.axes[0].get_yticklabels()]
     assert "RePaint  (n=2)" in labels and "SD + LoRA  (n=0)" in labels

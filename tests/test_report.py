@@ -129,3 +129,21 @@ def test_cdn_only_when_asked(tmp_path):
     _write(nb_path, "x = 1")
     html = H.report.export.export(nb_path, tmp_path, None)["slides"].read_text()
     assert "slides_js/" not in html and "https://" in html
+
+
+def test_main_loads_the_preset_once_and_passes_it_on(tmp_root, monkeypatch, capsys):
+    loads, seen = [], {}
+    real = H.report.export.load_config
+
+    def counting_load(*args, **kwargs):
+        loads.append(args)
+        return real(*args, **kwargs)
+
+    def fake_run(preset, *args, cfg=None, **kwargs):
+        seen["cfg"] = cfg
+        return {"notebooks": []}
+
+    monkeypatch.setattr(H.report.export, "load_config", counting_load)
+    monkeypatch.setattr(H.report.export, "run", fake_run)
+    assert H.report.export.main(["--preset", "smoke", "--no-export", "--set", "seed=7"]) == 0
+    assert len(loads) == 1 and seen["cfg"].seed == 7

@@ -1,7 +1,8 @@
-"""The apps: the live Gradio demo and the vote store of its blind preference study."""
+"""The apps: the live Gradio demo and the pair scheduler of its blind preference study (the votes
+themselves are stored by :mod:`helpers.study.votes`)."""
 from __future__ import annotations
 
-from helpers import lazy_submodules
+from helpers.course import lazy_submodules
 
 _MODULES = ("demo", "votes")
 

@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from helpers.apps.votes import GROUND_TRUTH, PairScheduler, Trial, VoteStore, db_path
+from helpers.apps.votes import PairScheduler, Trial
 from helpers.course.masks import KINDS, generate_mask
 from helpers.study import methods as registry
 from helpers.study.config import Config, load_config
@@ -56,6 +56,7 @@ from helpers.study.data import (
 from helpers.study.files import load_json, paths, to_tensor, to_uint8
 from helpers.study.methods import ABLATION_PREFIX, MethodStatus, short_label
 from helpers.study.runtime import get_device
+from helpers.study.votes import GROUND_TRUTH, VoteStore, db_path
 
 # no telemetry, no version check, no hub call: set only while the app is served (serving_offline)
 GRADIO_ENV = {"GRADIO_ANALYTICS_ENABLED": "False", "GRADIO_RUN_HISTORY": "False", "DO_NOT_TRACK": "1"}

@@ -3,7 +3,7 @@
 (``preference``) and the export of the notebook series (``export``)."""
 from __future__ import annotations
 
-from helpers import lazy_submodules
+from helpers.course import lazy_submodules
 
 _MODULES = ("tables", "text", "figures", "published", "preference", "export")
 

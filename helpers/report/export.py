@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
 
-from helpers.study.config import ROOT, add_set_argument, load_config, parse_overrides
+from helpers.study.config import ROOT, Config, add_set_argument, load_config, parse_overrides
 from helpers.study.files import paths, save_json, shown_path, shown_paths
 
 NOTEBOOK_DIR = ROOT / "notebooks"
@@ -386,13 +386,15 @@ def export(executed: Path, out_dir: Path, slide_assets: dict | None = None) -> d
 
 
 def run(preset: str = "smoke", only: str | None = None, start: str | None = None, overrides: dict | None = None,
-        do_export: bool = True, notebook_dir: Path = NOTEBOOK_DIR, cdn: bool = False) -> dict:
+        do_export: bool = True, notebook_dir: Path = NOTEBOOK_DIR, cdn: bool = False,
+        cfg: Config | None = None) -> dict:
     """Execute the selected notebooks in order; return the manifest (also saved as manifest.json).
     The export uses local copies of the slides' JavaScript (checked before anything runs); ``cdn``
-    loads it from the internet instead."""
+    loads it from the internet instead. ``cfg``: ``preset`` with ``overrides`` when the caller has
+    loaded it already (:func:`main`), else loaded here."""
     from tqdm.auto import tqdm
 
-    cfg = load_config(preset, overrides)
+    cfg = cfg if cfg is not None else load_config(preset, overrides)
     P = paths(cfg)
     _kernel_env()
     nbs = select(list_notebooks(notebook_dir), only, start)
@@ -444,13 +446,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cdn", action="store_true",
                     help="slides and report load reveal.js and MathJax from the internet instead of local copies")
     args = ap.parse_args(argv)
+    overrides = parse_overrides(args.overrides)
+    cfg = load_config(args.preset, overrides)           # loaded once: the run and the summary below share it
     try:
-        manifest = run(args.preset, args.only, args.start, parse_overrides(args.overrides), not args.no_export,
-                       cdn=args.cdn)
+        manifest = run(args.preset, args.only, args.start, overrides, not args.no_export, cdn=args.cdn, cfg=cfg)
     except (NotebookFailed, AssetsMissing) as e:
         print(f"\nFAILED: {e}", file=sys.stderr)
         return 1
-    P = paths(load_config(args.preset))
+    P = paths(cfg)
     print(f"\nDone: {len(manifest['notebooks'])} notebook(s) in {P.reports}")
     for kind, path in manifest.get("exports", {}).items():
         print(f"  {kind}: {path}")

@@ -6,8 +6,9 @@ Every figure is designed for a 1280x720 slide: it is shown fitted into the slide
 pixels, lays the figure out, and, for the smoke preset, stamps a figure whose content depends on
 the (there tiny, untrained) models "smoke preset: pipeline check, not a result" (visibly, and in
 the PNG's metadata) so that a figure shown alone cannot pass for a result; figures of data,
-schedules or exact computations pass ``smoke_stamp=False``. The preset is the one whose output
-folders :func:`helpers.study.files.paths` opened last, or ``save(..., preset=...)``.
+schedules or exact computations pass ``smoke_stamp=False``. The preset reaches every figure that
+may be stamped as an argument from its caller (``preset=cfg.preset``; :func:`qualitative_grid`
+reads it from its ``cfg``); without one nothing is stamped.
 """
 from __future__ import annotations
 
@@ -132,14 +133,9 @@ def enforce_legible(fig) -> None:
             t.set_fontsize(floor)
 
 
-def current_preset() -> str | None:
-    from helpers.study.files import ACTIVE_PRESET
-    return ACTIVE_PRESET
-
-
 def stamp(fig, preset: str | None = None) -> bool:
-    """Write the smoke stamp above the figure when ``preset`` (default: the active one) is smoke."""
-    if (preset or current_preset()) != "smoke":
+    """Write the smoke stamp above the figure when ``preset`` is smoke."""
+    if preset != "smoke":
         return False
     if not any(t.get_text() == SMOKE_STAMP for t in fig.texts):
         fig.text(0.5, 1.0, SMOKE_STAMP, ha="center", va="bottom", color="#a00000", fontweight="bold",
@@ -152,7 +148,7 @@ def save(fig, path: Path | None = None, preset: str | None = None, smoke_stamp: 
     """Finish a figure for a slide and save it (PNG, 150 dpi) when a path is given; return it for display.
 
     1. every text at least :data:`MIN_TEXT_PX` slide pixels high (:func:`enforce_legible`);
-    2. layout; 3. the smoke stamp above it (``preset``, default the active preset) and in the PNG's
+    2. layout; 3. the smoke stamp above it (when ``preset``, the caller's preset, is smoke) and in the PNG's
     ``Description``; 4. the PNG, cropped to its content.
 
     ``smoke_stamp``: whether the figure's content depends on the trained (smoke: tiny, untrained)
@@ -194,13 +190,14 @@ def _as_image(x) -> np.ndarray:
 
 def image_grid(rows: Sequence[Sequence], col_titles: Sequence[str] | None = None,
                row_titles: Sequence[str] | None = None, path: Path | None = None, cell: float = 1.9,
-               title: str | None = None, empty_text: str | Sequence[str] | None = None, smoke_stamp: bool = True):
+               title: str | None = None, empty_text: str | Sequence[str] | None = None, smoke_stamp: bool = True,
+               preset: str | None = None):
     """A grid of images: ``rows[i][j]`` is a tensor in [-1, 1], a (1,H,W) mask, or a uint8 array.
 
     A ``None`` cell is drawn as a grey box saying ``empty_text`` (per column when a list; default
     "not run"), never left blank: a reader sees that a method did not run on that image. Column
     titles are wrapped onto several lines where they are wider than their column
-    (:func:`fit_column_titles`), so neighbours never overlap. ``smoke_stamp``: see :func:`save`."""
+    (:func:`fit_column_titles`), so neighbours never overlap. ``smoke_stamp``, ``preset``: see :func:`save`."""
     n_rows, n_cols = len(rows), max(len(r) for r in rows)
     extra_w = 1.4 if row_titles is not None else 0.0
     fig, axes = plt.subplots(n_rows, n_cols, figsize=(cell * n_cols + extra_w, cell * n_rows + 0.7), squeeze=False)
@@ -225,7 +222,7 @@ def image_grid(rows: Sequence[Sequence], col_titles: Sequence[str] | None = None
     if title:
         fig.suptitle(title)
     fit_column_titles(fig, [axes[0][j] for j in range(n_cols)])
-    return save(fig, path, smoke_stamp=smoke_stamp)
+    return save(fig, path, preset, smoke_stamp=smoke_stamp)
 
 
 def fit_column_titles(fig, axes_row: Sequence, gap_px: float = 8.0, rounds: int = 3) -> None:
@@ -265,8 +262,9 @@ def fit_column_titles(fig, axes_row: Sequence, gap_px: float = 8.0, rounds: int 
 
 
 def loss_curve(history: Sequence[dict], path: Path | None = None, title: str = "training loss",
-               key: str = "loss", smooth: int = 10, smoke_stamp: bool = True):
-    """Plot ``[{"step": s, key: v}, ...]`` with a moving average (drawn on top, thicker)."""
+               key: str = "loss", smooth: int = 10, smoke_stamp: bool = True, preset: str | None = None):
+    """Plot ``[{"step": s, key: v}, ...]`` with a moving average (drawn on top, thicker).
+    ``smoke_stamp``, ``preset``: see :func:`save`."""
     fig, ax = plt.subplots(figsize=(9, 4.5))
     steps = np.array([h["step"] for h in history])
     vals = np.array([h[key] for h in history], dtype=float)
@@ -278,7 +276,7 @@ def loss_curve(history: Sequence[dict], path: Path | None = None, title: str = "
     ax.set_xlabel("optimizer step"), ax.set_ylabel(key), ax.set_title(title)
     ax.set_yscale("log" if len(vals) and vals.min() > 0 else "linear")
     ax.legend()
-    return save(fig, path, smoke_stamp=smoke_stamp)
+    return save(fig, path, preset, smoke_stamp=smoke_stamp)
 
 
 def hole_histogram(fractions: dict[str, Sequence[float]], path: Path | None = None, bins: int = 20,
@@ -305,12 +303,12 @@ def _colors(methods: Sequence[str]) -> dict:
     return {m: cmap(i) for i, m in enumerate(METHODS) if m in methods}
 
 
-def _no_scores(path, message: str = "no scores to plot"):
+def _no_scores(path, preset: str | None = None, message: str = "no scores to plot"):
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 2))
     ax.axis("off"), ax.text(0.5, 0.5, message, ha="center", va="center")
-    return save(fig, path)
+    return save(fig, path, preset)
 
 
 def _better(metric: str) -> str:
@@ -318,7 +316,7 @@ def _better(metric: str) -> str:
 
 
 def plot_bars(ev: Evaluation, metrics: Sequence[str] = ("psnr_hole", "ssim_hole", "lpips"),
-              path: Path | None = None, title: str | None = None):
+              path: Path | None = None, title: str | None = None, preset: str | None = None):
     """Message: how well each method fills the hole. One panel per per-image metric (at most three),
     one horizontal bar per method (short label and n on the y axis, never rotated): the mean over the
     images the method was scored on, with its bootstrap 95 % CI. A method that did not run is listed
@@ -330,7 +328,7 @@ def plot_bars(ev: Evaluation, metrics: Sequence[str] = ("psnr_hole", "ssim_hole"
     ok = summ[summ["status"] != "missing"]
     metrics = [m for m in metrics if m in PER_IMAGE and m in ok and not ok[m].isna().all()][:3]
     if not metrics:
-        return _no_scores(path)
+        return _no_scores(path, preset)
     order = [m for m in METHODS if m in set(summ["method"])][::-1]     # first method at the top
     rows = summ.set_index("method").loc[order]
     colors = _colors(order)
@@ -351,10 +349,11 @@ def plot_bars(ev: Evaluation, metrics: Sequence[str] = ("psnr_hole", "ssim_hole"
         ax.grid(axis="x", alpha=0.3)
     axes[0][0].set_yticks(y, [f"{SHORT_LABELS[m]}  (n={int(rows.loc[m, 'n'])})" for m in order])
     fig.suptitle(title or "Hole quality per method: mean over its test images, 95 % CI")
-    return save(fig, path)
+    return save(fig, path, preset)
 
 
-def plot_vs_hole(ev: Evaluation, metric: str = "psnr_hole", path: Path | None = None, by: str = "bucket"):
+def plot_vs_hole(ev: Evaluation, metric: str = "psnr_hole", path: Path | None = None, by: str = "bucket",
+                 preset: str | None = None):
     """Message: how one metric changes with the hole's size (``by="bucket"``) or the mask kind
     (``by="kind"``). One line (buckets) or one set of markers (kinds) per method with its 95 % CI
     as error bars; methods are drawn side by side within a group so none hides another; the number
@@ -366,7 +365,7 @@ def plot_vs_hole(ev: Evaluation, metric: str = "psnr_hole", path: Path | None = 
         metric = metric[0]
     t_all = table[table["metric"] == metric] if not table.empty else table
     if t_all.empty or t_all["mean"].isna().all():
-        return _no_scores(path)
+        return _no_scores(path, preset)
     groups = (bucket_labels(ev.info["hole_buckets"]) if by == "bucket" else list(dict.fromkeys(t_all["group"])))
     methods = [m for m in METHODS if m in set(t_all["method"])]
     colors = _colors(methods)
@@ -390,7 +389,7 @@ def plot_vs_hole(ev: Evaluation, metric: str = "psnr_hole", path: Path | None = 
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     what = "the hole grows" if by == "bucket" else "the mask kind changes"
     ax.set_title(f"{metric_name(metric)} as {what}: mean and 95 % CI per group")
-    return save(fig, path)
+    return save(fig, path, preset)
 
 
 
@@ -423,11 +422,11 @@ def qualitative_grid(cfg: Config, names: Sequence[str], path: Path | None = None
             if len(s):
                 label += f"\nmean {SHORT[metric]} {s.mean():.3g}"
         row_titles.append(label)
-    return image_grid(rows, titles, row_titles, path=path, title=title, empty_text=empty)
+    return image_grid(rows, titles, row_titles, path=path, title=title, empty_text=empty, preset=cfg.preset)
 
 
 def peft_tradeoff(table, metric: str = "psnr_hole", path: Path | None = None, label: str = "hole PSNR (dB)",
-                  higher_is_better: bool = True):
+                  higher_is_better: bool = True, preset: str | None = None):
     """Message: what each PEFT variant buys per trainable parameter (the ablation of notebook 04).
     One point per scored variant at (trainable parameters, log scale; mean ``metric``) with its
     bootstrap 95 % CI; the reference method (``variant`` starting with "reference") as a dashed line
@@ -481,7 +480,7 @@ def peft_tradeoff(table, metric: str = "psnr_hole", path: Path | None = None, la
     sizes = sorted({int(v) for v in scored["n"].dropna()}) if "n" in scored else []
     on = f"the same {sizes[0]} test images" if len(sizes) == 1 else "the test images"
     fig.suptitle(f"Quality against trainable parameters: mean over {on}, 95 % CI")
-    return save(fig, path)
+    return save(fig, path, preset)
 
 
 def digits_curve(table, path: Path | None = None):

@@ -1,6 +1,6 @@
 """Statistics of the blind preference study: win rates with 95 % Wilson intervals, a Bradley-Terry
 ranking with bootstrap intervals, and the tables of notebook 06. The votes come from
-:mod:`helpers.apps.votes`."""
+:mod:`helpers.study.votes`."""
 from __future__ import annotations
 
 import itertools
@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from helpers.apps.votes import COLUMNS, GROUND_TRUTH, VoteStore, db_path, label
 from helpers.study.config import Config
 from helpers.study.methods import METHODS
+from helpers.study.votes import COLUMNS, GROUND_TRUTH, VoteStore, db_path, label
 
 # ---------------------------------------------------------------- statistics
 Z95 = 1.959963984540054

@@ -227,7 +227,8 @@ def make_validator(cfg: Config, P: Paths, unet, alphas_cumprod: torch.Tensor, de
             return
         import matplotlib.pyplot as plt
 
-        plt.close(draw_grid(rows, col_titles=GRID_TITLES, path=path, title=f"validation, step {step}"))
+        plt.close(draw_grid(rows, col_titles=GRID_TITLES, path=path, title=f"validation, step {step}",
+                            preset=cfg.preset))
 
     return on_validate
 

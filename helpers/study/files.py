@@ -75,16 +75,8 @@ class Paths:
         return self
 
 
-# The preset whose output folders were opened last: figures made now belong to it
-# (helpers.report.figures.save stamps every figure of the smoke preset).
-ACTIVE_PRESET: str | None = None
-
-
 def paths(cfg: Config, root: Path | None = None) -> Paths:
-    """Output folders of a preset; ``root`` defaults to the repository (env INPAINT_ROOT wins).
-    Also makes ``cfg.preset`` the active preset (:data:`ACTIVE_PRESET`)."""
-    global ACTIVE_PRESET
-    ACTIVE_PRESET = cfg.preset
+    """Output folders of a preset; ``root`` defaults to the repository (env INPAINT_ROOT wins)."""
     root = Path(root or os.environ.get("INPAINT_ROOT") or ROOT)
     return Paths(root=root, preset=cfg.preset).ensure()
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+from functools import partial
 from pathlib import Path
 
 import pandas as pd
@@ -164,7 +165,8 @@ def train_variant(cfg: Config, variant: dict, root: Path | None = None, max_step
 
     pipe = load_pipeline(cfg, variant, root)
     stats = sd.train_lora(cfg, pipe, captions=captions, max_steps=max_steps, root=root, attach_fn=attach_fn,
-                          loss_fn=loss_fn or lora_inpaint_loss, variant=variant)
+                          loss_fn=loss_fn or lora_inpaint_loss, variant=variant,
+                          save_fn=partial(save_adapter, variant=variant))
     stats["adapter_bytes"] = Path(stats["lora_path"]).stat().st_size
     stats["step_seconds"] = stats["seconds"] / max(1, stats["steps"] - stats.get("resumed_from", 0))
     stats["variant"] = variant

@@ -486,14 +486,15 @@ def lora_info(pipe, lora: Config) -> dict:
 def train_lora(cfg: Config, pipe, captions: dict[str, str] | None = None, max_steps: int | None = None,
                root: Path | None = None, attach_fn: Callable = course.add_lora,
                loss_fn: Callable = course.lora_inpaint_loss, step_fn: Callable | None = None,
-               variant: dict | None = None) -> dict:
+               variant: dict | None = None, save_fn: Callable | None = None) -> dict:
     """Attach LoRA (``attach_fn``) to the frozen U-Net, train it with ``loss_fn`` in the shared loop,
     save it. Each run has its own folder (:func:`lora_run_dir`: last.pt, the LoRA file,
     train_stats.json): a finished run is reused, a longer one resumes. Without ``captions`` the cached
     ones are used (fallback captions refused unless ``captions.allow_fallback_for_lora``).
 
     ``variant``: another PEFT method of the ablation (helpers.study.peft_variants.resolve): attached as
-    ``attach_fn(pipe, variant)`` from ``cfg.seed``, saved with peft's own state dict, its own run folder.
+    ``attach_fn(pipe, variant)`` from ``cfg.seed``, saved as ``save_fn(unet, folder, is_main_process=...)``
+    (the ablation passes its own, peft's state dict; default: :func:`save_lora`), its own run folder.
     Data, captions, prompt dropout, steps, learning rate and seed are the study's LoRA's."""
     from accelerate import PartialState
 
@@ -533,11 +534,7 @@ def train_lora(cfg: Config, pipe, captions: dict[str, str] | None = None, max_st
                    desc="LoRA training", max_steps=max_steps, step_fn=step_fn)
     pipe.unet.eval()
     # 4. the LoRA weights in diffusers' format; the run's numbers beside them
-    if variant is None:
-        lora_path = save_lora(pipe.unet, ckpt_dir, is_main_process=PartialState().is_main_process)
-    else:
-        from helpers.study.peft_variants import save_adapter
-        lora_path = save_adapter(pipe.unet, ckpt_dir, variant, is_main_process=PartialState().is_main_process)
+    lora_path = (save_fn or save_lora)(pipe.unet, ckpt_dir, is_main_process=PartialState().is_main_process)
     extra = {**lora_info(pipe, variant or lo), "base": getattr(pipe, "source", None), "device": str(pipe.device),
              "train_images": len(dataset), "captions_status": status}
     stats = finish_run(result, ckpt_dir, max_steps, extra)

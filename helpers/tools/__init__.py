@@ -1,7 +1,7 @@
 """Tools: the benchmark of the heavy steps and the notebook-sync of the taught code."""
 from __future__ import annotations
 
-from helpers import lazy_submodules
+from helpers.course import lazy_submodules
 
 _MODULES = ("bench", "taught")
 
