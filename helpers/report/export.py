@@ -11,7 +11,9 @@ after every notebook so a crash loses nothing. The first failing notebook stops 
 name, the failing cell and the error. Finally the last notebook is exported as a static HTML
 report (code hidden) and reveal.js slides (parameter cells removed, code hidden), with the
 JavaScript and MathJax they need copied beside them (reports/<preset>/slides_js/): the folder
-presents offline (``--cdn`` loads them from the internet instead).
+presents offline (``--cdn`` loads them from the internet instead). Last, the whole course is built
+as a static website from the executed notebooks, reports/<preset>/site/ (helpers.report.site;
+``--no-site`` skips it).
 """
 from __future__ import annotations
 
@@ -386,10 +388,11 @@ def export(executed: Path, out_dir: Path, slide_assets: dict | None = None) -> d
 
 
 def run(preset: str = "smoke", only: str | None = None, start: str | None = None, overrides: dict | None = None,
-        do_export: bool = True, notebook_dir: Path = NOTEBOOK_DIR, cdn: bool = False) -> dict:
+        do_export: bool = True, notebook_dir: Path = NOTEBOOK_DIR, cdn: bool = False, do_site: bool = True) -> dict:
     """Execute the selected notebooks in order; return the manifest (also saved as manifest.json).
     The export uses local copies of the slides' JavaScript (checked before anything runs); ``cdn``
-    loads it from the internet instead."""
+    loads it from the internet instead. After the export, ``do_site`` builds the course's website
+    from the executed notebooks (reports/<preset>/site/, :mod:`helpers.report.site`)."""
     from tqdm.auto import tqdm
 
     cfg = load_config(preset, overrides)
@@ -430,7 +433,13 @@ def run(preset: str = "smoke", only: str | None = None, start: str | None = None
         assets = None if cdn else copy_slide_assets(P.reports, P.cache)
         files = export(P.reports / "notebooks" / nbs[-1].name, P.reports, assets)
         manifest["exports"] = {k: str(v) for k, v in files.items()}
-        save_json(shown_paths(manifest, P.root), manifest_path)      # the returned one keeps full paths
+        save_json(shown_paths(manifest, P.root), manifest_path)
+        if do_site:                      # the last step: the whole course as a website (helpers.report.site)
+            from helpers.report.site import build as build_site
+            t0 = time.perf_counter()
+            manifest["exports"]["site"] = str(build_site(preset, cdn=cdn, notebook_dir=notebook_dir))
+            manifest["site_seconds"] = round(time.perf_counter() - t0, 1)
+            save_json(shown_paths(manifest, P.root), manifest_path)  # the returned one keeps full paths
     return manifest
 
 
@@ -441,12 +450,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--from", dest="start", help="run from this notebook to the end")
     add_set_argument(ap)
     ap.add_argument("--no-export", action="store_true", help="skip the HTML report and slides")
+    ap.add_argument("--no-site", action="store_true", help="skip the website of the course (reports/<preset>/site)")
     ap.add_argument("--cdn", action="store_true",
                     help="slides and report load reveal.js and MathJax from the internet instead of local copies")
     args = ap.parse_args(argv)
     try:
         manifest = run(args.preset, args.only, args.start, parse_overrides(args.overrides), not args.no_export,
-                       cdn=args.cdn)
+                       cdn=args.cdn, do_site=not args.no_site)
     except (NotebookFailed, AssetsMissing) as e:
         print(f"\nFAILED: {e}", file=sys.stderr)
         return 1
