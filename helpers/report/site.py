@@ -58,11 +58,23 @@ MATHJAX_CDN = "https://cdnjs.cloudflare.com/ajax/libs/mathjax/2.7.7/MathJax.js?c
 
 
 # Sphinx writes inline math as \( \) and display math as \[ \] inside elements of class "math";
-# MathJax 2 typesets those only (code cells and their outputs keep their dollar signs).
+# MathJax 2 typesets those only (code cells and their outputs keep their dollar signs). The fonts are
+# set here, read before MathJax's combined configuration: jupyter-server-mathjax ships only the
+# STIX-Web fonts, and set later MathJax would first ask for TeX font files that are not there.
 MATHJAX2_CONFIG = {"tex2jax": {"inlineMath": [["\\(", "\\)"]], "displayMath": [["\\[", "\\]"]],
                                "processEscapes": True, "processClass": "math|output_area",
                                "ignoreClass": "tex2jax_ignore|bd-page-width"},
-                   "HTML-CSS": {"linebreaks": {"automatic": True}}}
+                   "HTML-CSS": {"availableFonts": [], "preferredFont": None, "webFont": "STIX-Web",
+                                "imageFont": None, "linebreaks": {"automatic": True}}}
+
+
+# MathJax keeps a hidden MathML copy of every formula for screen readers; its styles name TeX fonts
+# (MathJax_AMS, MathJax_Script) that jupyter-server-mathjax does not ship, and Chromium would ask for
+# the missing files. The copy is never seen: it keeps the page's serif font.
+SITE_CSS = """.MJX_Assistive_MathML, .MJX_Assistive_MathML * { font-family: serif !important; }
+.bd-header-announcement { font-size: 0.9rem; }
+.cell_output img { max-width: 100%; height: auto; }
+"""
 
 
 # output types that need a widget manager or a CDN in a browser: kept as their text/plain form
@@ -233,7 +245,7 @@ def _title(nb, fallback: str) -> str:
 
 
 # ---------------------------------------------------------------- the build
-def sphinx_conf(cfg, stamp_text: str, mathjax_path: str, mathjax_local: bool) -> dict:
+def sphinx_conf(cfg, stamp_text: str, mathjax_path: str) -> dict:
     return {
         "project": SITE_TITLE, "author": published.STUDY_AUTHORS, "copyright": "the course's authors",
         "extensions": ["myst_nb", "sphinx_design", "sphinx_copybutton", "sphinx.ext.mathjax"],
@@ -244,7 +256,7 @@ def sphinx_conf(cfg, stamp_text: str, mathjax_path: str, mathjax_local: bool) ->
         "mathjax_path": mathjax_path, "mathjax2_config": MATHJAX2_CONFIG, "mathjax3_config": None,
         "exclude_patterns": ["files/**", "_build", "**.ipynb_checkpoints"],
         "html_theme": "sphinx_book_theme", "html_title": SITE_TITLE,
-        "html_static_path": ["_static"] if mathjax_local else [],
+        "html_static_path": ["_static"], "html_css_files": ["course.css"],
         "html_copy_source": False, "html_show_sourcelink": False, "html_show_sphinx": False,
         "html_last_updated_fmt": None, "html_search_language": "en",
         "html_show_search_summary": False,   # summaries are fetched page by page: refused from file://
@@ -281,6 +293,7 @@ def build(preset: str = "smoke", cdn: bool = False, notebook_dir: Path = NOTEBOO
         src = Path(tmp) / "src"
         (src / "files").mkdir(parents=True)
         (src / "_static").mkdir()
+        (src / "_static" / "course.css").write_text(SITE_CSS)
         pages = []
         for md in sorted(Path(notebook_dir).glob("[0-9][0-9]_*.md")):
             name = md.stem
@@ -319,19 +332,22 @@ def build(preset: str = "smoke", cdn: bool = False, notebook_dir: Path = NOTEBOO
         else:
             query = _copy_mathjax(find_slide_assets(P.cache)["mathjax"], src / "_static" / "mathjax")
             mathjax_path = "mathjax/MathJax.js" + query
-        conf = sphinx_conf(cfg, stamp_text, mathjax_path, not cdn)
+        conf = sphinx_conf(cfg, stamp_text, mathjax_path)
         (src / "conf.py").write_text("\n".join(f"{k} = {v!r}" for k, v in conf.items()) + "\n")
-        if out.exists():
-            shutil.rmtree(out)
+        html = Path(tmp) / "html"            # myst-nb writes beside it (jupyter_execute/): kept in tmp
         warnings = io.StringIO()
         try:
-            app = Sphinx(str(src), str(src), str(out), str(Path(tmp) / "doctrees"), "html",
+            app = Sphinx(str(src), str(src), str(html), str(Path(tmp) / "doctrees"), "html",
                          status=None if quiet else sys.stdout, warning=warnings, freshenv=True, parallel=0)
             app.build()
         except Exception as e:
             raise SiteFailed(f"Sphinx could not build the site: {e}\n{warnings.getvalue()}") from e
         if app.statuscode:
             raise SiteFailed(f"Sphinx failed:\n{warnings.getvalue()}")
+        if out.exists():
+            shutil.rmtree(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(html), str(out))
     _trim(out)
     if has_slides:
         _copy_slides(reports, out, cdn)
