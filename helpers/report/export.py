@@ -234,7 +234,7 @@ MATHJAX = "mathjax/MathJax.js"
 MATHJAX_LOCAL_CONFIG = "course"
 
 
-_MATHJAX_LOCAL = """MathJax.Hub.Config({"HTML-CSS": {availableFonts: [], preferredFont: null, webFont: "STIX-Web",
+MATHJAX_LOCAL = """MathJax.Hub.Config({"HTML-CSS": {availableFonts: [], preferredFont: null, webFont: "STIX-Web",
   imageFont: null, linebreaks: {automatic: true}}});
 MathJax.Ajax.loadComplete("[MathJax]/config/%s.js");
 """ % MATHJAX_LOCAL_CONFIG  # noqa: UP031 (a JavaScript template: braces would need escaping in a format string)
@@ -278,7 +278,7 @@ def find_slide_assets(cache: Path) -> dict[str, Path]:
     return found
 
 
-def _mathjax_config(mathjax_dir: Path) -> str:
+def mathjax_config(mathjax_dir: Path) -> str:
     """The MathJax combined configuration present in a copy (the packaged one or npm's)."""
     for name in ("TeX-AMS-MML_HTMLorMML-full", "TeX-AMS_CHTML-full"):
         if (mathjax_dir / "config" / f"{name}.js").is_file():
@@ -311,9 +311,9 @@ def copy_slide_assets(out_dir: Path, cache: Path) -> dict:
             def ignore(folder, names):
                 return [n for n in names if Path(folder).name == "localization" and n != "en"]
             shutil.copytree(path, target, ignore=ignore, dirs_exist_ok=True)
-    (dst / "mathjax" / "config" / f"{MATHJAX_LOCAL_CONFIG}.js").write_text(_MATHJAX_LOCAL)
+    (dst / "mathjax" / "config" / f"{MATHJAX_LOCAL_CONFIG}.js").write_text(MATHJAX_LOCAL)
     assets = {trait: f"slides_js/{name}" for name, trait in SLIDE_ASSETS.items()}
-    assets["mathjax_url"] = f"slides_js/{MATHJAX}{_mathjax_config(dst / 'mathjax')}"
+    assets["mathjax_url"] = f"slides_js/{MATHJAX}{mathjax_config(dst / 'mathjax')}"
     return assets
 
 

@@ -31,12 +31,12 @@ from pathlib import Path
 
 from helpers.report import published
 from helpers.report.export import (
-    _MATHJAX_LOCAL,
     INTERACTIVE,
+    MATHJAX_LOCAL,
     MATHJAX_LOCAL_CONFIG,
     NOTEBOOK_DIR,
-    _mathjax_config,
     find_slide_assets,
+    mathjax_config,
     public_text,
 )
 from helpers.study.config import ROOT, load_config
@@ -90,8 +90,8 @@ def _copy_mathjax(src: Path, dst: Path) -> str:
             out += [n for n in names if n != "en"]
         return out
     shutil.copytree(src, dst, ignore=ignore, dirs_exist_ok=True)
-    (dst / "config" / f"{MATHJAX_LOCAL_CONFIG}.js").write_text(_MATHJAX_LOCAL)
-    return _mathjax_config(dst)
+    (dst / "config" / f"{MATHJAX_LOCAL_CONFIG}.js").write_text(MATHJAX_LOCAL)
+    return mathjax_config(dst)
 
 
 # ---------------------------------------------------------------- texts of the pages
@@ -147,13 +147,14 @@ def landing_page(cfg, reports: Path, pages: list[tuple[str, str]], manifest: dic
     m = re.search(r"^# [^\n]*\n(.*?)^## ", readme, flags=re.S | re.M)
     about = m.group(1).strip() if m else ""
     lines = [f"# {SITE_TITLE}: DDPM vs Stable Diffusion 1.5 + LoRA", ""]
-    lines += ["```{admonition} " + f"Preset `{cfg.preset}`", ":class: warning" if cfg.preset == "smoke" else
+    lines += [f":::{{admonition}} Preset {cfg.preset}", ":class: warning" if cfg.preset == "smoke" else
               ":class: note", "", smoke_warning(cfg) or
-              f"These pages show the outputs of the `{cfg.preset}` preset's last run.", "```", ""]
+              f"These pages show the outputs of the `{cfg.preset}` preset's last run.", ":::", ""]
     lines += ["## The course", "", about, ""]
     lines += ["## The study it reproduces", "",
               f"{published.STUDY_CITATION}. Its own numbers, on {published.STUDY_PROTOCOL}:", "",
-              _md_table(pd.DataFrame(published.STUDY).drop(columns=["id"])), ""]
+              _md_table(pd.DataFrame(published.STUDY).drop(columns=["id"]).rename(columns={
+                  "psnr": "PSNR ↑ (dB)", "ssim": "SSIM ↑", "lpips": "LPIPS ↓", "fid": "FID ↓"})), ""]
     table = reports / "tables" / "06_comparison.csv"
     lines += ["## This run", ""]
     if table.is_file():
@@ -162,8 +163,8 @@ def landing_page(cfg, reports: Path, pages: list[tuple[str, str]], manifest: dic
     else:
         lines += ["No comparison table yet: notebook 06 has not run with this preset.", ""]
     if figure:
-        lines += [f"```{{figure}} {figure}", ":width: 100%", "",
-                  f"Completions of the test images by every method (notebook 06, preset `{cfg.preset}`).", "```", ""]
+        lines += [f":::{{figure}} {figure}", ":width: 100%", "",
+                  f"Completions of the test images by every method (notebook 06, preset `{cfg.preset}`).", ":::", ""]
     nbs = manifest.get("notebooks", [])
     if nbs:
         lines += ["Notebooks of this run: " + ", ".join(f"{e['notebook'].removesuffix('.ipynb')} "
@@ -274,76 +275,89 @@ class SiteFailed(RuntimeError):
     """Sphinx could not build the site."""
 
 
+def write_pages(src: Path, reports: Path, notebook_dir: Path, docs_dir: Path, cfg) -> list[tuple[str, str]]:
+    """The notebook pages, their downloads and the benchmark page in the Sphinx source folder ``src``:
+    [(name, title)] in order."""
+    import nbformat
+
+    notes = Path(docs_dir) / "teacher_notes.md"
+    _, solutions = teacher_sections(notes.read_text(encoding="utf-8")) if notes.is_file() else ("", {})
+    pages = []
+    for md in sorted(Path(notebook_dir).glob("[0-9][0-9]_*.md")):
+        name = md.stem
+        ran = reports / "notebooks" / f"{name}.ipynb"
+        plain = md.with_suffix(".ipynb")
+        executed = ran.is_file() and name not in INTERACTIVE
+        source = ran if executed else plain
+        if not source.is_file():
+            continue
+        nb = nbformat.read(str(source), as_version=4)
+        nbformat.write(notebook_page(nb, name, executed, cfg, solutions.get(name[:2])), str(src / f"{name}.ipynb"))
+        shutil.copy2(md, src / "files" / md.name)
+        if plain.is_file():
+            shutil.copy2(plain, src / "files" / plain.name)
+        pages.append((name, _title(nb, name)))
+    if not pages:
+        raise SiteFailed(f"no notebooks NN_*.md in {notebook_dir}")
+    bench = Path(docs_dir) / "benchmarks.md"
+    if bench.is_file():
+        shutil.copy2(bench, src / "benchmarks.md")
+    else:
+        (src / "benchmarks.md").write_text("# Benchmark results\n\nNo benchmark document.\n")
+    return pages
+
+
+def key_figure(src: Path, reports: Path) -> str | None:
+    """The run's key figure (notebook 06's completions) copied into ``src``; its path there."""
+    for fig in ("06_qualitative.png", "06_metrics_bars.png"):
+        if (reports / "figures" / fig).is_file():
+            (src / "figures").mkdir(exist_ok=True)
+            shutil.copy2(reports / "figures" / fig, src / "figures" / fig)
+            return f"figures/{fig}"
+    return None
+
+
+def run_sphinx(src: Path, html: Path, doctrees: Path, quiet: bool = True) -> None:
+    from sphinx.application import Sphinx
+
+    warnings = io.StringIO()
+    try:
+        app = Sphinx(str(src), str(src), str(html), str(doctrees), "html",
+                     status=None if quiet else sys.stdout, warning=warnings, freshenv=True, parallel=0)
+        app.build()
+    except Exception as e:
+        raise SiteFailed(f"Sphinx could not build the site: {e}\n{warnings.getvalue()}") from e
+    if app.statuscode:
+        raise SiteFailed(f"Sphinx failed:\n{warnings.getvalue()}")
+
+
 def build(preset: str = "smoke", cdn: bool = False, notebook_dir: Path = NOTEBOOK_DIR, docs_dir: Path = DOCS_DIR,
           out: Path | None = None, quiet: bool = True) -> Path:
     """Build ``reports/<preset>/site/`` (or ``out``) from the last run; return its index.html."""
-    import nbformat
-    from sphinx.application import Sphinx
-
     cfg = load_config(preset)
     P = paths(cfg)
     reports = P.reports
     out = Path(out or reports / "site")
     manifest_path = reports / "manifest.json"
     manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
-    stamp_text = stamp(cfg, manifest)
-    notes = Path(docs_dir) / "teacher_notes.md"
-    _, solutions = teacher_sections(notes.read_text(encoding="utf-8")) if notes.is_file() else ("", {})
+    has_slides = all((reports / f"06_comparison.{k}.html").is_file() for k in ("slides", "report"))
     with tempfile.TemporaryDirectory(prefix="site_") as tmp:
         src = Path(tmp) / "src"
         (src / "files").mkdir(parents=True)
         (src / "_static").mkdir()
         (src / "_static" / "course.css").write_text(SITE_CSS)
-        pages = []
-        for md in sorted(Path(notebook_dir).glob("[0-9][0-9]_*.md")):
-            name = md.stem
-            ran = reports / "notebooks" / f"{name}.ipynb"
-            plain = md.with_suffix(".ipynb")
-            executed = ran.is_file() and name not in INTERACTIVE
-            source = ran if executed else plain
-            if not source.is_file():
-                continue
-            nb = nbformat.read(str(source), as_version=4)
-            page = notebook_page(nb, name, executed, cfg, solutions.get(name[:2]))
-            nbformat.write(page, str(src / f"{name}.ipynb"))
-            shutil.copy2(md, src / "files" / md.name)
-            if plain.is_file():
-                shutil.copy2(plain, src / "files" / plain.name)
-            pages.append((name, _title(nb, name)))
-        if not pages:
-            raise SiteFailed(f"no notebooks NN_*.md in {notebook_dir}")
-        bench = Path(docs_dir) / "benchmarks.md"
-        if bench.is_file():
-            shutil.copy2(bench, src / "benchmarks.md")
-        else:
-            (src / "benchmarks.md").write_text("# Benchmark results\n\nNo benchmark document.\n")
-        figure = None
-        for fig in ("06_qualitative.png", "06_metrics_bars.png"):
-            if (reports / "figures" / fig).is_file():
-                (src / "figures").mkdir(exist_ok=True)
-                shutil.copy2(reports / "figures" / fig, src / "figures" / fig)
-                figure = f"figures/{fig}"
-                break
-        slides = [reports / f"06_comparison.{k}.html" for k in ("slides", "report")]
-        has_slides = all(p.is_file() for p in slides)
+        pages = write_pages(src, reports, notebook_dir, docs_dir, cfg)
+        figure = key_figure(src, reports)
         (src / "index.md").write_text(landing_page(cfg, reports, pages, manifest, has_slides, figure), encoding="utf-8")
         if cdn:
             mathjax_path = MATHJAX_CDN
         else:
             query = _copy_mathjax(find_slide_assets(P.cache)["mathjax"], src / "_static" / "mathjax")
             mathjax_path = "mathjax/MathJax.js" + query
-        conf = sphinx_conf(cfg, stamp_text, mathjax_path)
+        conf = sphinx_conf(cfg, stamp(cfg, manifest), mathjax_path)
         (src / "conf.py").write_text("\n".join(f"{k} = {v!r}" for k, v in conf.items()) + "\n")
         html = Path(tmp) / "html"            # myst-nb writes beside it (jupyter_execute/): kept in tmp
-        warnings = io.StringIO()
-        try:
-            app = Sphinx(str(src), str(src), str(html), str(Path(tmp) / "doctrees"), "html",
-                         status=None if quiet else sys.stdout, warning=warnings, freshenv=True, parallel=0)
-            app.build()
-        except Exception as e:
-            raise SiteFailed(f"Sphinx could not build the site: {e}\n{warnings.getvalue()}") from e
-        if app.statuscode:
-            raise SiteFailed(f"Sphinx failed:\n{warnings.getvalue()}")
+        run_sphinx(src, html, Path(tmp) / "doctrees", quiet)
         if out.exists():
             shutil.rmtree(out)
         out.parent.mkdir(parents=True, exist_ok=True)
