@@ -158,6 +158,23 @@ def test_every_page_loads_offline_typeset_with_its_figures(smoke_run, browser):
 
 @pytest.mark.notebooks
 @pytest.mark.slow
+def test_slides_and_report_in_the_site_load_offline(smoke_run, browser):
+    site = _site(smoke_run)
+    decks = sorted((site / "slides").glob("06_comparison.*.html"))
+    assert len(decks) == 2
+    for html in decks:
+        page, external, failed = _open(browser, html.as_uri())
+        try:
+            page.wait_for_function("window.MathJax && MathJax.Hub", timeout=60_000)
+            page.evaluate("() => new Promise(res => MathJax.Hub.Queue(res))")
+            n = page.evaluate("document.querySelectorAll('.MathJax, .MathJax_Display').length")
+        finally:
+            page.close()
+        assert n > 0 and not external and not failed, (html.name, n, external, failed)
+
+
+@pytest.mark.notebooks
+@pytest.mark.slow
 @pytest.mark.parametrize("word, teaches", [("DDIM", "02_ddpm_theory"), ("LoRA", "04_sd_lora")])
 def test_search_finds_the_notebook_that_teaches(smoke_run, browser, word, teaches):
     site = _site(smoke_run)

@@ -389,8 +389,11 @@ def _copy_slides(reports: Path, out: Path, cdn: bool) -> None:
                         dirs_exist_ok=True)
     for kind in ("slides", "report"):
         html = (reports / f"06_comparison.{kind}.html").read_text(encoding="utf-8")
-        if not cdn:
+        if cdn:          # an export made offline: its MathJax from the CDN like the site's
+            html = re.sub(r"slides_js/mathjax/MathJax\.js\?config=[^\"']*", MATHJAX_CDN, html)
+        else:
             html = html.replace("slides_js/mathjax/", "../_static/mathjax/")
+        html = html.replace("</head>", f"<style>{SITE_CSS.splitlines()[0]}</style>\n</head>", 1)
         (dst / f"06_comparison.{kind}.html").write_text(html, encoding="utf-8")
 
 
