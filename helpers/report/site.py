@@ -125,7 +125,9 @@ def teacher_sections(notes: str) -> tuple[str, dict[str, str]]:
 
 def _md_table(df) -> str:
     """A pandas table as a MyST (pipe) table, its index as the first column."""
-    df = df.reset_index() if df.index.name or not df.index.equals(__import__("pandas").RangeIndex(len(df))) else df
+    import pandas as pd
+
+    df = df.reset_index() if df.index.name or not df.index.equals(pd.RangeIndex(len(df))) else df
 
     def cell(v) -> str:
         if isinstance(v, float):
@@ -170,7 +172,9 @@ def landing_page(cfg, reports: Path, pages: list[tuple[str, str]], manifest: dic
         lines += ["Notebooks of this run: " + ", ".join(f"{e['notebook'].removesuffix('.ipynb')} "
                                                          f"({e.get('status')}, {e.get('seconds', '?')} s)"
                                                          for e in nbs) + ".", ""]
-    lines += ["## The pages", "", *[f"* [{title}]({name}.ipynb)" for name, title in pages],
+    lines += ["## The pages", "", "Every notebook ends with a summary and 2-4 exercises; the outcome to expect "
+              "from each (the teacher's notes, `docs/teacher_notes.md`) is under them in a closed *Solutions* block: "
+              "try first, then open it.", "", *[f"* [{title}]({name}.ipynb)" for name, title in pages],
               "* [Benchmark results](benchmarks.md)", ""]
     if has_slides:
         lines += ["The talk of notebook 06, offline: <a href=\"slides/06_comparison.slides.html\">the slides</a> "
