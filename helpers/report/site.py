@@ -212,7 +212,7 @@ def _clean_output(out: dict) -> dict:
     return out
 
 
-def notebook_page(nb, name: str, executed: bool, cfg, solutions: str | None):
+def notebook_page(nb, name: str, executed: bool, cfg, solutions: str | None, downloads: list[str] | None = None):
     """The notebook ``nb`` as a page: outputs cleaned, download links and the preset stamp under its
     title, the teacher's notes in a closed dropdown at the end."""
     import nbformat
@@ -223,8 +223,9 @@ def notebook_page(nb, name: str, executed: bool, cfg, solutions: str | None):
     for cell in nb.cells:
         if cell.cell_type == "code":
             cell.outputs = [_clean_output(o) for o in cell.get("outputs", [])]
-    head = [f"{{download}}`Download {name}.ipynb <files/{name}.ipynb>` · "
-            f"{{download}}`{name}.md (MyST source) <files/{name}.md>`"]
+    label = {".ipynb": "Download {}", ".md": "{} (MyST source)"}
+    head = [" · ".join(f"{{download}}`{label[Path(f).suffix].format(f)} <files/{f}>`"
+                       for f in (downloads if downloads is not None else [f"{name}.ipynb", f"{name}.md"]))]
     if executed:
         head.append(f"Outputs of the last `{cfg.preset}` run" +
                     (": a pipeline check with tiny random models, not a result." if cfg.preset == "smoke" else "."))
@@ -287,8 +288,9 @@ def write_pages(src: Path, reports: Path, notebook_dir: Path, docs_dir: Path, cf
     notes = Path(docs_dir) / "teacher_notes.md"
     _, solutions = teacher_sections(notes.read_text(encoding="utf-8")) if notes.is_file() else ("", {})
     pages = []
-    for md in sorted(Path(notebook_dir).glob("[0-9][0-9]_*.md")):
-        name = md.stem
+    names = sorted({p.stem for p in Path(notebook_dir).glob("[0-9][0-9]_*.*") if p.suffix in (".md", ".ipynb")})
+    for name in names:
+        md = Path(notebook_dir) / f"{name}.md"
         ran = reports / "notebooks" / f"{name}.ipynb"
         plain = md.with_suffix(".ipynb")
         executed = ran.is_file() and name not in INTERACTIVE
@@ -296,13 +298,14 @@ def write_pages(src: Path, reports: Path, notebook_dir: Path, docs_dir: Path, cf
         if not source.is_file():
             continue
         nb = nbformat.read(str(source), as_version=4)
-        nbformat.write(notebook_page(nb, name, executed, cfg, solutions.get(name[:2])), str(src / f"{name}.ipynb"))
-        shutil.copy2(md, src / "files" / md.name)
-        if plain.is_file():
-            shutil.copy2(plain, src / "files" / plain.name)
+        downloads = [f for f in (plain, md) if f.is_file()]
+        nbformat.write(notebook_page(nb, name, executed, cfg, solutions.get(name[:2]), [f.name for f in downloads]),
+                       str(src / f"{name}.ipynb"))
+        for f in downloads:
+            shutil.copy2(f, src / "files" / f.name)
         pages.append((name, _title(nb, name)))
     if not pages:
-        raise SiteFailed(f"no notebooks NN_*.md in {notebook_dir}")
+        raise SiteFailed(f"no notebooks NN_*.md or NN_*.ipynb in {notebook_dir}")
     bench = Path(docs_dir) / "benchmarks.md"
     if bench.is_file():
         shutil.copy2(bench, src / "benchmarks.md")
