@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 TORCH_INDEX ?= auto
 TORCH_INDEX_URL ?= https://download.pytorch.org/whl
 
-.PHONY: report test lint test-fullsize standins gpu-check gpu-wheels venv notebooks lab bench demo slides-offline clean
+.PHONY: report site test lint test-fullsize standins gpu-check gpu-wheels venv notebooks lab bench demo slides-offline clean
 
 $(VENV)/.installed: requirements.txt requirements-nodeps.txt pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -28,10 +28,16 @@ $(VENV)/.installed: requirements.txt requirements-nodeps.txt pyproject.toml
 
 venv: $(VENV)/.installed
 
-## run the whole notebook series with PRESET (default smoke) and export the report + slides; they present
-## offline (reveal.js and MathJax copied beside them from installed packages). CDN=1: load those from the internet
+## run the whole notebook series with PRESET (default smoke), export the report + slides, then build the site
+## (`make site`); offline (reveal.js and MathJax copied beside them from installed packages). CDN=1: from the internet
 report: venv
 	$(PY) -m helpers.report --preset $(PRESET) $(if $(CDN),--cdn)
+
+## the whole course as a static website from the last run's executed notebooks (no re-execution):
+## reports/$(PRESET)/site/index.html, offline (MathJax and the theme from installed packages); CDN=1: MathJax from
+## its CDN. `make report` builds it as its last step.
+site: venv
+	$(PY) -m helpers.report.site --preset $(PRESET) $(if $(CDN),--cdn)
 
 ## unit tests, reference checks and one smoke execution of every notebook
 test: venv lint

@@ -11,7 +11,9 @@ after every notebook so a crash loses nothing. The first failing notebook stops 
 name, the failing cell and the error. Finally the last notebook is exported as a static HTML
 report (code hidden) and reveal.js slides (parameter cells removed, code hidden), with the
 JavaScript and MathJax they need copied beside them (reports/<preset>/slides_js/): the folder
-presents offline (``--cdn`` loads them from the internet instead).
+presents offline (``--cdn`` loads them from the internet instead). Last, the whole course is built
+as a static website from the executed notebooks, reports/<preset>/site/ (helpers.report.site;
+``--no-site`` skips it).
 """
 from __future__ import annotations
 
@@ -232,7 +234,7 @@ MATHJAX = "mathjax/MathJax.js"
 MATHJAX_LOCAL_CONFIG = "course"
 
 
-_MATHJAX_LOCAL = """MathJax.Hub.Config({"HTML-CSS": {availableFonts: [], preferredFont: null, webFont: "STIX-Web",
+MATHJAX_LOCAL = """MathJax.Hub.Config({"HTML-CSS": {availableFonts: [], preferredFont: null, webFont: "STIX-Web",
   imageFont: null, linebreaks: {automatic: true}}});
 MathJax.Ajax.loadComplete("[MathJax]/config/%s.js");
 """ % MATHJAX_LOCAL_CONFIG  # noqa: UP031 (a JavaScript template: braces would need escaping in a format string)
@@ -276,7 +278,7 @@ def find_slide_assets(cache: Path) -> dict[str, Path]:
     return found
 
 
-def _mathjax_config(mathjax_dir: Path) -> str:
+def mathjax_config(mathjax_dir: Path) -> str:
     """The MathJax combined configuration present in a copy (the packaged one or npm's)."""
     for name in ("TeX-AMS-MML_HTMLorMML-full", "TeX-AMS_CHTML-full"):
         if (mathjax_dir / "config" / f"{name}.js").is_file():
@@ -309,9 +311,9 @@ def copy_slide_assets(out_dir: Path, cache: Path) -> dict:
             def ignore(folder, names):
                 return [n for n in names if Path(folder).name == "localization" and n != "en"]
             shutil.copytree(path, target, ignore=ignore, dirs_exist_ok=True)
-    (dst / "mathjax" / "config" / f"{MATHJAX_LOCAL_CONFIG}.js").write_text(_MATHJAX_LOCAL)
+    (dst / "mathjax" / "config" / f"{MATHJAX_LOCAL_CONFIG}.js").write_text(MATHJAX_LOCAL)
     assets = {trait: f"slides_js/{name}" for name, trait in SLIDE_ASSETS.items()}
-    assets["mathjax_url"] = f"slides_js/{MATHJAX}{_mathjax_config(dst / 'mathjax')}"
+    assets["mathjax_url"] = f"slides_js/{MATHJAX}{mathjax_config(dst / 'mathjax')}"
     return assets
 
 
@@ -387,11 +389,12 @@ def export(executed: Path, out_dir: Path, slide_assets: dict | None = None) -> d
 
 def run(preset: str = "smoke", only: str | None = None, start: str | None = None, overrides: dict | None = None,
         do_export: bool = True, notebook_dir: Path = NOTEBOOK_DIR, cdn: bool = False,
-        cfg: Config | None = None) -> dict:
+        cfg: Config | None = None, do_site: bool = True) -> dict:
     """Execute the selected notebooks in order; return the manifest (also saved as manifest.json).
     The export uses local copies of the slides' JavaScript (checked before anything runs); ``cdn``
     loads it from the internet instead. ``cfg``: ``preset`` with ``overrides`` when the caller has
-    loaded it already (:func:`main`), else loaded here."""
+    loaded it already (:func:`main`), else loaded here. After the export, ``do_site`` builds the
+    course's website from the executed notebooks (reports/<preset>/site/, :mod:`helpers.report.site`)."""
     from tqdm.auto import tqdm
 
     cfg = cfg if cfg is not None else load_config(preset, overrides)
@@ -432,7 +435,13 @@ def run(preset: str = "smoke", only: str | None = None, start: str | None = None
         assets = None if cdn else copy_slide_assets(P.reports, P.cache)
         files = export(P.reports / "notebooks" / nbs[-1].name, P.reports, assets)
         manifest["exports"] = {k: str(v) for k, v in files.items()}
-        save_json(shown_paths(manifest, P.root), manifest_path)      # the returned one keeps full paths
+        save_json(shown_paths(manifest, P.root), manifest_path)
+        if do_site:                      # the last step: the whole course as a website (helpers.report.site)
+            from helpers.report.site import build as build_site
+            t0 = time.perf_counter()
+            manifest["exports"]["site"] = str(build_site(preset, cdn=cdn, notebook_dir=notebook_dir))
+            manifest["site_seconds"] = round(time.perf_counter() - t0, 1)
+            save_json(shown_paths(manifest, P.root), manifest_path)  # the returned one keeps full paths
     return manifest
 
 
@@ -443,13 +452,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--from", dest="start", help="run from this notebook to the end")
     add_set_argument(ap)
     ap.add_argument("--no-export", action="store_true", help="skip the HTML report and slides")
+    ap.add_argument("--no-site", action="store_true", help="skip the website of the course (reports/<preset>/site)")
     ap.add_argument("--cdn", action="store_true",
                     help="slides and report load reveal.js and MathJax from the internet instead of local copies")
     args = ap.parse_args(argv)
     overrides = parse_overrides(args.overrides)
     cfg = load_config(args.preset, overrides)           # loaded once: the run and the summary below share it
     try:
-        manifest = run(args.preset, args.only, args.start, overrides, not args.no_export, cdn=args.cdn, cfg=cfg)
+        manifest = run(args.preset, args.only, args.start, overrides, not args.no_export, cdn=args.cdn, cfg=cfg,
+                       do_site=not args.no_site)
     except (NotebookFailed, AssetsMissing) as e:
         print(f"\nFAILED: {e}", file=sys.stderr)
         return 1
