@@ -355,6 +355,15 @@ _DECK_CSS = """<style type="text/css">
 """
 
 
+# MathJax keeps a hidden MathML copy of each formula for screen readers, styled with TeX fonts
+# (MathJax_AMS, MathJax_Script) that the packaged MathJax does not ship: without this rule the browser
+# asks for the missing files (local requests that fail). The copy is never seen.
+ASSISTIVE_MATHML_CSS = """<style type="text/css">
+.MJX_Assistive_MathML, .MJX_Assistive_MathML * { font-family: serif !important; }
+</style>
+"""
+
+
 def export(executed: Path, out_dir: Path, slide_assets: dict | None = None) -> dict[str, Path]:
     """HTML report and reveal.js slides of an executed notebook, parameter cells removed, code hidden.
     ``slide_assets``: exporter settings for local reveal.js/require.js/jQuery/MathJax (from
@@ -381,6 +390,7 @@ def export(executed: Path, out_dir: Path, slide_assets: dict | None = None) -> d
             body = body.replace(_SLIDE_HOOK, _SLIDE_HOOK + READY_RERENDER, 1)
             body = _MERMAID_IMPORT.sub("", body, count=1)
             body = body.replace("</head>", _DECK_CSS + "</head>", 1)
+        body = body.replace("</head>", ASSISTIVE_MATHML_CSS + "</head>", 1)
         path = out_dir / (f"{executed.stem}.{kind}.html")
         path.write_text(body, encoding="utf-8")
         out[kind] = path
