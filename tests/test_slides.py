@@ -51,10 +51,12 @@ WALK = """async () => {
 
 
 def _open(browser, html: Path):
-    """A page at 1280x720 on ``html``, recording every request that leaves the file system."""
+    """A page at 1280x720 on ``html``, recording every request that leaves the file system or fails."""
     page = browser.new_page(viewport=VIEWPORT)
     network = []
     page.on("request", lambda r: network.append(r.url) if r.url.startswith(("http:", "https:")) else None)
+    # a local file the page asks for and does not find (MathJax 2 probes web fonts with about:blank)
+    page.on("requestfailed", lambda r: None if r.url.startswith("about:") else network.append(f"failed: {r.url}"))
     page.goto(html.as_uri())
     return page, network
 
