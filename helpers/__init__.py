@@ -18,7 +18,7 @@ Conventions (the only place they are defined; every module follows them):
   8-bit PNG with 255 = hole.
 * Every notebook opens with ``import helpers as H`` and reads its preset with
   ``cfg = H.load_config(preset, overrides)``. Subpackages and their modules load on first use
-  (``H.course.diffusion``, ``H.study.data``...).
+  (``H.course.diffusion``, ``H.study.data.splits``...).
 """
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ import sys
 
 
 def lazy_submodules(package: str, names):
-    """The module ``__getattr__`` of a package whose modules load on first use (``H.study.data``):
+    """The module ``__getattr__`` of a package whose modules load on first use (``H.study.data.splits``):
     one definition for ``helpers`` and each of its subpackages (defined before they are imported)."""
     def __getattr__(name: str):
         if name in names:

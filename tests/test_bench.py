@@ -131,7 +131,7 @@ def test_counting_each_network_call_once_equals_tracing_the_loop(sampler):
     with meta:
         unet = tiny_unet(7, block_out_channels=(32, 64), norm_num_groups=32, seed=None)
     x, m = torch.zeros(2, 3, 16, 16), torch.ones(2, 1, 16, 16)
-    ac = DDPMScheduler(**H.study.ddpm.published_scheduler_config()).alphas_cumprod
+    ac = DDPMScheduler(**H.study.models.ddpm.published_scheduler_config()).alphas_cumprod
     ddim = lambda: H.course.ddpm_inpainting.ddim_inpaint(unet, ac, x, m, torch.zeros(2, 3, 16, 16, device=meta), 3, 0.0,
                                                          None, sampler)
     stats = {}
@@ -139,7 +139,7 @@ def test_counting_each_network_call_once_equals_tracing_the_loop(sampler):
     assert once == B.count_flops(ddim) > 0 and stats == {"traced": 1, "repeated": 2}   # 1 U-Net call traced, 2 added
 
     p = _tiny_sd_parts()
-    sched = H.study.perf.make_sampler(sampler, p["scheduler"].config)
+    sched = H.study.evaluation.perf.make_sampler(sampler, p["scheduler"].config)
     cond, uncond = torch.randn(2, 77, 32), torch.randn(1, 77, 32)
     noise = H.study.runtime.SeededNoise(range(2))
     sd_loop = lambda: H.course.sd_inpainting.inpaint(p["unet"], p["vae"], sched, torch.zeros(2, 3, 32, 32),

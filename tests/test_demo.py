@@ -30,16 +30,16 @@ def trained(tmp_path_factory):
     mp.setenv("INPAINT_ROOT", str(root))
     try:
         cfg = H.load_config("smoke", OVERRIDES)
-        H.study.data.prepare_dataset(cfg)
+        H.study.data.splits.prepare_dataset(cfg)
         P = H.study.files.paths(cfg)
-        unet, sched = H.study.ddpm.build_inpainting_model(cfg, P)
-        H.study.ddpm.finetune(cfg, P, unet, sched, torch.device("cpu"))
-        H.study.sd.train_lora(cfg, H.study.sd.load_pipeline(cfg))
+        unet, sched = H.study.models.ddpm.build_inpainting_model(cfg, P)
+        H.study.models.ddpm.finetune(cfg, P, unet, sched, torch.device("cpu"))
+        H.study.models.sd.train_lora(cfg, H.study.models.sd.load_pipeline(cfg))
         from helpers.study.__main__ import main
         table = main(["train", "peft", "--preset", "smoke", "--variant", VARIANT,
                       "--set", *[f"{k}={v}" for k, v in OVERRIDES.items()]])
         assert list(table["variant"]) == [VARIANT] and table.loc[0, "status"] == "trained"
-        H.study.evaluate.run_telea(cfg)
+        H.study.evaluation.evaluate.run_telea(cfg)
         yield cfg
     finally:
         mp.undo()
@@ -106,7 +106,8 @@ def test_every_method_inpaints_on_the_smoke_models(demo):
         assert np.array_equal(img[known], state["image"][known]), f"{cap}: known pixels changed"
         assert not np.array_equal(img, state["image"]), f"{cap}: the hole was not filled"
         assert cap.endswith(" s") and "|" in table
-    masked_tensor = H.study.data.masked_image(H.study.files.to_tensor(state["image"]), torch.from_numpy(mask)[None])
+    masked_tensor = H.study.data.splits.masked_image(H.study.files.to_tensor(state["image"]),
+                                                     torch.from_numpy(mask)[None])
     expect = H.study.files.to_uint8(masked_tensor)
     assert np.array_equal(truth, state["image"]) and np.array_equal(masked, expect)
     # a fixed seed gives the same completion
@@ -130,7 +131,7 @@ def test_generated_masks_and_messages(demo):
 
 
 def test_uploads_are_read_like_the_data_step(demo, tmp_path):
-    folder = H.study.data.demo_bad_inputs(tmp_path / "bad")
+    folder = H.study.data.splits.demo_bad_inputs(tmp_path / "bad")
     big = np.random.default_rng(0).integers(0, 256, (900, 1600, 3), dtype=np.uint8)
     Image.fromarray(big).save(folder / "big.jpg")
     Image.fromarray(big[:4, :4]).save(folder / "tiny.png")
@@ -139,7 +140,7 @@ def test_uploads_are_read_like_the_data_step(demo, tmp_path):
         state, editor, _, msg = demo.load_upload(str(folder / good))
         assert state["image"].shape == (demo.size, demo.size, 3) and state["image"].dtype == np.uint8, good
         assert note in msg, msg
-        expected = H.study.data.resize_center_crop(H.study.data.read_image(folder / good), demo.size)
+        expected = H.study.data.splits.resize_center_crop(H.study.data.splits.read_image(folder / good), demo.size)
         assert np.array_equal(state["image"], expected)
     for bad in ("corrupt.jpg", "empty.png", "tiny.png", "missing.png"):
         state, editor, _, msg = demo.load_upload(str(folder / bad))
@@ -153,7 +154,7 @@ def test_uploads_are_read_like_the_data_step(demo, tmp_path):
 
 def test_missing_weights_disable_methods_and_the_app_starts(tmp_root):
     cfg = H.load_config("smoke", {"data.num_images": 24, "data.max_test_images": 3})
-    H.study.data.prepare_dataset(cfg)
+    H.study.data.splits.prepare_dataset(cfg)
     st = H.apps.demo.method_status(cfg)
     off = [m for m, s in st.items() if not s.available and m in H.study.methods.METHODS]
     assert off == ["ddpm_finetuned", "sd_lora"]
@@ -265,7 +266,7 @@ def test_browser_inpaint_and_three_votes(server, browser):
         page.goto(url, wait_until="load")
         page.locator("#run").wait_for(timeout=60_000)
         # 1. a test image with its frozen mask, one more brush stroke, Telea only
-        name = H.study.data.load_index(cfg)["splits"]["test"][0]
+        name = H.study.data.splits.load_index(cfg)["splits"]["test"][0]
         page.locator("#test_image input").click()
         page.get_by_role("option", name=name).click()
         page.wait_for_function("document.querySelector('#message').innerText.includes('frozen')", timeout=60_000)
@@ -284,7 +285,7 @@ def test_browser_inpaint_and_three_votes(server, browser):
         page.wait_for_function("document.querySelectorAll('#gallery img').length == 1", timeout=120_000)
         page.wait_for_function("document.querySelector('#message').innerText.includes('hole')", timeout=60_000)
         hole = float(page.locator("#message").inner_text().split("hole ")[1].split("%")[0])
-        test_hole = H.study.data.load_index(cfg)["test_masks"][name]["hole_fraction"]
+        test_hole = H.study.data.splits.load_index(cfg)["test_masks"][name]["hole_fraction"]
         assert hole > 100 * test_hole + 1, "the brush stroke added to the frozen mask"
         # 2. three votes under a typed rater id
         page.get_by_role("tab", name="Which looks real?").click()
@@ -305,7 +306,7 @@ def test_browser_inpaint_and_three_votes(server, browser):
     assert [r[4] for r in rows] == ["left", "right", "left"]
     for _, image, left, right, choice, chosen, ms in rows:
         assert {left, right} == {"telea", H.apps.votes.GROUND_TRUTH} and chosen == (left if choice == "left" else right)
-        assert image in H.study.data.load_index(cfg)["splits"]["test"] and ms > 0
+        assert image in H.study.data.splits.load_index(cfg)["splits"]["test"] and ms > 0
     assert not outside, f"the page asked the network for {outside[:3]}"
 
 
@@ -349,7 +350,7 @@ def test_trained_peft_variants_are_methods_of_the_demo(demo):
     _, gallery, _, _, msg = demo.inpaint(state, editor, [f"{VARIANT} (PEFT)", "SD + LoRA"], STEPS, 7.5, 3, prompt)
     assert [cap.split(" · ")[0] for _, cap in gallery] == [f"{VARIANT} (PEFT)", "SD + LoRA"], msg
     pipe = demo.models.loaded()[f"peft_{VARIANT}"]
-    assert pipe.lora_path.endswith(str(H.study.peft_variants.find_adapter(demo.cfg, VARIANT)))
+    assert pipe.lora_path.endswith(str(H.study.models.peft_variants.find_adapter(demo.cfg, VARIANT)))
     assert not np.array_equal(gallery[0][0], gallery[1][0]), "the variant is not the study's LoRA"
     mask = H.apps.demo.mask_from_editor(editor, demo.size) > 0.5
     assert np.array_equal(gallery[0][0][~mask], state["image"][~mask])

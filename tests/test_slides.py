@@ -138,7 +138,7 @@ def _evaluation(kid_telea=-0.04, weights="/home/someone/project/reports/full/mod
             "kid": {"estimator": "unbiased MMD^2", "kernel": "k", "subset_size": 5, "subsets": 20},
             "bootstrap": {"kind": "percentile bootstrap", "samples": 100, "seed": 0}}
     per_image = pd.DataFrame({"method": methods, "name": ["a"] * 3, "kind": ["box"] * 3})
-    ev = H.study.evaluate.Evaluation.__new__(H.study.evaluate.Evaluation)
+    ev = H.study.evaluation.evaluate.Evaluation.__new__(H.study.evaluation.evaluate.Evaluation)
     ev.summary, ev.info, ev.per_image, ev.runtime = summary, info, per_image, pd.DataFrame()
     return ev
 

@@ -43,7 +43,7 @@ from helpers.apps.votes import GROUND_TRUTH, PairScheduler, Trial, VoteStore, db
 from helpers.course.masks import KINDS, generate_mask
 from helpers.study import methods as registry
 from helpers.study.config import Config, load_config
-from helpers.study.data import (
+from helpers.study.data.splits import (
     BadImageError,
     Report,
     composite,
@@ -297,7 +297,7 @@ class Demo:
         return self.captions.get(name, self.cfg.captions.fallback_prompt) if name else self.cfg.captions.fallback_prompt
 
     def status_markdown(self) -> str:
-        from helpers.study.peft_variants import NOT_TRAINED
+        from helpers.study.models.peft_variants import NOT_TRAINED
 
         st = self.models.status
         lines = [f"**Preset `{self.cfg.preset}`**, images {self.size}x{self.size}, device `{self.models.device}`."]

@@ -1,10 +1,12 @@
-"""The reproducible run: presets, data, captions, models, the training loop, prediction, evaluation, CLI."""
+"""The reproducible run: its base at the top (presets: config, devices and logs: runtime, the run's
+folders: files, the method registry: methods, the CLI: __main__) and one subpackage per role: data
+(ingestion, splits, masks, captions), models (the methods and their training), evaluation (prediction,
+cost, metrics, statistics)."""
 from __future__ import annotations
 
 from helpers import lazy_submodules
 
-_MODULES = ("config", "runtime", "files", "masks", "methods", "data", "captions", "ddpm", "sd", "peft_variants",
-            "training", "predict", "perf", "metrics", "evaluate", "digits")
+_MODULES = ("config", "runtime", "files", "methods", "data", "models", "evaluation")
 
 __all__ = list(_MODULES)
 

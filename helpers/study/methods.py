@@ -7,8 +7,8 @@ The demo, the evaluation, the tables and the figures read these records; the PEF
 variants (``ablation.variants``, ``peft_<name>``) are records of the same kind, built from the preset.
 
 Adding a method = one :func:`register` call with its record and its functions (the tests add one
-that fills the hole with grey). The functions import the study's code (:mod:`helpers.study.ddpm`,
-:mod:`helpers.study.sd`, ...) when called, so reading a label loads no model library.
+that fills the hole with grey). The functions import the study's code (:mod:`helpers.study.models.ddpm`,
+:mod:`helpers.study.models.sd`, ...) when called, so reading a label loads no model library.
 
     status(cfg, P) -> MethodStatus                     which weights it would load, or why it cannot run
     load(cfg, P, device, root) -> model                once, on first use (None: nothing to load)
@@ -26,7 +26,8 @@ from pathlib import Path
 
 from helpers.study.config import Config
 
-ABLATION_PREFIX = "peft_"  # + a variant's name (ablation.variants): the PEFT ablation (helpers.study.peft_variants)
+# + a variant's name (ablation.variants): the PEFT ablation (helpers.study.models.peft_variants)
+ABLATION_PREFIX = "peft_"
 
 
 # ---------------------------------------------------------------- what a method is
@@ -173,7 +174,7 @@ def _hub_cached(repo_id: str, filename: str, cache: Path) -> bool:
 
 def ddpm_base_status(cfg: Config, P) -> tuple[bool, str]:
     """Is the unconditional DDPM (RePaint's) on disk? (ok, what it is or why not)."""
-    from helpers.study.ddpm import BASE_DIR, local_path
+    from helpers.study.models.ddpm import BASE_DIR, local_path
 
     pid = cfg.ddpm.pretrained_id
     if not pid:
@@ -192,7 +193,7 @@ def ddpm_base_status(cfg: Config, P) -> tuple[bool, str]:
 
 def sd_base_status(cfg: Config, P) -> tuple[bool, str]:
     """Is the preset's SD inpainting pipeline on disk? (ok, what it is or why not)."""
-    from helpers.study.sd import looks_local
+    from helpers.study.models.sd import looks_local
 
     if cfg.sd.tiny:
         return True, f"tiny random SD inpainting pipeline (seed {cfg.seed}, smoke), in {P.models / 'sd_base'}"
@@ -213,7 +214,7 @@ def _series(cfg: Config) -> str:
 
 
 def _get_sd(cfg: Config) -> tuple[str, str]:
-    from helpers.study.sd import HUB_ID
+    from helpers.study.models.sd import HUB_ID
 
     return (f"hf download {HUB_ID} --local-dir <folder>",
             f" on a machine with internet access, then set sd.pretrained_id: <folder> in configs/{cfg.preset}.yaml")
@@ -224,8 +225,8 @@ def _telea_status(cfg: Config, P) -> MethodStatus:
 
 
 def _finetuned_status(cfg: Config, P) -> MethodStatus:
-    """Written by notebook 03 / helpers.study.ddpm."""
-    from helpers.study.ddpm import finetuned_dir
+    """Written by notebook 03 / helpers.study.models.ddpm."""
+    from helpers.study.models.ddpm import finetuned_dir
 
     ft = finetuned_dir(cfg, P)
     if (ft / "config.json").is_file():
@@ -251,7 +252,7 @@ def _zeroshot_status(cfg: Config, P) -> MethodStatus:
 
 def _lora_status(cfg: Config, P) -> MethodStatus:
     """The preset's SD pipeline and the LoRA file of notebook 04."""
-    from helpers.study.sd import find_lora
+    from helpers.study.models.sd import find_lora
 
     ok, text = sd_base_status(cfg, P)
     if not ok:
@@ -268,7 +269,7 @@ def _lora_status(cfg: Config, P) -> MethodStatus:
 def _variant_status(cfg: Config, P, name: str) -> MethodStatus:
     """Available when the SD pipeline is and the variant's adapter file (the one its test-set
     predictions were made with) is on disk; otherwise the reason, never another adapter instead."""
-    from helpers.study import peft_variants as pv
+    from helpers.study.models import peft_variants as pv
 
     m = ABLATION_PREFIX + name
     ok, text = sd_base_status(cfg, P)
@@ -287,14 +288,14 @@ def _variant_status(cfg: Config, P, name: str) -> MethodStatus:
 
 # ---------------------------------------------------------------- how each loads
 def _ddpm_load(cfg: Config, P, device, root, finetuned: bool):
-    from helpers.study.ddpm import load_finetuned, load_noise_scheduler, load_unconditional_unet
+    from helpers.study.models.ddpm import load_finetuned, load_noise_scheduler, load_unconditional_unet
 
     unet = load_finetuned(cfg, P) if finetuned else load_unconditional_unet(cfg, P)
     return unet.to(device), load_noise_scheduler(cfg, P).alphas_cumprod
 
 
 def _sd_load(cfg: Config, P, device, root, lora: bool):
-    from helpers.study.sd import find_lora, load_lora, load_pipeline
+    from helpers.study.models.sd import find_lora, load_lora, load_pipeline
 
     pipe = load_pipeline(cfg, device=device, root=root)
     return load_lora(pipe, find_lora(cfg, root)) if lora else pipe
@@ -302,7 +303,7 @@ def _sd_load(cfg: Config, P, device, root, lora: bool):
 
 def _variant_load(cfg: Config, P, device, root, name: str):
     """The study's pipeline + the variant's saved adapter."""
-    from helpers.study import peft_variants as pv
+    from helpers.study.models import peft_variants as pv
 
     (v,) = pv.variants(cfg, [name])
     pipe = pv.load_pipeline(cfg, v, root, device)
@@ -311,27 +312,27 @@ def _variant_load(cfg: Config, P, device, root, name: str):
 
 # ---------------------------------------------------------------- how each samples (the request's steps)
 def _telea_sample(cfg: Config, model, device, steps: int, guidance: float, prompt: str):
-    from helpers.study.predict import telea_inpaint
+    from helpers.study.evaluation.predict import telea_inpaint
 
     return lambda x, m, seeds, names: telea_inpaint(x, m, cfg.eval.telea_radius)
 
 
 def _ddim_sample(cfg: Config, model, device, steps: int, guidance: float, prompt: str):
-    from helpers.study import ddpm
+    from helpers.study.models import ddpm
 
     cfg.ddpm.num_inference_steps = int(steps)
     return ddpm.ddim_sampler(cfg, *model, device)
 
 
 def _repaint_sample(cfg: Config, model, device, steps: int, guidance: float, prompt: str):
-    from helpers.study import ddpm
+    from helpers.study.models import ddpm
 
     cfg.ddpm.repaint.num_inference_steps = int(steps)
     return ddpm.repaint_sampler(cfg, *model, device)
 
 
 def _sd_sample(cfg: Config, model, device, steps: int, guidance: float, prompt: str):
-    from helpers.study import sd
+    from helpers.study.models import sd
 
     cfg.sd.num_inference_steps, cfg.sd.guidance_scale = int(steps), float(guidance)
     return lambda x, m, seeds, names: sd.predict(cfg, model, x, m, [prompt] * len(x), seeds, leave=False)

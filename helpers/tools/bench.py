@@ -7,7 +7,8 @@
                                                    # (a smoke of the real-size benchmark, e.g. on the
                                                    # stand-ins of tests.fixtures.standins: tests/test_fullsize.py)
 
-The architectures are the published ones (helpers.study.ddpm.published_unet_config, helpers.study.sd.published_configs),
+The architectures are the published ones (helpers.study.models.ddpm.published_unet_config,
+helpers.study.models.sd.published_configs),
 or, where ``ddpm.pretrained_id`` / ``sd.pretrained_id`` is a local folder (a downloaded checkpoint or a
 stand-in), the configs that folder holds; the weights are always random (timing and memory do not depend
 on them).
@@ -331,7 +332,7 @@ def _oom(e: BaseException) -> bool:
 def _masks(n: int, size: int, seed: int = 0) -> torch.Tensor:
     import numpy as np
 
-    from helpers.study.masks import random_mask
+    from helpers.study.data.masks import random_mask
     rng = np.random.default_rng(seed)
     return torch.stack([torch.from_numpy(random_mask(size, rng)[0])[None] for _ in range(n)])
 
@@ -386,14 +387,14 @@ def architecture_sources(cfg: Config) -> dict:
     """Where the full-size architectures come from: a local folder's configs, or the published ones in code."""
     ddpm_dir = _folder_config(cfg.ddpm.pretrained_id, "config.json", "unet/config.json")
     sd_dir = _folder_config(cfg.sd.pretrained_id, "unet/config.json")
-    return {"ddpm": str(cfg.ddpm.pretrained_id) if ddpm_dir else "published config (helpers.study.ddpm)",
-            "sd": str(cfg.sd.pretrained_id) if sd_dir else "published configs (helpers.study.sd)"}
+    return {"ddpm": str(cfg.ddpm.pretrained_id) if ddpm_dir else "published config (helpers.study.models.ddpm)",
+            "sd": str(cfg.sd.pretrained_id) if sd_dir else "published configs (helpers.study.models.sd)"}
 
 
 def _ddpm_config(ctx: Context) -> tuple[dict, int]:
     from diffusers import UNet2DModel
 
-    from helpers.study.ddpm import published_unet_config
+    from helpers.study.models.ddpm import published_unet_config
     if ctx.tiny:
         size = ctx.cfg.data.image_size
         return {**published_unet_config(), **ctx.cfg.ddpm.tiny_config, "sample_size": size}, size
@@ -403,8 +404,8 @@ def _ddpm_config(ctx: Context) -> tuple[dict, int]:
 
 
 def _ddpm_model(ctx: Context, perf: Config, train: bool, device: torch.device):
-    from helpers.study.ddpm import build_inpainting_unet
-    from helpers.study.perf import optimize_model
+    from helpers.study.evaluation.perf import optimize_model
+    from helpers.study.models.ddpm import build_inpainting_unet
     config, _ = _ddpm_config(ctx)
     torch.manual_seed(0)
     with torch.device(device):                     # weights initialised where they live (meta: none at all)
@@ -419,7 +420,7 @@ def bench_ddpm_train(ctx: Context) -> None:
     from diffusers import DDPMScheduler
 
     from helpers.course.ddpm_inpainting import inpainting_loss, training_step
-    from helpers.study.ddpm import published_scheduler_config
+    from helpers.study.models.ddpm import published_scheduler_config
     d, (_, size) = ctx.cfg.ddpm, _ddpm_config(ctx)
     alphas = DDPMScheduler(**published_scheduler_config()).alphas_cumprod
 
@@ -455,7 +456,7 @@ def bench_ddpm_sample(ctx: Context) -> None:
     from diffusers import DDPMScheduler
 
     from helpers.course.ddpm_inpainting import ddim_inpaint, masked_image
-    from helpers.study.ddpm import published_scheduler_config
+    from helpers.study.models.ddpm import published_scheduler_config
     from helpers.study.runtime import SeededNoise
     d, (_, size) = ctx.cfg.ddpm, _ddpm_config(ctx)
     alphas = DDPMScheduler(**published_scheduler_config()).alphas_cumprod
@@ -498,7 +499,7 @@ def _sd_configs(cfg: Config) -> dict:
     """SD 1.5 inpainting's component configs: those of a local pipeline folder, else the published ones."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
 
-    from helpers.study.sd import published_configs
+    from helpers.study.models.sd import published_configs
     configs = published_configs()
     for name, cls in (("unet", UNet2DConditionModel), ("vae", AutoencoderKL), ("text_encoder", None)):
         local = _folder_config(cfg.sd.pretrained_id, f"{name}/config.json")
@@ -512,8 +513,8 @@ def _sd_parts(ctx: Context, perf: Config, dtype: str, device: torch.device):
     cached in the real pipeline, so the benchmark feeds random embeddings of the right shape."""
     from types import SimpleNamespace
 
-    from helpers.study.perf import set_attention
-    from helpers.study.sd import build_components, tiny_configs
+    from helpers.study.evaluation.perf import set_attention
+    from helpers.study.models.sd import build_components, tiny_configs
     configs = tiny_configs(1000, 0, 1, 1) if ctx.tiny else _sd_configs(ctx.cfg)
     parts = build_components(configs, device, DTYPES[dtype])
     set_attention(parts["vae"], perf.get("sdpa", True))
@@ -531,7 +532,7 @@ def bench_sd_lora_train(ctx: Context) -> None:
 
     from helpers.course.ddpm_inpainting import training_step
     from helpers.course.sd_inpainting import add_lora, lora_inpaint_loss
-    from helpers.study.perf import optimize_model
+    from helpers.study.evaluation.perf import optimize_model
     s = ctx.cfg.sd
 
     def make_step(perf: Config, dtype: str, bs: int, dev: torch.device | None = None):
@@ -576,7 +577,7 @@ def bench_sd_infer(ctx: Context) -> None:
     """4. inpainting inference: VAE encode of the masked image, ``num_inference_steps`` guided steps
     (conditional and unconditional passes in one U-Net call: 2 evaluations per step), VAE decode."""
     from helpers.course.sd_inpainting import inpaint
-    from helpers.study.perf import make_sampler, optimize_model
+    from helpers.study.evaluation.perf import make_sampler, optimize_model
     from helpers.study.runtime import SeededNoise
     s = ctx.cfg.sd
 
@@ -624,8 +625,8 @@ def bench_eval(ctx: Context) -> None:
     from pathlib import Path
 
     from helpers.course.metrics import pixel_scores, psnr, ssim
+    from helpers.study.evaluation.metrics import load_inception, load_lpips
     from helpers.study.files import load_pngs, save_png
-    from helpers.study.metrics import load_inception, load_lpips
     e = ctx.cfg.eval
     size = ctx.cfg.data.image_size
     bs = e.batch_size
@@ -678,7 +679,7 @@ def bench_eval(ctx: Context) -> None:
 def _count_eval_flops(ctx: Context) -> None:
     """FLOPs per image of the evaluation networks, counted on the CPU (the TorchScript Inception
     cannot be moved to the meta device); their cost does not depend on the device."""
-    from helpers.study.metrics import load_inception, load_lpips
+    from helpers.study.evaluation.metrics import load_inception, load_lpips
     P, size = paths(ctx.cfg), ctx.cfg.data.image_size
     x, y = _images(1, size, 1), _images(1, size, 2)
     inception, status = load_inception([P.cache], torch.device("cpu"))
@@ -721,7 +722,7 @@ def study_compute(cfg: Config, flops: dict, n_train: int) -> list[dict]:
 def train_images(cfg: Config) -> int:
     """Training images of the preset: what data.prepare_dataset keeps for ``train`` out of
     ``data.num_images``; CelebA-HQ's 30,000 x 0.9 = 27,000 where the preset takes every image."""
-    from helpers.study.data import split_names
+    from helpers.study.data.splits import split_names
     d = cfg.data
     if not d.get("num_images"):
         return 27000
@@ -760,7 +761,7 @@ def flop_budget(cfg: Config, peak_tflops: float = 800.0, n_train: int | None = N
     lines += ["", f"the whole study ({cfg.preset} preset, {n_train} training images): model arithmetic and hours "
               "at a given fraction of the peak", "step | PFLOP | h at 30 % | h at 8 %", "--- | --- | --- | ---"]
     hours = lambda f, frac: f / (frac * peak_tflops * 1e12) / 3600
-    # the PEFT ablation (helpers.study.peft_variants), on top of the study: an estimate, each variant costed as
+    # the PEFT ablation (helpers.study.models.peft_variants), on top of the study: an estimate, each variant costed as
     # a LoRA training step and a base-model inference (its adapter merged); adapter arithmetic not counted
     abl, s = cfg.get("ablation", {}), cfg.sd
     n_var, n_abl = len(abl.get("variants", [])), abl.get("max_test_images") or cfg.data.max_test_images or 1000

@@ -49,7 +49,7 @@ from helpers.study.files import (
     shown_path,
     swap_in,
 )
-from helpers.study.masks import hole_fraction, random_mask, validate_mask
+from helpers.study.data.masks import hole_fraction, random_mask, validate_mask
 from helpers.study.methods import method_label
 from helpers.study.runtime import progress
 
