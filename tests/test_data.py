@@ -21,70 +21,71 @@ def test_to_tensor_range_and_roundtrip():
 
 def test_resize_center_crop_any_shape():
     for shape in [(40, 90, 3), (90, 40, 3), (20, 20, 3), (300, 200, 3)]:
-        out = H.study.data.splits.resize_center_crop(np.zeros(shape, np.uint8), 32)
+        out = H.study.data.sources.resize_center_crop(np.zeros(shape, np.uint8), 32)
         assert out.shape == (32, 32, 3) and out.dtype == np.uint8
 
 
 def test_channel_handling_converts_and_counts():
-    r = H.study.data.splits.Report()
+    r = H.study.data.sources.Report()
     gray = Image.fromarray(np.full((4, 4), 100, np.uint8))
-    assert np.array_equal(H.study.data.splits.to_rgb_uint8(gray, "g", r), np.full((4, 4, 3), 100, np.uint8))
+    assert np.array_equal(H.study.data.sources.to_rgb_uint8(gray, "g", r), np.full((4, 4, 3), 100, np.uint8))
     rgba = Image.fromarray(np.dstack([np.full((4, 4, 3), 0, np.uint8), np.full((4, 4), 0, np.uint8)]))
-    assert (H.study.data.splits.to_rgb_uint8(rgba, "a", r) == 255).all()      # fully transparent -> white background
+    assert (H.study.data.sources.to_rgb_uint8(rgba, "a", r) == 255).all()      # fully transparent -> white background
     g16 = Image.fromarray(np.array([[0, 32896, 65535, 257]], np.uint16))
-    assert H.study.data.splits.to_rgb_uint8(g16, "16", r)[0, :, 0].tolist() == [0, 128, 255, 1]   # scaled, not clipped
+    assert H.study.data.sources.to_rgb_uint8(g16, "16", r)[0, :, 0].tolist() == [0, 128, 255, 1]   # scaled, not clipped
     assert sum(r.converted.values()) == 3 and r.examples["grayscale->RGB"] == "g"
-    assert H.study.data.splits.to_rgb_uint8(Image.fromarray(np.zeros((2, 2, 3), np.uint8)), "rgb", r).shape == (2, 2, 3)
+    assert H.study.data.sources.to_rgb_uint8(Image.fromarray(np.zeros((2, 2, 3), np.uint8)), "rgb", r).shape == (2, 2,
+                                                                                                                 3)
     assert sum(r.converted.values()) == 3
 
 
 def test_bad_files_are_named_and_skipped_with_a_count(tmp_path):
-    folder = H.study.data.splits.demo_bad_inputs(tmp_path / "in")
-    with pytest.raises(H.study.data.splits.BadImageError, match="corrupt.jpg"):
-        H.study.data.splits.read_image(folder / "corrupt.jpg")
-    with pytest.raises(H.study.data.splits.BadImageError, match="does not exist"):
-        H.study.data.splits.read_image(folder / "missing.png")
-    report = H.study.data.splits.Report()
-    items = list(H.study.data.splits.folder_images(folder, 16, report))           # no size / crop limits: 7 of 10 kept
+    folder = H.study.data.samples.demo_bad_inputs(tmp_path / "in")
+    with pytest.raises(H.study.data.sources.BadImageError, match="corrupt.jpg"):
+        H.study.data.sources.read_image(folder / "corrupt.jpg")
+    with pytest.raises(H.study.data.sources.BadImageError, match="does not exist"):
+        H.study.data.sources.read_image(folder / "missing.png")
+    report = H.study.data.sources.Report()
+    items = list(H.study.data.sources.folder_images(folder, 16, report))           # no size / crop limits: 7 of 10 kept
     assert len(items) == 7 and all(img.shape == (16, 16, 3) for _, img in items)
     assert report.skipped == {"unreadable or corrupt": 2, "not an image file (.txt)": 1}
     assert report.files == 10 and report.kept == 7 and report.upscaled == 1
     assert "skipped 2 (unreadable or corrupt" in report.summary()
-    strict = H.study.data.splits.Report()
-    items = list(H.study.data.splits.folder_images(folder, 16, strict, min_size=16, min_kept_fraction=0.5))
+    strict = H.study.data.sources.Report()
+    items = list(H.study.data.sources.folder_images(folder, 16, strict, min_size=16, min_kept_fraction=0.5))
     assert len(items) == strict.kept == 5 and strict.files == 10 and strict.upscaled == 0
     assert strict.skipped["smaller than data.min_size (16 px)"] == 1
 
 
 def test_folder_source_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        list(H.study.data.splits.folder_images(tmp_path / "nope", 16, H.study.data.splits.Report()))
+        list(H.study.data.sources.folder_images(tmp_path / "nope", 16, H.study.data.sources.Report()))
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="no image files"):
-        list(H.study.data.splits.folder_images(tmp_path / "empty", 16, H.study.data.splits.Report()))
+        list(H.study.data.sources.folder_images(tmp_path / "empty", 16, H.study.data.sources.Report()))
 
 
 def test_hub_source_offline_says_what_to_do(tmp_path, monkeypatch):
     import datasets
     monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: (_ for _ in ()).throw(ConnectionError("offline")))
     with pytest.raises(RuntimeError, match="data.source: folder"):
-        list(H.study.data.splits.hub_images("someone/faces", "train", "image", 16, tmp_path,
-                                            H.study.data.splits.Report()))
+        list(H.study.data.sources.hub_images("someone/faces", "train", "image", 16, tmp_path,
+                                            H.study.data.sources.Report()))
 
 
 def test_hub_source_fails_fast_without_the_hub(tmp_path, monkeypatch):
     import time
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    H.study.data.splits.hub_unreachable_reason.cache_clear()
+    H.study.data.sources.hub_unreachable_reason.cache_clear()
     try:
         t = time.perf_counter()
         with pytest.raises(RuntimeError, match="HF_HUB_OFFLINE is set.*not in the cache"):
-            list(H.study.data.splits.hub_images("someone/faces", "train", "image", 16, tmp_path,
-                                                H.study.data.splits.Report()))
+            list(H.study.data.sources.hub_images("someone/faces", "train", "image", 16, tmp_path,
+                                                H.study.data.sources.Report()))
         assert time.perf_counter() - t < 5
     finally:
-        H.study.data.splits.hub_unreachable_reason.cache_clear()
+        H.study.data.sources.hub_unreachable_reason.cache_clear()
 
 
 # ---------------------------------------------------------------- split and prepared data
@@ -129,7 +130,7 @@ def test_prepare_folder_source(tmp_root):
 
 def test_datasets_and_test_set(prepared):
     cfg, index = prepared
-    train = H.study.data.splits.InpaintDataset(cfg, "train")
+    train = H.study.data.dataset.InpaintDataset(cfg, "train")
     item = train[0]
     s = cfg.data.image_size
     assert item["image"].shape == (3, s, s) and item["mask"].shape == (1, s, s)
@@ -138,11 +139,11 @@ def test_datasets_and_test_set(prepared):
     assert torch.equal(train[0]["mask"], item["mask"])          # same epoch: same mask
     train.set_epoch(1)
     assert not torch.equal(train[0]["mask"], item["mask"])      # new epoch: new mask
-    test = H.study.data.splits.load_test_set(cfg)
-    assert torch.equal(test["mask"], H.study.data.splits.load_test_set(cfg)["mask"])   # frozen
+    test = H.study.data.dataset.load_test_set(cfg)
+    assert torch.equal(test["mask"], H.study.data.dataset.load_test_set(cfg)["mask"])   # frozen
     assert test["image"].shape[0] == len(index["splits"]["test"])
     with pytest.raises(ValueError, match="split"):
-        H.study.data.splits.InpaintDataset(cfg, "holdout")
+        H.study.data.dataset.InpaintDataset(cfg, "holdout")
 
 
 def test_missing_prepared_data_is_explained(tmp_root, smoke_cfg):
@@ -153,9 +154,9 @@ def test_missing_prepared_data_is_explained(tmp_root, smoke_cfg):
 def test_masked_image_and_composite():
     x = torch.full((1, 3, 2, 2), 0.5)
     m = torch.tensor([[[[1.0, 0.0], [0.0, 0.0]]]])
-    assert H.study.data.splits.masked_image(x, m)[0, :, 0, 0].tolist() == [0, 0, 0]
+    assert H.study.data.dataset.masked_image(x, m)[0, :, 0, 0].tolist() == [0, 0, 0]
     pred = torch.full_like(x, -0.25)
-    out = H.study.data.splits.composite(pred, x, m)
+    out = H.study.data.dataset.composite(pred, x, m)
     assert out[0, 0, 0, 0] == -0.25 and out[0, 0, 1, 1] == 0.5
 
 
@@ -163,14 +164,14 @@ def test_predictions_roundtrip_and_missing(prepared):
     cfg, index = prepared
     names = index["splits"]["test"][:3]
     imgs = torch.rand(3, 3, cfg.data.image_size, cfg.data.image_size) * 2 - 1
-    H.study.data.splits.write_predictions(cfg, "telea", names, imgs, {"weights": "none", "images_per_s": 10.0})
-    back, meta = H.study.data.splits.read_predictions(cfg, "telea", names)
+    H.study.data.predictions.write_predictions(cfg, "telea", names, imgs, {"weights": "none", "images_per_s": 10.0})
+    back, meta = H.study.data.predictions.read_predictions(cfg, "telea", names)
     assert (back - imgs).abs().max() <= 1 / 127.5 + 1e-6          # 8-bit PNG quantisation only
     assert meta["weights"] == "none" and meta["n_images"] == 3 and meta["label"].startswith("OpenCV")
     with pytest.raises(FileNotFoundError, match="'sd_lora'.*3 of 3"):
-        H.study.data.splits.read_predictions(cfg, "sd_lora", names)
+        H.study.data.predictions.read_predictions(cfg, "sd_lora", names)
     with pytest.raises(ValueError, match="unknown method"):
-        H.study.data.splits.write_predictions(cfg, "magic", names, imgs)
+        H.study.data.predictions.write_predictions(cfg, "magic", names, imgs)
 
 
 def test_atomic_write_leaves_nothing_on_failure(tmp_path):
@@ -251,7 +252,7 @@ def test_no_hub_is_detected_once_and_blip_fails_fast(prepared, monkeypatch):
     cfg, _ = prepared
     cfg.captions.model_id = "Salesforce/blip-image-captioning-base"
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    H.study.data.splits.hub_unreachable_reason.cache_clear()
+    H.study.data.sources.hub_unreachable_reason.cache_clear()
     try:
         t = time.perf_counter()
         caps = H.study.data.captions.make_captions(cfg, force=True)
@@ -259,7 +260,7 @@ def test_no_hub_is_detected_once_and_blip_fails_fast(prepared, monkeypatch):
         assert caps["fallback"] and "HF_HUB_OFFLINE is set" in caps["status"]
         assert "not in the cache" in caps["status"]
     finally:
-        H.study.data.splits.hub_unreachable_reason.cache_clear()
+        H.study.data.sources.hub_unreachable_reason.cache_clear()
 
 
 # ---------------------------------------------------------------- nothing lost: staged preparation
@@ -272,9 +273,9 @@ def _snapshot(cfg):
 
 def _still_usable(cfg, index):
     assert H.study.data.splits.prepare_dataset(cfg) == index                      # the original config finds it, intact
-    test = H.study.data.splits.load_test_set(cfg)
+    test = H.study.data.dataset.load_test_set(cfg)
     assert len(test["name"]) == len(index["splits"]["test"])
-    assert len(H.study.data.splits.InpaintDataset(cfg, "train")[0]["image"]) == 3
+    assert len(H.study.data.dataset.InpaintDataset(cfg, "train")[0]["image"]) == 3
 
 
 def test_a_failed_re_preparation_leaves_the_previous_data_set_intact(prepared, monkeypatch):
@@ -312,12 +313,12 @@ def test_a_killed_re_preparation_leaves_the_previous_data_set_intact(prepared, t
     before = _snapshot(cfg)
     script = (
         "import os, signal, helpers as H\n"
-        "real, n = H.study.data.splits.admit, [0]\n"
+        "real, n = H.study.data.sources.admit, [0]\n"
         "def admit(*a, **k):\n"
         "    n[0] += 1\n"
         "    if n[0] == 10: os.kill(os.getpid(), signal.SIGKILL)\n"
         "    return real(*a, **k)\n"
-        "H.study.data.splits.admit = admit\n"
+        "H.study.data.sources.admit = admit\n"
         "H.study.data.splits.prepare_dataset(H.load_config('smoke', {'data.num_images': 40}))\n")
     proc = subprocess.run([sys.executable, "-c", script], cwd=H.study.config.ROOT, capture_output=True,
                           env={**__import__("os").environ, "INPAINT_ROOT": str(tmp_root)}, timeout=120)
@@ -401,12 +402,13 @@ def test_a_changed_folder_is_prepared_again_and_an_unchanged_one_reused(tmp_root
     index = H.study.data.splits.prepare_dataset(cfg)
     assert index["inputs"]["files"] == 6 and len(_prepared_names(index)) == 6
     # unchanged folder, same settings: reused, nothing read again
-    real = H.study.data.splits.admit
-    monkeypatch.setattr(H.study.data.splits, "admit", lambda *a, **k: pytest.fail("an unchanged folder was read again"))
+    real = H.study.data.sources.admit
+    monkeypatch.setattr(H.study.data.sources, "admit", lambda *a,
+                        **k: pytest.fail("an unchanged folder was read again"))
     caplog.clear()
     assert H.study.data.splits.prepare_dataset(cfg) == index
     assert "same settings and same 6 files in data.folder" in caplog.text
-    monkeypatch.setattr(H.study.data.splits, "admit", real)
+    monkeypatch.setattr(H.study.data.sources, "admit", real)
     # 3 photos added: prepared again, the input report counts them (the issue: 0 of 3 prepared)
     _photos(src, ["new0.png", "new1.jpg", "new2.png"], seed=1)
     caplog.clear()
@@ -511,7 +513,7 @@ def test_the_sources_held_out_split_is_the_test_set(tmp_root):
     assert res["metrics_px"] == 32 and res["sd_upsampled"]
     assert "computed at 32 px" in res["text"] and "upsampled to 64 px" in res["text"]
     assert res["source_short_side"] == {"min": 24, "median": 24, "max": 24}
-    assert len(H.study.data.splits.load_test_set(cfg)["name"]) == 4
+    assert len(H.study.data.dataset.load_test_set(cfg)["name"]) == 4
 
 
 def test_your_own_test_masks_are_matched_by_name_and_validated(tmp_root):
@@ -532,7 +534,7 @@ def test_your_own_test_masks_are_matched_by_name_and_validated(tmp_root):
     assert index["splits"]["test"] == ["p03", "p07", "p09"] and index["test_masks_from"] == str(masks)
     assert {v["kind"] for v in index["test_masks"].values()} == {"user"}
     assert index["test_masks"]["p07"]["hole_fraction"] == pytest.approx(14 * 15 / 32 ** 2)
-    test = H.study.data.splits.load_test_set(H.load_config("smoke", over))
+    test = H.study.data.dataset.load_test_set(H.load_config("smoke", over))
     assert test["mask"][1].sum() == 14 * 15
     Image.fromarray(np.full((32, 32), 128, np.uint8)).save(masks / "p09.png")       # grey: not binary
     with pytest.raises(ValueError, match="p09.png"):
@@ -563,7 +565,7 @@ def test_a_test_source_outside_the_training_data_gives_the_test_set(tmp_root):
     assert len(index["splits"]["train"]) + len(index["splits"]["val"]) == 24          # every bundled crop trains
     assert "data.test_source" in index["test_split"] and index["test_masks_from"].startswith("generated")
     assert {v["kind"] for v in index["test_masks"].values()} <= set(H.load_config("smoke").data.masks.kinds)
-    test = H.study.data.splits.load_test_set(H.load_config("smoke", over))
+    test = H.study.data.dataset.load_test_set(H.load_config("smoke", over))
     assert tuple(test["image"].shape) == (4, 3, 32, 32) and test["mask"].sum() > 0
     # the same protocol as without it: the generated masks are those of the default test set, by position
     plain = H.study.data.splits.prepare_dataset(H.load_config("smoke", {"data.num_images": 24,
@@ -593,9 +595,9 @@ def test_paths_are_shown_relative_to_the_root(tmp_path, monkeypatch):
     nested = {"a": [str(tmp_path / "m" / "x.pt"), 3, "org/model-id"], "b": {"c": str(Path.home() / "d")}}
     assert H.study.files.shown_paths(nested, root=tmp_path) == {"a": ["m/x.pt", 3, "org/model-id"], "b": {"c": "~/d"}}
     monkeypatch.setenv("INPAINT_ROOT", str(tmp_path))          # the run's root, as the notebooks have it
-    report = H.study.data.splits.Report()
-    folder = H.study.data.splits.demo_bad_inputs(tmp_path / "bad")
-    list(H.study.data.splits.folder_images(folder, 16, report, min_size=16, min_kept_fraction=0.5))
+    report = H.study.data.sources.Report()
+    folder = H.study.data.samples.demo_bad_inputs(tmp_path / "bad")
+    list(H.study.data.sources.folder_images(folder, 16, report, min_size=16, min_kept_fraction=0.5))
     assert str(tmp_path) not in report.summary() and "bad/notes.txt" in report.summary()
 
 
@@ -603,8 +605,8 @@ def test_the_folder_reader_counts_to_the_files_found(tmp_path, monkeypatch):
     """The progress bar of a folder source runs to the image files found (9 here), not to the cap
     data.num_images (96)."""
     monkeypatch.setenv("INPAINT_ROOT", str(tmp_path))
-    folder = H.study.data.splits.demo_bad_inputs(tmp_path / "in")
+    folder = H.study.data.samples.demo_bad_inputs(tmp_path / "in")
     cfg = H.load_config("smoke", {"data.source": "folder", "data.folder": str(folder)})
     P = H.study.files.paths(cfg)
-    _, total = H.study.data.splits._items(cfg, P, H.study.data.splits.Report())
-    assert cfg.data.num_images == 96 and total == len(H.study.data.splits.image_files(folder)) < 96
+    _, total = H.study.data.splits._items(cfg, P, H.study.data.sources.Report())
+    assert cfg.data.num_images == 96 and total == len(H.study.data.sources.image_files(folder)) < 96

@@ -106,7 +106,7 @@ def test_every_method_inpaints_on_the_smoke_models(demo):
         assert np.array_equal(img[known], state["image"][known]), f"{cap}: known pixels changed"
         assert not np.array_equal(img, state["image"]), f"{cap}: the hole was not filled"
         assert cap.endswith(" s") and "|" in table
-    masked_tensor = H.study.data.splits.masked_image(H.study.files.to_tensor(state["image"]),
+    masked_tensor = H.study.data.dataset.masked_image(H.study.files.to_tensor(state["image"]),
                                                      torch.from_numpy(mask)[None])
     expect = H.study.files.to_uint8(masked_tensor)
     assert np.array_equal(truth, state["image"]) and np.array_equal(masked, expect)
@@ -131,7 +131,7 @@ def test_generated_masks_and_messages(demo):
 
 
 def test_uploads_are_read_like_the_data_step(demo, tmp_path):
-    folder = H.study.data.splits.demo_bad_inputs(tmp_path / "bad")
+    folder = H.study.data.samples.demo_bad_inputs(tmp_path / "bad")
     big = np.random.default_rng(0).integers(0, 256, (900, 1600, 3), dtype=np.uint8)
     Image.fromarray(big).save(folder / "big.jpg")
     Image.fromarray(big[:4, :4]).save(folder / "tiny.png")
@@ -140,7 +140,7 @@ def test_uploads_are_read_like_the_data_step(demo, tmp_path):
         state, editor, _, msg = demo.load_upload(str(folder / good))
         assert state["image"].shape == (demo.size, demo.size, 3) and state["image"].dtype == np.uint8, good
         assert note in msg, msg
-        expected = H.study.data.splits.resize_center_crop(H.study.data.splits.read_image(folder / good), demo.size)
+        expected = H.study.data.sources.resize_center_crop(H.study.data.sources.read_image(folder / good), demo.size)
         assert np.array_equal(state["image"], expected)
     for bad in ("corrupt.jpg", "empty.png", "tiny.png", "missing.png"):
         state, editor, _, msg = demo.load_upload(str(folder / bad))

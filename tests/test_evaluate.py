@@ -48,15 +48,16 @@ def scored(prepared, fake_inception, no_lpips_weights):
     cfg, _ = prepared
     cfg.eval.bootstrap_samples = 100
     cfg.eval.kid_subsets = 5
-    test = H.study.data.splits.load_test_set(cfg)
+    test = H.study.data.dataset.load_test_set(cfg)
     x, names = test["image"], test["name"]
     g = torch.Generator().manual_seed(0)
     # not composited on purpose: noise on known pixels too
     noisy = (x + 0.3 * torch.randn(x.shape, generator=g)).clamp(-1, 1)
-    H.study.data.splits.write_predictions(cfg, "ddpm_finetuned", names, noisy,
+    H.study.data.predictions.write_predictions(cfg, "ddpm_finetuned", names, noisy,
                                    {"weights": "TEST stand-in", "sample_seconds_per_image": 0.5,
                                     "images_per_s": 2.0, "trainable_params": 123})
-    H.study.data.splits.write_predictions(cfg, "ddpm_repaint", names[:4], x[:4].neg(), {"weights": "TEST stand-in"})
+    H.study.data.predictions.write_predictions(cfg, "ddpm_repaint", names[:4], x[:4].neg(),
+                                               {"weights": "TEST stand-in"})
     H.study.evaluation.evaluate.run_telea(cfg)
     return cfg, test, H.study.evaluation.evaluate.evaluate_all(cfg), noisy
 
@@ -64,8 +65,8 @@ def scored(prepared, fake_inception, no_lpips_weights):
 def test_run_telea_fills_holes_keeps_context_and_records_meta(prepared):
     cfg, _ = prepared
     out = H.study.evaluation.evaluate.run_telea(cfg)
-    test = H.study.data.splits.load_test_set(cfg)
-    pred, meta = H.study.data.splits.read_predictions(cfg, "telea", test["name"])
+    test = H.study.data.dataset.load_test_set(cfg)
+    pred, meta = H.study.data.predictions.read_predictions(cfg, "telea", test["name"])
     known = (1 - test["mask"]).bool().expand_as(pred)
     assert torch.allclose(pred[known], test["image"][known], atol=1 / 127.5)
     hole = test["mask"].bool().expand_as(pred)
@@ -92,7 +93,7 @@ def test_evaluate_all_scores_every_method_with_predictions(scored):
     counts = ev.per_image.groupby("method").size()
     assert counts["ddpm_finetuned"] == n and counts["ddpm_repaint"] == 4 and counts["telea"] == n
     # known pixels were composited back before scoring
-    fixed = H.study.data.splits.composite(noisy, test["image"], test["mask"])
+    fixed = H.study.data.dataset.composite(noisy, test["image"], test["mask"])
     expected = H.course.metrics.psnr(fixed, test["image"], test["mask"]).numpy()
     got = ev.per_image[ev.per_image["method"] == "ddpm_finetuned"]["psnr_hole"].to_numpy()
     np.testing.assert_allclose(got, expected, atol=1e-9)
@@ -179,8 +180,8 @@ def test_stale_or_wrong_size_predictions_are_missing_with_a_reason(prepared, fak
     P = H.study.files.paths(cfg)
     H.study.files.save_png(torch.zeros(3, cfg.data.image_size, cfg.data.image_size),
                            P.predictions("sd_zeroshot") / "old.png")
-    test = H.study.data.splits.load_test_set(cfg)
-    H.study.data.splits.write_predictions(cfg, "sd_lora", test["name"], torch.zeros(len(test["name"]), 3, 16, 16))
+    test = H.study.data.dataset.load_test_set(cfg)
+    H.study.data.predictions.write_predictions(cfg, "sd_lora", test["name"], torch.zeros(len(test["name"]), 3, 16, 16))
     ev = H.study.evaluation.evaluate.evaluate_all(cfg, methods=["sd_zeroshot", "sd_lora"])
     reasons = {m["method"]: m["reason"] for m in ev.missing}
     assert "none for this test set" in reasons["sd_zeroshot"]

@@ -164,12 +164,12 @@ def test_every_notebook_ran_and_the_report_was_produced(series):
 
 def test_predictions_have_the_data_shape_and_keep_known_pixels(series):
     _, cfg, root = series
-    test = H.study.data.splits.load_test_set(cfg, root)
+    test = H.study.data.dataset.load_test_set(cfg, root)
     assert test["image"].shape == (N_TEST, 3, 256, 256)
     for method in H.study.methods.METHODS:
         meta = json.loads((_paths(cfg, root).predictions(method) / "meta.json").read_text())
         names = test["name"][:meta["n_images"]]
-        pred, _ = H.study.data.splits.read_predictions(cfg, method, names, root)
+        pred, _ = H.study.data.predictions.read_predictions(cfg, method, names, root)
         assert pred.shape == (len(names), 3, 256, 256), method
         keep = (1 - test["mask"][:len(names)]).bool().expand_as(pred)
         # PNGs are 8-bit: known pixels equal the test image's to the quantisation step

@@ -119,5 +119,5 @@ def test_qlora_variant_trains_on_a_4bit_frozen_base_and_predicts(tmp_path, monke
     row = {r["variant"]: r for r in PV.status(cfg, device=CUDA)}["qlora_r16"]
     assert row["status"] == "trained", row
     names = sorted(p.stem for p in H.study.files.paths(cfg).predictions("peft_qlora_r16").glob("*.png"))
-    images, _ = H.study.data.splits.read_predictions(cfg, "peft_qlora_r16", names)
+    images, _ = H.study.data.predictions.read_predictions(cfg, "peft_qlora_r16", names)
     assert images.shape[0] == 2 and torch.isfinite(images).all()

@@ -75,10 +75,10 @@ def test_a_registered_method_is_in_the_demo_the_tables_and_a_figure(prepared, gr
     assert np.abs(gallery[0][0][hole].astype(int) - 128).max() <= 1          # grey in the hole
     assert np.array_equal(gallery[0][0][~hole], state["image"][~hole])       # the known pixels kept
     # 2. its test-set predictions, written as every method's are, then the evaluation
-    test = H.study.data.splits.load_test_set(cfg)
+    test = H.study.data.dataset.load_test_set(cfg)
     fn = grey_sampler(cfg, None, "cpu", 0, 0.0, "")
-    pred = H.study.data.splits.composite(fn(test["image"], test["mask"], [], []), test["image"], test["mask"])
-    H.study.data.splits.write_predictions(cfg, "grey", test["name"], pred, {"weights": "none (test dummy)"})
+    pred = H.study.data.dataset.composite(fn(test["image"], test["mask"], [], []), test["image"], test["mask"])
+    H.study.data.predictions.write_predictions(cfg, "grey", test["name"], pred, {"weights": "none (test dummy)"})
     voting = H.apps.demo.Demo(cfg).scheduler                                   # the vote tab: grey vs the photo
     assert voting.pairs == [("grey", H.apps.votes.GROUND_TRUTH)] and set(voting.candidates) == set(test["name"])
     ev = H.study.evaluation.evaluate.evaluate_all(cfg, methods=["grey"], save=False)

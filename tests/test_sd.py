@@ -162,7 +162,7 @@ def test_a_training_step_changes_only_lora(sd_root, tmp_path):
     loss_fn = H.study.models.sd.make_loss_fn(pipe, cfg, {f"im{i}": "a photo of a cat" for i in range(4)})
     res = H.study.models.training.train(pipe.unet, loss_fn, _toy_dataset(), _spec(cfg, lr=1e-3, max_steps=1),
                                         tmp_path / "ckpt", cfg.seed, torch.device("cpu"),
-                                        collate_fn=H.study.data.splits.collate)
+                                        collate_fn=H.study.data.dataset.collate)
     assert res.steps == 1 and np.isfinite(res.history[0]["loss"])
     for name in ("unet", "vae", "text_encoder"):
         after = getattr(pipe, name).state_dict()
@@ -183,7 +183,7 @@ def test_fp16_frozen_weights_keep_lora_in_fp32_and_the_grad_scaler_works(sd_root
     assert {p.dtype for p in params} == {torch.float32}
     assert {p.dtype for p in pipe.unet.parameters() if not p.requires_grad} == {torch.float16}
     loss_fn = H.study.models.sd.make_loss_fn(pipe, cfg, {})
-    batch = H.study.data.splits.collate(_toy_dataset(2))
+    batch = H.study.data.dataset.collate(_toy_dataset(2))
     opt = torch.optim.AdamW(params, lr=1e-3)
     scaler = torch.amp.GradScaler("cpu")
     with torch.autocast("cpu", dtype=torch.float16):
@@ -200,7 +200,7 @@ def test_gradient_checkpointing_still_trains_lora(sd_root):
     assert pipe.unet.is_gradient_checkpointing
     pipe.unet.train()
     loss_fn = H.study.models.sd.make_loss_fn(pipe, cfg, {})
-    loss = loss_fn(pipe.unet, H.study.data.splits.collate(_toy_dataset(2)), torch.Generator().manual_seed(0))
+    loss = loss_fn(pipe.unet, H.study.data.dataset.collate(_toy_dataset(2)), torch.Generator().manual_seed(0))
     loss.backward()
     grads = [p.grad for n, p in pipe.unet.named_parameters() if ".lora_B." in n]
     assert grads and all(g is not None and g.abs().sum() > 0 for g in grads)
@@ -220,7 +220,7 @@ def test_prompt_dropout_rate_and_determinism(sd_root):
     rate = dropped / total                                  # 9600 draws: std of the rate ~0.0036
     assert abs(rate - cfg.sd.prompt_dropout) < 0.015, rate
     # the same generator seed gives the same step (what exact resume relies on)
-    batch = H.study.data.splits.collate(_toy_dataset(2))
+    batch = H.study.data.dataset.collate(_toy_dataset(2))
     with torch.no_grad():
         a = loss_fn(pipe.unet, batch, torch.Generator().manual_seed(5))
         b = loss_fn(pipe.unet, batch, torch.Generator().manual_seed(5))
@@ -297,9 +297,9 @@ def test_train_and_predict_the_test_set_end_to_end(sd_root, prepared):
     lora_pipe = H.study.models.sd.load_lora(H.study.models.sd.load_pipeline(cfg, source=pipe.source),
                                             stats["lora_path"])
     meta = H.study.models.sd.predict_test_set(cfg, lora_pipe, "sd_lora", train_stats=stats, limit=3)
-    test = H.study.data.splits.load_test_set(cfg)
+    test = H.study.data.dataset.load_test_set(cfg)
     names = test["name"][:3]
-    preds, saved = H.study.data.splits.read_predictions(cfg, "sd_lora", names)
+    preds, saved = H.study.data.predictions.read_predictions(cfg, "sd_lora", names)
     known = (test["mask"][:3] < 0.5).expand_as(preds)
     sel = known.permute(0, 2, 3, 1).numpy()
     assert np.array_equal(H.study.files.to_uint8(preds)[sel], H.study.files.to_uint8(test["image"][:3])[sel])

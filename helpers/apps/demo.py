@@ -43,16 +43,9 @@ from helpers.apps.votes import GROUND_TRUTH, PairScheduler, Trial, VoteStore, db
 from helpers.course.masks import KINDS, generate_mask
 from helpers.study import methods as registry
 from helpers.study.config import Config, load_config
-from helpers.study.data.splits import (
-    BadImageError,
-    Report,
-    composite,
-    load_index,
-    load_mask_file,
-    masked_image,
-    read_image,
-    resize_center_crop,
-)
+from helpers.study.data.dataset import composite, masked_image
+from helpers.study.data.sources import BadImageError, Report, read_image, resize_center_crop
+from helpers.study.data.splits import load_index, load_mask_file
 from helpers.study.files import load_json, paths, to_tensor, to_uint8
 from helpers.study.methods import ABLATION_PREFIX, MethodStatus, short_label
 from helpers.study.runtime import get_device

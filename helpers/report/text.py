@@ -114,7 +114,7 @@ def title_note(ev: Evaluation, cfg: Config) -> str:
 def equation_values(cfg: Config, sd_meta: dict) -> str:
     """The values of the symbols in notebook 06's two equations, as this run used them: the preset's
     settings, and the SD resolution and latent size of the pipeline that made the SD predictions
-    (their meta.json, :func:`helpers.study.data.splits.read_meta`; "not recorded" without one)."""
+    (their meta.json, :func:`helpers.study.data.predictions.read_meta`; "not recorded" without one)."""
     d, s = cfg.ddpm, cfg.sd
     if sd_meta.get("latent_px"):
         size = (f"{sd_meta.get('sd_resolution', s.resolution)} px, latents {sd_meta['latent_px']} px "

@@ -31,7 +31,9 @@ import torch
 
 from helpers.course.metrics import pixel_scores, to_levels
 from helpers.study.config import Config
-from helpers.study.data.splits import composite, load_index, load_test_set, read_predictions
+from helpers.study.data.dataset import composite, load_test_set
+from helpers.study.data.predictions import read_predictions
+from helpers.study.data.splits import load_index
 from helpers.study.evaluation.metrics import (
     bootstrap_ci,
     fid_from_features,

@@ -210,7 +210,7 @@ def make_validator(cfg: Config, P: Paths, unet, alphas_cumprod: torch.Tensor, de
     helpers.report.figures.image_grid), or without one as plain tiles (:func:`save_tiles`)."""
     from accelerate import PartialState
 
-    from helpers.study.data.splits import InpaintDataset, collate
+    from helpers.study.data.dataset import InpaintDataset, collate
 
     ds = InpaintDataset(cfg, "val")
     batch = collate([ds[i] for i in range(min(len(ds), 4))])
@@ -250,7 +250,7 @@ def finetune(cfg: Config, P: Paths, unet, noise_scheduler, device: torch.device,
     again; an edited ``loss_fn`` or ``step_fn`` trains anew in its own folder (the printed line says which)."""
     from accelerate import PartialState
 
-    from helpers.study.data.splits import InpaintDataset, collate
+    from helpers.study.data.dataset import InpaintDataset, collate
     from helpers.study.evaluation.perf import set_attention
     from helpers.study.models.training import finish_run, train
 

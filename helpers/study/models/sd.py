@@ -498,7 +498,7 @@ def train_lora(cfg: Config, pipe, captions: dict[str, str] | None = None, max_st
     from accelerate import PartialState
 
     from helpers.study.data.captions import check_captions_for_lora, make_captions
-    from helpers.study.data.splits import InpaintDataset, collate
+    from helpers.study.data.dataset import InpaintDataset, collate
     from helpers.study.evaluation.perf import set_attention
     from helpers.study.models.training import finish_run, train
 
@@ -583,7 +583,7 @@ def predict_test_set(cfg: Config, pipe, method: str, train_stats: dict | None = 
     """Complete the frozen test set with ``pipe`` (its caption as the prompt) and save it as ``method``
     (``sd_zeroshot`` or ``sd_lora``) through the study's one prediction loop. Returns the meta."""
     from helpers.study.data.captions import describe, make_captions
-    from helpers.study.data.splits import load_test_set
+    from helpers.study.data.dataset import load_test_set
     from helpers.study.evaluation.predict import method_meta
     from helpers.study.evaluation.predict import predict_test_set as predict_set
 
