@@ -225,7 +225,7 @@ def test_full_size_benchmark_runs_on_the_cpu(standins, tmp_root):
     saved = json.loads(out.read_text())
     assert saved["tiny"] is False and saved["architectures"]["sd"] == str(cfg.sd.pretrained_id)
     rows = {r["workload"]: r for r in saved["rows"] if r["variant"] == "plain"}
-    assert set(rows) == set(H.tools.bench.WORKLOADS) - {"eval"}
+    assert set(rows) == set(H.tools.bench_workloads.WORKLOADS) - {"eval"}
     assert ("ON A CPU" in result["table"]) == (device_name() == "cpu")
     # real sizes: a training step of the 256 px U-Net is about 3 forwards (1.5 TFLOP), two guided SD steps at
     # 512 px are 4 U-Net evaluations plus the VAE (about 3.4 TFLOP)
@@ -242,14 +242,14 @@ def test_lite_training_steps_fit_16_gb():
     """The lite preset's promise: its DDPM (batch 8, 256 px) and LoRA (batch 1, 512 px) steps in fp16 fit a
     16 GB card. Measured with the benchmark's training workloads on the published architectures (the configs
     the stand-ins are written from: no stand-in needs writing first, so a short GPU call reaches this test)."""
-    from helpers.tools import bench as B
+    from helpers.tools import bench_harness, bench_workloads
 
     cfg = H.load_config("lite")
-    assert B.architecture_sources(cfg) == {"ddpm": "published config (helpers.study.models.ddpm)",
+    assert bench_workloads.architecture_sources(cfg) == {"ddpm": "published config (helpers.study.models.ddpm)",
                                            "sd": "published configs (helpers.study.models.sd)"}
-    ctx = B.Context(cfg, torch.device("cuda"), False, 1, 2, 1.0, variants=("preset",), sweep=False)
-    B.bench_ddpm_train(ctx)
-    B.bench_sd_lora_train(ctx)
+    ctx = bench_harness.Context(cfg, torch.device("cuda"), False, 1, 2, 1.0, variants=("preset",), sweep=False)
+    bench_workloads.bench_ddpm_train(ctx)
+    bench_workloads.bench_sd_lora_train(ctx)
     for r in ctx.rows:
         if r.variant == "preset":
             assert r.peak_memory_bytes < 15 * 2**30, f"{r.workload}: {r.peak_memory_bytes / 2**30:.1f} GiB"

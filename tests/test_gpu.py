@@ -86,8 +86,8 @@ def test_mixed_precision_training_loop(tmp_path, precision):
 
 def test_sd_lora_step_at_full_size_fits_in_24_gb():
     cfg = H.load_config("full")
-    ctx = H.tools.bench.Context(cfg, CUDA, False, 1, 2, 1.0, variants=("preset",), sweep=False)
-    H.tools.bench.bench_sd_lora_train(ctx)
+    ctx = H.tools.bench_harness.Context(cfg, CUDA, False, 1, 2, 1.0, variants=("preset",), sweep=False)
+    H.tools.bench_workloads.bench_sd_lora_train(ctx)
     row = next(r for r in ctx.rows if r.variant == "preset")
     assert row.batch_size == 2 and row.images_per_s > 0
     assert row.peak_memory_bytes < 24 * 2**30, f"{row.peak_memory_bytes / 2**30:.1f} GiB"
