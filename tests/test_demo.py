@@ -80,7 +80,7 @@ def server(trained):
     mp.setattr(socket, "getaddrinfo", recording_lookup)
     mp.setattr(socket.socket, "connect", recording_connect)
     port = _free_port()
-    app = H.apps.demo.launch(trained, port=port, block=False, quiet=True)
+    app = H.apps.demo_ui.launch(trained, port=port, block=False, quiet=True)
     try:
         yield f"http://127.0.0.1:{port}/", trained
     finally:
@@ -167,7 +167,7 @@ def test_missing_weights_disable_methods_and_the_app_starts(tmp_root):
     state, editor, _, _ = d.load_test_image(d.test_names[0])
     _, gallery, _, _, msg = d.inpaint(state, editor, ["sd_lora", "telea"], 1, 1.0, 0, "")
     assert len(gallery) == 1 and "no LoRA weights" in msg
-    H.apps.demo.build_app(cfg, demo=d)                         # the app builds without them
+    H.apps.demo_ui.build_app(cfg, demo=d)                         # the app builds without them
     # full preset, nothing downloaded: the pretrained methods say how to get their weights
     full = H.apps.demo.method_status(H.load_config("full"))
     assert not full["sd_zeroshot"].available and "hf download" in full["sd_zeroshot"].message()
@@ -212,7 +212,7 @@ def test_importing_the_demo_changes_no_environment_variable():
 
 def test_the_app_opens_on_the_first_test_image(demo):
     """No empty canvas at start: the first test image with its frozen mask is in the editor."""
-    app = H.apps.demo.build_app(demo.cfg, demo=demo)
+    app = H.apps.demo_ui.build_app(demo.cfg, demo=demo)
     by_id = {getattr(b, "elem_id", None): b for b in app.blocks.values()}
     assert by_id["test_image"].value == demo.test_names[0]
     editor = by_id["editor"].value
@@ -221,7 +221,7 @@ def test_the_app_opens_on_the_first_test_image(demo):
 
 
 def test_papermill_detection_and_series_selection():
-    assert not H.apps.demo.under_papermill()                   # plain Python: no IPython history
+    assert not H.apps.demo_ui.under_papermill()                   # plain Python: no IPython history
     names = [p.stem for p in H.report.export.list_notebooks()]
     assert "07_demo" not in names and names[-1] == "06_comparison"
 
@@ -358,7 +358,7 @@ def test_trained_peft_variants_are_methods_of_the_demo(demo):
     _, gallery, _, _, msg = demo.inpaint(state, editor, ["peft_lora_r4", "telea"], 1, 1.0, 0, "")
     assert len(gallery) == 1 and "not trained" in msg
     # the CheckboxGroup lists the trained variant, unchecked; the vote tab only the study's methods
-    app = H.apps.demo.build_app(demo.cfg, demo=demo)
+    app = H.apps.demo_ui.build_app(demo.cfg, demo=demo)
     box = next(b for b in app.blocks.values() if getattr(b, "elem_id", None) == "methods")
     assert f"{VARIANT} (PEFT)" in [c[0] for c in box.choices] and f"{VARIANT} (PEFT)" not in box.value
     assert all(not m.startswith("peft_") for ms in demo.scheduler.candidates.values() for m in ms)

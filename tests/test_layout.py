@@ -170,7 +170,6 @@ MAX_MODULES = 12
 MAX_MODULE_LINES = 500
 # modules over 500 lines, each with its reason (remove an entry when the module is split)
 LONG_MODULES = {
-    "helpers/apps/demo.py": "split pending (issue 28): handlers, model loading, samplers and the Gradio UI in one file",
     "helpers/study/models/sd.py": "split pending (issue 28): the pipeline (hub, folder, tiny), the LoRA run, "
                                   "LoRA weights on disk, the test-set predictions",
     "helpers/study/evaluation/metrics.py": "one role (LPIPS, FID, KID: loading, features, statistics); split pending",

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from helpers import lazy_submodules
 
-_MODULES = ("demo", "votes")
+_MODULES = ("demo", "demo_ui", "votes")
 
 __all__ = list(_MODULES)
 
