@@ -77,7 +77,7 @@ bench: venv
 ## tab Inpaint (paint a hole, every method side by side) and tab "Which looks real?" (blind votes)
 PORT    ?= 7860
 demo: venv
-	$(PY) -m helpers.apps.demo --preset $(PRESET) --port $(PORT)
+	$(PY) -m helpers.apps.demo_ui --preset $(PRESET) --port $(PORT)
 
 ## take the course interactively: JupyterLab on the notebooks (jupytext keeps .md and .ipynb in sync)
 lab: venv

@@ -19,7 +19,7 @@ Conventions (the only place they are defined; every module follows them):
   8-bit PNG with 255 = hole.
 * Every notebook opens with ``import helpers as H`` and reads its preset with
   ``cfg = H.load_config(preset, overrides)``. Subpackages and their modules load on first use
-  (``H.course.diffusion``, ``H.study.data``...).
+  (``H.course.diffusion``, ``H.study.data.splits``...).
 """
 from __future__ import annotations
 

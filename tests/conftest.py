@@ -43,7 +43,7 @@ def smoke_cfg():
 @pytest.fixture
 def prepared(tmp_root, smoke_cfg):
     """The smoke data set prepared in a temporary root: (cfg, index)."""
-    return smoke_cfg, H.study.data.prepare_dataset(smoke_cfg)
+    return smoke_cfg, H.study.data.splits.prepare_dataset(smoke_cfg)
 
 
 # the test run of the smoke series shortens the one long step: notebook 02's digits DDPM trains for

@@ -6,28 +6,29 @@ import torch
 
 import helpers as H
 from helpers.tools import bench as B
+from helpers.tools import bench_harness, bench_workloads
 from tests.fixtures.tiny import tiny_sd_components, tiny_unet
 
 
 def test_peak_and_flop_counting():
-    peak, desc = H.tools.bench.peak_matmul_tflops(torch.device("cpu"), n=256, iters=2)
+    peak, desc = H.tools.bench_harness.peak_matmul_tflops(torch.device("cpu"), n=256, iters=2)
     assert peak > 0 and "256x256x256" in desc
     lin = torch.nn.Linear(64, 32, bias=False)
     x = torch.randn(8, 64)
-    assert H.tools.bench.count_flops(lambda: lin(x)) == 2 * 8 * 64 * 32      # 2 * M * K * N
+    assert H.tools.bench_harness.count_flops(lambda: lin(x)) == 2 * 8 * 64 * 32      # 2 * M * K * N
 
 
 def test_variants_plain_has_every_switch_off(smoke_cfg):
-    ctx = H.tools.bench.Context(smoke_cfg, torch.device("cpu"), True, 0, 1, 1.0)
-    vs = {name: (perf, dtype) for name, perf, dtype in H.tools.bench.variant_list(ctx, "train", "fp16")}
-    assert all(vs["plain"][0][s] is False for s in H.tools.bench.SWITCHES) and vs["plain"][1] == "fp32"
+    ctx = H.tools.bench_harness.Context(smoke_cfg, torch.device("cpu"), True, 0, 1, 1.0)
+    vs = {name: (perf, dtype) for name, perf, dtype in H.tools.bench_harness.variant_list(ctx, "train", "fp16")}
+    assert all(vs["plain"][0][s] is False for s in H.tools.bench_harness.SWITCHES) and vs["plain"][1] == "fp32"
     assert vs["preset"][0] == smoke_cfg.perf and vs["preset"][1] == "fp32"   # the CPU runs fp32
 
 
 def test_speedups_are_ratios_to_plain():
-    rows = [H.tools.bench.Row("w", "plain", 2, 10.0, 0.2, None, None, None, None),
-            H.tools.bench.Row("w", "fast", 2, 25.0, 0.08, None, None, None, None)]
-    assert [r.speedup_vs_plain for r in H.tools.bench.with_speedups(rows)] == [1.0, 2.5]
+    rows = [H.tools.bench_harness.Row("w", "plain", 2, 10.0, 0.2, None, None, None, None),
+            H.tools.bench_harness.Row("w", "fast", 2, 25.0, 0.08, None, None, None, None)]
+    assert [r.speedup_vs_plain for r in H.tools.bench_harness.with_speedups(rows)] == [1.0, 2.5]
 
 
 @pytest.mark.slow
@@ -39,7 +40,7 @@ def test_harness_writes_every_workload(tmp_root):
     saved = json.loads(out.read_text())
     assert saved["tiny"] is True and saved["peak_tflops"] > 0 and saved["device"] == "cpu"
     workloads = {r["workload"] for r in saved["rows"]}
-    assert workloads == set(H.tools.bench.WORKLOADS)
+    assert workloads == set(H.tools.bench_workloads.WORKLOADS)
     for w in ("ddpm_train", "ddpm_sample", "sd_lora_train", "sd_infer"):
         rows = [r for r in saved["rows"] if r["workload"] == w]
         plain = next(r for r in rows if r["variant"] == "plain")
@@ -54,11 +55,11 @@ def test_meta_device_counts_what_real_tensors_count(smoke_cfg):
     CPU: the full-size budget (``--flops-only``) can be trusted without a GPU."""
     counts = {}
     for dev in ("cpu", "meta"):
-        ctx = H.tools.bench.Context(smoke_cfg, torch.device(dev), True, 0, 1, 1.0, flops_only=True,
+        ctx = H.tools.bench_harness.Context(smoke_cfg, torch.device(dev), True, 0, 1, 1.0, flops_only=True,
                                     count_device=torch.device(dev))
-        H.tools.bench.bench_ddpm_train(ctx)
-        H.tools.bench.bench_sd_lora_train(ctx)
-        H.tools.bench.bench_sd_infer(ctx)
+        H.tools.bench_workloads.bench_ddpm_train(ctx)
+        H.tools.bench_workloads.bench_sd_lora_train(ctx)
+        H.tools.bench_workloads.bench_sd_infer(ctx)
         counts[dev] = {(r.workload, r.variant): r.flops_per_image for r in ctx.rows}
         assert all(r.images_per_s != r.images_per_s for r in ctx.rows)      # nothing timed (NaN)
     assert counts["cpu"] == counts["meta"] and all(v > 0 for v in counts["cpu"].values())
@@ -105,7 +106,7 @@ def test_lite_budget_is_about_one_hour_on_a_16_gb_card():
     cfg = H.load_config("lite")
     assert (H.tools.bench.train_images(cfg) == 2036 and cfg.data.max_test_images == 200
             and cfg.ddpm.repaint.max_images == 20)
-    peak, _ = H.tools.bench.REFERENCE_PEAK["lite"]
+    peak, _ = H.tools.bench_harness.REFERENCE_PEAK["lite"]
     budget = H.tools.bench.flop_budget(cfg, peak)
     hours = budget["study_total_flops"] / (0.30 * peak * 1e12) / 3600
     assert 0.8 < hours < 1.3 and budget["n_train"] == 2036
@@ -131,22 +132,23 @@ def test_counting_each_network_call_once_equals_tracing_the_loop(sampler):
     with meta:
         unet = tiny_unet(7, block_out_channels=(32, 64), norm_num_groups=32, seed=None)
     x, m = torch.zeros(2, 3, 16, 16), torch.ones(2, 1, 16, 16)
-    ac = DDPMScheduler(**H.study.ddpm.published_scheduler_config()).alphas_cumprod
+    ac = DDPMScheduler(**H.study.models.ddpm.published_scheduler_config()).alphas_cumprod
     ddim = lambda: H.course.ddpm_inpainting.ddim_inpaint(unet, ac, x, m, torch.zeros(2, 3, 16, 16, device=meta), 3, 0.0,
                                                          None, sampler)
     stats = {}
-    once = B.count_flops(ddim, once_per_shape=True, stats=stats)
-    assert once == B.count_flops(ddim) > 0 and stats == {"traced": 1, "repeated": 2}   # 1 U-Net call traced, 2 added
+    once = bench_harness.count_flops(ddim, once_per_shape=True, stats=stats)
+    # 1 U-Net call traced, 2 added
+    assert once == bench_harness.count_flops(ddim) > 0 and stats == {"traced": 1, "repeated": 2}
 
     p = _tiny_sd_parts()
-    sched = H.study.perf.make_sampler(sampler, p["scheduler"].config)
+    sched = H.study.evaluation.perf.make_sampler(sampler, p["scheduler"].config)
     cond, uncond = torch.randn(2, 77, 32), torch.randn(1, 77, 32)
     noise = H.study.runtime.SeededNoise(range(2))
     sd_loop = lambda: H.course.sd_inpainting.inpaint(p["unet"], p["vae"], sched, torch.zeros(2, 3, 32, 32),
                                                      torch.ones(2, 1, 32, 32), cond, uncond, noise, 64, 3, 7.5)
     stats = {}
-    once = B.count_flops(sd_loop, once_per_shape=True, stats=stats)
-    assert once == B.count_flops(sd_loop) > 0
+    once = bench_harness.count_flops(sd_loop, once_per_shape=True, stats=stats)
+    assert once == bench_harness.count_flops(sd_loop) > 0
     assert stats == {"traced": 3, "repeated": 2}     # VAE encode, U-Net (both guidance passes in one call), decode
 
 
@@ -156,9 +158,9 @@ def test_workload_counts_are_the_same_counted_once_or_traced():
     cfg = H.load_config("smoke", {"ddpm.num_inference_steps": 3, "sd.num_inference_steps": 3, "bench.dpm_steps": 3})
     counts = {}
     for once in (True, False):
-        ctx = B.Context(cfg, torch.device("meta"), True, 0, 1, 1.0, flops_only=True, count_once=once)
-        B.bench_ddpm_sample(ctx)
-        B.bench_sd_infer(ctx)
+        ctx = bench_harness.Context(cfg, torch.device("meta"), True, 0, 1, 1.0, flops_only=True, count_once=once)
+        bench_workloads.bench_ddpm_sample(ctx)
+        bench_workloads.bench_sd_infer(ctx)
         counts[once] = {(r.workload, r.variant): r.flops_per_image for r in ctx.rows}
     assert counts[True] == counts[False] and len(counts[True]) == 4 and all(v > 0 for v in counts[True].values())
 
@@ -167,7 +169,7 @@ def test_count_once_leaves_the_networks_as_they_were():
     from diffusers import AutoencoderKL, UNet2DConditionModel, UNet2DModel
     before = [UNet2DModel.forward, UNet2DConditionModel.forward, AutoencoderKL.encode, AutoencoderKL.decode]
     with pytest.raises(RuntimeError, match="inside"):
-        B.count_flops(lambda: (_ for _ in ()).throw(RuntimeError("inside")), once_per_shape=True)
+        bench_harness.count_flops(lambda: (_ for _ in ()).throw(RuntimeError("inside")), once_per_shape=True)
     assert before == [UNet2DModel.forward, UNet2DConditionModel.forward, AutoencoderKL.encode, AutoencoderKL.decode]
 
 
@@ -181,12 +183,12 @@ def test_each_row_is_saved_as_soon_as_it_is_measured(tmp_root, monkeypatch):
     assert json.loads(out.read_text())["finished"] is True
 
     def boom(ctx):
-        B.measure(ctx, "boom", "plain", 1, lambda: None, None)
+        bench_harness.measure(ctx, "boom", "plain", 1, lambda: None, None)
         assert json.loads(out.read_text())["rows"][-1]["workload"] == "boom"     # on disk before the next row
-        B.untimed(ctx, "boom", "second", 1, "no timing")
+        bench_harness.untimed(ctx, "boom", "second", 1, "no timing")
         raise RuntimeError("killed after two rows")
 
-    monkeypatch.setitem(B.WORKLOADS, "boom", boom)
+    monkeypatch.setitem(bench_workloads.WORKLOADS, "boom", boom)
     with pytest.raises(RuntimeError, match="killed"):
         B.run(cfg, ["boom"], out, sweep=False)
     saved = json.loads(out.read_text())
@@ -204,7 +206,7 @@ def test_gpu_preset_on_a_cpu_is_refused_before_anything_is_allocated(preset, tmp
     def never(*a, **k):
         raise AssertionError("nothing may be allocated or timed")
     monkeypatch.setattr(B, "peak_matmul_tflops", never)
-    monkeypatch.setitem(B.WORKLOADS, "sd_infer", never)
+    monkeypatch.setitem(bench_workloads.WORKLOADS, "sd_infer", never)
     cfg = H.load_config(preset, {"device": "cpu"})
     with pytest.raises(B.BenchRefused) as e:
         B.run(cfg, ["sd_infer"], tmp_root / "bench.json")

@@ -21,76 +21,79 @@ def test_to_tensor_range_and_roundtrip():
 
 def test_resize_center_crop_any_shape():
     for shape in [(40, 90, 3), (90, 40, 3), (20, 20, 3), (300, 200, 3)]:
-        out = H.study.data.resize_center_crop(np.zeros(shape, np.uint8), 32)
+        out = H.study.data.sources.resize_center_crop(np.zeros(shape, np.uint8), 32)
         assert out.shape == (32, 32, 3) and out.dtype == np.uint8
 
 
 def test_channel_handling_converts_and_counts():
-    r = H.study.data.Report()
+    r = H.study.data.sources.Report()
     gray = Image.fromarray(np.full((4, 4), 100, np.uint8))
-    assert np.array_equal(H.study.data.to_rgb_uint8(gray, "g", r), np.full((4, 4, 3), 100, np.uint8))
+    assert np.array_equal(H.study.data.sources.to_rgb_uint8(gray, "g", r), np.full((4, 4, 3), 100, np.uint8))
     rgba = Image.fromarray(np.dstack([np.full((4, 4, 3), 0, np.uint8), np.full((4, 4), 0, np.uint8)]))
-    assert (H.study.data.to_rgb_uint8(rgba, "a", r) == 255).all()      # fully transparent -> white background
+    assert (H.study.data.sources.to_rgb_uint8(rgba, "a", r) == 255).all()      # fully transparent -> white background
     g16 = Image.fromarray(np.array([[0, 32896, 65535, 257]], np.uint16))
-    assert H.study.data.to_rgb_uint8(g16, "16", r)[0, :, 0].tolist() == [0, 128, 255, 1]   # scaled, not clipped
+    assert H.study.data.sources.to_rgb_uint8(g16, "16", r)[0, :, 0].tolist() == [0, 128, 255, 1]   # scaled, not clipped
     assert sum(r.converted.values()) == 3 and r.examples["grayscale->RGB"] == "g"
-    assert H.study.data.to_rgb_uint8(Image.fromarray(np.zeros((2, 2, 3), np.uint8)), "rgb", r).shape == (2, 2, 3)
+    assert H.study.data.sources.to_rgb_uint8(Image.fromarray(np.zeros((2, 2, 3), np.uint8)), "rgb", r).shape == (2, 2,
+                                                                                                                 3)
     assert sum(r.converted.values()) == 3
 
 
 def test_bad_files_are_named_and_skipped_with_a_count(tmp_path):
-    folder = H.study.data.demo_bad_inputs(tmp_path / "in")
-    with pytest.raises(H.study.data.BadImageError, match="corrupt.jpg"):
-        H.study.data.read_image(folder / "corrupt.jpg")
-    with pytest.raises(H.study.data.BadImageError, match="does not exist"):
-        H.study.data.read_image(folder / "missing.png")
-    report = H.study.data.Report()
-    items = list(H.study.data.folder_images(folder, 16, report))           # no size / crop limits: 7 of 10 kept
+    folder = H.study.data.samples.demo_bad_inputs(tmp_path / "in")
+    with pytest.raises(H.study.data.sources.BadImageError, match="corrupt.jpg"):
+        H.study.data.sources.read_image(folder / "corrupt.jpg")
+    with pytest.raises(H.study.data.sources.BadImageError, match="does not exist"):
+        H.study.data.sources.read_image(folder / "missing.png")
+    report = H.study.data.sources.Report()
+    items = list(H.study.data.sources.folder_images(folder, 16, report))           # no size / crop limits: 7 of 10 kept
     assert len(items) == 7 and all(img.shape == (16, 16, 3) for _, img in items)
     assert report.skipped == {"unreadable or corrupt": 2, "not an image file (.txt)": 1}
     assert report.files == 10 and report.kept == 7 and report.upscaled == 1
     assert "skipped 2 (unreadable or corrupt" in report.summary()
-    strict = H.study.data.Report()
-    items = list(H.study.data.folder_images(folder, 16, strict, min_size=16, min_kept_fraction=0.5))
+    strict = H.study.data.sources.Report()
+    items = list(H.study.data.sources.folder_images(folder, 16, strict, min_size=16, min_kept_fraction=0.5))
     assert len(items) == strict.kept == 5 and strict.files == 10 and strict.upscaled == 0
     assert strict.skipped["smaller than data.min_size (16 px)"] == 1
 
 
 def test_folder_source_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        list(H.study.data.folder_images(tmp_path / "nope", 16, H.study.data.Report()))
+        list(H.study.data.sources.folder_images(tmp_path / "nope", 16, H.study.data.sources.Report()))
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="no image files"):
-        list(H.study.data.folder_images(tmp_path / "empty", 16, H.study.data.Report()))
+        list(H.study.data.sources.folder_images(tmp_path / "empty", 16, H.study.data.sources.Report()))
 
 
 def test_hub_source_offline_says_what_to_do(tmp_path, monkeypatch):
     import datasets
     monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: (_ for _ in ()).throw(ConnectionError("offline")))
     with pytest.raises(RuntimeError, match="data.source: folder"):
-        list(H.study.data.hub_images("someone/faces", "train", "image", 16, tmp_path, H.study.data.Report()))
+        list(H.study.data.sources.hub_images("someone/faces", "train", "image", 16, tmp_path,
+                                            H.study.data.sources.Report()))
 
 
 def test_hub_source_fails_fast_without_the_hub(tmp_path, monkeypatch):
     import time
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    H.study.data.hub_unreachable_reason.cache_clear()
+    H.study.data.sources.hub_unreachable_reason.cache_clear()
     try:
         t = time.perf_counter()
         with pytest.raises(RuntimeError, match="HF_HUB_OFFLINE is set.*not in the cache"):
-            list(H.study.data.hub_images("someone/faces", "train", "image", 16, tmp_path, H.study.data.Report()))
+            list(H.study.data.sources.hub_images("someone/faces", "train", "image", 16, tmp_path,
+                                                H.study.data.sources.Report()))
         assert time.perf_counter() - t < 5
     finally:
-        H.study.data.hub_unreachable_reason.cache_clear()
+        H.study.data.sources.hub_unreachable_reason.cache_clear()
 
 
 # ---------------------------------------------------------------- split and prepared data
 def test_split_deterministic_disjoint_complete():
     names = [f"img{i:03d}" for i in range(50)]
-    a = H.study.data.split_names(names, {"train": 0.8, "val": 0.1, "test": 0.1}, seed=3)
-    b = H.study.data.split_names(list(reversed(names)), {"train": 0.8, "val": 0.1, "test": 0.1}, seed=3)
-    c = H.study.data.split_names(names, {"train": 0.8, "val": 0.1, "test": 0.1}, seed=4)
+    a = H.study.data.splits.split_names(names, {"train": 0.8, "val": 0.1, "test": 0.1}, seed=3)
+    b = H.study.data.splits.split_names(list(reversed(names)), {"train": 0.8, "val": 0.1, "test": 0.1}, seed=3)
+    c = H.study.data.splits.split_names(names, {"train": 0.8, "val": 0.1, "test": 0.1}, seed=4)
     assert a == b and a != c
     assert sorted(a["train"] + a["val"] + a["test"]) == names
     assert (len(a["test"]), len(a["val"])) == (5, 5)
@@ -103,10 +106,10 @@ def test_prepare_bundled(prepared):
     assert sum(len(v) for v in index["splits"].values()) == n
     assert len(index["splits"]["test"]) == cfg.data.max_test_images
     for name in index["splits"]["test"]:
-        mask = H.study.data.load_mask_file(P.data / "test_masks" / f"{name}.png", (cfg.data.image_size,) * 2)
+        mask = H.study.data.splits.load_mask_file(P.data / "test_masks" / f"{name}.png", (cfg.data.image_size,) * 2)
         assert abs(mask.mean().item() - index["test_masks"][name]["hole_fraction"]) < 1e-9
     assert {v["kind"] for v in index["test_masks"].values()} == set(cfg.data.masks.kinds)
-    again = H.study.data.prepare_dataset(cfg)                  # idempotent: same index, nothing redone
+    again = H.study.data.splits.prepare_dataset(cfg)                  # idempotent: same index, nothing redone
     assert again == json.loads((P.data / "index.json").read_text()) == index
 
 
@@ -120,14 +123,14 @@ def test_prepare_folder_source(tmp_root):
     (src / "broken.png").write_bytes(b"nope")
     cfg = H.load_config("smoke", {"data.source": "folder", "data.folder": str(src), "data.num_images": None,
                                   "data.max_test_images": 2, "data.max_val_images": 2})
-    index = H.study.data.prepare_dataset(cfg)
+    index = H.study.data.splits.prepare_dataset(cfg)
     assert sum(len(v) for v in index["splits"].values()) == 10
     assert index["inputs"]["skipped"] == {"unreadable or corrupt": 1}
 
 
 def test_datasets_and_test_set(prepared):
     cfg, index = prepared
-    train = H.study.data.InpaintDataset(cfg, "train")
+    train = H.study.data.dataset.InpaintDataset(cfg, "train")
     item = train[0]
     s = cfg.data.image_size
     assert item["image"].shape == (3, s, s) and item["mask"].shape == (1, s, s)
@@ -136,24 +139,24 @@ def test_datasets_and_test_set(prepared):
     assert torch.equal(train[0]["mask"], item["mask"])          # same epoch: same mask
     train.set_epoch(1)
     assert not torch.equal(train[0]["mask"], item["mask"])      # new epoch: new mask
-    test = H.study.data.load_test_set(cfg)
-    assert torch.equal(test["mask"], H.study.data.load_test_set(cfg)["mask"])   # frozen
+    test = H.study.data.dataset.load_test_set(cfg)
+    assert torch.equal(test["mask"], H.study.data.dataset.load_test_set(cfg)["mask"])   # frozen
     assert test["image"].shape[0] == len(index["splits"]["test"])
     with pytest.raises(ValueError, match="split"):
-        H.study.data.InpaintDataset(cfg, "holdout")
+        H.study.data.dataset.InpaintDataset(cfg, "holdout")
 
 
 def test_missing_prepared_data_is_explained(tmp_root, smoke_cfg):
     with pytest.raises(FileNotFoundError, match="notebook 01"):
-        H.study.data.load_index(smoke_cfg)
+        H.study.data.splits.load_index(smoke_cfg)
 
 
 def test_masked_image_and_composite():
     x = torch.full((1, 3, 2, 2), 0.5)
     m = torch.tensor([[[[1.0, 0.0], [0.0, 0.0]]]])
-    assert H.study.data.masked_image(x, m)[0, :, 0, 0].tolist() == [0, 0, 0]
+    assert H.study.data.dataset.masked_image(x, m)[0, :, 0, 0].tolist() == [0, 0, 0]
     pred = torch.full_like(x, -0.25)
-    out = H.study.data.composite(pred, x, m)
+    out = H.study.data.dataset.composite(pred, x, m)
     assert out[0, 0, 0, 0] == -0.25 and out[0, 0, 1, 1] == 0.5
 
 
@@ -161,14 +164,14 @@ def test_predictions_roundtrip_and_missing(prepared):
     cfg, index = prepared
     names = index["splits"]["test"][:3]
     imgs = torch.rand(3, 3, cfg.data.image_size, cfg.data.image_size) * 2 - 1
-    H.study.data.write_predictions(cfg, "telea", names, imgs, {"weights": "none", "images_per_s": 10.0})
-    back, meta = H.study.data.read_predictions(cfg, "telea", names)
+    H.study.data.predictions.write_predictions(cfg, "telea", names, imgs, {"weights": "none", "images_per_s": 10.0})
+    back, meta = H.study.data.predictions.read_predictions(cfg, "telea", names)
     assert (back - imgs).abs().max() <= 1 / 127.5 + 1e-6          # 8-bit PNG quantisation only
     assert meta["weights"] == "none" and meta["n_images"] == 3 and meta["label"].startswith("OpenCV")
     with pytest.raises(FileNotFoundError, match="'sd_lora'.*3 of 3"):
-        H.study.data.read_predictions(cfg, "sd_lora", names)
+        H.study.data.predictions.read_predictions(cfg, "sd_lora", names)
     with pytest.raises(ValueError, match="unknown method"):
-        H.study.data.write_predictions(cfg, "magic", names, imgs)
+        H.study.data.predictions.write_predictions(cfg, "magic", names, imgs)
 
 
 def test_atomic_write_leaves_nothing_on_failure(tmp_path):
@@ -184,7 +187,7 @@ def test_changed_preset_reprepares_without_stale_files(prepared):
     cfg, index = prepared
     P = H.study.files.paths(cfg)
     smaller = H.load_config("smoke", {"data.num_images": 20})
-    new = H.study.data.prepare_dataset(smaller)
+    new = H.study.data.splits.prepare_dataset(smaller)
     files = sorted(p.stem for p in (P.data / "images").rglob("*.png"))
     assert len(files) == 20 == sum(len(v) for v in new["splits"].values())
     assert sorted(p.stem for p in (P.data / "test_masks").glob("*.png")) == sorted(new["splits"]["test"])
@@ -227,18 +230,18 @@ def test_fallback_captions_are_marked_and_retried_when_blip_appears(prepared, tm
     cfg, index = prepared
     blip = tmp_path / "blip"
     cfg.captions.model_id = str(blip)                     # not there yet: fallback, marked as such
-    first = H.study.captions.make_captions(cfg)
+    first = H.study.data.captions.make_captions(cfg)
     assert first["fallback"] and set(first["sources"].values()) == {"fallback"}
-    assert "could not be loaded" in first["status"] and "fallback" in H.study.captions.describe(first)
-    with pytest.raises(H.study.captions.CaptionsError, match="allow_fallback_for_lora"):
-        H.study.captions.check_captions_for_lora(H.load_config("full"), first)
-    H.study.captions.check_captions_for_lora(cfg, first)        # smoke opts in
+    assert "could not be loaded" in first["status"] and "fallback" in H.study.data.captions.describe(first)
+    with pytest.raises(H.study.data.captions.CaptionsError, match="allow_fallback_for_lora"):
+        H.study.data.captions.check_captions_for_lora(H.load_config("full"), first)
+    H.study.data.captions.check_captions_for_lora(cfg, first)        # smoke opts in
     _tiny_blip(blip)                                      # BLIP becomes available: the cache is not final
-    second = H.study.captions.make_captions(cfg)
+    second = H.study.data.captions.make_captions(cfg)
     assert not second["fallback"] and set(second["sources"].values()) == {"blip"}
-    assert second["status"] == f"generated by {blip}" and "BLIP captions" in H.study.captions.describe(second)
-    H.study.captions.check_captions_for_lora(H.load_config("full"), second)
-    assert H.study.captions.make_captions(cfg) == second        # and a BLIP cache is reused as is
+    assert second["status"] == f"generated by {blip}" and "BLIP captions" in H.study.data.captions.describe(second)
+    H.study.data.captions.check_captions_for_lora(H.load_config("full"), second)
+    assert H.study.data.captions.make_captions(cfg) == second        # and a BLIP cache is reused as is
 
 
 def test_no_hub_is_detected_once_and_blip_fails_fast(prepared, monkeypatch):
@@ -249,15 +252,15 @@ def test_no_hub_is_detected_once_and_blip_fails_fast(prepared, monkeypatch):
     cfg, _ = prepared
     cfg.captions.model_id = "Salesforce/blip-image-captioning-base"
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    H.study.data.hub_unreachable_reason.cache_clear()
+    H.study.data.sources.hub_unreachable_reason.cache_clear()
     try:
         t = time.perf_counter()
-        caps = H.study.captions.make_captions(cfg, force=True)
+        caps = H.study.data.captions.make_captions(cfg, force=True)
         assert time.perf_counter() - t < 20
         assert caps["fallback"] and "HF_HUB_OFFLINE is set" in caps["status"]
         assert "not in the cache" in caps["status"]
     finally:
-        H.study.data.hub_unreachable_reason.cache_clear()
+        H.study.data.sources.hub_unreachable_reason.cache_clear()
 
 
 # ---------------------------------------------------------------- nothing lost: staged preparation
@@ -269,10 +272,10 @@ def _snapshot(cfg):
 
 
 def _still_usable(cfg, index):
-    assert H.study.data.prepare_dataset(cfg) == index                      # the original config finds it, intact
-    test = H.study.data.load_test_set(cfg)
+    assert H.study.data.splits.prepare_dataset(cfg) == index                      # the original config finds it, intact
+    test = H.study.data.dataset.load_test_set(cfg)
     assert len(test["name"]) == len(index["splits"]["test"])
-    assert len(H.study.data.InpaintDataset(cfg, "train")[0]["image"]) == 3
+    assert len(H.study.data.dataset.InpaintDataset(cfg, "train")[0]["image"]) == 3
 
 
 def test_a_failed_re_preparation_leaves_the_previous_data_set_intact(prepared, monkeypatch):
@@ -282,11 +285,11 @@ def test_a_failed_re_preparation_leaves_the_previous_data_set_intact(prepared, m
     for over in ({"data.source": "folder", "data.folder": "/no/such/folder"},
                  {"data.source": "hub", "data.hub_id": "/no/such/dataset"}):
         with pytest.raises((FileNotFoundError, RuntimeError)):
-            H.study.data.prepare_dataset(H.load_config("smoke", over))
+            H.study.data.splits.prepare_dataset(H.load_config("smoke", over))
         assert _snapshot(cfg) == before
     # 2. a failure midway through writing the new images (disk full on the 5th file)
     calls = {"n": 0}
-    real = H.study.data.save_png
+    real = H.study.data.splits.save_png
 
     def failing(img, path):
         calls["n"] += 1
@@ -294,10 +297,10 @@ def test_a_failed_re_preparation_leaves_the_previous_data_set_intact(prepared, m
             raise OSError(28, "No space left on device")
         real(img, path)
 
-    monkeypatch.setattr(H.study.data, "save_png", failing)
+    monkeypatch.setattr(H.study.data.splits, "save_png", failing)
     with pytest.raises(OSError, match="No space"):
-        H.study.data.prepare_dataset(H.load_config("smoke", {"data.num_images": 40}))
-    monkeypatch.setattr(H.study.data, "save_png", real)
+        H.study.data.splits.prepare_dataset(H.load_config("smoke", {"data.num_images": 40}))
+    monkeypatch.setattr(H.study.data.splits, "save_png", real)
     assert _snapshot(cfg) == before
     _still_usable(cfg, index)
 
@@ -310,19 +313,20 @@ def test_a_killed_re_preparation_leaves_the_previous_data_set_intact(prepared, t
     before = _snapshot(cfg)
     script = (
         "import os, signal, helpers as H\n"
-        "real, n = H.study.data.admit, [0]\n"
+        "real, n = H.study.data.sources.admit, [0]\n"
         "def admit(*a, **k):\n"
         "    n[0] += 1\n"
         "    if n[0] == 10: os.kill(os.getpid(), signal.SIGKILL)\n"
         "    return real(*a, **k)\n"
-        "H.study.data.admit = admit\n"
-        "H.study.data.prepare_dataset(H.load_config('smoke', {'data.num_images': 40}))\n")
+        "H.study.data.sources.admit = admit\n"
+        "H.study.data.splits.prepare_dataset(H.load_config('smoke', {'data.num_images': 40}))\n")
     proc = subprocess.run([sys.executable, "-c", script], cwd=H.study.config.ROOT, capture_output=True,
                           env={**__import__("os").environ, "INPAINT_ROOT": str(tmp_root)}, timeout=120)
     assert proc.returncode == -9, proc.stderr.decode()[-2000:]
     assert _snapshot(cfg) == before
     _still_usable(cfg, index)
-    new = H.study.data.prepare_dataset(H.load_config("smoke", {"data.num_images": 40}))    # and the next run succeeds
+    # and the next run succeeds
+    new = H.study.data.splits.prepare_dataset(H.load_config("smoke", {"data.num_images": 40}))
     assert sum(len(v) for v in new["splits"].values()) == 40
     assert not (H.study.files.paths(cfg).data / ".staging").exists()
 
@@ -332,13 +336,13 @@ def test_an_index_whose_files_are_missing_is_not_reused(prepared):
     P = H.study.files.paths(cfg)
     victim = P.data / "images" / "test" / f"{index['splits']['test'][0]}.png"
     victim.unlink()
-    again = H.study.data.prepare_dataset(cfg)
+    again = H.study.data.splits.prepare_dataset(cfg)
     assert victim.is_file() and again["splits"] == index["splits"]
 
 
 def test_folder_source_without_a_folder_names_the_key(tmp_root):
     with pytest.raises(ValueError, match="data.folder is not set"):
-        H.study.data.prepare_dataset(H.load_config("smoke", {"data.source": "folder"}))
+        H.study.data.splits.prepare_dataset(H.load_config("smoke", {"data.source": "folder"}))
 
 
 # ---------------------------------------------------------------- every input counted by outcome
@@ -358,7 +362,7 @@ def test_input_report_counts_every_file_by_outcome(tmp_root):
     (src / "broken.png").write_bytes(b"nope")
     cfg = H.load_config("smoke", {"data.source": "folder", "data.folder": str(src), "data.num_images": None,
                                   "data.max_test_images": 2, "data.max_val_images": 2})
-    r = H.study.data.prepare_dataset(cfg)["inputs"]
+    r = H.study.data.splits.prepare_dataset(cfg)["inputs"]
     assert r["files"] == 12 == r["kept"] + sum(r["skipped"].values())
     assert r["kept"] == 8 and r["upscaled"] == 1 and r["cropped"] == 7           # 6 x (48x40) + small
     assert r["min_kept_fraction"] == pytest.approx(20 / 24)
@@ -369,7 +373,7 @@ def test_input_report_counts_every_file_by_outcome(tmp_root):
     assert "strip.png (2000x100, 5% kept)" in r["examples"]["centre crop would keep under data.min_kept_fraction (0.5)"]
     loose = H.load_config("smoke", {"data.source": "folder", "data.folder": str(src), "data.num_images": None,
                                     "data.min_size": 8, "data.min_kept_fraction": 0.0})
-    r = H.study.data.prepare_dataset(loose)["inputs"]
+    r = H.study.data.splits.prepare_dataset(loose)["inputs"]
     assert r["kept"] == 10 and r["upscaled"] == 2 and r["min_kept_fraction"] == pytest.approx(0.05)
 
 
@@ -394,20 +398,21 @@ def _prepared_names(index):
 def test_a_changed_folder_is_prepared_again_and_an_unchanged_one_reused(tmp_root, monkeypatch, caplog):
     src = _photos(tmp_root / "photos", [f"p{i}.png" for i in range(6)])
     cfg = _folder_cfg(src)
-    caplog.set_level("INFO", logger="helpers.study.data")
-    index = H.study.data.prepare_dataset(cfg)
+    caplog.set_level("INFO", logger="helpers.study.data.splits")
+    index = H.study.data.splits.prepare_dataset(cfg)
     assert index["inputs"]["files"] == 6 and len(_prepared_names(index)) == 6
     # unchanged folder, same settings: reused, nothing read again
-    real = H.study.data.admit
-    monkeypatch.setattr(H.study.data, "admit", lambda *a, **k: pytest.fail("an unchanged folder was read again"))
+    real = H.study.data.sources.admit
+    monkeypatch.setattr(H.study.data.sources, "admit", lambda *a,
+                        **k: pytest.fail("an unchanged folder was read again"))
     caplog.clear()
-    assert H.study.data.prepare_dataset(cfg) == index
+    assert H.study.data.splits.prepare_dataset(cfg) == index
     assert "same settings and same 6 files in data.folder" in caplog.text
-    monkeypatch.setattr(H.study.data, "admit", real)
+    monkeypatch.setattr(H.study.data.sources, "admit", real)
     # 3 photos added: prepared again, the input report counts them (the issue: 0 of 3 prepared)
     _photos(src, ["new0.png", "new1.jpg", "new2.png"], seed=1)
     caplog.clear()
-    added = H.study.data.prepare_dataset(cfg)
+    added = H.study.data.splits.prepare_dataset(cfg)
     assert "data.folder changed: +3 files" in caplog.text
     assert added["inputs"]["files"] == added["inputs"]["kept"] == 9
     assert {"new0", "new1", "new2"} <= set(_prepared_names(added)) and len(_prepared_names(added)) == 9
@@ -415,7 +420,7 @@ def test_a_changed_folder_is_prepared_again_and_an_unchanged_one_reused(tmp_root
     # one removed
     (src / "p0.png").unlink()
     caplog.clear()
-    removed = H.study.data.prepare_dataset(cfg)
+    removed = H.study.data.splits.prepare_dataset(cfg)
     assert "data.folder changed: -1 file" in caplog.text
     assert removed["inputs"]["files"] == 8 and "p0" not in _prepared_names(removed)
     P = H.study.files.paths(cfg)
@@ -423,24 +428,24 @@ def test_a_changed_folder_is_prepared_again_and_an_unchanged_one_reused(tmp_root
     # one rewritten with other content and size: prepared again, the report sees its new size
     _photos(src, ["p1.png"], side=64, seed=2)
     caplog.clear()
-    rewritten = H.study.data.prepare_dataset(cfg)
+    rewritten = H.study.data.splits.prepare_dataset(cfg)
     assert "data.folder changed: 1 rewritten" in caplog.text
     assert rewritten["inputs"]["source_short_side"]["max"] == 64 and rewritten["inputs"]["files"] == 8
     # a non-image file counts too (the input report lists it as skipped)
     (src / "notes.txt").write_text("not an image")
-    again = H.study.data.prepare_dataset(cfg)
+    again = H.study.data.splits.prepare_dataset(cfg)
     assert again["inputs"]["skipped"] == {"not an image file (.txt)": 1}
     caplog.clear()
-    assert H.study.data.prepare_dataset(cfg) == again and "same 9 files in data.folder" in caplog.text
+    assert H.study.data.splits.prepare_dataset(cfg) == again and "same 9 files in data.folder" in caplog.text
 
 
 def test_a_changed_test_source_or_masks_folder_is_prepared_again(tmp_root):
     faces = _photos(tmp_root / "faces", ["f0.png", "f1.png"])
     over = {"data.test_source": {"folder": str(faces)}, "data.max_test_images": 4, "data.num_images": 12}
-    index = H.study.data.prepare_dataset(H.load_config("smoke", over))
+    index = H.study.data.splits.prepare_dataset(H.load_config("smoke", over))
     assert index["splits"]["test"] == ["test_f0", "test_f1"]
     _photos(faces, ["f2.png"], seed=3)
-    assert H.study.data.prepare_dataset(H.load_config("smoke", over))["splits"]["test"] == ["test_f0", "test_f1",
+    assert H.study.data.splits.prepare_dataset(H.load_config("smoke", over))["splits"]["test"] == ["test_f0", "test_f1",
                                                                                           "test_f2"]
     src = _photos(tmp_root / "photos", [f"p{i}.png" for i in range(8)])
     masks = tmp_root / "masks"
@@ -449,35 +454,35 @@ def test_a_changed_test_source_or_masks_folder_is_prepared_again(tmp_root):
     m[4:12, 4:20] = 255
     Image.fromarray(m).save(masks / "p1.png")
     cfg = _folder_cfg(src, **{"data.test_masks_folder": str(masks)})
-    assert H.study.data.prepare_dataset(cfg)["splits"]["test"] == ["p1"]
+    assert H.study.data.splits.prepare_dataset(cfg)["splits"]["test"] == ["p1"]
     Image.fromarray(m).save(masks / "p5.png")                                  # a mask added: p5 joins the test set
-    assert H.study.data.prepare_dataset(cfg)["splits"]["test"] == ["p1", "p5"]
+    assert H.study.data.splits.prepare_dataset(cfg)["splits"]["test"] == ["p1", "p5"]
 
 
 def test_two_files_with_one_name_are_refused_by_name_before_anything_is_staged(tmp_root, monkeypatch):
     src = _photos(tmp_root / "photos", [f"p{i}.png" for i in range(6)])
     cfg = _folder_cfg(src)
-    index = H.study.data.prepare_dataset(cfg)
+    index = H.study.data.splits.prepare_dataset(cfg)
     before = _snapshot(cfg)
     _photos(src, ["twin.png", "twin.jpg"], seed=1)
-    real = H.study.data.save_png
-    monkeypatch.setattr(H.study.data, "save_png", lambda *a: pytest.fail("staged before the names were checked"))
+    real = H.study.data.splits.save_png
+    monkeypatch.setattr(H.study.data.splits, "save_png", lambda *a: pytest.fail("staged before the names were checked"))
     with pytest.raises(ValueError, match=r"'twin': .*twin\.jpg and .*twin\.png.*rename one") as e:
-        H.study.data.prepare_dataset(cfg)
+        H.study.data.splits.prepare_dataset(cfg)
     assert "1 image name(s)" in str(e.value)
     assert not (H.study.files.paths(cfg).data / ".staging").exists()
-    assert _snapshot(cfg) == before and H.study.data.load_index(cfg) == index  # the previous set, intact
-    monkeypatch.setattr(H.study.data, "save_png", real)
+    assert _snapshot(cfg) == before and H.study.data.splits.load_index(cfg) == index  # the previous set, intact
+    monkeypatch.setattr(H.study.data.splits, "save_png", real)
     # a sub-folder's file and a flat file with the joined name collide too
     (src / "twin.jpg").unlink()
     _photos(src / "a", ["b.png"], seed=2)
     _photos(src, ["a__b.png"], seed=3)
     with pytest.raises(ValueError, match="'a__b': ") as e:
-        H.study.data.prepare_dataset(cfg)
+        H.study.data.splits.prepare_dataset(cfg)
     assert "a/b.png and" in str(e.value) and "a__b.png" in str(e.value)
     assert _snapshot(cfg) == before
     (src / "a__b.png").unlink()                                                 # renamed: prepared
-    fixed = H.study.data.prepare_dataset(cfg)
+    fixed = H.study.data.splits.prepare_dataset(cfg)
     assert {"twin", "a__b"} <= set(_prepared_names(fixed)) and fixed["inputs"]["files"] == 8
 
 
@@ -500,7 +505,7 @@ def test_the_sources_held_out_split_is_the_test_set(tmp_root):
     hub = _local_hub_dataset(tmp_root / "faces", 20, 5, 24)
     cfg = H.load_config("smoke", {"data.source": "hub", "data.hub_id": str(hub), "data.num_images": None,
                                   "data.hub_test_split": "validation", "data.max_test_images": 4})
-    index = H.study.data.prepare_dataset(cfg)
+    index = H.study.data.splits.prepare_dataset(cfg)
     assert index["splits"]["test"] == [f"validation_{i:06d}" for i in range(4)]
     assert sorted(index["splits"]["train"] + index["splits"]["val"]) == [f"{i:06d}" for i in range(20)]
     assert "held-out" in index["test_split"] and index["inputs"]["upscaled"] == 24
@@ -508,7 +513,7 @@ def test_the_sources_held_out_split_is_the_test_set(tmp_root):
     assert res["metrics_px"] == 32 and res["sd_upsampled"]
     assert "computed at 32 px" in res["text"] and "upsampled to 64 px" in res["text"]
     assert res["source_short_side"] == {"min": 24, "median": 24, "max": 24}
-    assert len(H.study.data.load_test_set(cfg)["name"]) == 4
+    assert len(H.study.data.dataset.load_test_set(cfg)["name"]) == 4
 
 
 def test_your_own_test_masks_are_matched_by_name_and_validated(tmp_root):
@@ -525,23 +530,23 @@ def test_your_own_test_masks_are_matched_by_name_and_validated(tmp_root):
         Image.fromarray(m).save(masks / f"p{i:02d}.png")
     over = {"data.source": "folder", "data.folder": str(src), "data.num_images": None,
             "data.test_masks_folder": str(masks)}
-    index = H.study.data.prepare_dataset(H.load_config("smoke", over))
+    index = H.study.data.splits.prepare_dataset(H.load_config("smoke", over))
     assert index["splits"]["test"] == ["p03", "p07", "p09"] and index["test_masks_from"] == str(masks)
     assert {v["kind"] for v in index["test_masks"].values()} == {"user"}
     assert index["test_masks"]["p07"]["hole_fraction"] == pytest.approx(14 * 15 / 32 ** 2)
-    test = H.study.data.load_test_set(H.load_config("smoke", over))
+    test = H.study.data.dataset.load_test_set(H.load_config("smoke", over))
     assert test["mask"][1].sum() == 14 * 15
     Image.fromarray(np.full((32, 32), 128, np.uint8)).save(masks / "p09.png")       # grey: not binary
     with pytest.raises(ValueError, match="p09.png"):
-        H.study.data.prepare_dataset(H.load_config("smoke", over), force=True)
+        H.study.data.splits.prepare_dataset(H.load_config("smoke", over), force=True)
     Image.fromarray(np.zeros((20, 20), np.uint8)).save(masks / "p09.png")           # wrong size
     with pytest.raises(ValueError, match="p09.png"):
-        H.study.data.prepare_dataset(H.load_config("smoke", over), force=True)
-    assert H.study.data.load_index(H.load_config("smoke", over)) == index                     # the good set survived
+        H.study.data.splits.prepare_dataset(H.load_config("smoke", over), force=True)
+    assert H.study.data.splits.load_index(H.load_config("smoke", over)) == index  # the good set survived
     m = np.zeros((32, 32), np.uint8)
     m[4:22, 5:20] = 255
     Image.fromarray(m).save(masks / "p09.png")                      # the mask mended: its folder changed, prepared
-    again = H.study.data.prepare_dataset(H.load_config("smoke", over))
+    again = H.study.data.splits.prepare_dataset(H.load_config("smoke", over))
     assert {k: again[k] for k in ("splits", "test_masks")} == {k: index[k] for k in ("splits", "test_masks")}
 
 
@@ -554,22 +559,23 @@ def test_a_test_source_outside_the_training_data_gives_the_test_set(tmp_root):
     for i in range(5):
         Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(faces / f"f{i}.png")
     over = {"data.test_source": {"folder": str(faces)}, "data.max_test_images": 4, "data.num_images": 24}
-    index = H.study.data.prepare_dataset(H.load_config("smoke", over))
+    index = H.study.data.splits.prepare_dataset(H.load_config("smoke", over))
     assert index["splits"]["test"] == [f"test_f{i}" for i in range(4)]                 # capped at max_test_images
     assert not any(n.startswith("test_") for s in ("train", "val") for n in index["splits"][s])
     assert len(index["splits"]["train"]) + len(index["splits"]["val"]) == 24          # every bundled crop trains
     assert "data.test_source" in index["test_split"] and index["test_masks_from"].startswith("generated")
     assert {v["kind"] for v in index["test_masks"].values()} <= set(H.load_config("smoke").data.masks.kinds)
-    test = H.study.data.load_test_set(H.load_config("smoke", over))
+    test = H.study.data.dataset.load_test_set(H.load_config("smoke", over))
     assert tuple(test["image"].shape) == (4, 3, 32, 32) and test["mask"].sum() > 0
     # the same protocol as without it: the generated masks are those of the default test set, by position
-    plain = H.study.data.prepare_dataset(H.load_config("smoke", {"data.num_images": 24, "data.max_test_images": 4}),
+    plain = H.study.data.splits.prepare_dataset(H.load_config("smoke", {"data.num_images": 24,
+                                                                        "data.max_test_images": 4}),
                                          force=True)
     kinds_plain, kinds_here = ([v["kind"] for v in i["test_masks"].values()] for i in (plain, index))
     assert kinds_here[:len(kinds_plain)] == kinds_plain
     with pytest.raises(ValueError, match="test_source"):
         both = {"folder": str(faces), "hub_id": "x"}
-        H.study.data.prepare_dataset(H.load_config("smoke", {"data.test_source": both}))
+        H.study.data.splits.prepare_dataset(H.load_config("smoke", {"data.test_source": both}))
 
 
 def test_paths_are_shown_relative_to_the_root(tmp_path, monkeypatch):
@@ -589,9 +595,9 @@ def test_paths_are_shown_relative_to_the_root(tmp_path, monkeypatch):
     nested = {"a": [str(tmp_path / "m" / "x.pt"), 3, "org/model-id"], "b": {"c": str(Path.home() / "d")}}
     assert H.study.files.shown_paths(nested, root=tmp_path) == {"a": ["m/x.pt", 3, "org/model-id"], "b": {"c": "~/d"}}
     monkeypatch.setenv("INPAINT_ROOT", str(tmp_path))          # the run's root, as the notebooks have it
-    report = H.study.data.Report()
-    folder = H.study.data.demo_bad_inputs(tmp_path / "bad")
-    list(H.study.data.folder_images(folder, 16, report, min_size=16, min_kept_fraction=0.5))
+    report = H.study.data.sources.Report()
+    folder = H.study.data.samples.demo_bad_inputs(tmp_path / "bad")
+    list(H.study.data.sources.folder_images(folder, 16, report, min_size=16, min_kept_fraction=0.5))
     assert str(tmp_path) not in report.summary() and "bad/notes.txt" in report.summary()
 
 
@@ -599,8 +605,8 @@ def test_the_folder_reader_counts_to_the_files_found(tmp_path, monkeypatch):
     """The progress bar of a folder source runs to the image files found (9 here), not to the cap
     data.num_images (96)."""
     monkeypatch.setenv("INPAINT_ROOT", str(tmp_path))
-    folder = H.study.data.demo_bad_inputs(tmp_path / "in")
+    folder = H.study.data.samples.demo_bad_inputs(tmp_path / "in")
     cfg = H.load_config("smoke", {"data.source": "folder", "data.folder": str(folder)})
     P = H.study.files.paths(cfg)
-    _, total = H.study.data._items(cfg, P, H.study.data.Report())
-    assert cfg.data.num_images == 96 and total == len(H.study.data.image_files(folder)) < 96
+    _, total = H.study.data.splits._items(cfg, P, H.study.data.sources.Report())
+    assert cfg.data.num_images == 96 and total == len(H.study.data.sources.image_files(folder)) < 96

@@ -125,25 +125,25 @@ def test_ddim_with_exact_eps_recovers_a_gaussian_mixture():
 # ---------------------------------------------------------------- models
 def test_load_tiny_model_through_from_pretrained(tmp_root, smoke_cfg):
     P = H.study.files.paths(smoke_cfg)
-    unet = H.study.ddpm.load_unconditional_unet(smoke_cfg, P)
-    folder = P.models / H.study.ddpm.BASE_DIR
+    unet = H.study.models.ddpm.load_unconditional_unet(smoke_cfg, P)
+    folder = P.models / H.study.models.ddpm.BASE_DIR
     assert (folder / "config.json").is_file() and (folder / "scheduler_config.json").is_file()
     assert unet.config.in_channels == 3 and unet.config.sample_size == smoke_cfg.ddpm.tiny_config.sample_size
-    again = H.study.ddpm.load_unconditional_unet(smoke_cfg, P)    # seeded: the same random weights
+    again = H.study.models.ddpm.load_unconditional_unet(smoke_cfg, P)    # seeded: the same random weights
     for a, b in zip(unet.state_dict().values(), again.state_dict().values()):
         assert torch.equal(a, b)
-    sched = H.study.ddpm.load_noise_scheduler(smoke_cfg, P)
+    sched = H.study.models.ddpm.load_noise_scheduler(smoke_cfg, P)
     assert sched.config.num_train_timesteps == smoke_cfg.ddpm.num_train_timesteps
     # a folder given as pretrained_id (e.g. downloaded by hand) loads through the same path
     cfg2 = H.load_config("smoke", {"ddpm.pretrained_id": str(folder)})
-    assert torch.equal(H.study.ddpm.load_unconditional_unet(cfg2, P).conv_in.weight, unet.conv_in.weight)
+    assert torch.equal(H.study.models.ddpm.load_unconditional_unet(cfg2, P).conv_in.weight, unet.conv_in.weight)
 
 
 def test_missing_weights_say_what_and_how(tmp_root, smoke_cfg):
     missing = tmp_root / "no" / "such" / "ddpm"
     cfg = H.load_config("smoke", {"ddpm.pretrained_id": str(missing)})
     with pytest.raises(FileNotFoundError) as e:
-        H.study.ddpm.load_unconditional_unet(cfg, H.study.files.paths(cfg))
+        H.study.models.ddpm.load_unconditional_unet(cfg, H.study.files.paths(cfg))
     msg = str(e.value)
     assert str(missing) in msg and "huggingface-cli download google/ddpm-celebahq-256" in msg
     assert "ddpm.pretrained_id" in msg
@@ -172,14 +172,14 @@ def test_widened_model_reproduces_the_original_exactly(tmp_path):
 
 
 def test_published_config_builds_the_full_size_architecture():
-    cfg = H.study.ddpm.published_unet_config()
+    cfg = H.study.models.ddpm.published_unet_config()
     assert cfg["sample_size"] == 256 and cfg["block_out_channels"] == [128, 128, 256, 256, 512, 512]
     # self-attention at 16x16: the 5th level of 256 -> 128 -> 64 -> 32 -> 16
     assert cfg["down_block_types"][4] == "AttnDownBlock2D" and cfg["up_block_types"][1] == "AttnUpBlock2D"
     from diffusers import UNet2DModel
 
     small = {**cfg, "block_out_channels": [8, 8, 8, 8, 8, 8], "norm_num_groups": 4, "sample_size": 64}
-    m = H.study.ddpm.build_inpainting_unet(small, 7)
+    m = H.study.models.ddpm.build_inpainting_unet(small, 7)
     assert isinstance(m, UNet2DModel) and m.conv_in.in_channels == 7
 
 
@@ -283,7 +283,7 @@ class _Toy(torch.utils.data.Dataset):
 def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path):
     from diffusers import DDPMScheduler
 
-    from helpers.study.training import train
+    from helpers.study.models.training import train
 
     spec = Config(batch_size=4, lr=1e-3, weight_decay=0.01, num_epochs=2, max_steps=None, max_grad_norm=1.0,
                   mixed_precision="no", checkpoint_every=2, num_workers=0)
@@ -306,7 +306,7 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path):
 
 
 def test_checkpoint_folder_changes_with_the_run_not_with_its_length(smoke_cfg):
-    fp = lambda cfg: H.study.training.run_fingerprint(cfg, "ddpm", H.study.ddpm.TRAJECTORY_KEYS)
+    fp = lambda cfg: H.study.models.training.run_fingerprint(cfg, "ddpm", H.study.models.ddpm.TRAJECTORY_KEYS)
     base = fp(smoke_cfg)
     assert fp(H.load_config("smoke", {"ddpm.max_steps": 99})) == base
     assert fp(H.load_config("smoke", {"ddpm.num_inference_steps": 7})) == base
@@ -339,8 +339,8 @@ def test_an_edited_loss_trains_anew_the_same_code_reuses_the_run(prepared, capsy
     P, cpu = H.study.files.paths(cfg), torch.device("cpu")
 
     def fit(loss_fn):
-        unet, sched = H.study.ddpm.build_inpainting_model(cfg, P)
-        return H.study.ddpm.finetune(cfg, P, unet, sched, cpu, loss_fn=loss_fn)
+        unet, sched = H.study.models.ddpm.build_inpainting_model(cfg, P)
+        return H.study.models.ddpm.finetune(cfg, P, unet, sched, cpu, loss_fn=loss_fn)
 
     first = fit(H.course.ddpm_inpainting.inpainting_loss)
     assert first["steps"] == 1 and first["run"].startswith("new run in ddpm_inpaint/ckpt_")
@@ -360,7 +360,7 @@ def test_validation_tiles_without_a_grid_drawer(tmp_path):
 
     x, m = torch.zeros(2, 3, 8, 8), torch.zeros(2, 1, 8, 8)
     m[:, :, :4] = 1
-    H.study.ddpm.save_tiles(H.study.ddpm.grid_rows(x * (1 - m), m, x, x), tmp_path / "v.png")
+    H.study.models.ddpm.save_tiles(H.study.models.ddpm.grid_rows(x * (1 - m), m, x, x), tmp_path / "v.png")
     tiles = np.asarray(Image.open(tmp_path / "v.png"))
     assert tiles.shape == (16, 32, 3)
     assert (tiles[:4, 8:16] == 255).all() and (tiles[4:8, 8:16] == 0).all()       # mask tile: hole white

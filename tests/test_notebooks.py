@@ -17,7 +17,7 @@ pytestmark = [pytest.mark.notebooks, pytest.mark.slow]
 
 def test_every_notebook_ran(smoke_run):
     manifest, P = smoke_run
-    names = [p.name for p in H.report.export.list_notebooks()]
+    names = [p.name for p in H.report.series.list_notebooks()]
     assert [n["notebook"] for n in manifest["notebooks"]] == names
     assert all(n["status"] == "ok" for n in manifest["notebooks"])
     for name in names:
@@ -42,7 +42,7 @@ def test_data_figures_and_predictions_exist(smoke_run):
 
 def test_slides_hold_every_slide(smoke_run):
     manifest, P = smoke_run
-    last = H.report.export.list_notebooks()[-1]
+    last = H.report.series.list_notebooks()[-1]
     nb = nbformat.read(last, as_version=4)
     # a cell without slideshow metadata continues the slide before it (nbconvert's "-")
     kinds = [c.metadata.get("slideshow", {}).get("slide_type", "-") for c in nb.cells
@@ -76,7 +76,7 @@ def test_executed_notebooks_read_clean(smoke_run):
     """A handful of stderr outputs at most; progress as whole text lines (no carriage returns, no
     ANSI cursor codes, no widgets that a static view shows at 0 %); no library noise."""
     _, P = smoke_run
-    for path in H.report.export.list_notebooks():
+    for path in H.report.series.list_notebooks():
         nb = nbformat.read(P.reports / "notebooks" / path.name, as_version=4)
         stderr = list(_streams(nb, "stderr"))
         # notebook 04 also trains and runs each PEFT variant of the ablation: a training and a prediction line each
@@ -101,7 +101,7 @@ def test_executed_notebooks_print_no_machine_path(smoke_run):
     _, P = smoke_run
     machine = {str(P.root.resolve()), str(ROOT.resolve())}
     machine |= {p for p in sys.path if p.rstrip("/").endswith("site-packages")}
-    for path in H.report.export.list_notebooks():
+    for path in H.report.series.list_notebooks():
         nb = nbformat.read(P.reports / "notebooks" / path.name, as_version=4)
         for i, c in enumerate(nb.cells):
             if c.cell_type != "code":

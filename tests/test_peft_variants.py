@@ -1,4 +1,4 @@
-"""The PEFT ablation (issue 20, helpers/study/peft_variants.py, helpers/course/peft_variants.py).
+"""The PEFT ablation (issue 20, helpers/study/models/peft_variants.py, helpers/course/peft_variants.py).
 
 * Real size on the meta device (no memory): each variant's trainable parameters are exactly the
   adapter's own tensors, equal to peft's count; LoRA r16 stays the study's 3,188,736.
@@ -18,7 +18,7 @@ import torch
 
 import helpers as H
 from helpers.course.peft_variants import adapter_config, attach_adapter
-from helpers.study import peft_variants as PV
+from helpers.study.models import peft_variants as PV
 
 STUDY_LORA_R16 = 3_188_736     # the study's LoRA (r 16 on to_q, to_k, to_v, to_out.0 of SD 1.5's U-Net)
 
@@ -56,7 +56,7 @@ def test_real_size_trainable_parameters_are_the_adapters_and_match_peft(variant)
     from peft import PeftModel
 
     with torch.device("meta"):
-        unet = UNet2DConditionModel(**H.study.sd.published_configs()["unet"])
+        unet = UNet2DConditionModel(**H.study.models.sd.published_configs()["unet"])
     frozen = torch.nn.Linear(1, 1)
     v = {k: val for k, val in variant.items() if k != "quantize"}    # QLoRA's adapter is LoRA r16's
     attach_adapter(SimpleNamespace(unet=unet, vae=frozen, text_encoder=frozen), v)
@@ -78,7 +78,7 @@ def test_real_size_trainable_parameters_are_the_adapters_and_match_peft(variant)
 @pytest.fixture(scope="module")
 def sd_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("peft")
-    H.study.sd.resolve_source(H.load_config("smoke"), root)
+    H.study.models.sd.resolve_source(H.load_config("smoke"), root)
     return root
 
 
@@ -101,7 +101,7 @@ def unet_output(unet, seed=1):
 @pytest.mark.parametrize("variant", smoke_variants(), ids=lambda v: v["name"])
 def test_variant_trains_saves_reloads_and_merges(variant, sd_root, tmp_path):
     cfg = H.load_config("smoke")
-    pipe = H.study.sd.load_pipeline(cfg, root=sd_root)
+    pipe = H.study.models.sd.load_pipeline(cfg, root=sd_root)
     v = {**variant, "dropout": 0.0}                          # deterministic outputs for the comparisons
     before = {k: {n: t.clone() for n, t in getattr(pipe, k).state_dict().items()}
               for k in ("unet", "vae", "text_encoder")}
@@ -110,7 +110,7 @@ def test_variant_trains_saves_reloads_and_merges(variant, sd_root, tmp_path):
     assert not any(p.requires_grad for m in (pipe.vae, pipe.text_encoder) for p in m.parameters())
     params = [p for p in pipe.unet.parameters() if p.requires_grad]
     # 1. a few steps on one fixed batch with fixed noise: the loss falls
-    loss_fn = H.study.sd.make_loss_fn(pipe, cfg, {"im0": "a photo of a cat", "im1": "a photo"})
+    loss_fn = H.study.models.sd.make_loss_fn(pipe, cfg, {"im0": "a photo of a cat", "im1": "a photo"})
     opt = torch.optim.AdamW(params, lr=1e-2 if v["method"] != "oft" else 1e-3, weight_decay=0.0)
     batch, losses = fixed_batch(), []
     pipe.unet.train()
@@ -131,8 +131,8 @@ def test_variant_trains_saves_reloads_and_merges(variant, sd_root, tmp_path):
     # 3. saved and reloaded into a fresh pipeline: the same output (and not the base model's)
     out = unet_output(pipe.unet)
     path = PV.save_adapter(pipe.unet, tmp_path / "run", v)
-    fresh = PV.load_adapter(H.study.sd.load_pipeline(cfg, root=sd_root), path)
-    base = unet_output(H.study.sd.load_pipeline(cfg, root=sd_root).unet)
+    fresh = PV.load_adapter(H.study.models.sd.load_pipeline(cfg, root=sd_root), path)
+    base = unet_output(H.study.models.sd.load_pipeline(cfg, root=sd_root).unet)
     assert (out - base).abs().max() > 1e-4
     assert torch.allclose(unet_output(fresh.unet), out, atol=1e-6)
     assert "default" in fresh.unet.peft_config and not any(p.requires_grad for p in fresh.unet.parameters())
@@ -169,11 +169,12 @@ def test_missing_weights_are_reported_as_not_trained_never_replaced(tmp_root):
 def test_variant_runs_have_their_own_fingerprinted_folders(tmp_root):
     cfg = H.load_config("smoke")
     a, b = PV.variants(cfg, ["lora_r4", "loha_r8"])
-    study = H.study.sd.lora_run_dir(cfg, "src")
-    da, db = H.study.sd.lora_run_dir(cfg, "src", variant=a), H.study.sd.lora_run_dir(cfg, "src", variant=b)
+    study = H.study.models.sd.lora_run_dir(cfg, "src")
+    da, db = H.study.models.sd.lora_run_dir(cfg, "src", variant=a), H.study.models.sd.lora_run_dir(cfg, "src",
+                                                                                                   variant=b)
     assert da.parent.name == "lora_r4" and da.parent.parent.name == "sd_peft" and da.name.startswith("ckpt-")
     assert len({study.name, da.name, db.name}) == 3
-    assert H.study.sd.lora_run_dir(cfg, "src", variant={**a, "r": 8}).name != da.name
+    assert H.study.models.sd.lora_run_dir(cfg, "src", variant={**a, "r": 8}).name != da.name
 
 
 def test_train_predict_and_table_end_to_end(sd_root, prepared):
@@ -182,7 +183,7 @@ def test_train_predict_and_table_end_to_end(sd_root, prepared):
     cfg, _ = prepared
     cfg.sd.max_steps = 2
     cfg.ablation.variants = [v for v in cfg.ablation.variants if v["name"] in ("loha_r8", "lora_r64")]
-    source = H.study.sd.resolve_source(cfg, sd_root)
+    source = H.study.models.sd.resolve_source(cfg, sd_root)
     cfg.sd.pretrained_id, cfg.sd.tiny = str(source), False         # the tiny pipeline, already built
     loha = PV.variants(cfg, ["loha_r8"])[0]
     stats = PV.train_variant(cfg, loha)
@@ -211,7 +212,7 @@ def test_train_predict_and_table_end_to_end(sd_root, prepared):
 
 def test_the_reference_is_scored_on_the_variants_images_only():
     """Variants predicted on 2 of 3 test images: the reference's mean and CI over those 2, FID left out."""
-    from helpers.study.evaluate import PER_IMAGE
+    from helpers.study.evaluation.evaluate import PER_IMAGE
 
     cfg = H.load_config("smoke")
     rows = [{"method": "sd_lora", "name": n, **{k: v for k in PER_IMAGE}}

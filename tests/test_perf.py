@@ -20,9 +20,9 @@ def _out(unet):
 
 
 def test_attention_processors_agree(tiny_unet):
-    assert H.study.perf.set_attention(tiny_unet, sdpa=False) > 0
+    assert H.study.evaluation.perf.set_attention(tiny_unet, sdpa=False) > 0
     plain = _out(tiny_unet)
-    H.study.perf.set_attention(tiny_unet, sdpa=True)
+    H.study.evaluation.perf.set_attention(tiny_unet, sdpa=True)
     assert torch.allclose(plain, _out(tiny_unet), atol=1e-5)
 
 
@@ -30,22 +30,22 @@ def test_fused_qkv_same_output_and_skipped_with_lora():
     unet = tiny.tiny_sd_components()["unet"]
     before = _out(unet)
     switches = Config({"sdpa": True, "fused_qkv": True, "channels_last": False, "torch_compile": False})
-    H.study.perf.optimize_model(unet, switches, torch.device("cpu"))
+    H.study.evaluation.perf.optimize_model(unet, switches, torch.device("cpu"))
     assert "Fused" in type(next(iter(unet.attn_processors.values()))).__name__
     assert torch.allclose(before, _out(unet), atol=1e-5)
     from peft import LoraConfig
     other = tiny.tiny_sd_components()["unet"]
     other.add_adapter(LoraConfig(r=2, lora_alpha=2, target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
-    H.study.perf.optimize_model(other, switches, torch.device("cpu"))
+    H.study.evaluation.perf.optimize_model(other, switches, torch.device("cpu"))
     assert "Fused" not in type(next(iter(other.attn_processors.values()))).__name__
 
 
 def test_make_sampler():
     from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
-    assert isinstance(H.study.perf.make_sampler("ddim", {}), DDIMScheduler)
-    assert isinstance(H.study.perf.make_sampler("dpm", {}), DPMSolverMultistepScheduler)
+    assert isinstance(H.study.evaluation.perf.make_sampler("ddim", {}), DDIMScheduler)
+    assert isinstance(H.study.evaluation.perf.make_sampler("dpm", {}), DPMSolverMultistepScheduler)
     with pytest.raises(ValueError, match="ddim' or 'dpm"):
-        H.study.perf.make_sampler("euler", {})
+        H.study.evaluation.perf.make_sampler("euler", {})
 
 
 # ---------------------------------------------------------------- no host sync in the sampling loops
@@ -80,7 +80,7 @@ def test_ddpm_sampling_loop_never_reads_the_device(sampler):
     unet = tiny.tiny_unet(7, seed=None).to("meta")
     from diffusers import DDPMScheduler
 
-    ac = DDPMScheduler(**H.study.ddpm.published_scheduler_config()).alphas_cumprod
+    ac = DDPMScheduler(**H.study.models.ddpm.published_scheduler_config()).alphas_cumprod
     x, m = _meta(torch.zeros(2, 3, 16, 16)), _meta(torch.ones(2, 1, 16, 16))
     with torch.no_grad(), DeviceReads() as mode:
         out = H.course.ddpm_inpainting.ddim_inpaint(unet, ac, x, m, _meta(torch.zeros(2, 3, 16, 16)), 6, 0.0, None,
@@ -93,7 +93,7 @@ def test_repaint_loop_never_reads_the_device():
 
     import helpers as H
     unet = tiny.tiny_unet(3, seed=None).to("meta")
-    ac = DDPMScheduler(**H.study.ddpm.published_scheduler_config()).alphas_cumprod
+    ac = DDPMScheduler(**H.study.models.ddpm.published_scheduler_config()).alphas_cumprod
     x, m = _meta(torch.zeros(2, 3, 16, 16)), _meta(torch.ones(2, 1, 16, 16))
     with torch.no_grad(), DeviceReads() as mode:
         H.course.ddpm_inpainting.repaint_inpaint(unet, ac, x, m, lambda: _meta(torch.zeros(2, 3, 16, 16)), 5, 2, 2)
@@ -106,14 +106,14 @@ def test_sd_guided_loop_never_reads_the_device(sampler):
     z, m, zm = _meta(torch.zeros(2, 4, 8, 8)), _meta(torch.ones(2, 1, 8, 8)), _meta(torch.zeros(2, 4, 8, 8))
     cond, uncond = _meta(torch.zeros(2, 77, 32)), _meta(torch.zeros(2, 77, 32))
     with torch.no_grad(), DeviceReads() as mode:
-        sched = H.study.perf.make_sampler(sampler, parts["scheduler"].config)
+        sched = H.study.evaluation.perf.make_sampler(sampler, parts["scheduler"].config)
         out = H.course.sd_inpainting.denoise(parts["unet"], sched, z, m, zm, cond, uncond, 5, 7.5)
     assert out.shape == (2, 4, 8, 8) and mode.reads == []
 
 
 def test_device_reads_detector_catches_a_sync():
     """The detector is not blind: a diffusers DDIM step fed a device timestep reads it."""
-    sch = H.study.perf.make_sampler("ddim", {})
+    sch = H.study.evaluation.perf.make_sampler("ddim", {})
     sch.set_timesteps(5)
     x = _meta(torch.zeros(1, 3, 4, 4))
     with pytest.raises(RuntimeError), torch.no_grad(), DeviceReads():

@@ -79,7 +79,7 @@ def test_image_grid_marks_cells_that_did_not_run():
 
 
 # ---------------------------------------------------------------- the evaluation's figures
-def _evaluation() -> H.study.evaluate.Evaluation:
+def _evaluation() -> H.study.evaluation.evaluate.Evaluation:
     """Five methods; RePaint on 2 of 6 images; SD + LoRA not run; LPIPS available."""
     rng = np.random.default_rng(0)
     kinds, buckets = ["box", "thin", "thick"] * 2, ["0-10%", "10-20%", "20%+"] * 2
@@ -101,7 +101,7 @@ def _evaluation() -> H.study.evaluate.Evaluation:
             continue
         row = {"method": m, "label": H.study.methods.METHODS[m], "status": "ok" if len(sub) == 6 else "partial",
                "n": len(sub)}
-        for metric in H.study.evaluate.PER_IMAGE:
+        for metric in H.study.evaluation.evaluate.PER_IMAGE:
             values = sub[metric]
             row[metric], row[f"{metric}_lo"], row[f"{metric}_hi"] = values.mean(), values.min(), values.max()
         summary.append(row)
@@ -109,14 +109,14 @@ def _evaluation() -> H.study.evaluate.Evaluation:
     def grouped(by):
         out = []
         for (m, g), sub in per_image.groupby(["method", by]):
-            for metric in H.study.evaluate.PER_IMAGE:
+            for metric in H.study.evaluation.evaluate.PER_IMAGE:
                 v = sub[metric]
                 out.append({"method": m, "label": H.study.methods.METHODS[m],
                             "group": g, "n": len(sub), "metric": metric,
                             "mean": v.mean(), "lo": v.min(), "hi": v.max()})
         return pd.DataFrame(out)
 
-    return H.study.evaluate.Evaluation(per_image, pd.DataFrame(summary), grouped("bucket"), grouped("kind"),
+    return H.study.evaluation.evaluate.Evaluation(per_image, pd.DataFrame(summary), grouped("bucket"), grouped("kind"),
                                        pd.DataFrame(),
                                        {"hole_buckets": [0.0, 0.1, 0.2, 1.0], "n_test": 6,
                                         "bootstrap": {"samples": 50, "seed": 0},

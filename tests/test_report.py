@@ -15,17 +15,17 @@ def _nbs(names):
 
 def test_select_by_number_name_and_from():
     nbs = _nbs(["01_data", "02_ddpm_theory", "03_ddpm_inpainting", "04_sd_lora"])
-    assert H.report.export.select(nbs, only="03") == [nbs[2]]
-    assert H.report.export.select(nbs, only="3") == [nbs[2]]
-    assert H.report.export.select(nbs, only="sd_lora") == [nbs[3]]
-    assert H.report.export.select(nbs, start="02") == nbs[1:]
-    assert H.report.export.select(nbs) == nbs
+    assert H.report.series.select(nbs, only="03") == [nbs[2]]
+    assert H.report.series.select(nbs, only="3") == [nbs[2]]
+    assert H.report.series.select(nbs, only="sd_lora") == [nbs[3]]
+    assert H.report.series.select(nbs, start="02") == nbs[1:]
+    assert H.report.series.select(nbs) == nbs
     with pytest.raises(ValueError, match="several"):
-        H.report.export.select(nbs, only="ddpm")
+        H.report.series.select(nbs, only="ddpm")
     with pytest.raises(ValueError, match="no"):
-        H.report.export.select(nbs, only="09")
+        H.report.series.select(nbs, only="09")
     with pytest.raises(ValueError, match="not both"):
-        H.report.export.select(nbs, only="01", start="02")
+        H.report.series.select(nbs, only="01", start="02")
 
 
 def _write(path, *sources):
@@ -48,7 +48,7 @@ def test_failing_notebook_is_named_with_its_cell(tmp_root):
     _write(nbdir / "01_ok.ipynb", "x = 1")
     _write(nbdir / "02_bad.ipynb", "y = 2", "raise ValueError('boom in cell')")
     _write(nbdir / "03_never.ipynb", "z = 3")
-    with pytest.raises(H.report.export.NotebookFailed,
+    with pytest.raises(H.report.series.NotebookFailed,
                        match=r"02_bad.ipynb failed in cell \d+ .*ValueError: boom in cell"):
         H.report.export.run("smoke", notebook_dir=nbdir)
     P = H.study.files.paths(H.load_config("smoke"))
@@ -86,11 +86,11 @@ def test_slide_assets_come_from_installed_packages(tmp_path):
     """reveal.js, require.js, jQuery and MathJax are copied from the packages of the normal install
     beside the HTML; both exports load them from there, nothing from the internet."""
     out = tmp_path / "out"
-    assets = H.report.export.copy_slide_assets(out, tmp_path / "empty_cache")
+    assets = H.report.assets.copy_slide_assets(out, tmp_path / "empty_cache")
     js = out / "slides_js"
     for f in ("reveal.js/dist/reveal.js", "reveal.js/dist/reveal.css", "reveal.js/dist/theme/white.css",
               "reveal.js/plugin/notes/notes.js", "require.js", "jquery.min.js", "mathjax/MathJax.js",
-              f"mathjax/config/{H.report.export.MATHJAX_LOCAL_CONFIG}.js"):
+              f"mathjax/config/{H.report.assets.MATHJAX_LOCAL_CONFIG}.js"):
         assert (js / f).is_file() and (js / f).stat().st_size > 0, f
     assert "reveal.js 5" in (js / "reveal.js/dist/reveal.js").read_text()[:200]
     assert not (js / "mathjax/localization/de").exists()             # interface languages other than en left out
@@ -105,22 +105,22 @@ def test_slide_assets_come_from_installed_packages(tmp_path):
     assert "import mermaid" not in slides                              # the template's CDN import is removed
     assert "preset = " not in slides
     assert H.report.export.READY_RERENDER in slides and H.report.export.READY_RERENDER not in report
-    assert f"width: {H.report.export.SLIDE_SIZE[0]}" in slides and f"height: {H.report.export.SLIDE_SIZE[1]}" in slides
+    assert f"width: {H.report.assets.SLIDE_SIZE[0]}" in slides and f"height: {H.report.assets.SLIDE_SIZE[1]}" in slides
 
 
 def test_missing_assets_are_named_with_the_way_to_get_them(tmp_path, monkeypatch):
     # as if the --no-deps packages were absent
-    monkeypatch.setattr(H.report.export, "_package_dir", lambda package: None)
-    with pytest.raises(H.report.export.AssetsMissing,
+    monkeypatch.setattr(H.report.assets, "_package_dir", lambda package: None)
+    with pytest.raises(H.report.assets.AssetsMissing,
                        match=r"reveal\.js.*requirements-nodeps\.txt.*slides-offline.*--cdn"):
-        H.report.export.find_slide_assets(tmp_path)
+        H.report.assets.find_slide_assets(tmp_path)
     # npm's copies (make slides-offline) stand in for the packages
     cache = tmp_path / "cache"
     for f in ("reveal.js/dist/reveal.js", "require.js", "jquery.min.js", "mathjax/MathJax.js",
               "mathjax/config/TeX-AMS_CHTML-full.js"):
         (cache / "slides_js" / f).parent.mkdir(parents=True, exist_ok=True)
         (cache / "slides_js" / f).write_text("//")
-    assets = H.report.export.copy_slide_assets(tmp_path / "out", cache)
+    assets = H.report.assets.copy_slide_assets(tmp_path / "out", cache)
     assert assets["mathjax_url"] == "slides_js/mathjax/MathJax.js?config=TeX-AMS_CHTML-full,Safe"
 
 

@@ -1,7 +1,7 @@
 """Stable Diffusion inpainting + LoRA (helpers/sd.py) on the tiny pipeline, CPU only.
 
 One module-scoped fixture builds the tiny pipeline once, saved with save_pretrained into a
-temporary root, and every test loads it back through helpers.study.sd.load_pipeline: the function
+temporary root, and every test loads it back through helpers.study.models.sd.load_pipeline: the function
 that loads the real checkpoint."""
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import helpers as H
-from helpers.study.perf import make_sampler
+from helpers.study.evaluation.perf import make_sampler
 from tests.fixtures import reference
 
 R = 64          # SD working size of the smoke preset
@@ -25,13 +25,13 @@ def sd_root(tmp_path_factory):
     """A project root holding the tiny base pipeline (reports/smoke/models/sd_base)."""
     root = tmp_path_factory.mktemp("sd")
     cfg = H.load_config("smoke")
-    H.study.sd.resolve_source(cfg, root)
+    H.study.models.sd.resolve_source(cfg, root)
     return root
 
 
 def load(root, overrides=None, **kw):
     cfg = H.load_config("smoke", overrides)
-    return cfg, H.study.sd.load_pipeline(cfg, root=root, **kw)
+    return cfg, H.study.models.sd.load_pipeline(cfg, root=root, **kw)
 
 
 def toy_batch(n=3, size=32, seed=0):
@@ -60,7 +60,7 @@ def attach(pipe, cfg) -> dict:
     H.course.sd_inpainting.add_lora(pipe, lo.r, lo.alpha, lo.dropout, lo.target_modules)
     if cfg.sd.get("gradient_checkpointing"):
         pipe.unet.enable_gradient_checkpointing()
-    return H.study.sd.lora_info(pipe, lo)
+    return H.study.models.sd.lora_info(pipe, lo)
 
 
 # ---------------------------------------------------------------- loading
@@ -91,11 +91,11 @@ def test_missing_or_wrong_weights_say_where_and_how(sd_root, tmp_path, kind):
             sd_base = H.study.files.paths(H.load_config("smoke"), sd_root).models / "sd_base"
             (source / "model_index.json").write_text((sd_base / "model_index.json").read_text())
     cfg = H.load_config("smoke", {"sd.tiny": False, "sd.pretrained_id": str(source)})
-    with pytest.raises(H.study.sd.WeightsNotFoundError) as err:
-        H.study.sd.load_pipeline(cfg, root=sd_root)
+    with pytest.raises(H.study.models.sd.WeightsNotFoundError) as err:
+        H.study.models.sd.load_pipeline(cfg, root=sd_root)
     msg = str(err.value)
     assert str(source) in msg
-    assert H.study.sd.HUB_ID in msg and "hf download" in msg
+    assert H.study.models.sd.HUB_ID in msg and "hf download" in msg
 
 
 def test_the_weights_message_is_never_cut(sd_root, monkeypatch):
@@ -109,13 +109,13 @@ def test_the_weights_message_is_never_cut(sd_root, monkeypatch):
 
     monkeypatch.setattr(StableDiffusionInpaintPipeline, "from_pretrained", fail)
     cfg = H.load_config("smoke", {"sd.tiny": False, "sd.pretrained_id": "someone/sd-inpainting"})
-    with pytest.raises(H.study.sd.WeightsNotFoundError) as err:
-        H.study.sd.load_pipeline(cfg, root=sd_root)
+    with pytest.raises(H.study.models.sd.WeightsNotFoundError) as err:
+        H.study.models.sd.load_pipeline(cfg, root=sd_root)
     assert long in str(err.value) and str(err.value).endswith("needs no weights.")
 
 
 def test_published_configs_give_the_sd15_inpainting_sizes():
-    c = H.study.sd.build_components(H.study.sd.published_configs(), device="meta")
+    c = H.study.models.sd.build_components(H.study.models.sd.published_configs(), device="meta")
     count = lambda m: sum(p.numel() for p in m.parameters())
     assert c["unet"].config.in_channels == 9 and c["unet"].config.cross_attention_dim == 768
     assert count(c["unet"]) == 859_535_364            # SD 1.5 U-Net 859,520,964 + 5 extra input channels
@@ -128,7 +128,7 @@ def test_published_configs_give_the_sd15_inpainting_sizes():
 def test_pieces_have_the_documented_shapes(sd_root):
     cfg, pipe = load(sd_root)
     images, masks = toy_batch(1)
-    p = H.study.sd.encode_pieces(pipe, images[0], masks[0], "a photo", R)
+    p = H.study.models.sd.encode_pieces(pipe, images[0], masks[0], "a photo", R)
     lat = R // 2
     assert p["z0"].shape == p["z_masked"].shape == (4, lat, lat)
     assert p["m_down"].shape == (1, lat, lat) and set(p["m_down"].unique().tolist()) <= {0.0, 1.0}
@@ -159,9 +159,10 @@ def test_a_training_step_changes_only_lora(sd_root, tmp_path):
     assert not any(p.requires_grad for m in (pipe.vae, pipe.text_encoder) for p in m.parameters())
     before = {name: {k: v.clone() for k, v in getattr(pipe, name).state_dict().items()}
               for name in ("unet", "vae", "text_encoder")}
-    loss_fn = H.study.sd.make_loss_fn(pipe, cfg, {f"im{i}": "a photo of a cat" for i in range(4)})
-    res = H.study.training.train(pipe.unet, loss_fn, _toy_dataset(), _spec(cfg, lr=1e-3, max_steps=1),
-                                 tmp_path / "ckpt", cfg.seed, torch.device("cpu"), collate_fn=H.study.data.collate)
+    loss_fn = H.study.models.sd.make_loss_fn(pipe, cfg, {f"im{i}": "a photo of a cat" for i in range(4)})
+    res = H.study.models.training.train(pipe.unet, loss_fn, _toy_dataset(), _spec(cfg, lr=1e-3, max_steps=1),
+                                        tmp_path / "ckpt", cfg.seed, torch.device("cpu"),
+                                        collate_fn=H.study.data.dataset.collate)
     assert res.steps == 1 and np.isfinite(res.history[0]["loss"])
     for name in ("unet", "vae", "text_encoder"):
         after = getattr(pipe, name).state_dict()
@@ -181,8 +182,8 @@ def test_fp16_frozen_weights_keep_lora_in_fp32_and_the_grad_scaler_works(sd_root
     params = [p for p in pipe.unet.parameters() if p.requires_grad]
     assert {p.dtype for p in params} == {torch.float32}
     assert {p.dtype for p in pipe.unet.parameters() if not p.requires_grad} == {torch.float16}
-    loss_fn = H.study.sd.make_loss_fn(pipe, cfg, {})
-    batch = H.study.data.collate(_toy_dataset(2))
+    loss_fn = H.study.models.sd.make_loss_fn(pipe, cfg, {})
+    batch = H.study.data.dataset.collate(_toy_dataset(2))
     opt = torch.optim.AdamW(params, lr=1e-3)
     scaler = torch.amp.GradScaler("cpu")
     with torch.autocast("cpu", dtype=torch.float16):
@@ -198,8 +199,8 @@ def test_gradient_checkpointing_still_trains_lora(sd_root):
     attach(pipe, cfg)
     assert pipe.unet.is_gradient_checkpointing
     pipe.unet.train()
-    loss_fn = H.study.sd.make_loss_fn(pipe, cfg, {})
-    loss = loss_fn(pipe.unet, H.study.data.collate(_toy_dataset(2)), torch.Generator().manual_seed(0))
+    loss_fn = H.study.models.sd.make_loss_fn(pipe, cfg, {})
+    loss = loss_fn(pipe.unet, H.study.data.dataset.collate(_toy_dataset(2)), torch.Generator().manual_seed(0))
     loss.backward()
     grads = [p.grad for n, p in pipe.unet.named_parameters() if ".lora_B." in n]
     assert grads and all(g is not None and g.abs().sum() > 0 for g in grads)
@@ -208,7 +209,7 @@ def test_gradient_checkpointing_still_trains_lora(sd_root):
 def test_prompt_dropout_rate_and_determinism(sd_root):
     cfg, pipe = load(sd_root)
     names = [f"im{i}" for i in range(64)]
-    loss_fn = H.study.sd.make_loss_fn(pipe, cfg, {n: "a photo of a cat" for n in names})
+    loss_fn = H.study.models.sd.make_loss_fn(pipe, cfg, {n: "a photo of a cat" for n in names})
     embeds = loss_fn.keywords["text_embeds"]
     assert not torch.equal(embeds[""], embeds["a photo of a cat"])
     g = torch.Generator().manual_seed(1)
@@ -219,7 +220,7 @@ def test_prompt_dropout_rate_and_determinism(sd_root):
     rate = dropped / total                                  # 9600 draws: std of the rate ~0.0036
     assert abs(rate - cfg.sd.prompt_dropout) < 0.015, rate
     # the same generator seed gives the same step (what exact resume relies on)
-    batch = H.study.data.collate(_toy_dataset(2))
+    batch = H.study.data.dataset.collate(_toy_dataset(2))
     with torch.no_grad():
         a = loss_fn(pipe.unet, batch, torch.Generator().manual_seed(5))
         b = loss_fn(pipe.unet, batch, torch.Generator().manual_seed(5))
@@ -239,12 +240,12 @@ def test_saved_lora_loads_into_a_fresh_pipeline_with_the_same_output(sd_root, tm
     images, masks = toy_batch(2)
     prompts = ["a photo", "a photo of a cat"]
     before = run_inpaint(pipe, images, masks, prompts, composite=False)
-    path = H.study.sd.save_lora(pipe.unet, tmp_path / "lora")
+    path = H.study.models.sd.save_lora(pipe.unet, tmp_path / "lora")
     assert path.name == "pytorch_lora_weights.safetensors" and path.is_file()
 
     _, fresh = load(sd_root, over)
     base = run_inpaint(fresh, images, masks, prompts, composite=False)
-    H.study.sd.load_lora(fresh, path)
+    H.study.models.sd.load_lora(fresh, path)
     after = run_inpaint(fresh, images, masks, prompts, composite=False)
     assert (before - base).abs().max() > 0.05     # the LoRA matters...
     assert torch.allclose(after, before, atol=1e-5)  # ...and survives save -> load
@@ -286,18 +287,19 @@ def test_train_and_predict_the_test_set_end_to_end(sd_root, prepared):
     cfg, _ = prepared
     cfg.sd.max_steps = 2
     root = H.study.files.paths(cfg).root
-    pipe = H.study.sd.load_pipeline(cfg, source=H.study.sd.resolve_source(cfg, sd_root))
-    stats = H.study.sd.train_lora(cfg, pipe)
+    pipe = H.study.models.sd.load_pipeline(cfg, source=H.study.models.sd.resolve_source(cfg, sd_root))
+    stats = H.study.models.sd.train_lora(cfg, pipe)
     assert stats["steps"] == 2 and stats["trainable_params"] > 0 and len(stats["history"]) == 2
     # resumes: nothing left to do
-    again = H.study.sd.train_lora(cfg, H.study.sd.load_pipeline(cfg, source=pipe.source))
+    again = H.study.models.sd.train_lora(cfg, H.study.models.sd.load_pipeline(cfg, source=pipe.source))
     assert again["reused"] and again["images_per_s"] == stats["images_per_s"]
 
-    lora_pipe = H.study.sd.load_lora(H.study.sd.load_pipeline(cfg, source=pipe.source), stats["lora_path"])
-    meta = H.study.sd.predict_test_set(cfg, lora_pipe, "sd_lora", train_stats=stats, limit=3)
-    test = H.study.data.load_test_set(cfg)
+    lora_pipe = H.study.models.sd.load_lora(H.study.models.sd.load_pipeline(cfg, source=pipe.source),
+                                            stats["lora_path"])
+    meta = H.study.models.sd.predict_test_set(cfg, lora_pipe, "sd_lora", train_stats=stats, limit=3)
+    test = H.study.data.dataset.load_test_set(cfg)
     names = test["name"][:3]
-    preds, saved = H.study.data.read_predictions(cfg, "sd_lora", names)
+    preds, saved = H.study.data.predictions.read_predictions(cfg, "sd_lora", names)
     known = (test["mask"][:3] < 0.5).expand_as(preds)
     sel = known.permute(0, 2, 3, 1).numpy()
     assert np.array_equal(H.study.files.to_uint8(preds)[sel], H.study.files.to_uint8(test["image"][:3])[sel])
@@ -313,24 +315,24 @@ def test_inference_keys_and_a_longer_run_never_retrain_from_scratch(sd_root, pre
     max_steps resumes it, and the finished LoRA of each run stays in its own folder."""
     cfg, _ = prepared
     cfg.sd.max_steps = 2
-    source = H.study.sd.resolve_source(cfg, sd_root)
-    first = H.study.sd.train_lora(cfg, H.study.sd.load_pipeline(cfg, source=source))
+    source = H.study.models.sd.resolve_source(cfg, sd_root)
+    first = H.study.models.sd.train_lora(cfg, H.study.models.sd.load_pipeline(cfg, source=source))
     assert first["steps"] == 2 and first["resumed_from"] == 0
-    run_dir = H.study.sd.lora_run_dir(cfg, source, H.study.captions.make_captions(cfg)["captions"])
-    assert first["lora_path"] == str(run_dir / H.study.sd.LORA_WEIGHTS)
+    run_dir = H.study.models.sd.lora_run_dir(cfg, source, H.study.data.captions.make_captions(cfg)["captions"])
+    assert first["lora_path"] == str(run_dir / H.study.models.sd.LORA_WEIGHTS)
     for key, value in (("num_inference_steps", 9), ("guidance_scale", 3.0), ("inference_batch_size", 1),
                        ("checkpoint_every", 1), ("num_workers", 1), ("num_epochs", 5)):
         other = H.load_config("smoke", {"sd.max_steps": 2, f"sd.{key}": value})
-        again = H.study.sd.train_lora(other, H.study.sd.load_pipeline(other, source=source))
+        again = H.study.models.sd.train_lora(other, H.study.models.sd.load_pipeline(other, source=source))
         assert again["reused"] and again["steps"] == 2 and again["lora_path"] == first["lora_path"], key
     longer = H.load_config("smoke", {"sd.max_steps": 3})
-    more = H.study.sd.train_lora(longer, H.study.sd.load_pipeline(longer, source=source))
+    more = H.study.models.sd.train_lora(longer, H.study.models.sd.load_pipeline(longer, source=source))
     assert more["resumed_from"] == 2 and more["steps"] == 3 and more["lora_path"] == first["lora_path"]
     # a run that changes the trajectory gets its own folder; the finished one is kept
     new = H.load_config("smoke", {"sd.max_steps": 1, "sd.lr": 5e-4})
-    other_run = H.study.sd.train_lora(new, H.study.sd.load_pipeline(new, source=source))
+    other_run = H.study.models.sd.train_lora(new, H.study.models.sd.load_pipeline(new, source=source))
     assert other_run["resumed_from"] == 0 and other_run["lora_path"] != first["lora_path"]
-    assert (run_dir / H.study.sd.LORA_WEIGHTS).is_file() and (run_dir / "last.pt").is_file()
+    assert (run_dir / H.study.models.sd.LORA_WEIGHTS).is_file() and (run_dir / "last.pt").is_file()
 
 
 def test_a_checkpoint_of_another_adapter_is_refused_by_name(sd_root, prepared):
@@ -339,15 +341,16 @@ def test_a_checkpoint_of_another_adapter_is_refused_by_name(sd_root, prepared):
 
     cfg, _ = prepared
     cfg.sd.max_steps = 1
-    source = H.study.sd.resolve_source(cfg, sd_root)
-    H.study.sd.train_lora(cfg, H.study.sd.load_pipeline(cfg, source=source))
-    caps = H.study.captions.make_captions(cfg)["captions"]
+    source = H.study.models.sd.resolve_source(cfg, sd_root)
+    H.study.models.sd.train_lora(cfg, H.study.models.sd.load_pipeline(cfg, source=source))
+    caps = H.study.data.captions.make_captions(cfg)["captions"]
     wider = H.load_config("smoke", {"sd.max_steps": 1, "sd.lora.r": 8})
-    target = H.study.sd.lora_run_dir(wider, source, caps)
+    target = H.study.models.sd.lora_run_dir(wider, source, caps)
     target.mkdir(parents=True)
-    shutil.copy(H.study.sd.lora_run_dir(cfg, source, caps) / "last.pt", target / "last.pt")
-    with pytest.raises(H.study.training.CheckpointMismatchError, match=f"{target.name}/last.pt does not match.*shape"):
-        H.study.sd.train_lora(wider, H.study.sd.load_pipeline(wider, source=source))
+    shutil.copy(H.study.models.sd.lora_run_dir(cfg, source, caps) / "last.pt", target / "last.pt")
+    with pytest.raises(H.study.models.training.CheckpointMismatchError,
+                       match=f"{target.name}/last.pt does not match.*shape"):
+        H.study.models.sd.train_lora(wider, H.study.models.sd.load_pipeline(wider, source=source))
 
 
 def test_lora_training_refuses_fallback_captions_unless_opted_in(sd_root, prepared):
@@ -355,12 +358,12 @@ def test_lora_training_refuses_fallback_captions_unless_opted_in(sd_root, prepar
     cfg, _ = prepared
     cfg.sd.max_steps = 1
     cfg.captions.allow_fallback_for_lora = False
-    pipe = H.study.sd.load_pipeline(cfg, source=H.study.sd.resolve_source(cfg, sd_root))
-    with pytest.raises(H.study.captions.CaptionsError, match="LoRA training refused.*fallback"):
-        H.study.sd.train_lora(cfg, pipe)
+    pipe = H.study.models.sd.load_pipeline(cfg, source=H.study.models.sd.resolve_source(cfg, sd_root))
+    with pytest.raises(H.study.data.captions.CaptionsError, match="LoRA training refused.*fallback"):
+        H.study.models.sd.train_lora(cfg, pipe)
     assert not list((H.study.files.paths(cfg).models / "sd_lora").glob("ckpt-*/last.pt"))
     cfg.captions.allow_fallback_for_lora = True
-    stats = H.study.sd.train_lora(cfg, pipe)
+    stats = H.study.models.sd.train_lora(cfg, pipe)
     assert stats["steps"] == 1 and "fallback prompt" in stats["captions_status"]
 
 
@@ -377,7 +380,7 @@ def test_a_re_attached_adapter_replaces_the_old_one(sd_root):
     lora_B = [p for n, p in pipe.unet.named_parameters() if ".lora_B." in n]
     assert lora_B and all(bool((b == 0).all()) for b in lora_B)
     assert again["trainable_params"] == first["trainable_params"] and list(pipe.unet.peft_config) == ["default"]
-    variant = H.study.peft_variants.variants(cfg)[0]
+    variant = H.study.models.peft_variants.variants(cfg)[0]
     H.course.peft_variants.attach_adapter(pipe, variant)
     H.course.peft_variants.attach_adapter(pipe, variant)
     assert list(pipe.unet.peft_config) == ["default"] and pipe.unet.peft_config["default"].r == variant["r"]

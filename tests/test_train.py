@@ -28,7 +28,8 @@ def _run(ckpt, stop=None):
     model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Dropout(0.2), torch.nn.Linear(4, 1))
     model[0].bias.requires_grad_(False)
     frozen = model[0].bias.detach().clone()
-    result = H.study.training.train(model, loss_fn, Numbers(), SPEC, ckpt, 0, torch.device("cpu"), max_steps=stop)
+    result = H.study.models.training.train(model, loss_fn, Numbers(), SPEC, ckpt, 0, torch.device("cpu"),
+                                           max_steps=stop)
     return model, result, frozen
 
 
@@ -52,7 +53,7 @@ def test_a_second_training_with_another_precision_in_the_same_process(tmp_path):
     from accelerate.state import AcceleratorState
 
     _run(tmp_path / "a")                                     # fp32 first ...
-    H.study.training.make_accelerator("bf16", cpu=True)               # ... then a bf16 one in the same process ...
+    H.study.models.training.make_accelerator("bf16", cpu=True)  # ... then a bf16 one in the same process ...
     assert AcceleratorState().mixed_precision == "bf16"
     _, result, _ = _run(tmp_path / "b")                     # ... then fp32 again
     assert result.steps == 15 and AcceleratorState().mixed_precision == "no"
@@ -66,7 +67,7 @@ def test_images_per_second_counts_the_real_batch(tmp_path):
 
     model = torch.nn.Linear(4, 1)
     spec = Config({**SPEC, "checkpoint_every": None, "num_epochs": 2})
-    r = H.study.training.train(model, lambda m, b, g: m(b["x"]).pow(2).mean(), Three(), spec, tmp_path, 0,
+    r = H.study.models.training.train(model, lambda m, b, g: m(b["x"]).pow(2).mean(), Three(), spec, tmp_path, 0,
                                torch.device("cpu"))
     assert r.steps == 2
     assert abs(r.images_per_s * r.seconds - 6) < 1e-6
@@ -82,8 +83,8 @@ def test_a_foreign_or_mismatched_checkpoint_is_refused_by_name(tmp_path):
 
     # 1. another architecture: the trainable keys/shapes differ -> refused, nothing half-loaded
     other = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Linear(8, 1))
-    with pytest.raises(H.study.training.CheckpointMismatchError, match=r"last\.pt does not match.*missing"):
-        H.study.training.train(other, loss_fn, Numbers(), SPEC, tmp_path / "a", 0, torch.device("cpu"))
+    with pytest.raises(H.study.models.training.CheckpointMismatchError, match=r"last\.pt does not match.*missing"):
+        H.study.models.training.train(other, loss_fn, Numbers(), SPEC, tmp_path / "a", 0, torch.device("cpu"))
     # 2. a planted pickle that would run code under weights_only=False -> refused, the code never runs
     planted = tmp_path / "p"
     planted.mkdir()
@@ -95,14 +96,14 @@ def test_a_foreign_or_mismatched_checkpoint_is_refused_by_name(tmp_path):
 
     with open(planted / "last.pt", "wb") as f:
         pickle.dump({"model": Evil(), "optimizer": {}, "step": 1, "history": []}, f)
-    with pytest.raises(H.study.training.CheckpointMismatchError, match=r"last\.pt cannot be loaded safely"):
+    with pytest.raises(H.study.models.training.CheckpointMismatchError, match=r"last\.pt cannot be loaded safely"):
         _run(planted)
     assert not marker.exists()
     # 3. a torch file of something else (a bare state dict) -> refused as not a training checkpoint
     bare = tmp_path / "b"
     bare.mkdir()
     torch.save({"weight": torch.zeros(2)}, bare / "last.pt")
-    with pytest.raises(H.study.training.CheckpointMismatchError, match="not a study training checkpoint"):
+    with pytest.raises(H.study.models.training.CheckpointMismatchError, match="not a study training checkpoint"):
         _run(bare)
     # 4. the real one still resumes
     _, result, _ = _run(tmp_path / "a")
@@ -112,7 +113,7 @@ def test_a_foreign_or_mismatched_checkpoint_is_refused_by_name(tmp_path):
 def test_loader_workers_are_capped_at_the_usable_cpus(monkeypatch):
     import os
 
-    from helpers.study.training import loader_workers
+    from helpers.study.models.training import loader_workers
 
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
     assert [loader_workers(n) for n in (0, 1, 2, 4, 16)] == [0, 1, 2, 2, 2]
@@ -133,7 +134,7 @@ def _cell(source: str, **names):
 
 
 def test_an_edited_loss_changes_the_run_fingerprint_the_same_code_keeps_it():
-    fp = H.study.training.code_fingerprint
+    fp = H.study.models.training.code_fingerprint
     original, same, edited = _cell(LOSS_SOURCE.format(edit="")), _cell(LOSS_SOURCE.format(edit="")), \
         _cell(LOSS_SOURCE.format(edit=" * 2"))
     assert fp(original) == fp(same) and fp(original) != fp(edited)
@@ -144,8 +145,8 @@ def test_an_edited_loss_changes_the_run_fingerprint_the_same_code_keeps_it():
     step = H.course.ddpm_inpainting.training_step
     assert fp(original, step) != fp(edited, step) and fp(original, step) != fp(original)
     cfg = H.load_config("smoke")
-    folder = lambda f: H.study.ddpm.checkpoint_dir(cfg, H.study.files.paths(cfg),
-                                                   H.study.training.code_hashes(loss_fn=f, step_fn=step))
+    folder = lambda f: H.study.models.ddpm.checkpoint_dir(cfg, H.study.files.paths(cfg),
+                                                   H.study.models.training.code_hashes(loss_fn=f, step_fn=step))
     assert folder(original) == folder(same) != folder(edited)
 
 
@@ -156,7 +157,7 @@ def test_the_fingerprint_follows_the_course_and_notebook_functions_a_function_ca
 
     import helpers.course.ddpm_inpainting as course
 
-    fp = H.study.training.code_fingerprint
+    fp = H.study.models.training.code_fingerprint
     via_global = _cell("def loss(model, batch, g):\n    return inpainting_loss(model, batch, g, None, 1.0, 0.05)\n",
                        inpainting_loss=course.inpainting_loss)
     via_partial = partial(course.inpainting_loss, lambda_mask=1.0, lambda_context=0.05)
@@ -173,10 +174,10 @@ def test_the_fingerprint_follows_the_course_and_notebook_functions_a_function_ca
 
 
 def test_a_reused_or_new_run_says_which_and_why(tmp_path, capsys):
-    announce = H.study.training.announce_run
+    announce = H.study.models.training.announce_run
     first = tmp_path / "ckpt_a"
     assert "new run in" in announce(first, "settings", {"loss_fn": "1", "step_fn": "2"})
-    (first / H.study.training.CHECKPOINT).write_bytes(b"")
+    (first / H.study.models.training.CHECKPOINT).write_bytes(b"")
     assert announce(first, "settings", {"loss_fn": "1", "step_fn": "2"}).startswith(
         f"reusing the run in {tmp_path.name}/ckpt_a: same settings and same code")
     note = announce(tmp_path / "ckpt_b", "settings", {"loss_fn": "3", "step_fn": "2"})

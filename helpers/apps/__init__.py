@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from helpers.course import lazy_submodules
 
-_MODULES = ("demo", "votes")
+_MODULES = ("demo", "demo_ui", "votes")
 
 __all__ = list(_MODULES)
 

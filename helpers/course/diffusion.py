@@ -170,7 +170,7 @@ def train_with_checkpoints(run, next_batch: Callable, checkpoints_s: list, evalu
                            loss_fn: Callable, step_fn: Callable) -> list[dict]:
     """Train ``run.model`` with ``loss_fn`` and ``step_fn`` (notebook 03's ``inpainting_loss`` and ``training_step``)
     until ``run.done()``; ``evaluate(run)`` at each checkpoint (training seconds) and at the end.
-    ``run``: helpers.study.digits.DigitsRun."""
+    ``run``: helpers.study.models.digits.DigitsRun."""
     d, history, pending = run.cfg, [], sorted(checkpoints_s)
     batch_loss = lambda model, batch, g: loss_fn(model, batch, g, run.alphas_cumprod,  # noqa: E731
                                                  d.lambda_mask, d.lambda_context)

@@ -31,7 +31,7 @@ Other sizes scale every length (stroke length and width, box side and margin) by
 at least 1 px. ``min_hole`` / ``max_hole`` bound the hole fraction by redrawing the whole mask.
 Everything is drawn from a ``numpy.random.Generator``: one seed gives one mask. Taught in notebook 01
 (the drawing functions as code cells); reading and validating mask files is the study's
-(:mod:`helpers.study.masks`).
+(:mod:`helpers.study.data.masks`).
 """
 from __future__ import annotations
 

@@ -24,7 +24,7 @@ import torch
 
 def adapter_config(variant: dict):
     """The peft config of one variant: ``variant`` is an entry of ``ablation.variants`` of the preset
-    with its ``target_modules`` and ``dropout`` filled in (:func:`helpers.study.peft_variants.resolve`)."""
+    with its ``target_modules`` and ``dropout`` filled in (:func:`helpers.study.models.peft_variants.resolve`)."""
     from peft import LoHaConfig, LoKrConfig, LoraConfig, OFTConfig
 
     v, targets = variant, list(variant["target_modules"])

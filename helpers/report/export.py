@@ -20,302 +20,24 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import os
-import platform
 import re
-import subprocess
 import sys
 import time
-from collections.abc import Sequence
-from importlib import metadata
 from pathlib import Path
 
-from helpers.study.config import ROOT, Config, add_set_argument, load_config, parse_overrides
-from helpers.study.files import paths, save_json, shown_path, shown_paths
-
-NOTEBOOK_DIR = ROOT / "notebooks"
-
-
-HIDDEN_TAGS = {"parameters", "injected-parameters"}
-
-
-PACKAGES = ("torch", "torchvision", "diffusers", "transformers", "peft", "accelerate", "torchmetrics",
-            "torch-fidelity", "lpips", "scikit-image", "opencv-python-headless", "numpy", "papermill",
-            "nbconvert")
-
-
-# ---------------------------------------------------------------- text fit to publish
-def public_text(text, roots: Sequence[Path] = ()) -> str:
-    """``text`` without this machine's paths: a path inside the project (or one of ``roots``)
-    becomes relative to it, a file inside an installed package is named by its package, the home
-    folder becomes ``~``. Exported slides and reports carry no machine's paths or user names."""
-    import sysconfig
-
-    if not isinstance(text, str):
-        return "" if text is None or (text != text) else str(text)
-    site = {sysconfig.get_paths()[k] for k in ("purelib", "platlib")}
-    site |= {p for p in sys.path if p.rstrip("/").endswith("site-packages")}
-    for d in sorted(site, key=len, reverse=True):
-        text = text.replace(d.rstrip("/") + "/", "package ")
-    bases = [Path(r) for r in roots] + [ROOT]
-    if os.environ.get("INPAINT_ROOT"):
-        bases.append(Path(os.environ["INPAINT_ROOT"]))
-    for base in sorted({str(b.resolve()).rstrip("/") for b in bases}, key=len, reverse=True):
-        text = re.sub(re.escape(base) + r"/?", "", text)
-    # outputs written from another checkout (a moved or copied project): cut at its reports/ or data/
-    text = re.sub(r"(?:/[^\s/;,()]+)+/(?=(?:reports|data)/)", "", text)
-    home = str(Path.home()).rstrip("/")
-    if len(home) > 1:
-        text = text.replace(home + "/", "~/").replace(home, "~")
-    return text
-
-
-def first_sentence(text: str) -> str:
-    """The statement of a reason without the instructions after it."""
-    text = (text or "").strip()
-    cut = text.find(". ")
-    return (text[:cut] if cut > 0 else text).rstrip(".")
-
-
-class NotebookFailed(RuntimeError):
-    """A notebook of the series raised: carries the notebook, the cell and the error."""
-
-
-# Notebooks that serve an interactive app and never run unattended (papermill would start a server
-# that nobody uses): 07_demo opens the Gradio demo (helpers.apps.demo); `make demo` serves the same app.
-INTERACTIVE = ("07_demo",)
-
-
-def list_notebooks(notebook_dir: Path = NOTEBOOK_DIR) -> list[Path]:
-    """The series, in order: notebooks/NN_*.ipynb sorted by name, without the INTERACTIVE ones."""
-    nbs = sorted(p for p in Path(notebook_dir).glob("[0-9][0-9]_*.ipynb") if p.stem not in INTERACTIVE)
-    if not nbs:
-        raise FileNotFoundError(f"no notebooks NN_*.ipynb in {notebook_dir}")
-    return nbs
-
-
-def _match(nbs: list[Path], key: str) -> int:
-    """Index of the notebook named by ``key``: its number ("03"), its stem, or a unique substring."""
-    hits = [i for i, p in enumerate(nbs) if p.stem == key or p.stem.split("_", 1)[0] == key.zfill(2)]
-    hits = hits or [i for i, p in enumerate(nbs) if key in p.stem]
-    if len(hits) != 1:
-        raise ValueError(f"{key!r} names {'no' if not hits else 'several'} notebooks; "
-                         f"choose from {[p.stem for p in nbs]}")
-    return hits[0]
-
-
-def select(nbs: list[Path], only: str | None = None, start: str | None = None) -> list[Path]:
-    if only and start:
-        raise ValueError("give --only or --from, not both")
-    if only:
-        return [nbs[_match(nbs, only)]]
-    if start:
-        return nbs[_match(nbs, start):]
-    return nbs
-
-
-def manifest_base(cfg) -> dict:
-    """What reproduces a run: preset and config, seeds, versions, git commit, device."""
-    def version(pkg: str) -> str | None:
-        try:
-            return metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            return None
-
-    def git(*args: str) -> str | None:
-        try:
-            return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=10,
-                                  check=True).stdout.strip()
-        except Exception:
-            return None
-
-    import torch
-    device = {"cuda": torch.cuda.is_available(), "cpu": platform.processor() or platform.machine(),
-              "cpu_count": os.cpu_count()}
-    if torch.cuda.is_available():
-        device["gpu"] = torch.cuda.get_device_name(0)
-        device["gpu_count"] = torch.cuda.device_count()
-    return {"preset": cfg.preset, "config": cfg.to_dict(), "seeds": {"seed": cfg.seed},
-            "packages": {p: version(p) for p in PACKAGES}, "python": sys.version.split()[0],
-            "platform": platform.platform(),
-            "git": {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain"))},
-            "device": device, "started": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            "notebooks": []}
-
-
-def _kernel_env() -> None:
-    """Kernels start with this interpreter: put its bin folder first on PATH."""
-    os.environ["INPAINT_TEXT_PROGRESS"] = "1"      # progress bars as text: they land in the logs
-    # kernels import the helpers of the checkout that runs them (not another editable install)
-    parts = [str(ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p != str(ROOT)]
-    os.environ["PYTHONPATH"] = os.pathsep.join(parts)
-    bindir = str(Path(sys.executable).parent)
-    if not os.environ.get("PATH", "").startswith(bindir):
-        os.environ["PATH"] = bindir + os.pathsep + os.environ.get("PATH", "")
-
-
-def ipc_kernel_manager():
-    """The kernel manager of the runner: the kernel talks to it over local IPC sockets, not TCP (no
-    port opened on the machine, and ipykernel's "running over TCP without encryption" warning, once
-    per notebook on the terminal, has nothing to warn about)."""
-    from jupyter_client.manager import AsyncKernelManager
-
-    class IPCKernelManager(AsyncKernelManager):
-        transport = "ipc"
-
-    return IPCKernelManager
-
-
-def shown_papermill_paths(path: Path) -> None:
-    """papermill records the notebook's input and output paths in its metadata: shown as
-    :func:`helpers.study.files.shown_path` shows them, so an executed notebook names no machine path."""
-    import nbformat
-
-    nb = nbformat.read(path, as_version=4)
-    meta = nb.metadata.get("papermill", {})
-    for key in ("input_path", "output_path"):
-        if meta.get(key):
-            meta[key] = shown_path(meta[key])
-    nbformat.write(nb, path)
-
-
-def run_notebook(src: Path, dst: Path, log_path: Path, preset: str, overrides: dict | None) -> None:
-    import papermill as pm
-    from papermill.exceptions import PapermillExecutionError
-
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "w") as log:
-        try:
-            pm.execute_notebook(str(src), str(dst), parameters={"preset": preset, "overrides": overrides or {}},
-                                kernel_name="python3", progress_bar=False, stdout_file=log, stderr_file=log,
-                                cwd=str(src.parent), request_save_on_cell_execute=True,
-                                kernel_manager_class=ipc_kernel_manager())
-        except PapermillExecutionError as e:
-            shown_papermill_paths(dst)
-            cell_src = (e.source or "").strip().splitlines()
-            first = cell_src[0] if cell_src else ""
-            raise NotebookFailed(
-                f"notebook {src.name} failed in cell {e.cell_index} (execution count {e.exec_count}, "
-                f"starting {first!r}): {e.ename}: {e.evalue}\n"
-                f"  executed notebook with the traceback: {dst}\n  cell output log: {log_path}") from None
-    shown_papermill_paths(dst)
-
-
-# ---------------------------------------------------------------- presenting without a network
-# The slides and the report load reveal.js, require.js, jQuery and MathJax. By default they come
-# from files that pip packages of the normal install ship (requirements-nodeps.txt installs the
-# first two with --no-deps, only for these files), copied into reports/<preset>/slides_js/ beside
-# the exported HTML: the folder can be zipped and presented anywhere, with no network.
-#   reveal.js 5.2 (MIT)   <- sphinx-revealjs (Apache-2.0): sphinx_revealjs/_static/revealjs
-#   require.js 2.3 (MIT), jQuery (MIT) <- nbclassic (BSD-3-Clause): nbclassic/static/components
-#   MathJax 2.7 (Apache-2.0) <- jupyter-server-mathjax (BSD-3-Clause): jupyter_server_mathjax/static
-# `make slides-offline` (npm) fills data/cache/slides_js with the same layout: used for any piece
-# the packages do not provide. CDNs only when asked for (``--cdn``).
-PACKAGED = {  # name in slides_js/ -> (package, path inside it)
-    "reveal.js": ("sphinx_revealjs", "_static/revealjs"),
-    "require.js": ("nbclassic", "static/components/requirejs/require.js"),
-    "jquery.min.js": ("nbclassic", "static/components/jquery/jquery.min.js"),
-    "mathjax": ("jupyter_server_mathjax", "static"),
-}
-
-
-REVEAL_PARTS = ("dist/reveal.js", "dist/reveal.css", "dist/theme", "plugin/notes", "LICENSE")
-
-
-SLIDE_ASSETS = {"reveal.js": "reveal_url_prefix", "require.js": "require_js_url", "jquery.min.js": "jquery_url"}
-
-
-MATHJAX = "mathjax/MathJax.js"
-
-
-# MathJax's own configuration file for these slides: jupyter-server-mathjax ships only the STIX-Web
-# fonts of the HTML-CSS output (no TeX fonts, no image fonts), so MathJax is told to use them.
-MATHJAX_LOCAL_CONFIG = "course"
-
-
-MATHJAX_LOCAL = """MathJax.Hub.Config({"HTML-CSS": {availableFonts: [], preferredFont: null, webFont: "STIX-Web",
-  imageFont: null, linebreaks: {automatic: true}}});
-MathJax.Ajax.loadComplete("[MathJax]/config/%s.js");
-""" % MATHJAX_LOCAL_CONFIG  # noqa: UP031 (a JavaScript template: braces would need escaping in a format string)
-
-
-SLIDE_SIZE = (1280, 720)     # the slide's logical size; reveal.js scales it to the screen
-
-
-class AssetsMissing(RuntimeError):
-    """A file the offline slides need is neither in an installed package nor in the npm cache."""
-
-
-def _package_dir(package: str) -> Path | None:
-    """Folder of an installed package, found without importing it."""
-    from importlib.util import find_spec
-    try:
-        spec = find_spec(package)
-    except (ImportError, ValueError):
-        return None
-    locs = list(spec.submodule_search_locations or []) if spec else []
-    return Path(locs[0]) if locs else None
-
-
-def find_slide_assets(cache: Path) -> dict[str, Path]:
-    """Where each piece comes from: the installed package's copy, else the npm cache
-    (data/cache/slides_js). Raises :class:`AssetsMissing`, saying how to get what is missing."""
-    found, missing = {}, []
-    for name, (package, rel) in PACKAGED.items():
-        pkg = _package_dir(package)
-        candidates = ([pkg / rel] if pkg else []) + [Path(cache) / "slides_js" / name]
-        hit = next((c for c in candidates if c.exists()), None)
-        if hit is None:
-            missing.append(f"{name} (package {package})")
-        else:
-            found[name] = hit
-    if missing:
-        raise AssetsMissing(
-            "the offline slides need " + ", ".join(missing) + ": install them with "
-            "`pip install --no-deps -r requirements-nodeps.txt` (what `make venv` does), or fetch them "
-            "from npm with `make slides-offline`; or export with --cdn to load them from the internet")
-    return found
-
-
-def mathjax_config(mathjax_dir: Path) -> str:
-    """The MathJax combined configuration present in a copy (the packaged one or npm's)."""
-    for name in ("TeX-AMS-MML_HTMLorMML-full", "TeX-AMS_CHTML-full"):
-        if (mathjax_dir / "config" / f"{name}.js").is_file():
-            extra = f",{MATHJAX_LOCAL_CONFIG}" if (mathjax_dir / "fonts" / "HTML-CSS" / "STIX-Web").is_dir() else ""
-            return f"?config={name},Safe{extra}"
-    raise AssetsMissing(f"no MathJax configuration TeX-AMS-MML_HTMLorMML-full or TeX-AMS_CHTML-full in {mathjax_dir}")
-
-
-def copy_slide_assets(out_dir: Path, cache: Path) -> dict:
-    """Copy reveal.js, require.js, jQuery and MathJax into ``out_dir``/slides_js and return the
-    exporter settings that point at the copies (relative URLs: the folder moves as a whole)."""
-    import shutil
-
-    src = find_slide_assets(cache)
-    dst = Path(out_dir) / "slides_js"
-    dst.mkdir(parents=True, exist_ok=True)
-    for name, path in src.items():
-        target = dst / name
-        if path.is_file():
-            shutil.copy2(path, target)
-        elif name == "reveal.js":          # only what the deck loads: the dist files, themes, notes plugin
-            for part in REVEAL_PARTS:
-                p = path / part
-                if p.is_dir():
-                    shutil.copytree(p, target / part, dirs_exist_ok=True)
-                elif p.is_file():
-                    (target / part).parent.mkdir(parents=True, exist_ok=True)
-                    shutil.copy2(p, target / part)
-        else:                              # MathJax: everything but its 40 other interface languages
-            def ignore(folder, names):
-                return [n for n in names if Path(folder).name == "localization" and n != "en"]
-            shutil.copytree(path, target, ignore=ignore, dirs_exist_ok=True)
-    (dst / "mathjax" / "config" / f"{MATHJAX_LOCAL_CONFIG}.js").write_text(MATHJAX_LOCAL)
-    assets = {trait: f"slides_js/{name}" for name, trait in SLIDE_ASSETS.items()}
-    assets["mathjax_url"] = f"slides_js/{MATHJAX}{mathjax_config(dst / 'mathjax')}"
-    return assets
-
+from helpers.report.assets import SLIDE_SIZE, AssetsMissing, copy_slide_assets, find_slide_assets
+from helpers.report.series import (
+    HIDDEN_TAGS,
+    NOTEBOOK_DIR,
+    NotebookFailed,
+    kernel_env,
+    list_notebooks,
+    manifest_base,
+    run_notebook,
+    select,
+)
+from helpers.study.config import Config, add_set_argument, load_config, parse_overrides
+from helpers.study.files import paths, save_json, shown_paths
 
 # nbconvert's reveal template re-typesets a slide's formulas only on 'slidechanged', so a deck opened
 # directly on a formula slide (a #/N link, a reload) shows them half laid out. Also after 'ready',
@@ -409,7 +131,7 @@ def run(preset: str = "smoke", only: str | None = None, start: str | None = None
 
     cfg = cfg if cfg is not None else load_config(preset, overrides)
     P = paths(cfg)
-    _kernel_env()
+    kernel_env()
     nbs = select(list_notebooks(notebook_dir), only, start)
     will_export = do_export and nbs and nbs[-1] == list_notebooks(notebook_dir)[-1]
     if will_export and not cdn:

@@ -25,8 +25,16 @@ import torch
 from helpers.course.diffusion import alpha_bar, make_betas
 from helpers.report.tables import SHORT, metric_name
 from helpers.study.config import Config
-from helpers.study.data import composite, load_test_set, masked_image, read_predictions
-from helpers.study.evaluate import HIGHER_IS_BETTER, LABELS, PER_IMAGE, Evaluation, bucket_labels, find_predictions
+from helpers.study.data.dataset import composite, load_test_set, masked_image
+from helpers.study.data.predictions import read_predictions
+from helpers.study.evaluation.evaluate import (
+    HIGHER_IS_BETTER,
+    LABELS,
+    PER_IMAGE,
+    Evaluation,
+    bucket_labels,
+    find_predictions,
+)
 from helpers.study.files import to_uint8
 from helpers.study.methods import LINESTYLES, MARKERS, METHODS, SHORT_LABELS
 

@@ -13,7 +13,7 @@ stamp (the smoke preset's numbers are a pipeline check, not a result).
 
 Offline: MathJax 2.7 is copied from ``jupyter-server-mathjax`` (as for the slides), the theme's
 scripts and fonts come from its package, nothing loads from a network (``cdn=True``: MathJax
-from its CDN). No machine path: outputs pass through :func:`helpers.report.export.public_text`.
+from its CDN). No machine path: outputs pass through :func:`helpers.report.public.public_text`.
 The folder is self-contained: zip it and open ``index.html`` anywhere.
 """
 from __future__ import annotations
@@ -30,15 +30,9 @@ import time
 from pathlib import Path
 
 from helpers.report import published
-from helpers.report.export import (
-    INTERACTIVE,
-    MATHJAX_LOCAL,
-    MATHJAX_LOCAL_CONFIG,
-    NOTEBOOK_DIR,
-    find_slide_assets,
-    mathjax_config,
-    public_text,
-)
+from helpers.report.assets import MATHJAX_LOCAL, MATHJAX_LOCAL_CONFIG, find_slide_assets, mathjax_config
+from helpers.report.public import public_text
+from helpers.report.series import INTERACTIVE, NOTEBOOK_DIR
 from helpers.study.config import ROOT, load_config
 from helpers.study.files import paths
 

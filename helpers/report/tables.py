@@ -1,4 +1,4 @@
-"""What an :class:`helpers.study.evaluate.Evaluation` says, as tables for people: short labels,
+"""What an :class:`helpers.study.evaluation.evaluate.Evaluation` says, as tables for people: short labels,
 means with their CIs, the study's rows beside ours, runtime, the weights behind each method.
 Nothing here computes a score: every number comes from the evaluation (or, for the study and the
 published anchors, from :mod:`helpers.report.published`, labelled as such)."""
@@ -9,9 +9,9 @@ import math
 import pandas as pd
 
 from helpers.report import published
-from helpers.report.export import first_sentence, public_text
+from helpers.report.public import first_sentence, public_text
 from helpers.report.published import STUDY, STUDY_PROTOCOL, STUDY_SOURCE
-from helpers.study.evaluate import LABELS, Evaluation
+from helpers.study.evaluation.evaluate import LABELS, Evaluation
 from helpers.study.methods import short_label
 
 

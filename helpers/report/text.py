@@ -1,6 +1,6 @@
-"""What an :class:`helpers.study.evaluate.Evaluation` says, in words: how every number was measured,
+"""What an :class:`helpers.study.evaluation.evaluate.Evaluation` says, in words: how every number was measured,
 the statements that follow from the numbers (the decisions themselves are made by the statistics of
-:mod:`helpers.study.evaluate`; this module words them) and the limitations of a run.
+:mod:`helpers.study.evaluation.evaluate`; this module words them) and the limitations of a run.
 The equations and the prose of the course live in notebook 06's markdown."""
 from __future__ import annotations
 
@@ -9,12 +9,12 @@ from collections.abc import Sequence
 
 import pandas as pd
 
-from helpers.report.export import first_sentence, public_text
+from helpers.report.public import first_sentence, public_text
 from helpers.report.published import STUDY_CITATION, STUDY_PROTOCOL, STUDY_SOURCE
 from helpers.report.tables import DIGITS, fmt, metric_name, short_label
-from helpers.study import evaluate as E
 from helpers.study.config import Config
-from helpers.study.evaluate import Evaluation, ImageSet
+from helpers.study.evaluation import evaluate as E
+from helpers.study.evaluation.evaluate import Evaluation, ImageSet
 
 
 def set_metrics_note(ev: Evaluation) -> str:
@@ -114,7 +114,7 @@ def title_note(ev: Evaluation, cfg: Config) -> str:
 def equation_values(cfg: Config, sd_meta: dict) -> str:
     """The values of the symbols in notebook 06's two equations, as this run used them: the preset's
     settings, and the SD resolution and latent size of the pipeline that made the SD predictions
-    (their meta.json, :func:`helpers.study.data.read_meta`; "not recorded" without one)."""
+    (their meta.json, :func:`helpers.study.data.predictions.read_meta`; "not recorded" without one)."""
     d, s = cfg.ddpm, cfg.sd
     if sd_meta.get("latent_px"):
         size = (f"{sd_meta.get('sd_resolution', s.resolution)} px, latents {sd_meta['latent_px']} px "
@@ -159,7 +159,7 @@ def _unit(metric: str) -> str:
 
 
 def verdict_text(verdict: str, n: int) -> str:
-    """A :func:`helpers.study.evaluate.ci_verdict` in words, with the sample size when it is too small."""
+    """A :func:`helpers.study.evaluation.evaluate.ci_verdict` in words, with the sample size when it is too small."""
     if verdict == "too few":
         return f"too few images to conclude (n = {n} < {E.MIN_IMAGES_TO_CONCLUDE})"
     return {"resolved": "resolved (95 % CI excludes 0)", "not resolved": "not resolved at this n"}[verdict]
@@ -167,7 +167,7 @@ def verdict_text(verdict: str, n: int) -> str:
 
 def quality_statement(ev: Evaluation, metric: str, image_set: ImageSet) -> str | None:
     """One bullet: the best method on ``metric`` over ``image_set`` against the runner-up
-    (:func:`helpers.study.evaluate.best_on_set`)."""
+    (:func:`helpers.study.evaluation.evaluate.best_on_set`)."""
     r = E.best_on_set(ev, metric, image_set)
     if r is None:
         return None
@@ -181,7 +181,7 @@ def quality_statement(ev: Evaluation, metric: str, image_set: ImageSet) -> str |
 
 def subset_statement(ev: Evaluation, image_set: ImageSet) -> str:
     """A method run on a subset (RePaint) against its closest relative, over exactly that subset
-    (:func:`helpers.study.evaluate.subset_comparison`)."""
+    (:func:`helpers.study.evaluation.evaluate.subset_comparison`)."""
     r = E.subset_comparison(ev, image_set)
     if r is None:
         return f"* {image_set.name[0].upper() + image_set.name[1:]}: no other method has all of them."
@@ -241,7 +241,7 @@ def conclusion_sections(ev: Evaluation, cfg: Config) -> dict[str, list[str]]:
     * ``"context"``: the subset method (RePaint) on its own images, the study's ranking checked on
       the main set, KID, speed, methods not scored.
 
-    Nothing is copied from the study: every number is measured (by helpers.study.evaluate)."""
+    Nothing is copied from the study: every number is measured (by helpers.study.evaluation.evaluate)."""
     quality = [SMOKE_CONCLUSION] if cfg.preset == "smoke" else []
     if ev.per_image.empty:
         return {"quality": quality + ["* No method has predictions yet: nothing to conclude."],

@@ -1,11 +1,12 @@
-"""The reproducible run: presets, data, captions, models, the training loop, prediction, evaluation, the
-vote store of the preference study, CLI."""
+"""The reproducible run: its base at the top (presets: config, devices and logs: runtime, the run's
+folders: files, the method registry: methods and method_functions, the preference study's vote store:
+votes, the CLI: __main__) and one subpackage per role: data (ingestion, splits, masks, captions), models
+(the methods and their training), evaluation (prediction, cost, metrics, statistics)."""
 from __future__ import annotations
 
 from helpers.course import lazy_submodules
 
-_MODULES = ("config", "runtime", "files", "masks", "methods", "method_functions", "data", "captions", "ddpm", "sd",
-            "peft_variants", "training", "predict", "perf", "metrics", "evaluate", "digits", "votes")
+_MODULES = ("config", "runtime", "files", "methods", "method_functions", "votes", "data", "models", "evaluation")
 
 __all__ = list(_MODULES)
 

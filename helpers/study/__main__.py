@@ -24,8 +24,8 @@ def train(method: str, cfg, max_steps: int | None, variants: Sequence[str] | Non
     04 does, so that notebook 05, the demo and the deck find it)."""
     from accelerate import PartialState
 
-    from helpers.study import ddpm, sd
     from helpers.study.files import paths
+    from helpers.study.models import ddpm, sd
     from helpers.study.runtime import get_device
 
     # first use of Accelerate's state: without a GPU, processes started by `accelerate launch --multi_gpu`
@@ -38,7 +38,7 @@ def train(method: str, cfg, max_steps: int | None, variants: Sequence[str] | Non
         on_validate = ddpm.make_validator(cfg, P, unet, sched.alphas_cumprod, device)
         return ddpm.finetune(cfg, P, unet, sched, device, on_validate=on_validate, max_steps=max_steps)
     if method == "peft":
-        from helpers.study import peft_variants
+        from helpers.study.models import peft_variants
 
         return peft_variants.run_ablation(cfg, names=variants or None, max_steps=max_steps)
     return sd.train_lora(cfg, sd.load_pipeline(cfg), max_steps=max_steps)
@@ -62,7 +62,7 @@ def main(argv: Sequence[str] | None = None):
     if args.variant and args.method != "peft":
         ap.error("--variant is for `train peft` only")
     if args.variant:
-        from helpers.study.peft_variants import variants
+        from helpers.study.models.peft_variants import variants
 
         try:
             variants(cfg, args.variant)

@@ -22,7 +22,7 @@ def _hub_cached(repo_id: str, filename: str, cache: Path) -> bool:
 
 def ddpm_base_status(cfg: Config, P) -> tuple[bool, str]:
     """Is the unconditional DDPM (RePaint's) on disk? (ok, what it is or why not)."""
-    from helpers.study.ddpm import BASE_DIR, local_path
+    from helpers.study.models.ddpm import BASE_DIR, local_path
 
     pid = cfg.ddpm.pretrained_id
     if not pid:
@@ -41,7 +41,7 @@ def ddpm_base_status(cfg: Config, P) -> tuple[bool, str]:
 
 def sd_base_status(cfg: Config, P) -> tuple[bool, str]:
     """Is the preset's SD inpainting pipeline on disk? (ok, what it is or why not)."""
-    from helpers.study.sd import looks_local
+    from helpers.study.models.sd import looks_local
 
     if cfg.sd.tiny:
         return True, f"tiny random SD inpainting pipeline (seed {cfg.seed}, smoke), in {P.models / 'sd_base'}"
@@ -62,7 +62,7 @@ def _series(cfg: Config) -> str:
 
 
 def _get_sd(cfg: Config) -> tuple[str, str]:
-    from helpers.study.sd import HUB_ID
+    from helpers.study.models.sd import HUB_ID
 
     return (f"hf download {HUB_ID} --local-dir <folder>",
             f" on a machine with internet access, then set sd.pretrained_id: <folder> in configs/{cfg.preset}.yaml")
@@ -73,8 +73,8 @@ def telea_status(cfg: Config, P) -> MethodStatus:
 
 
 def finetuned_status(cfg: Config, P) -> MethodStatus:
-    """Written by notebook 03 / helpers.study.ddpm."""
-    from helpers.study.ddpm import finetuned_dir
+    """Written by notebook 03 / helpers.study.models.ddpm."""
+    from helpers.study.models.ddpm import finetuned_dir
 
     ft = finetuned_dir(cfg, P)
     if (ft / "config.json").is_file():
@@ -100,7 +100,7 @@ def zeroshot_status(cfg: Config, P) -> MethodStatus:
 
 def lora_status(cfg: Config, P) -> MethodStatus:
     """The preset's SD pipeline and the LoRA file of notebook 04."""
-    from helpers.study.sd import find_lora
+    from helpers.study.models.sd import find_lora
 
     ok, text = sd_base_status(cfg, P)
     if not ok:
@@ -117,7 +117,7 @@ def lora_status(cfg: Config, P) -> MethodStatus:
 def variant_status(cfg: Config, P, name: str) -> MethodStatus:
     """Available when the SD pipeline is and the variant's adapter file (the one its test-set
     predictions were made with) is on disk; otherwise the reason, never another adapter instead."""
-    from helpers.study import peft_variants as pv
+    from helpers.study.models import peft_variants as pv
 
     m = ABLATION_PREFIX + name
     ok, text = sd_base_status(cfg, P)
@@ -136,14 +136,14 @@ def variant_status(cfg: Config, P, name: str) -> MethodStatus:
 
 # ---------------------------------------------------------------- how each loads
 def ddpm_load(cfg: Config, P, device, root, finetuned: bool):
-    from helpers.study.ddpm import load_finetuned, load_noise_scheduler, load_unconditional_unet
+    from helpers.study.models.ddpm import load_finetuned, load_noise_scheduler, load_unconditional_unet
 
     unet = load_finetuned(cfg, P) if finetuned else load_unconditional_unet(cfg, P)
     return unet.to(device), load_noise_scheduler(cfg, P).alphas_cumprod
 
 
 def sd_load(cfg: Config, P, device, root, lora: bool):
-    from helpers.study.sd import find_lora, load_lora, load_pipeline
+    from helpers.study.models.sd import find_lora, load_lora, load_pipeline
 
     pipe = load_pipeline(cfg, device=device, root=root)
     return load_lora(pipe, find_lora(cfg, root)) if lora else pipe
@@ -151,7 +151,7 @@ def sd_load(cfg: Config, P, device, root, lora: bool):
 
 def variant_load(cfg: Config, P, device, root, name: str):
     """The study's pipeline + the variant's saved adapter."""
-    from helpers.study import peft_variants as pv
+    from helpers.study.models import peft_variants as pv
 
     (v,) = pv.variants(cfg, [name])
     pipe = pv.load_pipeline(cfg, v, root, device)
@@ -160,27 +160,27 @@ def variant_load(cfg: Config, P, device, root, name: str):
 
 # ---------------------------------------------------------------- how each samples (the request's steps)
 def telea_sample(cfg: Config, model, device, steps: int, guidance: float, prompt: str):
-    from helpers.study.predict import telea_inpaint
+    from helpers.study.evaluation.predict import telea_inpaint
 
     return lambda x, m, seeds, names: telea_inpaint(x, m, cfg.eval.telea_radius)
 
 
 def ddim_sample(cfg: Config, model, device, steps: int, guidance: float, prompt: str):
-    from helpers.study import ddpm
+    from helpers.study.models import ddpm
 
     cfg.ddpm.num_inference_steps = int(steps)
     return ddpm.ddim_sampler(cfg, *model, device)
 
 
 def repaint_sample(cfg: Config, model, device, steps: int, guidance: float, prompt: str):
-    from helpers.study import ddpm
+    from helpers.study.models import ddpm
 
     cfg.ddpm.repaint.num_inference_steps = int(steps)
     return ddpm.repaint_sampler(cfg, *model, device)
 
 
 def sd_sample(cfg: Config, model, device, steps: int, guidance: float, prompt: str):
-    from helpers.study import sd
+    from helpers.study.models import sd
 
     cfg.sd.num_inference_steps, cfg.sd.guidance_scale = int(steps), float(guidance)
     return lambda x, m, seeds, names: sd.predict(cfg, model, x, m, [prompt] * len(x), seeds, leave=False)

@@ -26,7 +26,8 @@ from functools import partial
 
 from helpers.study.config import Config
 
-ABLATION_PREFIX = "peft_"  # + a variant's name (ablation.variants): the PEFT ablation (helpers.study.peft_variants)
+# + a variant's name (ablation.variants): the PEFT ablation (helpers.study.models.peft_variants)
+ABLATION_PREFIX = "peft_"
 
 
 # ---------------------------------------------------------------- what a method is

@@ -31,6 +31,7 @@ from helpers.course.sd_inpainting import (
 )
 from helpers.study.config import Config
 from helpers.study.files import load_json, paths, save_json
+from helpers.study.models.training import announce_run, code_hashes, run_fingerprint
 from helpers.study.runtime import (
     SeededNoise,
     count_parameters,
@@ -39,7 +40,6 @@ from helpers.study.runtime import (
     progress,
     resolve_dtype,
 )
-from helpers.study.training import announce_run, code_hashes, run_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -400,7 +400,7 @@ def load_lora(pipe, path: Path, adapter_name: str = "sd_lora"):
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"LoRA weights {path} not found: "
-                                f"train them in notebook 04 (helpers.study.sd.train_lora)")
+                                f"train them in notebook 04 (helpers.study.models.sd.train_lora)")
     folder, name = (path.parent, path.name) if path.is_file() else (path, LORA_WEIGHTS)
     quiet_library_output()
     pipe.load_lora_weights(str(folder), weight_name=name, adapter_name=adapter_name)
@@ -433,8 +433,8 @@ TRAJECTORY_KEYS = ("pretrained_id", "tiny", "resolution", "lora", "batch_size", 
 def lora_run_dir(cfg: Config, source: str, captions: dict[str, str] | None = None, root: Path | None = None,
                  variant: dict | None = None, code: dict[str, str] | None = None) -> Path:
     """reports/<preset>/models/sd_lora/ckpt-<fingerprint>/: checkpoint, finished LoRA and stats of one run.
-    A PEFT ablation ``variant`` (helpers.study.peft_variants) runs in models/sd_peft/<name>/ckpt-<fingerprint>/,
-    the variant's settings in the fingerprint. ``code``: :func:`~helpers.study.training.code_hashes` of the
+    A PEFT ablation ``variant`` (helpers.study.models.peft_variants) runs in models/sd_peft/<name>/ckpt-<fingerprint>/,
+    the variant's settings in the fingerprint. ``code``: :func:`~helpers.study.models.training.code_hashes` of the
     attach, loss and step functions (default: the course's), so that edited code starts a new run."""
     folder = paths(cfg, root).models / "sd_lora"
     if variant is not None:
@@ -492,16 +492,16 @@ def train_lora(cfg: Config, pipe, captions: dict[str, str] | None = None, max_st
     train_stats.json): a finished run is reused, a longer one resumes. Without ``captions`` the cached
     ones are used (fallback captions refused unless ``captions.allow_fallback_for_lora``).
 
-    ``variant``: another PEFT method of the ablation (helpers.study.peft_variants.resolve): attached as
+    ``variant``: another PEFT method of the ablation (helpers.study.models.peft_variants.resolve): attached as
     ``attach_fn(pipe, variant)`` from ``cfg.seed``, saved as ``save_fn(unet, folder, is_main_process=...)``
     (the ablation passes its own, peft's state dict; default: :func:`save_lora`), its own run folder.
     Data, captions, prompt dropout, steps, learning rate and seed are the study's LoRA's."""
     from accelerate import PartialState
 
-    from helpers.study.captions import check_captions_for_lora, make_captions
-    from helpers.study.data import InpaintDataset, collate
-    from helpers.study.perf import set_attention
-    from helpers.study.training import finish_run, train
+    from helpers.study.data.captions import check_captions_for_lora, make_captions
+    from helpers.study.data.dataset import InpaintDataset, collate
+    from helpers.study.evaluation.perf import set_attention
+    from helpers.study.models.training import finish_run, train
 
     # 1. LoRA on the frozen U-Net; the speed switches that apply to training
     lo = cfg.sd.lora
@@ -551,7 +551,7 @@ def predict(cfg: Config, pipe, images: torch.Tensor, masks: torch.Tensor, prompt
     (or ``num_inference_steps``), guidance and sampler. Image ``i`` draws its noise from ``seeds[i]``
     (default: its index; the test set passes helpers.study.files.image_seeds of the names).
     ``leave=False``: a transient bar (a warm-up), silent in runner-executed notebooks."""
-    from helpers.study.perf import make_sampler, optimize_model, set_attention
+    from helpers.study.evaluation.perf import make_sampler, optimize_model, set_attention
 
     sd, device = cfg.sd, pipe.device
     seeds = list(range(len(images))) if seeds is None else list(seeds)
@@ -579,10 +579,10 @@ def predict_test_set(cfg: Config, pipe, method: str, train_stats: dict | None = 
                      limit: int | None = None, inpaint_fn: Callable = course.inpaint) -> dict:
     """Complete the frozen test set with ``pipe`` (its caption as the prompt) and save it as ``method``
     (``sd_zeroshot`` or ``sd_lora``) through the study's one prediction loop. Returns the meta."""
-    from helpers.study.captions import describe, make_captions
-    from helpers.study.data import load_test_set
-    from helpers.study.predict import method_meta
-    from helpers.study.predict import predict_test_set as predict_set
+    from helpers.study.data.captions import describe, make_captions
+    from helpers.study.data.dataset import load_test_set
+    from helpers.study.evaluation.predict import method_meta
+    from helpers.study.evaluation.predict import predict_test_set as predict_set
 
     caps = make_captions(cfg, root=root)
     prompt = lambda name: caps["captions"].get(name, cfg.captions.fallback_prompt)

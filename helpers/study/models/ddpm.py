@@ -17,10 +17,10 @@ import torch
 
 from helpers.course import ddpm_inpainting as course
 from helpers.study.config import ROOT, Config
+from helpers.study.evaluation.predict import method_meta, predict_test_set
 from helpers.study.files import Paths, save_pretrained_atomic
-from helpers.study.predict import method_meta, predict_test_set
+from helpers.study.models.training import announce_run, code_hashes, run_fingerprint
 from helpers.study.runtime import SeededNoise, count_parameters, image_seeds, release_memory, resolve_dtype
-from helpers.study.training import announce_run, code_hashes, run_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -192,7 +192,7 @@ TRAJECTORY_KEYS = ("pretrained_id", "tiny_config", "in_channels", "num_train_tim
 
 def checkpoint_dir(cfg: Config, P: Paths, code: dict[str, str] | None = None) -> Path:
     """P.models/ddpm_inpaint/ckpt_<fingerprint>: a changed setting, or changed code (``code``: the
-    :func:`~helpers.study.training.code_hashes` of the loss and step; default: the course's), starts
+    :func:`~helpers.study.models.training.code_hashes` of the loss and step; default: the course's), starts
     a new run, never resumes a checkpoint of a different one."""
     code = code or code_hashes(loss_fn=course.inpainting_loss, step_fn=course.training_step)
     return P.models / FINETUNED_DIR / f"ckpt_{run_fingerprint(cfg, 'ddpm', TRAJECTORY_KEYS, code=code)}"
@@ -210,7 +210,7 @@ def make_validator(cfg: Config, P: Paths, unet, alphas_cumprod: torch.Tensor, de
     helpers.report.figures.image_grid), or without one as plain tiles (:func:`save_tiles`)."""
     from accelerate import PartialState
 
-    from helpers.study.data import InpaintDataset, collate
+    from helpers.study.data.dataset import InpaintDataset, collate
 
     ds = InpaintDataset(cfg, "val")
     batch = collate([ds[i] for i in range(min(len(ds), 4))])
@@ -247,13 +247,13 @@ def finetune(cfg: Config, P: Paths, unet, noise_scheduler, device: torch.device,
     """Fine-tune the 7-channel U-Net: ``loss_fn`` (the hole-weighted eps-loss) and ``step_fn`` (one
     training step) in the study's loop (AdamW, clipping, mixed precision, checkpoints, exact resume);
     save it to P.models/ddpm_inpaint/unet and return the run's statistics. A finished run of the same
-    settings and the same code (:func:`~helpers.study.training.code_fingerprint`) is loaded, not trained
+    settings and the same code (:func:`~helpers.study.models.training.code_fingerprint`) is loaded, not trained
     again; an edited ``loss_fn`` or ``step_fn`` trains anew in its own folder (the printed line says which)."""
     from accelerate import PartialState
 
-    from helpers.study.data import InpaintDataset, collate
-    from helpers.study.perf import set_attention
-    from helpers.study.training import finish_run, train
+    from helpers.study.data.dataset import InpaintDataset, collate
+    from helpers.study.evaluation.perf import set_attention
+    from helpers.study.models.training import finish_run, train
 
     # 1. data, the loss with the preset's weights, speed switches (no torch.compile: checkpoints need plain names)
     d = cfg.ddpm

@@ -20,7 +20,8 @@ from pathlib import Path
 import torch
 
 from helpers.study.config import Config
-from helpers.study.data import SPLITS, hub_unreachable_reason, load_index
+from helpers.study.data.sources import hub_unreachable_reason
+from helpers.study.data.splits import SPLITS, load_index
 from helpers.study.files import load_json, load_png, paths, save_json, to_uint8
 from helpers.study.runtime import get_device, progress
 

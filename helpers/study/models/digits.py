@@ -90,7 +90,7 @@ def wilson_ci(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
 
 def score(pred: torch.Tensor, data: dict, classifier, n_boot: int, seed: int = 0) -> dict:
     """Digit accuracy (Wilson 95 %) and mean hole PSNR (bootstrap 95 %) of completions of the test digits."""
-    from helpers.study.metrics import bootstrap_ci
+    from helpers.study.evaluation.metrics import bootstrap_ci
 
     correct = classifier.predict(pred.reshape(len(pred), -1).numpy()) == data["label"].numpy()
     acc_lo, acc_hi = wilson_ci(int(correct.sum()), len(correct))
@@ -101,7 +101,7 @@ def score(pred: torch.Tensor, data: dict, classifier, n_boot: int, seed: int = 0
 
 def telea_1ch(x_masked: torch.Tensor, mask: torch.Tensor, radius: int) -> torch.Tensor:
     """OpenCV Telea on 1-channel images (the channel repeated 3 times); the known pixels kept exactly."""
-    from helpers.study.predict import telea_inpaint
+    from helpers.study.evaluation.predict import telea_inpaint
 
     filled = telea_inpaint(x_masked.repeat(1, 3, 1, 1), mask, radius)[:, :1]
     return mask * filled + (1 - mask) * x_masked

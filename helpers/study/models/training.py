@@ -100,7 +100,7 @@ def load_checkpoint(path: Path, model: torch.nn.Module) -> dict:
     except Exception as e:   # UnpicklingError for foreign objects, RuntimeError/EOFError for broken files
         raise CheckpointMismatchError(
             f"checkpoint {path} cannot be loaded safely (weights_only=True: {type(e).__name__}: {e}). "
-            f"It was not written by helpers.study.training, or is damaged: "
+            f"It was not written by helpers.study.models.training, or is damaged: "
             f"move it away to start this run afresh.") from e
     if not isinstance(state, dict) or not {"model", "optimizer", "step", "history"} <= set(state):
         keys = sorted(state) if isinstance(state, dict) else type(state).__name__

@@ -59,7 +59,8 @@ def predict_test_set(cfg: Config, method: str, fn: Callable, batch_size: int, de
                      desc: str | None = None) -> tuple[torch.Tensor, dict, dict]:
     """Complete the frozen test set (its first ``max_images``) with ``fn`` and write it as ``method``.
     ``meta`` is :func:`method_meta` without the timing (filled in here). Returns (predictions, test set, meta)."""
-    from helpers.study.data import composite, load_test_set, write_predictions
+    from helpers.study.data.dataset import composite, load_test_set
+    from helpers.study.data.predictions import write_predictions
 
     test = load_test_set(cfg, root)
     n_all = len(test["name"])

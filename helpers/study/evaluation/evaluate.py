@@ -31,10 +31,10 @@ import torch
 
 from helpers.course.metrics import pixel_scores, to_levels
 from helpers.study.config import Config
-from helpers.study.data import composite, load_index, load_test_set, read_predictions
-from helpers.study.files import load_json, paths, save_json, shown_paths
-from helpers.study.methods import METHODS, SHORT_LABELS, method_label, notebook_of
-from helpers.study.metrics import (
+from helpers.study.data.dataset import composite, load_test_set
+from helpers.study.data.predictions import read_predictions
+from helpers.study.data.splits import load_index
+from helpers.study.evaluation.metrics import (
     bootstrap_ci,
     fid_from_features,
     inception_features,
@@ -42,6 +42,8 @@ from helpers.study.metrics import (
     load_inception,
     load_lpips,
 )
+from helpers.study.files import load_json, paths, save_json, shown_paths
+from helpers.study.methods import METHODS, SHORT_LABELS, method_label, notebook_of
 from helpers.study.runtime import get_device, progress
 
 # ---------------------------------------------------------------- names shared by every table
@@ -82,11 +84,11 @@ class Evaluation:
 
 # ---------------------------------------------------------------- the classical baseline
 def run_telea(cfg: Config, radius: int | None = None, root: Path | None = None, force: bool = False) -> Path:
-    """OpenCV Telea (:func:`helpers.study.predict.telea_inpaint`, classical, non-learned) on the frozen
+    """OpenCV Telea (:func:`helpers.study.evaluation.predict.telea_inpaint`, classical, non-learned) on the frozen
     test set, saved as method ``telea``. Skipped when every test image already has one (``force`` re-runs)."""
     import cv2
 
-    from helpers.study.predict import method_meta, predict_test_set, telea_inpaint
+    from helpers.study.evaluation.predict import method_meta, predict_test_set, telea_inpaint
 
     P = paths(cfg, root)
     out = P.predictions("telea")

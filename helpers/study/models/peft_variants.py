@@ -3,13 +3,13 @@
 experiment. The adapters are taught in notebook 04 and built by :mod:`helpers.course.peft_variants`.
 
 * The variants are ``ablation.variants`` of the preset; every one trains through
-  :func:`helpers.study.sd.train_lora` (same data, captions, prompt dropout, batch, learning rate,
+  :func:`helpers.study.models.sd.train_lora` (same data, captions, prompt dropout, batch, learning rate,
   steps and seed as the study's LoRA) in its own resumable run folder
   ``reports/<preset>/models/sd_peft/<name>/ckpt-<fingerprint>/`` holding peft's state dict
   (``adapter_model.safetensors``) and the variant (``adapter_config.json``).
 * Its test-set predictions are the method ``peft_<name>`` (``reports/<preset>/predictions/``),
   written by the study's one prediction loop and scored by the study's evaluation
-  (:func:`helpers.study.evaluate.evaluate_all`), with paired bootstrap CIs against
+  (:func:`helpers.study.evaluation.evaluate.evaluate_all`), with paired bootstrap CIs against
   ``ablation.reference`` (the study's LoRA).
 * A variant without weights is reported as *not trained* (or, for QLoRA without CUDA and
   bitsandbytes, *needs a CUDA GPU with bitsandbytes*), never replaced by another.
@@ -102,7 +102,7 @@ def load_adapter(pipe, path: Path):
     folder = path.parent if path.suffix == ".safetensors" else path
     if not (folder / ADAPTER_WEIGHTS).is_file() or not (folder / ADAPTER_CONFIG).is_file():
         raise FileNotFoundError(f"adapter weights {folder / ADAPTER_WEIGHTS} {NOT_TRAINED}: train the variant "
-                                "in notebook 04 (helpers.study.peft_variants.train_variant)")
+                                "in notebook 04 (helpers.study.models.peft_variants.train_variant)")
     variant = load_json(folder / ADAPTER_CONFIG)["variant"]
     attach_adapter(pipe, variant)
     state = load_file(str(folder / ADAPTER_WEIGHTS))
@@ -133,7 +133,7 @@ def merge_adapter(unet) -> None:
 def load_pipeline(cfg: Config, variant: dict, root: Path | None = None, device=None):
     """The study's pipeline; for a ``quantize: nf4`` variant (QLoRA) its U-Net reloaded with a 4-bit
     NF4 frozen base (diffusers' bitsandbytes integration), which needs CUDA and bitsandbytes."""
-    from helpers.study import sd
+    from helpers.study.models import sd
     from helpers.study.runtime import get_device
 
     device = device or get_device(cfg)
@@ -158,10 +158,10 @@ def load_pipeline(cfg: Config, variant: dict, root: Path | None = None, device=N
 
 def train_variant(cfg: Config, variant: dict, root: Path | None = None, max_steps: int | None = None,
                   captions: dict | None = None, attach_fn=attach_adapter, loss_fn=None) -> dict:
-    """Train one variant with the study's LoRA recipe (:func:`helpers.study.sd.train_lora`); returns its
+    """Train one variant with the study's LoRA recipe (:func:`helpers.study.models.sd.train_lora`); returns its
     train stats (+ ``adapter_bytes``, ``step_seconds``). A finished run is reused, a longer one resumes."""
     from helpers.course.sd_inpainting import lora_inpaint_loss
-    from helpers.study import sd
+    from helpers.study.models import sd
 
     pipe = load_pipeline(cfg, variant, root)
     stats = sd.train_lora(cfg, pipe, captions=captions, max_steps=max_steps, root=root, attach_fn=attach_fn,
@@ -177,7 +177,7 @@ def train_variant(cfg: Config, variant: dict, root: Path | None = None, max_step
 def predict_variant(cfg: Config, variant: dict, stats: dict, root: Path | None = None, inpaint_fn=None) -> dict:
     """The frozen test set completed by a fresh pipeline carrying the saved adapter: method ``peft_<name>``."""
     from helpers.course.sd_inpainting import inpaint
-    from helpers.study import sd
+    from helpers.study.models import sd
 
     pipe = load_adapter(load_pipeline(cfg, variant, root), stats["lora_path"])
     meta = sd.predict_test_set(cfg, pipe, method_id(variant), train_stats=stats, root=root,
@@ -257,8 +257,8 @@ def reference_on_variant_images(summary: pd.DataFrame, per_image: pd.DataFrame, 
     """The reference's per-image means and CIs over the images the variants were scored on (the
     variants may be predicted on the first ``ablation.max_test_images`` test images, the reference on
     all of them): one image set per statement. Its FID / KID, set statistics, are then left out."""
-    from helpers.study.evaluate import PER_IMAGE
-    from helpers.study.metrics import bootstrap_ci
+    from helpers.study.evaluation.evaluate import PER_IMAGE
+    from helpers.study.evaluation.metrics import bootstrap_ci
 
     variant_names = set(per_image.loc[per_image["method"].isin(trained), "name"])
     ref_rows = per_image[per_image["method"] == ref]
@@ -277,12 +277,12 @@ def reference_on_variant_images(summary: pd.DataFrame, per_image: pd.DataFrame, 
 
 
 def evaluate_ablation(cfg: Config, root: Path | None = None, device=None, scores_fn=None) -> pd.DataFrame:
-    """Every trained variant scored with the study's protocol (:func:`helpers.study.evaluate.evaluate_all`:
+    """Every trained variant scored with the study's protocol (:func:`helpers.study.evaluation.evaluate.evaluate_all`:
     hole PSNR / SSIM, LPIPS, FID / KID, bootstrap CIs; buckets in the returned evaluation's tables),
     beside its cost, and the paired difference to ``ablation.reference`` with its bootstrap 95 % CI.
     Variants without weights keep their row, with their status and no scores. Saved as tables/04b_peft_ablation.csv."""
     from helpers.course.metrics import pixel_scores
-    from helpers.study.evaluate import evaluate_all, paired_difference
+    from helpers.study.evaluation.evaluate import evaluate_all, paired_difference
 
     ref = cfg.ablation.reference
     rows = status(cfg, root, device)
@@ -336,7 +336,7 @@ def published_size_params(cfg: Config) -> pd.DataFrame:
 
     from diffusers import UNet2DConditionModel
 
-    from helpers.study.sd import published_configs
+    from helpers.study.models.sd import published_configs
 
     rows, frozen = [], torch.nn.Linear(1, 1)
     with torch.device("meta"):

@@ -1,0 +1,57 @@
+"""Prediction files shared by all methods: a method's test-set predictions as PNG (lossless: JPEG
+would change FID) with a meta.json beside them, written once and read by the evaluation, the figures
+and the demo."""
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+import torch
+
+from helpers.study.config import Config
+from helpers.study.files import load_json, load_pngs, paths, save_json, save_png
+from helpers.study.methods import method_label
+
+
+# ---------------------------------------------------------------- predictions shared by all methods
+def write_predictions(cfg: Config, method: str, names: Iterable[str], images: torch.Tensor | list,
+                      meta: dict | None = None, root: Path | None = None) -> Path:
+    """Save a method's test-set predictions as PNG (lossless: JPEG would change FID) + meta.json.
+
+    ``images`` are (N, 3, H, W) in [-1, 1] at the data resolution, known pixels already composited.
+    ``meta`` records the weights used and runtime (seconds_per_image, images_per_s,
+    peak_memory_bytes, trainable_params...). Existing meta keys are kept unless overwritten.
+    """
+    label = method_label(method)             # ValueError for an unknown method
+    out = paths(cfg, root).predictions(method)
+    names = list(names)
+    for name, img in zip(names, images):
+        save_png(img, out / f"{name}.png")
+    meta_path = out / "meta.json"
+    merged = load_json(meta_path) if meta_path.is_file() else {}
+    merged.update({"method": method, "label": label, "preset": cfg.preset,
+                   "resolution": cfg.data.image_size, **(meta or {})})
+    merged["n_images"] = len(list(out.glob("*.png")))
+    save_json(merged, meta_path)
+    return out
+
+
+def read_predictions(cfg: Config, method: str, names: Iterable[str],
+                     root: Path | None = None) -> tuple[torch.Tensor, dict]:
+    """Load a method's predictions for ``names`` -> ((N, 3, H, W), meta). Missing files raise
+    ``FileNotFoundError`` naming the method, how many are missing and which notebook writes them."""
+    out = paths(cfg, root).predictions(method)
+    names = list(names)
+    missing = [n for n in names if not (out / f"{n}.png").is_file()]
+    if missing:
+        raise FileNotFoundError(f"method {method!r}: {len(missing)} of {len(names)} prediction files missing in "
+                                f"{out} (e.g. {missing[0]}.png); run the notebook that produces them")
+    meta = load_json(out / "meta.json") if (out / "meta.json").is_file() else {"method": method}
+    return load_pngs([out / f"{n}.png" for n in names]), meta
+
+
+def read_meta(cfg: Config, method: str, root: Path | None = None) -> dict:
+    """The meta.json of a method's predictions ({} when it has none): the weights, settings and sizes
+    of the model that actually ran (e.g. ``latent_px`` of the SD methods)."""
+    path = paths(cfg, root).predictions(method) / "meta.json"
+    return load_json(path) if path.is_file() else {}

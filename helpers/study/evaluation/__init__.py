@@ -1,0 +1,11 @@
+"""The study's evaluation: prediction of the test set (predict), cost (perf), image metrics (metrics)
+and the statistics over methods (evaluate)."""
+from __future__ import annotations
+
+from helpers.course import lazy_submodules
+
+_MODULES = ("predict", "perf", "metrics", "evaluate")
+
+__all__ = list(_MODULES)
+
+__getattr__ = lazy_submodules(__name__, _MODULES)
