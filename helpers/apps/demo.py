@@ -42,6 +42,7 @@ import torch
 
 from helpers.apps.votes import PairScheduler, Trial
 from helpers.course.masks import KINDS, generate_mask
+from helpers.study import method_functions
 from helpers.study import methods as registry
 from helpers.study.config import Config
 from helpers.study.data.dataset import composite, masked_image
@@ -127,7 +128,7 @@ def method_status(cfg: Config, root: Path | None = None) -> dict[str, MethodStat
     then the preset's PEFT variants), and for the others why not and what to run. Looks at files
     only: nothing is loaded or downloaded."""
     P = paths(cfg, root)
-    return {m.id: m.status(cfg, P) for m in registry.all_methods(cfg)}
+    return {m.id: method_functions.status(cfg, P, m.id) for m in registry.all_methods(cfg)}
 
 
 class MethodUnavailable(RuntimeError):
@@ -176,13 +177,13 @@ class Models:
         release_memory(self.device)
 
     def _load(self, method: str):
-        return registry.get(method).load(self.cfg, self.P, self.device, self.root)
+        return method_functions.load(self.cfg, self.P, self.device, self.root, method)
 
     def sampler(self, method: str, steps: int, guidance: float, prompt: str):
         """fn(images, masks, seeds, names) of the study (the method's record in helpers.study.methods)
         for one method, with this request's steps, guidance and prompt in place of the preset's."""
         model = self.get(method)
-        return registry.sampler(self.cfg, method, model, self.device, steps, guidance, prompt)
+        return method_functions.sampler(self.cfg, method, model, self.device, steps, guidance, prompt)
 
     @torch.no_grad()
     def complete(self, method: str, image: torch.Tensor, mask: torch.Tensor, seed: int, steps: int,

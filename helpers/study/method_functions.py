@@ -4,10 +4,12 @@ code (ddpm, sd, peft_variants, predict); the records name them lazily, so readin
 none of it and the study's modules may read the records without an import circle."""
 from __future__ import annotations
 
+import copy
+from functools import partial
 from pathlib import Path
 
 from helpers.study.config import Config
-from helpers.study.methods import ABLATION_PREFIX, MethodStatus
+from helpers.study.methods import ABLATION_PREFIX, Method, MethodStatus, get, is_variant
 
 
 # ---------------------------------------------------------------- how the status is found (files only)
@@ -184,3 +186,40 @@ def sd_sample(cfg: Config, model, device, steps: int, guidance: float, prompt: s
 
     cfg.sd.num_inference_steps, cfg.sd.guidance_scale = int(steps), float(guidance)
     return lambda x, m, seeds, names: sd.predict(cfg, model, x, m, [prompt] * len(x), seeds, leave=False)
+
+
+# ---------------------------------------------------------------- which functions a method runs
+BUILTIN = {  # id -> (status, load, sample)
+    "ddpm_finetuned": (finetuned_status, partial(ddpm_load, finetuned=True), ddim_sample),
+    "ddpm_repaint": (repaint_status, partial(ddpm_load, finetuned=False), repaint_sample),
+    "sd_zeroshot": (zeroshot_status, partial(sd_load, lora=False), sd_sample),
+    "sd_lora": (lora_status, partial(sd_load, lora=True), sd_sample),
+    "telea": (telea_status, lambda cfg, P, device, root: None, telea_sample),
+}
+
+
+def functions(method: Method) -> tuple:
+    """(status, load, sample) of a method: its record's own when it brings them (a registered method),
+    else the built-in method's, or the PEFT variant's (the study's SD pipeline + that variant's adapter)."""
+    if method.status is not None:
+        return method.status, method.load, method.sample
+    if is_variant(method.id):
+        name = method.id[len(ABLATION_PREFIX):]
+        return partial(variant_status, name=name), partial(variant_load, name=name), sd_sample
+    return BUILTIN[method.id]
+
+
+def status(cfg: Config, P, method_id: str) -> MethodStatus:
+    """Which weights ``method_id`` would load, or why it cannot run (files only, nothing loaded)."""
+    return functions(get(method_id))[0](cfg, P)
+
+
+def load(cfg: Config, P, device, root, method_id: str):
+    """The model of ``method_id`` (None: nothing to load)."""
+    return functions(get(method_id))[1](cfg, P, device, root)
+
+
+def sampler(cfg: Config, method_id: str, model, device, steps: int, guidance: float, prompt: str):
+    """fn(images, masks, seeds, names) of ``method_id`` with the given steps, guidance and prompt in
+    place of the preset's (``cfg`` itself is left as it is)."""
+    return functions(get(method_id))[2](copy.deepcopy(cfg), model, device, steps, guidance, prompt)

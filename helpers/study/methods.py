@@ -7,9 +7,10 @@ The demo, the evaluation, the tables and the figures read these records; the PEF
 variants (``ablation.variants``, ``peft_<name>``) are records of the same kind, built from the preset.
 
 Adding a method = one :func:`register` call with its record and its functions (the tests add one
-that fills the hole with grey). The built-in methods' functions live in
-:mod:`helpers.study.method_functions` and are named here lazily: imported when first called, so reading a
-label loads no model library and the study's modules (which read the labels) form no import circle.
+that fills the hole with grey). The built-in methods' and the variants' functions live in
+:mod:`helpers.study.method_functions` (keyed by id; a record's own functions come first), which imports the
+study's models: this module imports none of them, so reading a label loads no model library and the study's
+modules (which read the labels) form no import circle.
 
     status(cfg, P) -> MethodStatus                     which weights it would load, or why it cannot run
     load(cfg, P, device, root) -> model                once, on first use (None: nothing to load)
@@ -19,10 +20,8 @@ label loads no model library and the study's modules (which read the labels) for
 """
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from functools import partial
 
 from helpers.study.config import Config
 
@@ -83,8 +82,7 @@ def unregister(method_id: str) -> None:
 def variant(name: str) -> Method:
     """The record of the PEFT ablation's variant ``name``: the study's SD pipeline + that variant's adapter."""
     return Method(ABLATION_PREFIX + name, f"SD 1.5 inpainting + {name} (PEFT ablation)", f"{name} (PEFT)",
-                  "04_sd_lora", votes=False, status=partial(_fn("variant_status"), name=name),
-                  load=partial(_fn("variant_load"), name=name), sample=_fn("sd_sample"))
+                  "04_sd_lora", votes=False)
 
 
 def variants(cfg: Config) -> list[Method]:
@@ -162,37 +160,9 @@ MARKERS = _Column("marker")
 LINESTYLES = _Column("linestyle")
 
 
-# ---------------------------------------------------------------- the built-in methods' functions, named lazily
-def _fn(name: str) -> Callable:
-    """``helpers.study.method_functions.<name>``, imported when first called (not when a label is read)."""
-    def call(*args, **kwargs):
-        import importlib
-
-        return getattr(importlib.import_module("helpers.study.method_functions"), name)(*args, **kwargs)
-
-    call.__name__ = call.__qualname__ = name
-    return call
-
-
-def sampler(cfg: Config, method_id: str, model, device, steps: int, guidance: float, prompt: str):
-    """fn(images, masks, seeds, names) of ``method_id`` with the given steps, guidance and prompt in
-    place of the preset's (``cfg`` itself is left as it is)."""
-    return get(method_id).sample(copy.deepcopy(cfg), model, device, steps, guidance, prompt)
-
-
 # ---------------------------------------------------------------- the study's five methods
-register(Method("ddpm_finetuned", "DDPM fine-tuned (7-ch U-Net)", "DDPM", "03_ddpm_inpainting", "o", "-",
-                status=_fn("finetuned_status"), load=partial(_fn("ddpm_load"), finetuned=True),
-                sample=_fn("ddim_sample")))
-register(Method("ddpm_repaint", "DDPM RePaint (training-free)", "RePaint", "03_ddpm_inpainting", "s", "--",
-                status=_fn("repaint_status"), load=partial(_fn("ddpm_load"), finetuned=False),
-                sample=_fn("repaint_sample")))
-register(Method("sd_zeroshot", "SD 1.5 inpainting (zero-shot)", "SD zero-shot", "04_sd_lora", "^", ":",
-                status=_fn("zeroshot_status"), load=partial(_fn("sd_load"), lora=False),
-                sample=_fn("sd_sample")))
-register(Method("sd_lora", "SD 1.5 inpainting + LoRA", "SD + LoRA", "04_sd_lora", "D", "-",
-                status=_fn("lora_status"), load=partial(_fn("sd_load"), lora=True),
-                sample=_fn("sd_sample")))
-register(Method("telea", "OpenCV Telea (classical)", "Telea", "05_evaluation", "v", "-.",
-                status=_fn("telea_status"), load=lambda cfg, P, device, root: None,
-                sample=_fn("telea_sample")))
+register(Method("ddpm_finetuned", "DDPM fine-tuned (7-ch U-Net)", "DDPM", "03_ddpm_inpainting", "o", "-"))
+register(Method("ddpm_repaint", "DDPM RePaint (training-free)", "RePaint", "03_ddpm_inpainting", "s", "--"))
+register(Method("sd_zeroshot", "SD 1.5 inpainting (zero-shot)", "SD zero-shot", "04_sd_lora", "^", ":"))
+register(Method("sd_lora", "SD 1.5 inpainting + LoRA", "SD + LoRA", "04_sd_lora", "D", "-"))
+register(Method("telea", "OpenCV Telea (classical)", "Telea", "05_evaluation", "v", "-."))
