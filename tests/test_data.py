@@ -608,5 +608,5 @@ def test_the_folder_reader_counts_to_the_files_found(tmp_path, monkeypatch):
     folder = H.study.data.samples.demo_bad_inputs(tmp_path / "in")
     cfg = H.load_config("smoke", {"data.source": "folder", "data.folder": str(folder)})
     P = H.study.files.paths(cfg)
-    _, total = H.study.data.splits._items(cfg, P, H.study.data.sources.Report())
+    _, total = H.study.data.splits.source_items(cfg, P, H.study.data.sources.Report())
     assert cfg.data.num_images == 96 and total == len(H.study.data.sources.image_files(folder)) < 96

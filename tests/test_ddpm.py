@@ -343,14 +343,14 @@ def test_an_edited_loss_trains_anew_the_same_code_reuses_the_run(prepared, capsy
         return H.study.models.ddpm.finetune(cfg, P, unet, sched, cpu, loss_fn=loss_fn)
 
     first = fit(H.course.ddpm_inpainting.inpainting_loss)
-    assert first["steps"] == 1 and first["run"].startswith("new run in ddpm_inpaint/ckpt_")
+    assert first["steps"] == 1 and first["run"].startswith("new run in ddpm_inpaint/ckpt-")
     ns = {"__name__": "__main__"}
     exec("def inpainting_loss(model, batch, generator, **kw):\n    raise RuntimeError('edited')\n", ns)
     with pytest.raises(RuntimeError, match="edited"):
         fit(ns["inpainting_loss"])
-    assert "the code differs from the previous run in ddpm_inpaint/ckpt_" in capsys.readouterr().out
+    assert "the code differs from the previous run in ddpm_inpaint/ckpt-" in capsys.readouterr().out
     again = fit(H.course.ddpm_inpainting.inpainting_loss)
-    assert again["reused"] and again["run"].startswith("reusing the run in ddpm_inpaint/ckpt_")
+    assert again["reused"] and again["run"].startswith("reusing the run in ddpm_inpaint/ckpt-")
 
 
 def test_validation_tiles_without_a_grid_drawer(tmp_path):

@@ -204,7 +204,7 @@ def test_ddpm_finetuned_weights_reload_identically(series):
     unet = H.study.models.ddpm.load_finetuned(cfg, P)
     assert unet.config.in_channels == 7
     assert H.study.runtime.count_parameters(unet)[1] == S.PARAMS["ddpm_unet"] + 4 * 128 * 9
-    ckpt = torch.load(next((P.models / "ddpm_inpaint").glob("ckpt_*/last.pt")), map_location="cpu", weights_only=False)
+    ckpt = torch.load(next((P.models / "ddpm_inpaint").glob("ckpt-*/last.pt")), map_location="cpu", weights_only=False)
     assert ckpt["step"] == 1
     state = unet.state_dict()
     assert set(ckpt["model"]) == set(state) and all(torch.equal(state[k], v) for k, v in ckpt["model"].items())

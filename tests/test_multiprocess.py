@@ -112,7 +112,7 @@ def _writes(root: Path, rank: int) -> list[str]:
 def _history(root: Path, kind: str) -> list[float]:
     """The logged loss per step, from the run's last checkpoint."""
     import torch
-    sub = {"ddpm": "ddpm_inpaint/ckpt_*", "sd": "sd_lora/ckpt-*"}[kind]
+    sub = {"ddpm": "ddpm_inpaint/ckpt-*", "sd": "sd_lora/ckpt-*"}[kind]
     ckpt = next((root / "reports" / "smoke" / "models").glob(f"{sub}/last.pt"))
     return [h["loss"] for h in torch.load(ckpt, map_location="cpu", weights_only=False)["history"]]
 
@@ -141,7 +141,7 @@ def test_ddpm_two_processes_main_writes_resume_and_loss_curve(tmp_path):
     killed = _root(tmp_path, "killed")
     proc = subprocess.Popen(_command(2, "ddpm", "--set", half), env=_env(killed),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    ckpt_glob = "reports/smoke/models/ddpm_inpaint/ckpt_*/last.pt"
+    ckpt_glob = "reports/smoke/models/ddpm_inpaint/ckpt-*/last.pt"
     deadline = time.time() + 600
     while not list(killed.glob(ckpt_glob)) and time.time() < deadline and proc.poll() is None:
         time.sleep(0.2)
@@ -152,7 +152,7 @@ def test_ddpm_two_processes_main_writes_resume_and_loss_curve(tmp_path):
     time.sleep(2)
     assert torch.load(next(killed.glob(ckpt_glob)), map_location="cpu", weights_only=False)["step"] == step  # all dead
     _run(killed, 2, "ddpm", "--set", half)
-    stats = json.loads(next(killed.glob("reports/smoke/models/ddpm_inpaint/ckpt_*/train_stats.json")).read_text())
+    stats = json.loads(next(killed.glob("reports/smoke/models/ddpm_inpaint/ckpt-*/train_stats.json")).read_text())
     assert stats["resumed_from"] == step and stats["steps"] == 12
     assert _history(killed, "ddpm") == _history(two, "ddpm")
     # 3. one process with the same global batch (8): the same curve within the stated tolerance

@@ -47,15 +47,13 @@ def test_killed_and_resumed_run_equals_uninterrupted(tmp_path):
     assert (tmp_path / "a" / "last.pt").is_file() and r_whole.images_per_s > 0
 
 
-def test_a_second_training_with_another_precision_in_the_same_process(tmp_path):
-    """Accelerate's state is a process-wide singleton: an earlier bf16 Accelerator (another training
-    in the same notebook kernel) must not make the next fp32 training fail."""
+def test_a_second_training_in_the_same_process(tmp_path):
+    """Accelerate's state is a process-wide singleton: a second training in the same notebook kernel
+    reuses it and runs in full precision (the step's own autocast decides the precision)."""
     from accelerate.state import AcceleratorState
 
-    _run(tmp_path / "a")                                     # fp32 first ...
-    H.study.models.training.make_accelerator("bf16", cpu=True)  # ... then a bf16 one in the same process ...
-    assert AcceleratorState().mixed_precision == "bf16"
-    _, result, _ = _run(tmp_path / "b")                     # ... then fp32 again
+    _run(tmp_path / "a")
+    _, result, _ = _run(tmp_path / "b")
     assert result.steps == 15 and AcceleratorState().mixed_precision == "no"
 
 

@@ -154,7 +154,7 @@ def _complete(folder: Path, index: dict) -> bool:
             and all((folder / "test_masks" / f"{n}.png").is_file() for n in index["splits"]["test"]))
 
 
-def _items(cfg: Config, P, report: Report, split: str | None = None, prefix: str = "", limit=None):
+def source_items(cfg: Config, P, report: Report, split: str | None = None, prefix: str = "", limit=None):
     """The configured source's images as (name, uint8 HxWx3 at data.image_size), counted in ``report``,
     and how many there will be at most (the progress bar's total: the files found, not the cap)."""
     d = cfg.data
@@ -237,9 +237,9 @@ def _read_sources(cfg: Config, P, report: Report, stage: Path, held_out: str | N
     Returns (names, held-out test names)."""
     d = cfg.data
     names, fixed_test = [], []
-    sources = [(*_items(cfg, P, report), names)]
+    sources = [(*source_items(cfg, P, report), names)]
     if held_out:
-        sources.append((*_items(cfg, P, report, split=held_out, prefix=f"{held_out}_", limit=d.max_test_images),
+        sources.append((*source_items(cfg, P, report, split=held_out, prefix=f"{held_out}_", limit=d.max_test_images),
                         fixed_test))
     if test_items is not None:          # data.test_source: the test images come from there
         sources.append((test_items, None, fixed_test))

@@ -191,11 +191,11 @@ TRAJECTORY_KEYS = ("pretrained_id", "tiny_config", "in_channels", "num_train_tim
 
 
 def checkpoint_dir(cfg: Config, P: Paths, code: dict[str, str] | None = None) -> Path:
-    """P.models/ddpm_inpaint/ckpt_<fingerprint>: a changed setting, or changed code (``code``: the
+    """P.models/ddpm_inpaint/ckpt-<fingerprint>: a changed setting, or changed code (``code``: the
     :func:`~helpers.study.models.training.code_hashes` of the loss and step; default: the course's), starts
     a new run, never resumes a checkpoint of a different one."""
     code = code or code_hashes(loss_fn=course.inpainting_loss, step_fn=course.training_step)
-    return P.models / FINETUNED_DIR / f"ckpt_{run_fingerprint(cfg, 'ddpm', TRAJECTORY_KEYS, code=code)}"
+    return P.models / FINETUNED_DIR / f"ckpt-{run_fingerprint(cfg, 'ddpm', TRAJECTORY_KEYS, code=code)}"
 
 
 def finetuned_dir(cfg: Config, P: Paths) -> Path:

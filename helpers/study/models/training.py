@@ -122,22 +122,14 @@ def load_checkpoint(path: Path, model: torch.nn.Module) -> dict:
     return state
 
 
-def make_accelerator(mixed_precision: str, cpu: bool):
-    """An ``Accelerator`` with this precision and device, even when an earlier one in the same
-    process (another training in the same notebook kernel) used different ones.
-
-    Accelerate keeps its state in a process-wide singleton and refuses a second precision. In a
-    single process nothing else holds on to that state between two trainings, so it is reset; under
-    ``accelerate launch`` (several processes) it is left alone, as Accelerate requires."""
+def make_accelerator(cpu: bool):
+    """The ``Accelerator`` of a run: processes only (``accelerate launch`` shards the data and averages
+    the gradients). Precision is the training step's own autocast and grad scaler, so the accelerator
+    always runs in full precision, and a second training in the same kernel reuses Accelerate's
+    process-wide state as it is (nothing of Accelerate's private state is touched)."""
     from accelerate import Accelerator
-    from accelerate.state import AcceleratorState
 
-    shared = AcceleratorState._shared_state
-    if shared and shared.get("num_processes", 1) == 1:
-        same_device = (shared["device"].type == "cpu") == cpu if "device" in shared else False
-        if shared.get("_mixed_precision") != mixed_precision or not same_device:
-            AcceleratorState._reset_state(reset_partial_state=True)
-    return Accelerator(mixed_precision=mixed_precision, cpu=cpu)
+    return Accelerator(cpu=cpu)
 
 
 def _batch_size_of(batch) -> int:
@@ -298,7 +290,7 @@ def _setup(model, dataset, spec: Config, ckpt_dir: Path, seed: int, device: torc
     """Accelerator (processes only: precision is the step's own autocast and scaler), AdamW over the
     trainable parameters, the grad scaler for fp16, and the seeded data order."""
     on_gpu = device.type == "cuda"
-    accelerator = make_accelerator("no", cpu=not on_gpu)
+    accelerator = make_accelerator(cpu=not on_gpu)
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("the model has no parameter with requires_grad=True: nothing to train")
