@@ -34,7 +34,7 @@ def trained(tmp_path_factory):
         P = H.study.files.paths(cfg)
         unet, sched = H.study.models.ddpm.build_inpainting_model(cfg, P)
         H.study.models.ddpm.finetune(cfg, P, unet, sched, torch.device("cpu"))
-        H.study.models.sd.train_lora(cfg, H.study.models.sd.load_pipeline(cfg))
+        H.study.models.sd.train_lora(cfg, H.study.models.sd_pipeline.load_pipeline(cfg))
         from helpers.study.__main__ import main
         table = main(["train", "peft", "--preset", "smoke", "--variant", VARIANT,
                       "--set", *[f"{k}={v}" for k, v in OVERRIDES.items()]])

@@ -104,8 +104,8 @@ def test_standins_have_the_published_layout_and_sizes(standins):
 
 def test_full_size_pipeline_loads_with_published_parameter_counts(standins):
     cfg = H.load_config("full", minimal_overrides(standins))
-    pipe = H.study.models.sd.load_pipeline(cfg, device=torch.device(device_name()))
-    counts = {row["component"]: row["params"] for row in H.study.models.sd.describe(pipe)}
+    pipe = H.study.models.sd_pipeline.load_pipeline(cfg, device=torch.device(device_name()))
+    counts = {row["component"]: row["params"] for row in H.study.models.sd_pipeline.describe(pipe)}
     assert counts == {"unet": S.PARAMS["sd_unet"], "vae": S.PARAMS["sd_vae"],
                       "text_encoder": S.PARAMS["sd_text_encoder"], "scheduler": 0}
     assert type(pipe.scheduler).__name__ == "PNDMScheduler" and pipe.unet.config.sample_size == 64

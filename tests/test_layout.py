@@ -286,11 +286,9 @@ MAX_MODULES = 12
 MAX_MODULE_LINES = 500
 # modules over 500 lines, each with its reason (remove an entry when the module is split)
 LONG_MODULES = {
-    "helpers/study/models/sd.py": "split pending (issue 28): the pipeline (hub, folder, tiny), the LoRA run, "
-                                  "LoRA weights on disk, the test-set predictions",
-    "helpers/study/evaluation/metrics.py": "one role (LPIPS, FID, KID: loading, features, statistics); split pending",
-    "helpers/study/evaluation/evaluate.py": "one role (the scores and statistics over methods); split pending",
-    "helpers/report/figures.py": "one role (every figure of the series); split pending",
+    "helpers/study/evaluation/metrics.py": "one role (LPIPS, FID, KID: loading, features, statistics)",
+    "helpers/study/evaluation/evaluate.py": "one role (the scores and statistics over methods)",
+    "helpers/report/figures.py": "one role (every figure of the series)",
     "helpers/tools/taught.py": "one role (the notebook-sync of the taught cells: extract, write, check, CLI)",
 }
 

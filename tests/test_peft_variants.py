@@ -56,7 +56,7 @@ def test_real_size_trainable_parameters_are_the_adapters_and_match_peft(variant)
     from peft import PeftModel
 
     with torch.device("meta"):
-        unet = UNet2DConditionModel(**H.study.models.sd.published_configs()["unet"])
+        unet = UNet2DConditionModel(**H.study.models.sd_pipeline.published_configs()["unet"])
     frozen = torch.nn.Linear(1, 1)
     v = {k: val for k, val in variant.items() if k != "quantize"}    # QLoRA's adapter is LoRA r16's
     attach_adapter(SimpleNamespace(unet=unet, vae=frozen, text_encoder=frozen), v)
@@ -78,7 +78,7 @@ def test_real_size_trainable_parameters_are_the_adapters_and_match_peft(variant)
 @pytest.fixture(scope="module")
 def sd_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("peft")
-    H.study.models.sd.resolve_source(H.load_config("smoke"), root)
+    H.study.models.sd_pipeline.resolve_source(H.load_config("smoke"), root)
     return root
 
 
@@ -101,7 +101,7 @@ def unet_output(unet, seed=1):
 @pytest.mark.parametrize("variant", smoke_variants(), ids=lambda v: v["name"])
 def test_variant_trains_saves_reloads_and_merges(variant, sd_root, tmp_path):
     cfg = H.load_config("smoke")
-    pipe = H.study.models.sd.load_pipeline(cfg, root=sd_root)
+    pipe = H.study.models.sd_pipeline.load_pipeline(cfg, root=sd_root)
     v = {**variant, "dropout": 0.0}                          # deterministic outputs for the comparisons
     before = {k: {n: t.clone() for n, t in getattr(pipe, k).state_dict().items()}
               for k in ("unet", "vae", "text_encoder")}
@@ -131,8 +131,8 @@ def test_variant_trains_saves_reloads_and_merges(variant, sd_root, tmp_path):
     # 3. saved and reloaded into a fresh pipeline: the same output (and not the base model's)
     out = unet_output(pipe.unet)
     path = PV.save_adapter(pipe.unet, tmp_path / "run", v)
-    fresh = PV.load_adapter(H.study.models.sd.load_pipeline(cfg, root=sd_root), path)
-    base = unet_output(H.study.models.sd.load_pipeline(cfg, root=sd_root).unet)
+    fresh = PV.load_adapter(H.study.models.sd_pipeline.load_pipeline(cfg, root=sd_root), path)
+    base = unet_output(H.study.models.sd_pipeline.load_pipeline(cfg, root=sd_root).unet)
     assert (out - base).abs().max() > 1e-4
     assert torch.allclose(unet_output(fresh.unet), out, atol=1e-6)
     assert "default" in fresh.unet.peft_config and not any(p.requires_grad for p in fresh.unet.parameters())
@@ -183,7 +183,7 @@ def test_train_predict_and_table_end_to_end(sd_root, prepared):
     cfg, _ = prepared
     cfg.sd.max_steps = 2
     cfg.ablation.variants = [v for v in cfg.ablation.variants if v["name"] in ("loha_r8", "lora_r64")]
-    source = H.study.models.sd.resolve_source(cfg, sd_root)
+    source = H.study.models.sd_pipeline.resolve_source(cfg, sd_root)
     cfg.sd.pretrained_id, cfg.sd.tiny = str(source), False         # the tiny pipeline, already built
     loha = PV.variants(cfg, ["loha_r8"])[0]
     stats = PV.train_variant(cfg, loha)

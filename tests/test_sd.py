@@ -1,7 +1,7 @@
 """Stable Diffusion inpainting + LoRA (helpers/sd.py) on the tiny pipeline, CPU only.
 
 One module-scoped fixture builds the tiny pipeline once, saved with save_pretrained into a
-temporary root, and every test loads it back through helpers.study.models.sd.load_pipeline: the function
+temporary root, and every test loads it back through helpers.study.models.sd_pipeline.load_pipeline: the function
 that loads the real checkpoint."""
 from __future__ import annotations
 
@@ -25,13 +25,13 @@ def sd_root(tmp_path_factory):
     """A project root holding the tiny base pipeline (reports/smoke/models/sd_base)."""
     root = tmp_path_factory.mktemp("sd")
     cfg = H.load_config("smoke")
-    H.study.models.sd.resolve_source(cfg, root)
+    H.study.models.sd_pipeline.resolve_source(cfg, root)
     return root
 
 
 def load(root, overrides=None, **kw):
     cfg = H.load_config("smoke", overrides)
-    return cfg, H.study.models.sd.load_pipeline(cfg, root=root, **kw)
+    return cfg, H.study.models.sd_pipeline.load_pipeline(cfg, root=root, **kw)
 
 
 def toy_batch(n=3, size=32, seed=0):
@@ -91,11 +91,11 @@ def test_missing_or_wrong_weights_say_where_and_how(sd_root, tmp_path, kind):
             sd_base = H.study.files.paths(H.load_config("smoke"), sd_root).models / "sd_base"
             (source / "model_index.json").write_text((sd_base / "model_index.json").read_text())
     cfg = H.load_config("smoke", {"sd.tiny": False, "sd.pretrained_id": str(source)})
-    with pytest.raises(H.study.models.sd.WeightsNotFoundError) as err:
-        H.study.models.sd.load_pipeline(cfg, root=sd_root)
+    with pytest.raises(H.study.models.sd_pipeline.WeightsNotFoundError) as err:
+        H.study.models.sd_pipeline.load_pipeline(cfg, root=sd_root)
     msg = str(err.value)
     assert str(source) in msg
-    assert H.study.models.sd.HUB_ID in msg and "hf download" in msg
+    assert H.study.models.sd_pipeline.HUB_ID in msg and "hf download" in msg
 
 
 def test_the_weights_message_is_never_cut(sd_root, monkeypatch):
@@ -109,13 +109,13 @@ def test_the_weights_message_is_never_cut(sd_root, monkeypatch):
 
     monkeypatch.setattr(StableDiffusionInpaintPipeline, "from_pretrained", fail)
     cfg = H.load_config("smoke", {"sd.tiny": False, "sd.pretrained_id": "someone/sd-inpainting"})
-    with pytest.raises(H.study.models.sd.WeightsNotFoundError) as err:
-        H.study.models.sd.load_pipeline(cfg, root=sd_root)
+    with pytest.raises(H.study.models.sd_pipeline.WeightsNotFoundError) as err:
+        H.study.models.sd_pipeline.load_pipeline(cfg, root=sd_root)
     assert long in str(err.value) and str(err.value).endswith("needs no weights.")
 
 
 def test_published_configs_give_the_sd15_inpainting_sizes():
-    c = H.study.models.sd.build_components(H.study.models.sd.published_configs(), device="meta")
+    c = H.study.models.sd_pipeline.build_components(H.study.models.sd_pipeline.published_configs(), device="meta")
     count = lambda m: sum(p.numel() for p in m.parameters())
     assert c["unet"].config.in_channels == 9 and c["unet"].config.cross_attention_dim == 768
     assert count(c["unet"]) == 859_535_364            # SD 1.5 U-Net 859,520,964 + 5 extra input channels
@@ -128,7 +128,7 @@ def test_published_configs_give_the_sd15_inpainting_sizes():
 def test_pieces_have_the_documented_shapes(sd_root):
     cfg, pipe = load(sd_root)
     images, masks = toy_batch(1)
-    p = H.study.models.sd.encode_pieces(pipe, images[0], masks[0], "a photo", R)
+    p = H.study.models.sd_pipeline.encode_pieces(pipe, images[0], masks[0], "a photo", R)
     lat = R // 2
     assert p["z0"].shape == p["z_masked"].shape == (4, lat, lat)
     assert p["m_down"].shape == (1, lat, lat) and set(p["m_down"].unique().tolist()) <= {0.0, 1.0}
@@ -287,14 +287,14 @@ def test_train_and_predict_the_test_set_end_to_end(sd_root, prepared):
     cfg, _ = prepared
     cfg.sd.max_steps = 2
     root = H.study.files.paths(cfg).root
-    pipe = H.study.models.sd.load_pipeline(cfg, source=H.study.models.sd.resolve_source(cfg, sd_root))
+    pipe = H.study.models.sd_pipeline.load_pipeline(cfg, source=H.study.models.sd_pipeline.resolve_source(cfg, sd_root))
     stats = H.study.models.sd.train_lora(cfg, pipe)
     assert stats["steps"] == 2 and stats["trainable_params"] > 0 and len(stats["history"]) == 2
     # resumes: nothing left to do
-    again = H.study.models.sd.train_lora(cfg, H.study.models.sd.load_pipeline(cfg, source=pipe.source))
+    again = H.study.models.sd.train_lora(cfg, H.study.models.sd_pipeline.load_pipeline(cfg, source=pipe.source))
     assert again["reused"] and again["images_per_s"] == stats["images_per_s"]
 
-    lora_pipe = H.study.models.sd.load_lora(H.study.models.sd.load_pipeline(cfg, source=pipe.source),
+    lora_pipe = H.study.models.sd.load_lora(H.study.models.sd_pipeline.load_pipeline(cfg, source=pipe.source),
                                             stats["lora_path"])
     meta = H.study.models.sd.predict_test_set(cfg, lora_pipe, "sd_lora", train_stats=stats, limit=3)
     test = H.study.data.dataset.load_test_set(cfg)
@@ -315,22 +315,22 @@ def test_inference_keys_and_a_longer_run_never_retrain_from_scratch(sd_root, pre
     max_steps resumes it, and the finished LoRA of each run stays in its own folder."""
     cfg, _ = prepared
     cfg.sd.max_steps = 2
-    source = H.study.models.sd.resolve_source(cfg, sd_root)
-    first = H.study.models.sd.train_lora(cfg, H.study.models.sd.load_pipeline(cfg, source=source))
+    source = H.study.models.sd_pipeline.resolve_source(cfg, sd_root)
+    first = H.study.models.sd.train_lora(cfg, H.study.models.sd_pipeline.load_pipeline(cfg, source=source))
     assert first["steps"] == 2 and first["resumed_from"] == 0
     run_dir = H.study.models.sd.lora_run_dir(cfg, source, H.study.data.captions.make_captions(cfg)["captions"])
     assert first["lora_path"] == str(run_dir / H.study.models.sd.LORA_WEIGHTS)
     for key, value in (("num_inference_steps", 9), ("guidance_scale", 3.0), ("inference_batch_size", 1),
                        ("checkpoint_every", 1), ("num_workers", 1), ("num_epochs", 5)):
         other = H.load_config("smoke", {"sd.max_steps": 2, f"sd.{key}": value})
-        again = H.study.models.sd.train_lora(other, H.study.models.sd.load_pipeline(other, source=source))
+        again = H.study.models.sd.train_lora(other, H.study.models.sd_pipeline.load_pipeline(other, source=source))
         assert again["reused"] and again["steps"] == 2 and again["lora_path"] == first["lora_path"], key
     longer = H.load_config("smoke", {"sd.max_steps": 3})
-    more = H.study.models.sd.train_lora(longer, H.study.models.sd.load_pipeline(longer, source=source))
+    more = H.study.models.sd.train_lora(longer, H.study.models.sd_pipeline.load_pipeline(longer, source=source))
     assert more["resumed_from"] == 2 and more["steps"] == 3 and more["lora_path"] == first["lora_path"]
     # a run that changes the trajectory gets its own folder; the finished one is kept
     new = H.load_config("smoke", {"sd.max_steps": 1, "sd.lr": 5e-4})
-    other_run = H.study.models.sd.train_lora(new, H.study.models.sd.load_pipeline(new, source=source))
+    other_run = H.study.models.sd.train_lora(new, H.study.models.sd_pipeline.load_pipeline(new, source=source))
     assert other_run["resumed_from"] == 0 and other_run["lora_path"] != first["lora_path"]
     assert (run_dir / H.study.models.sd.LORA_WEIGHTS).is_file() and (run_dir / "last.pt").is_file()
 
@@ -341,8 +341,8 @@ def test_a_checkpoint_of_another_adapter_is_refused_by_name(sd_root, prepared):
 
     cfg, _ = prepared
     cfg.sd.max_steps = 1
-    source = H.study.models.sd.resolve_source(cfg, sd_root)
-    H.study.models.sd.train_lora(cfg, H.study.models.sd.load_pipeline(cfg, source=source))
+    source = H.study.models.sd_pipeline.resolve_source(cfg, sd_root)
+    H.study.models.sd.train_lora(cfg, H.study.models.sd_pipeline.load_pipeline(cfg, source=source))
     caps = H.study.data.captions.make_captions(cfg)["captions"]
     wider = H.load_config("smoke", {"sd.max_steps": 1, "sd.lora.r": 8})
     target = H.study.models.sd.lora_run_dir(wider, source, caps)
@@ -350,7 +350,7 @@ def test_a_checkpoint_of_another_adapter_is_refused_by_name(sd_root, prepared):
     shutil.copy(H.study.models.sd.lora_run_dir(cfg, source, caps) / "last.pt", target / "last.pt")
     with pytest.raises(H.study.models.training.CheckpointMismatchError,
                        match=f"{target.name}/last.pt does not match.*shape"):
-        H.study.models.sd.train_lora(wider, H.study.models.sd.load_pipeline(wider, source=source))
+        H.study.models.sd.train_lora(wider, H.study.models.sd_pipeline.load_pipeline(wider, source=source))
 
 
 def test_lora_training_refuses_fallback_captions_unless_opted_in(sd_root, prepared):
@@ -358,7 +358,7 @@ def test_lora_training_refuses_fallback_captions_unless_opted_in(sd_root, prepar
     cfg, _ = prepared
     cfg.sd.max_steps = 1
     cfg.captions.allow_fallback_for_lora = False
-    pipe = H.study.models.sd.load_pipeline(cfg, source=H.study.models.sd.resolve_source(cfg, sd_root))
+    pipe = H.study.models.sd_pipeline.load_pipeline(cfg, source=H.study.models.sd_pipeline.resolve_source(cfg, sd_root))
     with pytest.raises(H.study.data.captions.CaptionsError, match="LoRA training refused.*fallback"):
         H.study.models.sd.train_lora(cfg, pipe)
     assert not list((H.study.files.paths(cfg).models / "sd_lora").glob("ckpt-*/last.pt"))

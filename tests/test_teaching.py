@@ -107,10 +107,10 @@ def test_psnr_identity_direction_whole_mse_is_f_times_hole_mse(fraction_px):
 def tiny_pipe(tmp_path_factory):
     root = tmp_path_factory.mktemp("sd")
     cfg = H.load_config("smoke")
-    H.study.models.sd.resolve_source(cfg, root)
+    H.study.models.sd_pipeline.resolve_source(cfg, root)
     n = torch.get_num_threads()
     torch.set_num_threads(1)
-    yield cfg, H.study.models.sd.load_pipeline(cfg, root=root)
+    yield cfg, H.study.models.sd_pipeline.load_pipeline(cfg, root=root)
     torch.set_num_threads(n)
 
 
@@ -172,6 +172,6 @@ def test_latent_factor_is_read_from_the_vae(tiny_pipe):
     with torch.no_grad():
         z = H.course.sd_inpainting.encode_latents(pipe.vae, x)
     assert z.shape[-1] == 64 // f
-    vae_sd = H.study.models.sd.published_configs()["vae"]
+    vae_sd = H.study.models.sd_pipeline.published_configs()["vae"]
     assert 2 ** (len(vae_sd["block_out_channels"]) - 1) == 8       # 512 px -> 64: 48x fewer values
     assert 512 * 512 * 3 // (64 * 64 * vae_sd["latent_channels"]) == 48

@@ -25,7 +25,7 @@ def train(method: str, cfg, max_steps: int | None, variants: Sequence[str] | Non
     from accelerate import PartialState
 
     from helpers.study.files import paths
-    from helpers.study.models import ddpm, sd
+    from helpers.study.models import ddpm, sd, sd_pipeline
     from helpers.study.runtime import get_device
 
     # first use of Accelerate's state: without a GPU, processes started by `accelerate launch --multi_gpu`
@@ -41,7 +41,7 @@ def train(method: str, cfg, max_steps: int | None, variants: Sequence[str] | Non
         from helpers.study.models import peft_variants
 
         return peft_variants.run_ablation(cfg, names=variants or None, max_steps=max_steps)
-    return sd.train_lora(cfg, sd.load_pipeline(cfg), max_steps=max_steps)
+    return sd.train_lora(cfg, sd_pipeline.load_pipeline(cfg), max_steps=max_steps)
 
 
 def main(argv: Sequence[str] | None = None):

@@ -43,7 +43,7 @@ def ddpm_base_status(cfg: Config, P) -> tuple[bool, str]:
 
 def sd_base_status(cfg: Config, P) -> tuple[bool, str]:
     """Is the preset's SD inpainting pipeline on disk? (ok, what it is or why not)."""
-    from helpers.study.models.sd import looks_local
+    from helpers.study.models.sd_pipeline import looks_local
 
     if cfg.sd.tiny:
         return True, f"tiny random SD inpainting pipeline (seed {cfg.seed}, smoke), in {P.models / 'sd_base'}"
@@ -64,7 +64,7 @@ def _series(cfg: Config) -> str:
 
 
 def _get_sd(cfg: Config) -> tuple[str, str]:
-    from helpers.study.models.sd import HUB_ID
+    from helpers.study.models.sd_pipeline import HUB_ID
 
     return (f"hf download {HUB_ID} --local-dir <folder>",
             f" on a machine with internet access, then set sd.pretrained_id: <folder> in configs/{cfg.preset}.yaml")
@@ -145,7 +145,8 @@ def ddpm_load(cfg: Config, P, device, root, finetuned: bool):
 
 
 def sd_load(cfg: Config, P, device, root, lora: bool):
-    from helpers.study.models.sd import find_lora, load_lora, load_pipeline
+    from helpers.study.models.sd import find_lora, load_lora
+    from helpers.study.models.sd_pipeline import load_pipeline
 
     pipe = load_pipeline(cfg, device=device, root=root)
     return load_lora(pipe, find_lora(cfg, root)) if lora else pipe

@@ -8,7 +8,7 @@
                                                    # stand-ins of tests.fixtures.standins: tests/test_fullsize.py)
 
 The architectures are the published ones (helpers.study.models.ddpm.published_unet_config,
-helpers.study.models.sd.published_configs),
+helpers.study.models.sd_pipeline.published_configs),
 or, where ``ddpm.pretrained_id`` / ``sd.pretrained_id`` is a local folder (a downloaded checkpoint or a
 stand-in), the configs that folder holds; the weights are always random (timing and memory do not depend
 on them).

@@ -161,7 +161,7 @@ def _sd_configs(cfg: Config) -> dict:
     """SD 1.5 inpainting's component configs: those of a local pipeline folder, else the published ones."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
 
-    from helpers.study.models.sd import published_configs
+    from helpers.study.models.sd_pipeline import published_configs
     configs = published_configs()
     for name, cls in (("unet", UNet2DConditionModel), ("vae", AutoencoderKL), ("text_encoder", None)):
         local = _folder_config(cfg.sd.pretrained_id, f"{name}/config.json")
@@ -176,7 +176,7 @@ def _sd_parts(ctx: Context, perf: Config, dtype: str, device: torch.device):
     from types import SimpleNamespace
 
     from helpers.study.evaluation.perf import set_attention
-    from helpers.study.models.sd import build_components, tiny_configs
+    from helpers.study.models.sd_pipeline import build_components, tiny_configs
     configs = tiny_configs(1000, 0, 1, 1) if ctx.tiny else _sd_configs(ctx.cfg)
     parts = build_components(configs, device, DTYPES[dtype])
     set_attention(parts["vae"], perf.get("sdpa", True))

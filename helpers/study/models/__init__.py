@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from helpers.course import lazy_submodules
 
-_MODULES = ("ddpm", "sd", "peft_variants", "digits", "training")
+_MODULES = ("ddpm", "sd", "sd_pipeline", "peft_variants", "digits", "training")
 
 __all__ = list(_MODULES)
 

@@ -133,20 +133,20 @@ def merge_adapter(unet) -> None:
 def load_pipeline(cfg: Config, variant: dict, root: Path | None = None, device=None):
     """The study's pipeline; for a ``quantize: nf4`` variant (QLoRA) its U-Net reloaded with a 4-bit
     NF4 frozen base (diffusers' bitsandbytes integration), which needs CUDA and bitsandbytes."""
-    from helpers.study.models import sd
+    from helpers.study.models import sd_pipeline
     from helpers.study.runtime import get_device
 
     device = device or get_device(cfg)
     reason = unavailable_reason(variant, device)
     if reason:
         raise RuntimeError(f"variant {variant['name']!r} {reason}")
-    pipe = sd.load_pipeline(cfg, root=root, device=device)
+    pipe = sd_pipeline.load_pipeline(cfg, root=root, device=device)
     if variant.get("quantize"):
         from diffusers import BitsAndBytesConfig, UNet2DConditionModel
 
         if variant["quantize"] != "nf4":
             raise ValueError(f"variant {variant['name']!r}: quantize {variant['quantize']!r}; only nf4 is supported")
-        dtype = sd.weight_dtype(cfg, device)
+        dtype = sd_pipeline.weight_dtype(cfg, device)
         q = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype)
         source = pipe.source
         cache = str(paths(cfg, root).cache / "hub")
@@ -336,7 +336,7 @@ def published_size_params(cfg: Config) -> pd.DataFrame:
 
     from diffusers import UNet2DConditionModel
 
-    from helpers.study.models.sd import published_configs
+    from helpers.study.models.sd_pipeline import published_configs
 
     rows, frozen = [], torch.nn.Linear(1, 1)
     with torch.device("meta"):
