@@ -253,51 +253,56 @@ def check(select: str | None = None) -> list[str]:
     return problems
 
 
+def usable_cells(select: str | None, problems: list[str], hint: str = ""):
+    """The taught cells that parse and name an existing module; the others go to ``problems``."""
+    for nb in notebooks(select):
+        for cell in taught_cells(nb):
+            if cell.error:
+                problems.append(f"{cell.where}: {cell.error}{hint}")
+            elif not cell.module.is_file():
+                problems.append(f"{cell.where}: its module {cell.rel} does not exist")
+            else:
+                yield cell
+
+
 def plan_sync(select: str | None = None,
               baseline: Baseline | None = None) -> tuple[dict[Path, dict[int, str]], list[str]]:
     """The cells sync would rewrite (notebook -> cell index -> new source) and every reason to refuse."""
     baseline = baseline or Baseline()
     writes, problems = {}, []
-    for nb in notebooks(select):
-        for cell in taught_cells(nb):
-            if cell.error:
-                problems.append(f"{cell.where}: {cell.error}; fix the cell (nothing was synced)")
-                continue
-            if not cell.module.is_file():
-                problems.append(f"{cell.where}: its module {cell.rel} does not exist")
-                continue
-            defs = definitions(cell.module)
-            cell_problems, texts = [], []
-            for name in cell.names:
-                c, m = cell.defs[name], defs.get(name)
-                kind = classify(c, m, baseline.digests(cell.module, name))
-                texts.append(c if m is None else m)
-                if kind == "cell" and m is None:
-                    cell_problems.append(f"function {name} is in the cell but not in the module {cell.rel}")
-                elif kind == "cell":
-                    cell_problems.append(f"{name} was edited in the cell (the module has not changed):\n"
-                                         f"{_diff(m, c, cell.rel, cell.where)}")
-                elif kind == "both":
-                    cell_problems.append(f"{name} was edited both in the cell and in the module {cell.rel}; the "
-                                         f"module's version against the cell's:\n{_diff(m, c, cell.rel, cell.where)}")
-                elif kind == "unknown":
-                    cell_problems.append(f"{name} differs between the cell and the module {cell.rel}, and the "
-                                         f"baseline (the last commit, the last sync here) does not tell which side "
-                                         f"changed:\n{_diff(m, c, cell.rel, cell.where)}")
-                elif kind == "removed":
-                    cell_problems.append(f"{name} is no longer in the module {cell.rel} but the cell still shows it: "
-                                         f"remove it from the cell, or put it back with `{CMD} pull {cell.key}`")
-            extra = cell.outside()
-            if extra:
-                cell_problems.append("the cell holds lines outside its functions, which a module cannot hold "
-                                     "(move them into a function or remove them): " + "; ".join(map(repr, extra)))
-            if cell_problems:
-                problems.append(f"{cell.where}, module {cell.rel}: refusing to overwrite the cell.\n"
-                                + "\n".join(f"- {p}" for p in cell_problems) + "\n" + _keep_or_drop(cell))
-                continue
-            new = _layout(cell, texts)
-            if new != cell.source:
-                writes.setdefault(nb, {})[cell.index] = new
+    for cell in usable_cells(select, problems, "; fix the cell (nothing was synced)"):
+        defs = definitions(cell.module)
+        cell_problems, texts = [], []
+        for name in cell.names:
+            c, m = cell.defs[name], defs.get(name)
+            kind = classify(c, m, baseline.digests(cell.module, name))
+            texts.append(c if m is None else m)
+            if kind == "cell" and m is None:
+                cell_problems.append(f"function {name} is in the cell but not in the module {cell.rel}")
+            elif kind == "cell":
+                cell_problems.append(f"{name} was edited in the cell (the module has not changed):\n"
+                                     f"{_diff(m, c, cell.rel, cell.where)}")
+            elif kind == "both":
+                cell_problems.append(f"{name} was edited both in the cell and in the module {cell.rel}; the "
+                                     f"module's version against the cell's:\n{_diff(m, c, cell.rel, cell.where)}")
+            elif kind == "unknown":
+                cell_problems.append(f"{name} differs between the cell and the module {cell.rel}, and the "
+                                     f"baseline (the last commit, the last sync here) does not tell which side "
+                                     f"changed:\n{_diff(m, c, cell.rel, cell.where)}")
+            elif kind == "removed":
+                cell_problems.append(f"{name} is no longer in the module {cell.rel} but the cell still shows it: "
+                                     f"remove it from the cell, or put it back with `{CMD} pull {cell.key}`")
+        extra = cell.outside()
+        if extra:
+            cell_problems.append("the cell holds lines outside its functions, which a module cannot hold "
+                                 "(move them into a function or remove them): " + "; ".join(map(repr, extra)))
+        if cell_problems:
+            problems.append(f"{cell.where}, module {cell.rel}: refusing to overwrite the cell.\n"
+                            + "\n".join(f"- {p}" for p in cell_problems) + "\n" + _keep_or_drop(cell))
+            continue
+        new = _layout(cell, texts)
+        if new != cell.source:
+            writes.setdefault(cell.notebook, {})[cell.index] = new
     return writes, problems
 
 
@@ -389,40 +394,33 @@ def pull(select: str) -> list[Path]:
     texts: dict[Path, str] = {}          # module -> its new text
     pulled: dict[tuple[Path, str], str] = {}
     problems = []
-    for nb in notebooks(select):
-        for cell in taught_cells(nb):
-            if cell.error:
-                problems.append(f"{cell.where}: {cell.error}")
+    for cell in usable_cells(select, problems):
+        extra = cell.outside()
+        if extra:
+            problems.append(f"{cell.where}: lines outside its functions cannot go into {cell.rel} (move them "
+                            f"into a function or remove them): " + "; ".join(map(repr, extra)))
+            continue
+        text = texts.get(cell.module, cell.module.read_text())
+        previous = None
+        for name in cell.names:
+            src = cell.defs[name]
+            done = pulled.get((cell.module, name))
+            if done is not None and done != src:
+                problems.append(f"{cell.where}: {name} is also in another taught cell with different code; "
+                                f"make the cells agree")
+            defs = _defs_of(text)
+            if classify(src, defs.get(name), baseline.digests(cell.module, name)) == "module":
+                previous = name     # the module's edit, not the cell's: sync brings it into the cell
                 continue
-            if not cell.module.is_file():
-                problems.append(f"{cell.where}: its module {cell.rel} does not exist")
-                continue
-            extra = cell.outside()
-            if extra:
-                problems.append(f"{cell.where}: lines outside its functions cannot go into {cell.rel} (move them "
-                                f"into a function or remove them): " + "; ".join(map(repr, extra)))
-                continue
-            text = texts.get(cell.module, cell.module.read_text())
-            previous = None
-            for name in cell.names:
-                src = cell.defs[name]
-                done = pulled.get((cell.module, name))
-                if done is not None and done != src:
-                    problems.append(f"{cell.where}: {name} is also in another taught cell with different code; "
-                                    f"make the cells agree")
-                defs = _defs_of(text)
-                if classify(src, defs.get(name), baseline.digests(cell.module, name)) == "module":
-                    previous = name     # the module's edit, not the cell's: sync brings it into the cell
-                    continue
-                if name not in defs:
-                    text = _insert(text, name, src, previous)
-                elif defs[name] != src:
-                    s, e = _spans(text)[name]
-                    lines = text.splitlines()
-                    text = "\n".join(lines[:s] + src.splitlines() + lines[e:]) + "\n"
-                pulled[(cell.module, name)] = src
-                previous = name
-            texts[cell.module] = text
+            if name not in defs:
+                text = _insert(text, name, src, previous)
+            elif defs[name] != src:
+                s, e = _spans(text)[name]
+                lines = text.splitlines()
+                text = "\n".join(lines[:s] + src.splitlines() + lines[e:]) + "\n"
+            pulled[(cell.module, name)] = src
+            previous = name
+        texts[cell.module] = text
     for module, text in texts.items():
         try:
             ast.parse(text)
