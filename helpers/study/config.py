@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[2]
 CONFIG_DIR = ROOT / "configs"
 
 
-PRESETS = ("smoke", "lite", "full")
+PRESETS = ("smoke", "mini", "lite", "full")
 
 
 class Config(dict):

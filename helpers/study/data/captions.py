@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from helpers.study.config import Config
-from helpers.study.data.sources import hub_unreachable_reason
+from helpers.study.data.sources import digit_caption, hub_unreachable_reason
 from helpers.study.data.splits import SPLITS, load_index
 from helpers.study.files import load_json, load_png, paths, save_json, to_uint8
 from helpers.study.runtime import get_device, progress
@@ -85,7 +85,8 @@ def blip_captions(processor, model, images: dict[str, torch.Tensor], batch_size:
 def _usable_cache(cached: dict, names: dict, cfg: Config, cache_dir: Path) -> bool:
     """A cache is reused when it covers exactly these images with this model, and is not a fallback
     that BLIP could now replace."""
-    if set(cached.get("captions", {})) != set(names) or cached.get("model") != cfg.captions.model_id:
+    model = "labels" if cfg.captions.get("from_labels") else cfg.captions.model_id
+    if set(cached.get("captions", {})) != set(names) or cached.get("model") != model:
         return False
     if "sources" not in cached:                      # written before captions recorded their origin
         return False
@@ -110,6 +111,16 @@ def make_captions(cfg: Config, force: bool = False, root: Path | None = None) ->
             return cached
     c = cfg.captions
     status, captions = None, {}
+    if c.get("from_labels"):
+        # the mini preset: the digits' labels say what BLIP would ("a handwritten seven")
+        if "labels" not in index:
+            raise ValueError("captions.from_labels is true but the prepared data has no labels: it needs "
+                             "data.source: digits")
+        captions = {n: digit_caption(index["labels"][n]) for n in names}
+        result = {"model": "labels", "status": "from the digits' labels (in place of BLIP)", "fallback": False,
+                  "captions": captions, "sources": dict.fromkeys(captions, "label")}
+        save_json(result, cache)
+        return result
     if c.model_id:
         device = get_device(cfg)
         try:
@@ -137,6 +148,8 @@ def describe(caps: dict) -> str:
     """One line for the report: which captions were used."""
     n = len(caps["captions"])
     n_fallback = sum(1 for s in caps.get("sources", {}).values() if s == "fallback")
+    if caps.get("model") == "labels":
+        return f"captions from the digits' labels (e.g. {next(iter(caps['captions'].values()))!r}) for all {n} images"
     if not caps.get("fallback"):
         return f"BLIP captions ({caps['model']}) for all {n} images"
     prompt = next((t for k, t in caps["captions"].items() if caps["sources"].get(k) == "fallback"), "?")

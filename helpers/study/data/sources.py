@@ -1,7 +1,8 @@
 """Reading inputs: any image file as square RGB uint8 (conversions, crops and skips counted in a
 :class:`Report`), and the three sources of ``cfg.data.source``: ``bundled`` (random crops of the photos
-that scikit-image and matplotlib ship: offline), ``folder`` (any images under ``cfg.data.folder``) and
-``hub`` (a datasets-hub id, e.g. CelebA-HQ for ``full``). Taught in notebook 01; :mod:`.splits` turns
+that scikit-image and matplotlib ship: offline), ``digits`` (scikit-learn's handwritten digits, the
+``mini`` preset's real small problem: offline, labelled), ``folder`` (any images under ``cfg.data.folder``)
+and ``hub`` (a datasets-hub id, e.g. CelebA-HQ for ``full``). Taught in notebook 01; :mod:`.splits` turns
 them into the prepared data set."""
 from __future__ import annotations
 
@@ -209,6 +210,64 @@ def bundled_crops(n: int, size: int, seed: int, report: Report | None = None) ->
         top, left = int(rng.integers(0, h - side + 1)), int(rng.integers(0, w - side + 1))
         crop = img[top:top + side, left:left + side]
         yield f"{pname}_{i:04d}", admit(crop, f"{pname}_{i:04d}", size, report)
+
+
+DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+DIGIT_DOMAINS = ("source", "target")
+DIGIT_HALVES_SEED = 20260101       # the cut into the two halves never changes with the preset's seed
+
+
+def digit_label(name: str) -> int:
+    """The label of a prepared digit, from its name ``digit_<index>_<label>`` (also ``test_...``)."""
+    tail = name.rsplit("_", 1)[-1]
+    if not (name.split("_")[-3:-2] and tail.isdigit() and len(tail) == 1):
+        raise ValueError(f"{name!r} is not a digit's name (digit_<index>_<label>)")
+    return int(tail)
+
+
+def digit_caption(label: int) -> str:
+    """The caption of a digit, in place of BLIP's: ``a handwritten seven``."""
+    return f"a handwritten {DIGIT_WORDS[int(label)]}"
+
+
+def bold(img: np.ndarray, size: int) -> np.ndarray:
+    """A stroke made bold: grey dilation with a square of side ``size // 16 * 2 + 1`` px (3 at 16 px, 5 at 32 px)."""
+    from scipy.ndimage import grey_dilation
+
+    k = size // 16 * 2 + 1
+    return grey_dilation(img, size=(k, k) + (1,) * (img.ndim - 2))
+
+
+def digit_images(domain: str, size: int, report: Report | None = None) -> Iterator[tuple[str, np.ndarray]]:
+    """scikit-learn's 1,797 handwritten digits (8x8 px, 17 grey levels, bundled: no download) as RGB uint8
+    at ``size`` (bilinear), white ink on black, named ``digit_<index>_<label>``.
+
+    They are cut once (a fixed seed, whatever the preset's) into two halves of all ten classes, the way a
+    pretrained model's data and a study's data differ: ``source`` is one half as written (what the mini
+    preset's pretrained stand-ins were trained on), ``target`` the other half drawn **bold**
+    (:func:`bold`): a style the stand-ins never saw, as CelebA-HQ's faces are a style on which SD 1.5 was
+    not fine-tuned."""
+    import torch
+    import torch.nn.functional as F
+    from sklearn.datasets import load_digits
+
+    if domain not in DIGIT_DOMAINS:
+        raise ValueError(f"data.digits_domain must be one of {DIGIT_DOMAINS}, got {domain!r}")
+    report = report if report is not None else Report()
+    raw = load_digits()
+    order = np.random.default_rng(DIGIT_HALVES_SEED).permutation(len(raw.images))
+    half = np.sort(order[: len(order) // 2] if domain == "source" else order[len(order) // 2:])
+    x = torch.tensor(raw.images[half], dtype=torch.float32)[:, None] / 16.0            # 0..16 -> [0, 1]
+    x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False).clamp(0, 1)
+    for i, img in zip(half, (x[:, 0].numpy() * 255).round().astype(np.uint8)):
+        if domain == "target":
+            img = bold(img, size)
+        report.files += 1
+        report.kept += 1
+        report.sizes.append(8)
+        if size > 8:
+            report.upscaled += 1
+        yield f"digit_{i:04d}_{raw.target[i]}", np.repeat(img[:, :, None], 3, axis=2)
 
 
 def image_name(path: Path, folder: Path) -> str:

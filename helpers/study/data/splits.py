@@ -28,7 +28,16 @@ from PIL import Image
 from helpers.course.masks import GENERATOR_VERSION, generate_mask
 from helpers.study.config import Config
 from helpers.study.data.masks import hole_fraction, validate_mask
-from helpers.study.data.sources import Report, bundled_crops, folder_images, hub_images, image_files, image_name
+from helpers.study.data.sources import (
+    Report,
+    bundled_crops,
+    digit_images,
+    digit_label,
+    folder_images,
+    hub_images,
+    image_files,
+    image_name,
+)
 from helpers.study.files import load_json, paths, save_json, save_mask_png, save_png, shown_path, swap_in
 from helpers.study.runtime import progress
 
@@ -161,6 +170,8 @@ def source_items(cfg: Config, P, report: Report, split: str | None = None, prefi
     admit_kw = {"min_size": d.get("min_size", 8), "min_kept_fraction": d.get("min_kept_fraction", 0.0)}
     if d.source == "bundled":
         return bundled_crops(d.num_images, d.image_size, cfg.seed, report), d.num_images
+    if d.source == "digits":
+        return digit_images(d.get("digits_domain") or "target", d.image_size, report), 1797 // 2 + 1
     if d.source == "folder":
         if not d.get("folder"):
             raise ValueError("data.folder is not set: with data.source: folder, set data.folder to the folder "
@@ -175,7 +186,7 @@ def source_items(cfg: Config, P, report: Report, split: str | None = None, prefi
         n = d.num_images if limit is None else limit
         return hub_images(d.hub_id, split or d.hub_split, d.hub_image_key, d.image_size, P.cache, report,
                           n, prefix=prefix, **admit_kw), n
-    raise ValueError(f"data.source must be bundled, folder or hub, got {d.source!r}")
+    raise ValueError(f"data.source must be bundled, digits, folder or hub, got {d.source!r}")
 
 
 def _test_source(cfg: Config, P, report: Report) -> tuple[Iterator | None, str | None]:
@@ -355,6 +366,8 @@ def prepare_dataset(cfg: Config, force: bool = False, root: Path | None = None) 
                  "test_masks_from": (str(d.test_masks_folder) if user_masks is not None
                                      else "generated (data.masks.kinds)"),
                  "splits": splits, "test_masks": test_masks, "inputs": report.to_dict()}
+        if d.source == "digits":                    # the labels: captions, the digit classifier, accuracy
+            index["labels"] = {n: digit_label(n) for s in SPLITS for n in splits[s]}
         index["resolution"] = resolution_note(cfg, index)
         save_json({"settings": settings_fp, "files": files}, stage / "input_files.json")
         save_json(index, stage / "index.json")
