@@ -47,9 +47,9 @@ test: venv lint
 lint: venv
 	$(PY) -m ruff check helpers tests tools
 
-## the fullsize tier: presets full and lite at their real sizes on the CPU, on random-weight stand-ins of
+## the fullsize tier: preset full at its real sizes on the CPU (lite: the same paths, checked key by key), on random-weight stand-ins of
 ## every model and data set (tests.fixtures.standins, written once into data/standins: about 6 GB); one training
-## step, two sampling steps, two images, every notebook. About 37 minutes on 2 cores; peak about 16 GB.
+## step, two sampling steps, two images, every notebook. About 25 minutes on 2 cores; peak about 16 GB.
 test-fullsize: venv
 	$(PY) -m pytest -m fullsize $(PYTEST_ARGS)
 

@@ -5,7 +5,8 @@ step, two sampling steps, two test images, every notebook through papermill (hel
 What a GPU user runs is what runs here: the same loaders on the hub's folder layouts (the DDPM's root
 layout with legacy attention keys, the SD pipeline with its real CLIP tokenizer and PNDM scheduler,
 BLIP, a parquet data set), the same 113.7M / 859.5M / 83.7M / 123.1M parameter networks, LoRA on the
-same 128 modules. Run it with ``make test-fullsize`` (about 37 minutes on 2 cores, peak about 16 GB:
+same 128 modules. The series runs for ``full``; ``lite`` differs only in amounts (checked by
+:func:`test_lite_runs_what_full_runs`). Run it with ``make test-fullsize`` (peak about 16 GB:
 never two full-size processes at once). The stand-ins are written once into data/standins/ (about
 6 GB, a few minutes) and reused.
 """
@@ -134,7 +135,28 @@ def _series(preset: str, standins: Path, tmp_path_factory):
         mp.undo()
 
 
-@pytest.fixture(scope="module", params=["full", "lite"])
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def test_lite_runs_what_full_runs(tmp_path):
+    """The series runs once, for ``full``: ``lite`` differs from ``full`` only in amounts (images, epochs,
+    batch sizes, benchmark sweep), and with this tier's minimal amounts only in epochs (capped by
+    ``max_steps: 1``) and the benchmark's batch sizes (not part of the series). So lite's series would run
+    the same code on the same stand-ins a second time (about 15 minutes of CI): it is not repeated. A key
+    that makes lite take another path (a model, a sampler, a precision, a data source) fails this test,
+    and the series must then run for lite too."""
+    over = minimal_overrides(tmp_path)
+    full, lite = (_flat(H.load_config(p, over).to_dict()) for p in ("full", "lite"))
+    differ = {k for k in full.keys() | lite.keys() if full.get(k) != lite.get(k)}
+    assert differ == {"preset", "ddpm.num_epochs", "sd.num_epochs", "bench.batch_sizes"}, differ
+    assert over["ddpm.max_steps"] == over["sd.max_steps"] == 1          # epochs capped: the same single step
+
+
+@pytest.fixture(scope="module", params=["full"])
 def series(request, standins, tmp_path_factory):
     manifest, cfg = _series(request.param, standins, tmp_path_factory)
     root = Path(manifest["exports"]["report"]).parents[2]

@@ -23,7 +23,7 @@ from helpers.course.sd_inpainting import (
     mask_to_latent,
     to_sd_resolution,
 )
-from helpers.study.config import Config
+from helpers.study.config import ROOT, Config
 from helpers.study.files import load_json, paths, save_json
 from helpers.study.runtime import (
     count_parameters,
@@ -267,7 +267,9 @@ def resolve_source(cfg: Config, root: Path | None = None) -> str:
     if not cfg.sd.pretrained_id:
         raise ValueError("sd.pretrained_id is empty and sd.tiny is false: set sd.pretrained_id to "
                          f"{HUB_ID!r} or to a local folder holding that checkpoint")
-    return str(cfg.sd.pretrained_id)
+    source = str(cfg.sd.pretrained_id)
+    in_repo = ROOT / source                         # a folder of the repository (mini: pretrained/mini/...)
+    return str(in_repo) if not Path(source).expanduser().exists() and in_repo.is_dir() else source
 
 
 def looks_local(source: str) -> bool:
