@@ -363,3 +363,21 @@ def test_trained_peft_variants_are_methods_of_the_demo(demo):
     box = next(b for b in app.blocks.values() if getattr(b, "elem_id", None) == "methods")
     assert f"{VARIANT} (PEFT)" in [c[0] for c in box.choices] and f"{VARIANT} (PEFT)" not in box.value
     assert all(not m.startswith("peft_") for ms in demo.scheduler.candidates.values() for m in ms)
+
+
+def test_an_upload_for_digit_models_becomes_grey_light_ink_on_dark(tmp_path):
+    """mini (models trained on grey digits): a colour photo of dark ink on light paper is converted to
+    grey and inverted, and the message says so; the other presets keep colour."""
+    from PIL import Image
+
+    from helpers.apps.demo import read_upload
+
+    arr = np.full((40, 60, 3), (240, 230, 200), np.uint8)     # light paper...
+    arr[10:30, 25:35] = (20, 10, 60)                           # ...a dark stroke
+    Image.fromarray(arr).save(tmp_path / "paper.png")
+    grey, note = read_upload(tmp_path / "paper.png", 32, grey=True)
+    assert grey.shape == (32, 32, 3) and (grey[..., 0] == grey[..., 1]).all() and (grey[..., 1] == grey[..., 2]).all()
+    assert grey[16, 16, 0] > 200 and grey[2, 2, 0] < 40           # the stroke is light, the paper dark
+    assert "grey" in note and "inverted" in note
+    colour, note = read_upload(tmp_path / "paper.png", 32)
+    assert not (colour[..., 0] == colour[..., 2]).all() and "grey" not in note

@@ -55,6 +55,12 @@ def test_smoke_figures_are_stamped_visibly_and_in_the_png(tmp_path):
     H.report.figures.save(fig2, tmp_path / "full.png", preset="full")
     assert H.report.figures.SMOKE_STAMP not in _texts(fig2)
     assert not H.report.figures.png_is_stamped(tmp_path / "full.png")
+    fig3, ax3 = plt.subplots()                       # mini: its own stamp, not smoke's
+    ax3.plot([0, 1])
+    H.report.figures.save(fig3, tmp_path / "mini.png", preset="mini")
+    assert H.report.figures.MINI_STAMP in _texts(fig3) and H.report.figures.SMOKE_STAMP not in _texts(fig3)
+    assert H.report.figures.png_is_stamped(tmp_path / "mini.png", "mini")
+    assert not H.report.figures.png_is_stamped(tmp_path / "mini.png")
 
 
 def test_the_callers_preset_decides_the_stamp(tmp_root):

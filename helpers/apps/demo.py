@@ -199,17 +199,28 @@ class Models:
 
 
 # ---------------------------------------------------------------- images in, images out
-def read_upload(path: str | Path, size: int) -> tuple[np.ndarray, str]:
+def read_upload(path: str | Path, size: int, grey: bool = False) -> tuple[np.ndarray, str]:
     """An uploaded file -> uint8 (size, size, 3), as the data step reads its inputs: any format and
     mode converted to 8-bit RGB (:func:`helpers.data.read_image`), then the short side resized and
-    centre-cropped (:func:`helpers.data.resize_center_crop`). Raises BadImageError with a message."""
+    centre-cropped (:func:`helpers.data.resize_center_crop`). ``grey`` (models trained on digits: the mini
+    preset): converted to grey (ITU-R 601 luma) and, when the picture is mostly light (dark ink on paper),
+    inverted to white ink on black as the digits are. Raises BadImageError with a message."""
     report = Report()
     img = read_image(Path(path), report)
     if min(img.shape[:2]) < 8:
         raise BadImageError(f"{Path(path).name}: {img.shape[1]}x{img.shape[0]} px is smaller than 8 px")
     notes = [f"{r}" for r in report.converted]
     notes.append(f"{img.shape[1]}x{img.shape[0]} -> {size}x{size} (short side resized, centre crop)")
-    return resize_center_crop(img, size), "; ".join(notes)
+    out = resize_center_crop(img, size)
+    if grey:
+        # Y = 0.299 R + 0.587 G + 0.114 B
+        y = (out.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)).round().clip(0, 255)
+        notes.append("converted to grey, the models' input (they were trained on grey digits)")
+        if y.mean() > 127.5:
+            y = 255 - y
+            notes.append("inverted to light ink on a dark ground, as the digits are")
+        out = np.repeat(y.astype(np.uint8)[:, :, None], 3, axis=2)
+    return out, "; ".join(notes)
 
 
 def display_factor(size: int) -> int:
@@ -300,6 +311,10 @@ class Demo:
         if self.cfg.preset == "smoke":
             lines.append("Smoke preset: tiny random models barely trained; the completions are noise and prove "
                          "only that every method runs.")
+        if self.cfg.preset == "mini":
+            lines.append("Mini preset: the study at toy scale on digits; every model was trained on a CPU (notebooks "
+                         f"02-04). An uploaded photo is converted to the models' input: grey, {self.size}x{self.size} "
+                         "px, white ink on black as the digits are.")
         off = [s for m, s in st.items() if not s.available and not registry.is_variant(m)]
         if off:
             lines.append("**Disabled methods** (weights missing):")
@@ -337,7 +352,7 @@ class Demo:
         if not path:
             return None, None, self.prompt_for(None), "No file."
         try:
-            img, note = read_upload(path, self.size)
+            img, note = read_upload(path, self.size, grey=self.cfg.data.source == "digits")
         except BadImageError as e:
             return None, None, self.prompt_for(None), f"**Refused:** {e}"
         state = {"image": img, "name": None, "test_mask": None, "source": f"upload {Path(path).name}"}

@@ -97,6 +97,9 @@ MIN_TEXT_PX = 14             # smallest text height on the slide, in pixels (sli
 
 
 SMOKE_STAMP = "smoke preset: pipeline check, not a result"
+MINI_STAMP = "mini: the study at toy scale on digits"
+# the stamp above every figure whose content depends on a preset's trained models: what its numbers are
+PRESET_STAMPS = {"smoke": (SMOKE_STAMP, "#a00000", "#fff3f3"), "mini": (MINI_STAMP, "#174a7c", "#eef4fb")}
 
 
 SLIDE_RC = {"font.size": 13, "axes.titlesize": 14, "axes.labelsize": 13, "xtick.labelsize": 12,
@@ -142,13 +145,15 @@ def enforce_legible(fig) -> None:
 
 
 def stamp(fig, preset: str | None = None) -> bool:
-    """Write the smoke stamp above the figure when ``preset`` is smoke."""
-    if preset != "smoke":
+    """Write the preset's stamp (:data:`PRESET_STAMPS`: smoke's "pipeline check", mini's "toy scale")
+    above the figure; other presets (the study's) carry none."""
+    if preset not in PRESET_STAMPS:
         return False
-    if not any(t.get_text() == SMOKE_STAMP for t in fig.texts):
-        fig.text(0.5, 1.0, SMOKE_STAMP, ha="center", va="bottom", color="#a00000", fontweight="bold",
-                 fontsize=max(13.0, min_text_pt(fig)), gid="smoke-stamp",
-                 bbox={"boxstyle": "round,pad=0.3", "fc": "#fff3f3", "ec": "#a00000"})
+    text, colour, fill = PRESET_STAMPS[preset]
+    if not any(t.get_text() == text for t in fig.texts):
+        fig.text(0.5, 1.0, text, ha="center", va="bottom", color=colour, fontweight="bold",
+                 fontsize=max(13.0, min_text_pt(fig)), gid=f"{preset}-stamp",
+                 bbox={"boxstyle": "round,pad=0.3", "fc": fill, "ec": colour})
     return True
 
 
@@ -172,17 +177,17 @@ def save(fig, path: Path | None = None, preset: str | None = None, smoke_stamp: 
     stamped = stamp(fig, preset) if smoke_stamp else False
     if path is not None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-        meta = {"Description": SMOKE_STAMP} if stamped else {}
+        meta = {"Description": PRESET_STAMPS[preset][0]} if stamped else {}
         fig.savefig(path, dpi=150, bbox_inches="tight", metadata=meta)
     return fig
 
 
-def png_is_stamped(path: Path) -> bool:
-    """Whether a PNG saved by :func:`save` carries the smoke stamp in its metadata."""
+def png_is_stamped(path: Path, preset: str = "smoke") -> bool:
+    """Whether a PNG saved by :func:`save` carries ``preset``'s stamp in its metadata."""
     from PIL import Image
 
     with Image.open(path) as im:
-        return im.info.get("Description") == SMOKE_STAMP
+        return im.info.get("Description") == PRESET_STAMPS[preset][0]
 
 
 # ---------------------------------------------------------------- shared figures

@@ -97,8 +97,10 @@ def stamp(cfg, manifest: dict | None = None) -> str:
     when = (manifest or {}).get("finished") or (manifest or {}).get("started")
     made = f"Outputs of the last `{cfg.preset}` run" + (f" ({when[:10]})" if when else "")
     warning = smoke_warning(cfg)
-    if warning:
+    if warning and cfg.preset == "smoke":
         return f"{made}, a pipeline check, not a result. {warning.strip('*')}"
+    if warning:
+        return f"{made}: {warning.replace('**', '')}"
     return f"{made}: preset **{cfg.preset}**."
 
 

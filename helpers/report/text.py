@@ -133,7 +133,14 @@ def equation_values(cfg: Config, sd_meta: dict) -> str:
 
 
 def smoke_warning(cfg: Config) -> str:
-    """The plain statement every smoke slide deck carries ("" for other presets)."""
+    """The plain statement every smoke or mini slide deck carries ("" for the study's presets)."""
+    if cfg.preset == "mini":
+        return ("**Mini preset: the study at toy scale on digits.** Every model here was trained for real on a CPU: "
+                f"scikit-learn's handwritten digits at {cfg.data.image_size} px, the pretrained stand-ins "
+                "(an unconditional pixel DDPM and a latent 9-channel text-conditioned inpainting pipeline of "
+                "SD 1.5's classes) trained on one half of the digits as written, the study's methods run on the "
+                "other half drawn bold, captions from the labels. The numbers are the miniature's; the "
+                f"study's own are those of {STUDY_SOURCE}.")
     if cfg.preset != "smoke":
         return ""
     return ("**Smoke preset: the models are tiny, randomly initialised and trained for a few steps on "
