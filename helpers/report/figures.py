@@ -36,7 +36,7 @@ from helpers.study.evaluation.evaluate import (
     find_predictions,
 )
 from helpers.study.files import to_uint8
-from helpers.study.methods import LINESTYLES, MARKERS, METHODS, SHORT_LABELS
+from helpers.study.methods import LINESTYLES, MARKERS, METHODS, SHORT_LABELS, is_variant, short_label
 
 log = logging.getLogger(__name__)
 
@@ -362,6 +362,31 @@ def plot_bars(ev: Evaluation, metrics: Sequence[str] = ("psnr_hole", "ssim_hole"
         ax.grid(axis="x", alpha=0.3)
     axes[0][0].set_yticks(y, [f"{SHORT_LABELS[m]}  (n={int(rows.loc[m, 'n'])})" for m in order])
     fig.suptitle(title or "Hole quality per method: mean over its test images, 95 % CI")
+    return save(fig, path, preset)
+
+
+def plot_digit_accuracy(acc, path: Path | None = None, preset: str | None = None):
+    """Message: is the completion still the same digit? One horizontal bar per row of
+    :mod:`helpers.study.evaluation.digit_accuracy` (the ground-truth ceiling and the hole-left-grey floor
+    in grey, each method in its colour), the accuracy with its Wilson 95 % interval and n on the y axis."""
+    import matplotlib.pyplot as plt
+
+    summ = acc.summary.iloc[::-1]                       # first row at the top
+    methods = [m for m in summ["method"] if m in METHODS or is_variant(m)]
+    colors = _colors(methods)       # the study's methods in their colours; variants one colour, references grey
+    fig, ax = plt.subplots(figsize=(7.5, 0.5 * len(summ) + 1.6))
+    y = np.arange(len(summ))
+    for yi, (_, r) in zip(y, summ.iterrows()):
+        v = float(r["accuracy"])
+        err = [[v - float(r["accuracy_lo"])], [float(r["accuracy_hi"]) - v]]
+        color = colors.get(r["method"], "#4c72b0" if r["method"] in methods else "#9a9a9a")
+        ax.barh(yi, v, xerr=err, capsize=4, color=color, height=0.6)
+    names = [short_label(r["method"]) if r["method"] in methods else r["label"] for _, r in summ.iterrows()]
+    ax.set_yticks(y, [f"{name}  (n={int(n)})" for name, n in zip(names, summ["n"])])
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("digit accuracy of a classifier trained on clean digits (higher is better)")
+    ax.grid(axis="x", alpha=0.3)
+    fig.suptitle("Is it still the same digit? Accuracy per method, Wilson 95 % interval")
     return save(fig, path, preset)
 
 

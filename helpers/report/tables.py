@@ -11,6 +11,7 @@ import pandas as pd
 from helpers.report import published
 from helpers.report.public import first_sentence, public_text
 from helpers.report.published import STUDY, STUDY_PROTOCOL, STUDY_SOURCE
+from helpers.study.evaluation.digit_accuracy import REFERENCE_LABELS
 from helpers.study.evaluation.evaluate import LABELS, Evaluation
 from helpers.study.methods import short_label
 
@@ -115,6 +116,52 @@ def weights_table(ev: Evaluation) -> pd.DataFrame:
     return pd.DataFrame(rows).set_index("method")
 
 
+ACCURACY = "digit accuracy ↑ [95 % CI]"
+
+
+def format_digit_accuracy(acc) -> pd.DataFrame:
+    """The digit accuracy (:mod:`helpers.study.evaluation.digit_accuracy`) per row: correct / n and the
+    accuracy with its Wilson 95 % interval (the two reference rows first)."""
+    rows = [{"method": _name(r["method"], r["label"]),
+             "n": int(r["n"]), "correct": int(r["correct"]), ACCURACY: _acc(r)} for _, r in acc.summary.iterrows()]
+    return pd.DataFrame(rows, columns=["method", "n", "correct", ACCURACY]).set_index("method")
+
+
+def format_accuracy_pairs(acc) -> pd.DataFrame:
+    """The paired differences of accuracy (a - b, image by image) with their bootstrap 95 % CIs."""
+    rows = [{"difference": f"{_name(r['a'], r['label_a'])} − {_name(r['b'], r['label_b'])}", "n": int(r["n"]),
+             "accuracy difference [95 % CI]": f"{r['diff']:+.3f} [{r['lo']:+.3f}, {r['hi']:+.3f}]",
+             "excludes 0": "yes" if _true(r["excludes_zero"]) else "no"} for _, r in acc.paired.iterrows()]
+    return pd.DataFrame(rows, columns=["difference", "n", "accuracy difference [95 % CI]", "excludes 0"])
+
+
+def _name(method: str, label: str) -> str:
+    return label if method in REFERENCE_LABELS else short_label(method)
+
+
+def _true(v) -> bool:
+    return v is True or str(v).lower() == "true"
+
+
+def _acc(r) -> str:
+    return f"{fmt(float(r['accuracy']), 3)} [{fmt(float(r['accuracy_lo']), 3)}, {fmt(float(r['accuracy_hi']), 3)}]"
+
+
+def accuracy_cells(ev: Evaluation) -> dict[str, str] | None:
+    """method -> its digit accuracy with the Wilson 95 % interval; None when the metric does not apply."""
+    acc = ev.accuracy
+    if acc is None or not acc.applies:
+        return None
+    return {r["method"]: _acc(r) for _, r in acc.summary.iterrows()}
+
+
+def _with_accuracy(rows: list[dict], ids: list[str | None], cells: dict | None) -> list[dict]:
+    """Each row with the accuracy column (``-`` where not measured: the study, other papers, missing)."""
+    if cells is None:
+        return rows
+    return [{**r, ACCURACY: cells.get(m, "-") if m else "-"} for r, m in zip(rows, ids)]
+
+
 def _scores(d: dict) -> dict:
     return {"PSNR ↑": d.get("psnr"), "SSIM ↑": d.get("ssim"), "LPIPS ↓": d.get("lpips"), "FID ↓": d.get("fid")}
 
@@ -140,13 +187,17 @@ def study_table(ev: Evaluation, preset: str) -> pd.DataFrame:
         return {"method": short_label(m), "source": f"this run ({preset})", "n images": int(r["n"]),
                 **_scores({"psnr": cell(r, "psnr"), "ssim": cell(r, "ssim"),
                            "lpips": cell(r, "lpips") if lpips_ok else None, "fid": cell(r, "fid")})}
-    rows, shown = [], []
+    rows, shown, ids = [], [], []
     for s in STUDY:
         rows.append({"method": short_label(s["id"]), "source": STUDY_SOURCE, "n images": "not stated", **_scores(s)})
+        ids.append(None)
         if s["id"] in summ.index:
             rows.append(ours(s["id"]))
             shown.append(s["id"])
-    rows += [ours(m) for m in summ.index if m not in shown]
+            ids.append(s["id"])
+    rest = [m for m in summ.index if m not in shown]
+    rows += [ours(m) for m in rest]
+    rows = _with_accuracy(rows, ids + rest, accuracy_cells(ev))
     return _format_scores(pd.DataFrame(rows)).set_index("method")
 
 
@@ -164,11 +215,12 @@ def comparison_table(ev: Evaluation, preset: str) -> pd.DataFrame:
     """Every row in one table with its source, protocol and number of images (saved as CSV; the
     slides show it as :func:`study_table` and :func:`anchor_table`). Only the "this run" rows are
     measured here."""
-    rows = []
+    rows, ids = [], []
     ours_protocol = (f"this run ({preset}): {ev.info['n_test']} frozen test images, "
                      f"{ev.info['image_size']} px, masks {'/'.join(sorted(set(ev.per_image['kind'])))}")
     lpips_ok = ev.info.get("lpips", {}).get("available", False)
     for _, r in ev.summary.iterrows():
+        ids.append(r["method"] if r["status"] != "missing" else None)
         if r["status"] == "missing":
             rows.append({"method": r["label"], "source": "this run",
                          "protocol": "missing: " + public_text(r.get("note", "")), "n images": 0, **_scores({})})
@@ -183,6 +235,7 @@ def comparison_table(ev: Evaluation, preset: str) -> pd.DataFrame:
     for a in published.ANCHORS:
         rows.append({"method": a["method"], "source": a["source"], "protocol": a["protocol"],
                      "n images": a["n_images"] or "not stated", **_scores(a)})
+    rows = _with_accuracy(rows, ids + [None] * (len(rows) - len(ids)), accuracy_cells(ev))
     return _format_scores(pd.DataFrame(rows)).set_index("method")
 
 

@@ -14,6 +14,7 @@ from helpers.report.published import STUDY_CITATION, STUDY_PROTOCOL, STUDY_SOURC
 from helpers.report.tables import DIGITS, fmt, metric_name, short_label
 from helpers.study.config import Config
 from helpers.study.evaluation import evaluate as E
+from helpers.study.evaluation.digit_accuracy import REFERENCE_LABELS
 from helpers.study.evaluation.evaluate import Evaluation, ImageSet
 
 
@@ -240,6 +241,21 @@ SMOKE_CONCLUSION = ("**Smoke preset: tiny random models, a pipeline check; these
                     "the methods.**")
 
 
+def accuracy_statements(acc) -> list[str]:
+    """One line per paired difference of digit accuracy: a - b, its paired bootstrap 95 % CI over n
+    images, and whether the interval excludes 0 (empty when the metric does not apply)."""
+    if acc is None or not acc.applies:
+        return []
+    lines = []
+    for _, r in acc.paired.iterrows():
+        excl = r["excludes_zero"] is True or str(r["excludes_zero"]).lower() == "true"
+        a, b = (r[f"label_{k}"] if r[k] in REFERENCE_LABELS else short_label(r[k]) for k in "ab")
+        lines.append(f"Digit accuracy, {a} − {b}: {r['diff']:+.3f} (paired 95 % CI [{r['lo']:+.3f}, "
+                     f"{r['hi']:+.3f}], n = {int(r['n'])}): "
+                     + ("the interval excludes 0." if excl else "the interval contains 0: not resolved."))
+    return lines
+
+
 def conclusion_sections(ev: Evaluation, cfg: Config) -> dict[str, list[str]]:
     """The conclusions as two short lists of markdown lines, one per slide:
 
@@ -262,6 +278,8 @@ def conclusion_sections(ev: Evaluation, cfg: Config) -> dict[str, list[str]]:
     quality += [quality_statement(ev, metric, main) for metric in metrics]
     # 2. learned methods against the classical baseline, same set
     quality.append(baseline_statement(ev, main))
+    # 2b. labelled (digits) data: the digit accuracy's paired differences (their own n, all test images)
+    quality += [f"* {line}" for line in accuracy_statements(ev.accuracy)]
     # 3. a method run on a subset, on exactly its images; 4. the study's ranking on the main set;
     # 5. KID (set-level); 6. speed
     context = [subset_statement(ev, s) for s in subsets]

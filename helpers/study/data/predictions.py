@@ -3,14 +3,14 @@ would change FID) with a meta.json beside them, written once and read by the eva
 and the demo."""
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import torch
 
 from helpers.study.config import Config
 from helpers.study.files import load_json, load_pngs, paths, save_json, save_png
-from helpers.study.methods import method_label
+from helpers.study.methods import method_label, notebook_of
 
 
 # ---------------------------------------------------------------- predictions shared by all methods
@@ -55,3 +55,18 @@ def read_meta(cfg: Config, method: str, root: Path | None = None) -> dict:
     of the model that actually ran (e.g. ``latent_px`` of the SD methods)."""
     path = paths(cfg, root).predictions(method) / "meta.json"
     return load_json(path) if path.is_file() else {}
+
+
+def find_predictions(cfg: Config, method: str, names: Sequence[str], root: Path | None = None) -> dict:
+    """{"names": test names with a prediction file, "reason": why the method is missing or partial}."""
+    folder = paths(cfg, root).predictions(method)
+    nb = notebook_of(method)
+    if not folder.is_dir():
+        return {"names": [], "reason": f"no prediction folder {folder}: run notebook {nb}"}
+    have = [n for n in names if (folder / f"{n}.png").is_file()]
+    if not have:
+        n_files = len(list(folder.glob("*.png")))
+        return {"names": [], "reason": f"{folder} holds {n_files} PNG files but none for this test set "
+                                       f"({len(names)} images): re-run notebook {nb}"}
+    reason = "" if len(have) == len(names) else f"scored on the {len(have)} of {len(names)} test images it has"
+    return {"names": have, "reason": reason}

@@ -15,7 +15,9 @@ Protocol (the same for every method):
    and every table says n);
 4. means with percentile-bootstrap 95 % confidence intervals over images, overall, by hole-area
    bucket and by mask kind; a runtime table from each method's meta.json;
-5. a method without prediction files is listed as *missing*, with the reason, never dropped.
+5. a method without prediction files is listed as *missing*, with the reason, never dropped;
+6. on labelled (digits) data, the digit accuracy of a classifier trained on clean digits
+   (:mod:`helpers.study.evaluation.digit_accuracy`, ``Evaluation.accuracy``).
 
 Tables go to ``reports/<preset>/tables/05_*.csv`` and ``05_evaluation.json``.
 """
@@ -32,8 +34,9 @@ import torch
 from helpers.course.metrics import pixel_scores, to_levels
 from helpers.study.config import Config
 from helpers.study.data.dataset import composite, load_test_set
-from helpers.study.data.predictions import read_predictions
+from helpers.study.data.predictions import find_predictions, read_predictions
 from helpers.study.data.splits import load_index
+from helpers.study.evaluation.digit_accuracy import evaluate_digit_accuracy, load_digit_accuracy
 from helpers.study.evaluation.metrics import (
     bootstrap_ci,
     fid_from_features,
@@ -41,6 +44,8 @@ from helpers.study.evaluation.metrics import (
     kid_from_features,
     load_inception,
     load_lpips,
+    means_on,
+    paired_difference,
 )
 from helpers.study.files import load_json, paths, save_json, shown_paths
 from helpers.study.methods import METHODS, SHORT_LABELS, method_label, notebook_of
@@ -71,6 +76,7 @@ class Evaluation:
     by_kind: pd.DataFrame        # long: method, group (mask kind), n, metric, mean, lo, hi
     runtime: pd.DataFrame        # one row per method with predictions, from its meta.json
     info: dict = field(default_factory=dict)  # implementations, resize mode, LPIPS status, missing...
+    accuracy: object = None      # digit_accuracy.DigitAccuracy (labelled data only; ``applies`` says)
 
     @property
     def missing(self) -> list[dict]:
@@ -101,22 +107,6 @@ def run_telea(cfg: Config, radius: int | None = None, root: Path | None = None, 
     predict_test_set(cfg, "telea", lambda x, m, seeds, names: telea_inpaint(x, m, radius), cfg.eval.batch_size,
                      torch.device("cpu"), meta, root=root, desc="Telea inpainting")
     return out
-
-
-# ---------------------------------------------------------------- which predictions exist
-def find_predictions(cfg: Config, method: str, names: Sequence[str], root: Path | None = None) -> dict:
-    """{"names": test names with a prediction file, "reason": why the method is missing or partial}."""
-    folder = paths(cfg, root).predictions(method)
-    nb = notebook_of(method)
-    if not folder.is_dir():
-        return {"names": [], "reason": f"no prediction folder {folder}: run notebook {nb}"}
-    have = [n for n in names if (folder / f"{n}.png").is_file()]
-    if not have:
-        n_files = len(list(folder.glob("*.png")))
-        return {"names": [], "reason": f"{folder} holds {n_files} PNG files but none for this test set "
-                                       f"({len(names)} images): re-run notebook {nb}"}
-    reason = "" if len(have) == len(names) else f"scored on the {len(have)} of {len(names)} test images it has"
-    return {"names": have, "reason": reason}
 
 
 # ---------------------------------------------------------------- per-image scores
@@ -286,6 +276,8 @@ def evaluate_all(cfg: Config, root: Path | None = None, methods: Sequence[str] |
                     pd.DataFrame(runtime, columns=list(_runtime_row("telea", {}))), info)
     if save:
         save_evaluation(ev, P.tables)
+        # 4. the semantic score of a labelled (digits) run; says it does not apply otherwise
+        ev.accuracy = evaluate_digit_accuracy(cfg, root)
     return ev
 
 
@@ -306,7 +298,7 @@ def load_evaluation(cfg: Config, root: Path | None = None) -> Evaluation:
     text = {"name": str, "group": str, "method": str, "kind": str, "bucket": str}
     frames = {k: pd.read_csv(folder / TABLES[k], dtype=text) for k in
               ("per_image", "summary", "by_bucket", "by_kind", "runtime")}
-    return Evaluation(**frames, info=load_json(folder / TABLES["info"]))
+    return Evaluation(**frames, info=load_json(folder / TABLES["info"]), accuracy=load_digit_accuracy(cfg, root))
 
 
 # ---------------------------------------------------------------- statistics behind the statements
@@ -343,37 +335,6 @@ def common_images(per_image: pd.DataFrame, methods: Sequence[str], metric: str |
     for m in methods[1:]:
         keep &= set(images_of(per_image, m, metric))
     return [n for n in images_of(per_image, methods[0], metric) if n in keep]
-
-
-def means_on(per_image: pd.DataFrame, methods: Sequence[str], metric: str, images: Sequence[str]) -> pd.Series:
-    """method -> mean of ``metric`` over exactly ``images`` (KeyError when a method lacks one of them)."""
-    out = {}
-    for m in methods:
-        col = per_image[per_image["method"] == m].set_index("name")[metric]
-        missing = [n for n in images if n not in col.index or pd.isna(col.get(n))]
-        if missing:
-            raise KeyError(f"{m} has no {metric} for {len(missing)} of the {len(images)} images of the set "
-                           f"(e.g. {missing[0]!r}): a statement must use images every method has")
-        out[m] = float(col.loc[list(images)].astype(float).mean())
-    return pd.Series(out, dtype=float)
-
-
-def paired_difference(per_image: pd.DataFrame, a: str, b: str, metric: str, n_boot: int = 1000,
-                      seed: int = 0, images: Sequence[str] | None = None) -> tuple[float, float, float, int]:
-    """Mean of metric(a) - metric(b) over ``images`` (default: every image both methods have), with
-    its percentile bootstrap 95 % CI (paired: the same images are resampled for both).
-    Returns (mean, lo, hi, n). Over the same images, the mean difference equals the difference of
-    the two means (:func:`means_on`)."""
-    pa = per_image[per_image["method"] == a].set_index("name")[metric]
-    pb = per_image[per_image["method"] == b].set_index("name")[metric]
-    if images is None:
-        common = pa.dropna().index.intersection(pb.dropna().index)
-    else:
-        means_on(per_image, [a, b], metric, images)           # both must have every image of the set
-        common = pd.Index(list(images))
-    diff = (pa[common] - pb[common]).to_numpy(dtype=float)
-    mean, lo, hi = bootstrap_ci(diff, n_boot, seed)
-    return mean, lo, hi, len(common)
 
 
 def common_means(per_image: pd.DataFrame, metric: str) -> tuple[pd.Series, int]:

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 
 from helpers.course.metrics import check_pair, to_levels
@@ -578,3 +579,35 @@ def bootstrap_ci(values: Sequence[float], n_boot: int = 1000, seed: int = 0,
     alpha = (1 - confidence) / 2
     lo, hi = np.quantile(means, [alpha, 1 - alpha])
     return float(v.mean()), float(lo), float(hi)
+
+
+# ---------------------------------------------------------------- statistics over per-image tables
+def means_on(per_image: pd.DataFrame, methods: Sequence[str], metric: str, images: Sequence[str]) -> pd.Series:
+    """method -> mean of ``metric`` over exactly ``images`` (KeyError when a method lacks one of them)."""
+    out = {}
+    for m in methods:
+        col = per_image[per_image["method"] == m].set_index("name")[metric]
+        missing = [n for n in images if n not in col.index or pd.isna(col.get(n))]
+        if missing:
+            raise KeyError(f"{m} has no {metric} for {len(missing)} of the {len(images)} images of the set "
+                           f"(e.g. {missing[0]!r}): a statement must use images every method has")
+        out[m] = float(col.loc[list(images)].astype(float).mean())
+    return pd.Series(out, dtype=float)
+
+
+def paired_difference(per_image: pd.DataFrame, a: str, b: str, metric: str, n_boot: int = 1000,
+                      seed: int = 0, images: Sequence[str] | None = None) -> tuple[float, float, float, int]:
+    """Mean of metric(a) - metric(b) over ``images`` (default: every image both methods have), with
+    its percentile bootstrap 95 % CI (paired: the same images are resampled for both).
+    Returns (mean, lo, hi, n). Over the same images, the mean difference equals the difference of
+    the two means (:func:`means_on`)."""
+    pa = per_image[per_image["method"] == a].set_index("name")[metric]
+    pb = per_image[per_image["method"] == b].set_index("name")[metric]
+    if images is None:
+        common = pa.dropna().index.intersection(pb.dropna().index)
+    else:
+        means_on(per_image, [a, b], metric, images)           # both must have every image of the set
+        common = pd.Index(list(images))
+    diff = (pa[common] - pb[common]).to_numpy(dtype=float)
+    mean, lo, hi = bootstrap_ci(diff, n_boot, seed)
+    return mean, lo, hi, len(common)

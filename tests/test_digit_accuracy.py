@@ -1,0 +1,119 @@
+"""The digit accuracy of a labelled run (helpers.study.evaluation.digit_accuracy): the classifier's rows
+on synthetic cases whose answer is known, the paired intervals, and the tables written only when the
+prepared data has labels."""
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import helpers as H
+
+DA = H.study.evaluation.digit_accuracy
+
+
+def _frame(rows: dict) -> pd.DataFrame:
+    return pd.concat([pd.DataFrame({"method": m, "label": m, "name": [f"{i:03d}" for i in range(len(c))],
+                                    "correct": np.asarray(c, dtype=float)}) for m, c in rows.items()],
+                     ignore_index=True)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    """scikit-learn's 8x8 digits as (N, 3, 8, 8) in [-1, 1], a classifier fitted on the first 400, and
+    60 test digits with a fixed box hole."""
+    from sklearn.datasets import load_digits
+    d = load_digits()
+    x = torch.from_numpy(d.images / 8.0 - 1.0).float()[:, None].repeat(1, 3, 1, 1)
+    mask = torch.zeros(60, 1, 8, 8)
+    mask[:, :, 2:6, 1:5] = 1
+    test = {"image": x[400:460], "mask": mask, "name": [f"t{i}" for i in range(60)]}
+    labels = {n: int(v) for n, v in zip(test["name"], d.target[400:460])}
+    return DA.fit_classifier(x[:400], d.target[:400], seed=0), test, labels
+
+
+def test_perfect_completion_reaches_the_ceiling_and_grey_equals_the_floor(digits):
+    clf, test, labels = digits
+    names = test["name"]
+    frame = DA.per_image_frame(clf, test, labels, {
+        "sd_lora": (names, test["image"].clone()),                       # the clean images themselves
+        "telea": (names, test["image"] * (1 - test["mask"]))})           # the hole left grey
+    summ = DA.accuracy_summary(frame).set_index("method")
+    assert list(summ.index) == [DA.GROUND_TRUTH, DA.HOLE_GREY, "sd_lora", "telea"]
+    assert summ.loc["sd_lora", "accuracy"] == summ.loc[DA.GROUND_TRUTH, "accuracy"] > 0.8
+    assert summ.loc["telea", "correct"] == summ.loc[DA.HOLE_GREY, "correct"]
+    assert summ.loc[DA.HOLE_GREY, "accuracy"] < summ.loc[DA.GROUND_TRUTH, "accuracy"]
+    lo, hi = H.study.models.digits.wilson_ci(int(summ.loc["sd_lora", "correct"]), 60)
+    assert (summ.loc["sd_lora", "accuracy_lo"], summ.loc["sd_lora", "accuracy_hi"]) == (lo, hi)
+    # the classifier reads the grey channel: the same images give the same answers, run after run
+    again = DA.correct(clf, test["image"], [labels[n] for n in names])
+    assert np.array_equal(again, frame[frame.method == DA.GROUND_TRUTH]["correct"].to_numpy())
+
+
+def test_paired_intervals_identical_zero_and_strictly_better_positive():
+    n = 200
+    base = np.r_[np.ones(120), np.zeros(80)]
+    better = base.copy()
+    better[120:150] = 1                                      # correct on 30 more images, never on fewer
+    frame = _frame({"telea": base, "ddpm_finetuned": base.copy(), "sd_lora": better})
+    paired = DA.paired_table(frame, [("ddpm_finetuned", "telea"), ("sd_lora", "telea")], 500, 0)
+    same, up = paired.iloc[0], paired.iloc[1]
+    assert (same["diff"], same["lo"], same["hi"], same["n"]) == (0.0, 0.0, 0.0, n)
+    assert not same["excludes_zero"]
+    assert up["diff"] == pytest.approx(30 / n) and 0 < up["lo"] <= up["diff"] <= up["hi"]
+    assert up["excludes_zero"]
+
+
+def test_comparisons_name_every_pair_the_issue_asks_for():
+    methods = [DA.GROUND_TRUTH, DA.HOLE_GREY, "ddpm_finetuned", "ddpm_repaint", "sd_zeroshot", "sd_lora", "telea",
+               "peft_lora_r1"]
+    pairs = DA.comparisons(methods)
+    learned = ["ddpm_finetuned", "ddpm_repaint", "sd_zeroshot", "sd_lora", "peft_lora_r1"]
+    assert all((m, "telea") in pairs for m in learned)
+    assert all((m, DA.HOLE_GREY) in pairs for m in learned + ["telea"])
+    assert ("sd_lora", "sd_zeroshot") in pairs and ("ddpm_finetuned", "ddpm_repaint") in pairs
+    assert ("peft_lora_r1", "sd_lora") in pairs
+    assert not any(DA.GROUND_TRUTH in p for p in pairs) and len(pairs) == len(set(pairs))
+    assert DA.comparisons([DA.GROUND_TRUTH, DA.HOLE_GREY, "sd_lora"]) == [("sd_lora", DA.HOLE_GREY)]
+
+
+def test_tables_written_with_labels_and_skipped_without(prepared):
+    cfg, index = prepared
+    cfg.eval.bootstrap_samples = 100
+    tables = H.study.files.paths(cfg).tables
+    # 1. the smoke data has no labels: the metric says it does not apply and writes nothing
+    acc = DA.evaluate_digit_accuracy(cfg)
+    assert not acc.applies and "does not apply" in acc.reason
+    assert not any((tables / f).exists() for f in DA.TABLES.values())
+    assert not DA.load_digit_accuracy(cfg).applies
+    # 2. the same data with (made-up, seeded) labels: every table written, predictions read back
+    rng = np.random.default_rng(0)
+    index["labels"] = {n: int(rng.integers(0, 10)) for s in ("train", "val", "test") for n in index["splits"][s]}
+    path = H.study.files.paths(cfg).data / "index.json"
+    path.write_text(json.dumps(index))
+    test = H.study.data.dataset.load_test_set(cfg)
+    H.study.data.predictions.write_predictions(cfg, "sd_lora", test["name"], test["image"], {"weights": "TEST"})
+    acc = DA.evaluate_digit_accuracy(cfg)
+    assert acc.applies and all((tables / f).is_file() for f in DA.TABLES.values())
+    summ = acc.summary.set_index("method")
+    assert summ.loc["sd_lora", "correct"] == summ.loc[DA.GROUND_TRUTH, "correct"]
+    assert len(acc.per_image) == 3 * len(test["name"])
+    assert list(zip(acc.paired["a"], acc.paired["b"])) == [("sd_lora", DA.HOLE_GREY)]
+    loaded = DA.load_digit_accuracy(cfg)
+    assert loaded.applies and loaded.summary["correct"].tolist() == acc.summary["correct"].tolist()
+    assert loaded.paired["excludes_zero"].tolist() == acc.paired["excludes_zero"].tolist()
+
+
+def test_report_shows_the_accuracy_column_and_the_paired_lines(digits):
+    clf, test, labels = digits
+    names = test["name"]
+    frame = DA.per_image_frame(clf, test, labels, {"sd_lora": (names, test["image"])})
+    acc = DA.DigitAccuracy(True, "", frame, DA.accuracy_summary(frame),
+                           DA.paired_table(frame, DA.comparisons(DA.accuracy_summary(frame)["method"]), 100, 0))
+    lines = H.report.text.accuracy_statements(acc)
+    assert len(lines) == 1 and "Hole left grey" not in lines[0] and "hole left grey" in lines[0]
+    assert ("excludes 0" in lines[0]) == bool(acc.paired["excludes_zero"].iloc[0])
+    table = H.report.tables.format_digit_accuracy(acc)
+    assert table.loc[H.study.methods.short_label("sd_lora"), "correct"] == int(acc.summary["correct"].iloc[0])
+    assert H.report.text.accuracy_statements(DA.DigitAccuracy(False, "no labels")) == []
