@@ -207,6 +207,7 @@ def save_ddpm(unet, sched, folder: Path) -> None:
     from diffusers import DDPMPipeline
 
     tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
+    os.chmod(tmp, 0o755)                                 # mkdtemp makes it private; the weights are for everyone
     try:
         DDPMPipeline(unet=unet, scheduler=sched).save_pretrained(str(tmp))
         swap_folder(tmp, folder)
@@ -363,6 +364,7 @@ def save_sd(parts: dict, tokenizer, folder: Path, dtype: torch.dtype = torch.flo
     from diffusers import StableDiffusionInpaintPipeline
 
     tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
+    os.chmod(tmp, 0o755)                                 # mkdtemp makes it private; the weights are for everyone
     try:
         nets = {k: copy.deepcopy(parts[k]).to(dtype) for k in ("vae", "text_encoder", "unet")}
         pipe = StableDiffusionInpaintPipeline(**nets, tokenizer=tokenizer, scheduler=parts["scheduler"],
@@ -405,6 +407,7 @@ def update_recipe(out: Path, part: str, record: dict, command: str) -> None:
     fd, tmp = tempfile.mkstemp(dir=out, prefix=".recipe.", suffix=".json")
     with os.fdopen(fd, "w") as f:
         json.dump(recipe, f, indent=2)
+    os.chmod(tmp, 0o644)
     os.replace(tmp, path)
     (out / "README.md").write_text(README.format(command="\n    ".join(r["command"] for r in recipe.values())))
 
