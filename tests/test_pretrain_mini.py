@@ -22,7 +22,7 @@ def held_out(n: int = 16) -> torch.Tensor:
     """A fixed batch of TARGET digits (never trained on; read here only to score)."""
     from helpers.study.data.sources import digit_images
 
-    imgs = [im for _, im in zip(range(n), digit_images("target", PM.SIZE))]
+    imgs = [im for _, (_, im) in zip(range(n), digit_images("target", PM.SIZE))]
     return torch.from_numpy(np.stack(imgs)).permute(0, 3, 1, 2).float() / 127.5 - 1
 
 
