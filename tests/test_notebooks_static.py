@@ -66,6 +66,18 @@ def test_cells_stay_short(path):
 
 
 @pytest.mark.parametrize("path", SOURCES, ids=ids)
+def test_code_cells_are_closed(path):
+    """Every code cell of the source ends with its fence: a missing closing fence silently swallows the
+    markdown below into the code cell (jupytext reads on to the next fence), which then fails to parse."""
+    for c in jupytext.read(path).cells:
+        if c.cell_type == "code":
+            for marker in ("+++", "```{code-cell}", "```{raw-cell}"):
+                assert not any(l.startswith(marker) for l in c.source.splitlines()), \
+                    f"{path.name}: a code cell runs into the next cell's marker {marker!r}: close its fence"
+            ast.parse(c.source)                     # and it is Python (no magics in the course)
+
+
+@pytest.mark.parametrize("path", SOURCES, ids=ids)
 def test_ipynb_matches_its_source(path):
     """The committed .ipynb holds exactly the source's cells (type, text, tags, slide metadata) and
     no outputs. Fails when one side was edited without syncing the other."""

@@ -140,6 +140,24 @@ def paired_table(per_image: pd.DataFrame, pairs, n_boot: int, seed: int) -> pd.D
     return pd.DataFrame(rows, columns=PAIRED_COLUMNS)
 
 
+# ---------------------------------------------------------------- notebook 04's guidance sweep
+def guidance_sweep_summary(rows: list[dict], per_image: list[dict], n_boot: int, seed: int,
+                           folder: Path | None = None) -> tuple[pd.DataFrame, dict]:
+    """Notebook 04's accuracy per guidance scale: ``rows`` ({"guidance s", "accuracy", ...} per scale, the
+    first at s = 1) and ``per_image`` ({"method": "s=<s>", "name", "correct"}) -> the table and the
+    paired difference best s - (s = 1) with its bootstrap 95 % CI; saved as ``04_guidance_accuracy.csv``
+    and ``.json`` in ``folder`` when given."""
+    table = pd.DataFrame(rows)
+    best = float(table.loc[table["accuracy"].idxmax(), "guidance s"])
+    diff, lo, hi, n = paired_difference(pd.DataFrame(per_image), f"s={best:g}", f"s={rows[0]['guidance s']:g}",
+                                        "correct", n_boot=n_boot, seed=seed)
+    summary = {"best_scale": best, "n": n, "diff_vs_s1": diff, "low": lo, "high": hi, "rows": rows}
+    if folder is not None:
+        table.to_csv(Path(folder) / "04_guidance_accuracy.csv", index=False)
+        save_json(summary, Path(folder) / "04_guidance_accuracy.json")
+    return table, summary
+
+
 # ---------------------------------------------------------------- the whole protocol
 def per_image_frame(classifier, test: dict, labels: dict[str, int], completions: dict) -> pd.DataFrame:
     """Correctness per (row, image): the two reference rows on the whole test set, then each method
