@@ -41,7 +41,7 @@ def test_ddpm_loads_and_beats_init(cut_run):
     P = H.study.files.paths(cfg, out / "root")
     unet = H.study.models.ddpm.load_unconditional_unet(cfg, P)
     sched = H.study.models.ddpm.load_noise_scheduler(cfg, P)
-    assert unet.config.in_channels == 3 and unet.config.sample_size == 32
+    assert unet.config.in_channels == 3 and unet.config.sample_size == PM.SIZE
     assert sched.config.beta_schedule == CUT.ddpm_beta_schedule
     assert sum(p.numel() for p in unet.parameters()) == records["ddpm"]["parameters"]
     torch.manual_seed(CUT.seed)
@@ -76,9 +76,10 @@ def test_sd_loads_and_beats_init(cut_run):
                                        ("trained", pipe.unet, pipe.text_encoder))}
     assert loss["trained"] < loss["init"], loss
     # the pipeline runs end to end (2 DDIM steps)
-    img = pipe(prompt="a handwritten three", image=torch.zeros(1, 3, 32, 32), mask_image=torch.ones(1, 1, 32, 32),
-               height=32, width=32, num_inference_steps=2, output_type="pt").images
-    assert img.shape == (1, 3, 32, 32) and torch.isfinite(img).all()
+    n = PM.SIZE
+    img = pipe(prompt="a handwritten three", image=torch.zeros(1, 3, n, n), mask_image=torch.ones(1, 1, n, n),
+               height=n, width=n, num_inference_steps=2, output_type="pt").images
+    assert img.shape == (1, 3, n, n) and torch.isfinite(img).all()
 
 
 @pytest.mark.slow
@@ -103,3 +104,22 @@ def test_shipped_folders_load_with_recorded_parameter_counts():
     assert pipe.unet.config.in_channels == 9
     size = sum(f.stat().st_size for f in (SHIPPED / "sd-inpainting").rglob("*") if f.is_file())
     assert size < 10.5e6, size
+    # what the shipped weights learned, on held-out TARGET digits (bold: a style they never saw), against the
+    # same architectures untrained: the DDPM's denoising loss and the latent U-Net's inpainting loss
+    sched = H.study.models.ddpm.load_noise_scheduler(cfg, H.study.files.paths(cfg))
+    torch.manual_seed(0)
+    x = held_out(32)
+    with torch.no_grad():
+        ddpm = {name: PM.ddpm_loss(net, x, sched.alphas_cumprod.float(), torch.Generator().manual_seed(7)).item()
+                for name, net in (("init", PM.ddpm_unet().eval()), ("shipped", unet))}
+        tok = pipe.tokenizer
+        init = H.study.models.sd_pipeline.build_components(
+            PM.sd_configs(len(tok), tok.bos_token_id, tok.eos_token_id, tok.pad_token_id), seed=0)
+        m = PM.mask_pool(len(x), np.random.default_rng(5), 0.15, 0.5)
+        captions = [H.study.data.sources.digit_caption(0)] * len(x)     # any caption: the loss is not label-scored
+        ab = pipe.scheduler.alphas_cumprod.float()
+        nets = (("init", init["unet"], init["text_encoder"]), ("shipped", pipe.unet, pipe.text_encoder))
+        sd = {name: PM.sd_inpaint_loss(u, te, tok, pipe.vae, ab, x, m, captions,
+                                       torch.Generator().manual_seed(7)).item() for name, u, te in nets}
+    assert ddpm["shipped"] < 0.5 * ddpm["init"], ddpm
+    assert sd["shipped"] < 0.5 * sd["init"], sd

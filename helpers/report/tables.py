@@ -244,12 +244,24 @@ def methods_overview(ev: Evaluation) -> pd.DataFrame:
     """One row per method: its short label, what it is, status and images scored (the weights
     behind each are in :func:`weights_table`)."""
     rows = []
+    runtime = ev.runtime.set_index("method") if "method" in ev.runtime else pd.DataFrame()
     for _, r in ev.summary.iterrows():
         note = r.get("note") if isinstance(r.get("note"), str) else ""
         rows.append({"method": short_label(r["method"]), "what it is": r["label"], "status": r["status"],
-                     "n images": int(r["n"]),
+                     "n images": int(r["n"]), "trained in this run": trained_here(runtime, r["method"]),
                      "note": public_text(first_sentence(note)) if r["status"] != "ok" else ""})
     return pd.DataFrame(rows).set_index("method")
+
+
+def trained_here(runtime: pd.DataFrame, method: str) -> str:
+    """How long a method's model trained in this run, from its meta.json: "400 steps, 212 s"; "-" when it
+    did not train here (Telea, RePaint and zero-shot use the pretrained weights as they are)."""
+    if method not in runtime.index or "train_steps" not in runtime:
+        return "-"
+    steps, seconds = runtime.loc[method, "train_steps"], runtime.loc[method].get("train_seconds")
+    if steps is None or pd.isna(steps):
+        return "-"
+    return f"{int(steps)} steps" + ("" if seconds is None or pd.isna(seconds) else f", {float(seconds):.0f} s")
 
 
 

@@ -231,10 +231,11 @@ def digit_caption(label: int) -> str:
 
 
 def bold(img: np.ndarray) -> np.ndarray:
-    """A stroke made bold: a 3x3 grey dilation (each pixel takes the brightest of its 8 neighbours and itself)."""
+    """Strokes made bold: a 3x3 grey dilation (each pixel takes the brightest of its 8 neighbours and itself)
+    of an (H, W) image or of each of an (N, H, W, 1) stack."""
     from scipy.ndimage import grey_dilation
 
-    return grey_dilation(img, size=(3, 3) + (1,) * (img.ndim - 2))
+    return grey_dilation(img, size=(3, 3) if img.ndim == 2 else (1, 3, 3, 1))
 
 
 def digit_images(domain: str, size: int, report: Report | None = None) -> Iterator[tuple[str, np.ndarray]]:
@@ -244,7 +245,7 @@ def digit_images(domain: str, size: int, report: Report | None = None) -> Iterat
     They are cut once (a fixed seed, whatever the preset's) into two halves of all ten classes, the way a
     pretrained model's data and a study's data differ: ``source`` is one half as written (what the mini
     preset's pretrained stand-ins were trained on), ``target`` the other half drawn **bold**
-    (:func:`bold`): a style the stand-ins never saw, as CelebA-HQ's faces are a style on which SD 1.5 was
+    (:func:`bold`, at twice the size, then averaged down): a style the stand-ins never saw, as CelebA-HQ's faces are a style on which SD 1.5 was
     not fine-tuned."""
     import torch
     import torch.nn.functional as F
@@ -257,10 +258,12 @@ def digit_images(domain: str, size: int, report: Report | None = None) -> Iterat
     order = np.random.default_rng(DIGIT_HALVES_SEED).permutation(len(raw.images))
     half = np.sort(order[: len(order) // 2] if domain == "source" else order[len(order) // 2:])
     x = torch.tensor(raw.images[half], dtype=torch.float32)[:, None] / 16.0            # 0..16 -> [0, 1]
-    x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False).clamp(0, 1)
+    if domain == "target":          # bold: a 3x3 dilation drawn at twice the size, then averaged down
+        x = F.interpolate(x, size=(2 * size, 2 * size), mode="bilinear", align_corners=False).clamp(0, 1)
+        x = F.avg_pool2d(torch.from_numpy(bold(x[:, 0].numpy()[..., None])[..., 0])[:, None], 2)
+    else:
+        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False).clamp(0, 1)
     for i, img in zip(half, (x[:, 0].numpy() * 255).round().astype(np.uint8)):
-        if domain == "target":
-            img = bold(img)
         report.files += 1
         report.kept += 1
         report.sizes.append(8)

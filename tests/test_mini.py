@@ -1,0 +1,89 @@
+"""The ``mini`` preset (the study at toy scale on digits) through the whole series with cut budgets: the
+shipped pretrained stand-ins (pretrained/mini/) loaded through the study's own loaders, the digits data
+step with labels and label captions, every method completing the test digits, the digit accuracy of
+notebook 05 with its paired intervals, the guidance sweep's accuracy per scale, and the mini stamp (not
+smoke's "pipeline check") on the slides. The real budgets run with ``make report`` (README: the
+miniature's results)."""
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+import helpers as H
+
+pytestmark = [pytest.mark.notebooks, pytest.mark.slow]
+
+SHIPPED = Path(__file__).resolve().parents[1] / "pretrained" / "mini"
+N_TEST = 24
+
+# the preset's values except the amount of work: 24 test digits, a few training and sampling steps, one PEFT variant
+CUT = {"data.max_test_images": N_TEST, "ddpm.max_steps": 8, "ddpm.num_inference_steps": 4,
+       "ddpm.repaint.num_inference_steps": 4, "ddpm.repaint.jump_n_sample": 2, "ddpm.repaint.max_images": 6,
+       "sd.max_steps": 6, "sd.num_inference_steps": 4,
+       "ablation.variants": [{"name": "lora_r16", "method": "lora", "r": 16, "alpha": 16}],
+       "ablation.max_test_images": 8,
+       "digits.seconds": 5, "digits.checkpoints_s": [0, 5], "digits.compare_seconds": 3,
+       "digits.bootstrap_samples": 50, "eval.bootstrap_samples": 100, "eval.kid_subset_size": 10,
+       "eval.kid_subsets": 4}
+
+
+@pytest.fixture(scope="module")
+def mini_run(tmp_path_factory):
+    if not (SHIPPED / "recipe.json").is_file():
+        pytest.fail("pretrained/mini/ is missing: the mini preset ships its stand-ins "
+                    "(python -m helpers.study.models.pretrain_mini --out pretrained/mini)")
+    root = tmp_path_factory.mktemp("mini_root")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("INPAINT_ROOT", str(root))
+    try:
+        manifest = H.report.export.run("mini", overrides=CUT, do_site=False)
+        cfg = H.load_config("mini", CUT)
+        yield manifest, cfg, H.study.files.paths(cfg)
+    finally:
+        mp.undo()
+
+
+def test_every_notebook_ran_on_the_shipped_stand_ins(mini_run):
+    manifest, cfg, P = mini_run
+    assert all(n["status"] == "ok" for n in manifest["notebooks"])
+    assert [n["notebook"] for n in manifest["notebooks"]] == [p.name for p in H.report.series.list_notebooks()]
+    for method in ("ddpm_finetuned", "ddpm_repaint"):
+        meta = json.loads((P.predictions(method) / "meta.json").read_text())
+        assert "pretrained/mini/ddpm" in meta["weights"] and "SMOKE" not in meta["weights"], meta["weights"]
+    meta = json.loads((P.predictions("sd_zeroshot") / "meta.json").read_text())
+    assert meta["n_images"] == N_TEST
+
+
+def test_digits_data_labels_and_label_captions(mini_run):
+    _, cfg, P = mini_run
+    index = json.loads((P.data / "index.json").read_text())
+    assert index["source"] == "digits" and index["image_size"] == 16 and len(index["splits"]["test"]) == N_TEST
+    names = [n for s in index["splits"].values() for n in s]
+    assert set(index["labels"]) == set(names)
+    assert all(index["labels"][n] == int(n[-1]) for n in names)
+    caps = json.loads((P.data / "captions.json").read_text())
+    assert caps["model"] == "labels" and not caps["fallback"]
+    assert {caps["captions"][n] for n in names} <= {f"a handwritten {w}" for w in H.study.data.sources.DIGIT_WORDS}
+
+
+def test_digit_accuracy_is_scored_with_paired_intervals(mini_run):
+    _, cfg, P = mini_run
+    acc = pd.read_csv(P.tables / "05_digit_accuracy.csv").set_index("method")
+    for method in ("telea", "ddpm_finetuned", "sd_zeroshot", "sd_lora"):
+        assert acc.loc[method, "n"] == N_TEST
+    # the classifier reads clean bold test digits well, and better than the holes left grey
+    assert acc.loc["ground_truth", "accuracy"] >= 0.75
+    assert acc.loc["ground_truth", "accuracy"] > acc.loc["hole_grey", "accuracy"]
+    pairs = pd.read_csv(P.tables / "05_digit_accuracy_paired.csv")
+    row = pairs[(pairs["a"] == "sd_lora") & (pairs["b"] == "sd_zeroshot")].iloc[0]
+    assert row["lo"] <= row["diff"] <= row["hi"] and row["n"] == N_TEST
+    sweep = json.loads((P.tables / "04_guidance_accuracy.json").read_text())
+    assert [r["guidance s"] for r in sweep["rows"]] == [1.0, 3.0, 7.5, 12.0] and sweep["n"] == N_TEST
+
+
+def test_slides_carry_the_mini_stamp_not_the_smoke_one(mini_run):
+    manifest, _, _ = mini_run
+    html = Path(manifest["exports"]["slides"]).read_text()
+    assert "Preset <strong>mini</strong>" in html and "the study at toy scale on digits" in html
+    assert "pipeline check" not in html
