@@ -2,7 +2,7 @@
 # Both create/update the virtual environment in .venv first (only when the requirements changed).
 VENV    ?= .venv
 PY      := $(VENV)/bin/python
-PRESET  ?= smoke
+PRESET  ?= mini
 PYTEST_ARGS ?=
 # which PyTorch build the venv gets (tools/torch_index.py): auto (from nvidia-smi's driver version; CPU-only
 # without an NVIDIA GPU), cpu, cu126, cu128, cu130 (https://download.pytorch.org/whl/<index>), or pypi (the pinned
@@ -28,7 +28,7 @@ $(VENV)/.installed: requirements.txt requirements-nodeps.txt pyproject.toml
 
 venv: $(VENV)/.installed
 
-## run the whole notebook series with PRESET (default smoke), export the report + slides, then build the site
+## run the whole notebook series with PRESET (default mini: the study at toy scale on digits, trained for real; smoke: the pipeline check the tests run), export the report + slides, then build the site
 ## (`make site`); offline (reveal.js and MathJax copied beside them from installed packages). CDN=1: from the internet
 report: venv
 	$(PY) -m helpers.report --preset $(PRESET) $(if $(CDN),--cdn)
@@ -68,10 +68,11 @@ gpu-check:
 gpu-wheels:
 	bash tools/gpu_wheels.sh
 
-## benchmark of the heavy steps: PRESET=smoke tiny configs anywhere; full and lite at real sizes on a GPU
+## benchmark of the heavy steps: BENCH_PRESET=smoke (default) tiny configs anywhere; full and lite at real sizes on a GPU
 ## (refused on a CPU, saying what to run instead: docs/benchmarks.md)
+BENCH_PRESET ?= smoke
 bench: venv
-	$(PY) -m helpers.tools.bench --preset $(PRESET)
+	$(PY) -m helpers.tools.bench --preset $(BENCH_PRESET)
 
 ## the live demo (Gradio) on http://127.0.0.1:$(PORT), offline, with the models `make report` saved:
 ## tab Inpaint (paint a hole, every method side by side) and tab "Which looks real?" (blind votes)

@@ -179,7 +179,7 @@ def run(preset: str = "smoke", only: str | None = None, start: str | None = None
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m helpers.report", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--preset", default="smoke", help="smoke | full | path/to/preset.yaml")
+    ap.add_argument("--preset", default="mini", help="mini (default) | smoke | lite | full | path/to/preset.yaml")
     ap.add_argument("--only", help="run just this notebook (number, name or unique part of it)")
     ap.add_argument("--from", dest="start", help="run from this notebook to the end")
     add_set_argument(ap)

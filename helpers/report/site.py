@@ -406,7 +406,7 @@ def folder_size(folder: Path) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m helpers.report.site", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--preset", default="smoke", help="smoke | full | path/to/preset.yaml")
+    ap.add_argument("--preset", default="mini", help="mini (default) | smoke | lite | full | path/to/preset.yaml")
     ap.add_argument("--cdn", action="store_true", help="load MathJax from its CDN instead of a local copy")
     args = ap.parse_args(argv)
     t0 = time.perf_counter()

@@ -54,7 +54,7 @@ def main(argv: Sequence[str] | None = None):
     tr.add_argument("method", choices=["ddpm", "sd", "peft"])
     tr.add_argument("--variant", action="append", default=None, metavar="NAME",
                     help="peft only: a variant of ablation.variants (repeat for several; default: all)")
-    tr.add_argument("--preset", default="smoke", help="smoke | lite | full | path to a YAML preset")
+    tr.add_argument("--preset", default="mini", help="mini (default) | smoke | lite | full | path to a YAML preset")
     add_set_argument(tr)
     tr.add_argument("--max-steps", type=int, default=None, help="stop this call after this many steps (resumable)")
     args = ap.parse_args(argv)

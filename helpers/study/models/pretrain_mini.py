@@ -5,7 +5,7 @@ The full study starts from weights someone else trained on data the study never 
 at toy scale, on the half of the digits the study does not use (``digit_images("source", 32)``: as written;
 the study's target half is drawn bold and is never read here):
 
-* ``ddpm/``: an unconditional pixel DDPM (Ho et al. 2020): ``UNet2DModel`` 3 -> 3 channels at 32 px, epsilon
+* ``ddpm/``: an unconditional pixel DDPM (Ho et al. 2020): ``UNet2DModel`` 3 -> 3 channels at 16 px, epsilon
   prediction, a ``DDPMScheduler`` of 1000 steps; the EMA copy of the weights is what is saved.
 * ``sd-inpainting/``: a latent inpainting pipeline of SD 1.5's classes (Rombach et al. 2022): an
   ``AutoencoderKL`` (factor 2, 4 latent channels) trained first, then, with it frozen, a small
@@ -380,11 +380,11 @@ def save_sd(parts: dict, tokenizer, folder: Path, dtype: torch.dtype = torch.flo
 README = """# Pretrained stand-ins of the `mini` preset
 
 Made by `helpers/study/models/pretrain_mini.py`, the way the hub's models were made, at toy scale:
-trained from scratch on the **source** half of scikit-learn's digits (as written, 32 px). They never
+trained from scratch on the **source** half of scikit-learn's digits (as written, {size} px). They never
 saw the **target** half (drawn bold), which is the study's data.
 
 * `ddpm/` - stand-in of google/ddpm-celebahq-256: an unconditional pixel DDPM (`UNet2DModel` 3 -> 3,
-  32 px, epsilon prediction, `DDPMScheduler` of 1000 steps, cosine schedule); the EMA weights.
+  {size} px, epsilon prediction, `DDPMScheduler` of 1000 steps, cosine schedule); the EMA weights.
 * `sd-inpainting/` - stand-in of SD 1.5 inpainting: `StableDiffusionInpaintPipeline` with an
   `AutoencoderKL` (factor 2, 4 latent channels), a small `CLIPTextModel` with CLIP's real tokenizer,
   a 9-channel `UNet2DConditionModel` and SD's `DDIMScheduler` config. VAE trained first; then, VAE
@@ -393,7 +393,8 @@ saw the **target** half (drawn bold), which is the study's data.
   stored in fp16 (loaded back in fp32 on the CPU).
 
 Exact steps, batch sizes, learning rates, times, final losses, parameter counts and file sizes:
-`recipe.json`. Reproduce (1 thread per process, deterministic for a given seed and step budget):
+`recipe.json`. Reproduce (1 thread per process, deterministic for a given seed and step budget; the
+two parts may run at once, one per core, writing into the same folder):
 
     {command}
 """
@@ -409,7 +410,7 @@ def update_recipe(out: Path, part: str, record: dict, command: str) -> None:
         json.dump(recipe, f, indent=2)
     os.chmod(tmp, 0o644)
     os.replace(tmp, path)
-    (out / "README.md").write_text(README.format(command="\n    ".join(r["command"] for r in recipe.values())))
+    (out / "README.md").write_text(README.format(size=SIZE, command="\n    ".join(r["command"] for r in recipe.values())))
 
 
 def run(out: Path, r: Recipe, only: str | None = None, command: str = "") -> dict:
