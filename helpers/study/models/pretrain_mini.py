@@ -410,7 +410,8 @@ def update_recipe(out: Path, part: str, record: dict, command: str) -> None:
         json.dump(recipe, f, indent=2)
     os.chmod(tmp, 0o644)
     os.replace(tmp, path)
-    (out / "README.md").write_text(README.format(size=SIZE, command="\n    ".join(r["command"] for r in recipe.values())))
+    commands = "\n    ".join(r["command"] for r in recipe.values())
+    (out / "README.md").write_text(README.format(size=SIZE, command=commands))
 
 
 def run(out: Path, r: Recipe, only: str | None = None, command: str = "") -> dict:
