@@ -73,6 +73,27 @@ def test_the_runner_prints_no_kernel_transport_warning(tmp_root, capfd):
 
 
 @pytest.mark.slow
+def test_two_runs_at_once_keep_their_kernels_apart(tmp_root):
+    """Two runners started together from the same notebooks folder (a test session beside `make report`):
+    each kernel's IPC sockets live in a folder of its own, so neither gets the other's messages
+    (jupyter_client's default, kernel-ipc-N in the working directory, failed with "Invalid Signature")."""
+    import concurrent.futures
+
+    nbdir = tmp_root / "nbs"
+    _write(nbdir / "01_a.ipynb", "import time\ntime.sleep(2)\nx = 1")
+    jobs = [(nbdir / "01_a.ipynb", tmp_root / f"out{i}" / "01_a.ipynb", tmp_root / f"out{i}" / "01_a.log")
+            for i in range(2)]
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        done = [pool.submit(H.report.series.run_notebook, src, dst, log, "smoke", {}) for src, dst, log in jobs]
+        for f in done:
+            f.result()
+    for _, dst, _ in jobs:
+        executed = nbformat.read(dst, as_version=4)
+        assert all(o.get("output_type") != "error" for c in executed.cells for o in c.get("outputs", []))
+    assert not list(nbdir.glob("kernel-ipc*"))
+
+
+@pytest.mark.slow
 def test_partial_run_keeps_earlier_entries(tmp_root):
     nbdir = tmp_root / "nbs"
     _write(nbdir / "01_a.ipynb", "x = 1")

@@ -7,6 +7,7 @@ import os
 import platform
 import subprocess
 import sys
+import tempfile
 from importlib import metadata
 from pathlib import Path
 
@@ -109,6 +110,12 @@ def ipc_kernel_manager():
 
     class IPCKernelManager(AsyncKernelManager):
         transport = "ipc"
+
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            # the sockets in a folder of their own: jupyter_client's default ("kernel-ipc-N" in the working
+            # directory, notebooks/) collides when two runs start at once ("Invalid Signature")
+            self.ip = str(Path(tempfile.mkdtemp(prefix="inpaint-kernel-")) / "k")
 
     return IPCKernelManager
 

@@ -100,8 +100,19 @@ def parse_overrides(items: list[str]) -> dict:
         if "=" not in item:
             raise ValueError(f"expected KEY=VALUE, got {item!r}")
         key, value = item.split("=", 1)
-        out[key] = yaml.safe_load(value)
+        out[key] = _number_or_yaml(value)
     return out
+
+
+def _number_or_yaml(text: str) -> Any:
+    """A ``--set`` value: YAML, except that ``1e-4`` is the number (YAML 1.1 reads it as a string)."""
+    value = yaml.safe_load(text)
+    if isinstance(value, str):
+        try:
+            return float(value) if value.strip().lower() not in ("nan", "inf", "-inf", "infinity") else value
+        except ValueError:
+            return value
+    return value
 
 
 def load_config(preset: str | Path = "smoke", overrides: Mapping[str, Any] | None = None) -> Config:
