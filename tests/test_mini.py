@@ -85,5 +85,5 @@ def test_digit_accuracy_is_scored_with_paired_intervals(mini_run):
 def test_slides_carry_the_mini_stamp_not_the_smoke_one(mini_run):
     manifest, _, _ = mini_run
     html = Path(manifest["exports"]["slides"]).read_text()
-    assert "Preset <strong>mini</strong>" in html and "the study at toy scale on digits" in html
+    assert "<strong>Mini preset: the study at toy scale on digits.</strong>" in html
     assert "pipeline check" not in html
