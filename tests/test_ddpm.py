@@ -229,6 +229,45 @@ def test_ddim_inpainting_keeps_known_pixels_and_is_seeded():
         assert torch.equal(run([1, 2, 3], **kw), o)
 
 
+
+def test_ddim_inpainting_known_from_q_shows_the_network_the_noised_known_pixels():
+    """known_from_q: at every level t the x_t channels the network sees hold sqrt(ab_t) x + sqrt(1 - ab_t) z
+    outside the hole (z: the first draw of noise_fn), the sampler's own x_t inside; off: the sampler's x_t."""
+    from diffusers import DDPMScheduler
+
+    ab = DDPMScheduler(num_train_timesteps=1000).alphas_cumprod
+    b = batch(2)
+    x_masked, mask = H.course.ddpm_inpainting.masked_image(b["image"], b["mask"]), b["mask"]
+    seen = []
+
+    class Recorder(torch.nn.Module):                    # eps = 0.1 x_t, and what it was given
+        def forward(self, inp, t):
+            seen.append((inp[:, 4:].clone(), int(t)))
+            return type("Out", (), {"sample": 0.1 * inp[:, 4:]})()
+
+    def run(known_from_q):
+        seen.clear()
+        noise = H.study.runtime.SeededNoise([1, 2])
+        x_T = noise((3, 16, 16), "cpu")
+        out = H.course.ddpm_inpainting.ddim_inpaint(Recorder(), ab, x_masked, mask, x_T, 4, 0.0,
+                                                    lambda: noise((3, 16, 16), "cpu"), known_from_q=known_from_q)
+        return out, x_T, list(seen)
+
+    z = H.study.runtime.SeededNoise([1, 2])
+    z((3, 16, 16), "cpu")                               # x_T: the first draw
+    z = z((3, 16, 16), "cpu")                           # z: the next one
+    known = (1 - mask).bool().expand(-1, 3, -1, -1)
+    out, x_T, steps = run(True)
+    assert [t for _, t in steps] == [750, 500, 250, 0]
+    for x_t, t in steps:
+        expected = ab[t].sqrt() * x_masked + (1 - ab[t]).sqrt() * z
+        assert torch.allclose(x_t[known], expected[known], atol=1e-6)
+    assert torch.equal(steps[0][0][~known], x_T[~known])           # the hole: the sampler's own x_T
+    assert torch.equal(out[known], b["image"][known])              # the known pixels pasted back as before
+    _, x_T, plain = run(False)
+    assert torch.equal(plain[0][0], x_T)                           # off: the network sees the sampler's x_t
+    assert not torch.allclose(plain[1][0][known], steps[1][0][known])
+
 def test_repaint_schedule_and_sampler():
     assert H.course.ddpm_inpainting.repaint_schedule(5, 2, 2) == [4, 3, 2, 3, 4, 3, 2, 1, 0, 1, 2, 1, 0, -1]
     assert H.course.ddpm_inpainting.repaint_schedule(4, 2, 1) == [3, 2, 1, 0, -1]   # no resampling: plain DDPM order

@@ -108,13 +108,20 @@ def training_step(model, batch: dict, loss_fn: Callable, optimizer, generator: t
 @torch.no_grad()
 def ddim_inpaint(unet, alphas_cumprod: torch.Tensor, x_masked: torch.Tensor, mask: torch.Tensor, x_T: torch.Tensor,
                  num_steps: int, eta: float = 0.0, noise_fn: Callable | None = None, solver: str = "ddim",
-                 autocast_dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """Notebook 02's DDIM loop on eps_theta(concat(x_masked, m, x_t), t); the known pixels pasted back."""
+                 autocast_dtype: torch.dtype = torch.float32, known_from_q: bool = False) -> torch.Tensor:
+    """Notebook 02's DDIM loop on eps_theta(concat(x_masked, m, x_t), t); the known pixels pasted back.
+    ``known_from_q``: the network sees the known part of x_t drawn from q(x_t | x_0), as in training,
+    instead of the part the sampler itself carried along (one z per image, from ``noise_fn``)."""
     device = x_T.device
     x_masked, mask = x_masked.to(device, torch.float32), mask.to(device, torch.float32)
     amp = torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype != torch.float32 else nullcontext()
+    alpha_bar = alphas_cumprod.to(device, torch.float32)     # indexed by the device timestep: no host sync
+    z = (noise_fn() if noise_fn is not None else torch.randn_like(x_T)) if known_from_q else None
 
     def eps_fn(x_t, t):
+        if known_from_q:
+            # x_t <- m * x_t + (1 - m) * (sqrt(alpha_bar_t) x_masked + sqrt(1 - alpha_bar_t) z)
+            x_t = mask * x_t + (1 - mask) * (alpha_bar[t].sqrt() * x_masked + (1 - alpha_bar[t]).sqrt() * z)
         with amp:
             return unet(model_input(x_masked, mask, x_t), t).sample.float()
 

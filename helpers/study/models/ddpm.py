@@ -302,7 +302,7 @@ def ddim_sampler(cfg: Config, unet, alphas_cumprod: torch.Tensor, device: torch.
         x_T = noise(images.shape[1:], device)
         return inpaint_fn(unet, alphas_cumprod, course.masked_image(images, masks).to(device), masks.to(device),
                           x_T, d.num_inference_steps, d.eta, lambda: noise(images.shape[1:], device),
-                          cfg.perf.get("sampler", "ddim"), dtype)
+                          cfg.perf.get("sampler", "ddim"), dtype, known_from_q=d.known_from_q)
 
     return fn
 
