@@ -85,6 +85,9 @@ def test_ddpm_sampling_loop_never_reads_the_device(sampler):
     with torch.no_grad(), DeviceReads() as mode:
         out = H.course.ddpm_inpainting.ddim_inpaint(unet, ac, x, m, _meta(torch.zeros(2, 3, 16, 16)), 6, 0.0, None,
                                                     sampler)
+        out = H.course.ddpm_inpainting.ddim_inpaint(unet, ac, x, m, _meta(torch.zeros(2, 3, 16, 16)), 6, 0.0,
+                                                    lambda: _meta(torch.zeros(2, 3, 16, 16)), sampler,
+                                                    known_from_q=True)
     assert out.shape == (2, 3, 16, 16) and mode.reads == []
 
 
@@ -108,6 +111,7 @@ def test_sd_guided_loop_never_reads_the_device(sampler):
     with torch.no_grad(), DeviceReads() as mode:
         sched = H.study.evaluation.perf.make_sampler(sampler, parts["scheduler"].config)
         out = H.course.sd_inpainting.denoise(parts["unet"], sched, z, m, zm, cond, uncond, 5, 7.5)
+        out = H.course.sd_inpainting.denoise(parts["unet"], sched, z, m, zm, cond, uncond, 5, 7.5, known_noise=zm)
     assert out.shape == (2, 4, 8, 8) and mode.reads == []
 
 

@@ -269,6 +269,42 @@ def test_inference_keeps_known_pixels_is_seeded_and_batch_independent(sd_root):
     assert not torch.allclose(out, other_seed)
 
 
+
+@pytest.mark.parametrize("sampler", ["ddim", "dpm"])
+def test_known_from_q_shows_the_unet_the_noised_known_latents(sampler):
+    """known_noise (zeta): before every step z_t outside the hole is sqrt(ab_t) z_masked + sqrt(1 - ab_t) zeta,
+    inside it the sampler's own; without it the U-Net sees the sampler's z_t everywhere."""
+    sched = make_sampler(sampler, {"num_train_timesteps": 1000, "beta_schedule": "scaled_linear",
+                                   "beta_start": 0.00085, "beta_end": 0.012})
+    g = torch.Generator().manual_seed(0)
+    z_T, z_masked, zeta = (torch.randn(2, 4, 8, 8, generator=g) for _ in range(3))
+    m = torch.zeros(2, 1, 8, 8)
+    m[:, :, 2:5, 3:7] = 1
+    seen = []
+
+    class Recorder(torch.nn.Module):                    # eps = 0.1 z_t; records z_t and t
+        dtype = torch.float32
+
+        def forward(self, inp, t, encoder_hidden_states=None, return_dict=False):
+            seen.append((inp[:, :4].clone(), int(t)))
+            return (0.1 * inp[:, :4],)
+
+    cond = torch.zeros(2, 3, 8)
+    H.course.sd_inpainting.denoise(Recorder(), sched, z_T, m, z_masked, cond, cond, 4, 1.0, known_noise=zeta)
+    known = (1 - m).bool().expand(-1, 4, -1, -1)
+    assert len(seen) == 4
+    for z_t, t in seen:
+        ab = float(sched.alphas_cumprod[t])
+        expected = sched.scale_model_input(ab ** 0.5 * z_masked + (1 - ab) ** 0.5 * zeta, t)
+        assert torch.allclose(z_t[known], expected[known], atol=1e-5)
+    assert torch.allclose(seen[0][0][~known], sched.scale_model_input(z_T * sched.init_noise_sigma,
+                                                                      seen[0][1])[~known], atol=1e-6)
+    with_q = [z for z, _ in seen]
+    seen.clear()
+    H.course.sd_inpainting.denoise(Recorder(), make_sampler(sampler, dict(sched.config)), z_T, m, z_masked, cond,
+                                   cond, 4, 1.0)
+    assert not torch.allclose(seen[0][0][known], with_q[0][known])
+
 def test_inference_loop_matches_the_diffusers_pipeline(sd_root):
     """The step-by-step loop of notebook 04 reproduces diffusers' own pipe(...) call."""
     cfg, pipe = load(sd_root)

@@ -108,7 +108,7 @@ def test_running_a_taught_cell_defines_what_the_notebook_runs():
 
 # --- the sync never discards an edit (issue #26) ----------------------------------------------------------
 
-Q_LINE = "    ab = alphas_cumprod.to(x0.device)[torch.as_tensor(t, device=x0.device).long()].to(x0.dtype)\n"
+Q_LINE = "    ab = alphas_cumprod.to(x0.device)[torch.as_tensor(t, device=x0.device).long().reshape(-1)].to(x0.dtype)\n"
 
 
 @pytest.fixture

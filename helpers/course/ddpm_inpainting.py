@@ -115,13 +115,12 @@ def ddim_inpaint(unet, alphas_cumprod: torch.Tensor, x_masked: torch.Tensor, mas
     device = x_T.device
     x_masked, mask = x_masked.to(device, torch.float32), mask.to(device, torch.float32)
     amp = torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype != torch.float32 else nullcontext()
-    alpha_bar = alphas_cumprod.to(device, torch.float32)     # indexed by the device timestep: no host sync
     z = (noise_fn() if noise_fn is not None else torch.randn_like(x_T)) if known_from_q else None
 
     def eps_fn(x_t, t):
         if known_from_q:
-            # x_t <- m * x_t + (1 - m) * (sqrt(alpha_bar_t) x_masked + sqrt(1 - alpha_bar_t) z)
-            x_t = mask * x_t + (1 - mask) * (alpha_bar[t].sqrt() * x_masked + (1 - alpha_bar[t]).sqrt() * z)
+            # x_t <- m * x_t + (1 - m) * (sqrt(alpha_bar_t) x_masked + sqrt(1 - alpha_bar_t) z): notebook 02's q_sample
+            x_t = mask * x_t + (1 - mask) * q_sample(x_masked, t, z, alphas_cumprod)
         with amp:
             return unet(model_input(x_masked, mask, x_t), t).sample.float()
 

@@ -51,8 +51,9 @@ def q_step(x_prev: torch.Tensor, t: int, eps: torch.Tensor, betas: torch.Tensor)
 def q_sample(x0: torch.Tensor, t: torch.Tensor | int, eps: torch.Tensor, alphas_cumprod: torch.Tensor) -> torch.Tensor:
     """Any t at once, in closed form: q(x_t | x_0) = N(sqrt(alpha_bar_t) x_0, (1 - alpha_bar_t) I).
     ``t`` is an int or one timestep per image, shape (N,)."""
-    ab = alphas_cumprod.to(x0.device)[torch.as_tensor(t, device=x0.device).long()].to(x0.dtype)
-    ab = ab.reshape(-1, *[1] * (x0.ndim - 1)) if ab.ndim else ab      # (N, 1, 1, 1): one level per image
+    # a 1-d index even for one t: a 0-d device index would be read back to the host (a GPU sync)
+    ab = alphas_cumprod.to(x0.device)[torch.as_tensor(t, device=x0.device).long().reshape(-1)].to(x0.dtype)
+    ab = ab.reshape(-1, *[1] * (x0.ndim - 1))            # (N, 1, 1, 1): one level per image (or one for all)
     # x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps,   eps ~ N(0, I)
     return ab.sqrt() * x0 + (1 - ab).sqrt() * eps
 

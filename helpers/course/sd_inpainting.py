@@ -20,6 +20,8 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from helpers.course.diffusion import q_sample
+
 
 # ============================================================== 1. the latent-space pieces
 def latent_factor(vae) -> int:
@@ -149,9 +151,10 @@ def lora_inpaint_loss(unet, batch: dict, generator: torch.Generator, vae, alphas
 # ============================================================== 4. sampling with classifier-free guidance
 @torch.no_grad()
 def denoise(unet, scheduler, z_T: torch.Tensor, m_down: torch.Tensor, z_masked: torch.Tensor, cond: torch.Tensor,
-            uncond: torch.Tensor, num_inference_steps: int, guidance_scale: float) -> torch.Tensor:
+            uncond: torch.Tensor, num_inference_steps: int, guidance_scale: float, known_noise=None) -> torch.Tensor:
     """The guided loop in latent space, z_T -> z_0: each step runs the empty prompt and the caption in
-    one batch of concat(z_t, m_down, z_masked) and mixes the two noise predictions."""
+    one batch of concat(z_t, m_down, z_masked) and mixes the two noise predictions. ``known_noise``
+    (zeta): outside the hole z_t is first set to z_masked noised to level t, as training saw it."""
     do_cfg, dtype = guidance_scale > 1.0, unet.dtype
     # 1. the sampler's levels: Python ints for its step, one copy on the device for the network
     scheduler.set_timesteps(num_inference_steps)
@@ -162,6 +165,9 @@ def denoise(unet, scheduler, z_T: torch.Tensor, m_down: torch.Tensor, z_masked: 
     context = torch.cat([m_down, z_masked], 1).repeat(2 if do_cfg else 1, 1, 1, 1)
     z = z_T.float() * scheduler.init_noise_sigma
     for i, t in enumerate(timesteps):
+        if known_noise is not None:
+            # z_t <- m * z_t + (1 - m) * (sqrt(alpha_bar_t) z_masked + sqrt(1 - alpha_bar_t) zeta), q_sample of 02
+            z = m_down * z + (1 - m_down) * q_sample(z_masked, t, known_noise, scheduler.alphas_cumprod)
         # 2. eps_theta(concat(z_t, m_down, z_masked), t, tau) for "" and the caption at once
         z_in = scheduler.scale_model_input(torch.cat([z] * 2) if do_cfg else z, t)
         eps = unet(torch.cat([z_in, context], 1).to(dtype), t_device[i], encoder_hidden_states=emb,
@@ -179,9 +185,10 @@ def denoise(unet, scheduler, z_T: torch.Tensor, m_down: torch.Tensor, z_masked: 
 @torch.no_grad()
 def inpaint(unet, vae, scheduler, images: torch.Tensor, masks: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor,
             noise, resolution: int, num_inference_steps: int, guidance_scale: float,
-            batched_vae_decode: bool = True, composite: bool = True) -> torch.Tensor:
+            batched_vae_decode: bool = True, composite: bool = True, known_from_q: bool = False) -> torch.Tensor:
     """Images (N,3,h,w) and masks at the data resolution -> completions at the data resolution.
-    ``noise(shape_chw, device)`` draws per-image Gaussian noise: z_T first, then the VAE's sample."""
+    ``noise(shape_chw, device)`` draws per-image Gaussian noise: z_T first, then the VAE's sample
+    (``known_from_q``: then zeta, the noise of the known latents, see ``denoise``)."""
     device, size = unet.device, images.shape[-1]
     images, masks = images.to(device), masks.to(device)
     # 1. SD's working size; the latent grid is the VAE's factor smaller
@@ -194,7 +201,7 @@ def inpaint(unet, vae, scheduler, images: torch.Tensor, masks: torch.Tensor, con
     m_down = mask_to_latent(m, shape[-2:])
     # 3. guided denoising in latent space, then the decoder
     z0 = denoise(unet, scheduler, z_T, m_down, z_masked, cond.to(device), uncond.to(device).expand_as(cond),
-                 num_inference_steps, guidance_scale)
+                 num_inference_steps, guidance_scale, noise(shape, device) if known_from_q else None)
     pred = from_sd_resolution(decode_latents(vae, z0, batched_vae_decode), size)
     # 4. x_hat = m * pred + (1 - m) * x: the known pixels exact (also removes the VAE's colour shift)
     return masks * pred + (1 - masks) * images if composite else pred

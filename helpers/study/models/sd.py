@@ -232,7 +232,7 @@ def predict(cfg: Config, pipe, images: torch.Tensor, masks: torch.Tensor, prompt
         out.append(inpaint_fn(unet, pipe.vae, scheduler, images[sl], masks[sl], cond, embeds[""][None],
                            SeededNoise(seeds[sl]),
                            sd.resolution, num_inference_steps or sd.num_inference_steps, sd.guidance_scale,
-                           cfg.perf.get("batched_vae_decode", True)).cpu())
+                           cfg.perf.get("batched_vae_decode", True), known_from_q=sd.known_from_q).cpu())
     return torch.cat(out)
 
 
