@@ -229,7 +229,6 @@ def test_ddim_inpainting_keeps_known_pixels_and_is_seeded():
         assert torch.equal(run([1, 2, 3], **kw), o)
 
 
-
 def test_ddim_inpainting_known_from_q_shows_the_network_the_noised_known_pixels():
     """known_from_q: at every level t the x_t channels the network sees hold sqrt(ab_t) x + sqrt(1 - ab_t) z
     outside the hole (z: the first draw of noise_fn), the sampler's own x_t inside; off: the sampler's x_t."""
@@ -267,6 +266,7 @@ def test_ddim_inpainting_known_from_q_shows_the_network_the_noised_known_pixels(
     _, x_T, plain = run(False)
     assert torch.equal(plain[0][0], x_T)                           # off: the network sees the sampler's x_t
     assert not torch.allclose(plain[1][0][known], steps[1][0][known])
+
 
 def test_repaint_schedule_and_sampler():
     assert H.course.ddpm_inpainting.repaint_schedule(5, 2, 2) == [4, 3, 2, 3, 4, 3, 2, 1, 0, 1, 2, 1, 0, -1]

@@ -116,11 +116,12 @@ def ddim_inpaint(unet, alphas_cumprod: torch.Tensor, x_masked: torch.Tensor, mas
     x_masked, mask = x_masked.to(device, torch.float32), mask.to(device, torch.float32)
     amp = torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype != torch.float32 else nullcontext()
     z = (noise_fn() if noise_fn is not None else torch.randn_like(x_T)) if known_from_q else None
+    alpha_bar = alphas_cumprod.to(device)               # q_sample's levels: copied to the device once, not per step
 
     def eps_fn(x_t, t):
         if known_from_q:
             # x_t <- m * x_t + (1 - m) * (sqrt(alpha_bar_t) x_masked + sqrt(1 - alpha_bar_t) z): notebook 02's q_sample
-            x_t = mask * x_t + (1 - mask) * q_sample(x_masked, t, z, alphas_cumprod)
+            x_t = mask * x_t + (1 - mask) * q_sample(x_masked, t, z, alpha_bar)
         with amp:
             return unet(model_input(x_masked, mask, x_t), t).sample.float()
 
