@@ -87,3 +87,31 @@ def test_slides_carry_the_mini_stamp_not_the_smoke_one(mini_run):
     html = Path(manifest["exports"]["slides"]).read_text()
     assert "<strong>Mini preset: the study at toy scale on digits.</strong>" in html
     assert "pipeline check" not in html
+
+
+def test_measure_tool_scores_the_same_test_set(mini_run, capsys, monkeypatch):
+    """tools/measure_mini.py (the source of the measured numbers in configs/mini.yaml) reads the run's own test
+    set and classifier: its grey-hole row is notebook 05's; its DDPM reuses notebook 03's run (the package's loss
+    and step are the notebook's); its LoRA trains with the package's code in its own run folder."""
+    import importlib.util
+
+    _, cfg, P = mini_run
+    script = Path(__file__).parents[1] / "tools" / "measure_mini.py"
+    spec = importlib.util.spec_from_file_location("measure_mini", script)
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    monkeypatch.setenv("INPAINT_ROOT", str(P.root))
+    sets = [f"{k}={json.dumps(v)}" for k, v in CUT.items()]
+    acc = pd.read_csv(P.tables / "05_digit_accuracy.csv").set_index("method")["accuracy"]
+    for part, rows in (("ddpm", ["DDPM fine-tuned"]), ("sd", ["SD zero-shot s=1", "SD + LoRA s=1"])):
+        tool.main([part, "--guidance", "1", "--set", *sets] if part == "sd" else [part, "--set", *sets])
+        out = capsys.readouterr().out
+        table = dict(line.rsplit(None, 1) for line in out.splitlines()
+                     if line and line[0].isalpha() and " - " not in line and "test digits" not in line)
+        assert f"{N_TEST} test digits" in out
+        assert float(table["hole left grey"]) == pytest.approx(acc["hole_grey"])
+        assert set(rows) <= set(table), out
+        if part == "ddpm":
+            assert "reusing the run" in out, out
+        else:
+            assert "SD + LoRA s=1 - SD zero-shot s=1" in out, out

@@ -17,7 +17,7 @@ from helpers.apps.demo import (
     serving_offline,
 )
 from helpers.study import methods as registry
-from helpers.study.config import Config, load_config
+from helpers.study.config import DEFAULT_PRESET, PRESET_HELP, Config, load_config
 from helpers.study.methods import short_label
 
 DESCRIPTION = "The live demo: an interactive inpainting app and the blind human preference study, one Gradio app."
@@ -207,7 +207,7 @@ def under_papermill() -> bool:
 
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m helpers.apps.demo_ui", description=DESCRIPTION)
-    ap.add_argument("--preset", default="mini", help="mini (default) | smoke | lite | full | path to a YAML preset")
+    ap.add_argument("--preset", default=DEFAULT_PRESET, help=PRESET_HELP)
     ap.add_argument("--port", type=int, default=None, help="port on 127.0.0.1 (default: first free from 7860)")
     args = ap.parse_args(argv)
     launch(load_config(args.preset), args.port)

@@ -1,6 +1,6 @@
 """Run the notebook series with papermill and export the report.
 
-    python -m helpers.report --preset smoke            # everything, then HTML report + slides
+    python -m helpers.report                           # everything (preset mini), then HTML report + slides
     python -m helpers.report --preset full --from 04   # resume the series at notebook 04
     python -m helpers.report --preset smoke --only 01  # one notebook
 
@@ -36,7 +36,7 @@ from helpers.report.series import (
     run_notebook,
     select,
 )
-from helpers.study.config import Config, add_set_argument, load_config, parse_overrides
+from helpers.study.config import DEFAULT_PRESET, PRESET_HELP, Config, add_set_argument, load_config, parse_overrides
 from helpers.study.files import paths, save_json, shown_paths
 
 # nbconvert's reveal template re-typesets a slide's formulas only on 'slidechanged', so a deck opened
@@ -179,7 +179,7 @@ def run(preset: str = "smoke", only: str | None = None, start: str | None = None
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m helpers.report", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--preset", default="mini", help="mini (default) | smoke | lite | full | path/to/preset.yaml")
+    ap.add_argument("--preset", default=DEFAULT_PRESET, help=PRESET_HELP)
     ap.add_argument("--only", help="run just this notebook (number, name or unique part of it)")
     ap.add_argument("--from", dest="start", help="run from this notebook to the end")
     add_set_argument(ap)

@@ -33,7 +33,7 @@ from helpers.report import published
 from helpers.report.assets import MATHJAX_LOCAL, MATHJAX_LOCAL_CONFIG, find_slide_assets, mathjax_config
 from helpers.report.public import public_text
 from helpers.report.series import INTERACTIVE, NOTEBOOK_DIR
-from helpers.study.config import ROOT, load_config
+from helpers.study.config import DEFAULT_PRESET, PRESET_HELP, ROOT, load_config
 from helpers.study.files import paths
 
 DOCS_DIR = ROOT / "docs"
@@ -406,7 +406,7 @@ def folder_size(folder: Path) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m helpers.report.site", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--preset", default="mini", help="mini (default) | smoke | lite | full | path/to/preset.yaml")
+    ap.add_argument("--preset", default=DEFAULT_PRESET, help=PRESET_HELP)
     ap.add_argument("--cdn", action="store_true", help="load MathJax from its CDN instead of a local copy")
     args = ap.parse_args(argv)
     t0 = time.perf_counter()

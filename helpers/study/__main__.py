@@ -15,7 +15,7 @@ import json
 import logging
 from collections.abc import Sequence
 
-from helpers.study.config import add_set_argument, load_config, parse_overrides
+from helpers.study.config import DEFAULT_PRESET, PRESET_HELP, add_set_argument, load_config, parse_overrides
 
 
 def train(method: str, cfg, max_steps: int | None, variants: Sequence[str] | None = None):
@@ -54,7 +54,7 @@ def main(argv: Sequence[str] | None = None):
     tr.add_argument("method", choices=["ddpm", "sd", "peft"])
     tr.add_argument("--variant", action="append", default=None, metavar="NAME",
                     help="peft only: a variant of ablation.variants (repeat for several; default: all)")
-    tr.add_argument("--preset", default="mini", help="mini (default) | smoke | lite | full | path to a YAML preset")
+    tr.add_argument("--preset", default=DEFAULT_PRESET, help=PRESET_HELP)
     add_set_argument(tr)
     tr.add_argument("--max-steps", type=int, default=None, help="stop this call after this many steps (resumable)")
     args = ap.parse_args(argv)

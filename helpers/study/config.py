@@ -20,6 +20,8 @@ CONFIG_DIR = ROOT / "configs"
 
 
 PRESETS = ("smoke", "mini", "lite", "full")
+DEFAULT_PRESET = "mini"      # the study at toy scale: what every command and load_config() run unless told
+PRESET_HELP = "mini (default) | smoke | lite | full | path to a YAML preset"   # every command's --preset
 
 
 class Config(dict):
@@ -115,7 +117,7 @@ def _number_or_yaml(text: str) -> Any:
     return value
 
 
-def load_config(preset: str | Path = "smoke", overrides: Mapping[str, Any] | None = None) -> Config:
+def load_config(preset: str | Path = DEFAULT_PRESET, overrides: Mapping[str, Any] | None = None) -> Config:
     """Read a preset (name or YAML path), apply dotted overrides, return a :class:`Config`."""
     with open(config_path(preset)) as f:
         raw = yaml.safe_load(f)

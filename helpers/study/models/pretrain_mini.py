@@ -59,7 +59,7 @@ class Recipe:
     vae_batch_size: int = 64
     vae_lr: float = 1e-3
     vae_kl_weight: float = 1e-4
-    sd_steps: int = 1600
+    sd_steps: int = 4800                             # 1600 left the zero-shot at 0.84 digit accuracy, 4800: 0.96
     sd_batch_size: int = 64
     sd_lr: float = 5e-4
     prompt_dropout: float = 0.15
