@@ -67,12 +67,12 @@ def ddpm_rows(cfg, root: Path, test: dict, repaint: bool):
 
     P, dev = H.study.files.paths(cfg, root), torch.device("cpu")
     names = list(test["name"])
-    seeds, ab = image_seeds(cfg.seed, names), ddpm.load_noise_scheduler(cfg, P).alphas_cumprod
+    unet, sched = ddpm.build_inpainting_model(cfg, P)
+    seeds, ab = image_seeds(cfg.seed, names), sched.alphas_cumprod
     with torch.no_grad():
         if repaint:
             base = ddpm.load_unconditional_unet(cfg, P).eval()
             yield "RePaint", ddpm.repaint_sampler(cfg, base, ab, dev)(test["image"], test["mask"], seeds, names)
-    unet, sched = ddpm.build_inpainting_model(cfg, P)
     ddpm.finetune(cfg, P, unet, sched, dev)
     with torch.no_grad():
         yield "DDPM fine-tuned", ddpm.ddim_sampler(cfg, unet.eval(), ab, dev)(test["image"], test["mask"], seeds, names)
