@@ -5,6 +5,7 @@ notebook 05 with its paired intervals, the guidance sweep's accuracy per scale, 
 smoke's "pipeline check") on the slides. The real budgets run with ``make report`` (README: the
 miniature's results)."""
 import json
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -103,13 +104,15 @@ def test_measure_tool_scores_the_same_test_set(mini_run, capsys, monkeypatch):
     monkeypatch.setenv("INPAINT_ROOT", str(P.root))
     sets = [f"{k}={json.dumps(v)}" for k, v in CUT.items()]
     acc = pd.read_csv(P.tables / "05_digit_accuracy.csv").set_index("method")["accuracy"]
+    hole_db = pd.read_csv(P.tables / "05_summary.csv").set_index("method")["psnr_hole"]
     for part, rows in (("ddpm", ["DDPM fine-tuned"]), ("sd", ["SD zero-shot s=1", "SD + LoRA s=1"])):
         tool.main([part, "--guidance", "1", "--set", *sets] if part == "sd" else [part, "--set", *sets])
         out = capsys.readouterr().out
-        table = dict(line.rsplit(None, 1) for line in out.splitlines()
-                     if line and line[0].isalpha() and " - " not in line and "test digits" not in line)
+        row = r"^(\S.*?)\s+([\d.]+)\s+([\d.]+) dB$"        # method, digit accuracy, hole PSNR
+        table = {m[1]: (float(m[2]), float(m[3])) for m in re.finditer(row, out, re.M)}
         assert f"{N_TEST} test digits" in out
-        assert float(table["hole left grey"]) == pytest.approx(acc["hole_grey"])
+        assert table["hole left grey"][0] == pytest.approx(acc["hole_grey"])
+        assert table["Telea"][1] == pytest.approx(hole_db["telea"], abs=0.005)   # printed to 0.01 dB
         assert set(rows) <= set(table), out
         if part == "ddpm":
             assert "reusing the run" in out, out

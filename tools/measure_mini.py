@@ -1,8 +1,8 @@
 """Measure choices of the ``mini`` preset on its own frozen test set, with the study's code and notebook 05's score.
 
 The digit accuracy (helpers.study.evaluation.digit_accuracy: the classifier fitted on the clean training digits)
-of the two rows every method must beat (the hole left grey, OpenCV Telea) and of the learned methods under the
-preset and ``--set`` overrides, each with its paired bootstrap 95 % interval against the others:
+and the hole PSNR of the two rows every method must beat (the hole left grey, OpenCV Telea) and of the learned
+methods under the preset and ``--set`` overrides, each with its paired bootstrap 95 % interval against the others:
 
 * ``sd``: the latent stand-in zero-shot and after the study's LoRA training (``helpers.study.models.sd``),
   each at every ``--guidance`` scale (the pipeline: ``sd.pretrained_id``, or ``--sd-weights``);
@@ -29,6 +29,7 @@ import pandas as pd
 import torch
 
 import helpers as H
+from helpers.course.metrics import pixel_scores
 from helpers.study.config import parse_overrides
 from helpers.study.data.dataset import composite, load_test_set
 from helpers.study.evaluation import digit_accuracy as D
@@ -106,16 +107,20 @@ def main(argv: list[str] | None = None) -> None:
             else ddpm_rows(cfg, root, test, a.repaint))
     for name, pred in made:
         rows[name] = pred
-    correct = {k: D.correct(reader, composite(v.cpu(), test["image"], test["mask"]), y) for k, v in rows.items()}
-    # 3. accuracy and every paired difference
-    per_image = pd.concat([pd.DataFrame({"method": k, "name": list(test["name"]), "correct": c})
-                           for k, c in correct.items()])
+    done = {k: composite(v.cpu(), test["image"], test["mask"]) for k, v in rows.items()}
+    # 3. digit accuracy and hole PSNR (notebook 05's scores), every paired difference
+    per_image = pd.concat([pd.DataFrame({"method": k, "name": list(test["name"]), "correct": D.correct(reader, v, y),
+                                         "psnr_hole": pixel_scores(v, test["image"], test["mask"])["psnr_hole"]})
+                           for k, v in done.items()])
     print(f"\n{len(y)} test digits of {root}; overrides {overrides or 'none'}")
-    for k, c in correct.items():
-        print(f"{k:24s} {c.mean():.3f}")
-    for b, a_ in combinations(correct, 2):
-        d, lo, hi, _ = paired_difference(per_image, a_, b, "correct", cfg.eval.bootstrap_samples, cfg.seed)
-        print(f"{a_} - {b}: {d:+.3f} [{lo:+.3f}, {hi:+.3f}]{'  *' if lo > 0 or hi < 0 else ''}")
+    means = per_image.groupby("method", sort=False)[["correct", "psnr_hole"]].mean()
+    for k, r in means.iterrows():
+        print(f"{k:24s} {r.correct:.3f}  {r.psnr_hole:6.2f} dB")
+    for b, a_ in combinations(done, 2):
+        for metric, f in (("correct", "{:+.3f}"), ("psnr_hole", "{:+.2f} dB")):
+            d, lo, hi, _ = paired_difference(per_image, a_, b, metric, cfg.eval.bootstrap_samples, cfg.seed)
+            print(f"{a_} - {b} ({metric}): {f.format(d)} [{f.format(lo)}, {f.format(hi)}]"
+                  f"{'  *' if lo > 0 or hi < 0 else ''}")
 
 
 if __name__ == "__main__":

@@ -119,7 +119,7 @@ def export(executed: Path, out_dir: Path, slide_assets: dict | None = None) -> d
     return out
 
 
-def run(preset: str = "smoke", only: str | None = None, start: str | None = None, overrides: dict | None = None,
+def run(preset: str = DEFAULT_PRESET, only: str | None = None, start: str | None = None, overrides: dict | None = None,
         do_export: bool = True, notebook_dir: Path = NOTEBOOK_DIR, cdn: bool = False,
         cfg: Config | None = None, do_site: bool = True) -> dict:
     """Execute the selected notebooks in order; return the manifest (also saved as manifest.json).
