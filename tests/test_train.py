@@ -183,3 +183,59 @@ def test_a_reused_or_new_run_says_which_and_why(tmp_path, capsys):
                     f"training starts anew in {tmp_path.name}/ckpt_b")
     assert "new run in" in announce(tmp_path / "ckpt_c", "other settings", {"loss_fn": "1", "step_fn": "2"})
     assert capsys.readouterr().out.count("\n") == 4
+
+
+def test_base_weights_are_fingerprinted_by_content_wherever_they_lie(tmp_path):
+    """Two copies of one weights folder share a fingerprint; a changed byte, or a file added, changes it; a file
+    linked into the hub's cache counts by its blob's name (its hash); a hub id is taken as named."""
+    wf = H.study.models.training.weights_fingerprint
+    a, b = tmp_path / "a", tmp_path / "elsewhere" / "b"
+    for folder in (a, b):
+        (folder / "unet").mkdir(parents=True)
+        (folder / "unet" / "model.safetensors").write_bytes(b"\x00" * 64)
+        (folder / "model_index.json").write_text("{}")
+    assert wf(str(a)) == wf(str(b)) != wf("org/model")
+    assert wf("org/model") == "org/model"
+    (b / "unet" / "model.safetensors").write_bytes(b"\x00" * 65)   # another size: not an mtime tick
+    assert wf(str(b)) != wf(str(a))
+    (a / "extra.json").write_text("{}")
+    assert wf(str(a)) != wf(str(b))
+    blobs, snap = tmp_path / "hub" / "blobs", tmp_path / "hub" / "snapshots" / "rev"
+    blobs.mkdir(parents=True), snap.mkdir(parents=True)
+    (blobs / "f00d").write_bytes(b"weights")
+    (snap / "w.bin").symlink_to(blobs / "f00d")
+    before = wf(str(snap))
+    (blobs / "beef").write_bytes(b"other weights")
+    (snap / "w.bin").unlink()
+    (snap / "w.bin").symlink_to(blobs / "beef")
+    assert wf(str(snap)) != before
+
+
+def test_new_base_weights_or_data_start_a_new_run_and_say_so(tmp_path, capsys):
+    """The DDPM's run folder follows the base weights' and the prepared data's content, not their path: the
+    note of the new run names what changed."""
+    import json
+
+    from helpers.study.models import ddpm
+
+    base = tmp_path / "base"
+    (base / "unet").mkdir(parents=True)
+    (base / "unet" / "model.safetensors").write_bytes(b"old")
+    cfg = H.load_config("smoke", {"ddpm.pretrained_id": str(base)})
+    P = H.study.files.paths(cfg, tmp_path / "root")
+    P.data.mkdir(parents=True, exist_ok=True)     # paths() may make it
+    (P.data / "index.json").write_text(json.dumps({"fingerprint": "data-1"}))
+    first = ddpm.checkpoint_dir(cfg, P)
+    code = {"loss_fn": "1", "step_fn": "2"}
+    announce = H.study.models.training.announce_run
+    announce(first, "s1", code, ddpm.inputs_of(cfg, P))
+    (base / "unet" / "model.safetensors").write_bytes(b"newer")
+    second = ddpm.checkpoint_dir(cfg, P)
+    assert second != first
+    note = announce(second, "s2", code, ddpm.inputs_of(cfg, P))
+    assert note.endswith(f"the base weights differ from those of the run in {first.parent.name}/{first.name}")
+    (P.data / "index.json").write_text(json.dumps({"fingerprint": "data-2"}))
+    third = ddpm.checkpoint_dir(cfg, P)
+    assert third not in (first, second)
+    assert "the prepared data differ" in announce(third, "s3", code, ddpm.inputs_of(cfg, P))
+    capsys.readouterr()

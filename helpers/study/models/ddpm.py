@@ -19,7 +19,7 @@ from helpers.course import ddpm_inpainting as course
 from helpers.study.config import ROOT, Config
 from helpers.study.evaluation.predict import method_meta, predict_test_set
 from helpers.study.files import Paths, save_pretrained_atomic
-from helpers.study.models.training import announce_run, code_hashes, run_fingerprint
+from helpers.study.models.training import announce_run, code_hashes, run_fingerprint, run_inputs
 from helpers.study.runtime import SeededNoise, count_parameters, image_seeds, release_memory, resolve_dtype
 
 log = logging.getLogger(__name__)
@@ -195,7 +195,14 @@ def checkpoint_dir(cfg: Config, P: Paths, code: dict[str, str] | None = None) ->
     :func:`~helpers.study.models.training.code_hashes` of the loss and step; default: the course's), starts
     a new run, never resumes a checkpoint of a different one."""
     code = code or code_hashes(loss_fn=course.inpainting_loss, step_fn=course.training_step)
-    return P.models / FINETUNED_DIR / f"ckpt-{run_fingerprint(cfg, 'ddpm', TRAJECTORY_KEYS, code=code)}"
+    fp = run_fingerprint(cfg, "ddpm", TRAJECTORY_KEYS, code=code, inputs=inputs_of(cfg, P))
+    return P.models / FINETUNED_DIR / f"ckpt-{fp}"
+
+
+def inputs_of(cfg: Config, P: Paths) -> dict[str, str]:
+    """The prepared data and the base weights a fine-tuning run reads (:func:`~.training.run_inputs`);
+    smoke's tiny base is made from ddpm.tiny_config and the seed, both in the fingerprint already."""
+    return run_inputs(P.data, _source(cfg, P) if cfg.ddpm.pretrained_id else "ddpm.tiny_config")
 
 
 def finetuned_dir(cfg: Config, P: Paths) -> Path:
@@ -264,8 +271,8 @@ def finetune(cfg: Config, P: Paths, unet, noise_scheduler, device: torch.device,
         unet.to(memory_format=torch.channels_last)
     # 2. the run's folder, named by the settings and the code that runs (an edited cell starts anew); the shared loop
     code = code_hashes(loss_fn=loss_fn, step_fn=step_fn)
-    ckpt = checkpoint_dir(cfg, P, code)
-    note = announce_run(ckpt, run_fingerprint(cfg, "ddpm", TRAJECTORY_KEYS), code)
+    ckpt, inputs = checkpoint_dir(cfg, P, code), inputs_of(cfg, P)
+    note = announce_run(ckpt, run_fingerprint(cfg, "ddpm", TRAJECTORY_KEYS, inputs=inputs), code, inputs)
     result = train(unet, loss, InpaintDataset(cfg, "train"), d, ckpt, cfg.seed, device, collate_fn=collate,
                    fused_adamw=cfg.perf.get("fused_adamw", True), on_validate=on_validate,
                    desc="DDPM fine-tuning", max_steps=max_steps, step_fn=step_fn)

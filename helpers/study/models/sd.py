@@ -22,7 +22,7 @@ from helpers.course.sd_inpainting import (
 from helpers.study.config import Config
 from helpers.study.files import load_json, paths
 from helpers.study.models.sd_pipeline import quiet_library_output
-from helpers.study.models.training import announce_run, code_hashes, run_fingerprint
+from helpers.study.models.training import announce_run, code_hashes, run_fingerprint, run_inputs
 from helpers.study.runtime import (
     SeededNoise,
     count_parameters,
@@ -100,13 +100,15 @@ def lora_run_dir(cfg: Config, source: str, captions: dict[str, str] | None = Non
     folder = paths(cfg, root).models / "sd_lora"
     if variant is not None:
         folder = paths(cfg, root).models / "sd_peft" / variant["name"]
-    extra = {**_run_extra(source, captions, variant), "code": code or default_code(variant)}
+    extra = {**_run_extra(cfg, root, source, captions, variant), "code": code or default_code(variant)}
     return folder / f"ckpt-{run_fingerprint(cfg, 'sd', TRAJECTORY_KEYS, **extra)}"
 
 
-def _run_extra(source: str, captions: dict[str, str] | None, variant: dict | None) -> dict:
-    """The settings of a LoRA run beyond the preset's sd keys: base weights, captions' text, PEFT variant."""
-    extra = {"source": source}
+def _run_extra(cfg: Config, root: Path | None, source: str, captions: dict[str, str] | None,
+               variant: dict | None) -> dict:
+    """The settings of a LoRA run beyond the preset's sd keys: the prepared data and the base weights by
+    content (:func:`~helpers.study.models.training.run_inputs`), the captions' text, the PEFT variant."""
+    extra = {"inputs": run_inputs(paths(cfg, root).data, source)}
     if captions is not None:           # the captions' text, when given
         extra["captions"] = hashlib.sha256(json.dumps(sorted(captions.items())).encode()).hexdigest()
     if variant is not None:
@@ -188,8 +190,8 @@ def train_lora(cfg: Config, pipe, captions: dict[str, str] | None = None, max_st
     source = getattr(pipe, "source", "")
     code = code_hashes(attach_fn=attach_fn, loss_fn=loss_fn, step_fn=step_fn or training_step)
     ckpt_dir = lora_run_dir(cfg, source, captions, root, variant, code)
-    note = announce_run(ckpt_dir, run_fingerprint(cfg, "sd", TRAJECTORY_KEYS, **_run_extra(source, captions, variant)),
-                        code)
+    settings = _run_extra(cfg, root, source, captions, variant)
+    note = announce_run(ckpt_dir, run_fingerprint(cfg, "sd", TRAJECTORY_KEYS, **settings), code, settings["inputs"])
     result = train(pipe.unet, make_loss_fn(pipe, cfg, captions, loss_fn), dataset, cfg.sd, ckpt_dir, cfg.seed,
                    pipe.device, collate_fn=collate, fused_adamw=cfg.perf.get("fused_adamw", True),
                    desc="LoRA training", max_steps=max_steps, step_fn=step_fn)

@@ -139,14 +139,55 @@ def _batch_size_of(batch) -> int:
 
 
 def run_fingerprint(cfg: Config, section: str, keys, **extra) -> str:
-    """Hash of what determines a training run: the seed, the data, the section's ``keys`` of the
-    preset and ``extra`` (base weights, captions). Not the run's length, so a longer run resumes."""
+    """Hash of what determines a training run: the seed, the data settings, the section's ``keys`` of the
+    preset and ``extra`` (:func:`run_inputs`, captions). Not the run's length, so a longer run resumes."""
     blob = {"seed": cfg.seed, "data": cfg.data, section: {k: cfg[section].get(k) for k in keys}, **extra}
     return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
+# ---------------------------------------------------------------- what a run reads: data and base weights
+def run_inputs(data_folder: Path, weights: str) -> dict[str, str]:
+    """What a run reads besides the preset and its code, by content: ``data``, the prepared data set's
+    fingerprint (index.json: its settings and input files, written by notebook 01); ``weights``, the base
+    weights (:func:`weights_fingerprint`). New shipped stand-ins or a re-prepared data set start a new run
+    instead of resuming one trained on the old ones."""
+    index = Path(data_folder) / "index.json"
+    data = json.loads(index.read_text()).get("fingerprint", "?") if index.is_file() else "not prepared"
+    return {"data": data, "weights": weights_fingerprint(weights)}
+
+
+def weights_fingerprint(source: str) -> str:
+    """A local weights folder by its files' content (sha256 of each file's bytes; a file linked into the hub's
+    cache by its blob's name, which is its hash): the same weights give the same fingerprint wherever the
+    folder lies. A hub id is taken as named."""
+    folder = Path(str(source)).expanduser()
+    if not folder.is_dir():
+        return str(source)
+    files = sorted(f for f in folder.rglob("*") if f.is_file() and not any(
+        part.startswith(".") for part in f.relative_to(folder).parts))
+    stamp = tuple((str(f.relative_to(folder)), f.stat().st_size, f.stat().st_mtime_ns) for f in files)
+    return _folder_digest(str(folder), stamp)
+
+
+@functools.lru_cache(maxsize=16)
+def _folder_digest(folder: str, stamp: tuple) -> str:
+    """sha256 over (name, content hash) of the files listed in ``stamp`` (names, sizes, mtimes: the cache key,
+    so an unchanged folder is read once per process)."""
+    h = hashlib.sha256()
+    for rel, _, _ in stamp:
+        f = Path(folder) / rel
+        if f.is_symlink():                          # the hub's cache: snapshots/<rev>/x -> blobs/<sha256>
+            digest = Path(os.readlink(f)).name
+        else:
+            with f.open("rb") as fh:
+                digest = hashlib.file_digest(fh, "sha256").hexdigest()
+        h.update(f"{rel}\0{digest}\n".encode())
+    return "sha256:" + h.hexdigest()[:16]
+
+
 # ---------------------------------------------------------------- what a run runs: its code
 RUN_RECORD = "run.json"     # <run folder>/run.json: the settings' and the code's hashes of the run
+WHAT = {"data": "prepared data", "weights": "base weights"}   # run_inputs' keys, as announce_run names them
 
 
 def code_fingerprint(*fns) -> str:
@@ -216,9 +257,10 @@ def _code_text(code: types.CodeType) -> str:
     return f"{code.co_code.hex()}|{consts}|{code.co_names}|{code.co_varnames}"
 
 
-def announce_run(folder: Path, settings: str, code: dict[str, str]) -> str:
+def announce_run(folder: Path, settings: str, code: dict[str, str], inputs: dict[str, str] | None = None) -> str:
     """Say which run a training call continues or starts, and why (printed once, returned), and record
-    the run's ``settings`` fingerprint and ``code`` hashes in <folder>/run.json for the next call."""
+    the run's ``settings`` fingerprint, ``code`` hashes and ``inputs`` (:func:`run_inputs`) in
+    <folder>/run.json for the next call."""
     from accelerate import PartialState
 
     from helpers.study.files import load_json, save_json
@@ -237,8 +279,15 @@ def announce_run(folder: Path, settings: str, code: dict[str, str]) -> str:
                     f"({', '.join(changed)} changed): training starts anew in {shown}")
         else:
             note = f"new run in {shown}: no earlier run with these settings and this code ({names})"
+            moved = [(p, r) for p, r in earlier if inputs and r.get("code") == code and r.get("inputs")
+                     and r["inputs"] != inputs]
+            if moved:
+                p, record = moved[0]
+                changed = [k for k in inputs if record["inputs"].get(k) != inputs[k]]
+                note = (f"new run in {shown}: the {' and the '.join(WHAT[k] for k in changed)} differ from those of "
+                        f"the run in {folder.parent.name}/{p.parent.name}")
     if PartialState().is_main_process:
-        save_json({"settings": settings, "code": code}, folder / RUN_RECORD)
+        save_json({"settings": settings, "code": code, "inputs": inputs}, folder / RUN_RECORD)
         print(note)
     return note
 
