@@ -92,8 +92,9 @@ def test_slides_carry_the_mini_stamp_not_the_smoke_one(mini_run):
 
 def test_measure_tool_scores_the_same_test_set(mini_run, capsys, monkeypatch):
     """tools/measure_mini.py (the source of the measured numbers in configs/mini.yaml) reads the run's own test
-    set and classifier: its grey-hole row is notebook 05's; its DDPM reuses notebook 03's run (the package's loss
-    and step are the notebook's); its LoRA trains with the package's code in its own run folder."""
+    set and classifier: its grey-hole row and Telea's hole PSNR are notebook 05's; its DDPM and its LoRA reuse
+    notebook 03's and 04's runs (the package's loss, step and attach functions are the notebooks' taught cells, and
+    the runs read the same data and base weights)."""
     import importlib.util
 
     _, cfg, P = mini_run
@@ -108,13 +109,12 @@ def test_measure_tool_scores_the_same_test_set(mini_run, capsys, monkeypatch):
     for part, rows in (("ddpm", ["DDPM fine-tuned"]), ("sd", ["SD zero-shot s=1", "SD + LoRA s=1"])):
         tool.main([part, "--guidance", "1", "--set", *sets] if part == "sd" else [part, "--set", *sets])
         out = capsys.readouterr().out
-        row = r"^(\S.*?)\s+([\d.]+)\s+([\d.]+) dB$"        # method, digit accuracy, hole PSNR
+        row = r"^(\S.*?)\s+([\d.]+)\s+([\d.]+) dB\s+([\d.]+) ink$"   # method, digit accuracy, hole PSNR, ink
         table = {m[1]: (float(m[2]), float(m[3])) for m in re.finditer(row, out, re.M)}
         assert f"{N_TEST} test digits" in out
         assert table["hole left grey"][0] == pytest.approx(acc["hole_grey"])
         assert table["Telea"][1] == pytest.approx(hole_db["telea"], abs=0.005)   # printed to 0.01 dB
         assert set(rows) <= set(table), out
-        if part == "ddpm":
-            assert "reusing the run" in out, out
-        else:
+        assert "reusing the run" in out, out        # notebook 03's DDPM, notebook 04's LoRA: same code, same inputs
+        if part == "sd":
             assert "SD + LoRA s=1 - SD zero-shot s=1" in out, out

@@ -1,8 +1,9 @@
 """Measure choices of the ``mini`` preset on its own frozen test set, with the study's code and notebook 05's score.
 
-The digit accuracy (helpers.study.evaluation.digit_accuracy: the classifier fitted on the clean training digits)
-and the hole PSNR of the two rows every method must beat (the hole left grey, OpenCV Telea) and of the learned
-methods under the preset and ``--set`` overrides, each with its paired bootstrap 95 % interval against the others:
+The digit accuracy (helpers.study.evaluation.digit_accuracy: the classifier fitted on the clean training digits),
+the hole PSNR and the hole's ink (its mean brightness, 0 black to 1 white: the stroke weight) of the two rows
+every method must beat (the hole left grey, OpenCV Telea) and of the learned methods under the preset and
+``--set`` overrides, accuracy and hole PSNR each with its paired bootstrap 95 % interval against the others:
 
 * ``sd``: the latent stand-in zero-shot and after the study's LoRA training (``helpers.study.models.sd``),
   each at every ``--guidance`` scale (the pipeline: ``sd.pretrained_id``, or ``--sd-weights``);
@@ -112,10 +113,13 @@ def main(argv: list[str] | None = None) -> None:
     per_image = pd.concat([pd.DataFrame({"method": k, "name": list(test["name"]), "correct": D.correct(reader, v, y),
                                          "psnr_hole": pixel_scores(v, test["image"], test["mask"])["psnr_hole"]})
                            for k, v in done.items()])
-    print(f"\n{len(y)} test digits of {root}; overrides {overrides or 'none'}")
+    m = test["mask"]
+    ink = lambda im: ((im[:, :1] + 1) / 2 * m).sum().item() / m.sum().item()  # noqa: E731  mean hole brightness, 0..1
+    print(f"\n{len(y)} test digits of {root}; overrides {overrides or 'none'}; the clean digits' hole ink "
+          f"{ink(test['image']):.3f}")
     means = per_image.groupby("method", sort=False)[["correct", "psnr_hole"]].mean()
     for k, r in means.iterrows():
-        print(f"{k:24s} {r.correct:.3f}  {r.psnr_hole:6.2f} dB")
+        print(f"{k:24s} {r.correct:.3f}  {r.psnr_hole:6.2f} dB  {ink(done[k]):.3f} ink")
     for b, a_ in combinations(done, 2):
         for metric, f in (("correct", "{:+.3f}"), ("psnr_hole", "{:+.2f} dB")):
             d, lo, hi, _ = paired_difference(per_image, a_, b, metric, cfg.eval.bootstrap_samples, cfg.seed)
