@@ -228,14 +228,19 @@ def test_new_base_weights_or_data_start_a_new_run_and_say_so(tmp_path, capsys):
     first = ddpm.checkpoint_dir(cfg, P)
     code = {"loss_fn": "1", "step_fn": "2"}
     announce = H.study.models.training.announce_run
-    announce(first, "s1", code, ddpm.inputs_of(cfg, P))
+    announce(first, "settings", code, ddpm.inputs_of(cfg, P))
     (base / "unet" / "model.safetensors").write_bytes(b"newer")
     second = ddpm.checkpoint_dir(cfg, P)
     assert second != first
-    note = announce(second, "s2", code, ddpm.inputs_of(cfg, P))
+    note = announce(second, "settings", code, ddpm.inputs_of(cfg, P))
     assert note.endswith(f"the base weights differ from those of the run in {first.parent.name}/{first.name}")
     (P.data / "index.json").write_text(json.dumps({"fingerprint": "data-2"}))
     third = ddpm.checkpoint_dir(cfg, P)
     assert third not in (first, second)
-    assert "the prepared data differ" in announce(third, "s3", code, ddpm.inputs_of(cfg, P))
+    assert "the prepared data differ" in announce(third, "settings", code, ddpm.inputs_of(cfg, P))
+    (P.data / "index.json").write_text(json.dumps({"fingerprint": "data-3"}))
+    both = announce(ddpm.checkpoint_dir(cfg, P), "settings", {**code, "loss_fn": "edited"}, ddpm.inputs_of(cfg, P))
+    assert both.startswith(f"the code differs from the previous run in {third.parent.name}/{third.name} (loss_fn "
+                           "changed), and so do the prepared data: training starts anew"), both
+    assert "no earlier run" in announce(tmp_path / "other", "other settings", code, ddpm.inputs_of(cfg, P))
     capsys.readouterr()

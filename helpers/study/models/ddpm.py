@@ -272,7 +272,7 @@ def finetune(cfg: Config, P: Paths, unet, noise_scheduler, device: torch.device,
     # 2. the run's folder, named by the settings and the code that runs (an edited cell starts anew); the shared loop
     code = code_hashes(loss_fn=loss_fn, step_fn=step_fn)
     ckpt, inputs = checkpoint_dir(cfg, P, code), inputs_of(cfg, P)
-    note = announce_run(ckpt, run_fingerprint(cfg, "ddpm", TRAJECTORY_KEYS, inputs=inputs), code, inputs)
+    note = announce_run(ckpt, run_fingerprint(cfg, "ddpm", TRAJECTORY_KEYS), code, inputs)
     result = train(unet, loss, InpaintDataset(cfg, "train"), d, ckpt, cfg.seed, device, collate_fn=collate,
                    fused_adamw=cfg.perf.get("fused_adamw", True), on_validate=on_validate,
                    desc="DDPM fine-tuning", max_steps=max_steps, step_fn=step_fn)

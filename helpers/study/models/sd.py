@@ -190,8 +190,9 @@ def train_lora(cfg: Config, pipe, captions: dict[str, str] | None = None, max_st
     source = getattr(pipe, "source", "")
     code = code_hashes(attach_fn=attach_fn, loss_fn=loss_fn, step_fn=step_fn or training_step)
     ckpt_dir = lora_run_dir(cfg, source, captions, root, variant, code)
-    settings = _run_extra(cfg, root, source, captions, variant)
-    note = announce_run(ckpt_dir, run_fingerprint(cfg, "sd", TRAJECTORY_KEYS, **settings), code, settings["inputs"])
+    extra = _run_extra(cfg, root, source, captions, variant)
+    inputs = extra.pop("inputs")                    # compared apart from the settings: the note names what changed
+    note = announce_run(ckpt_dir, run_fingerprint(cfg, "sd", TRAJECTORY_KEYS, **extra), code, inputs)
     result = train(pipe.unet, make_loss_fn(pipe, cfg, captions, loss_fn), dataset, cfg.sd, ckpt_dir, cfg.seed,
                    pipe.device, collate_fn=collate, fused_adamw=cfg.perf.get("fused_adamw", True),
                    desc="LoRA training", max_steps=max_steps, step_fn=step_fn)

@@ -259,33 +259,33 @@ def _code_text(code: types.CodeType) -> str:
 
 def announce_run(folder: Path, settings: str, code: dict[str, str], inputs: dict[str, str] | None = None) -> str:
     """Say which run a training call continues or starts, and why (printed once, returned), and record
-    the run's ``settings`` fingerprint, ``code`` hashes and ``inputs`` (:func:`run_inputs`) in
-    <folder>/run.json for the next call."""
+    the run's ``settings`` fingerprint (the preset's keys, without the inputs), ``code`` hashes and ``inputs``
+    (:func:`run_inputs`) in <folder>/run.json for the next call. A new run is compared with the latest earlier
+    one of the same settings: the note names the code and the inputs that differ from it."""
     from accelerate import PartialState
 
     from helpers.study.files import load_json, save_json
 
     shown, names = f"{folder.parent.name}/{folder.name}", ", ".join(code)
+    inputs = inputs or {}
     if (folder / CHECKPOINT).is_file():
         note = f"reusing the run in {shown}: same settings and same code ({names}) as its checkpoint"
     else:
         earlier = [p for p in folder.parent.glob(f"*/{RUN_RECORD}") if p.parent != folder]
         earlier = [(p, load_json(p)) for p in sorted(earlier, key=lambda p: p.stat().st_mtime, reverse=True)]
-        same = [(p, r) for p, r in earlier if r.get("settings") == settings and r.get("code") != code]
+        same = [(p, r) for p, r in earlier if r.get("settings") == settings]
+        note = f"new run in {shown}: no earlier run with these settings and this code ({names})"
         if same:
             p, record = same[0]
-            changed = [k for k in code if record["code"].get(k) != code[k]] or list(code)
-            note = (f"the code differs from the previous run in {folder.parent.name}/{p.parent.name} "
-                    f"({', '.join(changed)} changed): training starts anew in {shown}")
-        else:
-            note = f"new run in {shown}: no earlier run with these settings and this code ({names})"
-            moved = [(p, r) for p, r in earlier if inputs and r.get("code") == code and r.get("inputs")
-                     and r["inputs"] != inputs]
-            if moved:
-                p, record = moved[0]
-                changed = [k for k in inputs if record["inputs"].get(k) != inputs[k]]
-                note = (f"new run in {shown}: the {' and the '.join(WHAT[k] for k in changed)} differ from those of "
-                        f"the run in {folder.parent.name}/{p.parent.name}")
+            code_changed = [k for k in code if record.get("code", {}).get(k) != code[k]]
+            moved = [WHAT.get(k, k) for k in inputs if (record.get("inputs") or {}).get(k) != inputs[k]]
+            other = f"{folder.parent.name}/{p.parent.name}"
+            if code_changed:
+                note = (f"the code differs from the previous run in {other} ({', '.join(code_changed)} changed)"
+                        + (f", and so do the {' and the '.join(moved)}" if moved else "")
+                        + f": training starts anew in {shown}")
+            elif moved:
+                note = f"new run in {shown}: the {' and the '.join(moved)} differ from those of the run in {other}"
     if PartialState().is_main_process:
         save_json({"settings": settings, "code": code, "inputs": inputs}, folder / RUN_RECORD)
         print(note)
