@@ -73,11 +73,17 @@ def test_the_runner_prints_no_kernel_transport_warning(tmp_root, capfd):
 
 
 @pytest.mark.slow
-def test_two_runs_at_once_keep_their_kernels_apart(tmp_root):
+def test_two_runs_at_once_keep_their_kernels_apart(tmp_root, monkeypatch):
     """Two runners started together from the same notebooks folder (a test session beside `make report`):
     each kernel's IPC sockets live in a folder of its own, so neither gets the other's messages
-    (jupyter_client's default, kernel-ipc-N in the working directory, failed with "Invalid Signature")."""
+    (jupyter_client's default, kernel-ipc-N in the working directory, failed with "Invalid Signature"),
+    and the folder goes when the kernel shuts down (hundreds of them had piled up in /tmp)."""
     import concurrent.futures
+    import tempfile
+
+    sockets = tmp_root / "tmp"
+    sockets.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(sockets))
 
     nbdir = tmp_root / "nbs"
     _write(nbdir / "01_a.ipynb", "import time\ntime.sleep(2)\nx = 1")
@@ -91,6 +97,7 @@ def test_two_runs_at_once_keep_their_kernels_apart(tmp_root):
         executed = nbformat.read(dst, as_version=4)
         assert all(o.get("output_type") != "error" for c in executed.cells for o in c.get("outputs", []))
     assert not list(nbdir.glob("kernel-ipc*"))
+    assert not list(sockets.iterdir())
 
 
 @pytest.mark.slow

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -115,7 +116,15 @@ def ipc_kernel_manager():
             super().__init__(**kwargs)
             # the sockets in a folder of their own: jupyter_client's default ("kernel-ipc-N" in the working
             # directory, notebooks/) collides when two runs start at once ("Invalid Signature")
-            self.ip = str(Path(tempfile.mkdtemp(prefix="inpaint-kernel-")) / "k")
+            self._ipc_dir = Path(tempfile.mkdtemp(prefix="inpaint-kernel-"))
+            self.ip = str(self._ipc_dir / "k")
+
+        async def _async_cleanup_resources(self, restart: bool = False) -> None:
+            await super()._async_cleanup_resources(restart=restart)
+            if not restart:       # the folder goes with the kernel (a restart reuses it)
+                shutil.rmtree(self._ipc_dir, ignore_errors=True)
+
+        cleanup_resources = _async_cleanup_resources
 
     return IPCKernelManager
 
