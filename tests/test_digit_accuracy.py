@@ -117,3 +117,21 @@ def test_report_shows_the_accuracy_column_and_the_paired_lines(digits):
     table = H.report.tables.format_digit_accuracy(acc)
     assert table.loc[H.study.methods.short_label("sd_lora"), "correct"] == int(acc.summary["correct"].iloc[0])
     assert H.report.text.accuracy_statements(DA.DigitAccuracy(False, "no labels")) == []
+
+
+def test_guidance_sweep_is_read_back_and_concluded_on(tmp_path):
+    """Notebook 04's sweep, saved by guidance_sweep_summary, is read back beside notebook 05's tables and
+    becomes one line of notebook 06's conclusions: both accuracies, their costs, the paired CI."""
+    names = [f"d{i}" for i in range(40)]
+    rows, per_image = [], []
+    for s, correct in ((1.0, [1] * 20 + [0] * 20), (3.0, [1] * 36 + [0] * 4)):
+        rows.append({"guidance s": s, "accuracy": float(np.mean(correct)), "s/image": 0.01 * s})
+        per_image += [{"method": f"s={s:g}", "name": n, "correct": float(c)} for n, c in zip(names, correct)]
+    assert DA.load_guidance_sweep(tmp_path) is None
+    _, sw = DA.guidance_sweep_summary(rows, per_image, 200, 0, folder=tmp_path)
+    assert DA.load_guidance_sweep(tmp_path) == sw and sw["best_scale"] == 3.0
+    line = H.report.text.guidance_statement(DA.DigitAccuracy(True, guidance=DA.load_guidance_sweep(tmp_path)))
+    assert "0.500 at s = 1 (0.01 s/image)" in line and "0.900 at s = 3 (0.03 s/image)" in line
+    assert f"{sw['diff_vs_s1']:+.3f} [{sw['low']:+.3f}, {sw['high']:+.3f}]" in line and "excludes 0" in line
+    assert H.report.text.guidance_statement(DA.DigitAccuracy(True)) is None
+    assert H.report.text.guidance_statement(None) is None

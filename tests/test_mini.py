@@ -81,6 +81,9 @@ def test_digit_accuracy_is_scored_with_paired_intervals(mini_run):
     assert row["lo"] <= row["diff"] <= row["hi"] and row["n"] == N_TEST
     sweep = json.loads((P.tables / "04_guidance_accuracy.json").read_text())
     assert [r["guidance s"] for r in sweep["rows"]] == [1.0, 3.0, 7.5, 12.0] and sweep["n"] == N_TEST
+    # notebook 06 concludes on the sweep too
+    concluded = (P.tables / "06_conclusions.md").read_text()
+    assert f"Classifier-free guidance (SD + LoRA, notebook 04, n = {N_TEST})" in concluded
 
 
 def test_slides_carry_the_mini_stamp_not_the_smoke_one(mini_run):

@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import os
 import time
+from functools import partial
 from itertools import combinations
 from pathlib import Path
 
@@ -80,6 +81,11 @@ def ddpm_rows(cfg, root: Path, test: dict, repaint: bool):
         yield "DDPM fine-tuned", ddpm.ddim_sampler(cfg, unet.eval(), ab, dev)(test["image"], test["mask"], seeds, names)
 
 
+def hole_ink(images: torch.Tensor, mask: torch.Tensor) -> float:
+    """The mean brightness of the hole's pixels over a set, 0 (black) to 1 (white): the stroke weight there."""
+    return ((images[:, :1] + 1) / 2 * mask).sum().item() / mask.sum().item()
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("part", choices=("sd", "ddpm"))
@@ -113,8 +119,7 @@ def main(argv: list[str] | None = None) -> None:
     per_image = pd.concat([pd.DataFrame({"method": k, "name": list(test["name"]), "correct": D.correct(reader, v, y),
                                          "psnr_hole": pixel_scores(v, test["image"], test["mask"])["psnr_hole"]})
                            for k, v in done.items()])
-    m = test["mask"]
-    ink = lambda im: ((im[:, :1] + 1) / 2 * m).sum().item() / m.sum().item()  # noqa: E731  mean hole brightness, 0..1
+    ink = partial(hole_ink, mask=test["mask"])
     print(f"\n{len(y)} test digits of {root}; overrides {overrides or 'none'}; the clean digits' hole ink "
           f"{ink(test['image']):.3f}")
     means = per_image.groupby("method", sort=False)[["correct", "psnr_hole"]].mean()

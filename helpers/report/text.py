@@ -256,13 +256,34 @@ def accuracy_statements(acc) -> list[str]:
     return lines
 
 
+def guidance_statement(acc) -> str | None:
+    """Notebook 04's classifier-free guidance sweep on the labelled digits (SD + LoRA): digit accuracy and
+    cost per image at s = 1 (no guidance, one U-Net pass per step) and at the best s, and their paired
+    difference with its 95 % CI; None when the sweep has not run (no labels, or notebook 04 not run)."""
+    sw = getattr(acc, "guidance", None) if acc is not None else None
+    if not sw:
+        return None
+    rows = sw["rows"]
+    one = rows[0]
+    best = next(r for r in rows if float(r["guidance s"]) == float(sw["best_scale"]))
+    at = lambda r: f"{r['accuracy']:.3f} at s = {float(r['guidance s']):g} ({r['s/image']:.3g} s/image)"  # noqa: E731
+    if best is one:
+        return (f"* Classifier-free guidance (SD + LoRA, notebook 04, n = {sw['n']}): no scale read better than "
+                f"{at(one)}, no guidance.")
+    excl = sw["low"] > 0 or sw["high"] < 0
+    return (f"* Classifier-free guidance (SD + LoRA, notebook 04, n = {sw['n']}): digit accuracy {at(one)}, "
+            f"{at(best)}; paired difference {sw['diff_vs_s1']:+.3f} [{sw['low']:+.3f}, {sw['high']:+.3f}]: "
+            + ("the interval excludes 0." if excl else "the interval contains 0: not resolved."))
+
+
 def conclusion_sections(ev: Evaluation, cfg: Config) -> dict[str, list[str]]:
     """The conclusions as two short lists of markdown lines, one per slide:
 
     * ``"quality"``: which method fills holes best, on the main image set, named once in the
       lead line; every mean, difference and CI of its bullets is over that set;
     * ``"context"``: the subset method (RePaint) on its own images, the study's ranking checked on
-      the main set, KID, speed, methods not scored.
+      the main set, KID, speed, classifier-free guidance's effect on digit accuracy (labelled data, notebook
+      04's sweep), methods not scored.
 
     Nothing is copied from the study: every number is measured (by helpers.study.evaluation.evaluate)."""
     quality = [SMOKE_CONCLUSION] if cfg.preset == "smoke" else []
@@ -283,7 +304,8 @@ def conclusion_sections(ev: Evaluation, cfg: Config) -> dict[str, list[str]]:
     # 3. a method run on a subset, on exactly its images; 4. the study's ranking on the main set;
     # 5. KID (set-level); 6. speed
     context = [subset_statement(ev, s) for s in subsets]
-    context += [study_ranking_statement(ev, main), kid_statement(ev, main), speed_statement(ev)]
+    context += [study_ranking_statement(ev, main), kid_statement(ev, main), speed_statement(ev),
+                guidance_statement(ev.accuracy)]
     # 7. methods without predictions: named, never dropped (the reason is in the methods table)
     if ev.missing:
         context.append("* Not scored (no predictions; see the methods table): "

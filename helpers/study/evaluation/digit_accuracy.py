@@ -18,7 +18,9 @@ Protocol:
    every learned method - Telea, every method - hole left grey, SD + LoRA - SD zero-shot, fine-tuned
    DDPM - RePaint, every PEFT variant - the ablation's reference (SD + LoRA).
 
-Tables go to ``reports/<preset>/tables/05_digit_accuracy*.csv`` and ``05_digit_accuracy.json``.
+Tables go to ``reports/<preset>/tables/05_digit_accuracy*.csv`` and ``05_digit_accuracy.json``; notebook 04's
+guidance sweep (accuracy per guidance scale, :func:`guidance_sweep_summary`) is read back beside them
+(``DigitAccuracy.guidance``), so that notebook 06 concludes on it too.
 """
 from __future__ import annotations
 
@@ -45,6 +47,7 @@ BASELINE = "telea"                # the classical, non-learned baseline
 
 TABLES = {"per_image": "05_digit_accuracy_per_image.csv", "summary": "05_digit_accuracy.csv",
           "paired": "05_digit_accuracy_paired.csv", "info": "05_digit_accuracy.json"}
+GUIDANCE_SWEEP = "04_guidance_accuracy"       # notebook 04's sweep: .csv (the table) and .json (the summary)
 
 SUMMARY_COLUMNS = ["method", "label", "n", "correct", "accuracy", "accuracy_lo", "accuracy_hi"]
 PAIRED_COLUMNS = ["a", "b", "label_a", "label_b", "n", "diff", "lo", "hi", "excludes_zero"]
@@ -60,6 +63,7 @@ class DigitAccuracy:
     summary: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=SUMMARY_COLUMNS))
     paired: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=PAIRED_COLUMNS))
     info: dict = field(default_factory=dict)
+    guidance: dict | None = None    # notebook 04's guidance sweep (:func:`guidance_sweep_summary`), if it ran
 
 
 def row_label(method: str) -> str:
@@ -153,9 +157,15 @@ def guidance_sweep_summary(rows: list[dict], per_image: list[dict], n_boot: int,
                                         "correct", n_boot=n_boot, seed=seed)
     summary = {"best_scale": best, "n": n, "diff_vs_s1": diff, "low": lo, "high": hi, "rows": rows}
     if folder is not None:
-        table.to_csv(Path(folder) / "04_guidance_accuracy.csv", index=False)
-        save_json(summary, Path(folder) / "04_guidance_accuracy.json")
+        table.to_csv(Path(folder) / f"{GUIDANCE_SWEEP}.csv", index=False)
+        save_json(summary, Path(folder) / f"{GUIDANCE_SWEEP}.json")
     return table, summary
+
+
+def load_guidance_sweep(folder: Path) -> dict | None:
+    """The summary :func:`guidance_sweep_summary` saved in ``folder``; None when notebook 04's sweep has not run."""
+    f = Path(folder) / f"{GUIDANCE_SWEEP}.json"
+    return load_json(f) if f.is_file() else None
 
 
 # ---------------------------------------------------------------- the whole protocol
@@ -216,7 +226,8 @@ def evaluate_digit_accuracy(cfg: Config, root: Path | None = None, save: bool = 
             "paired": {"kind": "paired percentile bootstrap of the mean difference over images",
                        "samples": E.bootstrap_samples, "seed": cfg.seed, "confidence": 0.95},
             "missing": missing}
-    acc = DigitAccuracy(True, "", per_image, accuracy_summary(per_image), paired, info)
+    acc = DigitAccuracy(True, "", per_image, accuracy_summary(per_image), paired, info,
+                        load_guidance_sweep(paths(cfg, root).tables))
     if save:
         save_digit_accuracy(acc, paths(cfg, root).tables)
     return acc
@@ -237,4 +248,5 @@ def load_digit_accuracy(cfg: Config, root: Path | None = None) -> DigitAccuracy:
                                     "labels, or notebook 05 has not run")
     text = {"name": str, "method": str, "a": str, "b": str}
     frames = {k: pd.read_csv(folder / TABLES[k], dtype=text) for k in ("per_image", "summary", "paired")}
-    return DigitAccuracy(True, "", **frames, info=load_json(folder / TABLES["info"]))
+    return DigitAccuracy(True, "", **frames, info=load_json(folder / TABLES["info"]),
+                         guidance=load_guidance_sweep(folder))

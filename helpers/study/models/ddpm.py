@@ -190,12 +190,13 @@ TRAJECTORY_KEYS = ("pretrained_id", "tiny_config", "in_channels", "num_train_tim
                    "lr", "weight_decay", "max_grad_norm", "lambda_mask", "lambda_context", "mixed_precision")
 
 
-def checkpoint_dir(cfg: Config, P: Paths, code: dict[str, str] | None = None) -> Path:
+def checkpoint_dir(cfg: Config, P: Paths, code: dict[str, str] | None = None,
+                   inputs: dict[str, str] | None = None) -> Path:
     """P.models/ddpm_inpaint/ckpt-<fingerprint>: a changed setting, or changed code (``code``: the
     :func:`~helpers.study.models.training.code_hashes` of the loss and step; default: the course's), starts
-    a new run, never resumes a checkpoint of a different one."""
+    a new run, never resumes a checkpoint of a different one; ``inputs``: :func:`inputs_of`, when the caller has it."""
     code = code or code_hashes(loss_fn=course.inpainting_loss, step_fn=course.training_step)
-    fp = run_fingerprint(cfg, "ddpm", TRAJECTORY_KEYS, code=code, inputs=inputs_of(cfg, P))
+    fp = run_fingerprint(cfg, "ddpm", TRAJECTORY_KEYS, code=code, inputs=inputs or inputs_of(cfg, P))
     return P.models / FINETUNED_DIR / f"ckpt-{fp}"
 
 
@@ -271,7 +272,8 @@ def finetune(cfg: Config, P: Paths, unet, noise_scheduler, device: torch.device,
         unet.to(memory_format=torch.channels_last)
     # 2. the run's folder, named by the settings and the code that runs (an edited cell starts anew); the shared loop
     code = code_hashes(loss_fn=loss_fn, step_fn=step_fn)
-    ckpt, inputs = checkpoint_dir(cfg, P, code), inputs_of(cfg, P)
+    inputs = inputs_of(cfg, P)
+    ckpt = checkpoint_dir(cfg, P, code, inputs)
     note = announce_run(ckpt, run_fingerprint(cfg, "ddpm", TRAJECTORY_KEYS), code, inputs)
     result = train(unet, loss, InpaintDataset(cfg, "train"), d, ckpt, cfg.seed, device, collate_fn=collate,
                    fused_adamw=cfg.perf.get("fused_adamw", True), on_validate=on_validate,

@@ -92,15 +92,16 @@ TRAJECTORY_KEYS = ("pretrained_id", "tiny", "resolution", "lora", "batch_size", 
 
 
 def lora_run_dir(cfg: Config, source: str, captions: dict[str, str] | None = None, root: Path | None = None,
-                 variant: dict | None = None, code: dict[str, str] | None = None) -> Path:
+                 variant: dict | None = None, code: dict[str, str] | None = None, extra: dict | None = None) -> Path:
     """reports/<preset>/models/sd_lora/ckpt-<fingerprint>/: checkpoint, finished LoRA and stats of one run.
     A PEFT ablation ``variant`` (helpers.study.models.peft_variants) runs in models/sd_peft/<name>/ckpt-<fingerprint>/,
     the variant's settings in the fingerprint. ``code``: :func:`~helpers.study.models.training.code_hashes` of the
-    attach, loss and step functions (default: the course's), so that edited code starts a new run."""
+    attach, loss and step functions (default: the course's), so that edited code starts a new run; ``extra``:
+    :func:`_run_extra`'s result, when the caller has it already."""
     folder = paths(cfg, root).models / "sd_lora"
     if variant is not None:
         folder = paths(cfg, root).models / "sd_peft" / variant["name"]
-    extra = {**_run_extra(cfg, root, source, captions, variant), "code": code or default_code(variant)}
+    extra = {**(extra or _run_extra(cfg, root, source, captions, variant)), "code": code or default_code(variant)}
     return folder / f"ckpt-{run_fingerprint(cfg, 'sd', TRAJECTORY_KEYS, **extra)}"
 
 
@@ -189,8 +190,8 @@ def train_lora(cfg: Config, pipe, captions: dict[str, str] | None = None, max_st
     dataset = InpaintDataset(cfg, "train", root)
     source = getattr(pipe, "source", "")
     code = code_hashes(attach_fn=attach_fn, loss_fn=loss_fn, step_fn=step_fn or training_step)
-    ckpt_dir = lora_run_dir(cfg, source, captions, root, variant, code)
     extra = _run_extra(cfg, root, source, captions, variant)
+    ckpt_dir = lora_run_dir(cfg, source, captions, root, variant, code, extra)
     inputs = extra.pop("inputs")                    # compared apart from the settings: the note names what changed
     note = announce_run(ckpt_dir, run_fingerprint(cfg, "sd", TRAJECTORY_KEYS, **extra), code, inputs)
     result = train(pipe.unet, make_loss_fn(pipe, cfg, captions, loss_fn), dataset, cfg.sd, ckpt_dir, cfg.seed,

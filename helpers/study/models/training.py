@@ -165,7 +165,7 @@ def weights_fingerprint(source: str) -> str:
         return str(source)
     files = sorted(f for f in folder.rglob("*") if f.is_file() and not any(
         part.startswith(".") for part in f.relative_to(folder).parts))
-    stamp = tuple((str(f.relative_to(folder)), f.stat().st_size, f.stat().st_mtime_ns) for f in files)
+    stamp = tuple((str(f.relative_to(folder)), st.st_size, st.st_mtime_ns) for f in files for st in [f.stat()])
     return _folder_digest(str(folder), stamp)
 
 
