@@ -90,6 +90,9 @@ def test_site_from_a_tiny_executed_notebook(tmp_path, tmp_root):
         assert not re.search(r"""<(script|link|img)[^>]+(src|href)=["']https?://""", text), html.name
     landing = index.read_text()
     assert "Image Completion: DDPM vs. Stable Diffusion" in landing and "01_tiny.html" in landing
+    # one search field, the sidebar's (no header bar with a second one)
+    assert len(re.findall(r'class="[^"]*\bsearch-button-field\b', landing)) == 1
+    assert "bd-header__inner" not in landing
     assert not list(out.rglob("*.map")) and not (out / "_sources").exists()
     assert seconds < 60
 

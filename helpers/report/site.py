@@ -265,7 +265,10 @@ def sphinx_conf(cfg, stamp_text: str, mathjax_path: str) -> dict:
         "html_theme_options": {"announcement": _stamp_html(stamp_text), "show_prev_next": True,
                                "home_page_in_toc": True, "use_download_button": False,
                                "use_fullscreen_button": False, "show_toc_level": 2,
-                               "navigation_with_keys": False},
+                               "navigation_with_keys": False,
+                               # the sidebar's search field only: pydata-sphinx-theme 0.20 adds a second one in a
+                               # header bar of its own unless this is set
+                               "navbar_persistent": []},
         "suppress_warnings": ["myst.xref_missing", "myst.header", "mystnb.unknown_mime_type",
                               "misc.highlighting_failure"],
         "copybutton_exclude": ".linenos, .gp, .go",
