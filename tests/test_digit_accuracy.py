@@ -119,6 +119,27 @@ def test_report_shows_the_accuracy_column_and_the_paired_lines(digits):
     assert H.report.text.accuracy_statements(DA.DigitAccuracy(False, "no labels")) == []
 
 
+def test_accuracy_highlights_fit_three_bullets():
+    """The conclusions' short form: against Telea in one bullet, against the grey hole in one, the other pairs in
+    one; a resolved difference in bold, a pair over fewer images with its own n."""
+    row = lambda a, b, d, lo, hi, n=200: {"a": a, "b": b, "n": n, "diff": d, "lo": lo, "hi": hi,  # noqa: E731
+                                          "excludes_zero": lo > 0 or hi < 0}
+    paired = pd.DataFrame([row("sd_lora", "telea", 0.05, 0.005, 0.095),
+                           row("ddpm_finetuned", "telea", -0.03, -0.085, 0.025),
+                           row("ddpm_repaint", "telea", 0.02, -0.01, 0.05, 50),
+                           row("sd_lora", DA.HOLE_GREY, 0.155, 0.1, 0.205),
+                           row("telea", DA.HOLE_GREY, 0.105, 0.045, 0.16),
+                           row("sd_lora", "sd_zeroshot", -0.015, -0.04, 0.005)])
+    lines = H.report.text.accuracy_highlights(DA.DigitAccuracy(True, paired=paired))
+    assert len(lines) == 3 and all(line.startswith("* ") for line in lines)
+    label = H.study.methods.short_label
+    assert "n = 200;" in lines[0] and f"{label('sd_lora')} **+0.050 [+0.005, +0.095]**" in lines[0]
+    assert f"{label('ddpm_finetuned')} -0.030 [-0.085, +0.025]," in lines[0] and "(n = 50)" in lines[0]
+    assert "2 of 2 methods higher" in lines[1] and "Telea **+0.105 [+0.045, +0.160]**" in lines[1]
+    assert lines[2] == f"* {label('sd_lora')} − {label('sd_zeroshot')} -0.015 [-0.040, +0.005]."
+    assert H.report.text.accuracy_highlights(DA.DigitAccuracy(False, "no labels")) == []
+
+
 def test_guidance_sweep_is_read_back_and_concluded_on(tmp_path):
     """Notebook 04's sweep, saved by guidance_sweep_summary, is read back beside notebook 05's tables and
     becomes one line of notebook 06's conclusions: both accuracies, their costs, the paired CI."""

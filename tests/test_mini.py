@@ -93,6 +93,18 @@ def test_slides_carry_the_mini_stamp_not_the_smoke_one(mini_run):
     assert "pipeline check" not in html
 
 
+def test_every_slide_of_the_default_deck_fits(mini_run, browser):
+    """The default run's deck (mini: digit accuracy beside the pixel scores, PEFT variants, the guidance sweep) fits
+    1280x720 slide by slide, as smoke's does (tests/test_slides.py): its conclusions once ran to twice that height."""
+    from tests.deck import problems, walk_deck
+
+    manifest, _, _ = mini_run
+    result, network = walk_deck(browser, Path(manifest["exports"]["slides"]))
+    bad = problems(result)
+    assert not bad, "slides a presenter cannot show as they are:\n" + "\n".join(f"{k}: {v}" for k, v in bad.items())
+    assert not network, f"the deck reached for the network: {network}"
+
+
 def test_measure_tool_scores_the_same_test_set(mini_run, capsys, monkeypatch):
     """tools/measure_mini.py (the source of the measured numbers in configs/mini.yaml) reads the run's own test
     set and classifier: its grey-hole row and Telea's hole PSNR are notebook 05's; its DDPM and its LoRA reuse
@@ -110,7 +122,8 @@ def test_measure_tool_scores_the_same_test_set(mini_run, capsys, monkeypatch):
     acc = pd.read_csv(P.tables / "05_digit_accuracy.csv").set_index("method")["accuracy"]
     hole_db = pd.read_csv(P.tables / "05_summary.csv").set_index("method")["psnr_hole"]
     for part, rows in (("ddpm", ["DDPM fine-tuned"]), ("sd", ["SD zero-shot s=1", "SD + LoRA s=1"])):
-        tool.main([part, "--guidance", "1", "--set", *sets] if part == "sd" else [part, "--set", *sets])
+        tool.main([part, "--guidance", "1", "--noise-levels", "50", "950", "--set", *sets] if part == "sd"
+                  else [part, "--set", *sets])
         out = capsys.readouterr().out
         row = r"^(\S.*?)\s+([\d.]+)\s+([\d.]+) dB\s+([\d.]+) ink$"   # method, digit accuracy, hole PSNR, ink
         table = {m[1]: (float(m[2]), float(m[3])) for m in re.finditer(row, out, re.M)}
@@ -121,3 +134,7 @@ def test_measure_tool_scores_the_same_test_set(mini_run, capsys, monkeypatch):
         assert "reusing the run" in out, out        # notebook 03's DDPM, notebook 04's LoRA: same code, same inputs
         if part == "sd":
             assert "SD + LoRA s=1 - SD zero-shot s=1" in out, out
+            # where the noise prediction errs, before and after LoRA, on the same fixed draws
+            errors = re.findall(r"eps_theta error, (zero-shot|\+ LoRA): t=50: hole ([\d.]+), known ([\d.]+) "
+                                r"\| t=950", out)
+            assert [e[0] for e in errors] == ["zero-shot", "+ LoRA"], out

@@ -12,69 +12,16 @@ import pytest
 
 import helpers as H
 from helpers.study.config import ROOT
-
-VIEWPORT = {"width": 1280, "height": 720}
-
-# Walks every slide (reveal.js's own list, in order), waits for MathJax, and reports per slide what
-# a presenter would see wrong. Sizes are in the slide's own pixels (reveal.js scales the whole
-# 1280x720 slide to the window, so a slide that fits here fits any screen of that shape).
-WALK = """async () => {
-  const R = window.Reveal, cfg = R.getConfig(), out = [];
-  const typeset = () => new Promise(res => MathJax.Hub.Queue(() => setTimeout(res, 50)));
-  const slides = R.getSlides();
-  for (let i = 0; i < slides.length; i++) {
-    const s = slides[i], ix = R.getIndices(s);
-    R.slide(ix.h, ix.v);
-    await new Promise(r => setTimeout(r, 80));
-    await typeset();
-    const problems = [];
-    if (s.scrollHeight > cfg.height + 2) problems.push(`taller than the slide: ${s.scrollHeight} > ${cfg.height} px`);
-    if (s.scrollWidth > cfg.width + 2) problems.push(`wider than the slide: ${s.scrollWidth} > ${cfg.width} px`);
-    for (const el of s.querySelectorAll("*")) {
-      const st = getComputedStyle(el), tag = el.tagName.toLowerCase();
-      if (["auto", "scroll", "hidden"].includes(st.overflowX) && el.scrollWidth > el.clientWidth + 2)
-        problems.push(`cut or scrolled sideways: <${tag}> ${el.scrollWidth} > ${el.clientWidth} px`);
-      if (["auto", "scroll", "hidden"].includes(st.overflowY) && el.scrollHeight > el.clientHeight + 2)
-        problems.push(`cut or scrolled vertically: <${tag}> ${el.scrollHeight} > ${el.clientHeight} px`);
-    }
-    const text = s.innerText;
-    for (const raw of ["$$", "\\\\(", "\\\\[", "\\\\begin", "\\\\frac", "\\\\mathcal"])
-      if (text.includes(raw)) problems.push(`formula left untypeset: ${raw} in the text`);
-    if (s.querySelector(".MathJax_Error, merror, .mjx-merror")) problems.push("MathJax error in a formula");
-    for (const img of s.querySelectorAll("img"))
-      if (!img.complete || img.naturalWidth === 0) problems.push(`figure failed to load: ${img.src.slice(0, 60)}`);
-    const h = s.querySelector("h1, h2");
-    out.push({slide: `#/${ix.h}/${ix.v} ${h ? h.innerText.trim().slice(0, 60) : ""}`, problems});
-  }
-  return {slides: out, formulas: document.querySelectorAll(".MathJax, .MathJax_Display").length};
-}"""
-
-
-def _open(browser, html: Path):
-    """A page at 1280x720 on ``html``, recording every request that leaves the file system or fails."""
-    page = browser.new_page(viewport=VIEWPORT)
-    network = []
-    page.on("request", lambda r: network.append(r.url) if r.url.startswith(("http:", "https:")) else None)
-    # a local file the page asks for and does not find (MathJax 2 probes web fonts with about:blank)
-    page.on("requestfailed", lambda r: None if r.url.startswith("about:") else network.append(f"failed: {r.url}"))
-    page.goto(html.as_uri())
-    return page, network
+from tests.deck import open_page, problems, walk_deck
 
 
 @pytest.mark.notebooks
 @pytest.mark.slow
 def test_every_slide_fits_renders_and_loads_offline(smoke_run, browser):
     manifest, _ = smoke_run
-    slides = Path(manifest["exports"]["slides"])
-    page, network = _open(browser, slides)
-    try:
-        page.wait_for_function("window.Reveal && window.Reveal.isReady() && window.MathJax && MathJax.Hub",
-                               timeout=60_000)
-        result = page.evaluate(WALK)
-    finally:
-        page.close()
+    result, network = walk_deck(browser, Path(manifest["exports"]["slides"]))
     assert len(result["slides"]) >= 10
-    bad = {s["slide"]: s["problems"] for s in result["slides"] if s["problems"]}
+    bad = problems(result)
     assert not bad, "slides a presenter cannot show as they are:\n" + "\n".join(f"{k}: {v}" for k, v in bad.items())
     assert result["formulas"] > 0                       # the equations slide was typeset by the local MathJax
     assert not network, f"the deck reached for the network: {network}"
@@ -84,7 +31,7 @@ def test_every_slide_fits_renders_and_loads_offline(smoke_run, browser):
 @pytest.mark.slow
 def test_report_typesets_offline(smoke_run, browser):
     manifest, _ = smoke_run
-    page, network = _open(browser, Path(manifest["exports"]["report"]))
+    page, network = open_page(browser, Path(manifest["exports"]["report"]))
     try:
         page.wait_for_function("window.MathJax && MathJax.Hub", timeout=60_000)
         page.evaluate("() => new Promise(res => MathJax.Hub.Queue(res))")

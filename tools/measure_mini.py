@@ -17,6 +17,7 @@ configs/mini.yaml and the README's mini paragraph was measured this way, e.g.
     INPAINT_ROOT=/tmp/m python -m helpers.report --only 01 --no-export --no-site
     INPAINT_ROOT=/tmp/m python tools/measure_mini.py sd --guidance 1 3 7.5 --set sd.lr=5e-3
     INPAINT_ROOT=/tmp/m python tools/measure_mini.py ddpm --repaint --set ddpm.eta=1.0
+    INPAINT_ROOT=/tmp/m python tools/measure_mini.py sd --noise-levels 50 200 400 600 800 950
 """
 from __future__ import annotations
 
@@ -40,8 +41,41 @@ from helpers.study.evaluation.predict import telea_inpaint
 from helpers.study.runtime import image_seeds
 
 
-def sd_rows(cfg, overrides: dict, root: Path, test: dict, scales, weights: str | None):
-    """{row: completions}: zero-shot, then + LoRA, at each guidance scale."""
+def eps_error_by_noise(cfg, pipe, captions: dict[str, str], root: Path, levels, n: int = 256, seed: int = 0) -> str:
+    """Where the latent model's noise prediction errs: the mean squared error of eps_theta in the hole's latents
+    and in the known ones, at each noise level t, on fixed draws (images, masks, VAE samples, noise) of the first
+    ``n`` training images with their captions: the same draws for the zero-shot model and after LoRA."""
+    from helpers.course import sd_inpainting as C
+    from helpers.study.data.dataset import InpaintDataset, collate
+
+    ds = InpaintDataset(cfg, "train", root)
+    batch = collate([ds[i] for i in range(min(len(ds), n))])
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        x, m = C.to_sd_resolution(batch["image"], batch["mask"], cfg.sd.resolution)
+        f, c = C.latent_factor(pipe.vae), pipe.vae.config.latent_channels
+        eps_vae = torch.randn((2 * len(x), c, x.shape[-2] // f, x.shape[-1] // f), generator=g)
+        z0, z_masked = C.encode_latents(pipe.vae, torch.cat([x, C.blank_hole(x, m)]), eps_vae).chunk(2)
+        m_down = C.mask_to_latent(m, tuple(z0.shape[-2:]))
+        embeds = C.encode_prompts(pipe.tokenizer, pipe.text_encoder, sorted(set(captions.values())))
+        cond = torch.stack([embeds[captions[name]] for name in batch["name"]])
+        out = []
+        for t in levels:
+            eps = torch.randn(z0.shape, generator=g)
+            ab = pipe.scheduler.alphas_cumprod.float()[t]
+            z_t = ab.sqrt() * z0 + (1 - ab).sqrt() * eps
+            tt = torch.full((len(x),), t)
+            err = (pipe.unet(torch.cat([z_t, m_down, z_masked], 1), tt, encoder_hidden_states=cond,
+                             return_dict=False)[0] - eps) ** 2
+            hole = (err * m_down).sum() / (m_down.sum() * c)
+            known = (err * (1 - m_down)).sum() / ((1 - m_down).sum() * c)
+            out.append(f"t={t}: hole {hole:.4f}, known {known:.4f}")
+    return " | ".join(out)
+
+
+def sd_rows(cfg, overrides: dict, root: Path, test: dict, scales, weights: str | None, levels=()):
+    """{row: completions}: zero-shot, then + LoRA, at each guidance scale (and the noise prediction's error at
+    ``levels``, printed for both)."""
     from helpers.study.data.captions import make_captions
     from helpers.study.models import sd
 
@@ -50,6 +84,8 @@ def sd_rows(cfg, overrides: dict, root: Path, test: dict, scales, weights: str |
     prompts = [caps.get(n, cfg.captions.fallback_prompt) for n in names]
     seeds = image_seeds(cfg.seed, names)
     pipe = H.study.models.sd_pipeline.load_pipeline(cfg, source=weights, root=root, device=torch.device("cpu"))
+    if levels:
+        print(f"  eps_theta error, zero-shot: {eps_error_by_noise(cfg, pipe, caps, root, levels)}", flush=True)
 
     def at_scales(tag):
         for s in scales:
@@ -61,6 +97,8 @@ def sd_rows(cfg, overrides: dict, root: Path, test: dict, scales, weights: str |
     yield from at_scales("SD zero-shot")
     stats = sd.train_lora(cfg, pipe, root=root)
     print(f"  LoRA: {stats['steps']} steps, {stats['seconds']:.0f} s ({stats['note']})", flush=True)
+    if levels:
+        print(f"  eps_theta error, + LoRA: {eps_error_by_noise(cfg, pipe, caps, root, levels)}", flush=True)
     yield from at_scales("SD + LoRA")
 
 
@@ -93,6 +131,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="dotted preset overrides")
     p.add_argument("--guidance", nargs="+", type=float, default=None, help="sd: scales (default: the preset's)")
     p.add_argument("--sd-weights", default=None, help="sd: a pipeline folder other than sd.pretrained_id")
+    p.add_argument("--noise-levels", nargs="+", type=int, default=[], metavar="T",
+                   help="sd: also print eps_theta's error in the hole and outside it at these t (zero-shot, + LoRA)")
     p.add_argument("--repaint", action="store_true", help="ddpm: RePaint on the unconditional stand-in too")
     p.add_argument("--threads", type=int, default=1)
     a = p.parse_args(argv)
@@ -110,7 +150,8 @@ def main(argv: list[str] | None = None) -> None:
     rows = {"hole left grey": test["image"] * (1 - test["mask"]),
             "Telea": telea_inpaint(test["image"], test["mask"], cfg.eval.telea_radius)}
     # 2. the learned methods, known pixels composited back as notebook 05 scores them
-    made = (sd_rows(cfg, overrides, root, test, a.guidance or [cfg.sd.guidance_scale], a.sd_weights) if a.part == "sd"
+    made = (sd_rows(cfg, overrides, root, test, a.guidance or [cfg.sd.guidance_scale], a.sd_weights, a.noise_levels)
+            if a.part == "sd"
             else ddpm_rows(cfg, root, test, a.repaint))
     for name, pred in made:
         rows[name] = pred

@@ -119,12 +119,11 @@ def ipc_kernel_manager():
             self._ipc_dir = Path(tempfile.mkdtemp(prefix="inpaint-kernel-"))
             self.ip = str(self._ipc_dir / "k")
 
-        async def _async_cleanup_resources(self, restart: bool = False) -> None:
-            await super()._async_cleanup_resources(restart=restart)
-            if not restart:       # the folder goes with the kernel (a restart reuses it)
+        def cleanup_connection_file(self) -> None:
+            """On the kernel's final shutdown (not on a restart, which reuses them), the socket folder goes too."""
+            super().cleanup_connection_file()
+            if getattr(self, "_ipc_dir", None):
                 shutil.rmtree(self._ipc_dir, ignore_errors=True)
-
-        cleanup_resources = _async_cleanup_resources
 
     return IPCKernelManager
 

@@ -14,7 +14,7 @@ from helpers.report.published import STUDY_CITATION, STUDY_PROTOCOL, STUDY_SOURC
 from helpers.report.tables import DIGITS, fmt, metric_name, short_label
 from helpers.study.config import Config
 from helpers.study.evaluation import evaluate as E
-from helpers.study.evaluation.digit_accuracy import REFERENCE_LABELS
+from helpers.study.evaluation.digit_accuracy import BASELINE, HOLE_GREY, REFERENCE_LABELS
 from helpers.study.evaluation.evaluate import Evaluation, ImageSet
 
 
@@ -256,6 +256,38 @@ def accuracy_statements(acc) -> list[str]:
     return lines
 
 
+def accuracy_highlights(acc) -> list[str]:
+    """The digit accuracy's paired differences in three bullets, short enough for a slide (the full list,
+    one line per pair, is :func:`accuracy_statements`): the methods against Telea, against the hole left grey,
+    and the other pairs (SD + LoRA - zero-shot, DDPM - RePaint, PEFT variants - SD + LoRA); each difference
+    with its paired 95 % CI, in bold where the interval excludes 0. Empty when the metric does not apply."""
+    if acc is None or not acc.applies or acc.paired.empty:
+        return []
+    rows = acc.paired.assign(excl=[r is True or str(r).lower() == "true" for r in acc.paired["excludes_zero"]])
+    n = int(rows["n"].mode().iloc[0])                   # the test set; a pair over fewer images says its own n
+
+    def item(r, name=None) -> str:
+        d = f"{r['diff']:+.3f} [{r['lo']:+.3f}, {r['hi']:+.3f}]" + (f" (n = {int(r['n'])})" if r["n"] != n else "")
+        return f"{name or short_label(r['a'])} " + (f"**{d}**" if r["excl"] else d)
+
+    lines = []
+    telea = rows[rows["b"] == BASELINE]
+    if len(telea):
+        lines.append(f"* Digit accuracy (n = {n}; paired 95 % CIs, in bold where the interval excludes 0), against "
+                     "Telea: " + ", ".join(item(r) for _, r in telea.iterrows()) + ".")
+    grey = rows[rows["b"] == HOLE_GREY]
+    if len(grey):
+        above = grey[grey["excl"] & (grey["diff"] > 0)]
+        lowest = grey.loc[grey["diff"].idxmin()]
+        lines.append(f"* Against the hole left grey: {len(above)} of {len(grey)} methods higher with the interval "
+                     f"above 0; the smallest difference {item(lowest)}.")
+    other = rows[~rows["b"].isin([BASELINE, HOLE_GREY])]
+    if len(other):
+        lines.append("* " + "; ".join(item(r, f"{short_label(r['a'])} − {short_label(r['b'])}")
+                                      for _, r in other.iterrows()) + ".")
+    return lines
+
+
 def guidance_statement(acc) -> str | None:
     """Notebook 04's classifier-free guidance sweep on the labelled digits (SD + LoRA): digit accuracy and
     cost per image at s = 1 (no guidance, one U-Net pass per step) and at the best s, and their paired
@@ -299,8 +331,8 @@ def conclusion_sections(ev: Evaluation, cfg: Config) -> dict[str, list[str]]:
     quality += [quality_statement(ev, metric, main) for metric in metrics]
     # 2. learned methods against the classical baseline, same set
     quality.append(baseline_statement(ev, main))
-    # 2b. labelled (digits) data: the digit accuracy's paired differences (their own n, all test images)
-    quality += [f"* {line}" for line in accuracy_statements(ev.accuracy)]
+    # 2b. labelled (digits) data: the digit accuracy's paired differences, in short (their own n, all test images)
+    quality += accuracy_highlights(ev.accuracy)
     # 3. a method run on a subset, on exactly its images; 4. the study's ranking on the main set;
     # 5. KID (set-level); 6. speed
     context = [subset_statement(ev, s) for s in subsets]
