@@ -161,6 +161,26 @@ def test_every_page_loads_offline_typeset_with_its_figures(smoke_run, browser):
 
 @pytest.mark.notebooks
 @pytest.mark.slow
+def test_no_page_scrolls_sideways_on_a_phone(smoke_run, browser):
+    """At 480 px wide every page fits its width once typeset: a long inline path or call breaks instead of
+    widening the page (code blocks and tables scroll inside their own boxes)."""
+    wide = {}
+    for html in _pages(_site(smoke_run)):
+        page = browser.new_page(viewport={"width": 480, "height": 800})
+        try:
+            page.goto(html.as_uri())
+            page.wait_for_load_state("load")
+            page.evaluate(TYPESET)
+            width = page.evaluate("document.documentElement.scrollWidth")
+        finally:
+            page.close()
+        if width > 482:
+            wide[html.name] = width
+    assert not wide, f"pages wider than a 480 px screen: {wide}"
+
+
+@pytest.mark.notebooks
+@pytest.mark.slow
 def test_slides_and_report_in_the_site_load_offline(smoke_run, browser):
     site = _site(smoke_run)
     decks = sorted((site / "slides").glob("06_comparison.*.html"))
