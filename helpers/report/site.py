@@ -64,9 +64,9 @@ MATHJAX2_CONFIG = {"tex2jax": {"inlineMath": [["\\(", "\\)"]], "displayMath": [[
 
 # MathJax keeps a hidden MathML copy of every formula for screen readers; its styles name TeX fonts
 # (MathJax_AMS, MathJax_Script) that jupyter-server-mathjax does not ship, and Chromium would ask for
-# the missing files. The copy is never seen: it keeps the page's serif font.
-# A long inline path or call (``reports/<preset>/models/...``) breaks where it must on a narrow screen instead of
-# widening the whole page (Sphinx keeps ``span.pre`` on one line).
+# the missing files. The copy is never seen: it keeps the page's serif font. Last rule: a long inline path or call
+# (``reports/<preset>/models/...``) breaks where it must on a narrow screen instead of widening the whole page
+# (Sphinx keeps ``span.pre`` on one line).
 SITE_CSS = """.MJX_Assistive_MathML, .MJX_Assistive_MathML * { font-family: serif !important; }
 .bd-header-announcement { font-size: 0.9rem; }
 .cell_output img { max-width: 100%; height: auto; }
