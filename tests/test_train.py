@@ -23,12 +23,12 @@ SPEC = Config(batch_size=4, lr=1e-2, num_epochs=3, max_steps=None, max_grad_norm
               checkpoint_every=2)
 
 
-def _run(ckpt, stop=None):
+def _run(ckpt, stop=None, spec=SPEC):
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Dropout(0.2), torch.nn.Linear(4, 1))
     model[0].bias.requires_grad_(False)
     frozen = model[0].bias.detach().clone()
-    result = H.study.models.training.train(model, loss_fn, Numbers(), SPEC, ckpt, 0, torch.device("cpu"),
+    result = H.study.models.training.train(model, loss_fn, Numbers(), spec, ckpt, 0, torch.device("cpu"),
                                            max_steps=stop)
     return model, result, frozen
 
@@ -55,6 +55,15 @@ def test_a_second_training_in_the_same_process(tmp_path):
     _run(tmp_path / "a")
     _, result, _ = _run(tmp_path / "b")
     assert result.steps == 15 and AcceleratorState().mixed_precision == "no"
+
+
+def test_asking_fewer_steps_than_a_finished_run_says_so(tmp_path, caplog):
+    """The run's length is not in its fingerprint (a longer run resumes a shorter one): a shorter budget asked of a
+    finished longer run gets the longer run's weights, and the warning says how many steps they are."""
+    _run(tmp_path / "a")                                    # 15 steps
+    with caplog.at_level("WARNING"):
+        _, result, _ = _run(tmp_path / "a", spec=Config(**{**SPEC.to_dict(), "max_steps": 6}))
+    assert result.steps == 15 and "has trained 15 steps, more than the 6 asked" in caplog.text
 
 
 def test_images_per_second_counts_the_real_batch(tmp_path):

@@ -114,7 +114,8 @@ def ddpm_rows(cfg, root: Path, test: dict, repaint: bool):
         if repaint:
             base = ddpm.load_unconditional_unet(cfg, P).eval()
             yield "RePaint", ddpm.repaint_sampler(cfg, base, ab, dev)(test["image"], test["mask"], seeds, names)
-    ddpm.finetune(cfg, P, unet, sched, dev)
+    stats = ddpm.finetune(cfg, P, unet, sched, dev)
+    print(f"  DDPM fine-tuning: {stats['steps']} steps ({stats['note']})", flush=True)
     with torch.no_grad():
         yield "DDPM fine-tuned", ddpm.ddim_sampler(cfg, unet.eval(), ab, dev)(test["image"], test["mask"], seeds, names)
 

@@ -382,6 +382,9 @@ def train(model: torch.nn.Module, loss_fn: LossFn, dataset: torch.utils.data.Dat
     trainable, n_total = count_parameters(acc.unwrap_model(run.model))
     run.resume()
     resumed_from, stop_at = run.step, min(total, max_steps or math.inf)
+    if run.step > total:        # the length is not in the run's fingerprint: a longer run of these settings exists
+        log.warning("%s has trained %d steps, more than the %d asked: its weights are those of %d steps (a shorter "
+                    "run needs a folder of its own: move this one away)", ckpt_dir, run.step, total, run.step)
     dtype = resolve_dtype(spec.mixed_precision, device)
     bar = progress(total=total, initial=run.step, desc=desc, disable=not acc.is_local_main_process)
     images, start, paused = 0, time.perf_counter(), 0.0       # paused: checkpoints and validation, not timed
