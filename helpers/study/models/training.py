@@ -382,9 +382,7 @@ def train(model: torch.nn.Module, loss_fn: LossFn, dataset: torch.utils.data.Dat
     trainable, n_total = count_parameters(acc.unwrap_model(run.model))
     run.resume()
     resumed_from, stop_at = run.step, min(total, max_steps or math.inf)
-    if run.step > total:        # the length is not in the run's fingerprint: a longer run of these settings exists
-        log.warning("%s has trained %d steps, more than the %d asked: its weights are those of %d steps (a shorter "
-                    "run needs a folder of its own: move this one away)", ckpt_dir, run.step, total, run.step)
+    _say_if_longer(ckpt_dir, run.step, total)
     dtype = resolve_dtype(spec.mixed_precision, device)
     bar = progress(total=total, initial=run.step, desc=desc, disable=not acc.is_local_main_process)
     images, start, paused = 0, time.perf_counter(), 0.0       # paused: checkpoints and validation, not timed
@@ -425,6 +423,14 @@ def train(model: torch.nn.Module, loss_fn: LossFn, dataset: torch.utils.data.Dat
     return TrainResult(history=run.history, steps=run.step, seconds=seconds,
                        images_per_s=images / seconds if images else 0.0, peak_memory_bytes=peak_memory_bytes(device),
                        trainable_params=trainable, total_params=n_total, resumed_from=resumed_from)
+
+
+def _say_if_longer(ckpt_dir: Path, done: int, asked: float) -> None:
+    """The run's length is not in its fingerprint (a longer run resumes a shorter one): a finished run longer than
+    the budget asked is used as it is, and the warning says so."""
+    if done > asked:
+        log.warning("%s has trained %d steps, more than the %d asked: its weights are those of %d steps (a shorter "
+                    "run needs a folder of its own: move this one away)", ckpt_dir, done, asked, done)
 
 
 def _between_steps(run: _Loop, spec: Config, bar, on_validate) -> float:
