@@ -46,6 +46,7 @@ def eps_error_by_noise(cfg, pipe, captions: dict[str, str], root: Path, levels, 
     and in the known ones, at each noise level t, on fixed draws (images, masks, VAE samples, noise) of the first
     ``n`` training images with their captions: the same draws for the zero-shot model and after LoRA."""
     from helpers.course import sd_inpainting as C
+    from helpers.course.diffusion import q_sample
     from helpers.study.data.dataset import InpaintDataset, collate
 
     ds = InpaintDataset(cfg, "train", root)
@@ -62,8 +63,7 @@ def eps_error_by_noise(cfg, pipe, captions: dict[str, str], root: Path, levels, 
         out = []
         for t in levels:
             eps = torch.randn(z0.shape, generator=g)
-            ab = pipe.scheduler.alphas_cumprod.float()[t]
-            z_t = ab.sqrt() * z0 + (1 - ab).sqrt() * eps
+            z_t = q_sample(z0, t, eps, pipe.scheduler.alphas_cumprod.float())
             tt = torch.full((len(x),), t)
             err = (pipe.unet(torch.cat([z_t, m_down, z_masked], 1), tt, encoder_hidden_states=cond,
                              return_dict=False)[0] - eps) ** 2

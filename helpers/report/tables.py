@@ -131,7 +131,7 @@ def format_accuracy_pairs(acc) -> pd.DataFrame:
     """The paired differences of accuracy (a - b, image by image) with their bootstrap 95 % CIs."""
     rows = [{"difference": f"{_name(r['a'], r['label_a'])} − {_name(r['b'], r['label_b'])}", "n": int(r["n"]),
              "accuracy difference [95 % CI]": f"{r['diff']:+.3f} [{r['lo']:+.3f}, {r['hi']:+.3f}]",
-             "excludes 0": "yes" if _true(r["excludes_zero"]) else "no"} for _, r in acc.paired.iterrows()]
+             "excludes 0": "yes" if excludes_zero(r["excludes_zero"]) else "no"} for _, r in acc.paired.iterrows()]
     return pd.DataFrame(rows, columns=["difference", "n", "accuracy difference [95 % CI]", "excludes 0"])
 
 
@@ -139,7 +139,8 @@ def _name(method: str, label: str) -> str:
     return label if method in REFERENCE_LABELS else short_label(method)
 
 
-def _true(v) -> bool:
+def excludes_zero(v) -> bool:
+    """A paired table's ``excludes_zero`` cell, a bool as computed or the text "True" / "False" as read back."""
     return v is True or str(v).lower() == "true"
 
 

@@ -11,7 +11,7 @@ import pandas as pd
 
 from helpers.report.public import first_sentence, public_text
 from helpers.report.published import STUDY_CITATION, STUDY_PROTOCOL, STUDY_SOURCE
-from helpers.report.tables import DIGITS, fmt, metric_name, short_label
+from helpers.report.tables import DIGITS, excludes_zero, fmt, metric_name, short_label
 from helpers.study.config import Config
 from helpers.study.evaluation import evaluate as E
 from helpers.study.evaluation.digit_accuracy import BASELINE, HOLE_GREY, REFERENCE_LABELS
@@ -248,7 +248,7 @@ def accuracy_statements(acc) -> list[str]:
         return []
     lines = []
     for _, r in acc.paired.iterrows():
-        excl = r["excludes_zero"] is True or str(r["excludes_zero"]).lower() == "true"
+        excl = excludes_zero(r["excludes_zero"])
         a, b = (r[f"label_{k}"] if r[k] in REFERENCE_LABELS else short_label(r[k]) for k in "ab")
         lines.append(f"Digit accuracy, {a} − {b}: {r['diff']:+.3f} (paired 95 % CI [{r['lo']:+.3f}, "
                      f"{r['hi']:+.3f}], n = {int(r['n'])}): "
@@ -263,7 +263,7 @@ def accuracy_highlights(acc) -> list[str]:
     with its paired 95 % CI, in bold where the interval excludes 0. Empty when the metric does not apply."""
     if acc is None or not acc.applies or acc.paired.empty:
         return []
-    rows = acc.paired.assign(excl=[r is True or str(r).lower() == "true" for r in acc.paired["excludes_zero"]])
+    rows = acc.paired.assign(excl=acc.paired["excludes_zero"].map(excludes_zero))
     n = int(rows["n"].mode().iloc[0])                   # the test set; a pair over fewer images says its own n
 
     def item(r, name=None) -> str:
