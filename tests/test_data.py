@@ -244,6 +244,30 @@ def test_fallback_captions_are_marked_and_retried_when_blip_appears(prepared, tm
     assert H.study.data.captions.make_captions(cfg) == second        # and a BLIP cache is reused as is
 
 
+def test_captions_are_made_again_when_the_data_or_the_prompt_settings_change(prepared, caplog):
+    """The cache is reused only for the same prepared data (by content) and caption settings: an edited fallback
+    prompt reaches the captions, and images re-prepared under the same names are captioned again."""
+    import logging
+
+    cfg, _ = prepared
+    cfg.captions.model_id = None
+    caps = H.study.data.captions
+    first = caps.make_captions(cfg)
+    assert set(first["captions"].values()) == {cfg.captions.fallback_prompt}
+    assert caps.make_captions(cfg) == first                          # nothing changed: reused
+    cfg.captions.fallback_prompt = "a small photo"
+    with caplog.at_level(logging.INFO, logger="helpers.study.data.captions"):
+        edited = caps.make_captions(cfg)
+    assert set(edited["captions"].values()) == {"a small photo"}
+    assert "captions cached from other fallback_prompt: captioning again" in caplog.text
+    P = H.study.files.paths(cfg)
+    cached = json.loads((P.data / "captions.json").read_text())
+    cached["key"]["data"] = "an earlier preparation"
+    cached["captions"] = dict.fromkeys(cached["captions"], "stale")
+    (P.data / "captions.json").write_text(json.dumps(cached))
+    assert set(caps.make_captions(cfg)["captions"].values()) == {"a small photo"}
+
+
 def test_no_hub_is_detected_once_and_blip_fails_fast(prepared, monkeypatch):
     import time
 

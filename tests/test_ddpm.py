@@ -345,7 +345,7 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path):
 
 
 def test_checkpoint_folder_changes_with_the_run_not_with_its_length(smoke_cfg):
-    fp = lambda cfg: H.study.models.training.run_fingerprint(cfg, "ddpm", H.study.models.ddpm.TRAJECTORY_KEYS)
+    fp = lambda cfg: H.study.models.runs.run_fingerprint(cfg, "ddpm", H.study.models.ddpm.TRAJECTORY_KEYS)
     base = fp(smoke_cfg)
     assert fp(H.load_config("smoke", {"ddpm.max_steps": 99})) == base
     assert fp(H.load_config("smoke", {"ddpm.num_inference_steps": 7})) == base

@@ -56,6 +56,22 @@ def test_every_notebook_ran_on_the_shipped_stand_ins(mini_run):
     assert meta["n_images"] == N_TEST
 
 
+def test_saved_models_name_the_stand_ins_without_a_machine_path(mini_run):
+    """The fine-tuned DDPM's config (diffusers records where its weights came from) and every run's statistics
+    ("base": the LoRA's base pipeline) name the shipped stand-ins relative to the project, as people read them."""
+    from helpers.study.config import ROOT
+
+    _, cfg, P = mini_run
+    machine = {str(P.root.resolve()), str(ROOT.resolve()), str(Path.home().resolve())}
+    config = json.loads((P.models / "ddpm_inpaint" / "unet" / "config.json").read_text())
+    assert config["_name_or_path"] == "pretrained/mini/ddpm", config["_name_or_path"]
+    stats = json.loads(next((P.models / "sd_lora").glob("ckpt-*/train_stats.json")).read_text())
+    assert stats["base"] == "pretrained/mini/sd-inpainting", stats["base"]
+    for path in P.models.rglob("*.json"):
+        text = path.read_text()
+        assert not [m for m in machine if m in text], (path.relative_to(P.root), text[:400])
+
+
 def test_digits_data_labels_and_label_captions(mini_run):
     _, cfg, P = mini_run
     index = json.loads((P.data / "index.json").read_text())
@@ -123,7 +139,7 @@ def test_measure_tool_scores_the_same_test_set(mini_run, capsys, monkeypatch):
     hole_db = pd.read_csv(P.tables / "05_summary.csv").set_index("method")["psnr_hole"]
     for part, rows in (("ddpm", ["DDPM fine-tuned"]), ("sd", ["SD zero-shot s=1", "SD + LoRA s=1"])):
         tool.main([part, "--guidance", "1", "--noise-levels", "50", "950", "--set", *sets] if part == "sd"
-                  else [part, "--set", *sets])
+                  else [part, "--sampling-seeds", "2", "--set", *sets])
         out = capsys.readouterr().out
         row = r"^(\S.*?)\s+([\d.]+)\s+([\d.]+) dB\s+([\d.]+) ink$"   # method, digit accuracy, hole PSNR, ink
         table = {m[1]: (float(m[2]), float(m[3])) for m in re.finditer(row, out, re.M)}
@@ -132,6 +148,12 @@ def test_measure_tool_scores_the_same_test_set(mini_run, capsys, monkeypatch):
         assert table["Telea"][1] == pytest.approx(hole_db["telea"], abs=0.005)   # printed to 0.01 dB
         assert set(rows) <= set(table), out
         assert "reusing the run" in out, out        # notebook 03's DDPM, notebook 04's LoRA: same code, same inputs
+        if part == "ddpm":       # two sampling seeds: the first is the notebooks' draw (the row above)
+            spread = re.search(r"^DDPM fine-tuned over 2 sampling seeds: accuracy ([\d.]+) \.\. ([\d.]+) \.\. "
+                               r"([\d.]+) \(min, mean, max\); the 2 samples read as one: ([\d.]+), - Telea ", out, re.M)
+            assert spread, out
+            lo, mean, hi, _ = map(float, spread.groups())
+            assert lo <= table["DDPM fine-tuned"][0] <= hi and lo <= mean <= hi
         if part == "sd":
             assert "SD + LoRA s=1 - SD zero-shot s=1" in out, out
             # where the noise prediction errs, before and after LoRA, on the same fixed draws

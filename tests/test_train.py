@@ -141,7 +141,7 @@ def _cell(source: str, **names):
 
 
 def test_an_edited_loss_changes_the_run_fingerprint_the_same_code_keeps_it():
-    fp = H.study.models.training.code_fingerprint
+    fp = H.study.models.runs.code_fingerprint
     original, same, edited = _cell(LOSS_SOURCE.format(edit="")), _cell(LOSS_SOURCE.format(edit="")), \
         _cell(LOSS_SOURCE.format(edit=" * 2"))
     assert fp(original) == fp(same) and fp(original) != fp(edited)
@@ -153,7 +153,7 @@ def test_an_edited_loss_changes_the_run_fingerprint_the_same_code_keeps_it():
     assert fp(original, step) != fp(edited, step) and fp(original, step) != fp(original)
     cfg = H.load_config("smoke")
     folder = lambda f: H.study.models.ddpm.checkpoint_dir(cfg, H.study.files.paths(cfg),
-                                                   H.study.models.training.code_hashes(loss_fn=f, step_fn=step))
+                                                   H.study.models.runs.code_hashes(loss_fn=f, step_fn=step))
     assert folder(original) == folder(same) != folder(edited)
 
 
@@ -164,7 +164,7 @@ def test_the_fingerprint_follows_the_course_and_notebook_functions_a_function_ca
 
     import helpers.course.ddpm_inpainting as course
 
-    fp = H.study.models.training.code_fingerprint
+    fp = H.study.models.runs.code_fingerprint
     via_global = _cell("def loss(model, batch, g):\n    return inpainting_loss(model, batch, g, None, 1.0, 0.05)\n",
                        inpainting_loss=course.inpainting_loss)
     via_partial = partial(course.inpainting_loss, lambda_mask=1.0, lambda_context=0.05)
@@ -181,10 +181,10 @@ def test_the_fingerprint_follows_the_course_and_notebook_functions_a_function_ca
 
 
 def test_a_reused_or_new_run_says_which_and_why(tmp_path, capsys):
-    announce = H.study.models.training.announce_run
+    announce = H.study.models.runs.announce_run
     first = tmp_path / "ckpt_a"
     assert "new run in" in announce(first, "settings", {"loss_fn": "1", "step_fn": "2"})
-    (first / H.study.models.training.CHECKPOINT).write_bytes(b"")
+    (first / H.study.models.runs.CHECKPOINT).write_bytes(b"")
     assert announce(first, "settings", {"loss_fn": "1", "step_fn": "2"}).startswith(
         f"reusing the run in {tmp_path.name}/ckpt_a: same settings and same code")
     note = announce(tmp_path / "ckpt_b", "settings", {"loss_fn": "3", "step_fn": "2"})
@@ -194,10 +194,34 @@ def test_a_reused_or_new_run_says_which_and_why(tmp_path, capsys):
     assert capsys.readouterr().out.count("\n") == 4
 
 
+def test_a_new_run_of_changed_settings_names_them_and_the_run_it_keeps(tmp_path, capsys):
+    """An edited setting starts a run of its own; the note names what changed against the latest earlier run
+    and says that run stays (setting it back reuses it), as the preset's keys and a run's settings are stored."""
+    tr = H.study.models.runs
+    cfg = H.load_config("smoke")
+    keys = H.study.models.ddpm.TRAJECTORY_KEYS
+    code = {"loss_fn": "1", "step_fn": "2"}
+    before = tr.run_settings(cfg, "ddpm", keys)
+    assert tr.settings_hash(before) == tr.run_fingerprint(cfg, "ddpm", keys)       # the folder's name, as before
+    tr.announce_run(tmp_path / "ckpt_a", before, code)
+    edited = H.load_config("smoke", {"ddpm.lr": 0.5, "ddpm.lambda_context": 1.0})
+    note = tr.announce_run(tmp_path / "ckpt_b", tr.run_settings(edited, "ddpm", keys), code)
+    assert note == (f"new run in {tmp_path.name}/ckpt_b: settings differ from the latest run, in {tmp_path.name}/"
+                    f"ckpt_a (ddpm.lambda_context {cfg.ddpm.lambda_context} -> 1.0; ddpm.lr {cfg.ddpm.lr} -> 0.5), "
+                    "which is kept: setting them back reuses it")
+    third = tr.run_settings(H.load_config("smoke", {"ddpm.lr": 0.25, "ddpm.lambda_context": 1.0}), "ddpm", keys)
+    other_code = tr.announce_run(tmp_path / "ckpt_c", third, {"loss_fn": "edited", "step_fn": "2"})
+    assert other_code.endswith("ckpt_b (ddpm.lr 0.5 -> 0.25), and so do loss_fn"), other_code
+    # many changes: the first four by name, then how many more; a long value (a hash) by its name only
+    many = tr.setting_changes({f"k{i}": i for i in range(6)} | {"captions": "a" * 64}, {"captions": "b" * 64})
+    assert many == ["captions", "k0 0 -> unset", "k1 1 -> unset", "k2 2 -> unset", "3 more"]
+    assert capsys.readouterr().out.count("\n") == 3
+
+
 def test_base_weights_are_fingerprinted_by_content_wherever_they_lie(tmp_path):
     """Two copies of one weights folder share a fingerprint; a changed byte, or a file added, changes it; a file
     linked into the hub's cache counts by its blob's name (its hash); a hub id is taken as named."""
-    wf = H.study.models.training.weights_fingerprint
+    wf = H.study.models.runs.weights_fingerprint
     a, b = tmp_path / "a", tmp_path / "elsewhere" / "b"
     for folder in (a, b):
         (folder / "unet").mkdir(parents=True)
@@ -236,7 +260,7 @@ def test_new_base_weights_or_data_start_a_new_run_and_say_so(tmp_path, capsys):
     (P.data / "index.json").write_text(json.dumps({"fingerprint": "data-1"}))
     first = ddpm.checkpoint_dir(cfg, P)
     code = {"loss_fn": "1", "step_fn": "2"}
-    announce = H.study.models.training.announce_run
+    announce = H.study.models.runs.announce_run
     announce(first, "settings", code, ddpm.inputs_of(cfg, P))
     (base / "unet" / "model.safetensors").write_bytes(b"newer")
     second = ddpm.checkpoint_dir(cfg, P)

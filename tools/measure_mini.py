@@ -18,6 +18,10 @@ configs/mini.yaml and the README's mini paragraph was measured this way, e.g.
     INPAINT_ROOT=/tmp/m python tools/measure_mini.py sd --guidance 1 3 7.5 --set sd.lr=5e-3
     INPAINT_ROOT=/tmp/m python tools/measure_mini.py ddpm --repaint --set ddpm.eta=1.0
     INPAINT_ROOT=/tmp/m python tools/measure_mini.py sd --noise-levels 50 200 400 600 800 950
+    INPAINT_ROOT=/tmp/m python tools/measure_mini.py ddpm --repaint --sampling-seeds 7
+
+``--sampling-seeds K`` samples each learned row with K seeds (the first is the notebooks'): the spread of its
+accuracy over seeds, which the intervals (over images) leave out, and the K samples read as one answer.
 """
 from __future__ import annotations
 
@@ -74,15 +78,15 @@ def eps_error_by_noise(cfg, pipe, captions: dict[str, str], root: Path, levels, 
 
 
 def sd_rows(cfg, overrides: dict, root: Path, test: dict, scales, weights: str | None, levels=()):
-    """{row: completions}: zero-shot, then + LoRA, at each guidance scale (and the noise prediction's error at
-    ``levels``, printed for both)."""
+    """(row, sampler of seeds -> completions): zero-shot, then + LoRA, at each guidance scale (and the noise
+    prediction's error at ``levels``, printed for both). Each sampler is called before the next row is asked for
+    (the LoRA is attached in between)."""
     from helpers.study.data.captions import make_captions
     from helpers.study.models import sd
 
     names = list(test["name"])
     caps = make_captions(cfg, root=root)["captions"]
     prompts = [caps.get(n, cfg.captions.fallback_prompt) for n in names]
-    seeds = image_seeds(cfg.seed, names)
     pipe = H.study.models.sd_pipeline.load_pipeline(cfg, source=weights, root=root, device=torch.device("cpu"))
     if levels:
         print(f"  eps_theta error, zero-shot: {eps_error_by_noise(cfg, pipe, caps, root, levels)}", flush=True)
@@ -90,9 +94,7 @@ def sd_rows(cfg, overrides: dict, root: Path, test: dict, scales, weights: str |
     def at_scales(tag):
         for s in scales:
             c = H.load_config(cfg.preset, {**overrides, "sd.guidance_scale": s})
-            t0 = time.perf_counter()
-            yield f"{tag} s={s:g}", sd.predict(c, pipe, test["image"], test["mask"], prompts, seeds, leave=False)
-            print(f"  {tag} s={s:g}: {time.perf_counter() - t0:.0f} s", flush=True)
+            yield f"{tag} s={s:g}", partial(sd.predict, c, pipe, test["image"], test["mask"], prompts, leave=False)
 
     yield from at_scales("SD zero-shot")
     stats = sd.train_lora(cfg, pipe, root=root)
@@ -103,21 +105,45 @@ def sd_rows(cfg, overrides: dict, root: Path, test: dict, scales, weights: str |
 
 
 def ddpm_rows(cfg, root: Path, test: dict, repaint: bool):
-    """{row: completions}: RePaint on the unconditional stand-in (optional), the fine-tuned DDPM."""
+    """(row, sampler of seeds -> completions): RePaint on the unconditional stand-in (optional), the fine-tuned
+    DDPM."""
     from helpers.study.models import ddpm
 
     P, dev = H.study.files.paths(cfg, root), torch.device("cpu")
     names = list(test["name"])
     unet, sched = ddpm.build_inpainting_model(cfg, P)
-    seeds, ab = image_seeds(cfg.seed, names), sched.alphas_cumprod
-    with torch.no_grad():
-        if repaint:
-            base = ddpm.load_unconditional_unet(cfg, P).eval()
-            yield "RePaint", ddpm.repaint_sampler(cfg, base, ab, dev)(test["image"], test["mask"], seeds, names)
+    ab = sched.alphas_cumprod
+
+    def run(sampler, seeds):
+        with torch.no_grad():
+            return sampler(test["image"], test["mask"], seeds, names)
+
+    if repaint:
+        base = ddpm.load_unconditional_unet(cfg, P).eval()
+        yield "RePaint", partial(run, ddpm.repaint_sampler(cfg, base, ab, dev))
     stats = ddpm.finetune(cfg, P, unet, sched, dev)
     print(f"  DDPM fine-tuning: {stats['steps']} steps ({stats['note']})", flush=True)
-    with torch.no_grad():
-        yield "DDPM fine-tuned", ddpm.ddim_sampler(cfg, unet.eval(), ab, dev)(test["image"], test["mask"], seeds, names)
+    yield "DDPM fine-tuned", partial(run, ddpm.ddim_sampler(cfg, unet.eval(), ab, dev))
+
+
+def seed_spread(name: str, draws: list, test: dict, reader, y, telea: pd.Series, cfg) -> str:
+    """One line: a row's digit accuracy under each sampling seed (min, mean, max), and its K samples read as one
+    answer (the classifier's class probabilities averaged over the samples, then the most probable digit) with its
+    paired interval against Telea. A sampler draws one digit from what the context allows: one sample is right with
+    the probability it gives the true digit, the average of K approaches the most probable one."""
+    import numpy as np
+
+    done = [composite(p.cpu(), test["image"], test["mask"]) for p in draws]
+    acc = [D.correct(reader, c, y).mean() for c in done]
+    prob = np.mean([reader.predict_proba(D.grey_features(c)) for c in done], axis=0)
+    as_one = pd.DataFrame({"method": "as one", "name": list(test["name"]),
+                           "correct": (reader.classes_[prob.argmax(1)] == np.asarray(y)).astype(float)})
+    both = pd.concat([as_one, pd.DataFrame({"method": "Telea", "name": telea.index, "correct": telea.to_numpy()})])
+    d, lo, hi, _ = paired_difference(both, "as one", "Telea", "correct", cfg.eval.bootstrap_samples, cfg.seed)
+    return (f"{name} over {len(draws)} sampling seeds: accuracy {min(acc):.3f} .. {np.mean(acc):.3f} .. "
+            f"{max(acc):.3f} (min, mean, max); the {len(draws)} samples read as one: "
+            f"{as_one['correct'].mean():.3f}, - Telea {d:+.3f} [{lo:+.3f}, {hi:+.3f}]"
+            f"{'  *' if lo > 0 or hi < 0 else ''}")
 
 
 def hole_ink(images: torch.Tensor, mask: torch.Tensor) -> float:
@@ -135,8 +161,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--noise-levels", nargs="+", type=int, default=[], metavar="T",
                    help="sd: also print eps_theta's error in the hole and outside it at these t (zero-shot, + LoRA)")
     p.add_argument("--repaint", action="store_true", help="ddpm: RePaint on the unconditional stand-in too")
+    p.add_argument("--sampling-seeds", type=int, default=1, metavar="K",
+                   help="sample each learned row with K seeds (seed, seed + 1, ...; the first is the notebooks'): "
+                        "the spread of its accuracy, and the K samples read as one answer")
     p.add_argument("--threads", type=int, default=1)
     a = p.parse_args(argv)
+    if a.sampling_seeds < 1:
+        p.error(f"--sampling-seeds must be at least 1, got {a.sampling_seeds}")
     torch.set_num_threads(a.threads)
     root = Path(os.environ.get("INPAINT_ROOT") or H.study.files.ROOT)
     overrides = parse_overrides(a.set)
@@ -154,8 +185,12 @@ def main(argv: list[str] | None = None) -> None:
     made = (sd_rows(cfg, overrides, root, test, a.guidance or [cfg.sd.guidance_scale], a.sd_weights, a.noise_levels)
             if a.part == "sd"
             else ddpm_rows(cfg, root, test, a.repaint))
-    for name, pred in made:
-        rows[name] = pred
+    draws = {}                                 # row -> its completions under each sampling seed
+    for name, sample in made:
+        t0 = time.perf_counter()
+        draws[name] = [sample(image_seeds(cfg.seed + k, list(test["name"]))) for k in range(a.sampling_seeds)]
+        rows[name] = draws[name][0]            # seed cfg.seed: the notebooks' own draw
+        print(f"  {name}: {time.perf_counter() - t0:.0f} s", flush=True)
     done = {k: composite(v.cpu(), test["image"], test["mask"]) for k, v in rows.items()}
     # 3. digit accuracy and hole PSNR (notebook 05's scores), every paired difference
     per_image = pd.concat([pd.DataFrame({"method": k, "name": list(test["name"]), "correct": D.correct(reader, v, y),
@@ -172,6 +207,10 @@ def main(argv: list[str] | None = None) -> None:
             d, lo, hi, _ = paired_difference(per_image, a_, b, metric, cfg.eval.bootstrap_samples, cfg.seed)
             print(f"{a_} - {b} ({metric}): {f.format(d)} [{f.format(lo)}, {f.format(hi)}]"
                   f"{'  *' if lo > 0 or hi < 0 else ''}")
+    if a.sampling_seeds > 1:
+        telea = per_image[per_image["method"] == "Telea"].set_index("name")["correct"]
+        for name, preds in draws.items():
+            print(seed_spread(name, preds, test, reader, y, telea, cfg))
 
 
 if __name__ == "__main__":

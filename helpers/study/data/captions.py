@@ -2,9 +2,11 @@
 
 Captions are cached in data/<preset>/captions.json as::
 
-    {"model", "status", "fallback": bool, "captions": {name: text}, "sources": {name: "blip" | "fallback"}}
+    {"model", "status", "fallback": bool, "captions": {name: text}, "sources": {name: "blip" | "fallback"},
+     "key": {"data", "fallback_prompt", "max_new_tokens"}}
 
-so the captioner runs once, and every caption says where it came from. A cache of fallback
+so the captioner runs once per prepared data set and caption settings, and every caption says where it came
+from. A cache of fallback
 captions is not final: the next call tries BLIP again when it has become available (a local
 folder, the hub reachable, or the weights in the cache). Whether the hub can be reached is
 decided once per process (``HF_HUB_OFFLINE=1`` is honoured; otherwise one short connection
@@ -82,11 +84,24 @@ def blip_captions(processor, model, images: dict[str, torch.Tensor], batch_size:
     return out
 
 
-def _usable_cache(cached: dict, names: dict, cfg: Config, cache_dir: Path) -> bool:
-    """A cache is reused when it covers exactly these images with this model, and is not a fallback
-    that BLIP could now replace."""
+def cache_key(cfg: Config, index: dict) -> dict:
+    """What the cached captions were made from besides the model: the prepared data by content (index.json's
+    fingerprint: images re-prepared under the same names are captioned again) and the settings that shape the
+    text (an edited fallback prompt or token budget is not discarded)."""
+    c = cfg.captions
+    return {"data": index.get("fingerprint"), "fallback_prompt": c.fallback_prompt,
+            "max_new_tokens": c.max_new_tokens}
+
+
+def _usable_cache(cached: dict, names: dict, cfg: Config, cache_dir: Path, key: dict) -> bool:
+    """A cache is reused when it covers exactly these images with this model, from the same data and caption
+    settings (:func:`cache_key`), and is not a fallback that BLIP could now replace."""
     model = "labels" if cfg.captions.get("from_labels") else cfg.captions.model_id
     if set(cached.get("captions", {})) != set(names) or cached.get("model") != model:
+        return False
+    if cached.get("key") != key:
+        changed = [k for k in key if (cached.get("key") or {}).get(k) != key[k]]
+        log.info("captions cached from other %s: captioning again", " and ".join(changed))
         return False
     if "sources" not in cached:                      # written before captions recorded their origin
         return False
@@ -105,9 +120,10 @@ def make_captions(cfg: Config, force: bool = False, root: Path | None = None) ->
     hub_cache = P.cache / "hub"
     index = load_index(cfg, root)
     names = {n: s for s in SPLITS for n in index["splits"][s]}
+    key = cache_key(cfg, index)
     if cache.is_file() and not force:
         cached = load_json(cache)
-        if _usable_cache(cached, names, cfg, hub_cache):
+        if _usable_cache(cached, names, cfg, hub_cache, key):
             return cached
     c = cfg.captions
     status, captions = None, {}
@@ -118,7 +134,7 @@ def make_captions(cfg: Config, force: bool = False, root: Path | None = None) ->
                              "data.source: digits")
         captions = {n: digit_caption(index["labels"][n]) for n in names}
         result = {"model": "labels", "status": "from the digits' labels (in place of BLIP)", "fallback": False,
-                  "captions": captions, "sources": dict.fromkeys(captions, "label")}
+                  "captions": captions, "sources": dict.fromkeys(captions, "label"), "key": key}
         save_json(result, cache)
         return result
     if c.model_id:
@@ -139,7 +155,7 @@ def make_captions(cfg: Config, force: bool = False, root: Path | None = None) ->
         if n not in captions:
             captions[n], sources[n] = c.fallback_prompt, "fallback"
     result = {"model": c.model_id, "status": status, "fallback": "fallback" in sources.values(),
-              "captions": captions, "sources": sources}
+              "captions": captions, "sources": sources, "key": key}
     save_json(result, cache)
     return result
 

@@ -18,8 +18,8 @@ import torch
 from helpers.course import ddpm_inpainting as course
 from helpers.study.config import ROOT, Config
 from helpers.study.evaluation.predict import method_meta, predict_test_set
-from helpers.study.files import Paths, save_pretrained_atomic
-from helpers.study.models.training import announce_run, code_hashes, run_fingerprint, run_inputs
+from helpers.study.files import Paths, save_pretrained_atomic, shown_path
+from helpers.study.models.runs import announce_run, code_hashes, run_fingerprint, run_inputs, run_settings
 from helpers.study.runtime import SeededNoise, count_parameters, image_seeds, release_memory, resolve_dtype
 
 log = logging.getLogger(__name__)
@@ -140,6 +140,7 @@ def load_unconditional_unet(cfg: Config, P: Paths):
         raise FileNotFoundError(
             f"could not load the DDPM U-Net from {source!r} ({type(e).__name__}: {_first_line(e)}).\n"
             + HOW_TO_GET.format(cache=P.cache / "hub", preset=cfg.preset)) from e
+    unet.register_to_config(_name_or_path=shown_path(source, P.root))   # saved weights name no machine path
     unet.eval()
     return unet
 
@@ -193,7 +194,7 @@ TRAJECTORY_KEYS = ("pretrained_id", "tiny_config", "in_channels", "num_train_tim
 def checkpoint_dir(cfg: Config, P: Paths, code: dict[str, str] | None = None,
                    inputs: dict[str, str] | None = None) -> Path:
     """P.models/ddpm_inpaint/ckpt-<fingerprint>: a changed setting, or changed code (``code``: the
-    :func:`~helpers.study.models.training.code_hashes` of the loss and step; default: the course's), starts
+    :func:`~helpers.study.models.runs.code_hashes` of the loss and step; default: the course's), starts
     a new run, never resumes a checkpoint of a different one; ``inputs``: :func:`inputs_of`, when the caller has it."""
     code = code or code_hashes(loss_fn=course.inpainting_loss, step_fn=course.training_step)
     fp = run_fingerprint(cfg, "ddpm", TRAJECTORY_KEYS, code=code, inputs=inputs or inputs_of(cfg, P))
@@ -201,7 +202,7 @@ def checkpoint_dir(cfg: Config, P: Paths, code: dict[str, str] | None = None,
 
 
 def inputs_of(cfg: Config, P: Paths) -> dict[str, str]:
-    """The prepared data and the base weights a fine-tuning run reads (:func:`~.training.run_inputs`);
+    """The prepared data and the base weights a fine-tuning run reads (:func:`~.runs.run_inputs`);
     smoke's tiny base is made from ddpm.tiny_config and the seed, both in the fingerprint already."""
     return run_inputs(P.data, _source(cfg, P) if cfg.ddpm.pretrained_id else "ddpm.tiny_config")
 
@@ -255,7 +256,7 @@ def finetune(cfg: Config, P: Paths, unet, noise_scheduler, device: torch.device,
     """Fine-tune the 7-channel U-Net: ``loss_fn`` (the hole-weighted eps-loss) and ``step_fn`` (one
     training step) in the study's loop (AdamW, clipping, mixed precision, checkpoints, exact resume);
     save it to P.models/ddpm_inpaint/unet and return the run's statistics. A finished run of the same
-    settings and the same code (:func:`~helpers.study.models.training.code_fingerprint`) is loaded, not trained
+    settings and the same code (:func:`~helpers.study.models.runs.code_fingerprint`) is loaded, not trained
     again; an edited ``loss_fn`` or ``step_fn`` trains anew in its own folder (the printed line says which)."""
     from accelerate import PartialState
 
@@ -274,7 +275,7 @@ def finetune(cfg: Config, P: Paths, unet, noise_scheduler, device: torch.device,
     code = code_hashes(loss_fn=loss_fn, step_fn=step_fn)
     inputs = inputs_of(cfg, P)
     ckpt = checkpoint_dir(cfg, P, code, inputs)
-    note = announce_run(ckpt, run_fingerprint(cfg, "ddpm", TRAJECTORY_KEYS), code, inputs)
+    note = announce_run(ckpt, run_settings(cfg, "ddpm", TRAJECTORY_KEYS), code, inputs)
     result = train(unet, loss, InpaintDataset(cfg, "train"), d, ckpt, cfg.seed, device, collate_fn=collate,
                    fused_adamw=cfg.perf.get("fused_adamw", True), on_validate=on_validate,
                    desc="DDPM fine-tuning", max_steps=max_steps, step_fn=step_fn)

@@ -20,9 +20,9 @@ from helpers.course.sd_inpainting import (
     latent_factor,
 )
 from helpers.study.config import Config
-from helpers.study.files import load_json, paths
+from helpers.study.files import load_json, paths, shown_path
+from helpers.study.models.runs import announce_run, code_hashes, run_fingerprint, run_inputs, run_settings
 from helpers.study.models.sd_pipeline import quiet_library_output
-from helpers.study.models.training import announce_run, code_hashes, run_fingerprint, run_inputs
 from helpers.study.runtime import (
     SeededNoise,
     count_parameters,
@@ -95,7 +95,7 @@ def lora_run_dir(cfg: Config, source: str, captions: dict[str, str] | None = Non
                  variant: dict | None = None, code: dict[str, str] | None = None, extra: dict | None = None) -> Path:
     """reports/<preset>/models/sd_lora/ckpt-<fingerprint>/: checkpoint, finished LoRA and stats of one run.
     A PEFT ablation ``variant`` (helpers.study.models.peft_variants) runs in models/sd_peft/<name>/ckpt-<fingerprint>/,
-    the variant's settings in the fingerprint. ``code``: :func:`~helpers.study.models.training.code_hashes` of the
+    the variant's settings in the fingerprint. ``code``: :func:`~helpers.study.models.runs.code_hashes` of the
     attach, loss and step functions (default: the course's), so that edited code starts a new run; ``extra``:
     :func:`_run_extra`'s result, when the caller has it already."""
     folder = paths(cfg, root).models / "sd_lora"
@@ -108,7 +108,7 @@ def lora_run_dir(cfg: Config, source: str, captions: dict[str, str] | None = Non
 def _run_extra(cfg: Config, root: Path | None, source: str, captions: dict[str, str] | None,
                variant: dict | None) -> dict:
     """The settings of a LoRA run beyond the preset's sd keys: the prepared data and the base weights by
-    content (:func:`~helpers.study.models.training.run_inputs`), the captions' text, the PEFT variant."""
+    content (:func:`~helpers.study.models.runs.run_inputs`), the captions' text, the PEFT variant."""
     extra = {"inputs": run_inputs(paths(cfg, root).data, source)}
     if captions is not None:           # the captions' text, when given
         extra["captions"] = hashlib.sha256(json.dumps(sorted(captions.items())).encode()).hexdigest()
@@ -193,14 +193,15 @@ def train_lora(cfg: Config, pipe, captions: dict[str, str] | None = None, max_st
     extra = _run_extra(cfg, root, source, captions, variant)
     ckpt_dir = lora_run_dir(cfg, source, captions, root, variant, code, extra)
     inputs = extra.pop("inputs")                    # compared apart from the settings: the note names what changed
-    note = announce_run(ckpt_dir, run_fingerprint(cfg, "sd", TRAJECTORY_KEYS, **extra), code, inputs)
+    note = announce_run(ckpt_dir, run_settings(cfg, "sd", TRAJECTORY_KEYS, **extra), code, inputs)
     result = train(pipe.unet, make_loss_fn(pipe, cfg, captions, loss_fn), dataset, cfg.sd, ckpt_dir, cfg.seed,
                    pipe.device, collate_fn=collate, fused_adamw=cfg.perf.get("fused_adamw", True),
                    desc="LoRA training", max_steps=max_steps, step_fn=step_fn)
     pipe.unet.eval()
     # 4. the LoRA weights in diffusers' format; the run's numbers beside them
     lora_path = (save_fn or save_lora)(pipe.unet, ckpt_dir, is_main_process=PartialState().is_main_process)
-    extra = {**lora_info(pipe, variant or lo), "base": getattr(pipe, "source", None), "device": str(pipe.device),
+    base = getattr(pipe, "source", None)             # the base pipeline, as printed: never a machine path
+    extra = {**lora_info(pipe, variant or lo), "base": shown_path(base) if base else None, "device": str(pipe.device),
              "train_images": len(dataset), "captions_status": status}
     stats = finish_run(result, ckpt_dir, max_steps, extra)
     stats["lora_path"], stats["run"] = str(lora_path), note
