@@ -90,7 +90,7 @@ def _folder_digest(folder: str, stamp: tuple) -> str:
 
 
 # ---------------------------------------------------------------- what a run runs: its code
-RUN_RECORD = "run.json"     # <run folder>/run.json: the settings' and the code's hashes of the run
+RUN_RECORD = "run.json"     # <run folder>/run.json: the run's settings (hash, values), code hashes, inputs
 WHAT = {"data": "prepared data", "weights": "base weights"}   # run_inputs' keys, as announce_run names them
 
 
@@ -161,6 +161,14 @@ def _code_text(code: types.CodeType) -> str:
     return f"{code.co_code.hex()}|{consts}|{code.co_names}|{code.co_varnames}"
 
 
+def _differences(record: dict, code: dict[str, str], inputs: dict[str, str]) -> tuple[list[str], list[str]]:
+    """Against an earlier run's record: the code hashes that changed, and the inputs that did (as :data:`WHAT`
+    names them)."""
+    code_changed = [k for k in code if record.get("code", {}).get(k) != code[k]]
+    moved = [WHAT.get(k, k) for k in inputs if (record.get("inputs") or {}).get(k) != inputs[k]]
+    return code_changed, moved
+
+
 def announce_run(folder: Path, settings: str | dict, code: dict[str, str],
                  inputs: dict[str, str] | None = None) -> str:
     """Say which run a training call continues or starts, and why (printed once, returned), and record
@@ -185,8 +193,7 @@ def announce_run(folder: Path, settings: str | dict, code: dict[str, str],
         note = f"new run in {shown}: no earlier run with these settings and this code ({names})"
         if same:
             p, record = same[0]
-            code_changed = [k for k in code if record.get("code", {}).get(k) != code[k]]
-            moved = [WHAT.get(k, k) for k in inputs if (record.get("inputs") or {}).get(k) != inputs[k]]
+            code_changed, moved = _differences(record, code, inputs)
             other = f"{folder.parent.name}/{p.parent.name}"
             if code_changed:
                 note = (f"the code differs from the previous run in {other} ({', '.join(code_changed)} changed)"
@@ -194,10 +201,10 @@ def announce_run(folder: Path, settings: str | dict, code: dict[str, str],
                         + f": training starts anew in {shown}")
             elif moved:
                 note = f"new run in {shown}: the {' and the '.join(moved)} differ from those of the run in {other}"
-        elif values is not None and [r for _, r in earlier if r.get("values")]:
-            p, record = next((p, r) for p, r in earlier if r.get("values"))
-            also = [k for k in code if record.get("code", {}).get(k) != code[k]]
-            also += [WHAT.get(k, k) for k in inputs if (record.get("inputs") or {}).get(k) != inputs[k]]
+        elif (latest := next(((p, r) for p, r in earlier if r.get("values")), None)) and values is not None:
+            p, record = latest
+            code_changed, moved = _differences(record, code, inputs)
+            also = code_changed + moved
             note = (f"new run in {shown}: settings differ from the latest run, in {folder.parent.name}/"
                     f"{p.parent.name} ({'; '.join(setting_changes(record['values'], values))})"
                     + (f", and so do {', '.join(also)}" if also else ", which is kept: setting them back reuses it"))

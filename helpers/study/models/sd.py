@@ -200,9 +200,8 @@ def train_lora(cfg: Config, pipe, captions: dict[str, str] | None = None, max_st
     pipe.unet.eval()
     # 4. the LoRA weights in diffusers' format; the run's numbers beside them
     lora_path = (save_fn or save_lora)(pipe.unet, ckpt_dir, is_main_process=PartialState().is_main_process)
-    base = getattr(pipe, "source", None)             # the base pipeline, as printed: never a machine path
-    extra = {**lora_info(pipe, variant or lo), "base": shown_path(base) if base else None, "device": str(pipe.device),
-             "train_images": len(dataset), "captions_status": status}
+    extra = {**lora_info(pipe, variant or lo), "base": shown_path(source) if source else None,   # never a machine path
+             "device": str(pipe.device), "train_images": len(dataset), "captions_status": status}
     stats = finish_run(result, ckpt_dir, max_steps, extra)
     stats["lora_path"], stats["run"] = str(lora_path), note
     return stats
