@@ -156,3 +156,30 @@ def test_guidance_sweep_is_read_back_and_concluded_on(tmp_path):
     assert f"{sw['diff_vs_s1']:+.3f} [{sw['low']:+.3f}, {sw['high']:+.3f}]" in line and "excludes 0" in line
     assert H.report.text.guidance_statement(DA.DigitAccuracy(True)) is None
     assert H.report.text.guidance_statement(None) is None
+
+
+def test_the_sweep_gives_lora_over_zero_shot_at_each_scale_when_both_ran(tmp_path):
+    """Notebook 04 runs the zero-shot model (adapter off) beside LoRA at each scale: the paired LoRA - zero-shot
+    difference in accuracy and hole PSNR joins the table and the saved summary, one per scale."""
+    names = [f"d{i}" for i in range(40)]
+    rows, per_image = [], []
+    for s, lora, zero in ((1.0, [1] * 30 + [0] * 10, [1] * 20 + [0] * 20),
+                          (3.0, [1] * 36 + [0] * 4, [1] * 36 + [0] * 4)):
+        rows.append({"guidance s": s, "accuracy": float(np.mean(lora)), "s/image": 0.01 * s})
+        per_image += [{"method": f"s={s:g}", "name": n, "correct": float(c), "psnr_hole": 15.0 + (s == 1.0)}
+                      for n, c in zip(names, lora)]
+        per_image += [{"method": f"zero-shot s={s:g}", "name": n, "correct": float(c), "psnr_hole": 15.0}
+                      for n, c in zip(names, zero)]
+    table, sw = DA.guidance_sweep_summary(rows, per_image, 200, 0, folder=tmp_path)
+    gains = {g["guidance s"]: g for g in sw["lora_vs_zero_shot"]}
+    assert gains[1.0]["accuracy"][0] == pytest.approx(0.25) and gains[1.0]["accuracy"][1] > 0
+    assert gains[1.0]["psnr_hole"] == pytest.approx([1.0, 1.0, 1.0])
+    assert gains[3.0]["accuracy"] == pytest.approx([0.0, 0.0, 0.0]) and gains[3.0]["psnr_hole"][0] == 0
+    assert list(table["LoRA - zero-shot accuracy"]) == pytest.approx([0.25, 0.0])
+    assert DA.load_guidance_sweep(tmp_path)["lora_vs_zero_shot"] == sw["lora_vs_zero_shot"]
+    line = H.report.text.lora_gain_statement(DA.DigitAccuracy(True, guidance=sw))
+    assert line.endswith("hole PSNR: s = 1 **+1.00 dB [+1.00, +1.00]**, s = 3 +0.00 dB [+0.00, +0.00]."), line
+    lora_only = [r for r in per_image if not r["method"].startswith("zero-shot")]
+    _, alone = DA.guidance_sweep_summary(rows, lora_only, 200, 0)
+    assert "lora_vs_zero_shot" not in alone
+    assert H.report.text.lora_gain_statement(DA.DigitAccuracy(True, guidance=alone)) is None

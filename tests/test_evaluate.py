@@ -424,3 +424,29 @@ def test_text_progress_lines_thin_out_over_time(monkeypatch, capsys):
     lines = capsys.readouterr().err.splitlines()
     assert all(line.startswith("outer") for line in lines) and lines[-1].startswith("outer: 100%")
     assert 2 <= len(lines) <= 6           # 0.6 s at 0.05, 0.1, 0.2, 0.4 s: a few lines, not 30
+
+
+def test_a_second_evaluation_reuses_unchanged_methods_and_rescores_changed_ones(scored, capsys):
+    """evaluate_all(scored=ev) (the PEFT ablation after notebook 05's evaluation): a method whose prediction files
+    are unchanged is taken from ev, said in the log, with the same numbers; a rewritten one is scored again."""
+    cfg, test, ev, noisy = scored
+    E = H.study.evaluation.evaluate
+    capsys.readouterr()
+    again = E.evaluate_all(cfg, methods=["ddpm_finetuned", "telea"], save=False, scored=ev)
+    log = capsys.readouterr().out
+    assert "telea: scores reused" in log and "ddpm_finetuned: scores reused" in log
+    pd.testing.assert_frame_equal(again.per_image.reset_index(drop=True),
+                                  ev.per_image[ev.per_image["method"].isin(["ddpm_finetuned", "telea"])]
+                                  .reset_index(drop=True))
+    assert again.reusable["real_feats"] is ev.reusable["real_feats"]      # the real features computed once
+    H.study.data.predictions.write_predictions(cfg, "ddpm_finetuned", test["name"], test["image"],
+                                               {"weights": "TEST perfect"})
+    third = E.evaluate_all(cfg, methods=["ddpm_finetuned", "telea"], save=False, scored=again)
+    log = capsys.readouterr().out
+    assert "telea: scores reused" in log and "ddpm_finetuned: scores reused" not in log
+    rows = third.per_image[third.per_image["method"] == "ddpm_finetuned"]
+    assert (rows["psnr"] == np.inf).all() or (rows["psnr"] > 60).all()    # the perfect predictions, scored anew
+    fresh = E.evaluate_all(cfg, methods=["telea"], save=False, scores_fn=lambda *a, **k: E.pixel_scores(*a, **k),
+                           scored=ev)
+    assert "scores reused" not in capsys.readouterr().out           # another scoring function: nothing reused
+    assert fresh.per_image["psnr"].tolist() == ev.per_image.loc[ev.per_image["method"] == "telea", "psnr"].tolist()

@@ -308,14 +308,30 @@ def guidance_statement(acc) -> str | None:
             + ("the interval excludes 0." if excl else "the interval contains 0: not resolved."))
 
 
+def lora_gain_statement(acc) -> str | None:
+    """What LoRA adds over the zero-shot model at each scale of notebook 04's sweep (both completed the same
+    digits): the paired difference in hole PSNR with its 95 % CI, in bold where the interval excludes 0; None
+    when the sweep did not run the zero-shot model."""
+    sw = getattr(acc, "guidance", None) if acc is not None else None
+    gains = (sw or {}).get("lora_vs_zero_shot")
+    if not gains:
+        return None
+
+    def one(g):
+        d, lo, hi = g["psnr_hole"]
+        text = f"{d:+.2f} dB [{lo:+.2f}, {hi:+.2f}]"
+        return f"s = {float(g['guidance s']):g} " + (f"**{text}**" if lo > 0 or hi < 0 else text)
+    return "* SD + LoRA − SD zero-shot by guidance scale (notebook 04), hole PSNR: " + ", ".join(map(one, gains)) + "."
+
+
 def conclusion_sections(ev: Evaluation, cfg: Config) -> dict[str, list[str]]:
     """The conclusions as two short lists of markdown lines, one per slide:
 
     * ``"quality"``: which method fills holes best, on the main image set, named once in the
       lead line; every mean, difference and CI of its bullets is over that set;
     * ``"context"``: the subset method (RePaint) on its own images, the study's ranking checked on
-      the main set, KID, speed, classifier-free guidance's effect on digit accuracy (labelled data, notebook
-      04's sweep), methods not scored.
+      the main set, KID, speed, classifier-free guidance's effect on digit accuracy and what LoRA adds at each
+      scale (labelled data, notebook 04's sweep), methods not scored.
 
     Nothing is copied from the study: every number is measured (by helpers.study.evaluation.evaluate)."""
     quality = [SMOKE_CONCLUSION] if cfg.preset == "smoke" else []
@@ -337,7 +353,7 @@ def conclusion_sections(ev: Evaluation, cfg: Config) -> dict[str, list[str]]:
     # 5. KID (set-level); 6. speed
     context = [subset_statement(ev, s) for s in subsets]
     context += [study_ranking_statement(ev, main), kid_statement(ev, main), speed_statement(ev),
-                guidance_statement(ev.accuracy)]
+                guidance_statement(ev.accuracy), lora_gain_statement(ev.accuracy)]
     # 7. methods without predictions: named, never dropped (the reason is in the methods table)
     if ev.missing:
         context.append("* Not scored (no predictions; see the methods table): "

@@ -57,6 +57,15 @@ def read_meta(cfg: Config, method: str, root: Path | None = None) -> dict:
     return load_json(path) if path.is_file() else {}
 
 
+def files_stamp(cfg: Config, method: str, root: Path | None = None) -> tuple:
+    """(name, size, mtime_ns) of every file of a method's prediction folder: equal stamps, unchanged files."""
+    folder = paths(cfg, root).predictions(method)
+    if not folder.is_dir():
+        return ()
+    return tuple(sorted((f.name, st.st_size, st.st_mtime_ns) for f in folder.iterdir() if f.is_file()
+                        for st in [f.stat()]))
+
+
 def find_predictions(cfg: Config, method: str, names: Sequence[str], root: Path | None = None) -> dict:
     """{"names": test names with a prediction file, "reason": why the method is missing or partial}."""
     folder = paths(cfg, root).predictions(method)

@@ -150,16 +150,42 @@ def guidance_sweep_summary(rows: list[dict], per_image: list[dict], n_boot: int,
     """Notebook 04's accuracy per guidance scale: ``rows`` ({"guidance s", "accuracy", ...} per scale, the
     first at s = 1) and ``per_image`` ({"method": "s=<s>", "name", "correct"}) -> the table and the
     paired difference best s - (s = 1) with its bootstrap 95 % CI; saved as ``04_guidance_accuracy.csv``
-    and ``.json`` in ``folder`` when given."""
-    table = pd.DataFrame(rows)
+    and ``.json`` in ``folder`` when given. Where ``per_image`` also holds the zero-shot model at a scale
+    ("zero-shot s=<s>", with "correct" and "psnr_hole"), the LoRA's gain over it at that scale, paired image
+    by image, joins the table and the summary (``lora_vs_zero_shot``)."""
+    table, frame = pd.DataFrame(rows), pd.DataFrame(per_image)
     best = float(table.loc[table["accuracy"].idxmax(), "guidance s"])
-    diff, lo, hi, n = paired_difference(pd.DataFrame(per_image), f"s={best:g}", f"s={rows[0]['guidance s']:g}",
+    diff, lo, hi, n = paired_difference(frame, f"s={best:g}", f"s={rows[0]['guidance s']:g}",
                                         "correct", n_boot=n_boot, seed=seed)
+    gains = lora_gains(frame, [float(r["guidance s"]) for r in rows], n_boot, seed)
+    for key in ("accuracy", "psnr_hole"):
+        for i, part in enumerate(("", " low", " high")):
+            if gains:
+                table[f"LoRA - zero-shot {key}{part}"] = [g[key][i] for g in gains]
     summary = {"best_scale": best, "n": n, "diff_vs_s1": diff, "low": lo, "high": hi, "rows": rows}
+    if gains:
+        summary["lora_vs_zero_shot"] = gains
     if folder is not None:
         table.to_csv(Path(folder) / f"{GUIDANCE_SWEEP}.csv", index=False)
         save_json(summary, Path(folder) / f"{GUIDANCE_SWEEP}.json")
     return table, summary
+
+
+def lora_gains(frame: pd.DataFrame, scales: list[float], n_boot: int, seed: int) -> list[dict]:
+    """LoRA - zero-shot at each scale where both ran: digit accuracy and hole PSNR, (mean, low, high) of the
+    paired difference over the same images; [] when the sweep ran the LoRA model only."""
+    out = []
+    for s in scales:
+        a, b = f"s={s:g}", f"zero-shot s={s:g}"
+        if b not in set(frame["method"]):
+            return []
+        row = {"guidance s": s}
+        for key in ("accuracy", "psnr_hole"):
+            d, lo, hi, _ = paired_difference(frame, a, b, "correct" if key == "accuracy" else key,
+                                             n_boot=n_boot, seed=seed)
+            row[key] = [float(d), float(lo), float(hi)]
+        out.append(row)
+    return out
 
 
 def load_guidance_sweep(folder: Path) -> dict | None:

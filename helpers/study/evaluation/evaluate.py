@@ -34,7 +34,7 @@ import torch
 from helpers.course.metrics import pixel_scores, to_levels
 from helpers.study.config import Config
 from helpers.study.data.dataset import composite, load_test_set
-from helpers.study.data.predictions import find_predictions, read_predictions
+from helpers.study.data.predictions import files_stamp, find_predictions, read_predictions
 from helpers.study.data.splits import load_index
 from helpers.study.evaluation.digit_accuracy import evaluate_digit_accuracy, load_digit_accuracy
 from helpers.study.evaluation.metrics import (
@@ -77,6 +77,9 @@ class Evaluation:
     runtime: pd.DataFrame        # one row per method with predictions, from its meta.json
     info: dict = field(default_factory=dict)  # implementations, resize mode, LPIPS status, missing...
     accuracy: object = None      # digit_accuracy.DigitAccuracy (labelled data only; ``applies`` says)
+    # this process only, never saved: the scorers, the real images' Inception features and each method's
+    # scores with its prediction files' stamp, for a later evaluate_all(scored=...) of the same test set
+    reusable: dict = field(default_factory=dict, repr=False)
 
     @property
     def missing(self) -> list[dict]:
@@ -236,11 +239,45 @@ def _protocol_info(cfg: Config, n_test: int, device, lpips_status, fid_status, m
     return info
 
 
+def _scorers(cfg: Config, test: dict, device, scores_fn, scored: Evaluation | None, root: Path | None) -> dict:
+    """LPIPS, the Inception network and the real test images' features, taken from ``scored`` when it
+    evaluated the same test images with the same settings in this process, else loaded and computed."""
+    E, P = cfg.eval, paths(cfg, root)
+    key = (str(P.root), tuple(test["name"]), scores_fn, repr(E), str(device))
+    if scored is not None and scored.reusable.get("key") == key:
+        return scored.reusable
+    lpips_fn, lpips_status = load_lpips(E.lpips_net, [P.cache], device)
+    inception, fid_status = load_inception([P.cache], device, E.get("fid_backbone", "auto"))
+    real_feats = (inception_features(inception, test["image"], E.batch_size, "Inception: real test images")
+                  if inception is not None else None)
+    return {"key": key, "lpips_fn": lpips_fn, "lpips_status": lpips_status, "inception": inception,
+            "fid_status": fid_status, "real_feats": real_feats, "methods": {}}
+
+
+def _method_scores(cfg: Config, method: str, test: dict, device, scorers: dict, scores_fn, root: Path | None) -> dict:
+    """:func:`_score_method`'s result; one already computed for these scorers is reused (and said so) while
+    the method's prediction files are unchanged."""
+    stamp = files_stamp(cfg, method, root)
+    earlier = scorers["methods"].get(method)
+    if earlier is not None and earlier["stamp"] == stamp:
+        print(f"{method}: scores reused from the evaluation above (same test images, settings and prediction files)")
+        return earlier["out"]
+    found = find_predictions(cfg, method, list(test["name"]), root)
+    out = (_score_method(cfg, method, test, found, device, scorers["lpips_fn"], scorers["inception"],
+                         scorers["real_feats"], scores_fn, root)
+           if found["names"] else {"summary": _missing(method, found["reason"])})
+    scorers["methods"][method] = {"stamp": stamp, "out": out}
+    return out
+
+
 def evaluate_all(cfg: Config, root: Path | None = None, methods: Sequence[str] | None = None,
-                 device: torch.device | str | None = None, scores_fn=pixel_scores, save: bool = True) -> Evaluation:
+                 device: torch.device | str | None = None, scores_fn=pixel_scores, save: bool = True,
+                 scored: Evaluation | None = None) -> Evaluation:
     """Score every method on the frozen test set; save and return the tables (see module doc).
     ``scores_fn`` computes PSNR and SSIM (whole image and hole) of a batch: notebook 05 passes its own.
-    ``save=False``: return the tables without writing them (the PEFT ablation scores its variants so)."""
+    ``save=False``: return the tables without writing them (the PEFT ablation scores its variants so).
+    ``scored``: an evaluation of this process (notebook 05's) whose scores of a method are reused while the
+    test images, settings and the method's prediction files are unchanged, instead of computed again."""
     P = paths(cfg, root)
     E = cfg.eval
     device = torch.device(device) if device is not None else get_device(cfg)
@@ -248,16 +285,11 @@ def evaluate_all(cfg: Config, root: Path | None = None, methods: Sequence[str] |
     # 1. the frozen test set and the learned metrics' networks (found without downloading)
     test = load_test_set(cfg, root)
     names = list(test["name"])
-    lpips_fn, lpips_status = load_lpips(E.lpips_net, [P.cache], device)
-    inception, fid_status = load_inception([P.cache], device, E.get("fid_backbone", "auto"))
-    real_feats = (inception_features(inception, test["image"], E.batch_size, "Inception: real test images")
-                  if inception is not None else None)
+    scorers = _scorers(cfg, test, device, scores_fn, scored, root)
     # 2. each method: read, re-composite, score per image and as a set
     frames, summary, runtime, missing, method_info = [], [], [], [], {}
     for method in progress(methods, desc="methods"):
-        found = find_predictions(cfg, method, names, root)
-        out = (_score_method(cfg, method, test, found, device, lpips_fn, inception, real_feats, scores_fn, root)
-               if found["names"] else {"summary": _missing(method, found["reason"])})
+        out = _method_scores(cfg, method, test, device, scorers, scores_fn, root)
         summary.append(out["summary"])
         if "frame" not in out:
             missing.append({"method": method, "label": method_label(method), "reason": out["summary"]["note"]})
@@ -272,9 +304,10 @@ def evaluate_all(cfg: Config, root: Path | None = None, methods: Sequence[str] |
     kinds = [k for k in cfg.data.masks.kinds if k in set(per_image["kind"])]
     by_bucket = _grouped(per_image, "bucket", PER_IMAGE, E.bootstrap_samples, cfg.seed, bucket_labels(E.hole_buckets))
     by_kind = _grouped(per_image, "kind", PER_IMAGE, E.bootstrap_samples, cfg.seed, kinds)
-    info = _protocol_info(cfg, len(names), device, lpips_status, fid_status, missing, method_info, root)
+    info = _protocol_info(cfg, len(names), device, scorers["lpips_status"], scorers["fid_status"], missing,
+                          method_info, root)
     ev = Evaluation(per_image, pd.DataFrame(summary), by_bucket, by_kind,
-                    pd.DataFrame(runtime, columns=list(_runtime_row("telea", {}))), info)
+                    pd.DataFrame(runtime, columns=list(_runtime_row("telea", {}))), info, reusable=scorers)
     if save:
         save_evaluation(ev, P.tables)
         # 4. the semantic score of a labelled (digits) run; says it does not apply otherwise

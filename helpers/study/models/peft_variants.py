@@ -276,18 +276,20 @@ def reference_on_variant_images(summary: pd.DataFrame, per_image: pd.DataFrame, 
     return summary
 
 
-def evaluate_ablation(cfg: Config, root: Path | None = None, device=None, scores_fn=None) -> pd.DataFrame:
+def evaluate_ablation(cfg: Config, root: Path | None = None, device=None, scores_fn=None, scored=None) -> pd.DataFrame:
     """Every trained variant scored with the study's protocol (:func:`helpers.study.evaluation.evaluate.evaluate_all`:
     hole PSNR / SSIM, LPIPS, FID / KID, bootstrap CIs; buckets in the returned evaluation's tables),
     beside its cost, and the paired difference to ``ablation.reference`` with its bootstrap 95 % CI.
-    Variants without weights keep their row, with their status and no scores. Saved as tables/04b_peft_ablation.csv."""
+    Variants without weights keep their row, with their status and no scores. Saved as tables/04b_peft_ablation.csv.
+    ``scored``: notebook 05's evaluation, whose scores of the reference (and the real images' Inception features)
+    are reused while its prediction files are unchanged (``evaluate_all(scored=...)``)."""
     from helpers.course.metrics import pixel_scores
     from helpers.study.evaluation.evaluate import evaluate_all, paired_difference
 
     ref = cfg.ablation.reference
     rows = status(cfg, root, device)
     trained = [r["method"] for r in rows if r["status"] == "trained"]
-    ev = evaluate_all(cfg, root, [ref, *trained], device, scores_fn or pixel_scores, save=False)
+    ev = evaluate_all(cfg, root, [ref, *trained], device, scores_fn or pixel_scores, save=False, scored=scored)
     summary = ev.summary.set_index("method")
     n_ref = summary["n"].get(ref) if "n" in summary else None
     summary = reference_on_variant_images(summary, ev.per_image, ref, trained, cfg)

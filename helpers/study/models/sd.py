@@ -240,6 +240,46 @@ def predict(cfg: Config, pipe, images: torch.Tensor, masks: torch.Tensor, prompt
     return torch.cat(out)
 
 
+def guidance_sweep(cfg_at: Callable[[float], Config], pipe, images: torch.Tensor, masks: torch.Tensor,
+                   names: Sequence[str], prompts: Sequence[str], seeds: Sequence[int], scales: Sequence[float],
+                   reader, labels: Sequence[int],
+                   inpaint_fn: Callable = course.inpaint) -> tuple[list[dict], list[dict]]:
+    """Notebook 04's sweep on labelled digits: at each scale (``cfg_at(s)``: the preset with only the scale
+    changed) the LoRA pipeline completes every image, timed, then the same pipeline with its adapter off (the
+    zero-shot model) completes them too. ``reader`` (notebook 05's classifier) says whether each completion is
+    still its digit; hole PSNR on the composited completion. Returns the per-scale rows and the per-image rows
+    that :func:`helpers.study.evaluation.digit_accuracy.guidance_sweep_summary` reads."""
+    import time
+
+    from helpers.course.metrics import pixel_scores
+    from helpers.study.data.dataset import composite
+    from helpers.study.evaluation.digit_accuracy import correct
+    from helpers.study.models.digits import wilson_ci
+
+    def complete(cfg_s, desc):                        # -> per image: right digit?, hole PSNR
+        pred = predict(cfg_s, pipe, images, masks, prompts, seeds, desc=desc, leave=False, inpaint_fn=inpaint_fn)
+        return correct(reader, pred, labels), pixel_scores(composite(pred, images, masks), images, masks)["psnr_hole"]
+
+    rows, per_image = [], []
+    for s in scales:
+        cfg_s = cfg_at(s)
+        start = time.perf_counter()
+        ok, db = complete(cfg_s, f"s = {s:g}")
+        sec = (time.perf_counter() - start) / len(images)
+        pipe.unet.disable_adapters()                  # the zero-shot model: the same pipeline, adapter off
+        try:
+            ok0, db0 = complete(cfg_s, f"s = {s:g}, zero-shot")
+        finally:
+            pipe.unet.enable_adapters()
+        lo, hi = wilson_ci(int(ok.sum()), len(ok))
+        rows.append({"guidance s": s, "accuracy": ok.mean(), "95% low": lo, "95% high": hi, "s/image": sec,
+                     "zero-shot accuracy": ok0.mean()})
+        for method, c, d in ((f"s={s:g}", ok, db), (f"zero-shot s={s:g}", ok0, db0)):
+            per_image += [{"method": method, "name": n, "correct": float(a), "psnr_hole": float(b)}
+                          for n, a, b in zip(names, c, d.tolist())]
+    return rows, per_image
+
+
 def predict_test_set(cfg: Config, pipe, method: str, train_stats: dict | None = None, root: Path | None = None,
                      limit: int | None = None, inpaint_fn: Callable = course.inpaint) -> dict:
     """Complete the frozen test set with ``pipe`` (its caption as the prompt) and save it as ``method``
