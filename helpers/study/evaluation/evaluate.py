@@ -243,7 +243,8 @@ def _scorers(cfg: Config, test: dict, device, scores_fn, scored: Evaluation | No
     """LPIPS, the Inception network and the real test images' features, taken from ``scored`` when it
     evaluated the same test images with the same settings in this process, else loaded and computed."""
     E, P = cfg.eval, paths(cfg, root)
-    key = (str(P.root), tuple(test["name"]), scores_fn, repr(E), str(device))
+    key = (str(P.root), load_index(cfg, root).get("fingerprint"), tuple(test["name"]), scores_fn, repr(E),
+           str(device))                                  # the prepared data's fingerprint: images and masks
     if scored is not None and scored.reusable.get("key") == key:
         return scored.reusable
     lpips_fn, lpips_status = load_lpips(E.lpips_net, [P.cache], device)
