@@ -25,6 +25,7 @@ guidance sweep (accuracy per guidance scale, :func:`guidance_sweep_summary`) is 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from itertools import product
 from pathlib import Path
 
 import numpy as np
@@ -158,17 +159,18 @@ def guidance_sweep_summary(rows: list[dict], per_image: list[dict], n_boot: int,
     diff, lo, hi, n = paired_difference(frame, f"s={best:g}", f"s={rows[0]['guidance s']:g}",
                                         "correct", n_boot=n_boot, seed=seed)
     gains = lora_gains(frame, [float(r["guidance s"]) for r in rows], n_boot, seed)
-    for key in ("accuracy", "psnr_hole"):
-        for i, part in enumerate(("", " low", " high")):
-            if gains:
-                table[f"LoRA - zero-shot {key}{part}"] = [g[key][i] for g in gains]
     summary = {"best_scale": best, "n": n, "diff_vs_s1": diff, "low": lo, "high": hi, "rows": rows}
     if gains:
         summary["lora_vs_zero_shot"] = gains
+        for key, (i, part) in product(GAIN_COLUMNS, enumerate(("", " low", " high"))):
+            table[f"LoRA - zero-shot {key}{part}"] = [g[key][i] for g in gains]
     if folder is not None:
         table.to_csv(Path(folder) / f"{GUIDANCE_SWEEP}.csv", index=False)
         save_json(summary, Path(folder) / f"{GUIDANCE_SWEEP}.json")
     return table, summary
+
+
+GAIN_COLUMNS = {"accuracy": "correct", "psnr_hole": "psnr_hole"}   # a gain's name: its per-image column
 
 
 def lora_gains(frame: pd.DataFrame, scales: list[float], n_boot: int, seed: int) -> list[dict]:
@@ -180,9 +182,8 @@ def lora_gains(frame: pd.DataFrame, scales: list[float], n_boot: int, seed: int)
         if b not in set(frame["method"]):
             return []
         row = {"guidance s": s}
-        for key in ("accuracy", "psnr_hole"):
-            d, lo, hi, _ = paired_difference(frame, a, b, "correct" if key == "accuracy" else key,
-                                             n_boot=n_boot, seed=seed)
+        for key, column in GAIN_COLUMNS.items():
+            d, lo, hi, _ = paired_difference(frame, a, b, column, n_boot=n_boot, seed=seed)
             row[key] = [float(d), float(lo), float(hi)]
         out.append(row)
     return out
