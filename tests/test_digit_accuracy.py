@@ -178,7 +178,9 @@ def test_the_sweep_gives_lora_over_zero_shot_at_each_scale_when_both_ran(tmp_pat
     assert list(table["LoRA - zero-shot accuracy"]) == pytest.approx([0.25, 0.0])
     assert DA.load_guidance_sweep(tmp_path)["lora_vs_zero_shot"] == sw["lora_vs_zero_shot"]
     line = H.report.text.lora_gain_statement(DA.DigitAccuracy(True, guidance=sw))
-    assert line.endswith("hole PSNR: s = 1 **+1.00 dB [+1.00, +1.00]**, s = 3 +0.00 dB [+0.00, +0.00]."), line
+    assert line.endswith("(notebook 04): s = 1 **+1.00 dB [+1.00, +1.00]**, s = 3 +0.00 dB [+0.00, +0.00]."), line
+    marked = H.report.text.lora_gain_statement(DA.DigitAccuracy(True, guidance=sw), run_scale=3)
+    assert marked.endswith("s = 1 **+1.00 dB [+1.00, +1.00]**, s = 3 (this run's) +0.00 dB [+0.00, +0.00]."), marked
     lora_only = [r for r in per_image if not r["method"].startswith("zero-shot")]
     _, alone = DA.guidance_sweep_summary(rows, lora_only, 200, 0)
     assert "lora_vs_zero_shot" not in alone

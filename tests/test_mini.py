@@ -160,3 +160,8 @@ def test_measure_tool_scores_the_same_test_set(mini_run, capsys, monkeypatch):
             errors = re.findall(r"eps_theta error, (zero-shot|\+ LoRA): t=50: hole ([\d.]+), known ([\d.]+) "
                                 r"\| t=950", out)
             assert [e[0] for e in errors] == ["zero-shot", "+ LoRA"], out
+    # --zero-shot-only (how sd.guidance_scale was chosen, on the stand-in's own digits): no LoRA trained or sampled
+    tool.main(["sd", "--zero-shot-only", "--guidance", "1", "2", "--set", *sets])
+    out = capsys.readouterr().out
+    assert re.search(r"^SD zero-shot s=2\s+[\d.]+\s+[\d.]+ dB", out, re.M), out
+    assert "SD + LoRA" not in out and "LoRA:" not in out and "LoRA training" not in out, out

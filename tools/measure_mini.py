@@ -19,6 +19,9 @@ configs/mini.yaml and the README's mini paragraph was measured this way, e.g.
     INPAINT_ROOT=/tmp/m python tools/measure_mini.py ddpm --repaint --set ddpm.eta=1.0
     INPAINT_ROOT=/tmp/m python tools/measure_mini.py sd --noise-levels 50 200 400 600 800 950
     INPAINT_ROOT=/tmp/m python tools/measure_mini.py ddpm --repaint --sampling-seeds 7
+    INPAINT_ROOT=/tmp/s python -m helpers.report --only 01 --no-export --no-site --set data.digits_domain=source
+    INPAINT_ROOT=/tmp/s python tools/measure_mini.py sd --zero-shot-only --guidance 1 2 3 5 7.5 12 \
+        --set data.digits_domain=source          # the stand-in on its own digits: how sd.guidance_scale was chosen
 
 ``--sampling-seeds K`` samples each learned row with K seeds (the first is the notebooks'): the spread of its
 accuracy over seeds, which the intervals (over images) leave out, and the K samples read as one answer.
@@ -77,10 +80,10 @@ def eps_error_by_noise(cfg, pipe, captions: dict[str, str], root: Path, levels, 
     return " | ".join(out)
 
 
-def sd_rows(cfg, overrides: dict, root: Path, test: dict, scales, weights: str | None, levels=()):
-    """(row, sampler of seeds -> completions): zero-shot, then + LoRA, at each guidance scale (and the noise
-    prediction's error at ``levels``, printed for both). Each sampler is called before the next row is asked for
-    (the LoRA is attached in between)."""
+def sd_rows(cfg, overrides: dict, root: Path, test: dict, scales, weights: str | None, levels=(), lora: bool = True):
+    """(row, sampler of seeds -> completions): zero-shot, then (``lora``) + LoRA, at each guidance scale (and the
+    noise prediction's error at ``levels``, printed for both). Each sampler is called before the next row is asked
+    for (the LoRA is attached in between)."""
     from helpers.study.data.captions import make_captions
     from helpers.study.models import sd
 
@@ -97,6 +100,8 @@ def sd_rows(cfg, overrides: dict, root: Path, test: dict, scales, weights: str |
             yield f"{tag} s={s:g}", partial(sd.predict, c, pipe, test["image"], test["mask"], prompts, leave=False)
 
     yield from at_scales("SD zero-shot")
+    if not lora:
+        return
     stats = sd.train_lora(cfg, pipe, root=root)
     print(f"  LoRA: {stats['steps']} steps, {stats['seconds']:.0f} s ({stats['note']})", flush=True)
     if levels:
@@ -160,6 +165,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--sd-weights", default=None, help="sd: a pipeline folder other than sd.pretrained_id")
     p.add_argument("--noise-levels", nargs="+", type=int, default=[], metavar="T",
                    help="sd: also print eps_theta's error in the hole and outside it at these t (zero-shot, + LoRA)")
+    p.add_argument("--zero-shot-only", action="store_true",
+                   help="sd: the pretrained pipeline alone, no LoRA trained (e.g. on the stand-in's own source digits)")
     p.add_argument("--repaint", action="store_true", help="ddpm: RePaint on the unconditional stand-in too")
     p.add_argument("--sampling-seeds", type=int, default=1, metavar="K",
                    help="sample each learned row with K seeds (seed, seed + 1, ...; the first is the notebooks'): "
@@ -182,7 +189,8 @@ def main(argv: list[str] | None = None) -> None:
     rows = {"hole left grey": test["image"] * (1 - test["mask"]),
             "Telea": telea_inpaint(test["image"], test["mask"], cfg.eval.telea_radius)}
     # 2. the learned methods, known pixels composited back as notebook 05 scores them
-    made = (sd_rows(cfg, overrides, root, test, a.guidance or [cfg.sd.guidance_scale], a.sd_weights, a.noise_levels)
+    made = (sd_rows(cfg, overrides, root, test, a.guidance or [cfg.sd.guidance_scale], a.sd_weights, a.noise_levels,
+                    not a.zero_shot_only)
             if a.part == "sd"
             else ddpm_rows(cfg, root, test, a.repaint))
     draws = {}                                 # row -> its completions under each sampling seed

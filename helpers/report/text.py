@@ -308,10 +308,11 @@ def guidance_statement(acc) -> str | None:
             + ("the interval excludes 0." if excl else "the interval contains 0: not resolved."))
 
 
-def lora_gain_statement(acc) -> str | None:
+def lora_gain_statement(acc, run_scale: float | None = None) -> str | None:
     """What LoRA adds over the zero-shot model at each scale of notebook 04's sweep (both completed the same
-    digits): the paired difference in hole PSNR with its 95 % CI, in bold where the interval excludes 0; None
-    when the sweep did not run the zero-shot model."""
+    digits): the paired difference in hole PSNR with its 95 % CI, in bold where the interval excludes 0, the
+    scale the run's methods sampled with (``run_scale``, sd.guidance_scale) marked; None when the sweep did not
+    run the zero-shot model."""
     sw = getattr(acc, "guidance", None) if acc is not None else None
     gains = (sw or {}).get("lora_vs_zero_shot")
     if not gains:
@@ -320,8 +321,10 @@ def lora_gain_statement(acc) -> str | None:
     def one(g):
         d, lo, hi = g["psnr_hole"]
         text = f"{d:+.2f} dB [{lo:+.2f}, {hi:+.2f}]"
-        return f"s = {float(g['guidance s']):g} " + (f"**{text}**" if lo > 0 or hi < 0 else text)
-    return "* SD + LoRA − SD zero-shot by guidance scale (notebook 04), hole PSNR: " + ", ".join(map(one, gains)) + "."
+        s = float(g["guidance s"])
+        return (f"s = {s:g}" + (" (this run's)" if run_scale is not None and s == float(run_scale) else "") + " "
+                + (f"**{text}**" if lo > 0 or hi < 0 else text))
+    return "* LoRA − zero-shot in hole PSNR by guidance scale (notebook 04): " + ", ".join(map(one, gains)) + "."
 
 
 def conclusion_sections(ev: Evaluation, cfg: Config) -> dict[str, list[str]]:
@@ -353,7 +356,7 @@ def conclusion_sections(ev: Evaluation, cfg: Config) -> dict[str, list[str]]:
     # 5. KID (set-level); 6. speed
     context = [subset_statement(ev, s) for s in subsets]
     context += [study_ranking_statement(ev, main), kid_statement(ev, main), speed_statement(ev),
-                guidance_statement(ev.accuracy), lora_gain_statement(ev.accuracy)]
+                guidance_statement(ev.accuracy), lora_gain_statement(ev.accuracy, cfg.sd.guidance_scale)]
     # 7. methods without predictions: named, never dropped (the reason is in the methods table)
     if ev.missing:
         context.append("* Not scored (no predictions; see the methods table): "
