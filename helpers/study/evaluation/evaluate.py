@@ -214,8 +214,9 @@ def _score_method(cfg: Config, method: str, test: dict, found: dict, device, lpi
 
 
 def _protocol_info(cfg: Config, n_test: int, device, lpips_status, fid_status, missing: list, methods: dict,
-                   root: Path | None) -> dict:
-    """How every number was measured (saved as 05_evaluation.json; the tables' captions read it)."""
+                   index: dict) -> dict:
+    """How every number was measured (saved as 05_evaluation.json; the tables' captions read it); ``index``:
+    notebook 01's record of the prepared data."""
     E = cfg.eval
     info = {
         "preset": cfg.preset, "n_test": n_test, "image_size": cfg.data.image_size, "device": str(device),
@@ -231,20 +232,20 @@ def _protocol_info(cfg: Config, n_test: int, device, lpips_status, fid_status, m
                       "seed": cfg.seed, "confidence": 0.95},
         "hole_buckets": list(E.hole_buckets), "missing": missing, "methods": methods,
     }
-    index = load_index(cfg, root)         # where the test set came from, at which sizes (notebook 01)
-    res = index.get("resolution") or {}
+    res = index.get("resolution") or {}   # where the test set came from, at which sizes (notebook 01)
     info["data"] = {"test_split": index.get("test_split"), "sizes": res.get("text"),
                     "sd_upsampled": res.get("sd_upsampled"), "prepared_px": res.get("prepared_px"),
                     "sd_px": res.get("sd_px")}
     return info
 
 
-def _scorers(cfg: Config, test: dict, device, scores_fn, scored: Evaluation | None, root: Path | None) -> dict:
+def _scorers(cfg: Config, test: dict, device, scores_fn, scored: Evaluation | None, root: Path | None,
+             fingerprint: str | None) -> dict:
     """LPIPS, the Inception network and the real test images' features, taken from ``scored`` when it
-    evaluated the same test images with the same settings in this process, else loaded and computed."""
+    evaluated the same test images (``fingerprint``: the prepared data's, images and masks) with the same
+    settings in this process, else loaded and computed."""
     E, P = cfg.eval, paths(cfg, root)
-    key = (str(P.root), load_index(cfg, root).get("fingerprint"), tuple(test["name"]), scores_fn, repr(E),
-           str(device))                                  # the prepared data's fingerprint: images and masks
+    key = (str(P.root), fingerprint, tuple(test["name"]), scores_fn, repr(E), str(device))
     if scored is not None and scored.reusable.get("key") == key:
         return scored.reusable
     lpips_fn, lpips_status = load_lpips(E.lpips_net, [P.cache], device)
@@ -286,7 +287,8 @@ def evaluate_all(cfg: Config, root: Path | None = None, methods: Sequence[str] |
     # 1. the frozen test set and the learned metrics' networks (found without downloading)
     test = load_test_set(cfg, root)
     names = list(test["name"])
-    scorers = _scorers(cfg, test, device, scores_fn, scored, root)
+    index = load_index(cfg, root)                     # notebook 01's record of the prepared data
+    scorers = _scorers(cfg, test, device, scores_fn, scored, root, index.get("fingerprint"))
     # 2. each method: read, re-composite, score per image and as a set
     frames, summary, runtime, missing, method_info = [], [], [], [], {}
     for method in progress(methods, desc="methods"):
@@ -306,7 +308,7 @@ def evaluate_all(cfg: Config, root: Path | None = None, methods: Sequence[str] |
     by_bucket = _grouped(per_image, "bucket", PER_IMAGE, E.bootstrap_samples, cfg.seed, bucket_labels(E.hole_buckets))
     by_kind = _grouped(per_image, "kind", PER_IMAGE, E.bootstrap_samples, cfg.seed, kinds)
     info = _protocol_info(cfg, len(names), device, scorers["lpips_status"], scorers["fid_status"], missing,
-                          method_info, root)
+                          method_info, index)
     ev = Evaluation(per_image, pd.DataFrame(summary), by_bucket, by_kind,
                     pd.DataFrame(runtime, columns=list(_runtime_row("telea", {}))), info, reusable=scorers)
     if save:
