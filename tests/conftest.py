@@ -47,8 +47,8 @@ def prepared(tmp_root, smoke_cfg):
 
 
 # the test run of the smoke series shortens the one long step: notebook 02's digits DDPM trains for
-# digits.seconds (5 minutes in the preset, what `make report` runs); the tests check the pipeline
-SMOKE_TEST_OVERRIDES = {"digits.seconds": 40, "digits.checkpoints_s": [0, 20, 40], "digits.compare_seconds": 10}
+# digits.budget (5 CPU-minutes in the preset, what `make report` runs); the tests check the pipeline
+SMOKE_TEST_OVERRIDES = {"digits.budget": 40, "digits.checkpoints": [0, 20, 40], "digits.compare_budget": 10}
 
 
 @pytest.fixture(scope="session")

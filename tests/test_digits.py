@@ -14,9 +14,9 @@ D = H.study.models.digits
 TINY = {                                       # a small U-Net and a step budget: seconds on 2 cores
     "digits.model.block_out_channels": [16, 16, 16],
     "digits.batch_size": 32,
-    "digits.max_steps": 40,
-    "digits.seconds": 600,
-    "digits.checkpoints_s": [0],
+    "digits.clock": "steps",
+    "digits.budget": 40,
+    "digits.checkpoints": [0],
     "digits.num_inference_steps": 2,
     "digits.bootstrap_samples": 50,
     "digits.grid_images": 4,
@@ -39,7 +39,7 @@ def short_run():
     data = _subset(D.load_data(d), 24)
     run = D.new_run(d, seed=0)
     records, completions = [], []
-    history = H.course.diffusion.train_with_checkpoints(run, D.next_batch(data, d), d.checkpoints_s,
+    history = H.course.diffusion.train_with_checkpoints(run, D.next_batch(data, d), d.checkpoints,
                                                         D.checkpoint_recorder(data, MeanSign(), records, completions),
                                                         H.course.ddpm_inpainting.inpainting_loss,
                                                         H.course.ddpm_inpainting.training_step)
@@ -60,9 +60,9 @@ def test_data_split_and_holes_are_fixed():
 def test_short_run_loss_falls_and_known_pixels_are_kept(short_run):
     d, data, run, history, records, completions = short_run
     losses = [h["loss"] for h in history]
-    assert len(losses) == d.max_steps and run.step == d.max_steps
+    assert len(losses) == d.budget and run.step == d.budget
     assert np.mean(losses[-8:]) < 0.7 * np.mean(losses[:8])
-    assert [r["steps"] for r in records] == [0, d.max_steps]          # checkpoint 0 s and the end
+    assert [r["steps"] for r in records] == [0, d.budget]             # checkpoint 0 and the end
     pred = D.complete(run, data)
     known = 1 - data["mask"]
     assert torch.equal(pred * known, data["x_masked"] * known)
@@ -103,7 +103,7 @@ def test_checkpoint_grid_and_tables_are_written(short_run, tmp_path):
     table = D.results_table([{"method": "hole left grey", "accuracy": 0.5}], records)
     D.save_results(table, {"steps": run.step}, tmp_path)
     assert (tmp_path / "02_digits.csv").is_file() and (tmp_path / "02_digits.json").is_file()
-    assert table.method.iloc[-1] == f"DDPM, {records[-1]['seconds']:.0f} s ({d.max_steps} steps)"
+    assert table.method.iloc[-1] == f"DDPM, {records[-1]['seconds']:.0f} s ({d.budget} steps)"
     full = D.results_table(D.baseline_rows(data, MeanSign(), d), records)       # the deck's slide (notebook 06)
     H.report.figures.digits_summary(tmp_path / "grid.png", full, path=tmp_path / "06_digits.png")
     assert (tmp_path / "06_digits.png").stat().st_size > 0
@@ -130,8 +130,28 @@ def test_the_notebook_s_own_definitions_reach_training_and_sampling(short_run):
         return H.course.diffusion.ddim_sample_loop(*args, **kw)
 
     loss = D.with_names(H.course.ddpm_inpainting.inpainting_loss, q_sample=q_sample)
-    other = D.new_run(d, seed=0, max_steps=2)
+    other = D.new_run(d, seed=0, budget=2)
     H.course.diffusion.train_with_checkpoints(other, D.next_batch(data, d), [], D.checkpoint_recorder(
         data, MeanSign(), [], [], sample_loop=sample_loop), loss, H.course.ddpm_inpainting.training_step)
     assert calls == ["q_sample", "q_sample", "loop"]
     assert H.course.ddpm_inpainting.inpainting_loss.__globals__["q_sample"] is H.course.diffusion.q_sample
+
+
+def test_a_step_budget_reproduces_every_number_and_a_bad_clock_is_refused(short_run):
+    """clock: steps (mini's): two runs from the same seed train the same steps and score the same, whatever the
+    machine's speed; checkpoints count steps too. An unknown clock or an empty budget is refused at once."""
+    d, data, _, _, _, _ = short_run
+    runs = []
+    for _ in range(2):
+        run, records = D.new_run(d, seed=3, budget=4), []
+        history = H.course.diffusion.train_with_checkpoints(
+            run, D.next_batch(data, run.cfg), [2], D.checkpoint_recorder(data, MeanSign(), records, []),
+            H.course.ddpm_inpainting.inpainting_loss, H.course.ddpm_inpainting.training_step)
+        runs.append(([h["loss"] for h in history], [{k: v for k, v in r.items() if k not in ("seconds", "sampling_s")}
+                                                     for r in records]))
+    assert runs[0] == runs[1] and [r["steps"] for r in runs[0][1]] == [2, 4]
+    assert D.budget_text(d) == f"{d.budget} steps" and D.nearest_checkpoint(
+        [{"steps": 0, "seconds": 9.0}, {"steps": 40, "seconds": 1.0}], d, 30)["steps"] == 40
+    for bad in ({"clock": "hours"}, {"budget": 0}):
+        with pytest.raises(ValueError, match="clock must be one of"):
+            D.new_run(d, seed=0, **bad)

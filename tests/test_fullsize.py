@@ -71,7 +71,7 @@ def minimal_overrides(out: Path) -> dict:
             # device by tests/test_peft_variants.py); the digits DDPM of notebook 02: a few seconds
             "ablation.variants": [{"name": "lora_r4", "method": "lora", "r": 4, "alpha": 4}],
             "ablation.max_test_images": 1,
-            "digits.seconds": 10, "digits.checkpoints_s": [0, 10], "digits.compare_seconds": 5,
+            "digits.budget": 10, "digits.checkpoints": [0, 10], "digits.compare_budget": 5,
             "digits.bootstrap_samples": 50}
 
 

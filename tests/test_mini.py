@@ -24,7 +24,7 @@ CUT = {"data.max_test_images": N_TEST, "ddpm.max_steps": 8, "ddpm.num_inference_
        "sd.max_steps": 6, "sd.num_inference_steps": 4,
        "ablation.variants": [{"name": "lora_r16", "method": "lora", "r": 16, "alpha": 16}],
        "ablation.max_test_images": 8,
-       "digits.seconds": 5, "digits.checkpoints_s": [0, 5], "digits.compare_seconds": 3,
+       "digits.budget": 16, "digits.checkpoints": [0, 16], "digits.compare_budget": 8,
        "digits.bootstrap_samples": 50, "eval.bootstrap_samples": 100, "eval.kid_subset_size": 10,
        "eval.kid_subsets": 4}
 

@@ -167,18 +167,18 @@ def ddim_sample_loop(eps_fn: Callable, x_T: torch.Tensor, alphas_cumprod: torch.
 
 
 # ====================================================================== 5. training from scratch, with checkpoints
-def train_with_checkpoints(run, next_batch: Callable, checkpoints_s: list, evaluate: Callable,
+def train_with_checkpoints(run, next_batch: Callable, checkpoints: list, evaluate: Callable,
                            loss_fn: Callable, step_fn: Callable) -> list[dict]:
     """Train ``run.model`` with ``loss_fn`` and ``step_fn`` (notebook 03's ``inpainting_loss`` and ``training_step``)
-    until ``run.done()``; ``evaluate(run)`` at each checkpoint (training seconds) and at the end.
-    ``run``: helpers.study.models.digits.DigitsRun."""
-    d, history, pending = run.cfg, [], sorted(checkpoints_s)
+    until ``run.done()``; ``evaluate(run)`` at each checkpoint (in the budget's unit, ``run.elapsed()``: steps or
+    training seconds) and at the end. ``run``: helpers.study.models.digits.DigitsRun."""
+    d, history, pending = run.cfg, [], sorted(checkpoints)
     batch_loss = lambda model, batch, g: loss_fn(model, batch, g, run.alphas_cumprod,  # noqa: E731
                                                  d.lambda_mask, d.lambda_context)
     while True:
-        if run.done() or (pending and run.seconds >= pending[0]):
+        if run.done() or (pending and run.elapsed() >= pending[0]):
             evaluate(run)                                  # the training clock is stopped while it samples
-            pending = [c for c in pending if c > run.seconds]
+            pending = [c for c in pending if c > run.elapsed()]
         if run.done():
             return history
         t0 = run.clock()

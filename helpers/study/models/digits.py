@@ -118,9 +118,26 @@ def baseline_rows(data: dict, classifier, d: Config) -> list[dict]:
 
 
 # ---------------------------------------------------------------- 3. the model and its training
+CLOCKS = ("wall", "cpu", "steps")          # what a run's budget counts (configs/smoke.yaml, digits.clock)
+
+
+def nearest_checkpoint(records: list[dict], d: Config, point: float) -> dict:
+    """The checkpoint record nearest to ``point`` of the budget (steps or seconds, as ``d.clock`` counts)."""
+    unit = "steps" if d.clock == "steps" else "seconds"
+    return min(records, key=lambda r: abs(r[unit] - point))
+
+
+def budget_text(d: Config, amount: float | None = None) -> str:
+    """``amount`` (default: the budget) with its unit, e.g. "420 steps" or "120 s (cpu clock)"."""
+    amount = d.budget if amount is None else amount
+    return f"{amount:g} steps" if d.clock == "steps" else f"{amount:g} s ({d.clock} clock)"
+
+
 @dataclass
 class DigitsRun:
-    """A model in training, with its optimizer, random stream and clock (training seconds, steps)."""
+    """A model in training, with its optimizer, random stream and clock (training seconds, steps). The budget
+    (``cfg.budget``), the checkpoints and ``cfg.compare_budget`` count in ``cfg.clock``'s unit: optimizer steps
+    (``steps``: a re-run reproduces every number) or training seconds (``wall``, ``cpu``)."""
     cfg: Config
     model: torch.nn.Module
     optimizer: torch.optim.Optimizer
@@ -129,9 +146,12 @@ class DigitsRun:
     step: int = 0
     seconds: float = 0.0
 
+    def elapsed(self) -> float:
+        """The budget spent so far, in its unit: steps, or training seconds."""
+        return self.step if self.cfg.clock == "steps" else self.seconds
+
     def progress(self) -> float:
-        by_steps = self.step / self.cfg.max_steps if self.cfg.max_steps else 0.0
-        return max(self.seconds / self.cfg.seconds, by_steps)
+        return self.elapsed() / self.cfg.budget
 
     def done(self) -> bool:
         return self.progress() >= 1.0
@@ -141,7 +161,8 @@ class DigitsRun:
         set_lr(self.optimizer, self.cfg, self.step, self.progress())
 
     def clock(self) -> float:
-        """Seconds of the wall clock, or of this process's CPU time (``cfg.clock: cpu``: robust to shared cores)."""
+        """Seconds of this process's CPU time (``cfg.clock: cpu``: robust to shared cores), else of the wall clock
+        (``steps`` times the training, for the tables, with it)."""
         return time.process_time() if self.cfg.clock == "cpu" else time.perf_counter()
 
 
@@ -150,6 +171,9 @@ def new_run(d: Config, seed: int, **changes) -> DigitsRun:
     from diffusers import UNet2DModel
 
     d = Config({**copy.deepcopy(d), **changes})
+    if d.clock not in CLOCKS or not d.budget or d.budget <= 0:
+        raise ValueError(f"digits: clock must be one of {CLOCKS} and budget > 0, got clock={d.clock!r}, "
+                         f"budget={d.budget!r}")
     torch.set_num_threads(d.threads)                          # process-wide: the run owns the process
     torch.manual_seed(seed)                                   # the initial weights
     model = UNet2DModel(**d.model).train()
