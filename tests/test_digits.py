@@ -114,6 +114,9 @@ def test_checkpoint_grid_and_tables_are_written(short_run, tmp_path):
     labels = {t.get_text() for t in psnr.get_legend().get_texts()}
     assert {"DDPM (from scratch)", "ground truth", "hole left grey"} <= labels and any("Telea" in x for x in labels)
     assert not H.report.figures.png_is_stamped(tmp_path / "02_digits_curve.png")
+    by_steps = H.report.figures.digits_curve(full, clock="steps")           # mini's clock: the x axis counts steps
+    assert by_steps.axes[0].get_xlabel() == "training steps" and acc.get_xlabel() == "training CPU-seconds"
+    assert list(by_steps.axes[0].lines[0].get_xdata()) == [r["steps"] for r in records]
 
 
 def test_the_notebook_s_own_definitions_reach_training_and_sampling(short_run):

@@ -521,25 +521,27 @@ def peft_tradeoff(table, metric: str = "psnr_hole", path: Path | None = None, la
     return save(fig, path, preset)
 
 
-def digits_curve(table, path: Path | None = None):
+def digits_curve(table, path: Path | None = None, clock: str = "cpu"):
     """Message: when the digits DDPM of notebook 02 passes the classical baseline. Digit accuracy and
-    hole PSNR of each checkpoint against training CPU-seconds, with their 95 % intervals; the rows
-    without a training time (ground truth, grey fill, Telea) as horizontal lines, their intervals
-    shaded."""
+    hole PSNR of each checkpoint against the training budget in ``clock``'s unit (digits.clock: steps, or
+    CPU / wall seconds), with their 95 % intervals; the rows without a training time (ground truth, grey
+    fill, Telea) as horizontal lines, their intervals shaded."""
     trained = table["seconds"].notna()                    # the DDPM checkpoints; the others are baselines
     ddpm, refs = table[trained], table[~trained].reset_index(drop=True)
+    x, x_label = {"steps": ("steps", "training steps"), "wall": ("seconds", "training seconds (wall clock)")}.get(
+        clock, ("seconds", "training CPU-seconds"))
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.8))
     styles = ["-", ":", "--", "-."]
     for ax, key, label in ((axes[0], "accuracy", "digit accuracy"), (axes[1], "hole_psnr", "hole PSNR (dB)")):
         err = np.stack([ddpm[key] - ddpm[f"{key}_low"], ddpm[f"{key}_high"] - ddpm[key]]).astype(float)
-        ax.errorbar(ddpm["seconds"], ddpm[key], yerr=err, marker="o", capsize=4, lw=2, color="tab:blue",
+        ax.errorbar(ddpm[x], ddpm[key], yerr=err, marker="o", capsize=4, lw=2, color="tab:blue",
                     label="DDPM (from scratch)")
         for i, r in refs[refs[key].notna()].iterrows():     # ground truth has no hole PSNR
             color = f"C{i + 1}"
             ax.axhline(r[key], ls=styles[i % len(styles)], color=color, lw=1.5, label=r["method"])
             if pd.notna(r.get(f"{key}_low")):
                 ax.axhspan(r[f"{key}_low"], r[f"{key}_high"], color=color, alpha=0.12, lw=0)
-        ax.set_xlabel("training CPU-seconds (1 thread)")
+        ax.set_xlabel(x_label)
         ax.set_ylabel(f"{label} (higher is better)")
         ax.grid(alpha=0.3)
     handles, labels = axes[0].get_legend_handles_labels()     # the accuracy panel has every row
